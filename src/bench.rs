@@ -1,0 +1,191 @@
+//! `realfill bench`: time learning and sampling steps of the scene model on each backend,
+//! with FLOP counts, achieved GFLOP/s beside the CPU's fp32 peak, and peak memory.
+//! Figures are medians of several runs after a warm-up.
+
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use clap::Args;
+
+use crate::diffusion::sampler::{Condition, Denoiser};
+use crate::diffusion::scene_model::SceneDenoiser;
+use crate::diffusion::schedule::Schedule;
+use crate::diffusion::train::{TrainingSource, make_batch};
+use crate::diffusion::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec, forward_macs};
+use crate::engine::device::{self, BackendChoice};
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::scene::{Mask, RgbF};
+use crate::align::Guide;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Backends to measure: cpu, wgpu, or auto (cpu, plus wgpu when a real GPU exists).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Timed repetitions per figure (after one or two warm-up runs).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Working sizes (long side) for sampling steps.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![384usize, 768])]
+    pub sizes: Vec<usize>,
+    /// Learning batch and crop.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub crop: usize,
+    /// Learning steps and sampling steps assumed for the whole-fill estimate.
+    #[arg(long, default_value_t = 600)]
+    pub learn_steps: usize,
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// fp32 peak of this CPU: cores × FLOPs/cycle (2 FMA units × SIMD lanes × 2) × max clock.
+pub fn cpu_peak_gflops() -> (f64, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let lanes = if flags.contains(" avx512f") { 16.0 } else if flags.contains(" avx2") && flags.contains(" fma") { 8.0 } else { 4.0 };
+    let mhz = info
+        .lines()
+        .filter(|l| l.starts_with("cpu MHz"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    let model = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let cores = device::cpu_threads() as f64;
+    let peak = cores * 2.0 * lanes * 2.0 * mhz / 1000.0;
+    (peak, format!("{model}, {cores} threads, {mhz:.0} MHz, {} fp32 lanes × 2 FMA units", lanes))
+}
+
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn synthetic_source(w: usize, h: usize) -> TrainingSource {
+    let image = RgbF::from_fn(w, h, |x, y| [(x as f32 * 0.05).sin() * 0.5 + 0.5, (y as f32 * 0.03).cos() * 0.5 + 0.5, 0.5]);
+    TrainingSource { image: image.clone(), known: Mask::new(w, h, 1.0), guide: Guide { rgb: image, valid: Mask::new(w, h, 1.0) } }
+}
+
+struct Row {
+    backend: String,
+    what: String,
+    ms: f64,
+    gflop: f64,
+}
+
+fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
+    let spec = UNetSpec::default();
+    let schedule = Schedule::default();
+    // Learning step.
+    let ad = device.clone().autodiff();
+    let mut model = UNet::new(&spec, &ad);
+    let mut optim = AdamConfig::new().init();
+    let src = [synthetic_source(256, 192)];
+    let mut rng = Rng::new(1);
+    let mut times = Vec::new();
+    for i in 0..a.repeats + 2 {
+        let b = make_batch(&src, &schedule, a.batch, a.crop, &mut rng);
+        let t = Instant::now();
+        let (n, c) = (b.batch, b.size);
+        let x = Tensor::<4>::from_data(TensorData::new(b.input, [n, IN_CHANNELS, c, c]), &ad);
+        let tv = Tensor::<4>::from_data(TensorData::new(b.target_v, [n, 3, c, c]), &ad);
+        let tt = Tensor::<2>::from_data(TensorData::new(b.time, [n, TIME_FEATURES]), &ad);
+        let d = model.forward(x, tt) - tv;
+        let loss = (d.clone() * d).mean();
+        let _: f32 = loss.clone().into_scalar();
+        let g = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, g);
+        let _ = device.sync();
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let learn_flop = 3.0 * 2.0 * forward_macs(&spec, a.crop, a.crop) as f64 * a.batch as f64;
+    let learn_ms = median(times) * 1e3;
+    rows.push(Row { backend: name.into(), what: format!("learning step (batch {}, {}², fwd+bwd+Adam)", a.batch, a.crop), ms: learn_ms, gflop: learn_flop / 1e9 });
+    let params = model.num_params();
+    // Sampling steps.
+    let inference = model.valid();
+    let mut sample_ms_first = f64::NAN;
+    for &size in &a.sizes {
+        let (w, h) = crate::scene::raster::working_size(size * 4, size * 3, size);
+        let hw = w * h;
+        let cond = Condition { width: w, height: h, known: vec![0.0; 3 * hw], mask: vec![1.0; hw], guide: vec![0.0; 3 * hw], guide_valid: vec![0.0; hw] };
+        let mut den = SceneDenoiser::new(inference.clone(), device.clone());
+        let x = Rng::new(2).normals(3 * hw);
+        let mut times = Vec::new();
+        for i in 0..a.repeats + 1 {
+            let t = Instant::now();
+            den.predict_x0(&x, 500, &cond)?;
+            if i >= 1 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let ms = median(times) * 1e3;
+        if sample_ms_first.is_nan() {
+            sample_ms_first = ms;
+        }
+        rows.push(Row { backend: name.into(), what: format!("sampling step at {w}×{h}"), ms, gflop: 2.0 * forward_macs(&spec, h, w) as f64 / 1e9 });
+        rows.push(Row {
+            backend: name.into(),
+            what: format!("whole fill at {w}×{h} ({} learn + {} sample steps)", a.learn_steps, a.steps),
+            ms: learn_ms * a.learn_steps as f64 + ms * a.steps as f64,
+            gflop: f64::NAN,
+        });
+    }
+    rows.push(Row { backend: name.into(), what: "first preview after sampling starts".into(), ms: sample_ms_first, gflop: f64::NAN });
+    eprintln!("{name}: scene model {params} parameters");
+    Ok(())
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let mut backends: Vec<(Device, String)> = vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
+    let gpus: Vec<_> = device::adapters();
+    let want_wgpu = match a.backend {
+        BackendChoice::Cpu => false,
+        BackendChoice::Wgpu => true,
+        BackendChoice::Auto => gpus.iter().any(|g| g.is_real_gpu),
+    };
+    if a.backend == BackendChoice::Wgpu {
+        backends.clear();
+    }
+    if want_wgpu {
+        let (d, desc, warn) = device::pick(BackendChoice::Wgpu);
+        match warn {
+            Some(w) => eprintln!("wgpu skipped: {w}"),
+            None => backends.push((d, desc)),
+        }
+    }
+    let mut rows = Vec::new();
+    for (d, name) in &backends {
+        eprintln!("measuring {name} …");
+        bench_backend(d, name, a, &mut rows)?;
+    }
+    let (peak, cpu) = cpu_peak_gflops();
+    println!("machine: {cpu}; fp32 peak ≈ {peak:.0} GFLOP/s");
+    println!("{:<26} {:<58} {:>11} {:>9} {:>9} {:>7}", "backend", "what", "median ms", "GFLOP", "GFLOP/s", "%peak");
+    for r in &rows {
+        let gps = r.gflop / (r.ms / 1e3);
+        let pct = if r.backend.starts_with("cpu") { format!("{:.1}", 100.0 * gps / peak) } else { "-".into() };
+        println!(
+            "{:<26} {:<58} {:>11.1} {:>9} {:>9} {:>7}",
+            r.backend,
+            r.what,
+            r.ms,
+            if r.gflop.is_nan() { "-".into() } else { format!("{:.2}", r.gflop) },
+            if gps.is_nan() { "-".into() } else { format!("{gps:.1}") },
+            if r.gflop.is_nan() { "-".into() } else { pct }
+        );
+    }
+    println!("peak resident memory: {:.0} MiB", peak_rss_mib());
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! The command line: `fill`, `learn`, `eval`, `bench`. Every command drives the same engine
+//! (Jobs in, Events out) that the app uses, and prints progress instead of drawing it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::diffusion::sampler::SamplerKind;
+use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job};
+use crate::error::{Error, Result};
+use crate::scene::io::{load_mask, load_photo, same_file, save_atomic};
+use crate::scene::{Extension, Scene};
+
+#[derive(Parser, Debug)]
+#[command(name = "realfill", version, about = "Complete photos from the scene's own reference photos")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fill the masked region (and/or an extended border) of a target photo.
+    Fill(FillArgs),
+    /// Learn the scene model ahead of a fill (cached on disk).
+    Learn(LearnArgs),
+    /// Fill every scene folder in DIR and score it against truth.png.
+    Eval(EvalArgs),
+    /// Time learning and sampling steps on the available backends.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SceneArgs {
+    /// The photo to complete.
+    #[arg(long, required_unless_present = "demo")]
+    pub target: Option<PathBuf>,
+    /// Mask image of the target's size: white (≥128) = fill, black = keep.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Grow the canvas by L,T,R,B pixels (outpainting); the new border is filled.
+    #[arg(long, value_name = "L,T,R,B")]
+    pub extend: Option<String>,
+    /// Reference photos of the same scene (one or more; the flag may repeat).
+    #[arg(long = "ref", num_args = 1.., value_name = "REF")]
+    pub refs: Vec<PathBuf>,
+    /// Use the bundled demo scene (assets/demo) instead of --target/--mask/--ref.
+    #[arg(long, conflicts_with_all = ["target", "mask", "refs"])]
+    pub demo: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Long side of the working size in pixels (rounded to a multiple of 8).
+    #[arg(long, default_value_t = 384)]
+    pub size: usize,
+    /// Random seed (same seed, same backend → same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Learning steps for the scene model.
+    #[arg(long, default_value_t = 600)]
+    pub learn_steps: usize,
+    /// Learning batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Learning crop size in pixels (multiple of 8).
+    #[arg(long, default_value_t = 64)]
+    pub crop: usize,
+    /// Do not read or write the scene-model cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FillArgs {
+    #[command(flatten)]
+    pub scene: SceneArgs,
+    /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    pub sampler: SamplerKind,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LearnArgs {
+    #[command(flatten)]
+    pub scene: SceneArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Folder of scene folders (target.png, mask.png, refs/, truth.png).
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only scenes whose folder name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    pub sampler: SamplerKind,
+    /// Also write each fill as DIR_OUT/<scene>.png.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Folder of the bundled demo scene: next to the executable's crate when run from a checkout,
+/// or `REALFILL_ASSETS`.
+pub fn demo_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("REALFILL_ASSETS") {
+        return PathBuf::from(d).join("demo");
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("demo")
+}
+
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
+    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Resolved input paths.
+pub struct ScenePaths {
+    pub target: PathBuf,
+    pub mask: Option<PathBuf>,
+    pub refs: Vec<PathBuf>,
+    pub extension: Extension,
+}
+
+pub fn scene_paths(a: &SceneArgs) -> Result<ScenePaths> {
+    let extension = match &a.extend {
+        Some(s) => Extension::parse(s)?,
+        None => Extension::default(),
+    };
+    if a.demo {
+        let d = demo_dir();
+        return Ok(ScenePaths {
+            target: d.join("target.png"),
+            mask: Some(d.join("mask.png")),
+            refs: list_images(&d.join("refs"))?,
+            extension,
+        });
+    }
+    let target = a.target.clone().ok_or_else(|| Error::Invalid("--target is required (or --demo)".into()))?;
+    Ok(ScenePaths { target, mask: a.mask.clone(), refs: a.refs.clone(), extension })
+}
+
+pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene> {
+    let target = load_photo(&p.target)?;
+    let mask = match &p.mask {
+        Some(m) => Some((load_mask(m)?, m.as_path())),
+        None => None,
+    };
+    if target.transparent.is_some() {
+        warn(format!("{}: transparent pixels are treated as part of the fill region", p.target.display()));
+    }
+    let mut refs = Vec::new();
+    for r in &p.refs {
+        if same_file(r, &p.target) {
+            warn(format!("{}: this reference is the target itself; it adds nothing and is skipped", r.display()));
+            continue;
+        }
+        if p.refs.iter().take_while(|q| *q != r).any(|q| same_file(q, r)) {
+            warn(format!("{}: given twice; using it once", r.display()));
+            continue;
+        }
+        refs.push(load_photo(r)?);
+    }
+    if refs.is_empty() {
+        warn("no reference photos: the fill learns only from the target's known pixels".into());
+    }
+    Scene::new(target, mask, p.extension, refs)
+}
+
+fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind) -> Result<FillSettings> {
+    if m.crop % 8 != 0 || m.crop < 16 {
+        return Err(Error::Invalid(format!("--crop {}: must be a multiple of 8, at least 16", m.crop)));
+    }
+    if m.size < 32 {
+        return Err(Error::Invalid(format!("--size {}: must be at least 32", m.size)));
+    }
+    if steps == 0 || m.learn_steps == 0 || m.batch == 0 {
+        return Err(Error::Invalid("--steps, --learn-steps and --batch must be at least 1".into()));
+    }
+    let mut s = FillSettings { size: m.size, steps, seed: m.seed, sampler, use_cache: !m.no_cache, ..Default::default() };
+    s.learn.steps = m.learn_steps;
+    s.learn.batch = m.batch;
+    s.learn.crop = m.crop;
+    s.learn.seed = m.seed;
+    Ok(s)
+}
+
+/// Drives one job and renders its events on stderr.
+pub struct Driver {
+    engine: Engine,
+    quiet: bool,
+}
+
+impl Driver {
+    pub fn new(backend: BackendChoice, quiet: bool) -> Driver {
+        Driver { engine: Engine::start(backend), quiet }
+    }
+
+    pub fn run(&self, job: Job) -> Result<Option<FillOutput>> {
+        self.engine.submit(job);
+        let style = ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let mut bar: Option<(ProgressBar, &'static str)> = None;
+        let new_bar = |prefix: &'static str, len: usize| {
+            let b = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+            b.set_style(style.clone());
+            b.set_prefix(prefix);
+            b
+        };
+        for ev in self.engine.events().iter() {
+            match ev {
+                Event::Backend { description, warning } => {
+                    if let Some(w) = warning {
+                        eprintln!("warning: {w}");
+                    }
+                    if !self.quiet {
+                        eprintln!("backend: {description}");
+                    }
+                }
+                Event::Status(s) => {
+                    if !self.quiet {
+                        match &bar {
+                            Some((b, _)) => b.println(s),
+                            None => eprintln!("{s}"),
+                        }
+                    }
+                }
+                Event::Learning { step, total, loss, .. } => {
+                    if bar.as_ref().is_none_or(|(_, k)| *k != "learning") {
+                        bar = Some((new_bar("learning", total), "learning"));
+                    }
+                    let b = &bar.as_ref().unwrap().0;
+                    b.set_position(step as u64);
+                    b.set_message(format!("loss {loss:.4}"));
+                    if step == total {
+                        b.finish();
+                    }
+                }
+                Event::Preview { step, total, .. } => {
+                    if bar.as_ref().is_none_or(|(_, k)| *k != "sampling") {
+                        bar = Some((new_bar("sampling", total), "sampling"));
+                    }
+                    let b = &bar.as_ref().unwrap().0;
+                    b.set_position(step as u64);
+                    if step == total {
+                        b.finish();
+                    }
+                }
+                Event::Learned { cached } => {
+                    if !self.quiet {
+                        eprintln!("{}", if cached { "scene model already learned (cache)" } else { "scene model learned" });
+                    }
+                    return Ok(None);
+                }
+                Event::Done(out) => return Ok(Some(*out)),
+                Event::Failed(msg) => return Err(Error::Engine(msg)),
+                Event::Cancelled => return Err(Error::Cancelled),
+            }
+        }
+        Err(Error::Engine("the engine stopped unexpectedly".into()))
+    }
+}
+
+fn check_output(out: &Path, p: &ScenePaths) -> Result<()> {
+    let inputs = std::iter::once(&p.target).chain(p.mask.iter()).chain(p.refs.iter());
+    for i in inputs {
+        if same_file(out, i) {
+            return Err(Error::output(out, format!("it is one of the inputs ({}); choose another --out so the original stays untouched", i.display())));
+        }
+    }
+    if out.is_dir() {
+        return Err(Error::output(out, "is a folder; give a file name such as result.png"));
+    }
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::output(out, format!("folder {} does not exist; create it first", dir.display())));
+    }
+    Ok(())
+}
+
+pub fn cmd_fill(a: &FillArgs) -> Result<()> {
+    let paths = scene_paths(&a.scene)?;
+    check_output(&a.out, &paths)?;
+    let quiet = a.model.quiet;
+    let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
+    let s = settings(&a.model, a.steps, a.sampler)?;
+    let driver = Driver::new(a.model.backend, quiet);
+    let out = driver.run(Job::Fill { scene: Arc::new(scene), settings: s })?.ok_or_else(|| Error::Engine("no result".into()))?;
+    save_atomic(&out.image, &a.out)?;
+    if !quiet {
+        let t = &out.timings;
+        eprintln!(
+            "wrote {} ({}×{}); prepare {:.1}s, {} {:.1}s, sampling {:.1}s (first preview {:.2}s), composite {:.2}s, total {:.1}s",
+            a.out.display(),
+            out.image.width(),
+            out.image.height(),
+            t.prepare_s,
+            if t.model_cached { "cached model" } else { "learning" },
+            t.learn_s,
+            t.sample_s,
+            t.first_preview_s,
+            t.composite_s,
+            t.total_s
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
+    let paths = scene_paths(&a.scene)?;
+    let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
+    let s = settings(&a.model, 25, SamplerKind::Ddim)?;
+    let driver = Driver::new(a.model.backend, a.model.quiet);
+    let t = Instant::now();
+    driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;
+    if !a.model.quiet {
+        eprintln!("done in {:.1}s", t.elapsed().as_secs_f32());
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct EvalRow {
+    scene: String,
+    kind: String,
+    psnr: f64,
+    ssim: f64,
+    seconds: f32,
+    learn_seconds: f32,
+    aligned_refs: usize,
+    guide_coverage: f32,
+}
+
+pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = list_dirs(&a.dir)?;
+    if let Some(o) = &a.only {
+        dirs.retain(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains(o.as_str())));
+    }
+    if dirs.is_empty() {
+        return Err(Error::input(&a.dir, "no scene folders (with target.png) found"));
+    }
+    if let Some(s) = &a.save {
+        std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
+    }
+    let s = settings(&a.model, a.steps, a.sampler)?;
+    let driver = Driver::new(a.model.backend, a.model.quiet || a.json);
+    let mut rows = Vec::new();
+    for d in dirs {
+        let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let kind = name.rsplit('-').next().unwrap_or("").to_string();
+        let paths = ScenePaths { target: d.join("target.png"), mask: Some(d.join("mask.png")), refs: list_images(&d.join("refs")).unwrap_or_default(), extension: Extension::default() };
+        let scene = load_scene(&paths, &mut |_| {})?;
+        let truth = load_photo(&d.join("truth.png"))?;
+        let mask = scene.mask.clone();
+        let t = Instant::now();
+        let out = driver.run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?.ok_or_else(|| Error::Engine("no result".into()))?;
+        let secs = t.elapsed().as_secs_f32();
+        let result = crate::scene::RgbF { width: out.image.width() as usize, height: out.image.height() as usize, data: out.image.to_rgb32f().into_raw() };
+        if let Some(sdir) = &a.save {
+            save_atomic(&out.image, &sdir.join(format!("{name}.png")))?;
+        }
+        let row = EvalRow {
+            psnr: crate::eval::psnr_masked(&result, &truth.rgb, &mask),
+            ssim: crate::eval::ssim_masked(&result, &truth.rgb, &mask),
+            scene: name,
+            kind,
+            seconds: secs,
+            learn_seconds: out.timings.learn_s,
+            aligned_refs: out.aligned_refs,
+            guide_coverage: out.guide_coverage,
+        };
+        if !a.json {
+            eprintln!("{:<22} PSNR {:6.2} dB  SSIM {:.3}  {:6.1}s (aligned refs {}, coverage {:.0}%)", row.scene, row.psnr, row.ssim, row.seconds, row.aligned_refs, 100.0 * row.guide_coverage);
+        }
+        rows.push(row);
+    }
+    let mut kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let means: Vec<serde_json::Value> = kinds
+        .iter()
+        .map(|k| {
+            let rs: Vec<&EvalRow> = rows.iter().filter(|r| &r.kind == k).collect();
+            let n = rs.len() as f64;
+            serde_json::json!({
+                "kind": k, "cases": rs.len(),
+                "psnr": rs.iter().map(|r| r.psnr).sum::<f64>() / n,
+                "ssim": rs.iter().map(|r| r.ssim).sum::<f64>() / n,
+                "seconds": rs.iter().map(|r| r.seconds as f64).sum::<f64>() / n,
+            })
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default());
+    } else {
+        println!("{:<22} {:>9} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "seconds");
+        for r in &rows {
+            println!("{:<22} {:>9.2} {:>7.3} {:>8.1}", r.scene, r.psnr, r.ssim, r.seconds);
+        }
+        for m in &means {
+            println!(
+                "{:<22} {:>9.2} {:>7.3} {:>8.1}",
+                format!("mean {} ({})", m["kind"].as_str().unwrap_or(""), m["cases"]),
+                m["psnr"].as_f64().unwrap_or(f64::NAN),
+                m["ssim"].as_f64().unwrap_or(f64::NAN),
+                m["seconds"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
+    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("target.png").is_file()).collect();
+    v.sort();
+    Ok(v)
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Fill(a)) => cmd_fill(&a),
+        Some(Command::Learn(a)) => cmd_learn(&a),
+        Some(Command::Eval(a)) => cmd_eval(&a),
+        Some(Command::Bench(a)) => crate::bench::run(&a),
+        None => Err(Error::Invalid(
+            "the desktop app is not built yet; run `realfill fill --demo --out demo-filled.png`, or see `realfill --help`".into(),
+        )),
+    }
+}

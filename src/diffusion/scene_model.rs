@@ -1,0 +1,53 @@
+//! The scene model as a Denoiser: the UNet on a device, with the condition uploaded once.
+
+use burn::prelude::*;
+
+use super::sampler::{Condition, Denoiser};
+use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, time_features};
+use crate::error::Result;
+
+pub struct SceneDenoiser {
+    model: UNet,
+    device: Device,
+    /// The 8 conditioning channels of the last condition, on the device.
+    cond_cache: Option<(usize, Tensor<4>)>,
+}
+
+impl SceneDenoiser {
+    pub fn new(model: UNet, device: Device) -> Self {
+        SceneDenoiser { model, device, cond_cache: None }
+    }
+
+    fn cond_tensor(&mut self, cond: &Condition) -> Tensor<4> {
+        let key = cond as *const Condition as usize ^ cond.known.len();
+        if let Some((k, t)) = &self.cond_cache
+            && *k == key
+        {
+            return t.clone();
+        }
+        let hw = cond.pixels();
+        let mut data = Vec::with_capacity(8 * hw);
+        data.extend_from_slice(&cond.mask);
+        data.extend_from_slice(&cond.known);
+        data.extend_from_slice(&cond.guide);
+        data.extend_from_slice(&cond.guide_valid);
+        let t = Tensor::<4>::from_data(TensorData::new(data, [1, 8, cond.height, cond.width]), &self.device);
+        self.cond_cache = Some((key, t.clone()));
+        t
+    }
+}
+
+impl Denoiser for SceneDenoiser {
+    fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>> {
+        let (h, w) = (cond.height, cond.width);
+        let c = self.cond_tensor(cond);
+        let x = Tensor::<4>::from_data(TensorData::new(x_t.to_vec(), [1, 3, h, w]), &self.device);
+        let input = Tensor::cat(vec![x, c], 1);
+        debug_assert_eq!(input.dims()[1], IN_CHANNELS);
+        let time = Tensor::<2>::from_data(TensorData::new(time_features(&[t]), [1, TIME_FEATURES]), &self.device);
+        // The network predicts a correction to the warped references (see unet.rs).
+        let residual = self.model.forward(input, time);
+        let r = residual.into_data().try_into_vec::<f32>().map_err(|e| crate::error::Error::Engine(format!("reading model output: {e:?}")))?;
+        Ok(r.iter().zip(&cond.guide).map(|(r, g)| r + g).collect())
+    }
+}

@@ -1,0 +1,224 @@
+//! The worker thread: it owns the device and the learned model; Jobs go in, Events come out
+//! (crossbeam channels). The CLI and the app drive it the same way. Cancellation is a shared
+//! flag checked before every learning and sampling step. A panic inside a job is caught and
+//! reported as `Event::Failed`; the worker keeps serving.
+
+pub mod device;
+pub mod pipeline;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+pub use device::BackendChoice;
+pub use pipeline::{FillOutput, FillSettings, Timings};
+
+use crate::error::Error;
+use crate::scene::{RgbF, Scene};
+
+pub enum Job {
+    /// Learn (or load) the scene model only.
+    Learn { scene: Arc<Scene>, settings: FillSettings },
+    /// Learn if needed, then fill.
+    Fill { scene: Arc<Scene>, settings: FillSettings },
+}
+
+pub enum Event {
+    /// The device in use (and a warning when it is a fallback).
+    Backend { description: String, warning: Option<String> },
+    Status(String),
+    Learning { step: usize, total: usize, loss: f32, elapsed_s: f32 },
+    /// An x0 estimate of the whole working canvas after `step` of `total` steps. Droppable:
+    /// a consumer that is behind only needs the newest.
+    Preview { step: usize, total: usize, image: Arc<RgbF> },
+    Learned { cached: bool },
+    Done(Box<FillOutput>),
+    Failed(String),
+    /// The job stopped at a cancel request; nothing was produced.
+    Cancelled,
+}
+
+pub struct Engine {
+    jobs: Option<Sender<Job>>,
+    events: Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Reporter<'a> {
+    tx: &'a Sender<Event>,
+    started: Instant,
+}
+
+impl pipeline::Progress for Reporter<'_> {
+    fn status(&mut self, msg: String) {
+        let _ = self.tx.send(Event::Status(msg));
+    }
+    fn learning(&mut self, step: usize, total: usize, loss: f32) {
+        let _ = self.tx.send(Event::Learning { step, total, loss, elapsed_s: self.started.elapsed().as_secs_f32() });
+    }
+    fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>) {
+        let _ = self.tx.send(Event::Preview { step, total, image });
+    }
+}
+
+impl Engine {
+    pub fn start(backend: BackendChoice) -> Engine {
+        let (job_tx, job_rx) = unbounded::<Job>();
+        let (ev_tx, ev_rx) = unbounded::<Event>();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("realfill-engine".into())
+            .spawn(move || worker(backend, job_rx, ev_tx, flag))
+            .expect("spawn engine thread");
+        Engine { jobs: Some(job_tx), events: ev_rx, cancel, thread: Some(thread) }
+    }
+
+    pub fn submit(&self, job: Job) {
+        self.cancel.store(false, Ordering::SeqCst);
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Ask the running job to stop; it ends with `Event::Cancelled` within one step.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Sender<Event>, cancel: Arc<AtomicBool>) {
+    let (device, description, warning) = device::pick(backend);
+    let _ = tx.send(Event::Backend { description, warning });
+    let mut held = None;
+    for job in jobs.iter() {
+        let cancelled = || cancel.load(Ordering::SeqCst);
+        let mut rep = Reporter { tx: &tx, started: Instant::now() };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &job {
+            Job::Learn { scene, settings } => pipeline::run_learn(scene, settings, &device, &mut held, &mut rep, &cancelled)
+                .map(|cached| Event::Learned { cached }),
+            Job::Fill { scene, settings } => pipeline::run_fill(scene, settings, &device, &mut held, &mut rep, &cancelled)
+                .map(|out| Event::Done(Box::new(out))),
+        }));
+        let event = match result {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(Error::Cancelled)) => Event::Cancelled,
+            Ok(Err(e)) => Event::Failed(e.to_string()),
+            Err(p) => {
+                held = None;
+                Event::Failed(format!("internal error in the engine: {}", device::panic_message(&p)))
+            }
+        };
+        let _ = tx.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::unet::UNetSpec;
+    use crate::scene::{Extension, Mask, Photo};
+
+    fn tiny_scene() -> Scene {
+        let img = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
+        let original = image::DynamicImage::ImageRgb8(img);
+        let rgb = RgbF { width: 48, height: 32, data: original.to_rgb32f().into_raw() };
+        let target = Photo { path: "t.png".into(), original, rgb, transparent: None };
+        let mut m = Mask::new(48, 32, 0.0);
+        for y in 8..20 { for x in 10..30 { m.set(x, y, 1.0); } }
+        Scene::new(target, Some((m, std::path::Path::new("m.png"))), Extension::default(), vec![]).unwrap()
+    }
+
+    fn tiny_settings() -> FillSettings {
+        let mut s = FillSettings { size: 48, steps: 20, use_cache: false, spec: UNetSpec { channels: vec![8, 16], emb_dim: 16 }, ..Default::default() };
+        s.learn.steps = 3;
+        s.learn.batch = 2;
+        s.learn.crop = 16;
+        s
+    }
+
+    #[test]
+    fn fill_streams_previews_then_finishes() {
+        let engine = Engine::start(BackendChoice::Cpu);
+        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings() });
+        let mut previews = 0;
+        let mut learning = 0;
+        loop {
+            match engine.events().recv().unwrap() {
+                Event::Preview { step, total, image } => {
+                    previews += 1;
+                    assert_eq!(total, 20);
+                    assert_eq!(step, previews);
+                    assert_eq!((image.width, image.height), (48, 32));
+                }
+                Event::Learning { .. } => learning += 1,
+                Event::Done(out) => {
+                    assert_eq!((out.image.width(), out.image.height()), (48, 32));
+                    break;
+                }
+                Event::Failed(e) => panic!("failed: {e}"),
+                Event::Cancelled => panic!("cancelled"),
+                _ => {}
+            }
+        }
+        assert_eq!(previews, 20);
+        assert_eq!(learning, 3);
+    }
+
+    #[test]
+    fn cancel_stops_within_one_step() {
+        let engine = Engine::start(BackendChoice::Cpu);
+        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings() });
+        let mut after_cancel = 0;
+        let mut cancelled_at = None;
+        loop {
+            match engine.events().recv().unwrap() {
+                Event::Preview { step, .. } => {
+                    if cancelled_at.is_none() && step == 2 {
+                        engine.cancel();
+                        cancelled_at = Some(step);
+                    } else if cancelled_at.is_some() {
+                        after_cancel += 1;
+                    }
+                }
+                Event::Cancelled => break,
+                Event::Done(_) => panic!("finished despite cancel"),
+                Event::Failed(e) => panic!("failed: {e}"),
+                _ => {}
+            }
+        }
+        assert!(after_cancel <= 1, "stopped within one step ({after_cancel} more previews)");
+        // the worker serves the next job
+        engine.submit(Job::Learn { scene: Arc::new(tiny_scene()), settings: tiny_settings() });
+        loop {
+            match engine.events().recv().unwrap() {
+                Event::Learned { cached } => {
+                    // The cancel came during sampling: the model learned before it is kept.
+                    assert!(cached);
+                    break;
+                }
+                Event::Failed(e) => panic!("failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+}

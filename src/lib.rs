@@ -1,0 +1,16 @@
+//! realfill: complete a photo from the scene's own reference photos.
+//!
+//! Data flow: image files → [`scene::Scene`] → [`engine::Job`] → worker thread (device and
+//! model) → [`engine::Event`]s (progress, previews, result) → CLI or app.
+
+pub mod align;
+pub mod bench;
+pub mod cli;
+pub mod diffusion;
+pub mod engine;
+pub mod error;
+pub mod eval;
+pub mod rng;
+pub mod scene;
+
+pub use error::{Error, Result};
