@@ -162,7 +162,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let (d, desc, warn) = device::pick(BackendChoice::Wgpu);
         match warn {
             Some(w) => eprintln!("wgpu skipped: {w}"),
-            None => backends.push((d, desc)),
+            None => {
+                eprintln!("wgpu device: {desc}");
+                backends.push((d, "wgpu".into()));
+            }
         }
     }
     let mut rows = Vec::new();
@@ -172,12 +175,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let (peak, cpu) = cpu_peak_gflops();
     println!("machine: {cpu}; fp32 peak ≈ {peak:.0} GFLOP/s");
-    println!("{:<26} {:<58} {:>11} {:>9} {:>9} {:>7}", "backend", "what", "median ms", "GFLOP", "GFLOP/s", "%peak");
+    println!("{:<18} {:<58} {:>11} {:>9} {:>9} {:>7}", "backend", "what", "median ms", "GFLOP", "GFLOP/s", "%peak");
     for r in &rows {
         let gps = r.gflop / (r.ms / 1e3);
         let pct = if r.backend.starts_with("cpu") { format!("{:.1}", 100.0 * gps / peak) } else { "-".into() };
         println!(
-            "{:<26} {:<58} {:>11.1} {:>9} {:>9} {:>7}",
+            "{:<18} {:<58} {:>11.1} {:>9} {:>9} {:>7}",
             r.backend,
             r.what,
             r.ms,

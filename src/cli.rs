@@ -229,6 +229,7 @@ impl Driver {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         let mut bar: Option<(ProgressBar, &'static str)> = None;
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let new_bar = |prefix: &'static str, len: usize| {
             let b = if self.quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
             b.set_style(style.clone());
@@ -253,7 +254,12 @@ impl Driver {
                         }
                     }
                 }
-                Event::Learning { step, total, loss, .. } => {
+                Event::Learning { step, total, loss, elapsed_s } => {
+                    // indicatif draws only on a terminal; elsewhere print every 10%.
+                    if !self.quiet && !tty && (step % (total / 10).max(1) == 0 || step == total) {
+                        let eta = elapsed_s / step as f32 * (total - step) as f32;
+                        eprintln!("learning {step}/{total} loss {loss:.4} elapsed {elapsed_s:.0}s ETA {eta:.0}s");
+                    }
                     if bar.as_ref().is_none_or(|(_, k)| *k != "learning") {
                         bar = Some((new_bar("learning", total), "learning"));
                     }
@@ -265,6 +271,9 @@ impl Driver {
                     }
                 }
                 Event::Preview { step, total, .. } => {
+                    if !self.quiet && !tty && (step % (total / 5).max(1) == 0 || step == total) {
+                        eprintln!("sampling {step}/{total}");
+                    }
                     if bar.as_ref().is_none_or(|(_, k)| *k != "sampling") {
                         bar = Some((new_bar("sampling", total), "sampling"));
                     }
