@@ -8,6 +8,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use clap::Args;
 
+use crate::align::Guide;
 use crate::diffusion::sampler::{Condition, Denoiser};
 use crate::diffusion::scene_model::SceneDenoiser;
 use crate::diffusion::schedule::Schedule;
@@ -17,7 +18,6 @@ use crate::engine::device::{self, BackendChoice};
 use crate::error::Result;
 use crate::rng::Rng;
 use crate::scene::{Mask, RgbF};
-use crate::align::Guide;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -51,13 +51,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn cpu_peak_gflops() -> (f64, String) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-    let lanes = if flags.contains(" avx512f") { 16.0 } else if flags.contains(" avx2") && flags.contains(" fma") { 8.0 } else { 4.0 };
+    let lanes = if flags.contains(" avx512f") {
+        16.0
+    } else if flags.contains(" avx2") && flags.contains(" fma") {
+        8.0
+    } else {
+        4.0
+    };
     let mhz = info
         .lines()
         .filter(|l| l.starts_with("cpu MHz"))
         .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
         .fold(0.0, f64::max);
-    let model = info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
     let cores = device::cpu_threads() as f64;
     let peak = cores * 2.0 * lanes * 2.0 * mhz / 1000.0;
     (peak, format!("{model}, {cores} threads, {mhz:.0} MHz, {} fp32 lanes × 2 FMA units", lanes))
@@ -66,13 +78,20 @@ pub fn cpu_peak_gflops() -> (f64, String) {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn synthetic_source(w: usize, h: usize) -> TrainingSource {
-    let image = RgbF::from_fn(w, h, |x, y| [(x as f32 * 0.05).sin() * 0.5 + 0.5, (y as f32 * 0.03).cos() * 0.5 + 0.5, 0.5]);
-    TrainingSource { image: image.clone(), known: Mask::new(w, h, 1.0), guide: Guide { rgb: image, valid: Mask::new(w, h, 1.0) } }
+    let image =
+        RgbF::from_fn(w, h, |x, y| [(x as f32 * 0.05).sin() * 0.5 + 0.5, (y as f32 * 0.03).cos() * 0.5 + 0.5, 0.5]);
+    TrainingSource {
+        image: image.clone(),
+        known: Mask::new(w, h, 1.0),
+        guide: Guide { rgb: image, valid: Mask::new(w, h, 1.0) },
+    }
 }
 
 struct Row {
@@ -111,7 +130,12 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
     }
     let learn_flop = 3.0 * 2.0 * forward_macs(&spec, a.crop, a.crop) as f64 * a.batch as f64;
     let learn_ms = median(times) * 1e3;
-    rows.push(Row { backend: name.into(), what: format!("learning step (batch {}, {}², fwd+bwd+Adam)", a.batch, a.crop), ms: learn_ms, gflop: learn_flop / 1e9 });
+    rows.push(Row {
+        backend: name.into(),
+        what: format!("learning step (batch {}, {}², fwd+bwd+Adam)", a.batch, a.crop),
+        ms: learn_ms,
+        gflop: learn_flop / 1e9,
+    });
     let params = model.num_params();
     // Sampling steps.
     let inference = model.valid();
@@ -119,7 +143,14 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
     for &size in &a.sizes {
         let (w, h) = crate::scene::raster::working_size(size * 4, size * 3, size);
         let hw = w * h;
-        let cond = Condition { width: w, height: h, known: vec![0.0; 3 * hw], mask: vec![1.0; hw], guide: vec![0.0; 3 * hw], guide_valid: vec![0.0; hw] };
+        let cond = Condition {
+            width: w,
+            height: h,
+            known: vec![0.0; 3 * hw],
+            mask: vec![1.0; hw],
+            guide: vec![0.0; 3 * hw],
+            guide_valid: vec![0.0; hw],
+        };
         let mut den = SceneDenoiser::new(inference.clone(), device.clone());
         let x = Rng::new(2).normals(3 * hw);
         let mut times = Vec::new();
@@ -134,7 +165,12 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
         if sample_ms_first.is_nan() {
             sample_ms_first = ms;
         }
-        rows.push(Row { backend: name.into(), what: format!("sampling step at {w}×{h}"), ms, gflop: 2.0 * forward_macs(&spec, h, w) as f64 / 1e9 });
+        rows.push(Row {
+            backend: name.into(),
+            what: format!("sampling step at {w}×{h}"),
+            ms,
+            gflop: 2.0 * forward_macs(&spec, h, w) as f64 / 1e9,
+        });
         rows.push(Row {
             backend: name.into(),
             what: format!("whole fill at {w}×{h} ({} learn + {} sample steps)", a.learn_steps, a.steps),
@@ -142,13 +178,19 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
             gflop: f64::NAN,
         });
     }
-    rows.push(Row { backend: name.into(), what: "first preview after sampling starts".into(), ms: sample_ms_first, gflop: f64::NAN });
+    rows.push(Row {
+        backend: name.into(),
+        what: "first preview after sampling starts".into(),
+        ms: sample_ms_first,
+        gflop: f64::NAN,
+    });
     eprintln!("{name}: scene model {params} parameters");
     Ok(())
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let mut backends: Vec<(Device, String)> = vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
+    let mut backends: Vec<(Device, String)> =
+        vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
     let gpus: Vec<_> = device::adapters();
     let want_wgpu = match a.backend {
         BackendChoice::Cpu => false,

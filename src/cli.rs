@@ -204,7 +204,8 @@ fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind) -> Result<FillSet
     if steps == 0 || m.learn_steps == 0 || m.batch == 0 {
         return Err(Error::Invalid("--steps, --learn-steps and --batch must be at least 1".into()));
     }
-    let mut s = FillSettings { size: m.size, steps, seed: m.seed, sampler, use_cache: !m.no_cache, ..Default::default() };
+    let mut s =
+        FillSettings { size: m.size, steps, seed: m.seed, sampler, use_cache: !m.no_cache, ..Default::default() };
     s.learn.steps = m.learn_steps;
     s.learn.batch = m.batch;
     s.learn.crop = m.crop;
@@ -285,7 +286,10 @@ impl Driver {
                 }
                 Event::Learned { cached } => {
                     if !self.quiet {
-                        eprintln!("{}", if cached { "scene model already learned (cache)" } else { "scene model learned" });
+                        eprintln!(
+                            "{}",
+                            if cached { "scene model already learned (cache)" } else { "scene model learned" }
+                        );
                     }
                     return Ok(None);
                 }
@@ -302,7 +306,13 @@ fn check_output(out: &Path, p: &ScenePaths) -> Result<()> {
     let inputs = std::iter::once(&p.target).chain(p.mask.iter()).chain(p.refs.iter());
     for i in inputs {
         if same_file(out, i) {
-            return Err(Error::output(out, format!("it is one of the inputs ({}); choose another --out so the original stays untouched", i.display())));
+            return Err(Error::output(
+                out,
+                format!(
+                    "it is one of the inputs ({}); choose another --out so the original stays untouched",
+                    i.display()
+                ),
+            ));
         }
     }
     if out.is_dir() {
@@ -322,7 +332,9 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
     let s = settings(&a.model, a.steps, a.sampler)?;
     let driver = Driver::new(a.model.backend, quiet);
-    let out = driver.run(Job::Fill { scene: Arc::new(scene), settings: s })?.ok_or_else(|| Error::Engine("no result".into()))?;
+    let out = driver
+        .run(Job::Fill { scene: Arc::new(scene), settings: s })?
+        .ok_or_else(|| Error::Engine("no result".into()))?;
     save_atomic(&out.image, &a.out)?;
     if !quiet {
         let t = &out.timings;
@@ -385,14 +397,25 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     for d in dirs {
         let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let kind = name.rsplit('-').next().unwrap_or("").to_string();
-        let paths = ScenePaths { target: d.join("target.png"), mask: Some(d.join("mask.png")), refs: list_images(&d.join("refs")).unwrap_or_default(), extension: Extension::default() };
+        let paths = ScenePaths {
+            target: d.join("target.png"),
+            mask: Some(d.join("mask.png")),
+            refs: list_images(&d.join("refs")).unwrap_or_default(),
+            extension: Extension::default(),
+        };
         let scene = load_scene(&paths, &mut |_| {})?;
         let truth = load_photo(&d.join("truth.png"))?;
         let mask = scene.mask.clone();
         let t = Instant::now();
-        let out = driver.run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?.ok_or_else(|| Error::Engine("no result".into()))?;
+        let out = driver
+            .run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?
+            .ok_or_else(|| Error::Engine("no result".into()))?;
         let secs = t.elapsed().as_secs_f32();
-        let result = crate::scene::RgbF { width: out.image.width() as usize, height: out.image.height() as usize, data: out.image.to_rgb32f().into_raw() };
+        let result = crate::scene::RgbF {
+            width: out.image.width() as usize,
+            height: out.image.height() as usize,
+            data: out.image.to_rgb32f().into_raw(),
+        };
         if let Some(sdir) = &a.save {
             save_atomic(&out.image, &sdir.join(format!("{name}.png")))?;
         }
@@ -407,7 +430,15 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
             guide_coverage: out.guide_coverage,
         };
         if !a.json {
-            eprintln!("{:<22} PSNR {:6.2} dB  SSIM {:.3}  {:6.1}s (aligned refs {}, coverage {:.0}%)", row.scene, row.psnr, row.ssim, row.seconds, row.aligned_refs, 100.0 * row.guide_coverage);
+            eprintln!(
+                "{:<22} PSNR {:6.2} dB  SSIM {:.3}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
+                row.scene,
+                row.psnr,
+                row.ssim,
+                row.seconds,
+                row.aligned_refs,
+                100.0 * row.guide_coverage
+            );
         }
         rows.push(row);
     }
@@ -428,7 +459,10 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         })
         .collect();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default()
+        );
     } else {
         println!("{:<22} {:>9} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "seconds");
         for r in &rows {
@@ -449,7 +483,8 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
 
 fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
-    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("target.png").is_file()).collect();
+    let mut v: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("target.png").is_file()).collect();
     v.sort();
     Ok(v)
 }

@@ -63,7 +63,8 @@ pub fn ssim_masked(a: &RgbF, b: &RgbF, mask: &Mask) -> f64 {
         for i in 0..w * h {
             if mask.data[i] >= 0.5 {
                 let (vx, vy, cxy) = (xx[i] - mx[i] * mx[i], yy[i] - my[i] * my[i], xy[i] - mx[i] * my[i]);
-                let s = ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2)) / ((mx[i].powi(2) + my[i].powi(2) + c1) * (vx + vy + c2));
+                let s = ((2.0 * mx[i] * my[i] + c1) * (2.0 * cxy + c2))
+                    / ((mx[i].powi(2) + my[i].powi(2) + c1) * (vx + vy + c2));
                 total += s;
                 n += 1;
             }
@@ -80,11 +81,21 @@ mod tests {
     fn identical_images_score_perfectly_and_noise_lowers_scores() {
         let a = RgbF::from_fn(32, 32, |x, y| [x as f32 / 32.0, y as f32 / 32.0, 0.5]);
         let mut m = Mask::new(32, 32, 0.0);
-        for y in 8..24 { for x in 8..24 { m.set(x, y, 1.0); } }
+        for y in 8..24 {
+            for x in 8..24 {
+                m.set(x, y, 1.0);
+            }
+        }
         assert_eq!(psnr_masked(&a, &a, &m), 100.0);
         assert!((ssim_masked(&a, &a, &m) - 1.0).abs() < 1e-9);
         let mut b = a.clone();
-        for y in 8..24 { for x in 8..24 { let mut p = b.get(x, y); p[0] += 0.1; b.set(x, y, p); } }
+        for y in 8..24 {
+            for x in 8..24 {
+                let mut p = b.get(x, y);
+                p[0] += 0.1;
+                b.set(x, y, p);
+            }
+        }
         // only channel 0 differs by 0.1 on masked pixels: mse = 0.01/3
         let want = 10.0 * (3.0f64 / 0.01).log10();
         assert!((psnr_masked(&a, &b, &m) - want).abs() < 1e-3);

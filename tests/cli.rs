@@ -25,7 +25,9 @@ fn pattern(x: u32, y: u32, dx: u32) -> image::Rgb<u8> {
 fn scene(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let t = image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 0));
     let r = image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 5));
-    let m = image::GrayImage::from_fn(80, 56, |x, y| image::Luma([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }]));
+    let m = image::GrayImage::from_fn(80, 56, |x, y| {
+        image::Luma([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }])
+    });
     let (tp, mp, rp) = (dir.join("target.png"), dir.join("mask.png"), dir.join("ref.png"));
     t.save(&tp).unwrap();
     m.save(&mp).unwrap();
@@ -33,21 +35,28 @@ fn scene(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (tp, mp, rp)
 }
 
-const FAST: &[&str] = &["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--steps", "3", "--backend", "cpu", "--quiet"];
+/// Tiny model settings: each run takes seconds.
+const TINY: &[&str] = &["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--backend", "cpu"];
+
+/// `realfill SUB --target … --mask … --ref …` on the scene in `dir`, with its own cache.
+fn scene_cmd(dir: &Path, sub: &str) -> Command {
+    let mut c = bin();
+    c.env("REALFILL_CACHE", dir.join("cache"))
+        .args([sub, "--target"])
+        .arg(dir.join("target.png"))
+        .arg("--mask")
+        .arg(dir.join("mask.png"))
+        .arg("--ref")
+        .arg(dir.join("ref.png"));
+    c
+}
 
 fn fill(dir: &Path, extra: &[&str], out: &Path) -> Output {
-    let (tp, mp, rp) = (dir.join("target.png"), dir.join("mask.png"), dir.join("ref.png"));
-    bin()
-        .env("REALFILL_CACHE", dir.join("cache"))
-        .args(["fill", "--target"])
-        .arg(&tp)
-        .arg("--mask")
-        .arg(&mp)
-        .arg("--ref")
-        .arg(&rp)
+    scene_cmd(dir, "fill")
         .arg("--out")
         .arg(out)
-        .args(FAST)
+        .args(TINY)
+        .args(["--steps", "3", "--quiet"])
         .args(extra)
         .output()
         .unwrap()
@@ -105,52 +114,46 @@ fn extend_grows_the_canvas() {
 fn second_fill_uses_the_cached_model() {
     let d = tmp("cache");
     scene(&d);
-    let (tp, mp, rp) = (d.join("target.png"), d.join("mask.png"), d.join("ref.png"));
-    let o = bin()
-        .env("REALFILL_CACHE", d.join("cache"))
-        .args(["learn", "--target"]).arg(&tp).arg("--mask").arg(&mp).arg("--ref").arg(&rp)
-        .args(["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--backend", "cpu"])
-        .output()
-        .unwrap();
+    let o = scene_cmd(&d, "learn").args(TINY).output().unwrap();
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
-    let o = bin()
-        .env("REALFILL_CACHE", d.join("cache"))
-        .args(["fill", "--target"]).arg(&tp).arg("--mask").arg(&mp).arg("--ref").arg(&rp).arg("--out").arg(d.join("o.png"))
-        .args(["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--steps", "3", "--backend", "cpu"])
-        .output()
-        .unwrap();
+    let o = scene_cmd(&d, "fill").arg("--out").arg(d.join("o.png")).args(TINY).args(["--steps", "3"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stderr: {err}");
     assert!(err.contains("cached scene model"), "stderr: {err}");
+}
+
+/// `realfill fill --target T --mask M --out O [--ref R]` with tiny settings; returns (success, stderr).
+fn fill_with(target: &Path, mask: &Path, out: &Path, reference: Option<&Path>) -> (bool, String) {
+    let mut c = bin();
+    c.args(["fill", "--target"]).arg(target).arg("--mask").arg(mask).arg("--out").arg(out).args(TINY);
+    if let Some(r) = reference {
+        c.arg("--ref").arg(r);
+    }
+    let o = c.args(["--steps", "3", "--quiet"]).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
 }
 
 #[test]
 fn bad_input_gives_one_clear_line_and_nonzero_exit() {
     let d = tmp("bad");
     let (tp, mp, rp) = scene(&d);
-    // missing target
-    let o = bin().args(["fill", "--target"]).arg(d.join("missing.png")).arg("--mask").arg(&mp).arg("--out").arg(d.join("o.png")).output().unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("missing.png") && e.contains("not found"), "{e}");
+    let out = d.join("o.png");
+    let (ok, e) = fill_with(&d.join("missing.png"), &mp, &out, None);
+    assert!(!ok && e.contains("missing.png") && e.contains("not found"), "{e}");
     // output over an input is refused and the input stays identical
     let before = std::fs::read(&tp).unwrap();
-    let o = bin().args(["fill", "--target"]).arg(&tp).arg("--mask").arg(&mp).arg("--ref").arg(&rp).arg("--out").arg(&tp).args(FAST).output().unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("one of the inputs"));
+    let (ok, e) = fill_with(&tp, &mp, &tp, Some(&rp));
+    assert!(!ok && e.contains("one of the inputs"), "{e}");
     assert_eq!(std::fs::read(&tp).unwrap(), before);
     // mask of the wrong size
     let small = d.join("small.png");
     image::GrayImage::new(10, 10).save(&small).unwrap();
-    let o = bin().args(["fill", "--target"]).arg(&tp).arg("--mask").arg(&small).arg("--out").arg(d.join("o.png")).args(FAST).output().unwrap();
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("small.png") && e.contains("target's size"), "{e}");
+    let (ok, e) = fill_with(&tp, &small, &out, None);
+    assert!(!ok && e.contains("small.png") && e.contains("target's size"), "{e}");
     // empty mask: nothing to fill
     let empty = d.join("empty.png");
     image::GrayImage::new(80, 56).save(&empty).unwrap();
-    let o = bin().args(["fill", "--target"]).arg(&tp).arg("--mask").arg(&empty).arg("--out").arg(d.join("o.png")).args(FAST).output().unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to fill"));
-    assert!(!d.join("o.png").exists(), "no partial output");
+    let (ok, e) = fill_with(&tp, &empty, &out, None);
+    assert!(!ok && e.contains("nothing to fill"), "{e}");
+    assert!(!out.exists(), "no partial output");
 }

@@ -144,7 +144,8 @@ pub fn detect(img: &Gray, opts: &DetectOptions) -> Vec<Keypoint> {
                 }
                 let (bx, by) = ((x as f32 + 0.5) * s - 0.5, (y as f32 + 0.5) * s - 0.5);
                 if let Some(cl) = &opts.clearance {
-                    let bi = (by.round() as usize).min(img.height - 1) * img.width + (bx.round() as usize).min(img.width - 1);
+                    let bi = (by.round() as usize).min(img.height - 1) * img.width
+                        + (bx.round() as usize).min(img.width - 1);
                     if cl[bi] < 12.0 * s {
                         continue;
                     }
@@ -157,7 +158,13 @@ pub fn detect(img: &Gray, opts: &DetectOptions) -> Vec<Keypoint> {
         for (_, x, y) in cands {
             for angle in orientations(&grad, lv.width, x, y) {
                 let desc = describe(lv, x as f32, y as f32, angle);
-                out.push(Keypoint { x: (x as f32 + 0.5) * s - 0.5, y: (y as f32 + 0.5) * s - 0.5, scale: *s, angle, desc });
+                out.push(Keypoint {
+                    x: (x as f32 + 0.5) * s - 0.5,
+                    y: (y as f32 + 0.5) * s - 0.5,
+                    scale: *s,
+                    angle,
+                    desc,
+                });
             }
         }
     }

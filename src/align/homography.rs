@@ -78,7 +78,8 @@ impl Homography {
         let mut atb = [0.0f64; 8];
         for (s, d) in ns.iter().zip(&nd) {
             let (x, y, u, v) = (s.0, s.1, d.0, d.1);
-            let rows = [([x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y], u), ([0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y], v)];
+            let rows =
+                [([x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y], u), ([0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y], v)];
             for (r, b) in rows {
                 for i in 0..8 {
                     atb[i] += r[i] * b;

@@ -150,7 +150,11 @@ mod tests {
             *v = (*v * 1.2 + 0.05).min(1.0);
         }
         let mut fill = Mask::new(200, 160, 0.0);
-        for y in 50..110 { for x in 60..140 { fill.set(x, y, 1.0); } }
+        for y in 50..110 {
+            for x in 60..140 {
+                fill.set(x, y, 1.0);
+            }
+        }
         let a = align(&target, &fill, &reference, 1).expect("alignment found");
         assert!(a.inliers >= 12);
         // Where the reference truly shows each target point (inverse of `texture`'s mapping).
@@ -170,12 +174,14 @@ mod tests {
         let known = Mask { width: 200, height: 160, data: fill.data.iter().map(|v| 1.0 - v).collect() };
         match_exposure(&mut warped, &valid, &target, &known);
         let mut diffs: Vec<f32> = Vec::new();
-        for y in 55..105 { for x in 65..135 {
-            if valid.get(x, y) > 0.5 {
-                let (p, q) = (warped.get(x, y), target.get(x, y));
-                diffs.push((p[0] - q[0]).abs());
+        for y in 55..105 {
+            for x in 65..135 {
+                if valid.get(x, y) > 0.5 {
+                    let (p, q) = (warped.get(x, y), target.get(x, y));
+                    diffs.push((p[0] - q[0]).abs());
+                }
             }
-        } }
+        }
         diffs.sort_by(|a, b| a.total_cmp(b));
         assert!(diffs.len() > 3000);
         assert!(diffs[diffs.len() / 2] < 0.02, "median red error {}", diffs[diffs.len() / 2]);

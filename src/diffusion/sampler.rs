@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// Everything the model is conditioned on, at working size.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Condition {
     pub width: usize,
     pub height: usize,
@@ -138,7 +138,15 @@ mod tests {
         for kind in [SamplerKind::Ddim, SamplerKind::Ddpm] {
             let mut oracle = Oracle { target: target.clone(), schedule: Schedule::default(), calls: 0 };
             let mut previews = 0;
-            let out = sample(&mut oracle, &Schedule::default(), &c, &SampleOptions { kind, steps: 20, seed: 3 }, &mut |_, _, _| previews += 1, &|| false).unwrap();
+            let out = sample(
+                &mut oracle,
+                &Schedule::default(),
+                &c,
+                &SampleOptions { kind, steps: 20, seed: 3 },
+                &mut |_, _, _| previews += 1,
+                &|| false,
+            )
+            .unwrap();
             assert_eq!(oracle.calls, 20);
             assert_eq!(previews, 20);
             for j in 0..3 * w * h {
@@ -157,16 +165,34 @@ mod tests {
         let target = vec![0.1; 48];
         let run = |seed| {
             let mut o = Oracle { target: target.clone(), schedule: Schedule::default(), calls: 0 };
-            sample(&mut o, &Schedule::default(), &c, &SampleOptions { kind: SamplerKind::Ddpm, steps: 5, seed }, &mut |_, _, _| {}, &|| false).unwrap().x0
+            sample(
+                &mut o,
+                &Schedule::default(),
+                &c,
+                &SampleOptions { kind: SamplerKind::Ddpm, steps: 5, seed },
+                &mut |_, _, _| {},
+                &|| false,
+            )
+            .unwrap()
+            .x0
         };
         assert_eq!(run(9), run(9));
         let mut o = Oracle { target, schedule: Schedule::default(), calls: 0 };
         let flag = std::cell::Cell::new(false);
         let mut steps_seen = 0;
-        let r = sample(&mut o, &Schedule::default(), &c, &SampleOptions { kind: SamplerKind::Ddim, steps: 10, seed: 1 }, &mut |s, _, _| {
-            steps_seen = s;
-            if s == 3 { flag.set(true); }
-        }, &|| flag.get());
+        let r = sample(
+            &mut o,
+            &Schedule::default(),
+            &c,
+            &SampleOptions { kind: SamplerKind::Ddim, steps: 10, seed: 1 },
+            &mut |s, _, _| {
+                steps_seen = s;
+                if s == 3 {
+                    flag.set(true);
+                }
+            },
+            &|| flag.get(),
+        );
         assert!(matches!(r, Err(Error::Cancelled)));
         assert_eq!(steps_seen, 3);
         assert_eq!(o.calls, 3, "no model call after cancel");

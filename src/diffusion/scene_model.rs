@@ -9,19 +9,18 @@ use crate::error::Result;
 pub struct SceneDenoiser {
     model: UNet,
     device: Device,
-    /// The 8 conditioning channels of the last condition, on the device.
-    cond_cache: Option<(usize, Tensor<4>)>,
+    /// The last condition and its 8 channels on the device: uploaded once per fill, not per step.
+    uploaded: Option<(Condition, Tensor<4>)>,
 }
 
 impl SceneDenoiser {
     pub fn new(model: UNet, device: Device) -> Self {
-        SceneDenoiser { model, device, cond_cache: None }
+        SceneDenoiser { model, device, uploaded: None }
     }
 
     fn cond_tensor(&mut self, cond: &Condition) -> Tensor<4> {
-        let key = cond as *const Condition as usize ^ cond.known.len();
-        if let Some((k, t)) = &self.cond_cache
-            && *k == key
+        if let Some((c, t)) = &self.uploaded
+            && c == cond
         {
             return t.clone();
         }
@@ -32,7 +31,7 @@ impl SceneDenoiser {
         data.extend_from_slice(&cond.guide);
         data.extend_from_slice(&cond.guide_valid);
         let t = Tensor::<4>::from_data(TensorData::new(data, [1, 8, cond.height, cond.width]), &self.device);
-        self.cond_cache = Some((key, t.clone()));
+        self.uploaded = Some((cond.clone(), t.clone()));
         t
     }
 }
@@ -47,7 +46,10 @@ impl Denoiser for SceneDenoiser {
         let time = Tensor::<2>::from_data(TensorData::new(time_features(&[t]), [1, TIME_FEATURES]), &self.device);
         // The network predicts a correction to the warped references (see unet.rs).
         let residual = self.model.forward(input, time);
-        let r = residual.into_data().try_into_vec::<f32>().map_err(|e| crate::error::Error::Engine(format!("reading model output: {e:?}")))?;
+        let r = residual
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| crate::error::Error::Engine(format!("reading model output: {e:?}")))?;
         Ok(r.iter().zip(&cond.guide).map(|(r, g)| r + g).collect())
     }
 }

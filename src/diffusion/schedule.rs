@@ -51,7 +51,8 @@ impl Schedule {
     pub fn sampling_timesteps(&self, n: usize) -> Vec<usize> {
         let n = n.clamp(1, self.len());
         let last = (self.len() - 1) as f64;
-        let mut ts: Vec<usize> = (0..n).map(|i| (last * (1.0 - i as f64 / (n - 1).max(1) as f64)).round() as usize).collect();
+        let mut ts: Vec<usize> =
+            (0..n).map(|i| (last * (1.0 - i as f64 / (n - 1).max(1) as f64)).round() as usize).collect();
         if n == 1 {
             ts = vec![self.len() - 1];
         }

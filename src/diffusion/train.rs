@@ -89,11 +89,13 @@ pub fn make_batch(sources: &[TrainingSource], schedule: &Schedule, batch: usize,
                 let v = y0 + (yy as f32 + 0.5) * step - 0.5;
                 let p = yy * crop + xx;
                 let rgb = src.image.sample(u, v);
-                let ki = (v.round().clamp(0.0, h - 1.0) as usize) * src.image.width + u.round().clamp(0.0, w - 1.0) as usize;
+                let ki =
+                    (v.round().clamp(0.0, h - 1.0) as usize) * src.image.width + u.round().clamp(0.0, w - 1.0) as usize;
                 let known = src.known.data[ki];
                 let m = mask[p].max(1.0 - known);
                 let (gu, gv) = (u + gdx, v + gdy);
-                let gi = (gv.round().clamp(0.0, h - 1.0) as usize) * src.image.width + gu.round().clamp(0.0, w - 1.0) as usize;
+                let gi = (gv.round().clamp(0.0, h - 1.0) as usize) * src.image.width
+                    + gu.round().clamp(0.0, w - 1.0) as usize;
                 let gvalid = if drop_guide { 0.0 } else { src.guide.valid.data[gi] };
                 let g = src.guide.rgb.sample(gu, gv);
                 input[base_in + 3 * px + p] = m;
@@ -129,9 +131,8 @@ pub fn learn(
     }
     let schedule = Schedule::default();
     let mut rng = Rng::new(settings.seed ^ 0x5EED);
-    let mut optim = AdamConfig::new()
-        .with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0)))
-        .init();
+    let mut optim =
+        AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0))).init();
     for step in 0..settings.steps {
         if cancelled() {
             return Err(Error::Cancelled);
@@ -188,7 +189,11 @@ mod tests {
     #[test]
     fn unknown_pixels_get_no_loss() {
         let mut s = tiny_source(1);
-        for y in 0..40 { for x in 0..24 { s.known.set(x, y, 0.0); } }
+        for y in 0..40 {
+            for x in 0..24 {
+                s.known.set(x, y, 0.0);
+            }
+        }
         let mut rng = Rng::new(4);
         let b = make_batch(&[s], &Schedule::default(), 4, 16, &mut rng);
         let zero = b.weight.iter().filter(|&&w| w == 0.0).count();

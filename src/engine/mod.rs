@@ -29,13 +29,27 @@ pub enum Job {
 
 pub enum Event {
     /// The device in use (and a warning when it is a fallback).
-    Backend { description: String, warning: Option<String> },
+    Backend {
+        description: String,
+        warning: Option<String>,
+    },
     Status(String),
-    Learning { step: usize, total: usize, loss: f32, elapsed_s: f32 },
+    Learning {
+        step: usize,
+        total: usize,
+        loss: f32,
+        elapsed_s: f32,
+    },
     /// An x0 estimate of the whole working canvas after `step` of `total` steps. Droppable:
     /// a consumer that is behind only needs the newest.
-    Preview { step: usize, total: usize, image: Arc<RgbF> },
-    Learned { cached: bool },
+    Preview {
+        step: usize,
+        total: usize,
+        image: Arc<RgbF>,
+    },
+    Learned {
+        cached: bool,
+    },
     Done(Box<FillOutput>),
     Failed(String),
     /// The job stopped at a cancel request; nothing was produced.
@@ -114,10 +128,14 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Sender<Event>, cancel
         let cancelled = || cancel.load(Ordering::SeqCst);
         let mut rep = Reporter { tx: &tx, started: Instant::now() };
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &job {
-            Job::Learn { scene, settings } => pipeline::run_learn(scene, settings, &device, &mut held, &mut rep, &cancelled)
-                .map(|cached| Event::Learned { cached }),
-            Job::Fill { scene, settings } => pipeline::run_fill(scene, settings, &device, &mut held, &mut rep, &cancelled)
-                .map(|out| Event::Done(Box::new(out))),
+            Job::Learn { scene, settings } => {
+                pipeline::run_learn(scene, settings, &device, &mut held, &mut rep, &cancelled)
+                    .map(|cached| Event::Learned { cached })
+            }
+            Job::Fill { scene, settings } => {
+                pipeline::run_fill(scene, settings, &device, &mut held, &mut rep, &cancelled)
+                    .map(|out| Event::Done(Box::new(out)))
+            }
         }));
         let event = match result {
             Ok(Ok(ev)) => ev,
@@ -144,12 +162,22 @@ mod tests {
         let rgb = RgbF { width: 48, height: 32, data: original.to_rgb32f().into_raw() };
         let target = Photo { path: "t.png".into(), original, rgb, transparent: None };
         let mut m = Mask::new(48, 32, 0.0);
-        for y in 8..20 { for x in 10..30 { m.set(x, y, 1.0); } }
+        for y in 8..20 {
+            for x in 10..30 {
+                m.set(x, y, 1.0);
+            }
+        }
         Scene::new(target, Some((m, std::path::Path::new("m.png"))), Extension::default(), vec![]).unwrap()
     }
 
     fn tiny_settings() -> FillSettings {
-        let mut s = FillSettings { size: 48, steps: 20, use_cache: false, spec: UNetSpec { channels: vec![8, 16], emb_dim: 16 }, ..Default::default() };
+        let mut s = FillSettings {
+            size: 48,
+            steps: 20,
+            use_cache: false,
+            spec: UNetSpec { channels: vec![8, 16], emb_dim: 16 },
+            ..Default::default()
+        };
         s.learn.steps = 3;
         s.learn.batch = 2;
         s.learn.crop = 16;

@@ -74,7 +74,12 @@ fn dilate(m: &Mask) -> Mask {
             for dy in -1i32..=1 {
                 for dx in -1i32..=1 {
                     let (xx, yy) = (x as i32 + dx, y as i32 + dy);
-                    if xx >= 0 && yy >= 0 && (xx as usize) < m.width && (yy as usize) < m.height && m.get(xx as usize, yy as usize) >= 0.5 {
+                    if xx >= 0
+                        && yy >= 0
+                        && (xx as usize) < m.width
+                        && (yy as usize) < m.height
+                        && m.get(xx as usize, yy as usize) >= 0.5
+                    {
                         hit = true;
                     }
                 }
@@ -118,11 +123,13 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
             r.rgb.resized(rw, rh)
         })
         .collect();
-    let alignments: Vec<Option<Alignment>> = refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64)).collect();
+    let alignments: Vec<Option<Alignment>> =
+        refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64)).collect();
     // Better-aligned references first.
     let mut order: Vec<usize> = (0..refs.len()).filter(|&i| alignments[i].is_some()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
-    let target_others: Vec<_> = order.iter().map(|&i| (&refs[i], None, alignments[i].as_ref().unwrap().target_to_ref)).collect();
+    let target_others: Vec<_> =
+        order.iter().map(|&i| (&refs[i], None, alignments[i].as_ref().unwrap().target_to_ref)).collect();
     let guide = build_guide(ww, wh, &target_others, &canvas, &known);
 
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
@@ -134,7 +141,9 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
                     let mut others: Vec<(&RgbF, Option<&Mask>, Homography)> = order
                         .iter()
                         .filter(|&&j| j != i)
-                        .map(|&j| (&refs[j], None, alignments[j].as_ref().unwrap().target_to_ref.then_after(&ref_to_target)))
+                        .map(|&j| {
+                            (&refs[j], None, alignments[j].as_ref().unwrap().target_to_ref.then_after(&ref_to_target))
+                        })
                         .collect();
                     others.push((&canvas, Some(&known), ref_to_target));
                     build_guide(r.width, r.height, &others, r, &all)
@@ -193,7 +202,8 @@ pub fn learn_or_load(
     // Weight initialisation draws from the backend's generator: seed it for reproducibility.
     ad.seed(s.learn.seed);
     let model = UNet::new(&s.spec, &ad);
-    let model = train::learn(model, &p.sources, &s.learn, &ad, &mut |st, tot, l| progress.learning(st, tot, l), cancelled)?;
+    let model =
+        train::learn(model, &p.sources, &s.learn, &ad, &mut |st, tot, l| progress.learning(st, tot, l), cancelled)?;
     let model = model.valid();
     if s.use_cache
         && let Err(e) = checkpoint::save(&model, &path)

@@ -4,8 +4,8 @@
 
 use image::{DynamicImage, ImageBuffer, Rgb};
 
-use super::raster::{Mask, RgbF};
 use super::Scene;
+use super::raster::{Mask, RgbF};
 
 /// Correct the model's colour/exposure drift: compare its raw prediction of the known pixels
 /// in a ring around the hole with the true pixels there, and shift the filled region by the
@@ -113,7 +113,9 @@ mod tests {
     use crate::scene::{Extension, Photo};
 
     fn photo(w: u32, h: u32) -> Photo {
-        let img = image::RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) % 256) as u8]));
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) % 256) as u8])
+        });
         let original = DynamicImage::ImageRgb8(img);
         let rgb = RgbF { width: w as usize, height: h as usize, data: original.to_rgb32f().into_raw() };
         Photo { path: "t.png".into(), original, rgb, transparent: None }
@@ -128,7 +130,9 @@ mod tests {
                 m.set(x, y, 1.0);
             }
         }
-        let scene = Scene::new(target.clone(), Some((m.clone(), std::path::Path::new("m.png"))), Extension::default(), vec![]).unwrap();
+        let scene =
+            Scene::new(target.clone(), Some((m.clone(), std::path::Path::new("m.png"))), Extension::default(), vec![])
+                .unwrap();
         let fill = RgbF::from_fn(32, 24, |_, _| [0.9, 0.1, 0.5]);
         let feather = 3.0;
         let out = composite(&scene, &fill, feather).to_rgb8();
@@ -167,7 +171,11 @@ mod tests {
         let raw = RgbF::from_fn(40, 40, |_, _| [0.6, 0.5, 0.4]);
         let mut fill = raw.clone();
         let mut m = Mask::new(40, 40, 0.0);
-        for y in 15..25 { for x in 15..25 { m.set(x, y, 1.0); } }
+        for y in 15..25 {
+            for x in 15..25 {
+                m.set(x, y, 1.0);
+            }
+        }
         match_colour(&mut fill, &raw, &known, &m, 4.0);
         let p = fill.get(20, 20);
         assert!((p[0] - 0.5).abs() < 1e-4 && (p[2] - 0.5).abs() < 1e-4, "{p:?}");

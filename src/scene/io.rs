@@ -38,9 +38,7 @@ impl Photo {
 fn decode(path: &Path) -> Result<DynamicImage> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::input(path, "file not found; check the path"),
-        std::io::ErrorKind::PermissionDenied => {
-            Error::input(path, "permission denied; make the file readable")
-        }
+        std::io::ErrorKind::PermissionDenied => Error::input(path, "permission denied; make the file readable"),
         _ => Error::input(path, format!("cannot read: {e}")),
     })?;
     if meta.is_dir() {
@@ -112,10 +110,15 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     };
     let sixteen = matches!(
         img.color(),
-        image::ColorType::L16 | image::ColorType::La16 | image::ColorType::Rgb16 | image::ColorType::Rgba16
-            | image::ColorType::Rgb32F | image::ColorType::Rgba32F
+        image::ColorType::L16
+            | image::ColorType::La16
+            | image::ColorType::Rgb16
+            | image::ColorType::Rgba16
+            | image::ColorType::Rgb32F
+            | image::ColorType::Rgba32F
     );
-    let original = if sixteen { DynamicImage::ImageRgb16(img.to_rgb16()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
+    let original =
+        if sixteen { DynamicImage::ImageRgb16(img.to_rgb16()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
     let rgb = RgbF { width: w, height: h, data: original.to_rgb32f().into_raw() };
     Ok(Photo { path: path.to_path_buf(), original, rgb, transparent })
 }

@@ -91,7 +91,10 @@ impl Scene {
         }
         if mask.is_empty() {
             let problem = match &user_mask {
-                Some((_, p)) => format!("mask {} is empty (all black): nothing to fill; paint the region to replace in white", p.display()),
+                Some((_, p)) => format!(
+                    "mask {} is empty (all black): nothing to fill; paint the region to replace in white",
+                    p.display()
+                ),
                 None => "nothing to fill: give --mask (white = fill) or --extend L,T,R,B".to_string(),
             };
             return Err(Error::Invalid(problem));
@@ -111,11 +114,7 @@ impl Scene {
         let (w, h) = (self.target.width(), self.target.height());
         RgbF::from_fn(cw, ch, |x, y| {
             let inside = x >= e.left && y >= e.top && x < e.left + w && y < e.top + h;
-            if inside && self.mask.get(x, y) < 0.5 {
-                self.target.rgb.get(x - e.left, y - e.top)
-            } else {
-                [0.0; 3]
-            }
+            if inside && self.mask.get(x, y) < 0.5 { self.target.rgb.get(x - e.left, y - e.top) } else { [0.0; 3] }
         })
     }
 }

@@ -70,10 +70,7 @@ impl RgbF {
     }
 
     pub fn gray(&self) -> Vec<f32> {
-        self.data
-            .chunks_exact(3)
-            .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
-            .collect()
+        self.data.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect()
     }
 
     /// Crop a rectangle (must lie inside).
@@ -168,11 +165,17 @@ impl Mask {
             for x in 0..w {
                 let i = y * w + x;
                 let mut v = d[i];
-                if x > 0 { v = v.min(d[i - 1] + 1.0); }
+                if x > 0 {
+                    v = v.min(d[i - 1] + 1.0);
+                }
                 if y > 0 {
                     v = v.min(d[i - w] + 1.0);
-                    if x > 0 { v = v.min(d[i - w - 1] + diag); }
-                    if x + 1 < w { v = v.min(d[i - w + 1] + diag); }
+                    if x > 0 {
+                        v = v.min(d[i - w - 1] + diag);
+                    }
+                    if x + 1 < w {
+                        v = v.min(d[i - w + 1] + diag);
+                    }
                 }
                 d[i] = v;
             }
@@ -181,11 +184,17 @@ impl Mask {
             for x in (0..w).rev() {
                 let i = y * w + x;
                 let mut v = d[i];
-                if x + 1 < w { v = v.min(d[i + 1] + 1.0); }
+                if x + 1 < w {
+                    v = v.min(d[i + 1] + 1.0);
+                }
                 if y + 1 < h {
                     v = v.min(d[i + w] + 1.0);
-                    if x + 1 < w { v = v.min(d[i + w + 1] + diag); }
-                    if x > 0 { v = v.min(d[i + w - 1] + diag); }
+                    if x + 1 < w {
+                        v = v.min(d[i + w + 1] + diag);
+                    }
+                    if x > 0 {
+                        v = v.min(d[i + w - 1] + diag);
+                    }
                 }
                 d[i] = v;
             }
