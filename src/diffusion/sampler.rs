@@ -16,7 +16,7 @@ pub struct Condition {
     pub known: Vec<f32>,
     /// 1 = fill, 0 = keep (HW).
     pub mask: Vec<f32>,
-    /// Warped references (CHW, [-1, 1]); 0 where not covered.
+    /// The prior estimate (CHW, [-1, 1]): known pixels, warped references, smooth continuation.
     pub guide: Vec<f32>,
     /// 1 where the guide covers the pixel (HW).
     pub guide_valid: Vec<f32>,

@@ -11,6 +11,7 @@ use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, time_features};
 use crate::align::Guide;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::scene::pushpull::push_pull;
 use crate::scene::{Mask, RgbF};
 
 /// One image the model learns from, with the other images warped into its frame.
@@ -45,6 +46,21 @@ pub fn lr_at(s: &LearnSettings, step: usize) -> f64 {
     }
     let p = (step - warm) as f64 / (s.steps - warm).max(1) as f64;
     s.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
+}
+
+/// The prior x0 estimate the scene model corrects: known pixels as they are, warped
+/// references where they cover the rest, and a smooth push-pull continuation of both
+/// elsewhere. `fill` is 1 where the pixel is not known.
+pub fn prior(image: &RgbF, fill: &[f32], guide: &RgbF, guide_valid: &Mask) -> RgbF {
+    let mut base = guide.clone();
+    let mut trust = guide_valid.clone();
+    for (p, &f) in fill.iter().enumerate() {
+        if f < 0.5 {
+            base.data[3 * p..3 * p + 3].copy_from_slice(&image.data[3 * p..3 * p + 3]);
+            trust.data[p] = 1.0;
+        }
+    }
+    push_pull(&base, &trust)
 }
 
 /// A training batch on the CPU, ready to upload.
@@ -82,34 +98,46 @@ pub fn make_batch(sources: &[TrainingSource], schedule: &Schedule, batch: usize,
         let (a, s) = schedule.coeffs(t);
         let base_in = b * IN_CHANNELS * px;
         let base_out = b * 3 * px;
+        // First pass: sample the crop (image, known, fill mask, reference guide).
+        let mut rgb_c = RgbF::new(crop, crop);
+        let mut known_c = vec![0.0f32; px];
+        let mut fill_c = vec![0.0f32; px];
+        let mut guide_c = RgbF::new(crop, crop);
+        let mut gvalid_c = Mask::new(crop, crop, 0.0);
         for yy in 0..crop {
             for xx in 0..crop {
                 let cx = if flip { crop - 1 - xx } else { xx };
                 let u = x0 + (cx as f32 + 0.5) * step - 0.5;
                 let v = y0 + (yy as f32 + 0.5) * step - 0.5;
                 let p = yy * crop + xx;
-                let rgb = src.image.sample(u, v);
+                rgb_c.set(xx, yy, src.image.sample(u, v));
                 let ki =
                     (v.round().clamp(0.0, h - 1.0) as usize) * src.image.width + u.round().clamp(0.0, w - 1.0) as usize;
-                let known = src.known.data[ki];
-                let m = mask[p].max(1.0 - known);
+                known_c[p] = src.known.data[ki];
+                fill_c[p] = mask[p].max(1.0 - known_c[p]);
                 let (gu, gv) = (u + gdx, v + gdy);
                 let gi = (gv.round().clamp(0.0, h - 1.0) as usize) * src.image.width
                     + gu.round().clamp(0.0, w - 1.0) as usize;
-                let gvalid = if drop_guide { 0.0 } else { src.guide.valid.data[gi] };
-                let g = src.guide.rgb.sample(gu, gv);
-                input[base_in + 3 * px + p] = m;
-                input[base_in + 10 * px + p] = gvalid;
-                for k in 0..3 {
-                    let x0v = rgb[k] * 2.0 - 1.0;
-                    let eps = rng.normal();
-                    input[base_in + k * px + p] = a * x0v + s * eps;
-                    input[base_in + (4 + k) * px + p] = (1.0 - m) * x0v;
-                    input[base_in + (7 + k) * px + p] = gvalid * (g[k] * 2.0 - 1.0);
-                    // Residual target: what the warped references get wrong.
-                    target_v[base_out + k * px + p] = x0v - gvalid * (g[k] * 2.0 - 1.0);
-                    weight[base_out + k * px + p] = known;
-                }
+                gvalid_c.data[p] = if drop_guide { 0.0 } else { src.guide.valid.data[gi] };
+                guide_c.set(xx, yy, src.guide.rgb.sample(gu, gv));
+            }
+        }
+        // The prior the model corrects, built exactly as at fill time (see `prior`).
+        let full = prior(&rgb_c, &fill_c, &guide_c, &gvalid_c);
+        for p in 0..px {
+            let m = fill_c[p];
+            input[base_in + 3 * px + p] = m;
+            input[base_in + 10 * px + p] = gvalid_c.data[p];
+            for k in 0..3 {
+                let x0v = rgb_c.data[3 * p + k] * 2.0 - 1.0;
+                let gk = full.data[3 * p + k] * 2.0 - 1.0;
+                let eps = rng.normal();
+                input[base_in + k * px + p] = a * x0v + s * eps;
+                input[base_in + (4 + k) * px + p] = (1.0 - m) * x0v;
+                input[base_in + (7 + k) * px + p] = gk;
+                // Residual target: what the prior gets wrong.
+                target_v[base_out + k * px + p] = x0v - gk;
+                weight[base_out + k * px + p] = known_c[p];
             }
         }
     }
@@ -173,6 +201,27 @@ mod tests {
         let _ = r.uniform();
         // No guide: the model has to learn the image itself.
         TrainingSource { image, known: Mask::new(w, h, 1.0), guide: Guide::empty(w, h) }
+    }
+
+    #[test]
+    fn prior_keeps_known_pixels_and_trusts_the_references() {
+        let image = RgbF::from_fn(16, 16, |_, _| [0.9, 0.1, 0.1]);
+        let guide = RgbF::from_fn(16, 16, |_, _| [0.1, 0.1, 0.9]);
+        let mut valid = Mask::new(16, 16, 0.0);
+        let mut fill = vec![0.0f32; 256];
+        for y in 4..12 {
+            for x in 4..12 {
+                fill[y * 16 + x] = 1.0;
+                if x < 8 {
+                    valid.set(x, y, 1.0);
+                }
+            }
+        }
+        let p = prior(&image, &fill, &guide, &valid);
+        assert_eq!(p.get(0, 0), [0.9, 0.1, 0.1], "known pixel kept");
+        assert_eq!(p.get(5, 6), [0.1, 0.1, 0.9], "reference used where it covers the hole");
+        let c = p.get(10, 8);
+        assert!(c[0] > 0.1 && c[0] < 0.9, "uncovered pixel continues its surroundings: {c:?}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Prepared {
     pub refs: Vec<RgbF>,
     pub alignments: Vec<Option<Alignment>>,
     pub guide: Guide,
+    /// What the model corrects: known pixels, references, smooth continuation (train::prior).
+    pub prior: RgbF,
     pub sources: Vec<TrainingSource>,
     pub key: String,
 }
@@ -162,7 +164,8 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     }
     k.text(&serde_json::to_string(&s.spec).unwrap_or_default());
     k.text(&serde_json::to_string(&s.learn).unwrap_or_default());
-    Ok(Prepared { canvas, fill, known, refs, alignments, guide, sources, key: k.finish() })
+    let prior = train::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
+    Ok(Prepared { canvas, fill, known, refs, alignments, guide, prior, sources, key: k.finish() })
 }
 
 /// Progress callbacks from the pipeline to whoever drives it.
@@ -239,11 +242,10 @@ pub fn from_planar(v: &[f32], width: usize, height: usize) -> RgbF {
 pub fn condition(p: &Prepared) -> Condition {
     let hw = p.canvas.width * p.canvas.height;
     let mut known = to_planar(&p.canvas);
-    let mut guide = to_planar(&p.guide.rgb);
     for j in 0..3 * hw {
         known[j] *= p.known.data[j % hw];
-        guide[j] *= p.guide.valid.data[j % hw];
     }
+    let guide = to_planar(&p.prior);
     Condition {
         width: p.canvas.width,
         height: p.canvas.height,

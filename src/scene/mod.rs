@@ -3,6 +3,7 @@
 
 pub mod composite;
 pub mod io;
+pub mod pushpull;
 pub mod raster;
 
 use std::path::Path;
