@@ -217,6 +217,28 @@ mod tests {
     }
 
     #[test]
+    fn exif_orientation_is_honoured() {
+        let d = tmpdir("exif");
+        // A 40×20 JPEG, left half white, then an EXIF block saying "rotate 90° clockwise".
+        let img =
+            image::RgbImage::from_fn(40, 20, |x, _| if x < 20 { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) });
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        let mut app1 = vec![0xFF, 0xE1, 0x00, 34];
+        app1.extend_from_slice(b"Exif\0\0MM\0\x2a\0\0\0\x08");
+        app1.extend_from_slice(&[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
+        let mut bytes = jpeg[..2].to_vec();
+        bytes.extend_from_slice(&app1);
+        bytes.extend_from_slice(&jpeg[2..]);
+        let p = d.join("rotated.jpg");
+        fs::write(&p, &bytes).unwrap();
+        let photo = load_photo(&p).unwrap();
+        assert_eq!((photo.width(), photo.height()), (20, 40), "rotated to portrait");
+        // The white left half is now the top half.
+        assert!(photo.rgb.get(10, 5)[0] > 0.8 && photo.rgb.get(10, 35)[0] < 0.2);
+    }
+
+    #[test]
     fn alpha_becomes_fill() {
         let d = tmpdir("alpha");
         let img = image::RgbaImage::from_fn(4, 4, |x, _| image::Rgba([9, 9, 9, if x == 0 { 0 } else { 255 }]));
