@@ -116,7 +116,7 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
         let t = Instant::now();
         let (n, c) = (b.batch, b.size);
         let x = Tensor::<4>::from_data(TensorData::new(b.input, [n, IN_CHANNELS, c, c]), &ad);
-        let tv = Tensor::<4>::from_data(TensorData::new(b.target_v, [n, 3, c, c]), &ad);
+        let tv = Tensor::<4>::from_data(TensorData::new(b.residual, [n, 3, c, c]), &ad);
         let tt = Tensor::<2>::from_data(TensorData::new(b.time, [n, TIME_FEATURES]), &ad);
         let d = model.forward(x, tt) - tv;
         let loss = (d.clone() * d).mean();

@@ -66,7 +66,7 @@ pub fn prior(image: &RgbF, fill: &[f32], guide: &RgbF, guide_valid: &Mask) -> Rg
 /// A training batch on the CPU, ready to upload.
 pub struct Batch {
     pub input: Vec<f32>,
-    pub target_v: Vec<f32>,
+    pub residual: Vec<f32>,
     pub weight: Vec<f32>,
     pub time: Vec<f32>,
     pub size: usize,
@@ -77,7 +77,7 @@ pub struct Batch {
 pub fn make_batch(sources: &[TrainingSource], schedule: &Schedule, batch: usize, crop: usize, rng: &mut Rng) -> Batch {
     let px = crop * crop;
     let mut input = vec![0.0f32; batch * IN_CHANNELS * px];
-    let mut target_v = vec![0.0f32; batch * 3 * px];
+    let mut residual = vec![0.0f32; batch * 3 * px];
     let mut weight = vec![0.0f32; batch * 3 * px];
     let mut ts = Vec::with_capacity(batch);
     for b in 0..batch {
@@ -136,12 +136,12 @@ pub fn make_batch(sources: &[TrainingSource], schedule: &Schedule, batch: usize,
                 input[base_in + (4 + k) * px + p] = (1.0 - m) * x0v;
                 input[base_in + (7 + k) * px + p] = gk;
                 // Residual target: what the prior gets wrong.
-                target_v[base_out + k * px + p] = x0v - gk;
+                residual[base_out + k * px + p] = x0v - gk;
                 weight[base_out + k * px + p] = known_c[p];
             }
         }
     }
-    Batch { input, target_v, weight, time: time_features(&ts), size: crop, batch }
+    Batch { input, residual, weight, time: time_features(&ts), size: crop, batch }
 }
 
 /// Train `model` (on an autodiff device) on `sources`. `on_step(step, total, loss)` is called
@@ -168,7 +168,7 @@ pub fn learn(
         let b = make_batch(sources, &schedule, settings.batch, settings.crop, &mut rng);
         let (n, c) = (b.batch, b.size);
         let x = Tensor::<4>::from_data(TensorData::new(b.input, [n, IN_CHANNELS, c, c]), device);
-        let tv = Tensor::<4>::from_data(TensorData::new(b.target_v, [n, 3, c, c]), device);
+        let tv = Tensor::<4>::from_data(TensorData::new(b.residual, [n, 3, c, c]), device);
         let w = Tensor::<4>::from_data(TensorData::new(b.weight, [n, 3, c, c]), device);
         let t = Tensor::<2>::from_data(TensorData::new(b.time, [n, TIME_FEATURES]), device);
         let pred = model.forward(x, t);
@@ -230,7 +230,7 @@ mod tests {
         let mut rng = Rng::new(2);
         let b = make_batch(&src, &Schedule::default(), 3, 16, &mut rng);
         assert_eq!(b.input.len(), 3 * IN_CHANNELS * 256);
-        assert_eq!(b.target_v.len(), 3 * 3 * 256);
+        assert_eq!(b.residual.len(), 3 * 3 * 256);
         assert!(b.weight.iter().all(|&w| w == 1.0));
         assert_eq!(b.time.len(), 3 * TIME_FEATURES);
     }
