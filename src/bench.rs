@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// Learning steps and sampling steps assumed for the whole-fill estimate.
     #[arg(long, default_value_t = 600)]
     pub learn_steps: usize,
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
     pub steps: usize,
 }
 

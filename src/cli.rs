@@ -86,8 +86,9 @@ pub struct FillArgs {
     /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
     #[arg(long)]
     pub out: PathBuf,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 25)]
+    /// Denoising steps. Few is better for a scene model learned in minutes: each step adds its
+    /// small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3 steps, 23.2 dB at 25).
+    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
@@ -113,8 +114,9 @@ pub struct EvalArgs {
     /// Only scenes whose folder name contains this text.
     #[arg(long)]
     pub only: Option<String>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 25)]
+    /// Denoising steps. Few is better for a scene model learned in minutes: each step adds its
+    /// small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3 steps, 23.2 dB at 25).
+    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
@@ -358,7 +360,7 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
     let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
-    let s = settings(&a.model, 25, SamplerKind::Ddim)?;
+    let s = settings(&a.model, crate::engine::pipeline::DEFAULT_STEPS, SamplerKind::Ddim)?;
     let driver = Driver::new(a.model.backend, a.model.quiet);
     let t = Instant::now();
     driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;

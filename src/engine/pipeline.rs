@@ -18,6 +18,11 @@ use crate::scene::composite;
 use crate::scene::raster::working_size;
 use crate::scene::{Mask, RgbF, Scene};
 
+/// Default denoising steps. Measured on chelsea-rect with a 600-step scene model: 1 step
+/// 35.9 dB, 3 steps 30.9, 5 28.4, 10 25.4, 25 23.2 — the model's residual errors compound
+/// over steps. Three keeps most of that gain and still streams previews.
+pub const DEFAULT_STEPS: usize = 3;
+
 /// Everything a Learn or Fill job needs to know besides the scene.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FillSettings {
@@ -36,7 +41,7 @@ impl Default for FillSettings {
     fn default() -> Self {
         FillSettings {
             size: 384,
-            steps: 25,
+            steps: DEFAULT_STEPS,
             seed: 0,
             sampler: SamplerKind::Ddim,
             learn: LearnSettings::default(),
