@@ -80,18 +80,24 @@ pub struct ModelArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct FillArgs {
-    #[command(flatten)]
-    pub scene: SceneArgs,
-    /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
-    #[arg(long)]
-    pub out: PathBuf,
+pub struct SampleArgs {
     /// Denoising steps. Few is better for a scene model learned in minutes: each step adds its
     /// small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3 steps, 23.2 dB at 25).
     #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     pub sampler: SamplerKind,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FillArgs {
+    #[command(flatten)]
+    pub scene: SceneArgs,
+    /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub sampling: SampleArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -114,12 +120,8 @@ pub struct EvalArgs {
     /// Only scenes whose folder name contains this text.
     #[arg(long)]
     pub only: Option<String>,
-    /// Denoising steps. Few is better for a scene model learned in minutes: each step adds its
-    /// small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3 steps, 23.2 dB at 25).
-    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
-    pub steps: usize,
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
-    pub sampler: SamplerKind,
+    #[command(flatten)]
+    pub sampling: SampleArgs,
     /// Also write each fill as DIR_OUT/<scene>.png.
     #[arg(long)]
     pub save: Option<PathBuf>,
@@ -332,7 +334,7 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     check_output(&a.out, &paths)?;
     let quiet = a.model.quiet;
     let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
-    let s = settings(&a.model, a.steps, a.sampler)?;
+    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
     let driver = Driver::new(a.model.backend, quiet);
     let out = driver
         .run(Job::Fill { scene: Arc::new(scene), settings: s })?
@@ -393,7 +395,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     if let Some(s) = &a.save {
         std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
     }
-    let s = settings(&a.model, a.steps, a.sampler)?;
+    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
     let driver = Driver::new(a.model.backend, a.model.quiet || a.json);
     let mut rows = Vec::new();
     for d in dirs {

@@ -53,9 +53,6 @@ impl Schedule {
         let last = (self.len() - 1) as f64;
         let mut ts: Vec<usize> =
             (0..n).map(|i| (last * (1.0 - i as f64 / (n - 1).max(1) as f64)).round() as usize).collect();
-        if n == 1 {
-            ts = vec![self.len() - 1];
-        }
         ts.dedup();
         ts
     }

@@ -70,35 +70,6 @@ fn invert(m: &Mask) -> Mask {
     Mask { width: m.width, height: m.height, data: m.data.iter().map(|v| 1.0 - v).collect() }
 }
 
-fn dilate(m: &Mask) -> Mask {
-    let mut out = m.clone();
-    for y in 0..m.height {
-        for x in 0..m.width {
-            if m.get(x, y) >= 0.5 {
-                continue;
-            }
-            let mut hit = false;
-            for dy in -1i32..=1 {
-                for dx in -1i32..=1 {
-                    let (xx, yy) = (x as i32 + dx, y as i32 + dy);
-                    if xx >= 0
-                        && yy >= 0
-                        && (xx as usize) < m.width
-                        && (yy as usize) < m.height
-                        && m.get(xx as usize, yy as usize) >= 0.5
-                    {
-                        hit = true;
-                    }
-                }
-            }
-            if hit {
-                out.set(x, y, 1.0);
-            }
-        }
-    }
-    out
-}
-
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this
 /// image's pixels into theirs. Earlier entries take precedence.
 fn build_guide(w: usize, h: usize, others: &[(&RgbF, Option<&Mask>, Homography)], me: &RgbF, my_known: &Mask) -> Guide {
@@ -120,7 +91,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     }
     let canvas = scene.canvas_rgb().resized(ww, wh);
     // One extra pixel so that no known working pixel is blended with the blacked-out hole.
-    let fill = dilate(&scene.mask.resized_cover(ww, wh));
+    let fill = scene.mask.resized_cover(ww, wh).dilated();
     let known = invert(&fill);
     let refs: Vec<RgbF> = scene
         .refs
@@ -292,12 +263,13 @@ pub fn run_fill(
     let t0 = Instant::now();
     let p = prepare(scene, s)?;
     let aligned = p.alignments.iter().filter(|a| a.is_some()).count();
+    let coverage = guide_cover_in_mask(&p);
     progress.status(format!(
         "working size {}×{}; {aligned} of {} references aligned; references cover {:.0}% of the fill region",
         p.canvas.width,
         p.canvas.height,
         p.refs.len(),
-        100.0 * guide_cover_in_mask(&p)
+        100.0 * coverage
     ));
     let mut t = Timings { prepare_s: t0.elapsed().as_secs_f32(), ..Default::default() };
     let t1 = Instant::now();
@@ -333,7 +305,7 @@ pub fn run_fill(
     let image = composite::composite(scene, &fill, feather);
     t.composite_s = t3.elapsed().as_secs_f32();
     t.total_s = t0.elapsed().as_secs_f32();
-    Ok(FillOutput { image, working: fill, timings: t, aligned_refs: aligned, guide_coverage: guide_cover_in_mask(&p) })
+    Ok(FillOutput { image, working: fill, timings: t, aligned_refs: aligned, guide_coverage: coverage })
 }
 
 fn guide_cover_in_mask(p: &Prepared) -> f32 {

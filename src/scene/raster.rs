@@ -145,6 +145,21 @@ impl Mask {
         out
     }
 
+    /// Grow the fill region by one pixel (8-connected).
+    pub fn dilated(&self) -> Mask {
+        let mut out = self.clone();
+        for y in 0..self.height {
+            for x in 0..self.width {
+                let (y0, y1) = (y.saturating_sub(1), (y + 1).min(self.height - 1));
+                let (x0, x1) = (x.saturating_sub(1), (x + 1).min(self.width - 1));
+                if (y0..=y1).any(|yy| (x0..=x1).any(|xx| self.get(xx, yy) >= 0.5)) {
+                    out.set(x, y, 1.0);
+                }
+            }
+        }
+        out
+    }
+
     /// Bilinear-resize (soft result), for blending weights.
     pub fn resized_soft(&self, width: usize, height: usize) -> Mask {
         let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
@@ -269,6 +284,16 @@ mod tests {
         let small = m.resized_cover(10, 10);
         assert_eq!(small.data.iter().filter(|&&v| v == 1.0).count(), 1);
         assert_eq!(small.get(3, 5), 1.0);
+    }
+
+    #[test]
+    fn dilation_grows_by_one_pixel() {
+        let mut m = Mask::new(5, 5, 0.0);
+        m.set(2, 2, 1.0);
+        let d = m.dilated();
+        assert_eq!(d.data.iter().filter(|&&v| v == 1.0).count(), 9);
+        assert_eq!(d.get(0, 0), 0.0);
+        assert_eq!(d.get(3, 3), 1.0);
     }
 
     #[test]
