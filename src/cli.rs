@@ -9,16 +9,26 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::diffusion::sampler::SamplerKind;
+use crate::engine::pipeline::EngineKind;
 use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job};
 use crate::error::{Error, Result};
 use crate::scene::io::{load_mask, load_photo, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
 
 #[derive(Parser, Debug)]
-#[command(name = "realfill", version, about = "Complete photos from the scene's own reference photos")]
+#[command(
+    name = "realfill",
+    version,
+    about = "Complete photos from the scene's own reference photos",
+    long_about = "Complete photos from the scene's own reference photos.\n\nWith no command, opens the app on the \
+                  bundled demo scene; `realfill PHOTO` opens a photo (or a .realfill project) in the app.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Photo or project (.realfill) to open in the app.
+    pub photo: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,12 +87,18 @@ pub struct ModelArgs {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Which denoiser fills: `patch` (training-free, seconds), `scene` (learned per scene,
+    /// minutes the first time, then cached), `auto` (the scene model when it is cached for this
+    /// scene, else the patch engine).
+    #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
+    pub engine: EngineKind,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Denoising steps. Few is better for a scene model learned in minutes: each step adds its
-    /// small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3 steps, 23.2 dB at 25).
+    /// Denoising steps of the scene engine. Few is better for a scene model learned in
+    /// minutes: each step adds its small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3
+    /// steps, 23.2 dB at 25). The patch engine runs its own coarse-to-fine schedule.
     #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
@@ -96,6 +112,10 @@ pub struct FillArgs {
     /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
     #[arg(long)]
     pub out: PathBuf,
+    /// Sample K candidates (seeds S, S+1, …), ranked by how well their filled patches are
+    /// explained by the references: the best goes to --out, the others to NAME-2.png, ….
+    #[arg(long, default_value_t = 1)]
+    pub candidates: usize,
     #[command(flatten)]
     pub sampling: SampleArgs,
     #[command(flatten)]
@@ -208,8 +228,15 @@ fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind) -> Result<FillSet
     if steps == 0 || m.learn_steps == 0 || m.batch == 0 {
         return Err(Error::Invalid("--steps, --learn-steps and --batch must be at least 1".into()));
     }
-    let mut s =
-        FillSettings { size: m.size, steps, seed: m.seed, sampler, use_cache: !m.no_cache, ..Default::default() };
+    let mut s = FillSettings {
+        engine: m.engine,
+        size: m.size,
+        steps,
+        seed: m.seed,
+        sampler,
+        use_cache: !m.no_cache,
+        ..Default::default()
+    };
     s.learn.steps = m.learn_steps;
     s.learn.batch = m.batch;
     s.learn.crop = m.crop;
@@ -329,27 +356,74 @@ fn check_output(out: &Path, p: &ScenePaths) -> Result<()> {
     Ok(())
 }
 
+/// Where candidate `rank` (0 = best) goes: --out itself, then NAME-2.EXT, NAME-3.EXT, ….
+pub fn candidate_path(out: &Path, rank: usize) -> PathBuf {
+    if rank == 0 {
+        return out.to_path_buf();
+    }
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    out.with_file_name(format!("{stem}-{}{ext}", rank + 1))
+}
+
 pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
-    check_output(&a.out, &paths)?;
+    if a.candidates == 0 || a.candidates > 32 {
+        return Err(Error::Invalid(format!("--candidates {}: give 1 to 32", a.candidates)));
+    }
+    for rank in 0..a.candidates {
+        check_output(&candidate_path(&a.out, rank), &paths)?;
+    }
     let quiet = a.model.quiet;
-    let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
-    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
+    let scene = Arc::new(load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?);
+    let mut s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
+    s.score = a.candidates > 1;
     let driver = Driver::new(a.model.backend, quiet);
-    let out = driver
-        .run(Job::Fill { scene: Arc::new(scene), settings: s })?
-        .ok_or_else(|| Error::Engine("no result".into()))?;
-    save_atomic(&out.image, &a.out)?;
-    if !quiet {
+    let mut outs = Vec::new();
+    for k in 0..a.candidates {
+        let mut sk = s.clone();
+        sk.seed = s.seed.wrapping_add(k as u64);
+        let out = driver
+            .run(Job::Fill { scene: scene.clone(), settings: sk.clone() })?
+            .ok_or_else(|| Error::Engine("no result".into()))?;
+        if a.candidates > 1 && !quiet {
+            eprintln!(
+                "candidate seed {}: agreement with the references {:.2} dB",
+                sk.seed,
+                out.agreement.unwrap_or(0.0)
+            );
+        }
+        outs.push((sk.seed, out));
+    }
+    // Best agreement first (stable: equal scores keep seed order).
+    outs.sort_by(|x, y| y.1.agreement.unwrap_or(0.0).total_cmp(&x.1.agreement.unwrap_or(0.0)));
+    for (rank, (seed, out)) in outs.iter().enumerate() {
+        let path = candidate_path(&a.out, rank);
+        save_atomic(&out.image, &path)?;
+        if quiet {
+            continue;
+        }
         let t = &out.timings;
+        let ranked = if a.candidates > 1 {
+            format!(
+                " [rank {} of {}, seed {seed}, agreement {:.2} dB]",
+                rank + 1,
+                a.candidates,
+                out.agreement.unwrap_or(0.0)
+            )
+        } else {
+            String::new()
+        };
+        let learned = match t.engine {
+            EngineKind::Patch => "patch engine, no learning".to_string(),
+            _ => format!("{} {:.1}s", if t.model_cached { "cached scene model" } else { "learning" }, t.learn_s),
+        };
         eprintln!(
-            "wrote {} ({}×{}); prepare {:.1}s, {} {:.1}s, sampling {:.1}s (first preview {:.2}s), composite {:.2}s, total {:.1}s",
-            a.out.display(),
+            "wrote {} ({}×{}){ranked}; prepare {:.1}s, {learned}, sampling {:.1}s (first preview {:.2}s), composite {:.2}s, total {:.1}s",
+            path.display(),
             out.image.width(),
             out.image.height(),
             t.prepare_s,
-            if t.model_cached { "cached model" } else { "learning" },
-            t.learn_s,
             t.sample_s,
             t.first_preview_s,
             t.composite_s,
@@ -376,6 +450,7 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
 struct EvalRow {
     scene: String,
     kind: String,
+    engine: EngineKind,
     psnr: f64,
     ssim: f64,
     seconds: f32,
@@ -428,6 +503,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
             ssim: crate::eval::ssim_masked(&result, &truth.rgb, &mask),
             scene: name,
             kind,
+            engine: out.timings.engine,
             seconds: secs,
             learn_seconds: out.timings.learn_s,
             aligned_refs: out.aligned_refs,
@@ -499,8 +575,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Learn(a)) => cmd_learn(&a),
         Some(Command::Eval(a)) => cmd_eval(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
-        None => Err(Error::Invalid(
-            "the desktop app is not built yet; run `realfill fill --demo --out demo-filled.png`, or see `realfill --help`".into(),
-        )),
+        None => crate::app::run(cli.photo).map_err(|e| Error::Invalid(e.to_string())),
     }
 }

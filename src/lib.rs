@@ -4,6 +4,7 @@
 //! model) → [`engine::Event`]s (progress, previews, result) → CLI or app.
 
 pub mod align;
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod diffusion;

@@ -4,6 +4,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = realfill::cli::Cli::parse();
+    if cli.command.is_some() && std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Headless commands on a machine without a desktop session: Mesa's Vulkan driver
+        // looks for a Wayland compositor when wgpu lists adapters, and libwayland prints an
+        // error when XDG_RUNTIME_DIR is unset. Point it at the temp folder (no compositor
+        // there: the lookup fails quietly). Safe: no other thread exists yet.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     match realfill::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(realfill::Error::Cancelled) => {

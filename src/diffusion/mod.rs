@@ -1,8 +1,9 @@
 //! Diffusion: noise schedule, sampler (step loop with previews and cancellation), the scene
-//! model (UNet), its training and its on-disk cache.
+//! model (UNet), its training and its on-disk cache, and the training-free patch denoiser.
 
 pub mod checkpoint;
 pub mod masks;
+pub mod patch;
 pub mod sampler;
 pub mod scene_model;
 pub mod schedule;

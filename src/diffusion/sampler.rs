@@ -61,10 +61,45 @@ pub fn sample(
     on_step: &mut dyn FnMut(usize, usize, &[f32]),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<SampleOutput> {
-    let hw = cond.pixels();
     let mut rng = Rng::new(opts.seed);
-    let mut x = rng.normals(3 * hw);
+    let x = rng.normals(3 * cond.pixels());
     let ts = schedule.sampling_timesteps(opts.steps);
+    run_steps(model, schedule, cond, opts, x, &ts, rng, on_step, cancelled)
+}
+
+/// Sample starting from `init` (CHW, [-1, 1]) noised to timestep `start` (SDEdit): the
+/// layout of `init` survives, detail is redrawn. `opts.steps` steps from `start` to 0.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_from(
+    model: &mut dyn Denoiser,
+    schedule: &Schedule,
+    cond: &Condition,
+    opts: &SampleOptions,
+    init: &[f32],
+    start: usize,
+    on_step: &mut dyn FnMut(usize, usize, &[f32]),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<SampleOutput> {
+    let mut rng = Rng::new(opts.seed);
+    let ts = schedule.timesteps_from(start, opts.steps);
+    let (a, b) = schedule.coeffs(ts[0]);
+    let x: Vec<f32> = init.iter().map(|&v| a * v + b * rng.normal()).collect();
+    run_steps(model, schedule, cond, opts, x, &ts, rng, on_step, cancelled)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    model: &mut dyn Denoiser,
+    schedule: &Schedule,
+    cond: &Condition,
+    opts: &SampleOptions,
+    mut x: Vec<f32>,
+    ts: &[usize],
+    mut rng: Rng,
+    on_step: &mut dyn FnMut(usize, usize, &[f32]),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<SampleOutput> {
+    let hw = cond.pixels();
     let eta = match opts.kind {
         SamplerKind::Ddim => 0.0f64,
         SamplerKind::Ddpm => 1.0,

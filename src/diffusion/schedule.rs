@@ -57,6 +57,24 @@ impl Schedule {
         ts
     }
 
+    /// `n` timesteps from `start` down to 0 (for sampling that starts from a partly noised
+    /// image: the finer levels of the patch engine).
+    pub fn timesteps_from(&self, start: usize, n: usize) -> Vec<usize> {
+        let start = start.min(self.len() - 1);
+        let n = n.clamp(1, start + 1);
+        let mut ts: Vec<usize> =
+            (0..n).map(|i| (start as f64 * (1.0 - i as f64 / (n - 1).max(1) as f64)).round() as usize).collect();
+        ts.dedup();
+        ts
+    }
+
+    /// The timestep whose ᾱ is closest to `alpha_bar`.
+    pub fn timestep_for(&self, alpha_bar: f64) -> usize {
+        (0..self.len())
+            .min_by(|&a, &b| (self.alpha_bar[a] - alpha_bar).abs().total_cmp(&(self.alpha_bar[b] - alpha_bar).abs()))
+            .unwrap_or(0)
+    }
+
     pub fn coeffs(&self, t: usize) -> (f32, f32) {
         let a = self.alpha_bar[t];
         (a.sqrt() as f32, (1.0 - a).sqrt() as f32)

@@ -24,8 +24,12 @@ pub struct AdapterInfo {
 
 /// The adapters wgpu can see (cheap; opens no device).
 pub fn adapters() -> Vec<AdapterInfo> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let list = block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    // Compute backends only: the GL backend is no use for compute and its EGL probe prints
+    // Wayland errors on machines without a session.
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    let list = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
     list.iter()
         .map(|a| {
             let i = a.get_info();

@@ -63,32 +63,55 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Called after every event, from the worker thread (the app asks egui for a repaint).
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// The event channel plus the waker.
+struct Events {
+    tx: Sender<Event>,
+    waker: Option<Waker>,
+}
+
+impl Events {
+    fn send(&self, ev: Event) {
+        let _ = self.tx.send(ev);
+        if let Some(w) = &self.waker {
+            w();
+        }
+    }
+}
+
 struct Reporter<'a> {
-    tx: &'a Sender<Event>,
+    tx: &'a Events,
     started: Instant,
 }
 
 impl pipeline::Progress for Reporter<'_> {
     fn status(&mut self, msg: String) {
-        let _ = self.tx.send(Event::Status(msg));
+        self.tx.send(Event::Status(msg));
     }
     fn learning(&mut self, step: usize, total: usize, loss: f32) {
-        let _ = self.tx.send(Event::Learning { step, total, loss, elapsed_s: self.started.elapsed().as_secs_f32() });
+        self.tx.send(Event::Learning { step, total, loss, elapsed_s: self.started.elapsed().as_secs_f32() });
     }
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>) {
-        let _ = self.tx.send(Event::Preview { step, total, image });
+        self.tx.send(Event::Preview { step, total, image });
     }
 }
 
 impl Engine {
     pub fn start(backend: BackendChoice) -> Engine {
+        Engine::start_with_waker(backend, None)
+    }
+
+    /// Like `start`, calling `waker` after each event (so a UI can sleep until one arrives).
+    pub fn start_with_waker(backend: BackendChoice, waker: Option<Waker>) -> Engine {
         let (job_tx, job_rx) = unbounded::<Job>();
         let (ev_tx, ev_rx) = unbounded::<Event>();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let thread = std::thread::Builder::new()
             .name("realfill-engine".into())
-            .spawn(move || worker(backend, job_rx, ev_tx, flag))
+            .spawn(move || worker(backend, job_rx, Events { tx: ev_tx, waker }, flag))
             .expect("spawn engine thread");
         Engine { jobs: Some(job_tx), events: ev_rx, cancel, thread: Some(thread) }
     }
@@ -120,9 +143,9 @@ impl Drop for Engine {
     }
 }
 
-fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Sender<Event>, cancel: Arc<AtomicBool>) {
+fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, cancel: Arc<AtomicBool>) {
     let (device, description, warning) = device::pick(backend);
-    let _ = tx.send(Event::Backend { description, warning });
+    tx.send(Event::Backend { description, warning });
     let mut held = None;
     for job in jobs.iter() {
         let cancelled = || cancel.load(Ordering::SeqCst);
@@ -146,7 +169,7 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Sender<Event>, cancel
                 Event::Failed(format!("internal error in the engine: {}", device::panic_message(&p)))
             }
         };
-        let _ = tx.send(event);
+        tx.send(event);
     }
 }
 
@@ -172,6 +195,7 @@ mod tests {
 
     fn tiny_settings() -> FillSettings {
         let mut s = FillSettings {
+            engine: pipeline::EngineKind::Scene,
             size: 48,
             steps: 20,
             use_cache: false,

@@ -8,7 +8,8 @@ use burn::prelude::*;
 
 use crate::align::{self, Alignment, Guide, Homography};
 use crate::diffusion::checkpoint::{self, KeyHasher};
-use crate::diffusion::sampler::{self, Condition, SampleOptions, SamplerKind};
+use crate::diffusion::patch::{self, PatchSettings};
+use crate::diffusion::sampler::{self, Condition, Denoiser, SampleOptions, SamplerKind};
 use crate::diffusion::scene_model::SceneDenoiser;
 use crate::diffusion::schedule::Schedule;
 use crate::diffusion::train::{self, LearnSettings, TrainingSource};
@@ -23,9 +24,35 @@ use crate::scene::{Mask, RgbF, Scene};
 /// over steps. Three keeps most of that gain and still streams previews.
 pub const DEFAULT_STEPS: usize = 3;
 
+/// Which denoiser fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+pub enum EngineKind {
+    /// Pick by measurement (see `EngineKind::resolve`).
+    Auto,
+    /// Training-free reference patch denoiser: seconds, no learning.
+    Patch,
+    /// The scene model learned from the references: minutes of learning, cached.
+    Scene,
+}
+
+impl EngineKind {
+    /// What `auto` means: measured on ../shared/data/scenes (docs/BENCHMARKS.md), the patch
+    /// engine fills in seconds where the scene model first learns for minutes; the learned
+    /// model is used when it is already cached for this scene.
+    pub fn resolve(self, scene_model_cached: bool) -> EngineKind {
+        match self {
+            EngineKind::Auto if scene_model_cached => EngineKind::Scene,
+            EngineKind::Auto => EngineKind::Patch,
+            k => k,
+        }
+    }
+}
+
 /// Everything a Learn or Fill job needs to know besides the scene.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FillSettings {
+    pub engine: EngineKind,
+    pub patch: crate::diffusion::patch::PatchSettings,
     /// Long side of the working size (multiple of 8 after rounding).
     pub size: usize,
     pub steps: usize,
@@ -35,11 +62,15 @@ pub struct FillSettings {
     pub spec: UNetSpec,
     /// Read and write the on-disk model cache.
     pub use_cache: bool,
+    /// Score the result's agreement with the references (ranks candidates).
+    pub score: bool,
 }
 
 impl Default for FillSettings {
     fn default() -> Self {
         FillSettings {
+            engine: EngineKind::Auto,
+            patch: Default::default(),
             size: 384,
             steps: DEFAULT_STEPS,
             seed: 0,
@@ -47,6 +78,7 @@ impl Default for FillSettings {
             learn: LearnSettings::default(),
             spec: UNetSpec::default(),
             use_cache: true,
+            score: false,
         }
     }
 }
@@ -234,6 +266,8 @@ pub fn condition(p: &Prepared) -> Condition {
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Timings {
+    /// The engine that filled (auto resolved).
+    pub engine: EngineKind,
     pub prepare_s: f32,
     pub learn_s: f32,
     pub sample_s: f32,
@@ -241,6 +275,14 @@ pub struct Timings {
     pub composite_s: f32,
     pub total_s: f32,
     pub model_cached: bool,
+    /// Ranking the result against the references.
+    pub score_s: f32,
+}
+
+impl Default for EngineKind {
+    fn default() -> Self {
+        EngineKind::Auto
+    }
 }
 
 pub struct FillOutput {
@@ -250,6 +292,8 @@ pub struct FillOutput {
     pub timings: Timings,
     pub aligned_refs: usize,
     pub guide_coverage: f32,
+    /// Patch agreement with the references in dB (`FillSettings::score`), for ranking.
+    pub agreement: Option<f32>,
 }
 
 pub fn run_fill(
@@ -272,28 +316,53 @@ pub fn run_fill(
         100.0 * coverage
     ));
     let mut t = Timings { prepare_s: t0.elapsed().as_secs_f32(), ..Default::default() };
-    let t1 = Instant::now();
-    let (model, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
-    t.learn_s = t1.elapsed().as_secs_f32();
-    t.model_cached = cached;
+    let cached = held.as_ref().is_some_and(|(k, _)| *k == p.key)
+        || (s.use_cache && checkpoint::checkpoint_path(&p.key).is_file());
+    let engine = s.engine.resolve(cached);
+    t.engine = engine;
     let cond = condition(&p);
-    let mut den = SceneDenoiser::new(model, device.clone());
-    let t2 = Instant::now();
-    let mut first = None;
     let (w, h) = (p.canvas.width, p.canvas.height);
-    let out = sampler::sample(
-        &mut den,
-        &Schedule::default(),
-        &cond,
-        &SampleOptions { kind: s.sampler, steps: s.steps, seed: s.seed },
-        &mut |step, total, x0| {
-            if first.is_none() {
-                first = Some(t2.elapsed().as_secs_f32());
-            }
-            progress.preview(step, total, Arc::new(from_planar(x0, w, h)));
-        },
-        cancelled,
-    )?;
+    let mut first = None;
+    let t2;
+    let out = match engine {
+        EngineKind::Patch => {
+            t2 = Instant::now();
+            run_patch(
+                &p,
+                &cond,
+                s,
+                device,
+                &mut |step, total, x0: RgbF| {
+                    if first.is_none() {
+                        first = Some(t2.elapsed().as_secs_f32());
+                    }
+                    progress.preview(step, total, Arc::new(x0));
+                },
+                cancelled,
+            )?
+        }
+        _ => {
+            let t1 = Instant::now();
+            let (model, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
+            t.learn_s = t1.elapsed().as_secs_f32();
+            t.model_cached = cached;
+            let mut den = SceneDenoiser::new(model, device.clone());
+            t2 = Instant::now();
+            sampler::sample(
+                &mut den,
+                &Schedule::default(),
+                &cond,
+                &SampleOptions { kind: s.sampler, steps: s.steps, seed: s.seed },
+                &mut |step, total, x0| {
+                    if first.is_none() {
+                        first = Some(t2.elapsed().as_secs_f32());
+                    }
+                    progress.preview(step, total, Arc::new(from_planar(x0, w, h)));
+                },
+                cancelled,
+            )?
+        }
+    };
     t.sample_s = t2.elapsed().as_secs_f32();
     t.first_preview_s = first.unwrap_or(0.0);
     let t3 = Instant::now();
@@ -304,8 +373,125 @@ pub fn run_fill(
     let feather = composite::default_feather(cw.max(ch), w.max(h));
     let image = composite::composite(scene, &fill, feather);
     t.composite_s = t3.elapsed().as_secs_f32();
+    let agreement = if s.score {
+        let t4 = Instant::now();
+        let a = patch_agreement(&p, &cond, &to_planar(&fill), &s.patch, device)?;
+        t.score_s = t4.elapsed().as_secs_f32();
+        Some(a)
+    } else {
+        None
+    };
     t.total_s = t0.elapsed().as_secs_f32();
-    Ok(FillOutput { image, working: fill, timings: t, aligned_refs: aligned, guide_coverage: coverage })
+    Ok(FillOutput { image, working: fill, timings: t, aligned_refs: aligned, guide_coverage: coverage, agreement })
+}
+
+/// The patch engine's view of a prepared scene, as pyramid levels (finest first).
+fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Vec<patch::Level>> {
+    let guide = to_planar(&p.guide.rgb);
+    patch::build_levels(&patch::PatchScene { cond, refs: &p.refs, guide: Some((&guide, &p.guide.valid.data)) }, ps)
+}
+
+/// Coarse to fine with the patch denoiser: the coarsest level from noise, each finer level from
+/// the upsampled coarser result re-noised to `fine_alpha_bar`. Previews at working size.
+fn run_patch(
+    p: &Prepared,
+    cond: &Condition,
+    s: &FillSettings,
+    device: &Device,
+    preview: &mut dyn FnMut(usize, usize, RgbF),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<sampler::SampleOutput> {
+    let ps = &s.patch;
+    let mut levels = patch_levels(p, cond, ps)?;
+    let schedule = Schedule::default();
+    let total = ps.total_steps(cond.width, cond.height);
+    let (w, h) = (cond.width, cond.height);
+    let mut done = 0;
+    let mut parent: Option<(patch::Level, Vec<u32>)> = None;
+    let mut x: Option<(Vec<f32>, usize, usize)> = None;
+    let mut out = None;
+    while let Some(level) = levels.pop() {
+        let lc = level.cond.clone();
+        let (lw, lh) = (lc.width, lc.height);
+        let mut den = patch::PatchDenoiser::new(level, parent.take(), ps, device);
+        let mut on_step = |step: usize, _n: usize, x0: &[f32]| {
+            let full = if (lw, lh) == (w, h) { x0.to_vec() } else { patch::upsample(x0, lw, lh, w, h) };
+            preview(done + step, total, from_planar(&full, w, h));
+        };
+        // Each level gets its own seed so that levels do not reuse one noise pattern.
+        let seed = s.seed.wrapping_mul(31).wrapping_add(lw as u64);
+        let res = match &x {
+            None => sampler::sample(
+                &mut den,
+                &schedule,
+                &lc,
+                &SampleOptions { kind: s.sampler, steps: ps.coarse_steps, seed },
+                &mut on_step,
+                cancelled,
+            )?,
+            Some((prev, pw, ph)) => {
+                let init = patch::upsample(prev, *pw, *ph, lw, lh);
+                let start = schedule.timestep_for(ps.fine_alpha_bar);
+                sampler::sample_from(
+                    &mut den,
+                    &schedule,
+                    &lc,
+                    &SampleOptions { kind: s.sampler, steps: ps.fine_steps, seed },
+                    &init,
+                    start,
+                    &mut on_step,
+                    cancelled,
+                )?
+            }
+        };
+        done += if x.is_none() { ps.coarse_steps } else { ps.fine_steps };
+        x = Some((res.x0.clone(), lw, lh));
+        parent = Some((den.level, den.top));
+        out = Some(res);
+    }
+    out.ok_or_else(|| Error::Invalid("the patch engine has no levels".into()))
+}
+
+/// How well a filled image (planar, working size) is explained by source patches: matched
+/// coarse to fine at zero noise, the mean squared difference between each filled pixel's
+/// patch and its best source patch, as dB (higher = closer to the references). Used to rank
+/// candidates of either engine.
+pub fn patch_agreement(
+    p: &Prepared,
+    cond: &Condition,
+    image: &[f32],
+    ps: &PatchSettings,
+    device: &Device,
+) -> Result<f32> {
+    let mut levels = patch_levels(p, cond, ps)?;
+    // The image at every level, finest first.
+    let mut images = vec![image.to_vec()];
+    for l in 1..levels.len() {
+        let (w, h) = (levels[l - 1].cond.width, levels[l - 1].cond.height);
+        images.push(patch::half(&images[l - 1], w, h));
+    }
+    let mut parent: Option<(patch::Level, Vec<u32>)> = None;
+    let mut score = 0.0;
+    while let Some(level) = levels.pop() {
+        let img = images.pop().unwrap_or_default();
+        let lc = level.cond.clone();
+        let mut den = patch::PatchDenoiser::new(level, parent.take(), ps, device);
+        // At zero noise the posterior mean is the best-matching source patch's centre.
+        let x0 = den.predict_x0(&img, 0, &lc)?;
+        let hw = lc.pixels();
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for i in (0..hw).filter(|&i| lc.mask[i] >= 0.5) {
+            for c in 0..3 {
+                let d = (x0[c * hw + i] - img[c * hw + i]) as f64;
+                sum += d * d;
+            }
+            n += 3;
+        }
+        // Range 2 ([-1, 1]): dB like PSNR on [0, 1] images.
+        score = if n > 0 { (-10.0 * ((sum / n as f64).max(1e-10) / 4.0).log10()) as f32 } else { 99.0 };
+        parent = Some((den.level, den.top));
+    }
+    Ok(score)
 }
 
 fn guide_cover_in_mask(p: &Prepared) -> f32 {

@@ -108,19 +108,31 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     } else {
         None
     };
-    let sixteen = matches!(
-        img.color(),
-        image::ColorType::L16
-            | image::ColorType::La16
-            | image::ColorType::Rgb16
-            | image::ColorType::Rgba16
-            | image::ColorType::Rgb32F
-            | image::ColorType::Rgba32F
-    );
-    let original =
-        if sixteen { DynamicImage::ImageRgb16(img.to_rgb16()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
-    let rgb = RgbF { width: w, height: h, data: original.to_rgb32f().into_raw() };
-    Ok(Photo { path: path.to_path_buf(), original, rgb, transparent })
+    Ok(Photo::from_image(path.to_path_buf(), img, transparent))
+}
+
+impl Photo {
+    /// A photo from decoded pixels (a file just read, or a fill result that lives only in
+    /// memory until it is exported; `path` then names where it came from).
+    pub fn from_image(path: PathBuf, img: DynamicImage, transparent: Option<Mask>) -> Photo {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let sixteen = matches!(
+            img.color(),
+            image::ColorType::L16
+                | image::ColorType::La16
+                | image::ColorType::Rgb16
+                | image::ColorType::Rgba16
+                | image::ColorType::Rgb32F
+                | image::ColorType::Rgba32F
+        );
+        let original = match img {
+            DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgb16(_) => img,
+            _ if sixteen => DynamicImage::ImageRgb16(img.to_rgb16()),
+            _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+        };
+        let rgb = RgbF { width: w, height: h, data: original.to_rgb32f().into_raw() };
+        Photo { path, original, rgb, transparent }
+    }
 }
 
 /// Load a mask: white (≥ 128 of 255, after converting to grey) = fill, black = keep.

@@ -3,6 +3,7 @@
 
 pub mod composite;
 pub mod io;
+pub mod project;
 pub mod pushpull;
 pub mod raster;
 

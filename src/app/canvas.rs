@@ -1,0 +1,494 @@
+//! The canvas: the target photo on its (possibly extended) canvas, with zoom and pan, the mask
+//! as a translucent overlay, the extension as a checkerboard, brush and eraser, edge handles
+//! to extend the canvas, and the live fill preview on top.
+//!
+//! Coordinates: "canvas pixels" are pixels of the extended canvas (the target starts at
+//! (extension.left, extension.top)); the view maps them to screen points.
+
+use std::sync::Arc;
+
+use egui::{Color32, CursorIcon, Pos2, Rect, Sense, Stroke, StrokeKind, TextureHandle, TextureOptions, Vec2};
+
+use super::document::{Document, PixelRect};
+use crate::scene::{Extension, Photo};
+
+/// Longest side of a texture we upload: larger photos are shown downsampled (the GPU limit
+/// is 8192 on most adapters, and the screen has fewer pixels anyway).
+const MAX_TEXTURE: usize = 4096;
+const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    Brush,
+    Eraser,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Left,
+    Top,
+    Right,
+    Bottom,
+}
+
+/// Screen points per canvas pixel, and where canvas pixel (0, 0) sits relative to the
+/// canvas area's top-left corner.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub zoom: f32,
+    pub offset: Vec2,
+    /// Fit the canvas into the area at the next frame.
+    pub fit_pending: bool,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View { zoom: 1.0, offset: Vec2::ZERO, fit_pending: true }
+    }
+}
+
+impl View {
+    pub fn to_screen(&self, area: Rect, p: [f32; 2]) -> Pos2 {
+        area.min + self.offset + Vec2::new(p[0], p[1]) * self.zoom
+    }
+
+    pub fn to_canvas(&self, area: Rect, s: Pos2) -> [f32; 2] {
+        let v = (s - area.min - self.offset) / self.zoom;
+        [v.x, v.y]
+    }
+
+    pub fn fit(&mut self, area: Rect, canvas: (usize, usize)) {
+        let (w, h) = (canvas.0.max(1) as f32, canvas.1.max(1) as f32);
+        self.zoom = (0.95 * (area.width() / w).min(area.height() / h)).clamp(0.01, 32.0);
+        self.offset = (area.size() - Vec2::new(w, h) * self.zoom) * 0.5;
+        self.fit_pending = false;
+    }
+
+    /// Zoom by `factor` keeping the canvas point under `anchor` (screen) in place.
+    pub fn zoom_at(&mut self, area: Rect, anchor: Pos2, factor: f32) {
+        let before = self.to_canvas(area, anchor);
+        self.zoom = (self.zoom * factor).clamp(0.01, 32.0);
+        let after = self.to_screen(area, before);
+        self.offset += anchor - after;
+    }
+
+    /// Show canvas pixels 1:1 (physical pixels), centred on the area's centre.
+    pub fn actual_pixels(&mut self, area: Rect, pixels_per_point: f32) {
+        let factor = (1.0 / pixels_per_point) / self.zoom;
+        self.zoom_at(area, area.center(), factor);
+    }
+}
+
+/// A texture of a photo (downsampled by an integer factor when large).
+struct PhotoTexture {
+    photo: Arc<Photo>,
+    tex: TextureHandle,
+}
+
+fn divisor(w: usize, h: usize) -> usize {
+    w.max(h).div_ceil(MAX_TEXTURE).max(1)
+}
+
+fn photo_image(p: &Photo) -> egui::ColorImage {
+    let k = divisor(p.width(), p.height());
+    let (w, h) = (p.width().div_ceil(k), p.height().div_ceil(k));
+    let mut rgba = vec![255u8; w * h * 4];
+    for y in 0..h {
+        for x in 0..w {
+            let v = p.rgb.get((x * k).min(p.width() - 1), (y * k).min(p.height() - 1));
+            let o = 4 * (y * w + x);
+            for c in 0..3 {
+                rgba[o + c] = (v[c].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
+            }
+        }
+    }
+    egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
+}
+
+/// The overlay for `rect` (target pixels) at the texture's scale.
+fn overlay_image(doc: &Document, rect: PixelRect, k: usize) -> ([usize; 2], egui::ColorImage) {
+    let m = &doc.mask;
+    let (x0, y0) = (rect.x0 / k, rect.y0 / k);
+    let (x1, y1) = (rect.x1.div_ceil(k).min(m.width.div_ceil(k)), rect.y1.div_ceil(k).min(m.height.div_ceil(k)));
+    let (w, h) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
+    let mut rgba = vec![0u8; w * h * 4];
+    for y in 0..h {
+        for x in 0..w {
+            let (mx, my) = (((x0 + x) * k).min(m.width - 1), ((y0 + y) * k).min(m.height - 1));
+            if m.get(mx, my) {
+                rgba[4 * (y * w + x)..4 * (y * w + x) + 4].copy_from_slice(&MASK_TINT);
+            }
+        }
+    }
+    ([x0, y0], egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba))
+}
+
+struct EdgeDrag {
+    side: Side,
+    start: Extension,
+    pointer: Pos2,
+}
+
+/// What the canvas needs besides the document.
+pub struct Overlay<'a> {
+    /// Editing is locked while a job works on the document.
+    pub editable: bool,
+    /// The newest preview (texture over the whole canvas of the job) and its step.
+    pub preview: Option<(&'a TextureHandle, usize, usize)>,
+    /// Show the photo as it was before the last fill.
+    pub show_before: bool,
+}
+
+pub struct Canvas {
+    pub view: View,
+    pub tool: Option<Tool>,
+    target: Option<PhotoTexture>,
+    overlay: Option<TextureHandle>,
+    /// Document revision the overlay shows, and a region still to upload.
+    overlay_revision: Option<u64>,
+    pending: Option<PixelRect>,
+    before: Option<PhotoTexture>,
+    checker: Option<TextureHandle>,
+    last_paint: Option<[f32; 2]>,
+    edge: Option<EdgeDrag>,
+    /// The canvas area of the last frame (tests and fit buttons use it).
+    pub area: Rect,
+}
+
+impl Default for Canvas {
+    fn default() -> Self {
+        Canvas {
+            view: View::default(),
+            tool: Some(Tool::Brush),
+            target: None,
+            overlay: None,
+            overlay_revision: None,
+            pending: None,
+            before: None,
+            checker: None,
+            last_paint: None,
+            edge: None,
+            area: Rect::NOTHING,
+        }
+    }
+}
+
+impl Canvas {
+    fn sync_textures(&mut self, ctx: &egui::Context, doc: &Document) {
+        let stale = self.target.as_ref().is_none_or(|t| !Arc::ptr_eq(&t.photo, &doc.target));
+        if stale {
+            let tex = ctx.load_texture("target", photo_image(&doc.target), TextureOptions::LINEAR);
+            self.target = Some(PhotoTexture { photo: doc.target.clone(), tex });
+            self.overlay = None;
+        }
+        let k = divisor(doc.target.width(), doc.target.height());
+        let full = PixelRect { x0: 0, y0: 0, x1: doc.mask.width, y1: doc.mask.height };
+        match (&mut self.overlay, self.pending.take()) {
+            (Some(tex), Some(rect)) if self.overlay_revision.is_some() => {
+                let (pos, img) = overlay_image(doc, rect, k);
+                tex.set_partial(pos, img, TextureOptions::NEAREST);
+                self.overlay_revision = Some(doc.revision);
+            }
+            _ => {}
+        }
+        if self.overlay.is_none() || self.overlay_revision != Some(doc.revision) {
+            let (_, img) = overlay_image(doc, full, k);
+            self.overlay = Some(ctx.load_texture("mask", img, TextureOptions::NEAREST));
+            self.overlay_revision = Some(doc.revision);
+        }
+        if self.checker.is_none() {
+            let (a, b) = (Color32::from_gray(150), Color32::from_gray(110));
+            let img = egui::ColorImage::new([2, 2], vec![a, b, b, a]);
+            let opts = TextureOptions { wrap_mode: egui::TextureWrapMode::Repeat, ..TextureOptions::NEAREST };
+            self.checker = Some(ctx.load_texture("checker", img, opts));
+        }
+    }
+
+    fn before_texture(&mut self, ctx: &egui::Context, photo: &Arc<Photo>) -> TextureHandle {
+        if self.before.as_ref().is_none_or(|b| !Arc::ptr_eq(&b.photo, photo)) {
+            let tex = ctx.load_texture("before", photo_image(photo), TextureOptions::LINEAR);
+            self.before = Some(PhotoTexture { photo: photo.clone(), tex });
+        }
+        self.before.as_ref().map(|b| b.tex.clone()).expect("set above")
+    }
+
+    /// Canvas-pixel rectangle of the target.
+    fn target_rect(doc: &Document) -> [f32; 4] {
+        let e = doc.extension;
+        [e.left as f32, e.top as f32, (e.left + doc.target.width()) as f32, (e.top + doc.target.height()) as f32]
+    }
+
+    fn edge_under(&self, area: Rect, doc: &Document, p: Pos2) -> Option<Side> {
+        let (cw, ch) = doc.canvas_size();
+        let r = Rect::from_min_max(
+            self.view.to_screen(area, [0.0, 0.0]),
+            self.view.to_screen(area, [cw as f32, ch as f32]),
+        );
+        let near = 6.0;
+        let inside_y = p.y > r.top() - near && p.y < r.bottom() + near;
+        let inside_x = p.x > r.left() - near && p.x < r.right() + near;
+        if inside_y && (p.x - r.left()).abs() < near {
+            Some(Side::Left)
+        } else if inside_y && (p.x - r.right()).abs() < near {
+            Some(Side::Right)
+        } else if inside_x && (p.y - r.top()).abs() < near {
+            Some(Side::Top)
+        } else if inside_x && (p.y - r.bottom()).abs() < near {
+            Some(Side::Bottom)
+        } else {
+            None
+        }
+    }
+
+    /// Draw the canvas into the remaining space and handle its input.
+    pub fn show(&mut self, ui: &mut egui::Ui, doc: &mut Document, o: Overlay<'_>, brush_radius: &mut f32) {
+        let area = ui.available_rect_before_wrap();
+        self.area = area;
+        let response = ui.allocate_rect(area, Sense::click_and_drag());
+        let ctx = ui.ctx().clone();
+        if self.view.fit_pending {
+            self.view.fit(area, doc.canvas_size());
+        }
+
+        // --- input: zoom and pan (any time), edits (when editable) ---
+        let (scroll, zoom_delta, space, pointer) = ui
+            .input(|i| (i.smooth_scroll_delta.y, i.zoom_delta(), i.key_down(egui::Key::Space), i.pointer.hover_pos()));
+        if let Some(p) = pointer.filter(|p| area.contains(*p)) {
+            let factor = if zoom_delta != 1.0 { zoom_delta } else { (scroll * 0.002).exp() };
+            if factor != 1.0 {
+                self.view.zoom_at(area, p, factor);
+            }
+        }
+        let panning = response.dragged_by(egui::PointerButton::Middle)
+            || (space && response.dragged_by(egui::PointerButton::Primary));
+        if panning {
+            self.view.offset += response.drag_delta();
+            ctx.set_cursor_icon(CursorIcon::Grabbing);
+        } else if space && response.hovered() {
+            ctx.set_cursor_icon(CursorIcon::Grab);
+        }
+
+        if o.editable && !panning {
+            self.edit(&response, area, doc, *brush_radius, &ctx);
+        } else {
+            self.finish_gestures(doc);
+        }
+        if response.hovered() && o.editable {
+            let (shift, open, close) = ui.input(|i| {
+                (i.modifiers.shift, i.key_pressed(egui::Key::OpenBracket), i.key_pressed(egui::Key::CloseBracket))
+            });
+            let step = if shift { 1.0 } else { (*brush_radius * 0.15).max(1.0) };
+            if open {
+                *brush_radius = (*brush_radius - step).max(1.0);
+            }
+            if close {
+                *brush_radius = (*brush_radius + step).min(500.0);
+            }
+        }
+
+        // --- drawing ---
+        self.sync_textures(&ctx, doc);
+        let painter = ui.painter_at(area);
+        painter.rect_filled(area, 0.0, Color32::from_gray(40));
+        let (cw, ch) = doc.canvas_size();
+        let canvas_rect = Rect::from_min_max(
+            self.view.to_screen(area, [0.0, 0.0]),
+            self.view.to_screen(area, [cw as f32, ch as f32]),
+        );
+        if let Some(checker) = &self.checker {
+            // 8-point squares whatever the zoom.
+            let uv = Rect::from_min_size(Pos2::ZERO, canvas_rect.size() / 16.0);
+            painter.image(checker.id(), canvas_rect, uv, Color32::WHITE);
+        }
+        let [tx0, ty0, tx1, ty1] = Self::target_rect(doc);
+        let target_screen =
+            Rect::from_min_max(self.view.to_screen(area, [tx0, ty0]), self.view.to_screen(area, [tx1, ty1]));
+        let full_uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
+        let before = if o.show_before { doc.before_last_fill() } else { None };
+        if let Some((photo, ext)) = before {
+            // The earlier photo sat at `ext` on its own canvas, which is this canvas.
+            let tex = self.before_texture(&ctx, &photo);
+            let (bx, by) = (ext.left as f32, ext.top as f32);
+            let r = Rect::from_min_max(
+                self.view.to_screen(area, [bx, by]),
+                self.view.to_screen(area, [bx + photo.width() as f32, by + photo.height() as f32]),
+            );
+            painter.image(tex.id(), r, full_uv, Color32::WHITE);
+            label(&painter, area, "before (release \\ to see after)");
+        } else if let Some(t) = &self.target {
+            painter.image(t.tex.id(), target_screen, full_uv, Color32::WHITE);
+            if let Some((tex, step, total)) = o.preview {
+                painter.image(tex.id(), canvas_rect, full_uv, Color32::WHITE);
+                label(&painter, area, &format!("denoising step {step} of {total}"));
+            } else if let Some(ov) = &self.overlay {
+                painter.image(ov.id(), target_screen, full_uv, Color32::WHITE);
+            }
+        }
+        painter.rect_stroke(canvas_rect, 0.0, Stroke::new(1.0, Color32::from_gray(200)), StrokeKind::Outside);
+        if o.editable {
+            // Edge handles at the middle of each side.
+            let hs = Vec2::splat(8.0);
+            for c in [
+                canvas_rect.left_center(),
+                canvas_rect.right_center(),
+                canvas_rect.center_top(),
+                canvas_rect.center_bottom(),
+            ] {
+                painter.rect_filled(Rect::from_center_size(c, hs), 1.0, Color32::WHITE);
+                painter.rect_stroke(
+                    Rect::from_center_size(c, hs),
+                    1.0,
+                    Stroke::new(1.0, Color32::BLACK),
+                    StrokeKind::Inside,
+                );
+            }
+        }
+        if let Some(p) = response.hover_pos() {
+            if let Some(side) = self
+                .edge
+                .as_ref()
+                .map(|e| e.side)
+                .or_else(|| o.editable.then(|| self.edge_under(area, doc, p)).flatten())
+            {
+                ctx.set_cursor_icon(match side {
+                    Side::Left | Side::Right => CursorIcon::ResizeHorizontal,
+                    Side::Top | Side::Bottom => CursorIcon::ResizeVertical,
+                });
+            } else if o.editable && self.tool.is_some() && !space {
+                let colour = if self.tool == Some(Tool::Eraser) { Color32::LIGHT_BLUE } else { Color32::WHITE };
+                painter.circle_stroke(p, *brush_radius * self.view.zoom, Stroke::new(1.5, Color32::BLACK));
+                painter.circle_stroke(p, *brush_radius * self.view.zoom, Stroke::new(1.0, colour));
+            }
+        }
+    }
+
+    fn finish_gestures(&mut self, doc: &mut Document) {
+        if self.last_paint.take().is_some() || self.edge.take().is_some() {
+            doc.end_gesture();
+        }
+    }
+
+    fn edit(&mut self, response: &egui::Response, area: Rect, doc: &mut Document, radius: f32, ctx: &egui::Context) {
+        let primary = response.dragged_by(egui::PointerButton::Primary);
+        let pos = response.interact_pointer_pos();
+        if response.drag_started_by(egui::PointerButton::Primary)
+            && let Some(p) = pos
+        {
+            // The press position, not the position after the drag threshold.
+            let press = ctx.input(|i| i.pointer.press_origin()).unwrap_or(p);
+            if let Some(side) = self.edge_under(area, doc, press) {
+                doc.begin_gesture();
+                self.edge = Some(EdgeDrag { side, start: doc.extension, pointer: press });
+            } else if let Some(tool) = self.tool {
+                doc.begin_gesture();
+                let a = self.view.to_canvas(area, press);
+                let b = self.view.to_canvas(area, p);
+                self.paint(doc, a, b, radius, tool);
+                self.last_paint = Some(b);
+            }
+        } else if primary && let Some(p) = pos {
+            if let Some(e) = &self.edge {
+                let d = (p - e.pointer) / self.view.zoom;
+                let grow = |v: usize, by: f32| (v as f32 + by).round().clamp(0.0, 20_000.0) as usize;
+                let mut ext = e.start;
+                match e.side {
+                    Side::Left => ext.left = grow(e.start.left, -d.x),
+                    Side::Right => ext.right = grow(e.start.right, d.x),
+                    Side::Top => ext.top = grow(e.start.top, -d.y),
+                    Side::Bottom => ext.bottom = grow(e.start.bottom, d.y),
+                }
+                // Keep the photo where it is on screen when the canvas grows left or up.
+                let shift =
+                    Vec2::new(ext.left as f32 - doc.extension.left as f32, ext.top as f32 - doc.extension.top as f32);
+                self.view.offset -= shift * self.view.zoom;
+                doc.set_extension(ext);
+            } else if let (Some(last), Some(tool)) = (self.last_paint, self.tool) {
+                let b = self.view.to_canvas(area, p);
+                self.paint(doc, last, b, radius, tool);
+                self.last_paint = Some(b);
+            }
+        } else if response.clicked_by(egui::PointerButton::Primary)
+            && let (Some(p), Some(tool)) = (pos, self.tool)
+        {
+            doc.begin_gesture();
+            let a = self.view.to_canvas(area, p);
+            self.paint(doc, a, a, radius, tool);
+            doc.end_gesture();
+        }
+        if !primary && !response.drag_started() {
+            self.finish_gestures(doc);
+        }
+    }
+
+    fn paint(&mut self, doc: &mut Document, a: [f32; 2], b: [f32; 2], radius: f32, tool: Tool) {
+        let shown = self.overlay_revision == Some(doc.revision);
+        if let Some(r) = doc.paint(a, b, radius, tool == Tool::Brush) {
+            // Upload only the touched region when the overlay was up to date.
+            if shown {
+                self.pending = Some(self.pending.map_or(r, |p| p.union(r)));
+                self.overlay_revision = Some(doc.revision);
+            }
+        }
+    }
+}
+
+fn label(painter: &egui::Painter, area: Rect, text: &str) {
+    let pos = area.left_top() + Vec2::new(10.0, 10.0);
+    let galley = painter.layout_no_wrap(text.to_owned(), egui::FontId::proportional(15.0), Color32::WHITE);
+    let bg = Rect::from_min_size(pos, galley.size()).expand(4.0);
+    painter.rect_filled(bg, 3.0, Color32::from_black_alpha(170));
+    painter.galley(pos, galley, Color32::WHITE);
+}
+
+/// The preview as a texture image over the job's canvas: the x0 estimate inside the fill
+/// region, transparent elsewhere (the full-resolution photo shows through).
+pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) -> egui::ColorImage {
+    let (w, h) = (preview.width, preview.height);
+    let mut rgba = vec![0u8; w * h * 4];
+    for y in 0..h {
+        for x in 0..w {
+            let fx = ((x as f32 + 0.5) * fill.width as f32 / w as f32) as usize;
+            let fy = ((y as f32 + 0.5) * fill.height as f32 / h as f32) as usize;
+            // Colour everywhere (so that filtering at the region's edge blends with the
+            // preview, not with black), opaque only in the fill region.
+            let v = preview.get(x, y);
+            let o = 4 * (y * w + x);
+            for c in 0..3 {
+                rgba[o + c] = (v[c].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
+            }
+            if fill.get(fx.min(fill.width - 1), fy.min(fill.height - 1)) >= 0.5 {
+                rgba[o + 3] = 255;
+            }
+        }
+    }
+    egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_maps_both_ways_and_zooms_about_the_anchor() {
+        let area = Rect::from_min_size(Pos2::new(100.0, 50.0), Vec2::new(400.0, 300.0));
+        let mut v = View::default();
+        v.fit(area, (800, 600));
+        let p = v.to_screen(area, [400.0, 300.0]);
+        assert!((p - area.center()).length() < 1e-3, "fit centres the canvas");
+        let anchor = Pos2::new(180.0, 120.0);
+        let under = v.to_canvas(area, anchor);
+        v.zoom_at(area, anchor, 3.0);
+        let after = v.to_canvas(area, anchor);
+        assert!((under[0] - after[0]).abs() < 1e-3 && (under[1] - after[1]).abs() < 1e-3);
+    }
+
+    #[test]
+    fn preview_is_opaque_only_in_the_fill_region() {
+        let img = crate::scene::RgbF::from_fn(4, 2, |_, _| [1.0, 0.0, 0.0]);
+        let mut fill = crate::scene::Mask::new(8, 4, 0.0);
+        fill.set(7, 3, 1.0);
+        let c = preview_image(&img, &fill);
+        assert_eq!(c.pixels[0].a(), 0);
+        assert_eq!(c.pixels[7], Color32::from_rgb(255, 0, 0));
+    }
+}

@@ -1,0 +1,445 @@
+//! What the user is editing, without any UI: the target photo, the references, the painted
+//! mask, the canvas extension, and the undo history. One undo step per gesture: a whole
+//! brush stroke, one canvas-edge drag, one accepted fill.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::scene::project::RleMask;
+use crate::scene::{Extension, Mask, Photo, Scene};
+
+/// Undo depth. Masks are stored run-length encoded and photos shared, so a step is small
+/// except after a fill (one photo each).
+const HISTORY: usize = 100;
+
+/// The painted mask at the target's size: 1 = fill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaintMask {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// A pixel rectangle [x0, x1) × [y0, y1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PixelRect {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl PixelRect {
+    pub fn union(self, o: PixelRect) -> PixelRect {
+        PixelRect { x0: self.x0.min(o.x0), y0: self.y0.min(o.y0), x1: self.x1.max(o.x1), y1: self.y1.max(o.y1) }
+    }
+}
+
+impl PaintMask {
+    pub fn new(width: usize, height: usize) -> PaintMask {
+        PaintMask { width, height, data: vec![0; width * height] }
+    }
+
+    pub fn from_mask(m: &Mask) -> PaintMask {
+        PaintMask { width: m.width, height: m.height, data: m.data.iter().map(|&v| u8::from(v >= 0.5)).collect() }
+    }
+
+    pub fn to_mask(&self) -> Mask {
+        Mask { width: self.width, height: self.height, data: self.data.iter().map(|&v| f32::from(v)).collect() }
+    }
+
+    pub fn rle(&self) -> RleMask {
+        RleMask::encode(self.width, self.height, self.data.iter().map(|&v| v != 0))
+    }
+
+    pub fn from_rle(r: &RleMask) -> std::result::Result<PaintMask, String> {
+        Ok(PaintMask { width: r.width, height: r.height, data: r.decode()?.into_iter().map(u8::from).collect() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.iter().all(|&v| v == 0)
+    }
+
+    pub fn count(&self) -> usize {
+        self.data.iter().filter(|&&v| v != 0).count()
+    }
+
+    pub fn get(&self, x: usize, y: usize) -> bool {
+        self.data[y * self.width + x] != 0
+    }
+
+    /// Paint (or erase) a round brush of `radius` pixels swept from `a` to `b` (pixel
+    /// coordinates, pixel centres at +0.5). Returns the rectangle that may have changed, or
+    /// None when the stroke misses the image.
+    pub fn stroke(&mut self, a: [f32; 2], b: [f32; 2], radius: f32, fill: bool) -> Option<PixelRect> {
+        let r = radius.max(0.5);
+        let lo = |v: f32| (v - r).floor().max(0.0) as usize;
+        let hi = |v: f32, n: usize| ((v + r).ceil().max(0.0) as usize).min(n);
+        let rect = PixelRect {
+            x0: lo(a[0].min(b[0])),
+            y0: lo(a[1].min(b[1])),
+            x1: hi(a[0].max(b[0]), self.width),
+            y1: hi(a[1].max(b[1]), self.height),
+        };
+        if rect.x0 >= rect.x1 || rect.y0 >= rect.y1 {
+            return None;
+        }
+        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+        let len2 = dx * dx + dy * dy;
+        let value = u8::from(fill);
+        for y in rect.y0..rect.y1 {
+            for x in rect.x0..rect.x1 {
+                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+                // Distance from the pixel centre to the segment a–b.
+                let t = if len2 > 0.0 { (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
+                let (cx, cy) = (a[0] + t * dx - px, a[1] + t * dy - py);
+                if cx * cx + cy * cy <= r * r {
+                    self.data[y * self.width + x] = value;
+                }
+            }
+        }
+        Some(rect)
+    }
+
+    pub fn invert(&mut self) {
+        for v in &mut self.data {
+            *v = 1 - (*v).min(1);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.data.fill(0);
+    }
+}
+
+/// Grow `e` so that the canvas is `factor` times the target in each direction, split evenly
+/// between opposite sides (the outpainting presets).
+pub fn extension_preset(width: usize, height: usize, factor: f32) -> Extension {
+    let grow = |n: usize| ((n as f32 * (factor - 1.0)).round().max(0.0) as usize).min(20_000);
+    let (gw, gh) = (grow(width), grow(height));
+    Extension { left: gw / 2, right: gw - gw / 2, top: gh / 2, bottom: gh - gh / 2 }
+}
+
+#[derive(Clone)]
+struct State {
+    target: Arc<Photo>,
+    target_file: Option<PathBuf>,
+    mask: RleMask,
+    extension: Extension,
+}
+
+pub struct Document {
+    pub target: Arc<Photo>,
+    pub refs: Vec<Arc<Photo>>,
+    pub mask: PaintMask,
+    pub extension: Extension,
+    /// The file that holds the target's current pixels: the photo opened, or where a project
+    /// save wrote a fill result; None for a fill result only in memory. (`target.path` keeps
+    /// the original's path for naming exports.)
+    pub target_file: Option<PathBuf>,
+    undo: Vec<State>,
+    redo: Vec<State>,
+    /// The state before the gesture in progress.
+    gesture: Option<State>,
+    /// Bumped on every change of pixels, mask or extension (the UI re-uploads textures).
+    pub revision: u64,
+}
+
+impl Document {
+    pub fn new(target: Photo) -> Document {
+        let mask = match &target.transparent {
+            // Transparent pixels are part of the fill region: show them as painted.
+            Some(t) => PaintMask::from_mask(t),
+            None => PaintMask::new(target.width(), target.height()),
+        };
+        Document {
+            target_file: Some(target.path.clone()),
+            target: Arc::new(target),
+            refs: Vec::new(),
+            mask,
+            extension: Extension::default(),
+            undo: Vec::new(),
+            redo: Vec::new(),
+            gesture: None,
+            revision: 0,
+        }
+    }
+
+    pub fn canvas_size(&self) -> (usize, usize) {
+        self.extension.canvas(self.target.width(), self.target.height())
+    }
+
+    fn state(&self) -> State {
+        State {
+            target: self.target.clone(),
+            target_file: self.target_file.clone(),
+            mask: self.mask.rle(),
+            extension: self.extension,
+        }
+    }
+
+    fn restore(&mut self, s: State) {
+        self.target = s.target;
+        self.target_file = s.target_file;
+        self.mask =
+            PaintMask::from_rle(&s.mask).unwrap_or_else(|_| PaintMask::new(self.target.width(), self.target.height()));
+        self.extension = s.extension;
+        self.revision += 1;
+    }
+
+    fn push_undo(&mut self, s: State) {
+        self.undo.push(s);
+        if self.undo.len() > HISTORY {
+            self.undo.remove(0);
+        }
+        self.redo.clear();
+    }
+
+    /// Start a gesture (brush stroke, edge drag); `end_gesture` makes it one undo step.
+    pub fn begin_gesture(&mut self) {
+        if self.gesture.is_none() {
+            self.gesture = Some(self.state());
+        }
+    }
+
+    pub fn end_gesture(&mut self) {
+        if let Some(before) = self.gesture.take() {
+            let changed = before.mask != self.mask.rle() || before.extension != self.extension;
+            if changed {
+                self.push_undo(before);
+            }
+        }
+    }
+
+    /// A one-shot edit (invert, clear, typed extension): its own undo step.
+    pub fn edit(&mut self, f: impl FnOnce(&mut Document)) {
+        self.end_gesture();
+        let before = self.state();
+        f(self);
+        if before.mask != self.mask.rle()
+            || before.extension != self.extension
+            || !Arc::ptr_eq(&before.target, &self.target)
+        {
+            self.push_undo(before);
+            self.revision += 1;
+        }
+    }
+
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    pub fn undo(&mut self) -> bool {
+        self.end_gesture();
+        match self.undo.pop() {
+            Some(s) => {
+                let now = self.state();
+                self.redo.push(now);
+                self.restore(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn redo(&mut self) -> bool {
+        self.end_gesture();
+        match self.redo.pop() {
+            Some(s) => {
+                let now = self.state();
+                self.undo.push(now);
+                self.restore(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Paint in canvas coordinates (the extension shifts the target).
+    pub fn paint(&mut self, a: [f32; 2], b: [f32; 2], radius: f32, fill: bool) -> Option<PixelRect> {
+        let (l, t) = (self.extension.left as f32, self.extension.top as f32);
+        let r = self.mask.stroke([a[0] - l, a[1] - t], [b[0] - l, b[1] - t], radius, fill);
+        if r.is_some() {
+            self.revision += 1;
+        }
+        r
+    }
+
+    pub fn set_extension(&mut self, e: Extension) {
+        if e != self.extension {
+            self.extension = e;
+            self.revision += 1;
+        }
+    }
+
+    /// Is there anything to fill?
+    pub fn has_fill_region(&self) -> bool {
+        !self.extension.is_zero() || !self.mask.is_empty()
+    }
+
+    /// The scene a Fill job works on.
+    pub fn scene(&self) -> Result<Scene> {
+        if !self.has_fill_region() {
+            return Err(Error::Invalid(
+                "nothing to fill: brush over what to replace (B), or drag a canvas edge outward".into(),
+            ));
+        }
+        let mut target = (*self.target).clone();
+        // The painted mask already includes the transparent pixels (and the user may have
+        // erased some of them).
+        target.transparent = None;
+        Scene::new(
+            target,
+            Some((self.mask.to_mask(), Path::new("painted mask"))),
+            self.extension,
+            self.refs.iter().map(|r| (**r).clone()).collect(),
+        )
+    }
+
+    /// Replace the target with a fill result on the extended canvas: one undo step; the mask
+    /// and the extension are used up.
+    pub fn accept_fill(&mut self, image: image::DynamicImage) {
+        let before = self.state();
+        self.replace_target(image);
+        self.push_undo(before);
+    }
+
+    /// Swap the result of the last accepted fill for another candidate (same undo step).
+    pub fn replace_target(&mut self, image: image::DynamicImage) {
+        let path = self.target.path.clone();
+        let photo = Photo::from_image(path, image, None);
+        self.mask = PaintMask::new(photo.width(), photo.height());
+        self.extension = Extension::default();
+        self.target = Arc::new(photo);
+        self.target_file = None;
+        self.revision += 1;
+    }
+
+    /// The photo (and its place on the current canvas) before the last accepted fill, for
+    /// before/after comparison.
+    pub fn before_last_fill(&self) -> Option<(Arc<Photo>, Extension)> {
+        let s = self.undo.last()?;
+        (!Arc::ptr_eq(&s.target, &self.target)).then(|| (s.target.clone(), s.extension))
+    }
+
+    /// Add references, skipping the target itself and duplicates; returns one note per
+    /// skipped file.
+    pub fn add_refs(&mut self, photos: Vec<Photo>) -> Vec<String> {
+        let mut notes = Vec::new();
+        for p in photos {
+            if self.target_file.as_ref().is_some_and(|t| crate::scene::io::same_file(&p.path, t)) {
+                notes.push(format!("{}: this is the target itself; not added as a reference", p.path.display()));
+            } else if self.refs.iter().any(|r| crate::scene::io::same_file(&r.path, &p.path)) {
+                notes.push(format!("{}: already a reference", p.path.display()));
+            } else {
+                self.refs.push(Arc::new(p));
+            }
+        }
+        notes
+    }
+
+    /// Default file name for exporting the current image (never the original's name).
+    pub fn export_name(&self) -> PathBuf {
+        let p = &self.target.path;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "photo".into());
+        p.with_file_name(format!("{stem}-filled.png"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn photo(w: usize, h: usize) -> Photo {
+        let img =
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([9, 9, 9])));
+        Photo::from_image(PathBuf::from("/tmp/t.png"), img, None)
+    }
+
+    #[test]
+    fn a_stroke_paints_a_capsule_and_erasing_removes_it() {
+        let mut m = PaintMask::new(20, 10);
+        let r = m.stroke([2.5, 5.5], [12.5, 5.5], 2.0, true).unwrap();
+        assert!(m.get(2, 5) && m.get(12, 5) && m.get(7, 4) && m.get(7, 6));
+        assert!(!m.get(7, 8) && !m.get(16, 5) && !m.get(2, 8));
+        assert!(r.x0 <= 0 && r.x1 >= 15 && r.y0 <= 3 && r.y1 >= 8);
+        m.stroke([0.0, 0.0], [20.0, 10.0], 30.0, false).unwrap();
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_stroke_outside_the_image_changes_nothing() {
+        let mut m = PaintMask::new(8, 8);
+        assert_eq!(m.stroke([-20.0, -20.0], [-10.0, -30.0], 3.0, true), None);
+        assert_eq!(m.stroke([50.0, 3.0], [60.0, 3.0], 3.0, true), None);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn one_undo_step_per_stroke_and_redo_restores() {
+        let mut d = Document::new(photo(16, 16));
+        d.begin_gesture();
+        d.paint([2.0, 2.0], [4.0, 2.0], 1.0, true);
+        d.paint([4.0, 2.0], [8.0, 2.0], 1.0, true);
+        d.end_gesture();
+        let painted = d.mask.clone();
+        assert!(!painted.is_empty() && d.can_undo());
+        assert!(d.undo());
+        assert!(d.mask.is_empty() && !d.can_undo());
+        assert!(d.redo());
+        assert_eq!(d.mask, painted);
+    }
+
+    #[test]
+    fn a_gesture_that_changes_nothing_is_not_an_undo_step() {
+        let mut d = Document::new(photo(8, 8));
+        d.begin_gesture();
+        d.paint([-50.0, -50.0], [-40.0, -40.0], 1.0, true);
+        d.end_gesture();
+        assert!(!d.can_undo());
+    }
+
+    #[test]
+    fn painting_follows_the_extension_offset() {
+        let mut d = Document::new(photo(8, 8));
+        d.set_extension(Extension { left: 4, top: 2, right: 0, bottom: 0 });
+        d.paint([4.5, 2.5], [4.5, 2.5], 0.5, true);
+        assert!(d.mask.get(0, 0) && d.mask.count() == 1);
+    }
+
+    #[test]
+    fn extension_grows_the_canvas_and_counts_as_a_fill_region() {
+        let mut d = Document::new(photo(100, 50));
+        assert!(!d.has_fill_region() && d.scene().is_err());
+        d.edit(|d| d.set_extension(extension_preset(100, 50, 1.5)));
+        assert_eq!(d.canvas_size(), (150, 75));
+        let s = d.scene().unwrap();
+        assert_eq!(s.canvas_size(), (150, 75));
+        assert!(d.undo() && d.canvas_size() == (100, 50));
+    }
+
+    #[test]
+    fn accepting_a_fill_replaces_the_target_and_undo_brings_it_back() {
+        let mut d = Document::new(photo(8, 8));
+        d.edit(|d| d.set_extension(Extension { left: 2, top: 0, right: 0, bottom: 0 }));
+        let original = d.target.clone();
+        d.accept_fill(image::DynamicImage::ImageRgb8(image::RgbImage::new(10, 8)));
+        assert_eq!((d.target.width(), d.canvas_size()), (10, (10, 8)));
+        assert!(d.mask.is_empty() && d.target_file.is_none());
+        let (before, ext) = d.before_last_fill().unwrap();
+        assert!(Arc::ptr_eq(&before, &original) && ext.left == 2);
+        assert!(d.undo());
+        assert!(Arc::ptr_eq(&d.target, &original) && d.extension.left == 2);
+    }
+
+    #[test]
+    fn presets_split_growth_between_sides() {
+        assert_eq!(extension_preset(100, 41, 2.0), Extension { left: 50, right: 50, top: 20, bottom: 21 });
+        assert_eq!(extension_preset(10, 10, 1.0), Extension::default());
+    }
+}

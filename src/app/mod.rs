@@ -1,0 +1,667 @@
+//! The desktop app (eframe/egui): references on the left, the canvas in the middle, the run
+//! panel on the right, candidates and messages at the bottom.
+//!
+//! The UI thread never blocks: fills run on the engine's worker thread (Jobs in, Events
+//! out; the worker wakes the UI after each event); file dialogs, decoding and encoding run on
+//! short-lived threads whose results arrive through `tasks`. Each frame starts by draining
+//! both channels, keeps only the newest preview, then draws.
+
+pub mod canvas;
+pub mod document;
+mod panels;
+pub mod settings;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+
+use crate::engine::{Engine, Event, FillSettings, Job};
+use crate::scene::{Photo, Scene};
+use canvas::{Canvas, Tool};
+use document::Document;
+use settings::AppSettings;
+pub use tasks::Task;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub level: Level,
+    pub text: String,
+}
+
+/// A fill result to pick from.
+pub struct Candidate {
+    pub seed: u64,
+    /// Patch agreement with the references (dB, higher = better), when scored.
+    pub agreement: Option<f32>,
+    pub image: image::DynamicImage,
+    pub thumb: egui::TextureHandle,
+}
+
+/// The job the engine is working on.
+pub enum Running {
+    Learn,
+    Fill {
+        scene: Arc<Scene>,
+        settings: FillSettings,
+        /// Candidates still to sample after this one.
+        remaining: usize,
+    },
+}
+
+#[derive(Default)]
+pub struct LearnProgress {
+    pub step: usize,
+    pub total: usize,
+    pub elapsed_s: f32,
+    pub losses: Vec<f32>,
+}
+
+pub struct Preview {
+    pub step: usize,
+    pub total: usize,
+    pub tex: egui::TextureHandle,
+}
+
+pub struct RealfillApp {
+    pub doc: Option<Document>,
+    pub settings: AppSettings,
+    /// Write settings to the config folder on exit (off in tests).
+    pub persist: bool,
+    /// Template for every job (network size, batch, cache use); tests make it tiny.
+    pub base: FillSettings,
+    engine: Option<Engine>,
+    pub running: Option<Running>,
+    pub learning: LearnProgress,
+    pub preview: Option<Preview>,
+    pub candidates: Vec<Candidate>,
+    /// The candidate shown on the canvas, and the document revision it was applied at (a
+    /// later edit makes picking another candidate a new undo step).
+    pub selected: usize,
+    applied_revision: Option<u64>,
+    pub messages: Vec<Message>,
+    pub backend: Option<String>,
+    pub status: String,
+    pub canvas: Canvas,
+    pub show_before: bool,
+    /// Project file of this document, if saved or opened as one.
+    pub project_path: Option<PathBuf>,
+    tasks_tx: Sender<Task>,
+    tasks_rx: Receiver<Task>,
+    /// Background tasks (dialogs, loads, saves) not yet finished.
+    pub pending_tasks: usize,
+    /// Time the UI spent building the last frames (ms, exponential average).
+    pub frame_ms: f32,
+    settings_saved: AppSettings,
+    /// The "Before" toggle button (holding \\ also shows the photo before the last fill).
+    pub show_before_toggle: bool,
+    /// For waking the UI from background threads (set at the first frame).
+    repaint_handle: Option<egui::Context>,
+    pub ref_thumbs: ThumbCache,
+    /// Show the UI frame time in the status bar (off for snapshots, which must not vary).
+    pub show_frame_time: bool,
+    /// The previous frame's CPU time as eframe measures it (UI, tessellation, rendering).
+    pub frame_total_ms: f32,
+    /// Print every frame's time to stderr (REALFILL_FRAME_LOG=1), for measuring.
+    pub frame_log: bool,
+}
+
+/// Thumbnails of reference photos, made once per photo.
+#[derive(Default)]
+pub struct ThumbCache {
+    items: Vec<(Arc<Photo>, egui::TextureHandle)>,
+}
+
+impl ThumbCache {
+    pub fn get(&mut self, ctx: &egui::Context, p: &Arc<Photo>) -> egui::TextureHandle {
+        if let Some((_, t)) = self.items.iter().find(|(q, _)| Arc::ptr_eq(q, p)) {
+            return t.clone();
+        }
+        let tex = ctx.load_texture(
+            format!("ref-{}", self.items.len()),
+            thumbnail(&p.original, 160),
+            egui::TextureOptions::LINEAR,
+        );
+        // Forget thumbnails of removed references.
+        self.items.retain(|(q, _)| Arc::strong_count(q) > 1);
+        self.items.push((p.clone(), tex.clone()));
+        tex
+    }
+}
+
+impl RealfillApp {
+    pub fn new(doc: Option<Document>, settings: AppSettings) -> RealfillApp {
+        let (tasks_tx, tasks_rx) = unbounded();
+        RealfillApp {
+            doc,
+            settings_saved: settings.clone(),
+            settings,
+            persist: false,
+            base: FillSettings::default(),
+            engine: None,
+            running: None,
+            learning: LearnProgress::default(),
+            preview: None,
+            candidates: Vec::new(),
+            selected: 0,
+            applied_revision: None,
+            messages: Vec::new(),
+            backend: None,
+            status: String::new(),
+            canvas: Canvas::default(),
+            show_before: false,
+            project_path: None,
+            tasks_tx,
+            tasks_rx,
+            pending_tasks: 0,
+            frame_ms: 0.0,
+            show_before_toggle: false,
+            repaint_handle: None,
+            ref_thumbs: ThumbCache::default(),
+            show_frame_time: true,
+            frame_total_ms: 0.0,
+            frame_log: std::env::var_os("REALFILL_FRAME_LOG").is_some(),
+        }
+    }
+
+    /// The app on the bundled demo scene (target, painted mask, references).
+    pub fn demo(settings: AppSettings) -> RealfillApp {
+        let dir = crate::cli::demo_dir();
+        let mut app = RealfillApp::new(None, settings);
+        match load_demo(&dir) {
+            Ok(doc) => {
+                app.doc = Some(doc);
+                app.info("demo scene loaded: the red region will be filled from the two references; press Fill");
+            }
+            Err(e) => app.error(format!("could not load the demo scene: {e}")),
+        }
+        app
+    }
+
+    /// The app on one photo (errors appear in the window).
+    pub fn with_photo(path: &Path, settings: AppSettings) -> RealfillApp {
+        let mut app = RealfillApp::new(None, settings);
+        match crate::scene::io::load_photo(path) {
+            Ok(p) => app.open_target(p),
+            Err(e) => app.error(e.to_string()),
+        }
+        app
+    }
+
+    /// The app on a saved project (errors appear in the window).
+    pub fn with_project(path: &Path, settings: AppSettings) -> RealfillApp {
+        let mut app = RealfillApp::new(None, settings);
+        let task = tasks::open_project(path.to_path_buf())();
+        app.apply_task(task);
+        app
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.messages.push(Message { level: Level::Info, text: text.into() });
+    }
+    pub fn warn(&mut self, text: impl Into<String>) {
+        self.messages.push(Message { level: Level::Warning, text: text.into() });
+    }
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.messages.push(Message { level: Level::Error, text: text.into() });
+    }
+
+    pub fn open_target(&mut self, p: Photo) {
+        if p.transparent.is_some() {
+            self.info(format!("{}: transparent pixels are part of the fill region (shown in red)", p.path.display()));
+        }
+        let refs = self.doc.take().map(|d| d.refs).unwrap_or_default();
+        let mut doc = Document::new(p);
+        doc.refs = refs;
+        self.doc = Some(doc);
+        self.candidates.clear();
+        self.project_path = None;
+        self.canvas.view.fit_pending = true;
+    }
+
+    fn engine(&mut self, ctx: &egui::Context) -> &Engine {
+        let backend = self.settings.backend;
+        self.engine.get_or_insert_with(|| {
+            let ctx = ctx.clone();
+            Engine::start_with_waker(backend, Some(Arc::new(move || ctx.request_repaint())))
+        })
+    }
+
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn job_settings(&self, seed: u64) -> FillSettings {
+        let r = self.settings.run.sanitised();
+        let mut s = self.base.clone();
+        s.engine = r.engine;
+        s.size = r.size;
+        s.steps = r.steps;
+        s.score = r.candidates > 1;
+        s.seed = seed;
+        s.learn.steps = r.learn_steps;
+        s.learn.seed = r.seed;
+        s
+    }
+
+    pub fn start_learn(&mut self, ctx: &egui::Context) {
+        let Some(doc) = &self.doc else { return };
+        if self.busy() {
+            return;
+        }
+        match doc.scene() {
+            Ok(scene) => {
+                let settings = self.job_settings(self.settings.run.seed);
+                self.learning = LearnProgress::default();
+                self.engine(ctx).submit(Job::Learn { scene: Arc::new(scene), settings });
+                self.running = Some(Running::Learn);
+                self.status = "learning the scene…".into();
+            }
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    pub fn start_fill(&mut self, ctx: &egui::Context) {
+        let Some(doc) = &self.doc else { return };
+        if self.busy() {
+            return;
+        }
+        match doc.scene() {
+            Ok(scene) => {
+                let seed = self.settings.run.seed;
+                let settings = self.job_settings(seed);
+                let scene = Arc::new(scene);
+                self.learning = LearnProgress::default();
+                self.candidates.clear();
+                self.selected = 0;
+                self.applied_revision = None;
+                self.engine(ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
+                let remaining = self.settings.run.sanitised().candidates - 1;
+                self.running = Some(Running::Fill { scene, settings, remaining });
+                self.status = "filling…".into();
+            }
+            Err(e) => self.error(e.to_string()),
+        }
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(e) = &self.engine
+            && self.running.is_some()
+        {
+            e.cancel();
+            self.status = "cancelling…".into();
+        }
+    }
+
+    /// Apply the engine's events; only the newest preview is uploaded.
+    fn drain_events(&mut self, ctx: &egui::Context) {
+        let Some(engine) = &self.engine else { return };
+        let events: Vec<Event> = engine.events().try_iter().collect();
+        let mut newest_preview = None;
+        for ev in events {
+            match ev {
+                Event::Backend { description, warning } => {
+                    if let Some(w) = warning {
+                        self.warn(w);
+                    }
+                    self.backend = Some(description);
+                }
+                Event::Status(s) => self.status = s,
+                Event::Learning { step, total, loss, elapsed_s } => {
+                    self.learning.step = step;
+                    self.learning.total = total;
+                    self.learning.elapsed_s = elapsed_s;
+                    self.learning.losses.push(loss);
+                }
+                Event::Preview { step, total, image } => newest_preview = Some((step, total, image)),
+                Event::Learned { cached } => {
+                    self.running = None;
+                    self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
+                }
+                Event::Done(out) => {
+                    newest_preview = None;
+                    self.preview = None;
+                    self.on_fill_done(ctx, *out);
+                }
+                Event::Failed(e) => {
+                    newest_preview = None;
+                    self.preview = None;
+                    self.running = None;
+                    self.status = "failed".into();
+                    self.error(e);
+                }
+                Event::Cancelled => {
+                    newest_preview = None;
+                    self.preview = None;
+                    self.running = None;
+                    self.status = "cancelled; the canvas is as it was".into();
+                }
+            }
+        }
+        if let (Some((step, total, image)), Some(Running::Fill { scene, .. })) = (newest_preview, &self.running) {
+            let img = canvas::preview_image(&image, &scene.mask);
+            match &mut self.preview {
+                Some(p) if p.tex.size() == img.size => {
+                    p.tex.set(img, egui::TextureOptions::LINEAR);
+                    p.step = step;
+                    p.total = total;
+                }
+                _ => {
+                    let tex = ctx.load_texture("preview", img, egui::TextureOptions::LINEAR);
+                    self.preview = Some(Preview { step, total, tex });
+                }
+            }
+            self.status = format!("denoising step {step} of {total}");
+        }
+    }
+
+    fn on_fill_done(&mut self, ctx: &egui::Context, out: crate::engine::FillOutput) {
+        let Some(Running::Fill { scene, settings, remaining }) = self.running.take() else { return };
+        let seed = settings.seed;
+        let seconds = out.timings.total_s;
+        let image = out.image;
+        let thumb = ctx.load_texture(format!("candidate-{seed}"), thumbnail(&image, 160), egui::TextureOptions::LINEAR);
+        let first = self.candidates.is_empty();
+        self.candidates.push(Candidate { seed, agreement: out.agreement, image, thumb });
+        if first && let Some(doc) = &mut self.doc {
+            doc.accept_fill(self.candidates[0].image.clone());
+            self.applied_revision = Some(doc.revision);
+            self.selected = 0;
+        }
+        let engine = match out.timings.engine {
+            crate::engine::pipeline::EngineKind::Patch => "patch engine",
+            _ => "scene model",
+        };
+        self.status = format!("filled in {seconds:.1} s with the {engine} (seed {seed})");
+        if remaining == 0 && self.candidates.len() > 1 {
+            self.rank_candidates();
+        }
+        if remaining > 0 {
+            let mut next = settings.clone();
+            next.seed = seed + 1;
+            if let Some(e) = &self.engine {
+                e.submit(Job::Fill { scene: scene.clone(), settings: next.clone() });
+            }
+            self.running = Some(Running::Fill { scene, settings: next, remaining: remaining - 1 });
+        }
+    }
+
+    /// Order candidates best first; show the best unless the user picked or edited meanwhile.
+    fn rank_candidates(&mut self) {
+        let shown_seed = self.candidates.get(self.selected).map(|c| c.seed);
+        let untouched = self.selected == 0 && self.doc.as_ref().map(|d| d.revision) == self.applied_revision;
+        self.candidates.sort_by(|a, b| b.agreement.unwrap_or(0.0).total_cmp(&a.agreement.unwrap_or(0.0)));
+        if untouched {
+            if self.candidates[0].seed != shown_seed.unwrap_or(u64::MAX) {
+                self.pick_candidate(0);
+            }
+            self.selected = 0;
+        } else {
+            self.selected = self.candidates.iter().position(|c| Some(c.seed) == shown_seed).unwrap_or(0);
+        }
+    }
+
+    /// Show candidate `i` on the canvas.
+    pub fn pick_candidate(&mut self, i: usize) {
+        let (Some(doc), Some(c)) = (&mut self.doc, self.candidates.get(i)) else { return };
+        if self.applied_revision == Some(doc.revision) {
+            doc.replace_target(c.image.clone());
+        } else {
+            doc.accept_fill(c.image.clone());
+        }
+        self.applied_revision = Some(doc.revision);
+        self.selected = i;
+    }
+
+    pub fn undo(&mut self) {
+        if !self.busy()
+            && let Some(d) = &mut self.doc
+        {
+            d.undo();
+        }
+    }
+
+    pub fn redo(&mut self) {
+        if !self.busy()
+            && let Some(d) = &mut self.doc
+        {
+            d.redo();
+        }
+    }
+
+    /// Keyboard shortcuts (not while typing into a field).
+    fn shortcuts(&mut self, ui: &egui::Ui) {
+        let ctx = ui.ctx().clone();
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        use egui::{Key, KeyboardShortcut, Modifiers};
+        let redo1 = KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+        let redo2 = KeyboardShortcut::new(Modifiers::COMMAND, Key::Y);
+        let undo = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
+        if ctx.input_mut(|i| i.consume_shortcut(&redo1) || i.consume_shortcut(&redo2)) {
+            self.redo();
+        } else if ctx.input_mut(|i| i.consume_shortcut(&undo)) {
+            self.undo();
+        }
+        let (b, e, f, one, before, esc) = ui.input(|i| {
+            (
+                i.key_pressed(Key::B),
+                i.key_pressed(Key::E),
+                i.key_pressed(Key::F),
+                i.key_pressed(Key::Num1),
+                i.key_down(Key::Backslash),
+                i.key_pressed(Key::Escape),
+            )
+        });
+        if b {
+            self.canvas.tool = Some(Tool::Brush);
+        }
+        if e {
+            self.canvas.tool = Some(Tool::Eraser);
+        }
+        if f {
+            self.canvas.view.fit_pending = true;
+        }
+        if one {
+            let ppp = ctx.pixels_per_point();
+            let area = self.canvas.area;
+            self.canvas.view.actual_pixels(area, ppp);
+        }
+        if esc {
+            self.cancel();
+        }
+        self.show_before = before || self.show_before_toggle;
+    }
+
+    /// Files dropped on the window: on the references panel → references; elsewhere → the
+    /// first becomes the target and any others references (a project file opens).
+    fn dropped_files(&mut self, ui: &egui::Ui, refs_panel: egui::Rect) {
+        let (files, pos) = ui.input(|i| {
+            (i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect::<Vec<_>>(), i.pointer.hover_pos())
+        });
+        if files.is_empty() {
+            return;
+        }
+        let on_refs = pos.is_some_and(|p| refs_panel.contains(p)) && self.doc.is_some();
+        if let Some(project) = files.iter().find(|f| is_project(f)) {
+            self.spawn(tasks::open_project(project.clone()));
+        } else if on_refs {
+            self.spawn(tasks::load_refs(files));
+        } else {
+            let mut it = files.into_iter();
+            if let Some(t) = it.next() {
+                self.spawn(tasks::load_target(t));
+            }
+            let rest: Vec<PathBuf> = it.collect();
+            if !rest.is_empty() {
+                self.spawn(tasks::load_refs(rest));
+            }
+        }
+    }
+
+    /// Run a background task; its result arrives as a `Task` in a later frame.
+    pub fn spawn(&mut self, work: impl FnOnce() -> Task + Send + 'static) {
+        let tx = self.tasks_tx.clone();
+        let ctx = self.repaint_handle.clone();
+        self.pending_tasks += 1;
+        std::thread::spawn(move || {
+            let _ = tx.send(work());
+            if let Some(c) = ctx {
+                c.request_repaint();
+            }
+        });
+    }
+
+    /// Wait (in tests) until background tasks have reported.
+    pub fn wait_for_tasks(&mut self) {
+        while self.pending_tasks > 0 {
+            match self.tasks_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(t) => {
+                    self.pending_tasks -= 1;
+                    self.apply_task(t);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn drain_tasks(&mut self) {
+        while let Ok(t) = self.tasks_rx.try_recv() {
+            self.pending_tasks = self.pending_tasks.saturating_sub(1);
+            self.apply_task(t);
+        }
+    }
+
+    fn save_settings_if_changed(&mut self) {
+        if self.persist && self.settings != self.settings_saved {
+            if let Err(e) = self.settings.save() {
+                self.warn(format!("settings not saved: {e}"));
+            }
+            self.settings_saved = self.settings.clone();
+        }
+    }
+
+    /// The whole window.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let t0 = Instant::now();
+        let ctx = ui.ctx().clone();
+        if self.repaint_handle.is_none() {
+            self.repaint_handle = Some(ctx.clone());
+        }
+        self.drain_tasks();
+        self.drain_events(&ctx);
+        self.shortcuts(ui);
+        panels::top_bar(self, ui);
+        panels::bottom_bar(self, ui);
+        let refs_rect = panels::references_panel(self, ui);
+        panels::run_panel(self, ui);
+        egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
+            let preview = self.preview.as_ref().map(|p| (&p.tex, p.step, p.total));
+            let editable = self.running.is_none();
+            match &mut self.doc {
+                Some(doc) => {
+                    let overlay = canvas::Overlay { editable, preview, show_before: self.show_before };
+                    self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
+                }
+                None => {
+                    ui.centered_and_justified(|ui| {
+                        ui.label("Open a photo (File, Open photo…), or drop one here.");
+                    });
+                }
+            }
+        });
+        self.dropped_files(ui, refs_rect);
+        // Keep polling while a background task (dialog, load) is out.
+        if self.pending_tasks > 0 {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
+        let ms = t0.elapsed().as_secs_f32() * 1000.0;
+        self.frame_ms = if self.frame_ms == 0.0 { ms } else { 0.9 * self.frame_ms + 0.1 * ms };
+    }
+}
+
+fn is_project(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == crate::scene::project::EXTENSION)
+}
+
+fn load_demo(dir: &Path) -> crate::Result<Document> {
+    let target = crate::scene::io::load_photo(&dir.join("target.png"))?;
+    let mask = crate::scene::io::load_mask(&dir.join("mask.png"))?;
+    let mut doc = Document::new(target);
+    if (mask.width, mask.height) == (doc.mask.width, doc.mask.height) {
+        doc.mask = document::PaintMask::from_mask(&mask);
+    }
+    let mut refs = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("refs"))
+        .map_err(|e| crate::Error::input(dir.join("refs"), e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    for n in names {
+        refs.push(crate::scene::io::load_photo(&n)?);
+    }
+    doc.add_refs(refs);
+    Ok(doc)
+}
+
+fn thumbnail(img: &image::DynamicImage, side: u32) -> egui::ColorImage {
+    let t = img.thumbnail(side, side).to_rgba8();
+    egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw())
+}
+
+impl eframe::App for RealfillApp {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        // eframe's measure of the previous frame: UI code plus tessellation and rendering.
+        if let Some(cpu) = frame.info().cpu_usage {
+            self.frame_total_ms = cpu * 1000.0;
+            if self.frame_log {
+                eprintln!("frame {:.2} ms busy={}", self.frame_total_ms, self.busy());
+            }
+        }
+        self.show(ui);
+        self.save_settings_if_changed();
+    }
+
+    fn on_exit(&mut self) {
+        self.persist_now();
+    }
+}
+
+impl RealfillApp {
+    fn persist_now(&mut self) {
+        if self.persist {
+            let _ = self.settings.save();
+        }
+    }
+}
+
+/// Open the window. `photo`: a photo or project to open; None = the demo scene.
+pub fn run(photo: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = AppSettings::load();
+    let mut app = match &photo {
+        Some(p) if is_project(p) => RealfillApp::with_project(p, settings),
+        Some(p) => RealfillApp::with_photo(p, settings),
+        None => RealfillApp::demo(settings),
+    };
+    app.persist = true;
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("realfill")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([720.0, 480.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native("realfill", options, Box::new(|_cc| Ok(Box::new(app))))
+        .map_err(|e| anyhow::anyhow!("cannot open the window: {e}. Is a display available (DISPLAY or WAYLAND_DISPLAY)? For headless use, run `realfill fill --help`"))
+}

@@ -1,0 +1,396 @@
+//! The panels around the canvas: menu and tools on top, references on the left, the run
+//! panel on the right, candidates, messages and status at the bottom.
+
+use egui::{Color32, RichText};
+
+use super::canvas::Tool;
+use super::document::extension_preset;
+use super::tasks::Dialog;
+use super::{Level, RealfillApp, Running};
+use crate::scene::Extension;
+
+pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    egui::Panel::top("top").show(ui, |ui| {
+        egui::MenuBar::new().ui(ui, |ui| {
+            ui.menu_button("File", |ui| {
+                if ui.button("Open photo…").clicked() {
+                    app.open_dialog(Dialog::OpenPhoto);
+                }
+                let has_doc = app.doc.is_some();
+                if ui.add_enabled(has_doc, egui::Button::new("Add references…")).clicked() {
+                    app.open_dialog(Dialog::AddReferences);
+                }
+                ui.separator();
+                if ui.button("Open project…").clicked() {
+                    app.open_dialog(Dialog::OpenProject);
+                }
+                if ui.add_enabled(has_doc, egui::Button::new("Save project…")).clicked() {
+                    app.open_dialog(Dialog::SaveProject);
+                }
+                ui.separator();
+                if ui.add_enabled(has_doc, egui::Button::new("Export…")).clicked() {
+                    app.open_dialog(Dialog::Export);
+                }
+            });
+            ui.menu_button("Edit", |ui| {
+                let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
+                if ui.add_enabled(u, egui::Button::new("Undo").shortcut_text("Ctrl+Z")).clicked() {
+                    app.undo();
+                }
+                if ui.add_enabled(r, egui::Button::new("Redo").shortcut_text("Ctrl+Shift+Z")).clicked() {
+                    app.redo();
+                }
+            });
+            ui.separator();
+            tools(app, ui);
+        });
+    });
+}
+
+fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    let editable = app.doc.is_some() && !app.busy();
+    ui.add_enabled_ui(editable, |ui| {
+        let tool = &mut app.canvas.tool;
+        if ui.selectable_label(*tool == Some(Tool::Brush), "Brush").on_hover_text("Paint what to replace (B)").clicked()
+        {
+            *tool = Some(Tool::Brush);
+        }
+        if ui.selectable_label(*tool == Some(Tool::Eraser), "Eraser").on_hover_text("Unpaint (E)").clicked() {
+            *tool = Some(Tool::Eraser);
+        }
+        let l = ui.label("Size");
+        ui.add(egui::DragValue::new(&mut app.settings.brush_radius).range(1.0..=500.0).speed(0.5).suffix(" px"))
+            .labelled_by(l.id)
+            .on_hover_text("Brush radius in photo pixels ([ and ])");
+        let doc = app.doc.as_mut();
+        if let Some(doc) = doc {
+            if ui.button("Invert").on_hover_text("Fill what is kept, keep what is painted").clicked() {
+                doc.edit(|d| d.mask.invert());
+            }
+            if ui.button("Clear").on_hover_text("Remove the whole mask").clicked() {
+                doc.edit(|d| d.mask.clear());
+            }
+        }
+        ui.separator();
+        let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
+        if ui.add_enabled(u, egui::Button::new("Undo")).on_hover_text("Ctrl+Z").clicked() {
+            app.undo();
+        }
+        if ui.add_enabled(r, egui::Button::new("Redo")).on_hover_text("Ctrl+Shift+Z").clicked() {
+            app.redo();
+        }
+    });
+    ui.separator();
+    if ui.button("Fit").on_hover_text("Fit the canvas to the window (F)").clicked() {
+        app.canvas.view.fit_pending = true;
+    }
+    if ui.button("100%").on_hover_text("One photo pixel per screen pixel (1)").clicked() {
+        let ppp = ui.ctx().pixels_per_point();
+        let area = app.canvas.area;
+        app.canvas.view.actual_pixels(area, ppp);
+    }
+    let can_compare = app.doc.as_ref().is_some_and(|d| d.before_last_fill().is_some());
+    ui.add_enabled(can_compare, egui::Button::new("Before").selected(app.show_before_toggle))
+        .on_hover_text("Show the photo before the last fill (or hold \\)")
+        .clicked()
+        .then(|| app.show_before_toggle = !app.show_before_toggle);
+}
+
+/// References: thumbnails with remove, add button, canvas extension. Returns the panel's
+/// rectangle (files dropped on it become references).
+pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect {
+    egui::Panel::left("references")
+        .resizable(true)
+        .default_size(220.0)
+        .show(ui, |ui| {
+            ui.heading("References");
+            let Some(doc) = &mut app.doc else {
+                ui.label("Open a photo first.");
+                return;
+            };
+            if doc.refs.is_empty() {
+                ui.label(
+                    RichText::new("No references: the fill then learns only from the photo's own known pixels. Add other photos of the same scene.")
+                        .color(Color32::from_rgb(230, 180, 80)),
+                );
+            }
+            let mut remove = None;
+            egui::ScrollArea::vertical().max_height(ui.available_height() * 0.55).show(ui, |ui| {
+                for (i, r) in doc.refs.iter().enumerate() {
+                    let name = r.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let tex = app.ref_thumbs.get(ui.ctx(), r);
+                    ui.horizontal(|ui| {
+                        ui.add(egui::Image::from_texture(egui::load::SizedTexture::new(tex.id(), tex.size_vec2())).max_size(egui::vec2(120.0, 90.0)));
+                        ui.vertical(|ui| {
+                            ui.label(&name).on_hover_text(r.path.display().to_string());
+                            ui.label(format!("{}×{}", r.width(), r.height()));
+                            if ui.small_button("Remove").on_hover_text(format!("Remove {name} from the references")).clicked() {
+                                remove = Some(i);
+                            }
+                        });
+                    });
+                }
+            });
+            if let Some(i) = remove
+                && !app.running.is_some()
+            {
+                doc.refs.remove(i);
+            }
+            if ui.button("Add references…").clicked() {
+                app.open_dialog(Dialog::AddReferences);
+            }
+            ui.label(RichText::new("or drop photos here").weak());
+            ui.separator();
+            extension_controls(app, ui);
+        })
+        .response
+        .rect
+}
+
+fn extension_controls(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    let busy = app.busy();
+    let Some(doc) = &mut app.doc else { return };
+    ui.heading("Extend canvas");
+    ui.label(RichText::new("Drag the canvas edges outward, or type pixels per side.").weak());
+    let mut e = doc.extension;
+    let mut changed = false;
+    ui.add_enabled_ui(!busy, |ui| {
+        egui::Grid::new("extension").num_columns(4).show(ui, |ui| {
+            for (name, v) in
+                [("Left", &mut e.left), ("Top", &mut e.top), ("Right", &mut e.right), ("Bottom", &mut e.bottom)]
+            {
+                let l = ui.label(name);
+                changed |= ui.add(egui::DragValue::new(v).range(0..=20_000).speed(2.0)).labelled_by(l.id).changed();
+                if name == "Top" {
+                    ui.end_row();
+                }
+            }
+            ui.end_row();
+        });
+        ui.horizontal(|ui| {
+            let (w, h) = (doc.target.width(), doc.target.height());
+            for (label, f) in [("1.25×", 1.25), ("1.5×", 1.5), ("2×", 2.0)] {
+                if ui.button(label).on_hover_text(format!("Grow the canvas to {label} the photo")).clicked() {
+                    e = extension_preset(w, h, f);
+                    changed = true;
+                }
+            }
+            if ui.button("None").clicked() {
+                e = Extension::default();
+                changed = true;
+            }
+        });
+    });
+    if changed {
+        let old = doc.extension;
+        doc.edit(|d| d.set_extension(e));
+        // Keep the photo still on screen when the canvas grows left or up.
+        let shift = egui::vec2(e.left as f32 - old.left as f32, e.top as f32 - old.top as f32);
+        app.canvas.view.offset -= shift * app.canvas.view.zoom;
+    }
+    let (cw, ch) = doc.canvas_size();
+    ui.label(format!("canvas {cw}×{ch}"));
+}
+
+pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    egui::Panel::right("run").resizable(false).default_size(240.0).show(ui, |ui| {
+        ui.heading("Run");
+        let busy = app.busy();
+        ui.add_enabled_ui(!busy, |ui| {
+            let r = &mut app.settings.run;
+            egui::Grid::new("run-settings").num_columns(2).show(ui, |ui| {
+                use crate::engine::pipeline::EngineKind;
+                let l = ui.label("Engine");
+                let name = |e: EngineKind| match e {
+                    EngineKind::Auto => "auto",
+                    EngineKind::Patch => "patch (seconds)",
+                    EngineKind::Scene => "scene model",
+                };
+                let combo = egui::ComboBox::from_id_salt("engine").selected_text(name(r.engine)).show_ui(ui, |ui| {
+                    ui.selectable_value(&mut r.engine, EngineKind::Auto, name(EngineKind::Auto)).on_hover_text(
+                        "The scene model when it is already learned for this scene, else the patch engine",
+                    );
+                    ui.selectable_value(&mut r.engine, EngineKind::Patch, name(EngineKind::Patch))
+                        .on_hover_text("Training-free: copies matching patches from the references, coarse to fine");
+                    ui.selectable_value(&mut r.engine, EngineKind::Scene, name(EngineKind::Scene))
+                        .on_hover_text("Learns this scene from the references (minutes the first time; cached after)");
+                });
+                combo.response.labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Steps");
+                ui.add(egui::DragValue::new(&mut r.steps).range(1..=200))
+                    .labelled_by(l.id)
+                    .on_hover_text("Denoising steps of the scene model (the patch engine runs its own schedule)");
+                ui.end_row();
+                let l = ui.label("Seed");
+                ui.horizontal(|ui| {
+                    ui.add(egui::DragValue::new(&mut r.seed)).labelled_by(l.id);
+                    if ui.button("Random").on_hover_text("New random seed").clicked() {
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                        let nanos = now.map(|d| d.as_nanos() as u64).unwrap_or(1);
+                        r.seed = crate::rng::Rng::new(nanos).next_u64() % 1_000_000;
+                    }
+                });
+                ui.end_row();
+                let l = ui.label("Working size");
+                egui::ComboBox::from_id_salt("size")
+                    .selected_text(format!("{} px", r.size))
+                    .show_ui(ui, |ui| {
+                        for s in [256, 384, 512, 768] {
+                            ui.selectable_value(&mut r.size, s, format!("{s} px"));
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
+                ui.end_row();
+                let l = ui.label("Candidates");
+                ui.add(egui::DragValue::new(&mut r.candidates).range(1..=8))
+                    .labelled_by(l.id)
+                    .on_hover_text("Fills with successive seeds, ranked by agreement with the references");
+                ui.end_row();
+                let l = ui.label("Learning steps");
+                ui.add(egui::DragValue::new(&mut r.learn_steps).range(1..=20_000).speed(10.0)).labelled_by(l.id);
+                ui.end_row();
+            });
+        });
+        ui.add_space(6.0);
+        let ctx = ui.ctx().clone();
+        let can_run = app.doc.as_ref().is_some_and(|d| d.has_fill_region()) && !busy;
+        ui.horizontal(|ui| {
+            if ui
+                .add_enabled(can_run, egui::Button::new("Learn"))
+                .on_hover_text("Learn the scene model now (Fill does this when needed)")
+                .on_disabled_hover_text("Paint a region or extend the canvas first")
+                .clicked()
+            {
+                app.start_learn(&ctx);
+            }
+            if ui
+                .add_enabled(can_run, egui::Button::new(RichText::new("Fill").strong()))
+                .on_disabled_hover_text("Paint a region or extend the canvas first")
+                .clicked()
+            {
+                app.start_fill(&ctx);
+            }
+            if ui.add_enabled(busy, egui::Button::new("Cancel")).on_hover_text("Stop within one step (Esc)").clicked() {
+                app.cancel();
+            }
+        });
+        progress(app, ui);
+    });
+}
+
+fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    let l = &app.learning;
+    if app.running.is_some() && l.total > 0 && l.step < l.total {
+        let frac = l.step as f32 / l.total as f32;
+        let eta = if l.step > 0 { l.elapsed_s / l.step as f32 * (l.total - l.step) as f32 } else { 0.0 };
+        ui.add(egui::ProgressBar::new(frac).text(format!("learning {}/{} · ETA {}", l.step, l.total, clock(eta))));
+    }
+    if l.losses.len() > 1 {
+        ui.label(format!("loss {:.4}", l.losses.last().copied().unwrap_or(0.0)));
+        loss_plot(ui, &l.losses);
+    }
+    if let (Some(Running::Fill { remaining, .. }), Some(p)) = (&app.running, &app.preview) {
+        ui.add(egui::ProgressBar::new(p.step as f32 / p.total.max(1) as f32).text(format!(
+            "denoising {}/{}{}",
+            p.step,
+            p.total,
+            if *remaining > 0 { format!(" · {remaining} more candidates") } else { String::new() }
+        )));
+    }
+}
+
+fn candidate_label(c: &super::Candidate) -> String {
+    match c.agreement {
+        Some(a) => format!("seed {} · {a:.1} dB", c.seed),
+        None => format!("seed {}", c.seed),
+    }
+}
+
+fn clock(s: f32) -> String {
+    let s = s.max(0.0).round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// Loss per learning step, log scale, drawn with the painter.
+fn loss_plot(ui: &mut egui::Ui, losses: &[f32]) {
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(ui.available_width(), 90.0), egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 2.0, Color32::from_gray(25));
+    let logs: Vec<f32> = losses.iter().map(|l| l.max(1e-8).log10()).collect();
+    let (lo, hi) = logs.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = (hi - lo).max(1e-3);
+    let n = logs.len();
+    // At most one point per horizontal pixel.
+    let stride = (n as f32 / rect.width()).ceil().max(1.0) as usize;
+    let points: Vec<egui::Pos2> = (0..n)
+        .step_by(stride)
+        .map(|i| {
+            let x = rect.left() + rect.width() * i as f32 / (n - 1) as f32;
+            let y = rect.bottom() - rect.height() * (logs[i] - lo) / span;
+            egui::pos2(x, y)
+        })
+        .collect();
+    painter.line(points, egui::Stroke::new(1.5, Color32::from_rgb(120, 200, 255)));
+}
+
+pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    egui::Panel::bottom("status").show(ui, |ui| {
+        if !app.candidates.is_empty() {
+            ui.horizontal(|ui| {
+                ui.label("Candidates:");
+                let mut pick = None;
+                for (i, c) in app.candidates.iter().enumerate() {
+                    let img =
+                        egui::Image::from_texture(egui::load::SizedTexture::new(c.thumb.id(), c.thumb.size_vec2()))
+                            .max_size(egui::vec2(96.0, 72.0));
+                    let b = ui
+                        .add(egui::Button::image_and_text(img, candidate_label(c)).selected(i == app.selected))
+                        .on_hover_text("Show this candidate");
+                    if b.clicked() {
+                        pick = Some(i);
+                    }
+                }
+                if let Some(i) = pick
+                    && !app.busy()
+                {
+                    app.pick_candidate(i);
+                }
+            });
+            ui.separator();
+        }
+        let mut dismiss = None;
+        for (i, m) in app.messages.iter().enumerate().rev().take(3) {
+            ui.horizontal(|ui| {
+                let colour = match m.level {
+                    Level::Info => ui.visuals().text_color(),
+                    Level::Warning => Color32::from_rgb(230, 180, 80),
+                    Level::Error => Color32::from_rgb(255, 110, 110),
+                };
+                if ui.small_button("×").on_hover_text("Dismiss").clicked() {
+                    dismiss = Some(i);
+                }
+                ui.label(RichText::new(&m.text).color(colour));
+            });
+        }
+        if let Some(i) = dismiss {
+            app.messages.remove(i);
+        }
+        ui.horizontal(|ui| {
+            ui.label(RichText::new(&app.status).weak());
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                if app.show_frame_time {
+                    ui.label(
+                        RichText::new(format!("frame {:.1} ms (UI {:.1})", app.frame_total_ms, app.frame_ms)).weak(),
+                    )
+                    .on_hover_text("CPU time of the last frame: all of it, and the part spent building the UI");
+                }
+                if let Some(b) = &app.backend {
+                    ui.label(RichText::new(b).weak());
+                }
+                ui.label(RichText::new(format!("zoom {:.0}%", app.canvas.view.zoom * 100.0)).weak());
+            });
+        });
+    });
+}

@@ -1,0 +1,66 @@
+//! Settings that persist between runs of the app (run settings, brush size, the last folder
+//! used), kept apart from the runtime state. Stored as JSON in `$REALFILL_CONFIG`, else
+//! `$XDG_CONFIG_HOME/realfill`, else `~/.config/realfill`. A missing or unreadable file means
+//! defaults; a save is atomic.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::BackendChoice;
+use crate::scene::project::RunSettings;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppSettings {
+    pub run: RunSettings,
+    /// Brush radius in image pixels.
+    pub brush_radius: f32,
+    pub backend: BackendChoice,
+    pub last_dir: Option<PathBuf>,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings { run: RunSettings::default(), brush_radius: 24.0, backend: BackendChoice::Auto, last_dir: None }
+    }
+}
+
+pub fn config_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("REALFILL_CONFIG") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("realfill"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config").join("realfill"))
+}
+
+fn settings_path() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("settings.json"))
+}
+
+impl AppSettings {
+    /// The saved settings, or defaults (a damaged file is not an error worth stopping for;
+    /// it is replaced at the next save).
+    pub fn load() -> AppSettings {
+        let Some(p) = settings_path() else { return AppSettings::default() };
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<AppSettings>(&t).ok())
+            .map(|mut s| {
+                s.run = s.run.sanitised();
+                s.brush_radius = s.brush_radius.clamp(1.0, 500.0);
+                s
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self) -> crate::Result<()> {
+        let Some(p) = settings_path() else { return Ok(()) };
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| crate::Error::output(d, e.to_string()))?;
+        }
+        crate::scene::io::write_atomic(&p, serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())
+    }
+}

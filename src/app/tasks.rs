@@ -1,0 +1,244 @@
+//! Work the UI thread hands off so that it never blocks: file dialogs (the XDG portal may take
+//! seconds), decoding photos, encoding exports, reading and writing projects. Each task runs
+//! on its own short-lived thread and returns a `Task` that the next frame applies.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::RealfillApp;
+use super::document::{Document, PaintMask};
+use crate::error::{Error, Result};
+use crate::scene::Photo;
+use crate::scene::io::{load_photo, same_file, save_atomic};
+use crate::scene::project::Project;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialog {
+    OpenPhoto,
+    AddReferences,
+    OpenProject,
+    SaveProject,
+    Export,
+}
+
+pub struct OpenedProject {
+    pub path: PathBuf,
+    pub project: Project,
+    pub target: Photo,
+    pub refs: Vec<Photo>,
+}
+
+pub enum Task {
+    /// A dialog closed: the chosen paths (None = cancelled).
+    Dialog(Dialog, Option<Vec<PathBuf>>),
+    Target(Result<Photo>),
+    References(Vec<Result<Photo>>),
+    Project(Result<OpenedProject>),
+    /// A file was written (what, where) or not.
+    Saved(&'static str, Result<PathBuf>),
+    /// A project was saved; the target had to be written beside it first (its new path).
+    ProjectSaved(Result<(PathBuf, Option<PathBuf>)>),
+}
+
+const IMAGES: &[&str] = &["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif", "pnm", "ppm", "tga", "qoi"];
+
+pub fn dialog(kind: Dialog, start: Option<PathBuf>, name: Option<String>) -> impl FnOnce() -> Task + Send + 'static {
+    move || {
+        let mut d = rfd::FileDialog::new();
+        if let Some(s) = &start {
+            d = d.set_directory(s);
+        }
+        if let Some(n) = &name {
+            d = d.set_file_name(n);
+        }
+        let project = [crate::scene::project::EXTENSION];
+        let paths = match kind {
+            Dialog::OpenPhoto => d.add_filter("Photos", IMAGES).pick_file().map(|p| vec![p]),
+            Dialog::AddReferences => d.add_filter("Photos", IMAGES).pick_files(),
+            Dialog::OpenProject => d.add_filter("realfill project", &project).pick_file().map(|p| vec![p]),
+            Dialog::SaveProject => d.add_filter("realfill project", &project).save_file().map(|p| vec![p]),
+            Dialog::Export => {
+                d.add_filter("PNG", &["png"]).add_filter("JPEG", &["jpg", "jpeg"]).save_file().map(|p| vec![p])
+            }
+        };
+        Task::Dialog(kind, paths)
+    }
+}
+
+pub fn load_target(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
+    move || Task::Target(load_photo(&path))
+}
+
+pub fn load_refs(paths: Vec<PathBuf>) -> impl FnOnce() -> Task + Send + 'static {
+    move || Task::References(paths.iter().map(|p| load_photo(p)).collect())
+}
+
+pub fn open_project(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
+    move || {
+        Task::Project((|| {
+            let project = Project::load(&path)?;
+            let missing = project.missing_files();
+            if !missing.is_empty() {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "points at images that were moved or deleted: {}; put them back or edit the paths in the file",
+                        missing.join(", ")
+                    ),
+                ));
+            }
+            let target = load_photo(&project.target)?;
+            if let Some(m) = &project.mask
+                && (m.width, m.height) != (target.width(), target.height())
+            {
+                return Err(Error::input(
+                    &path,
+                    format!(
+                        "its mask is {}×{} but the target {} is now {}×{}; the photo was changed since the project was saved",
+                        m.width,
+                        m.height,
+                        project.target.display(),
+                        target.width(),
+                        target.height()
+                    ),
+                ));
+            }
+            let refs = project.references.iter().map(|r| load_photo(r)).collect::<Result<Vec<_>>>()?;
+            Ok(OpenedProject { path: path.clone(), project, target, refs })
+        })())
+    }
+}
+
+impl RealfillApp {
+    pub fn open_dialog(&mut self, kind: Dialog) {
+        let start = self.settings.last_dir.clone();
+        let name = match kind {
+            Dialog::Export => self.doc.as_ref().map(|d| d.export_name()),
+            Dialog::SaveProject => {
+                self.doc.as_ref().map(|d| d.target.path.with_extension(crate::scene::project::EXTENSION))
+            }
+            _ => None,
+        }
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        self.spawn(dialog(kind, start, name));
+    }
+
+    /// Export the current image to `path` (atomic; never over an input).
+    pub fn export(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        let inputs =
+            std::iter::once(&doc.target.path).chain(doc.target_file.iter()).chain(doc.refs.iter().map(|r| &r.path));
+        if let Some(p) = inputs.into_iter().find(|p| same_file(p, &path)) {
+            self.error(format!(
+                "{}: that is one of your input photos ({}); choose another name — originals are never overwritten",
+                path.display(),
+                p.display()
+            ));
+            return;
+        }
+        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if !["png", "jpg", "jpeg"].contains(&ext.as_str()) {
+            self.error(format!("{}: export as .png or .jpg", path.display()));
+            return;
+        }
+        let img = doc.target.original.clone();
+        self.spawn(move || Task::Saved("exported", save_atomic(&img, &path).map(|_| path)));
+    }
+
+    pub fn save_project(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        let project = Project {
+            target: doc.target_file.clone().unwrap_or_else(|| doc.target.path.clone()),
+            references: doc.refs.iter().map(|r| r.path.clone()).collect(),
+            extension: doc.extension,
+            mask: (!doc.mask.is_empty()).then(|| doc.mask.rle()),
+            settings: self.settings.run.clone(),
+        };
+        // A fill result lives only in memory: write it beside the project first.
+        let pixels = doc.target_file.is_none().then(|| doc.target.original.clone());
+        self.spawn(move || {
+            Task::ProjectSaved((|| {
+                let mut project = project;
+                let mut written = None;
+                if let Some(img) = pixels {
+                    let stem =
+                        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into());
+                    let t = path.with_file_name(format!("{stem}-target.png"));
+                    save_atomic(&img, &t)?;
+                    project.target = t.clone();
+                    written = Some(t);
+                }
+                project.save(&path)?;
+                Ok((path, written))
+            })())
+        });
+    }
+
+    pub(super) fn apply_task(&mut self, t: Task) {
+        match t {
+            Task::Dialog(_, None) => {}
+            Task::Dialog(kind, Some(paths)) => {
+                if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+                    self.settings.last_dir = Some(dir.to_path_buf());
+                }
+                let first = paths[0].clone();
+                match kind {
+                    Dialog::OpenPhoto => self.spawn(load_target(first)),
+                    Dialog::AddReferences => self.spawn(load_refs(paths)),
+                    Dialog::OpenProject => self.spawn(open_project(first)),
+                    Dialog::SaveProject => self.save_project(with_extension(first, crate::scene::project::EXTENSION)),
+                    Dialog::Export => self.export(with_extension(first, "png")),
+                }
+            }
+            Task::Target(Ok(p)) => self.open_target(p),
+            Task::Target(Err(e)) => self.error(e.to_string()),
+            Task::References(results) => {
+                let mut photos = Vec::new();
+                for r in results {
+                    match r {
+                        Ok(p) => photos.push(p),
+                        Err(e) => self.error(e.to_string()),
+                    }
+                }
+                if let Some(doc) = &mut self.doc {
+                    for note in doc.add_refs(photos) {
+                        self.warn(note);
+                    }
+                }
+            }
+            Task::Project(Ok(o)) => {
+                let mut doc = Document::new(o.target);
+                if let Some(m) = &o.project.mask
+                    && let Ok(pm) = PaintMask::from_rle(m)
+                {
+                    doc.mask = pm;
+                }
+                doc.extension = o.project.extension;
+                doc.refs = o.refs.into_iter().map(Arc::new).collect();
+                self.settings.run = o.project.settings.clone();
+                self.doc = Some(doc);
+                self.candidates.clear();
+                self.canvas.view.fit_pending = true;
+                self.info(format!("opened project {}", o.path.display()));
+                self.project_path = Some(o.path);
+            }
+            Task::Project(Err(e)) => self.error(e.to_string()),
+            Task::Saved(what, Ok(p)) => self.info(format!("{what} {}", p.display())),
+            Task::Saved(_, Err(e)) => self.error(e.to_string()),
+            Task::ProjectSaved(Ok((path, written))) => {
+                if let (Some(doc), Some(t)) = (&mut self.doc, &written) {
+                    doc.target_file = Some(t.clone());
+                }
+                let extra = written.map(|t| format!(" (the filled photo as {})", t.display())).unwrap_or_default();
+                self.info(format!("saved project {}{extra}", path.display()));
+                self.project_path = Some(path);
+            }
+            Task::ProjectSaved(Err(e)) => self.error(e.to_string()),
+        }
+    }
+}
+
+/// Add `ext` when the name has no extension (dialogs return what the user typed).
+fn with_extension(p: PathBuf, ext: &str) -> PathBuf {
+    if p.extension().is_none() { p.with_extension(ext) } else { p }
+}

@@ -1,0 +1,852 @@
+//! The training-free reference patch engine: the closed-form optimal denoiser for the
+//! empirical distribution of the references' patches (and the target's known patches), run
+//! coarse to fine over an image pyramid.
+//!
+//! At noise level t (x_t = √ᾱ·x0 + √(1−ᾱ)·ε) the posterior mean of a pixel, if the data were
+//! exactly the set of source patches {k}, is Σ w_k·centre(k) with
+//! w = softmax_k(−½ Σ_d π_d (q_d − √ᾱ·k_d)²), q the noisy patch around the pixel. Per-dimension
+//! precisions π carry the inpainting condition: a known pixel of the patch is compared at its
+//! clean value with tolerance τ (references never match the target exactly), a pixel to fill
+//! with the noise's precision 1/(1−ᾱ), and pixels beyond the border not at all. Expanding the
+//! square gives one matrix product per query tile:
+//!   logits = [π⊙q, π, 1] · [√ᾱ·k, −½ᾱ·k², bias]ᵀ
+//! followed by a softmax and a second product with the patch centres — attention of target
+//! patches over source patches, on burn tensors (wgpu or the CPU backend).
+//!
+//! Coarse to fine (Qiu, Kutulakos & Lindell, "Efficient and Training-Free Single-Image
+//! Diffusion"): the coarsest level (1/8 of the working size) attends over all source patches
+//! and fixes the layout; each finer level starts from the upsampled coarser result partly
+//! re-noised (SDEdit) and attends only over a shortlist per pixel: windows around where its
+//! parent pixel's best matches lie one level down, plus a window around the pixel itself in
+//! the warped references (which are already in the target's frame). Memory stays bounded:
+//! queries are tiled, and fine levels never build the full key matrix.
+//!
+//! Sources: the target's known patches, the warped exposure-matched references (the guide),
+//! and each reference at three scales, its colours matched to the target's known pixels
+//! (mean and spread per channel), so that a brighter, rescaled view still matches.
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::sampler::{Condition, Denoiser};
+use super::schedule::Schedule;
+use crate::error::{Error, Result};
+use crate::scene::RgbF;
+
+/// Best matches kept per pixel for the next level.
+pub const TOP: usize = 4;
+const NULL: u32 = u32::MAX;
+/// Bias of a key that must not be chosen.
+const NEVER: f32 = -1e9;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PatchSettings {
+    /// Patch side (odd).
+    pub patch: usize,
+    /// Pyramid levels; the coarsest is the working size / 2^(levels−1).
+    pub levels: usize,
+    /// Denoising steps at the coarsest level (from pure noise).
+    pub coarse_steps: usize,
+    /// Steps at each finer level (from the upsampled coarser result, re-noised).
+    pub fine_steps: usize,
+    /// ᾱ at which finer levels start: higher keeps more of the coarser layout.
+    pub fine_alpha_bar: f64,
+    /// Window radius around shortlisted positions.
+    pub window: usize,
+    /// Tolerance for known pixels in a patch (units of the [-1, 1] range).
+    pub known_tau: f32,
+    /// Tolerance for the prior inside the fill region where warped references cover it: they
+    /// show the right content, slightly misplaced (parallax) or differently lit.
+    pub guide_tau: f32,
+    /// Tolerance for the mean colour of a patch against the prior where no reference reaches
+    /// (a smooth continuation: a hint of colour and layout, not of texture).
+    pub prior_tau: f32,
+    /// Scales at which each reference is searched.
+    pub scales: Vec<f32>,
+    /// Queries per tile (bounds memory: tile × keys logits at the coarsest level).
+    pub tile: usize,
+}
+
+impl Default for PatchSettings {
+    fn default() -> Self {
+        PatchSettings {
+            patch: 5,
+            levels: 4,
+            coarse_steps: 8,
+            fine_steps: 3,
+            fine_alpha_bar: 0.6,
+            window: 1,
+            known_tau: 0.15,
+            guide_tau: 0.3,
+            prior_tau: 0.15,
+            scales: vec![0.5, 0.707, 1.0, 1.414],
+            tile: 512,
+        }
+    }
+}
+
+impl PatchSettings {
+    /// Pyramid levels used for a working size: at most `levels`, fewer when the image is too
+    /// small or does not halve evenly.
+    pub fn levels_for(&self, w: usize, h: usize) -> usize {
+        let fits = |l: usize| {
+            let div = 1usize << (l - 1);
+            w % div == 0 && h % div == 0 && w / div >= self.patch && h / div >= self.patch
+        };
+        (1..=self.levels.max(1)).rev().find(|&l| fits(l)).unwrap_or(1)
+    }
+
+    /// Total sampling steps over all levels (for progress).
+    pub fn total_steps(&self, w: usize, h: usize) -> usize {
+        self.coarse_steps + self.fine_steps * (self.levels_for(w, h) - 1)
+    }
+}
+
+/// One image patches come from, at one level: planar CHW in [-1, 1], and where a patch
+/// centred at a pixel may be used (the whole patch inside and valid).
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<f32>,
+    pub usable: Vec<bool>,
+}
+
+/// Everything one pyramid level needs: the condition at that size and the sources.
+#[derive(Clone, Debug)]
+pub struct Level {
+    pub cond: Condition,
+    pub sources: Vec<Source>,
+    /// Index of the guide source (warped references, target frame), if any.
+    pub guide: Option<usize>,
+    /// First key index of each source.
+    offsets: Vec<usize>,
+}
+
+impl Level {
+    pub fn new(cond: Condition, sources: Vec<Source>, guide: Option<usize>) -> Level {
+        let mut offsets = Vec::with_capacity(sources.len());
+        let mut n = 0;
+        for s in &sources {
+            offsets.push(n);
+            n += s.width * s.height;
+        }
+        Level { cond, sources, guide, offsets }
+    }
+
+    fn key(&self, src: usize, x: usize, y: usize) -> u32 {
+        (self.offsets[src] + y * self.sources[src].width + x) as u32
+    }
+
+    fn locate(&self, key: u32) -> (usize, usize, usize) {
+        let k = key as usize;
+        let src = self.offsets.partition_point(|&o| o <= k) - 1;
+        let i = k - self.offsets[src];
+        let w = self.sources[src].width;
+        (src, i % w, i / w)
+    }
+
+    fn usable(&self, key: u32) -> bool {
+        let (s, x, y) = self.locate(key);
+        self.sources[s].usable[y * self.sources[s].width + x]
+    }
+
+    pub fn keys(&self) -> usize {
+        self.sources.iter().map(|s| s.width * s.height).sum()
+    }
+}
+
+/// Patch around (x, y) of a planar image, borders clamped; `out` has 3·p² values.
+fn patch_of(rgb: &[f32], w: usize, h: usize, x: usize, y: usize, p: usize, out: &mut [f32]) {
+    let r = (p / 2) as isize;
+    let mut i = 0;
+    for c in 0..3 {
+        let plane = &rgb[c * w * h..(c + 1) * w * h];
+        for dy in -r..=r {
+            let yy = (y as isize + dy).clamp(0, h as isize - 1) as usize;
+            for dx in -r..=r {
+                let xx = (x as isize + dx).clamp(0, w as isize - 1) as usize;
+                out[i] = plane[yy * w + xx];
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Columns of a query or key row: d per-pixel terms twice, 3 patch-mean terms twice, bias.
+const fn cols(d: usize) -> usize {
+    2 * d + 7
+}
+
+/// Query rows [π⊙q, π, π_m·ḡ, π_m, 1] for the pixels `at` of the noisy image (ḡ: the prior's
+/// mean colour over the patch, used where no reference covers the pixel).
+fn query_rows(level: &Level, x_t: &[f32], at: &[usize], s: f32, var: f32, set: &PatchSettings) -> Vec<f32> {
+    let c = &level.cond;
+    let (w, h, p) = (c.width, c.height, set.patch);
+    let d = 3 * p * p;
+    let r = (p / 2) as isize;
+    let pi_fill = 1.0 / var.max(1e-4);
+    let pi_of = |tau: f32| 1.0 / (s * s * tau * tau).max(1e-6);
+    let (pi_known, pi_guide, pi_mean) = (pi_of(set.known_tau), pi_of(set.guide_tau), pi_of(set.prior_tau));
+    let mut rows = vec![0.0f32; at.len() * (cols(d))];
+    for (qi, &pix) in at.iter().enumerate() {
+        let (x, y) = ((pix % w) as isize, (pix / w) as isize);
+        let row = &mut rows[qi * (cols(d))..(qi + 1) * (cols(d))];
+        let mut i = 0;
+        for ch in 0..3 {
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (xx, yy) = (x + dx, y + dy);
+                    if xx >= 0 && yy >= 0 && xx < w as isize && yy < h as isize {
+                        let j = yy as usize * w + xx as usize;
+                        if c.mask[j] < 0.5 {
+                            row[i] = pi_known * s * c.known[ch * w * h + j];
+                            row[d + i] = pi_known;
+                        } else {
+                            // Two observations of s·k: the noisy pixel and the prior; their
+                            // precisions add (product of Gaussians).
+                            let pi_g = if c.guide_valid[j] >= 0.5 { pi_guide } else { 0.0 };
+                            row[i] = pi_fill * x_t[ch * w * h + j] + pi_g * s * c.guide[ch * w * h + j];
+                            row[d + i] = pi_fill + pi_g;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+        }
+        // Where no reference reaches, the prior is a smooth continuation: compare only the
+        // patch's mean colour with it, so that textured patches are not penalised for their
+        // texture (a per-pixel comparison with a flat prior favours flat patches).
+        let centre = (y as usize) * w + x as usize;
+        if c.guide_valid[centre] < 0.5 {
+            let pi_m = pi_mean;
+            for ch in 0..3 {
+                let (mut sum, mut n) = (0.0f32, 0.0f32);
+                for dy in -r..=r {
+                    for dx in -r..=r {
+                        let (xx, yy) = ((x + dx).clamp(0, w as isize - 1), (y + dy).clamp(0, h as isize - 1));
+                        sum += c.guide[ch * w * h + yy as usize * w + xx as usize];
+                        n += 1.0;
+                    }
+                }
+                row[2 * d + ch] = pi_m * s * sum / n;
+                row[2 * d + 3 + ch] = pi_m;
+            }
+        }
+        row[cols(d) - 1] = 1.0;
+    }
+    rows
+}
+
+/// Key rows [√ᾱ·k, −½ᾱ·k², bias] and centres for `keys` (NULL → never chosen).
+fn key_rows(level: &Level, keys: &[u32], s: f32, p: usize) -> (Vec<f32>, Vec<f32>) {
+    let d = 3 * p * p;
+    let mut rows = vec![0.0f32; keys.len() * (cols(d))];
+    let mut centres = vec![0.0f32; keys.len() * 3];
+    let mut patch = vec![0.0f32; d];
+    let mid = p * p / 2;
+    for (ki, &k) in keys.iter().enumerate() {
+        let row = &mut rows[ki * (cols(d))..(ki + 1) * (cols(d))];
+        if k == NULL || !level.usable(k) {
+            row[cols(d) - 1] = NEVER;
+            continue;
+        }
+        let (src, x, y) = level.locate(k);
+        let sr = &level.sources[src];
+        patch_of(&sr.rgb, sr.width, sr.height, x, y, p, &mut patch);
+        for i in 0..d {
+            row[i] = s * patch[i];
+            row[d + i] = -0.5 * s * s * patch[i] * patch[i];
+        }
+        let pp = p * p;
+        for ch in 0..3 {
+            let mean = patch[ch * pp..(ch + 1) * pp].iter().sum::<f32>() / pp as f32;
+            row[2 * d + ch] = s * mean;
+            row[2 * d + 3 + ch] = -0.5 * s * s * mean * mean;
+        }
+        for c in 0..3 {
+            centres[ki * 3 + c] = patch[c * p * p + mid];
+        }
+    }
+    (rows, centres)
+}
+
+/// The result of attending a tile of queries: x0 estimates (3 per query) and each query's
+/// best keys.
+struct Attended {
+    centres: Vec<f32>,
+    top: Vec<u32>,
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data().try_into_vec::<f32>().map_err(|e| Error::Engine(format!("reading a tensor: {e:?}")))
+}
+
+fn to_ints<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    let data = t.into_data().convert::<i64>();
+    data.try_into_vec::<i64>().map_err(|e| Error::Engine(format!("reading indices: {e:?}")))
+}
+
+/// Attention of `n` query rows over all keys of a bank (B: keys × (2d+1), centres: keys × 3).
+fn attend_all(a: &[f32], n: usize, bank: &Tensor<2>, centres: &Tensor<2>, device: &Device) -> Result<Attended> {
+    let cols = bank.dims()[1];
+    let keys = bank.dims()[0];
+    let q = Tensor::<2>::from_data(TensorData::new(a.to_vec(), [n, cols]), device);
+    let logits = q.matmul(bank.clone().transpose());
+    let (_, top) = logits.clone().topk_with_indices(TOP.min(keys), 1);
+    let w = softmax(logits, 1);
+    let out = w.matmul(centres.clone());
+    let top = to_ints(top)?.into_iter().map(|i| i as u32).collect();
+    Ok(Attended { centres: to_vec(out)?, top })
+}
+
+/// Attention of `n` query rows, each over its own `c` candidate keys (rows `b`: n·c × (2d+1)).
+fn attend_listed(
+    a: &[f32],
+    b: Vec<f32>,
+    centres: Vec<f32>,
+    n: usize,
+    c: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    let cols = a.len() / n;
+    let q = Tensor::<3>::from_data(TensorData::new(a.to_vec(), [n, 1, cols]), device);
+    let k = Tensor::<3>::from_data(TensorData::new(b, [n, c, cols]), device);
+    let logits = q.matmul(k.swap_dims(1, 2)); // n × 1 × c
+    let (_, top) = logits.clone().topk_with_indices(TOP.min(c), 2);
+    let w = softmax(logits, 2);
+    let cen = Tensor::<3>::from_data(TensorData::new(centres, [n, c, 3]), device);
+    let out = w.matmul(cen); // n × 1 × 3
+    Ok((to_vec(out)?, to_ints(top)?.into_iter().map(|i| i as usize).collect()))
+}
+
+/// The denoiser of one pyramid level.
+pub struct PatchDenoiser {
+    pub level: Level,
+    settings: PatchSettings,
+    schedule: Schedule,
+    device: Device,
+    /// Pixels to predict (the fill region at this level).
+    fill: Vec<usize>,
+    /// The coarser level's best keys per pixel, and that level (None at the coarsest level).
+    parent: Option<(Level, Vec<u32>)>,
+    /// This level's best keys per pixel after the last step (for the next level and scoring).
+    pub top: Vec<u32>,
+    /// The full key bank (coarsest level only), the keys it holds, and the √ᾱ it was built for.
+    bank: Option<(Tensor<2>, Tensor<2>, f32)>,
+    bank_keys: Vec<u32>,
+}
+
+impl PatchDenoiser {
+    pub fn new(level: Level, parent: Option<(Level, Vec<u32>)>, settings: &PatchSettings, device: &Device) -> Self {
+        let fill: Vec<usize> = (0..level.cond.pixels()).filter(|&i| level.cond.mask[i] >= 0.5).collect();
+        let top = vec![NULL; level.cond.pixels() * TOP];
+        PatchDenoiser {
+            level,
+            settings: settings.clone(),
+            schedule: Schedule::default(),
+            device: device.clone(),
+            fill,
+            parent,
+            top,
+            bank: None,
+            bank_keys: Vec::new(),
+        }
+    }
+
+    /// Candidate keys for pixel `pix`: windows around the parent's best matches (scaled up one
+    /// level), and a window around the pixel itself in the guide. Fixed length; NULL pads.
+    fn candidates(&self, pix: usize, out: &mut Vec<u32>) {
+        let lv = &self.level;
+        let (w, h) = (lv.cond.width, lv.cond.height);
+        let (x, y) = (pix % w, pix / w);
+        let r = self.settings.window as isize;
+        let start = out.len();
+        let push_window = |src: usize, cx: isize, cy: isize, out: &mut Vec<u32>| {
+            let s = &lv.sources[src];
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (xx, yy) = (cx + dx, cy + dy);
+                    let k = if xx >= 0 && yy >= 0 && (xx as usize) < s.width && (yy as usize) < s.height {
+                        lv.key(src, xx as usize, yy as usize)
+                    } else {
+                        NULL
+                    };
+                    out.push(k);
+                }
+            }
+        };
+        if let Some((plv, ptop)) = &self.parent {
+            let pw = plv.cond.width;
+            let (px, py) = ((x / 2).min(pw - 1), (y / 2).min(plv.cond.height - 1));
+            for m in 0..TOP {
+                let k = ptop[(py * pw + px) * TOP + m];
+                if k == NULL {
+                    push_window(0, -100, -100, out);
+                    continue;
+                }
+                let (src, kx, ky) = plv.locate(k);
+                push_window(src, (2 * kx + x % 2) as isize, (2 * ky + y % 2) as isize, out);
+            }
+        }
+        match lv.guide {
+            Some(g) => push_window(g, x as isize, y as isize, out),
+            None => push_window(0, -100, -100, out),
+        }
+        // Drop repeats (a key listed twice would count twice in the softmax).
+        let listed = &mut out[start..];
+        for i in 1..listed.len() {
+            if listed[i] != NULL && listed[..i].contains(&listed[i]) {
+                listed[i] = NULL;
+            }
+        }
+        let _ = h;
+    }
+
+    fn candidates_per_pixel(&self) -> usize {
+        let win = (2 * self.settings.window + 1).pow(2);
+        win * (if self.parent.is_some() { TOP } else { 0 } + 1)
+    }
+
+    fn predict(&mut self, x_t: &[f32], t: usize) -> Result<Vec<f32>> {
+        let (s, var) = {
+            let (a, b) = self.schedule.coeffs(t);
+            (a, b * b)
+        };
+        let p = self.settings.patch;
+        let d = 3 * p * p;
+        let hw = self.level.cond.pixels();
+        let mut x0: Vec<f32> = self.level.cond.known.clone();
+        let tile = self.settings.tile.max(1);
+        if self.parent.is_none() {
+            // Coarsest level: every usable key.
+            let rebuild = self.bank.as_ref().is_none_or(|(_, _, bs)| *bs != s);
+            if rebuild {
+                let keys: Vec<u32> = (0..self.level.keys() as u32).filter(|&k| self.level.usable(k)).collect();
+                if keys.is_empty() {
+                    return Err(Error::Invalid(
+                        "the patch engine found no usable patches: the references and the known part of the photo are smaller than a patch".into(),
+                    ));
+                }
+                let (rows, centres) = key_rows(&self.level, &keys, s, p);
+                let b = Tensor::<2>::from_data(TensorData::new(rows, [keys.len(), cols(d)]), &self.device);
+                let c = Tensor::<2>::from_data(TensorData::new(centres, [keys.len(), 3]), &self.device);
+                self.bank = Some((b, c, s));
+                self.bank_keys = keys;
+            }
+            let (b, c, _) = self.bank.as_ref().expect("built above");
+            for chunk in self.fill.chunks(tile) {
+                let a = query_rows(&self.level, x_t, chunk, s, var, &self.settings);
+                let res = attend_all(&a, chunk.len(), b, c, &self.device)?;
+                let kk = TOP.min(self.bank_keys.len());
+                for (qi, &pix) in chunk.iter().enumerate() {
+                    for ch in 0..3 {
+                        x0[ch * hw + pix] = res.centres[qi * 3 + ch];
+                    }
+                    for m in 0..TOP {
+                        self.top[pix * TOP + m] =
+                            if m < kk { self.bank_keys[res.top[qi * kk + m] as usize] } else { NULL };
+                    }
+                }
+            }
+        } else {
+            let cpp = self.candidates_per_pixel();
+            let mut cands = Vec::with_capacity(tile * cpp);
+            for chunk in self.fill.chunks(tile) {
+                cands.clear();
+                for &pix in chunk {
+                    self.candidates(pix, &mut cands);
+                }
+                let a = query_rows(&self.level, x_t, chunk, s, var, &self.settings);
+                let (b, centres) = key_rows(&self.level, &cands, s, p);
+                if std::env::var_os("REALFILL_DEBUG_PATCH").is_some() {
+                    let empty = (0..chunk.len())
+                        .filter(|&q| cands[q * cpp..(q + 1) * cpp].iter().all(|&k| k == NULL || !self.level.usable(k)))
+                        .count();
+                    eprintln!(
+                        "level {}x{} t={t}: {empty} of {} queries without a usable candidate",
+                        self.level.cond.width,
+                        self.level.cond.height,
+                        chunk.len()
+                    );
+                }
+                let (out, top) = attend_listed(&a, b, centres, chunk.len(), cpp, &self.device)?;
+                let kk = TOP.min(cpp);
+                for (qi, &pix) in chunk.iter().enumerate() {
+                    for ch in 0..3 {
+                        x0[ch * hw + pix] = out[qi * 3 + ch];
+                    }
+                    for m in 0..TOP {
+                        let k = if m < kk { cands[qi * cpp + top[qi * kk + m]] } else { NULL };
+                        self.top[pix * TOP + m] = if k != NULL && self.level.usable(k) { k } else { NULL };
+                    }
+                }
+            }
+        }
+        Ok(x0)
+    }
+}
+
+impl Denoiser for PatchDenoiser {
+    fn predict_x0(&mut self, x_t: &[f32], t: usize, _cond: &Condition) -> Result<Vec<f32>> {
+        self.predict(x_t, t)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the pyramid.
+
+/// Halve a planar image (2×2 box average); sizes must be even.
+pub fn half(rgb: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let (hw2, hh2) = (w / 2, h / 2);
+    let mut out = vec![0.0; 3 * hw2 * hh2];
+    for c in 0..3 {
+        for y in 0..hh2 {
+            for x in 0..hw2 {
+                let at = |xx: usize, yy: usize| rgb[c * w * h + yy * w + xx];
+                out[c * hw2 * hh2 + y * hw2 + x] =
+                    0.25 * (at(2 * x, 2 * y) + at(2 * x + 1, 2 * y) + at(2 * x, 2 * y + 1) + at(2 * x + 1, 2 * y + 1));
+            }
+        }
+    }
+    out
+}
+
+/// Halve a 0/1 map: a coarse pixel is set only when all four children are.
+pub fn half_all(m: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let (hw2, hh2) = (w / 2, h / 2);
+    let mut out = vec![0.0; hw2 * hh2];
+    for y in 0..hh2 {
+        for x in 0..hw2 {
+            let v = m[2 * y * w + 2 * x]
+                .min(m[2 * y * w + 2 * x + 1])
+                .min(m[(2 * y + 1) * w + 2 * x])
+                .min(m[(2 * y + 1) * w + 2 * x + 1]);
+            out[y * hw2 + x] = v;
+        }
+    }
+    out
+}
+
+/// Where a patch of side `p` centred at each pixel lies inside the image with every pixel valid.
+pub fn usable_centres(valid: &[f32], w: usize, h: usize, p: usize) -> Vec<bool> {
+    let r = p / 2;
+    let mut out = vec![false; w * h];
+    if w < p || h < p {
+        return out;
+    }
+    for y in r..h - r {
+        for x in r..w - r {
+            out[y * w + x] = (y - r..=y + r).all(|yy| (x - r..=x + r).all(|xx| valid[yy * w + xx] >= 0.5));
+        }
+    }
+    out
+}
+
+/// Per-channel mean and standard deviation of a planar image where `weight` ≥ 0.5.
+fn stats(rgb: &[f32], weight: Option<&[f32]>, hw: usize) -> [(f32, f32); 3] {
+    let mut out = [(0.0, 1.0); 3];
+    for (c, o) in out.iter_mut().enumerate() {
+        let (mut n, mut s, mut s2) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..hw {
+            if weight.is_none_or(|w| w[i] >= 0.5) {
+                let v = rgb[c * hw + i] as f64;
+                n += 1.0;
+                s += v;
+                s2 += v * v;
+            }
+        }
+        if n > 0.0 {
+            let m = s / n;
+            *o = (m as f32, ((s2 / n - m * m).max(0.0).sqrt() as f32).max(1e-3));
+        }
+    }
+    out
+}
+
+/// Match a planar image's colour statistics to `to` (the target's known pixels): the same
+/// scene under another exposure or white balance then matches patch for patch.
+pub fn match_stats(rgb: &mut [f32], hw: usize, to: [(f32, f32); 3]) {
+    let from = stats(rgb, None, hw);
+    for c in 0..3 {
+        // Limit the gain: a reference that shows mostly something else should not be stretched.
+        let gain = (to[c].1 / from[c].1).clamp(0.5, 2.0);
+        for v in &mut rgb[c * hw..(c + 1) * hw] {
+            *v = ((*v - from[c].0) * gain + to[c].0).clamp(-1.0, 1.0);
+        }
+    }
+}
+
+fn planar(img: &RgbF) -> Vec<f32> {
+    crate::engine::pipeline::to_planar(img)
+}
+
+/// A pyramid of one source, finest first, with patch usability per level.
+fn source_pyramid(rgb: Vec<f32>, valid: Vec<f32>, w: usize, h: usize, levels: usize, p: usize) -> Vec<Source> {
+    let mut out = Vec::with_capacity(levels);
+    let (mut rgb, mut valid, mut w, mut h) = (rgb, valid, w, h);
+    for l in 0..levels {
+        out.push(Source { width: w, height: h, rgb: rgb.clone(), usable: usable_centres(&valid, w, h, p) });
+        if l + 1 < levels {
+            rgb = half(&rgb, w, h);
+            valid = half_all(&valid, w, h);
+            w /= 2;
+            h /= 2;
+        }
+    }
+    out
+}
+
+/// The scene at working size, as the patch engine sees it.
+pub struct PatchScene<'a> {
+    pub cond: &'a Condition,
+    /// References at working size ([0, 1] interleaved).
+    pub refs: &'a [RgbF],
+    /// Warped references in the target's frame (planar [-1, 1]) and where they are valid.
+    pub guide: Option<(&'a [f32], &'a [f32])>,
+}
+
+/// Levels finest first. The working size must divide by 2^(levels−1).
+pub fn build_levels(scene: &PatchScene<'_>, set: &PatchSettings) -> Result<Vec<Level>> {
+    let c = scene.cond;
+    let (w, h) = (c.width, c.height);
+    if w < set.patch || h < set.patch {
+        return Err(Error::Invalid(format!(
+            "the patch engine needs a working size of at least {0}×{0} pixels: got {w}×{h}",
+            set.patch
+        )));
+    }
+    let set = &PatchSettings { levels: set.levels_for(w, h), ..set.clone() };
+    let div = 1usize << (set.levels - 1);
+    let hw = w * h;
+    let known: Vec<f32> = c.mask.iter().map(|m| 1.0 - m).collect();
+    let target_stats = stats(&c.known, Some(&known), hw);
+    // Sources, each as a pyramid (finest first).
+    let mut pyramids: Vec<Vec<Source>> =
+        vec![source_pyramid(c.known.clone(), known.clone(), w, h, set.levels, set.patch)];
+    let mut guide_index = None;
+    if let Some((g, valid)) = scene.guide
+        && valid.iter().any(|&v| v >= 0.5)
+    {
+        guide_index = Some(pyramids.len());
+        pyramids.push(source_pyramid(g.to_vec(), valid.to_vec(), w, h, set.levels, set.patch));
+    }
+    for r in scene.refs {
+        for &sc in &set.scales {
+            let rw = ((r.width as f32 * sc / div as f32).round() as usize).max(1) * div;
+            let rh = ((r.height as f32 * sc / div as f32).round() as usize).max(1) * div;
+            if rw / div < set.patch || rh / div < set.patch {
+                continue;
+            }
+            let mut rgb = planar(&r.resized(rw, rh));
+            match_stats(&mut rgb, rw * rh, target_stats);
+            pyramids.push(source_pyramid(rgb, vec![1.0; rw * rh], rw, rh, set.levels, set.patch));
+        }
+    }
+    // Conditions per level.
+    let mut conds = vec![c.clone()];
+    for l in 1..set.levels {
+        let prev: &Condition = &conds[l - 1];
+        let (pw, ph) = (prev.width, prev.height);
+        let known_prev: Vec<f32> = prev.mask.iter().map(|m| 1.0 - m).collect();
+        let known_here = half_all(&known_prev, pw, ph);
+        let (nw, nh) = (pw / 2, ph / 2);
+        let mut k = half(&prev.known, pw, ph);
+        for ch in 0..3 {
+            for i in 0..nw * nh {
+                k[ch * nw * nh + i] *= known_here[i];
+            }
+        }
+        let gv = half_all(&prev.guide_valid, pw, ph);
+        conds.push(Condition {
+            width: nw,
+            height: nh,
+            known: k,
+            mask: known_here.iter().map(|v| 1.0 - v).collect(),
+            guide: half(&prev.guide, pw, ph),
+            guide_valid: gv,
+        });
+    }
+    let mut levels = Vec::with_capacity(set.levels);
+    for (l, cond) in conds.into_iter().enumerate() {
+        let sources = pyramids.iter().map(|p| p[l].clone()).collect();
+        levels.push(Level::new(cond, sources, guide_index));
+    }
+    Ok(levels)
+}
+
+/// Bilinear ×2 upsampling of a planar image to exactly (w, h).
+pub fn upsample(rgb: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Vec<f32> {
+    let mut img = RgbF::new(w, h);
+    for i in 0..w * h {
+        for c in 0..3 {
+            img.data[3 * i + c] = rgb[c * w * h + i];
+        }
+    }
+    let up = img.resized(to_w, to_h);
+    let mut out = vec![0.0; 3 * to_w * to_h];
+    for i in 0..to_w * to_h {
+        for c in 0..3 {
+            out[c * to_w * to_h + i] = up.data[3 * i + c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> Device {
+        Device::flex()
+    }
+
+    /// Plain-Rust softmax attention over explicit candidate lists: the reference the tensor
+    /// versions are checked against.
+    fn reference(a: &[f32], b: &[f32], centres: &[f32], n: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+        let cols = a.len() / n;
+        let mut out = vec![0.0; n * 3];
+        let mut weights = vec![0.0; n * c];
+        for q in 0..n {
+            let logits: Vec<f64> = (0..c)
+                .map(|k| (0..cols).map(|j| a[q * cols + j] as f64 * b[(q * c + k) * cols + j] as f64).sum())
+                .collect();
+            let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for k in 0..c {
+                let wk = e[k] / z;
+                weights[q * c + k] = wk as f32;
+                for ch in 0..3 {
+                    out[q * 3 + ch] += (wk * centres[(q * c + k) * 3 + ch] as f64) as f32;
+                }
+            }
+        }
+        (out, weights)
+    }
+
+    fn noise_image(w: usize, h: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::rng::Rng::new(seed);
+        (0..3 * w * h).map(|_| r.range_f32(-1.0, 1.0)).collect()
+    }
+
+    fn level_with(target: Vec<f32>, mask: Vec<f32>, w: usize, h: usize, sources: Vec<Source>) -> Level {
+        let known: Vec<f32> = target.iter().enumerate().map(|(i, v)| v * (1.0 - mask[i % (w * h)])).collect();
+        let cond =
+            Condition { width: w, height: h, known, mask, guide: vec![0.0; 3 * w * h], guide_valid: vec![0.0; w * h] };
+        Level::new(cond, sources, None)
+    }
+
+    #[test]
+    fn at_the_smallest_noise_an_exact_patch_returns_its_centre() {
+        let (w, h) = (12, 10);
+        let refimg = noise_image(w, h, 1);
+        let src =
+            Source { width: w, height: h, rgb: refimg.clone(), usable: usable_centres(&vec![1.0; w * h], w, h, 5) };
+        // The target is the reference itself, with one pixel to fill.
+        let mut mask = vec![0.0; w * h];
+        let pix = 5 * w + 6;
+        mask[pix] = 1.0;
+        let level = level_with(refimg.clone(), mask, w, h, vec![src]);
+        let set = PatchSettings { patch: 5, ..Default::default() };
+        let mut den = PatchDenoiser::new(level, None, &set, &device());
+        // x_t at t = 0 is (almost) the clean image.
+        let x0 = den.predict(&refimg, 0).unwrap();
+        for ch in 0..3 {
+            let (got, want) = (x0[ch * w * h + pix], refimg[ch * w * h + pix]);
+            assert!((got - want).abs() < 1e-5, "channel {ch}: {got} vs {want}");
+        }
+        let (src, x, y) = den.level.locate(den.top[pix * TOP]);
+        assert_eq!((src, x, y), (0, 6, 5), "the best match is the same place");
+    }
+
+    #[test]
+    fn weights_sum_to_one_and_the_tensor_versions_match_plain_rust() {
+        let (n, c, cols) = (7, 9, 13);
+        let mut r = crate::rng::Rng::new(5);
+        let a: Vec<f32> = (0..n * cols).map(|_| r.range_f32(-1.0, 1.0)).collect();
+        let b: Vec<f32> = (0..n * c * cols).map(|_| r.range_f32(-1.0, 1.0)).collect();
+        let cen: Vec<f32> = (0..n * c * 3).map(|_| r.range_f32(-1.0, 1.0)).collect();
+        let (want, weights) = reference(&a, &b, &cen, n, c);
+        for q in 0..n {
+            let s: f32 = weights[q * c..(q + 1) * c].iter().sum();
+            assert!((s - 1.0).abs() < 1e-5);
+        }
+        let (got, _) = attend_listed(&a, b.clone(), cen.clone(), n, c, &device()).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "listed {g} vs {w}");
+        }
+        // The all-keys version: every query sees the same keys (those of query 0).
+        let b0 = b[..c * cols].to_vec();
+        let c0 = cen[..c * 3].to_vec();
+        let bank = Tensor::<2>::from_data(TensorData::new(b0.clone(), [c, cols]), &device());
+        let cens = Tensor::<2>::from_data(TensorData::new(c0.clone(), [c, 3]), &device());
+        let got = attend_all(&a, n, &bank, &cens, &device()).unwrap();
+        let shared_b: Vec<f32> = (0..n).flat_map(|_| b0.clone()).collect();
+        let shared_c: Vec<f32> = (0..n).flat_map(|_| c0.clone()).collect();
+        let (want, _) = reference(&a, &shared_b, &shared_c, n, c);
+        for (g, w) in got.centres.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "all {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn shortlisted_level_matches_exhaustive_when_the_shortlist_holds_the_matches() {
+        // A fine level whose parent matched every pixel to itself: with a window of 1 the
+        // shortlist holds the true patch, and at low noise both versions pick it.
+        let (w, h) = (16, 16);
+        let img = noise_image(w, h, 9);
+        let usable = usable_centres(&vec![1.0; w * h], w, h, 3);
+        let src = Source { width: w, height: h, rgb: img.clone(), usable };
+        let mut mask = vec![0.0; w * h];
+        for y in 6..10 {
+            for x in 6..10 {
+                mask[y * w + x] = 1.0;
+            }
+        }
+        let set = PatchSettings { patch: 3, window: 1, ..Default::default() };
+        let fine = level_with(img.clone(), mask.clone(), w, h, vec![src.clone()]);
+        let mut exhaustive = PatchDenoiser::new(fine.clone(), None, &set, &device());
+        let t = 5;
+        let (a, b) = Schedule::default().coeffs(t);
+        let noise = noise_image(w, h, 3);
+        let x_t: Vec<f32> = img.iter().zip(&noise).map(|(v, n)| a * v + b * 0.01 * n).collect();
+        let want = exhaustive.predict(&x_t, t).unwrap();
+        // The parent level (8×8) matched each pixel to its own position.
+        let half_img = half(&img, w, h);
+        let psrc = Source { width: 8, height: 8, rgb: half_img.clone(), usable: vec![true; 64] };
+        let parent = level_with(half_img, vec![0.0; 64], 8, 8, vec![psrc]);
+        let mut ptop = vec![NULL; 64 * TOP];
+        for i in 0..64 {
+            ptop[i * TOP] = i as u32;
+        }
+        let mut listed = PatchDenoiser::new(fine, Some((parent, ptop)), &set, &device());
+        let got = listed.predict(&x_t, t).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn pyramid_halves_and_keeps_only_wholly_known_pixels() {
+        let m = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        assert_eq!(half_all(&m, 4, 2), vec![1.0, 0.0]);
+        let rgb: Vec<f32> = (0..3 * 8).map(|i| i as f32).collect();
+        let hlf = half(&rgb, 4, 2);
+        assert_eq!(hlf.len(), 6);
+        assert_eq!(hlf[0], (0.0 + 1.0 + 4.0 + 5.0) / 4.0);
+    }
+
+    #[test]
+    fn exposure_matching_moves_statistics_to_the_target() {
+        let mut r = crate::rng::Rng::new(2);
+        let hw = 400;
+        let mut img: Vec<f32> = (0..3 * hw).map(|_| r.range_f32(-0.2, 0.2) + 0.5).collect();
+        let want = [(-0.3, 0.1), (0.0, 0.2), (0.2, 0.15)];
+        match_stats(&mut img, hw, want);
+        let got = stats(&img, None, hw);
+        for c in 0..3 {
+            assert!((got[c].0 - want[c].0).abs() < 0.02 && (got[c].1 - want[c].1).abs() < 0.02, "{got:?}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The desktop app driven headless with egui_kittest: clicks by label, drags on the canvas,
+//! a real (tiny) fill through the engine, undo, cancel, error messages, and snapshots
+//! rendered with wgpu on Mesa's lavapipe.
+
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use realfill::app::settings::AppSettings;
+use realfill::app::{Level, RealfillApp};
+use realfill::diffusion::unet::UNetSpec;
+
+/// The demo scene with a network and schedule small enough for a test (seconds on 2 cores).
+fn demo_app(steps: usize, candidates: usize) -> RealfillApp {
+    let mut settings = AppSettings::default();
+    settings.run.size = 64;
+    settings.run.steps = steps;
+    settings.run.learn_steps = 2;
+    settings.run.candidates = candidates;
+    settings.backend = realfill::engine::BackendChoice::Cpu;
+    let mut app = RealfillApp::demo(settings);
+    app.base.spec = UNetSpec { channels: vec![8, 16], emb_dim: 16 };
+    app.base.learn.batch = 2;
+    app.base.learn.crop = 16;
+    app.base.use_cache = false;
+    app.show_frame_time = false;
+    app
+}
+
+fn harness(app: RealfillApp) -> Harness<'static, RealfillApp> {
+    let mut h =
+        Harness::builder().with_size([1200.0, 760.0]).build_ui_state(|ui, app: &mut RealfillApp| app.show(ui), app);
+    h.run_steps(3);
+    h
+}
+
+/// Step the UI until `done` holds (the engine runs on its own thread), or fail after 120 s.
+fn step_until(h: &mut Harness<'_, RealfillApp>, mut done: impl FnMut(&RealfillApp) -> bool) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "timed out; messages: {:?}", h.state().messages);
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+}
+
+fn canvas_centre(h: &Harness<'_, RealfillApp>) -> egui::Pos2 {
+    h.state().canvas.area.center()
+}
+
+#[test]
+fn dragging_on_the_canvas_paints_one_undoable_stroke() {
+    let mut app = demo_app(2, 1);
+    app.doc.as_mut().unwrap().mask.clear();
+    let mut h = harness(app);
+    let c = canvas_centre(&h);
+    h.drag_at(c);
+    h.step();
+    for i in 1..=10 {
+        h.hover_at(c + egui::vec2(8.0 * i as f32, 3.0 * i as f32));
+        h.step();
+    }
+    h.drop_at(c + egui::vec2(80.0, 30.0));
+    h.run_steps(2);
+    let painted = h.state().doc.as_ref().unwrap().mask.count();
+    assert!(painted > 500, "the stroke painted {painted} pixels");
+
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.as_ref().unwrap().mask.count(), 0, "one undo removes the whole stroke");
+    h.get_by_label("Redo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.as_ref().unwrap().mask.count(), painted);
+}
+
+#[test]
+fn eraser_unpaints() {
+    let mut h = harness(demo_app(2, 1));
+    let before = h.state().doc.as_ref().unwrap().mask.count();
+    h.get_by_label("Eraser").click();
+    h.run_steps(2);
+    let c = canvas_centre(&h);
+    h.drag_at(c - egui::vec2(200.0, 0.0));
+    h.step();
+    for i in 0..=20 {
+        h.hover_at(c + egui::vec2(-200.0 + 20.0 * i as f32, 0.0));
+        h.step();
+    }
+    h.drop_at(c + egui::vec2(200.0, 0.0));
+    h.run_steps(2);
+    let after = h.state().doc.as_ref().unwrap().mask.count();
+    assert!(after < before, "erasing across the mask removed pixels ({before} → {after})");
+}
+
+#[test]
+fn dragging_the_right_edge_extends_the_canvas_and_undo_shrinks_it() {
+    let mut h = harness(demo_app(2, 1));
+    let (w, hgt) = h.state().doc.as_ref().unwrap().canvas_size();
+    // The right edge of the canvas, in the middle: where its handle is drawn.
+    let view = h.state().canvas.view;
+    let area = h.state().canvas.area;
+    let edge = view.to_screen(area, [w as f32, hgt as f32 / 2.0]);
+    h.drag_at(edge);
+    h.step();
+    for i in 1..=6 {
+        h.hover_at(edge + egui::vec2(10.0 * i as f32, 0.0));
+        h.step();
+    }
+    h.drop_at(edge + egui::vec2(60.0, 0.0));
+    h.run_steps(2);
+    let doc = h.state().doc.as_ref().unwrap();
+    let grown = doc.canvas_size();
+    assert!(grown.0 > w + 20 && grown.1 == hgt, "canvas {w}×{hgt} → {grown:?}");
+    assert!(doc.extension.right > 20 && doc.extension.left == 0);
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc.as_ref().unwrap().canvas_size(), (w, hgt));
+}
+
+#[test]
+fn preset_buttons_grow_the_document() {
+    let mut h = harness(demo_app(2, 1));
+    let (w, hgt) = h.state().doc.as_ref().unwrap().canvas_size();
+    h.get_by_label("1.5×").click();
+    h.run_steps(2);
+    let (gw, gh) = h.state().doc.as_ref().unwrap().canvas_size();
+    assert_eq!((gw, gh), (w + (w as f32 * 0.5).round() as usize, hgt + (hgt as f32 * 0.5).round() as usize));
+    assert!(h.query_by_label(&format!("canvas {gw}×{gh}")).is_some());
+}
+
+#[test]
+fn fill_streams_previews_and_ends_in_candidates_that_undo_restores() {
+    let mut h = harness(demo_app(4, 2));
+    let original = h.state().doc.as_ref().unwrap().target.clone();
+    h.get_by_label("Fill").click();
+    h.step();
+    assert!(h.state().busy(), "Fill started a job");
+    let mut seen = Vec::new();
+    step_until(&mut h, |app| {
+        if let Some(p) = &app.preview
+            && seen.last() != Some(&(app.candidates.len(), p.step))
+        {
+            seen.push((app.candidates.len(), p.step));
+        }
+        !app.busy()
+    });
+    let app = h.state();
+    assert!(app.messages.iter().all(|m| m.level != Level::Error), "{:?}", app.messages);
+    assert!(seen.len() >= 2, "previews were drawn while denoising: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "previews arrive in order: {seen:?}");
+    assert_eq!(app.candidates.len(), 2);
+    let mut seeds: Vec<u64> = app.candidates.iter().map(|c| c.seed).collect();
+    seeds.sort();
+    assert_eq!(seeds, vec![0, 1]);
+    let scores: Vec<f32> = app.candidates.iter().map(|c| c.agreement.expect("ranked")).collect();
+    assert!(scores[0] >= scores[1], "best agreement first: {scores:?}");
+    assert_eq!(app.selected, 0);
+    let doc = app.doc.as_ref().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&doc.target, &original), "the result is on the canvas");
+    assert_eq!((doc.target.width(), doc.target.height()), (original.width(), original.height()));
+    assert_eq!(doc.mask.count(), 0, "the filled mask is used up");
+    let first = doc.target.clone();
+
+    // The strip picks the other candidate without a new undo step.
+    let other = format!("seed {}", h.state().candidates[1].seed);
+    h.get_by_label_contains(&other).click();
+    h.run_steps(2);
+    let doc = h.state().doc.as_ref().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&doc.target, &first));
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    let doc = h.state().doc.as_ref().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&doc.target, &original), "one undo brings back the photo before the fill");
+    assert!(doc.mask.count() > 0, "and its mask");
+}
+
+#[test]
+fn cancel_stops_the_fill_and_leaves_the_canvas_as_it_was() {
+    let mut app = demo_app(400, 1);
+    app.settings.run.engine = realfill::engine::pipeline::EngineKind::Scene;
+    let mut h = harness(app);
+    let original = h.state().doc.as_ref().unwrap().target.clone();
+    h.get_by_label("Fill").click();
+    step_until(&mut h, |app| app.preview.is_some());
+    h.get_by_label("Cancel").click();
+    step_until(&mut h, |app| !app.busy());
+    let app = h.state();
+    assert!(app.preview.is_none() && app.candidates.is_empty());
+    assert!(std::sync::Arc::ptr_eq(&app.doc.as_ref().unwrap().target, &original));
+    assert!(app.status.contains("cancelled"), "{}", app.status);
+}
+
+#[test]
+fn a_photo_that_cannot_be_read_is_reported_in_the_window() {
+    let app = RealfillApp::with_photo(std::path::Path::new("/nonexistent/photo.jpg"), AppSettings::default());
+    let mut h = harness(app);
+    h.run_steps(2);
+    let shown = h.query_by_label_contains("/nonexistent/photo.jpg: file not found").is_some();
+    assert!(shown, "messages: {:?}", h.state().messages);
+}
+
+#[test]
+fn export_refuses_to_overwrite_an_input_photo() {
+    let mut h = harness(demo_app(2, 1));
+    let target = h.state().doc.as_ref().unwrap().target.path.clone();
+    let bytes = std::fs::read(&target).unwrap();
+    h.state_mut().export(target.clone());
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("originals are never overwritten").is_some());
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
+}
+
+#[test]
+fn a_project_saves_and_reopens_with_its_mask_and_references() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-project-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("demo.realfill");
+    let mut app = demo_app(2, 1);
+    app.doc.as_mut().unwrap().extension.right = 16;
+    app.save_project(path.clone());
+    app.wait_for_tasks();
+    assert!(app.messages.iter().any(|m| m.text.contains("saved project")), "{:?}", app.messages);
+    let saved = app.doc.as_ref().unwrap();
+
+    let reopened = RealfillApp::with_project(&path, AppSettings::default());
+    let doc = reopened.doc.as_ref().expect("project opened");
+    assert_eq!(doc.mask, saved.mask);
+    assert_eq!(doc.extension, saved.extension);
+    assert_eq!(doc.refs.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn snapshot_of_the_demo_at_start() {
+    let mut h = harness(demo_app(2, 1));
+    h.run_steps(3);
+    h.snapshot("demo_at_start");
+}
