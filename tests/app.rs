@@ -162,8 +162,9 @@ fn fill_streams_previews_and_ends_in_candidates_that_undo_restores() {
     let first = doc.target.clone();
 
     // The strip picks the other candidate without a new undo step.
-    let other = format!("seed {}", h.state().candidates[1].seed);
-    h.get_by_label_contains(&other).click();
+    let c = &h.state().candidates[1];
+    let other = format!("seed {} · {:.1} dB", c.seed, c.agreement.unwrap());
+    h.get_by_label(&other).click();
     h.run_steps(2);
     let doc = h.state().doc.as_ref().unwrap();
     assert!(!std::sync::Arc::ptr_eq(&doc.target, &first));
@@ -237,4 +238,32 @@ fn snapshot_of_the_demo_at_start() {
     let mut h = harness(demo_app(2, 1));
     h.run_steps(3);
     h.snapshot("demo_at_start");
+}
+
+#[test]
+fn learn_shows_progress_and_the_loss_curve() {
+    let mut app = demo_app(2, 1);
+    app.settings.run.learn_steps = 4;
+    let mut h = harness(app);
+    h.get_by_label("Learn").click();
+    h.step();
+    assert!(h.state().busy());
+    step_until(&mut h, |app| !app.busy());
+    let app = h.state();
+    assert!(app.messages.iter().all(|m| m.level != Level::Error), "{:?}", app.messages);
+    assert_eq!(app.learning.losses.len(), 4, "one loss per learning step");
+    assert_eq!((app.learning.step, app.learning.total), (4, 4));
+    assert_eq!(app.status, "learned");
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("loss ").is_some(), "the loss is shown beside its plot");
+}
+
+#[test]
+fn with_nothing_to_fill_the_buttons_are_disabled_and_say_why() {
+    let mut app = demo_app(2, 1);
+    app.doc.as_mut().unwrap().mask.clear();
+    let mut h = harness(app);
+    h.get_by_label("Fill").click();
+    h.run_steps(2);
+    assert!(!h.state().busy(), "a disabled Fill starts nothing");
 }

@@ -40,6 +40,7 @@ const NULL: u32 = u32::MAX;
 const NEVER: f32 = -1e9;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PatchSettings {
     /// Patch side (odd).
     pub patch: usize,
@@ -65,6 +66,10 @@ pub struct PatchSettings {
     pub scales: Vec<f32>,
     /// Queries per tile (bounds memory: tile × keys logits at the coarsest level).
     pub tile: usize,
+    /// At the last step of each level, let every patch covering a pixel vote with its best
+    /// match (Wexler et al.'s patch voting) instead of taking the centre only: coherent,
+    /// seam-free texture.
+    pub vote: bool,
 }
 
 impl Default for PatchSettings {
@@ -74,13 +79,14 @@ impl Default for PatchSettings {
             levels: 4,
             coarse_steps: 8,
             fine_steps: 3,
-            fine_alpha_bar: 0.6,
+            fine_alpha_bar: 0.25,
             window: 1,
             known_tau: 0.15,
-            guide_tau: 0.3,
-            prior_tau: 0.15,
+            guide_tau: 0.12,
+            prior_tau: 0.08,
             scales: vec![0.5, 0.707, 1.0, 1.414],
             tile: 512,
+            vote: true,
         }
     }
 }
@@ -487,9 +493,62 @@ impl PatchDenoiser {
     }
 }
 
+impl PatchDenoiser {
+    /// Replace each filled pixel by the mean of what the best matches of all patches covering
+    /// it say about it.
+    fn vote(&self, x0: &mut [f32]) {
+        let c = &self.level.cond;
+        let (w, h, hw) = (c.width, c.height, c.pixels());
+        let r = (self.settings.patch / 2) as isize;
+        let mut acc = vec![0.0f32; 3 * hw];
+        let mut n = vec![0.0f32; hw];
+        for &q in &self.fill {
+            let k = self.top[q * TOP];
+            if k == NULL {
+                continue;
+            }
+            let (src, kx, ky) = self.level.locate(k);
+            let s = &self.level.sources[src];
+            let (qx, qy) = ((q % w) as isize, (q / w) as isize);
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (px, py) = (qx + dx, qy + dy);
+                    let (sx, sy) = (kx as isize + dx, ky as isize + dy);
+                    if px < 0 || py < 0 || px >= w as isize || py >= h as isize {
+                        continue;
+                    }
+                    if sx < 0 || sy < 0 || sx >= s.width as isize || sy >= s.height as isize {
+                        continue;
+                    }
+                    let p = py as usize * w + px as usize;
+                    if c.mask[p] < 0.5 {
+                        continue;
+                    }
+                    let si = sy as usize * s.width + sx as usize;
+                    for ch in 0..3 {
+                        acc[ch * hw + p] += s.rgb[ch * s.width * s.height + si];
+                    }
+                    n[p] += 1.0;
+                }
+            }
+        }
+        for &p in &self.fill {
+            if n[p] > 0.0 {
+                for ch in 0..3 {
+                    x0[ch * hw + p] = acc[ch * hw + p] / n[p];
+                }
+            }
+        }
+    }
+}
+
 impl Denoiser for PatchDenoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, _cond: &Condition) -> Result<Vec<f32>> {
-        self.predict(x_t, t)
+        let mut x0 = self.predict(x_t, t)?;
+        if t == 0 && self.settings.vote {
+            self.vote(&mut x0);
+        }
+        Ok(x0)
     }
 }
 

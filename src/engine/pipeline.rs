@@ -401,7 +401,14 @@ fn run_patch(
     preview: &mut dyn FnMut(usize, usize, RgbF),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<sampler::SampleOutput> {
-    let ps = &s.patch;
+    // A tuning knob for development: REALFILL_PATCH='{"guide_tau":0.2}' overrides fields.
+    let tuned = std::env::var("REALFILL_PATCH").ok().and_then(|j| {
+        let mut v = serde_json::to_value(&s.patch).ok()?;
+        let o: serde_json::Value = serde_json::from_str(&j).ok()?;
+        v.as_object_mut()?.extend(o.as_object()?.clone());
+        serde_json::from_value::<PatchSettings>(v).ok()
+    });
+    let ps = tuned.as_ref().unwrap_or(&s.patch);
     let mut levels = patch_levels(p, cond, ps)?;
     let schedule = Schedule::default();
     let total = ps.total_steps(cond.width, cond.height);
