@@ -1,4 +1,5 @@
-//! `realfill bench`: time learning and sampling steps of the scene model on each backend,
+//! `realfill bench`: time the patch engine (whole fills, first preview, its attention product)
+//! and the scene model's learning and sampling steps on each backend,
 //! with FLOP counts, achieved GFLOP/s beside the CPU's fp32 peak, and peak memory.
 //! Figures are medians of several runs after a warm-up.
 
@@ -188,6 +189,97 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
     Ok(())
 }
 
+/// Progress sink for timing runs.
+struct Quiet;
+
+impl crate::engine::pipeline::Progress for Quiet {
+    fn status(&mut self, _: String) {}
+    fn learning(&mut self, _: usize, _: usize, _: f32) {}
+    fn preview(&mut self, _: usize, _: usize, _: std::sync::Arc<RgbF>) {}
+}
+
+/// The bundled demo scene scaled so that its long side is `size` (working size = size).
+fn demo_scene_at(size: usize) -> Result<crate::scene::Scene> {
+    use crate::scene::io::{load_mask, load_photo};
+    let dir = crate::cli::demo_dir();
+    let scale = |p: crate::scene::Photo| {
+        let f = size as f64 / p.width().max(p.height()) as f64;
+        let (w, h) = ((p.width() as f64 * f).round() as u32, (p.height() as f64 * f).round() as u32);
+        let img = p.original.resize_exact(w, h, image::imageops::FilterType::Triangle);
+        crate::scene::Photo::from_image(p.path.clone(), img, None)
+    };
+    let target = scale(load_photo(&dir.join("target.png"))?);
+    let m = load_mask(&dir.join("mask.png"))?;
+    let mask = m.resized_cover(target.width(), target.height());
+    let mut refs = Vec::new();
+    for r in ["ref0.png", "ref1.png"] {
+        refs.push(scale(load_photo(&dir.join("refs").join(r))?));
+    }
+    crate::scene::Scene::new(
+        target,
+        Some((mask, std::path::Path::new("mask.png"))),
+        crate::scene::Extension::default(),
+        refs,
+    )
+}
+
+/// The patch engine: whole fills of the demo scene (2 references) at each size, first preview,
+/// and the attention product of the coarsest level on its own with its FLOPs.
+fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::engine::pipeline::{EngineKind, FillSettings, run_fill};
+    for &size in &a.sizes {
+        let scene = demo_scene_at(size)?;
+        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, ..Default::default() };
+        let (mut total, mut first) = (Vec::new(), Vec::new());
+        let mut wh = (0, 0);
+        for i in 0..a.repeats.clamp(1, 3) + 1 {
+            let out = run_fill(&scene, &s, device, &mut None, &mut Quiet, &|| false)?;
+            wh = (out.working.width, out.working.height);
+            if i >= 1 {
+                total.push(out.timings.total_s as f64);
+                first.push(out.timings.first_preview_s as f64);
+            }
+        }
+        let (w, h) = wh;
+        rows.push(Row {
+            backend: name.into(),
+            what: format!("patch fill at {w}×{h}, 2 refs"),
+            ms: median(total) * 1e3,
+            gflop: f64::NAN,
+        });
+        rows.push(Row {
+            backend: name.into(),
+            what: format!("patch first preview at {w}×{h}"),
+            ms: median(first) * 1e3,
+            gflop: f64::NAN,
+        });
+    }
+    // One tile of the coarsest level's attention: 512 queries over 20,000 keys, 5×5 patches.
+    let (nq, nk) = (512, 20_000);
+    let cols = 2 * 75 + 7;
+    let mut rng = Rng::new(3);
+    let q: Vec<f32> = (0..nq * cols).map(|_| rng.range_f32(-1.0, 1.0)).collect();
+    let k: Vec<f32> = (0..nk * cols).map(|_| rng.range_f32(-1.0, 1.0)).collect();
+    let c: Vec<f32> = (0..nk * 3).map(|_| rng.range_f32(-1.0, 1.0)).collect();
+    let bank = Tensor::<2>::from_data(TensorData::new(k, [nk, cols]), device);
+    let centres = Tensor::<2>::from_data(TensorData::new(c, [nk, 3]), device);
+    let mut times = Vec::new();
+    for i in 0..a.repeats + 1 {
+        let t = Instant::now();
+        crate::diffusion::patch::attend_all_timed(&q, nq, &bank, &centres, device)?;
+        if i >= 1 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    rows.push(Row {
+        backend: name.into(),
+        what: format!("patch attention tile ({nq} queries × {nk} keys × {cols})"),
+        ms: median(times) * 1e3,
+        gflop: 2.0 * nq as f64 * nk as f64 * (cols + 3) as f64 / 1e9,
+    });
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     let mut backends: Vec<(Device, String)> =
         vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
@@ -213,6 +305,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for (d, name) in &backends {
         eprintln!("measuring {name} …");
+        bench_patch(d, name, a, &mut rows)?;
         bench_backend(d, name, a, &mut rows)?;
     }
     let (peak, cpu) = cpu_peak_gflops();

@@ -64,10 +64,21 @@ fn fill(dir: &Path, extra: &[&str], out: &Path) -> Output {
 
 #[test]
 fn fill_keeps_known_pixels_changes_the_hole_and_is_deterministic() {
-    let d = tmp("fill");
+    for engine in ["patch", "scene"] {
+        fill_is_sound(engine);
+    }
+}
+
+fn fill_is_sound(engine: &str) {
+    let d = tmp(&format!("fill-{engine}"));
     let (tp, _, _) = scene(&d);
     let before = std::fs::read(&tp).unwrap();
     let out1 = d.join("out1.png");
+    let fill = |d: &Path, extra: &[&str], out: &Path| {
+        let mut args = vec!["--engine", engine];
+        args.extend_from_slice(extra);
+        fill(d, &args, out)
+    };
     let o = fill(&d, &["--no-cache"], &out1);
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     let res = image::open(&out1).unwrap().to_rgb8();
@@ -87,7 +98,7 @@ fn fill_keeps_known_pixels_changes_the_hole_and_is_deterministic() {
             }
         }
     }
-    assert!(changed > 300, "hole was filled ({changed} pixels changed)");
+    assert!(changed > 300, "{engine}: hole was filled ({changed} pixels changed)");
     assert_eq!(std::fs::read(&tp).unwrap(), before, "target untouched");
     let out2 = d.join("out2.png");
     assert!(fill(&d, &["--no-cache"], &out2).status.success());
@@ -95,6 +106,23 @@ fn fill_keeps_known_pixels_changes_the_hole_and_is_deterministic() {
     let out3 = d.join("out3.png");
     assert!(fill(&d, &["--no-cache", "--seed", "7"], &out3).status.success());
     assert_ne!(image::open(&out3).unwrap().to_rgb8(), res, "another seed, another sample");
+}
+
+#[test]
+fn candidates_are_ranked_and_written_beside_the_output() {
+    let d = tmp("candidates");
+    scene(&d);
+    let out = d.join("best.png");
+    let o = fill(&d, &["--no-cache", "--candidates", "3", "--engine", "patch"], &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stderr: {err}");
+    for name in ["best.png", "best-2.png", "best-3.png"] {
+        assert!(d.join(name).is_file(), "{name} written");
+    }
+    assert!(!d.join("best-4.png").exists());
+    let a = image::open(d.join("best.png")).unwrap().to_rgb8();
+    let b = image::open(d.join("best-2.png")).unwrap().to_rgb8();
+    assert_ne!(a, b, "different seeds, different candidates");
 }
 
 #[test]

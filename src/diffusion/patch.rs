@@ -299,11 +299,40 @@ fn attend_all(a: &[f32], n: usize, bank: &Tensor<2>, centres: &Tensor<2>, device
     let keys = bank.dims()[0];
     let q = Tensor::<2>::from_data(TensorData::new(a.to_vec(), [n, cols]), device);
     let logits = q.matmul(bank.clone().transpose());
-    let (_, top) = logits.clone().topk_with_indices(TOP.min(keys), 1);
+    let top = top_indices(&logits, TOP.min(keys), device)?;
     let w = softmax(logits, 1);
     let out = w.matmul(centres.clone());
-    let top = to_ints(top)?.into_iter().map(|i| i as u32).collect();
     Ok(Attended { centres: to_vec(out)?, top })
+}
+
+/// The `k` largest entries of each row, best first: k passes of arg-max, each masking out
+/// the previous winner (a full sort, as `topk` does, costs far more over tens of thousands of
+/// keys).
+fn top_indices(logits: &Tensor<2>, k: usize, device: &Device) -> Result<Vec<u32>> {
+    let [n, m] = logits.dims();
+    let columns = Tensor::<1, Int>::arange(0..m as i64, device).reshape([1, m]);
+    let mut l = logits.clone();
+    let mut picks = Vec::with_capacity(k);
+    for round in 0..k {
+        let (_, idx) = l.clone().max_dim_with_indices(1); // n × 1
+        if round + 1 < k {
+            let hit = columns.clone().expand([n, m]).equal(idx.clone().expand([n, m]));
+            l = l.mask_fill(hit, f32::NEG_INFINITY);
+        }
+        picks.push(to_ints(idx)?);
+    }
+    let mut top = vec![0u32; n * k];
+    for (r, p) in picks.iter().enumerate() {
+        for i in 0..n {
+            top[i * k + r] = p[i] as u32;
+        }
+    }
+    Ok(top)
+}
+
+/// `attend_all` for the bench: one tile, results read back (so the time includes the work).
+pub fn attend_all_timed(a: &[f32], n: usize, bank: &Tensor<2>, centres: &Tensor<2>, device: &Device) -> Result<()> {
+    attend_all(a, n, bank, centres, device).map(|_| ())
 }
 
 /// Attention of `n` query rows, each over its own `c` candidate keys (rows `b`: n·c × (2d+1)).
