@@ -267,3 +267,55 @@ fn with_nothing_to_fill_the_buttons_are_disabled_and_say_why() {
     h.run_steps(2);
     assert!(!h.state().busy(), "a disabled Fill starts nothing");
 }
+
+/// A file dropped on the window, as the windowing integration would hand it to egui.
+#[derive(Debug)]
+struct Dropped(std::path::PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn a_photo_dropped_on_the_references_panel_becomes_a_reference() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-drop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = dir.join("extra-view.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90])).save(&photo).unwrap();
+    let mut h = harness(demo_app(2, 1));
+    let panel = h.get_by_label("References").rect().center();
+    h.hover_at(panel + egui::vec2(0.0, 40.0));
+    h.input_mut().dropped_files.push(std::sync::Arc::new(Dropped(photo.clone())));
+    h.run_steps(2);
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    let refs = &h.state().doc.as_ref().unwrap().refs;
+    assert_eq!(refs.len(), 3, "messages: {:?}", h.state().messages);
+    assert_eq!(refs[2].path, photo);
+    assert!(h.query_by_label("extra-view.png").is_some(), "its thumbnail row is shown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_project_whose_photos_moved_names_them() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-moved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let project = dir.join("p.realfill");
+    std::fs::write(
+        &project,
+        r#"{"format":"realfill-project","version":1,"target":"gone.jpg","references":["also-gone.png"],"mask":null}"#,
+    )
+    .unwrap();
+    let mut h = harness(RealfillApp::with_project(&project, AppSettings::default()));
+    h.run_steps(2);
+    let msg = h.state().messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>().join("\n");
+    assert!(msg.contains("gone.jpg") && msg.contains("also-gone.png") && msg.contains("moved or deleted"), "{msg}");
+    assert!(h.query_by_label_contains("moved or deleted").is_some(), "shown in the window");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,7 +44,10 @@ impl AppSettings {
     /// The saved settings, or defaults (a damaged file is not an error worth stopping for;
     /// it is replaced at the next save).
     pub fn load() -> AppSettings {
-        let Some(p) = settings_path() else { return AppSettings::default() };
+        settings_path().map(|p| AppSettings::load_from(&p)).unwrap_or_default()
+    }
+
+    pub fn load_from(p: &std::path::Path) -> AppSettings {
         std::fs::read_to_string(p)
             .ok()
             .and_then(|t| serde_json::from_str::<AppSettings>(&t).ok())
@@ -57,10 +60,41 @@ impl AppSettings {
     }
 
     pub fn save(&self) -> crate::Result<()> {
-        let Some(p) = settings_path() else { return Ok(()) };
+        match settings_path() {
+            Some(p) => self.save_to(&p),
+            None => Ok(()),
+        }
+    }
+
+    pub fn save_to(&self, p: &std::path::Path) -> crate::Result<()> {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).map_err(|e| crate::Error::output(d, e.to_string()))?;
         }
-        crate::scene::io::write_atomic(&p, serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())
+        crate::scene::io::write_atomic(p, serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_survive_a_restart_and_a_damaged_file_means_defaults() {
+        let dir = std::env::temp_dir().join(format!("realfill-settings-{}", std::process::id()));
+        let path = dir.join("nested").join("settings.json");
+        let mut s = AppSettings::default();
+        s.run.candidates = 4;
+        s.run.engine = crate::engine::pipeline::EngineKind::Scene;
+        s.brush_radius = 40.0;
+        s.last_dir = Some(PathBuf::from("/photos"));
+        s.save_to(&path).unwrap();
+        assert_eq!(AppSettings::load_from(&path), s);
+        std::fs::write(&path, "{ not json").unwrap();
+        assert_eq!(AppSettings::load_from(&path), AppSettings::default());
+        // Out-of-range values from a hand-edited file are clamped.
+        std::fs::write(&path, r#"{"brush_radius": 99999, "run": {"candidates": 50}}"#).unwrap();
+        let l = AppSettings::load_from(&path);
+        assert_eq!((l.brush_radius, l.run.candidates), (500.0, 8));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
