@@ -201,12 +201,12 @@ pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene>
         warn(format!("{}: transparent pixels are treated as part of the fill region", p.target.display()));
     }
     let mut refs = Vec::new();
-    for r in &p.refs {
+    for (i, r) in p.refs.iter().enumerate() {
         if same_file(r, &p.target) {
             warn(format!("{}: this reference is the target itself; it adds nothing and is skipped", r.display()));
             continue;
         }
-        if p.refs.iter().take_while(|q| *q != r).any(|q| same_file(q, r)) {
+        if p.refs[..i].iter().any(|q| same_file(q, r)) {
             warn(format!("{}: given twice; using it once", r.display()));
             continue;
         }

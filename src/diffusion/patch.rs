@@ -101,11 +101,6 @@ impl PatchSettings {
         };
         (1..=self.levels.max(1)).rev().find(|&l| fits(l)).unwrap_or(1)
     }
-
-    /// Total sampling steps over all levels (for progress).
-    pub fn total_steps(&self, w: usize, h: usize) -> usize {
-        self.coarse_steps + self.fine_steps * (self.levels_for(w, h) - 1)
-    }
 }
 
 /// One image patches come from, at one level: planar CHW in [-1, 1], and where a patch
@@ -694,8 +689,23 @@ pub struct PatchScene<'a> {
     pub guide: Option<(&'a [f32], &'a [f32])>,
 }
 
-/// Levels finest first. The working size must divide by 2^(levels−1).
+/// Levels finest first, as many as `set.levels` allows for the working size — fewer when the
+/// coarsest level would have no usable source patch (a small photo with little known around
+/// a large hole, tiny references).
 pub fn build_levels(scene: &PatchScene<'_>, set: &PatchSettings) -> Result<Vec<Level>> {
+    let mut levels = set.levels_for(scene.cond.width, scene.cond.height);
+    loop {
+        let built = build_levels_exactly(scene, &PatchSettings { levels, ..set.clone() })?;
+        let coarsest = built.last().expect("at least one level");
+        let usable = coarsest.sources.iter().map(|s| s.usable.iter().filter(|&&u| u).count()).sum::<usize>();
+        if usable >= 16 || levels == 1 {
+            return Ok(built);
+        }
+        levels -= 1;
+    }
+}
+
+fn build_levels_exactly(scene: &PatchScene<'_>, set: &PatchSettings) -> Result<Vec<Level>> {
     let c = scene.cond;
     let (w, h) = (c.width, c.height);
     if w < set.patch || h < set.patch {

@@ -26,10 +26,12 @@ pub struct AdapterInfo {
 pub fn adapters() -> Vec<AdapterInfo> {
     // Compute backends only: the GL backend is no use for compute and its EGL probe prints
     // Wayland errors on machines without a session.
+    // WGPU_BACKEND (wgpu's own variable, e.g. "vulkan") narrows the search.
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY) & wgpu::Backends::PRIMARY;
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = wgpu::Backends::PRIMARY;
+    desc.backends = backends;
     let instance = wgpu::Instance::new(desc);
-    let list = block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let list = block_on(instance.enumerate_adapters(backends));
     list.iter()
         .map(|a| {
             let i = a.get_info();

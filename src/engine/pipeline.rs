@@ -411,7 +411,7 @@ fn run_patch(
     let ps = tuned.as_ref().unwrap_or(&s.patch);
     let mut levels = patch_levels(p, cond, ps)?;
     let schedule = Schedule::default();
-    let total = ps.total_steps(cond.width, cond.height);
+    let total = ps.coarse_steps + ps.fine_steps * (levels.len() - 1);
     let (w, h) = (cond.width, cond.height);
     let mut done = 0;
     let mut parent: Option<(patch::Level, Vec<u32>)> = None;

@@ -51,11 +51,27 @@ fn decode(path: &Path) -> Result<DynamicImage> {
         .map_err(|e| Error::input(path, format!("cannot open: {e}")))?
         .with_guessed_format()
         .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(Error::input(
-            path,
-            "not an image this build can read (supported: PNG, JPEG, WebP, TIFF, BMP, GIF, PNM, TGA, QOI, HDR, ICO)",
-        ));
+    const SUPPORTED: &str = "supported: PNG, JPEG, WebP, TIFF, BMP, GIF, PNM, TGA, QOI, HDR, ICO";
+    // The format is guessed from the contents, else from the name. A name that promises a
+    // format the contents do not start with means the file is not an image at all (TGA has
+    // no signature, so it is exempt).
+    let sniffed = {
+        let mut head = [0u8; 64];
+        let n = fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+        image::guess_format(&head[..n]).ok()
+    };
+    match (reader.format(), sniffed) {
+        (None, _) => return Err(Error::input(path, format!("not an image this build can read ({SUPPORTED})"))),
+        (Some(f), None) if f != image::ImageFormat::Tga => {
+            return Err(Error::input(
+                path,
+                format!(
+                    "not an image this build can read: the name says {} but the contents are not an image ({SUPPORTED})",
+                    f.extensions_str().first().unwrap_or(&"?").to_uppercase()
+                ),
+            ));
+        }
+        _ => {}
     }
     let mut reader = reader;
     let mut limits = Limits::default();
