@@ -102,6 +102,7 @@ pub struct RealfillApp {
     /// Time the UI spent building the last frames (ms, exponential average).
     pub frame_ms: f32,
     settings_saved: AppSettings,
+    settings_saved_at: Option<Instant>,
     /// The "Before" toggle button (holding \\ also shows the photo before the last fill).
     pub show_before_toggle: bool,
     /// For waking the UI from background threads (set at the first frame).
@@ -144,6 +145,7 @@ impl RealfillApp {
         RealfillApp {
             doc,
             settings_saved: settings.clone(),
+            settings_saved_at: None,
             settings,
             persist: false,
             base: FillSettings::default(),
@@ -542,8 +544,12 @@ impl RealfillApp {
         }
     }
 
+    /// Write changed settings at most every two seconds (a dragged value changes every
+    /// frame), and on exit.
     fn save_settings_if_changed(&mut self) {
-        if self.persist && self.settings != self.settings_saved {
+        let due = self.settings_saved_at.is_none_or(|t| t.elapsed().as_secs_f32() > 2.0);
+        if self.persist && due && self.settings != self.settings_saved {
+            self.settings_saved_at = Some(Instant::now());
             if let Err(e) = self.settings.save() {
                 self.warn(format!("settings not saved: {e}"));
             }
