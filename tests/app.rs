@@ -254,6 +254,11 @@ fn learn_shows_progress_and_the_loss_curve() {
     assert_eq!(app.learning.losses.len(), 4, "one loss per learning step");
     assert_eq!((app.learning.step, app.learning.total), (4, 4));
     assert_eq!(app.status, "learned");
+    assert_eq!(
+        app.settings.run.engine,
+        realfill::engine::pipeline::EngineKind::Scene,
+        "Fill now uses the learned model"
+    );
     h.run_steps(2);
     assert!(h.query_by_label_contains("loss ").is_some(), "the loss is shown beside its plot");
 }

@@ -144,7 +144,13 @@ fn second_fill_uses_the_cached_model() {
     scene(&d);
     let o = scene_cmd(&d, "learn").args(TINY).output().unwrap();
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
-    let o = scene_cmd(&d, "fill").arg("--out").arg(d.join("o.png")).args(TINY).args(["--steps", "3"]).output().unwrap();
+    let o = scene_cmd(&d, "fill")
+        .arg("--out")
+        .arg(d.join("o.png"))
+        .args(TINY)
+        .args(["--steps", "3", "--engine", "scene"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stderr: {err}");
     assert!(err.contains("cached scene model"), "stderr: {err}");

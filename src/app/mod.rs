@@ -328,6 +328,11 @@ impl RealfillApp {
                 Event::Learned { cached } => {
                     self.running = None;
                     self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
+                    // The user asked for the scene model: Fill uses it from now on.
+                    if self.settings.run.engine != crate::engine::pipeline::EngineKind::Scene {
+                        self.settings.run.engine = crate::engine::pipeline::EngineKind::Scene;
+                        self.info("Fill now uses the learned scene model (Engine: scene model)");
+                    }
                 }
                 Event::Done(out) => {
                     newest_preview = None;

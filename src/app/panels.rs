@@ -132,7 +132,7 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
                 }
             });
             if let Some(i) = remove
-                && !app.running.is_some()
+                && app.running.is_none()
             {
                 doc.refs.remove(i);
             }
@@ -207,9 +207,8 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     EngineKind::Scene => "scene model",
                 };
                 let combo = egui::ComboBox::from_id_salt("engine").selected_text(name(r.engine)).show_ui(ui, |ui| {
-                    ui.selectable_value(&mut r.engine, EngineKind::Auto, name(EngineKind::Auto)).on_hover_text(
-                        "The scene model when it is already learned for this scene, else the patch engine",
-                    );
+                    ui.selectable_value(&mut r.engine, EngineKind::Auto, name(EngineKind::Auto))
+                        .on_hover_text("The patch engine (measured as good or better, in seconds)");
                     ui.selectable_value(&mut r.engine, EngineKind::Patch, name(EngineKind::Patch))
                         .on_hover_text("Training-free: copies matching patches from the references, coarse to fine");
                     ui.selectable_value(&mut r.engine, EngineKind::Scene, name(EngineKind::Scene))

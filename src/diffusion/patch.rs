@@ -388,7 +388,7 @@ impl PatchDenoiser {
     /// level), and a window around the pixel itself in the guide. Fixed length; NULL pads.
     fn candidates(&self, pix: usize, out: &mut Vec<u32>) {
         let lv = &self.level;
-        let (w, h) = (lv.cond.width, lv.cond.height);
+        let w = lv.cond.width;
         let (x, y) = (pix % w, pix / w);
         let r = self.settings.window as isize;
         let start = out.len();
@@ -430,7 +430,6 @@ impl PatchDenoiser {
                 listed[i] = NULL;
             }
         }
-        let _ = h;
     }
 
     fn candidates_per_pixel(&self) -> usize {
@@ -489,17 +488,6 @@ impl PatchDenoiser {
                 }
                 let a = query_rows(&self.level, x_t, chunk, s, var, &self.settings);
                 let (b, centres) = key_rows(&self.level, &cands, s, p);
-                if std::env::var_os("REALFILL_DEBUG_PATCH").is_some() {
-                    let empty = (0..chunk.len())
-                        .filter(|&q| cands[q * cpp..(q + 1) * cpp].iter().all(|&k| k == NULL || !self.level.usable(k)))
-                        .count();
-                    eprintln!(
-                        "level {}x{} t={t}: {empty} of {} queries without a usable candidate",
-                        self.level.cond.width,
-                        self.level.cond.height,
-                        chunk.len()
-                    );
-                }
                 let (out, top) = attend_listed(&a, b, centres, chunk.len(), cpp, &self.device)?;
                 let kk = TOP.min(cpp);
                 for (qi, &pix) in chunk.iter().enumerate() {

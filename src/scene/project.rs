@@ -90,7 +90,7 @@ impl RleMask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunSettings {
-    /// Which denoiser fills (auto: the scene model when cached, else the patch engine).
+    /// Which denoiser fills (auto: the patch engine, by measurement).
     pub engine: crate::engine::pipeline::EngineKind,
     /// Long side of the working size.
     pub size: usize,
