@@ -673,6 +673,10 @@ pub fn run(photo: Option<PathBuf>) -> anyhow::Result<()> {
             .with_drag_and_drop(true),
         ..Default::default()
     };
-    eframe::run_native("realfill", options, Box::new(|_cc| Ok(Box::new(app))))
-        .map_err(|e| anyhow::anyhow!("cannot open the window: {e}. Is a display available (DISPLAY or WAYLAND_DISPLAY)? For headless use, run `realfill fill --help`"))
+    eframe::run_native("realfill", options, Box::new(|_cc| Ok(Box::new(app)))).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the window ({e}); run the app on a desktop (DISPLAY or WAYLAND_DISPLAY set), \
+                 or fill without one: `realfill fill --demo --out demo-filled.png`, `realfill fill --help`"
+        )
+    })
 }
