@@ -6,6 +6,7 @@
 
 pub mod features;
 pub mod homography;
+pub mod refine;
 
 use crate::rng::Rng;
 use crate::scene::{Mask, RgbF};
@@ -39,6 +40,8 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64) -> Option<
     if inl.len() < MIN_INLIERS || (inl.len() as f64) < 0.1 * m.len() as f64 {
         return None;
     }
+    // Keypoints locate the map to a pixel or two; photometric refinement makes it sub-pixel.
+    let h = refine::refine(target, fill, reference, &h);
     Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len() })
 }
 
