@@ -324,3 +324,30 @@ fn a_project_whose_photos_moved_names_them() {
     assert!(h.query_by_label_contains("moved or deleted").is_some(), "shown in the window");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_failed_job_is_reported_in_the_window_and_the_app_carries_on() {
+    let mut app = demo_app(2, 1);
+    app.settings.run.engine = realfill::engine::pipeline::EngineKind::Scene;
+    // A network whose first level has no channels cannot be built: the job fails in the worker.
+    app.base.spec.channels = vec![0, 16];
+    let mut h = harness(app);
+    h.get_by_label("Fill").click();
+    h.step();
+    step_until(&mut h, |app| !app.busy());
+    h.run_steps(2);
+    let app = h.state();
+    assert!(
+        app.messages.iter().any(|m| m.level == Level::Error && m.text.contains("internal error")),
+        "{:?}",
+        app.messages
+    );
+    assert!(app.preview.is_none() && app.candidates.is_empty());
+    assert!(h.query_by_label_contains("internal error in the engine").is_some(), "shown in the window");
+    // And the next fill works.
+    h.state_mut().settings.run.engine = realfill::engine::pipeline::EngineKind::Patch;
+    h.get_by_label("Fill").click();
+    h.step();
+    step_until(&mut h, |app| !app.busy());
+    assert_eq!(h.state().candidates.len(), 1);
+}

@@ -464,6 +464,24 @@ pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) ->
     egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
 }
 
+/// The part of a preview image that covers the fill region (its bounding box, one pixel of
+/// margin for filtering), and where it sits.
+pub fn fill_region_of(img: &egui::ColorImage, fill: &crate::scene::Mask) -> ([usize; 2], egui::ColorImage) {
+    let [w, h] = img.size;
+    let Some((x0, y0, x1, y1)) = fill.bbox() else {
+        return ([0, 0], img.clone());
+    };
+    // Canvas-pixel box (end exclusive) → preview pixels, with a margin.
+    let (px0, py0) = ((x0 * w / fill.width).saturating_sub(1), (y0 * h / fill.height).saturating_sub(1));
+    let (px1, py1) = (((x1 * w).div_ceil(fill.width) + 1).min(w), ((y1 * h).div_ceil(fill.height) + 1).min(h));
+    let (cw, ch) = (px1 - px0, py1 - py0);
+    let mut pixels = Vec::with_capacity(cw * ch);
+    for y in py0..py1 {
+        pixels.extend_from_slice(&img.pixels[y * w + px0..y * w + px1]);
+    }
+    ([px0, py0], egui::ColorImage::new([cw, ch], pixels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +498,21 @@ mod tests {
         v.zoom_at(area, anchor, 3.0);
         let after = v.to_canvas(area, anchor);
         assert!((under[0] - after[0]).abs() < 1e-3 && (under[1] - after[1]).abs() < 1e-3);
+    }
+
+    #[test]
+    fn preview_uploads_cover_the_fill_region() {
+        let img = egui::ColorImage::new([40, 20], vec![Color32::RED; 800]);
+        let mut fill = crate::scene::Mask::new(80, 40, 0.0);
+        for y in 10..20 {
+            for x in 30..50 {
+                fill.set(x, y, 1.0);
+            }
+        }
+        let ([x, y], part) = fill_region_of(&img, &fill);
+        // Canvas box 30..50 × 10..20 is preview 15..25 × 5..10; one pixel of margin or more.
+        assert!(x <= 14 && y <= 4 && x + part.size[0] >= 26 && y + part.size[1] >= 11, "{x},{y} {:?}", part.size);
+        assert!(part.size[0] < 40 && part.size[1] < 20, "smaller than the whole preview");
     }
 
     #[test]

@@ -358,7 +358,9 @@ impl RealfillApp {
             let img = canvas::preview_image(&image, &scene.mask);
             match &mut self.preview {
                 Some(p) if p.tex.size() == img.size => {
-                    p.tex.set(img, egui::TextureOptions::LINEAR);
+                    // Only the fill region changes between steps: upload just its rectangle.
+                    let (pos, part) = canvas::fill_region_of(&img, &scene.mask);
+                    p.tex.set_partial(pos, part, egui::TextureOptions::LINEAR);
                     p.step = step;
                     p.total = total;
                 }
