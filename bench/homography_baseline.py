@@ -13,7 +13,7 @@ import sys
 import cv2
 import numpy as np
 
-from telea_baseline import psnr, ssim
+from telea_baseline import psnr, report, scenes, ssim
 
 
 def align(target, known, ref):
@@ -36,13 +36,7 @@ def align(target, known, ref):
 
 def main(root):
     rows = []
-    for name in sorted(os.listdir(root)):
-        d = os.path.join(root, name)
-        if not os.path.isfile(os.path.join(d, "target.png")):
-            continue
-        target = cv2.imread(os.path.join(d, "target.png"), cv2.IMREAD_COLOR)
-        mask = cv2.imread(os.path.join(d, "mask.png"), cv2.IMREAD_GRAYSCALE) >= 128
-        truth = cv2.imread(os.path.join(d, "truth.png"), cv2.IMREAD_COLOR)
+    for name, d, target, mask, truth in scenes(root):
         hh, ww = mask.shape
         best = None
         for r in sorted(os.listdir(os.path.join(d, "refs"))):
@@ -61,13 +55,8 @@ def main(root):
             telea = cv2.inpaint(out, uncovered.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
             out[uncovered] = telea[uncovered]
         a, b = out.astype(np.float64) / 255, truth.astype(np.float64) / 255
-        rows.append((name, name.rsplit("-", 1)[-1], psnr(a, b, mask), ssim(a, b, mask), best[1] if best else 0))
-    for r in rows:
-        print(f"{r[0]:<22} {r[2]:7.2f} {r[3]:6.3f}  inliers {r[4]}")
-    for kind in sorted({r[1] for r in rows}):
-        rs = [r for r in rows if r[1] == kind]
-        print(f"mean {kind:<17} {np.mean([r[2] for r in rs]):7.2f} {np.mean([r[3] for r in rs]):6.3f}")
-    print(f"mean all {len(rows):<13} {np.mean([r[2] for r in rows]):7.2f} {np.mean([r[3] for r in rows]):6.3f}")
+        rows.append((name, psnr(a, b, mask), ssim(a, b, mask), f"inliers {best[1] if best else 0}"))
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def ssim(a, b, m):
     return float(np.mean(np.concatenate(vals)))
 
 
-def main(root):
-    rows = []
+def scenes(root):
+    """(name, folder, target, mask, truth) for every scene folder under root."""
     for name in sorted(os.listdir(root)):
         d = os.path.join(root, name)
         if not os.path.isfile(os.path.join(d, "target.png")):
@@ -45,15 +45,27 @@ def main(root):
         target = cv2.imread(os.path.join(d, "target.png"), cv2.IMREAD_COLOR)
         mask = cv2.imread(os.path.join(d, "mask.png"), cv2.IMREAD_GRAYSCALE) >= 128
         truth = cv2.imread(os.path.join(d, "truth.png"), cv2.IMREAD_COLOR)
+        yield name, d, target, mask, truth
+
+
+def report(rows):
+    """rows: (name, PSNR, SSIM, note). Per case, then means per mask kind and overall."""
+    for r in rows:
+        print(f"{r[0]:<22} {r[1]:7.2f} {r[2]:6.3f}  {r[3]}")
+    kinds = sorted({r[0].rsplit("-", 1)[-1] for r in rows})
+    for kind in kinds:
+        rs = [r for r in rows if r[0].rsplit("-", 1)[-1] == kind]
+        print(f"mean {kind:<17} {np.mean([r[1] for r in rs]):7.2f} {np.mean([r[2] for r in rs]):6.3f}")
+    print(f"mean all {len(rows):<13} {np.mean([r[1] for r in rows]):7.2f} {np.mean([r[2] for r in rows]):6.3f}")
+
+
+def main(root):
+    rows = []
+    for name, _, target, mask, truth in scenes(root):
         out = cv2.inpaint(target, mask.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
         a, b = out.astype(np.float64) / 255, truth.astype(np.float64) / 255
-        rows.append((name, name.rsplit("-", 1)[-1], psnr(a, b, mask), ssim(a, b, mask)))
-    for r in rows:
-        print(f"{r[0]:<22} {r[2]:7.2f} {r[3]:6.3f}")
-    for kind in sorted({r[1] for r in rows}):
-        rs = [r for r in rows if r[1] == kind]
-        print(f"mean {kind:<17} {np.mean([r[2] for r in rs]):7.2f} {np.mean([r[3] for r in rs]):6.3f}")
-    print(f"mean all {len(rows):<13} {np.mean([r[2] for r in rows]):7.2f} {np.mean([r[3] for r in rows]):6.3f}")
+        rows.append((name, psnr(a, b, mask), ssim(a, b, mask), ""))
+    report(rows)
 
 
 if __name__ == "__main__":
