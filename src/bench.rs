@@ -213,7 +213,7 @@ fn demo_scene_at(size: usize) -> Result<crate::scene::Scene> {
     let mask = m.resized_cover(target.width(), target.height());
     let mut refs = Vec::new();
     for r in ["ref0.png", "ref1.png"] {
-        refs.push(scale(load_photo(&dir.join("refs").join(r))?));
+        refs.push(std::sync::Arc::new(scale(load_photo(&dir.join("refs").join(r))?)));
     }
     crate::scene::Scene::new(
         target,

@@ -210,7 +210,7 @@ pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene>
             warn(format!("{}: given twice; using it once", r.display()));
             continue;
         }
-        refs.push(load_photo(r)?);
+        refs.push(Arc::new(load_photo(r)?));
     }
     if refs.is_empty() {
         warn("no reference photos: the fill learns only from the target's known pixels".into());

@@ -147,10 +147,11 @@ pub struct Document {
 }
 
 impl Document {
-    pub fn new(target: Photo) -> Document {
-        let mask = match &target.transparent {
-            // Transparent pixels are part of the fill region: show them as painted.
-            Some(t) => PaintMask::from_mask(t),
+    pub fn new(mut target: Photo) -> Document {
+        // Transparent pixels are part of the fill region: they become painted mask (which the
+        // user may then erase), so the photo itself no longer needs to carry them.
+        let mask = match target.transparent.take() {
+            Some(t) => PaintMask::from_mask(&t),
             None => PaintMask::new(target.width(), target.height()),
         };
         Document {
@@ -289,15 +290,12 @@ impl Document {
                 "nothing to fill: brush over what to replace (B), or drag a canvas edge outward".into(),
             ));
         }
-        let mut target = (*self.target).clone();
-        // The painted mask already includes the transparent pixels (and the user may have
-        // erased some of them).
-        target.transparent = None;
+        // Shares the photos (no copy): only the mask is built here.
         Scene::new(
-            target,
+            self.target.clone(),
             Some((self.mask.to_mask(), Path::new("painted mask"))),
             self.extension,
-            self.refs.iter().map(|r| (**r).clone()).collect(),
+            self.refs.clone(),
         )
     }
 

@@ -8,6 +8,7 @@ pub mod pushpull;
 pub mod raster;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 pub use io::Photo;
@@ -47,10 +48,11 @@ impl Extension {
     }
 }
 
+/// Photos are shared (`Arc`): a job's scene and the app's document hold the same pixels.
 #[derive(Clone, Debug)]
 pub struct Scene {
-    pub target: Photo,
-    pub refs: Vec<Photo>,
+    pub target: Arc<Photo>,
+    pub refs: Vec<Arc<Photo>>,
     pub extension: Extension,
     /// Fill region on the extended canvas (1 = fill): the user's mask, transparent target
     /// pixels and the extension border.
@@ -60,11 +62,12 @@ pub struct Scene {
 impl Scene {
     /// Assemble a scene and check it is consistent. `mask_path` is only used in messages.
     pub fn new(
-        target: Photo,
+        target: impl Into<Arc<Photo>>,
         user_mask: Option<(Mask, &Path)>,
         extension: Extension,
-        refs: Vec<Photo>,
+        refs: Vec<Arc<Photo>>,
     ) -> Result<Scene> {
+        let target = target.into();
         let (w, h) = (target.width(), target.height());
         let mut inner = Mask::new(w, h, 0.0);
         if let Some((m, path)) = &user_mask {
