@@ -444,19 +444,25 @@ fn label(painter: &egui::Painter, area: Rect, text: &str) {
 /// region, transparent elsewhere (the full-resolution photo shows through).
 pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) -> egui::ColorImage {
     let (w, h) = (preview.width, preview.height);
+    let inside = |x: usize, y: usize| {
+        let fx = ((x as f32 + 0.5) * fill.width as f32 / w as f32) as usize;
+        let fy = ((y as f32 + 0.5) * fill.height as f32 / h as f32) as usize;
+        fill.get(fx.min(fill.width - 1), fy.min(fill.height - 1)) >= 0.5
+    };
     let mut rgba = vec![0u8; w * h * 4];
     for y in 0..h {
         for x in 0..w {
-            let fx = ((x as f32 + 0.5) * fill.width as f32 / w as f32) as usize;
-            let fy = ((y as f32 + 0.5) * fill.height as f32 / h as f32) as usize;
-            // Colour everywhere (so that filtering at the region's edge blends with the
-            // preview, not with black), opaque only in the fill region.
             let v = preview.get(x, y);
             let o = 4 * (y * w + x);
             for c in 0..3 {
                 rgba[o + c] = (v[c].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
             }
-            if fill.get(fx.min(fill.width - 1), fy.min(fill.height - 1)) >= 0.5 {
+            // Opaque over the fill region and one preview pixel around it: texture filtering
+            // fades the edge out over known pixels (which the preview shows too), not over
+            // what the photo has in its hole (often black).
+            let near = (y.saturating_sub(1)..(y + 2).min(h))
+                .any(|yy| (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| inside(xx, yy)));
+            if near {
                 rgba[o + 3] = 255;
             }
         }
@@ -464,16 +470,17 @@ pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) ->
     egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
 }
 
-/// The part of a preview image that covers the fill region (its bounding box, one pixel of
-/// margin for filtering), and where it sits.
+/// The part of a preview image that covers the fill region (its bounding box with a margin),
+/// and where it sits.
 pub fn fill_region_of(img: &egui::ColorImage, fill: &crate::scene::Mask) -> ([usize; 2], egui::ColorImage) {
     let [w, h] = img.size;
     let Some((x0, y0, x1, y1)) = fill.bbox() else {
         return ([0, 0], img.clone());
     };
-    // Canvas-pixel box (end exclusive) → preview pixels, with a margin.
-    let (px0, py0) = ((x0 * w / fill.width).saturating_sub(1), (y0 * h / fill.height).saturating_sub(1));
-    let (px1, py1) = (((x1 * w).div_ceil(fill.width) + 1).min(w), ((y1 * h).div_ceil(fill.height) + 1).min(h));
+    // Canvas-pixel box (end exclusive) → preview pixels, with a margin covering the one-pixel
+    // opaque ring of `preview_image` and filtering.
+    let (px0, py0) = ((x0 * w / fill.width).saturating_sub(2), (y0 * h / fill.height).saturating_sub(2));
+    let (px1, py1) = (((x1 * w).div_ceil(fill.width) + 2).min(w), ((y1 * h).div_ceil(fill.height) + 2).min(h));
     let (cw, ch) = (px1 - px0, py1 - py0);
     let mut pixels = Vec::with_capacity(cw * ch);
     for y in py0..py1 {
@@ -517,11 +524,13 @@ mod tests {
 
     #[test]
     fn preview_is_opaque_only_in_the_fill_region() {
-        let img = crate::scene::RgbF::from_fn(4, 2, |_, _| [1.0, 0.0, 0.0]);
-        let mut fill = crate::scene::Mask::new(8, 4, 0.0);
-        fill.set(7, 3, 1.0);
+        let img = crate::scene::RgbF::from_fn(8, 2, |_, _| [1.0, 0.0, 0.0]);
+        let mut fill = crate::scene::Mask::new(16, 4, 0.0);
+        fill.set(15, 3, 1.0);
         let c = preview_image(&img, &fill);
-        assert_eq!(c.pixels[0].a(), 0);
-        assert_eq!(c.pixels[7], Color32::from_rgb(255, 0, 0));
+        assert_eq!(c.pixels[0].a(), 0, "far from the fill region: transparent");
+        assert_eq!(c.pixels[15], Color32::from_rgb(255, 0, 0), "in it: the preview");
+        assert_eq!(c.pixels[14].a(), 255, "one pixel around it too");
+        assert_eq!(c.pixels[13].a(), 0);
     }
 }
