@@ -301,19 +301,17 @@ impl Document {
 
     /// Replace the target with a fill result on the extended canvas: one undo step; the mask
     /// and the extension are used up.
-    pub fn accept_fill(&mut self, image: image::DynamicImage) {
+    pub fn accept_fill(&mut self, result: Arc<Photo>) {
         let before = self.state();
-        self.replace_target(image);
+        self.replace_target(result);
         self.push_undo(before);
     }
 
     /// Swap the result of the last accepted fill for another candidate (same undo step).
-    pub fn replace_target(&mut self, image: image::DynamicImage) {
-        let path = self.target.path.clone();
-        let photo = Photo::from_image(path, image, None);
-        self.mask = PaintMask::new(photo.width(), photo.height());
+    pub fn replace_target(&mut self, result: Arc<Photo>) {
+        self.mask = PaintMask::new(result.width(), result.height());
         self.extension = Extension::default();
-        self.target = Arc::new(photo);
+        self.target = result;
         self.target_file = None;
         self.revision += 1;
     }
@@ -426,7 +424,8 @@ mod tests {
         let mut d = Document::new(photo(8, 8));
         d.edit(|d| d.set_extension(Extension { left: 2, top: 0, right: 0, bottom: 0 }));
         let original = d.target.clone();
-        d.accept_fill(image::DynamicImage::ImageRgb8(image::RgbImage::new(10, 8)));
+        let result = image::DynamicImage::ImageRgb8(image::RgbImage::new(10, 8));
+        d.accept_fill(Arc::new(Photo::from_image(PathBuf::from("/tmp/t.png"), result, None)));
         assert_eq!((d.target.width(), d.canvas_size()), (10, (10, 8)));
         assert!(d.mask.is_empty() && d.target_file.is_none());
         let (before, ext) = d.before_last_fill().unwrap();

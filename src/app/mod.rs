@@ -43,7 +43,7 @@ pub struct Candidate {
     pub seed: u64,
     /// Patch agreement with the references (dB, higher = better), when scored.
     pub agreement: Option<f32>,
-    pub image: image::DynamicImage,
+    pub photo: Arc<Photo>,
     pub thumb: egui::TextureHandle,
 }
 
@@ -249,6 +249,7 @@ impl RealfillApp {
         s.size = r.size;
         s.steps = r.steps;
         s.score = r.candidates > 1;
+        s.result_photo = true;
         s.seed = seed;
         s.learn.steps = r.learn_steps;
         s.learn.seed = r.seed;
@@ -377,12 +378,14 @@ impl RealfillApp {
         let Some(Running::Fill { scene, settings, remaining }) = self.running.take() else { return };
         let seed = settings.seed;
         let seconds = out.timings.total_s;
-        let image = out.image;
-        let thumb = ctx.load_texture(format!("candidate-{seed}"), thumbnail(&image, 160), egui::TextureOptions::LINEAR);
+        let thumb =
+            ctx.load_texture(format!("candidate-{seed}"), thumbnail(&out.image, 160), egui::TextureOptions::LINEAR);
+        let photo =
+            out.photo.unwrap_or_else(|| Arc::new(Photo::from_image(scene.target.path.clone(), out.image, None)));
         let first = self.candidates.is_empty();
-        self.candidates.push(Candidate { seed, agreement: out.agreement, image, thumb });
+        self.candidates.push(Candidate { seed, agreement: out.agreement, photo, thumb });
         if first && let Some(doc) = &mut self.doc {
-            doc.accept_fill(self.candidates[0].image.clone());
+            doc.accept_fill(self.candidates[0].photo.clone());
             self.applied_revision = Some(doc.revision);
             self.selected = 0;
         }
@@ -423,9 +426,9 @@ impl RealfillApp {
     pub fn pick_candidate(&mut self, i: usize) {
         let (Some(doc), Some(c)) = (&mut self.doc, self.candidates.get(i)) else { return };
         if self.applied_revision == Some(doc.revision) {
-            doc.replace_target(c.image.clone());
+            doc.replace_target(c.photo.clone());
         } else {
-            doc.accept_fill(c.image.clone());
+            doc.accept_fill(c.photo.clone());
         }
         self.applied_revision = Some(doc.revision);
         self.selected = i;

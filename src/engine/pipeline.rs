@@ -66,6 +66,9 @@ pub struct FillSettings {
     pub use_cache: bool,
     /// Score the result's agreement with the references (ranks candidates).
     pub score: bool,
+    /// Also return the result as a `Photo` (float copy made on the worker; the app needs it).
+    #[serde(default)]
+    pub result_photo: bool,
 }
 
 impl Default for FillSettings {
@@ -81,6 +84,7 @@ impl Default for FillSettings {
             spec: UNetSpec::default(),
             use_cache: true,
             score: false,
+            result_photo: false,
         }
     }
 }
@@ -283,6 +287,8 @@ pub struct Timings {
 
 pub struct FillOutput {
     pub image: image::DynamicImage,
+    /// The result as a photo, when `FillSettings::result_photo` asked for it.
+    pub photo: Option<Arc<crate::scene::Photo>>,
     /// The fill at working size (known pixels included).
     pub working: RgbF,
     pub timings: Timings,
@@ -376,7 +382,20 @@ pub fn run_fill(
         None
     };
     t.total_s = t0.elapsed().as_secs_f32();
-    Ok(FillOutput { image, working: fill, timings: t, aligned_refs: aligned, guide_coverage: coverage, agreement })
+    // The app shows and edits results as photos; converting here keeps that work off its UI
+    // thread (the command line only writes the image, so it skips the float copy).
+    let photo = s
+        .result_photo
+        .then(|| Arc::new(crate::scene::Photo::from_image(scene.target.path.clone(), image.clone(), None)));
+    Ok(FillOutput {
+        image,
+        photo,
+        working: fill,
+        timings: t,
+        aligned_refs: aligned,
+        guide_coverage: coverage,
+        agreement,
+    })
 }
 
 /// The patch engine's view of a prepared scene, as pyramid levels (finest first).
