@@ -7,11 +7,14 @@
 //! w = softmax_k(−½ Σ_d π_d (q_d − √ᾱ·k_d)²), q the noisy patch around the pixel. Per-dimension
 //! precisions π carry the inpainting condition: a known pixel of the patch is compared at its
 //! clean value with tolerance τ (references never match the target exactly), a pixel to fill
-//! with the noise's precision 1/(1−ᾱ), and pixels beyond the border not at all. Expanding the
-//! square gives one matrix product per query tile:
-//!   logits = [π⊙q, π, 1] · [√ᾱ·k, −½ᾱ·k², bias]ᵀ
+//! with the noise's precision 1/(1−ᾱ) plus, where warped references cover it, the prior as a
+//! second observation (precisions add), and pixels beyond the border not at all. Where no
+//! reference reaches, only the patch's mean colour is compared with the (smooth) prior.
+//! Expanding the squares gives one matrix product per query tile:
+//!   logits = [π⊙q, π, π_m·ḡ, π_m, 1] · [√ᾱ·k, −½ᾱ·k², √ᾱ·k̄, −½ᾱ·k̄², bias]ᵀ
 //! followed by a softmax and a second product with the patch centres — attention of target
-//! patches over source patches, on burn tensors (wgpu or the CPU backend).
+//! patches over source patches, on burn tensors (wgpu or the CPU backend). At the last step
+//! of each level, every patch covering a pixel votes with its best match.
 //!
 //! Coarse to fine (Qiu, Kutulakos & Lindell, "Efficient and Training-Free Single-Image
 //! Diffusion"): the coarsest level (1/8 of the working size) attends over all source patches
@@ -22,7 +25,7 @@
 //! queries are tiled, and fine levels never build the full key matrix.
 //!
 //! Sources: the target's known patches, the warped exposure-matched references (the guide),
-//! and each reference at three scales, its colours matched to the target's known pixels
+//! and each reference at four scales (0.5× to 1.4×), its colours matched to the target's known pixels
 //! (mean and spread per channel), so that a brighter, rescaled view still matches.
 
 use burn::prelude::*;
