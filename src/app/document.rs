@@ -236,29 +236,26 @@ impl Document {
     }
 
     pub fn undo(&mut self) -> bool {
-        self.end_gesture();
-        match self.undo.pop() {
-            Some(s) => {
-                let now = self.state();
-                self.redo.push(now);
-                self.restore(s);
-                true
-            }
-            None => false,
-        }
+        self.step_history(true)
     }
 
     pub fn redo(&mut self) -> bool {
+        self.step_history(false)
+    }
+
+    /// Move one state from the undo stack to the redo stack (or back), restoring it.
+    fn step_history(&mut self, back: bool) -> bool {
         self.end_gesture();
-        match self.redo.pop() {
-            Some(s) => {
-                let now = self.state();
-                self.undo.push(now);
-                self.restore(s);
-                true
-            }
-            None => false,
+        let popped = if back { self.undo.pop() } else { self.redo.pop() };
+        let Some(s) = popped else { return false };
+        let now = self.state();
+        if back {
+            self.redo.push(now)
+        } else {
+            self.undo.push(now)
         }
+        self.restore(s);
+        true
     }
 
     /// Paint in canvas coordinates (the extension shifts the target).

@@ -256,44 +256,41 @@ impl RealfillApp {
         s
     }
 
-    pub fn start_learn(&mut self, ctx: &egui::Context) {
-        let Some(doc) = &self.doc else { return };
+    /// The scene for a new job, unless one runs or there is nothing to fill (said in the window).
+    fn job_scene(&mut self) -> Option<Arc<Scene>> {
         if self.busy() {
-            return;
+            return None;
         }
-        match doc.scene() {
+        match self.doc.as_ref()?.scene() {
             Ok(scene) => {
-                let settings = self.job_settings(self.settings.run.seed);
                 self.learning = LearnProgress::default();
-                self.engine(ctx).submit(Job::Learn { scene: Arc::new(scene), settings });
-                self.running = Some(Running::Learn);
-                self.status = "learning the scene…".into();
+                Some(Arc::new(scene))
             }
-            Err(e) => self.error(e.to_string()),
+            Err(e) => {
+                self.error(e.to_string());
+                None
+            }
         }
     }
 
+    pub fn start_learn(&mut self, ctx: &egui::Context) {
+        let Some(scene) = self.job_scene() else { return };
+        let settings = self.job_settings(self.settings.run.seed);
+        self.engine(ctx).submit(Job::Learn { scene, settings });
+        self.running = Some(Running::Learn);
+        self.status = "learning the scene…".into();
+    }
+
     pub fn start_fill(&mut self, ctx: &egui::Context) {
-        let Some(doc) = &self.doc else { return };
-        if self.busy() {
-            return;
-        }
-        match doc.scene() {
-            Ok(scene) => {
-                let seed = self.settings.run.seed;
-                let settings = self.job_settings(seed);
-                let scene = Arc::new(scene);
-                self.learning = LearnProgress::default();
-                self.candidates.clear();
-                self.selected = 0;
-                self.applied_revision = None;
-                self.engine(ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
-                let remaining = self.settings.run.sanitised().candidates - 1;
-                self.running = Some(Running::Fill { scene, settings, remaining });
-                self.status = "filling…".into();
-            }
-            Err(e) => self.error(e.to_string()),
-        }
+        let Some(scene) = self.job_scene() else { return };
+        let settings = self.job_settings(self.settings.run.seed);
+        self.candidates.clear();
+        self.selected = 0;
+        self.applied_revision = None;
+        self.engine(ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
+        let remaining = self.settings.run.sanitised().candidates - 1;
+        self.running = Some(Running::Fill { scene, settings, remaining });
+        self.status = "filling…".into();
     }
 
     pub fn cancel(&mut self) {

@@ -39,9 +39,10 @@ pub enum EngineKind {
 impl EngineKind {
     /// What `auto` means, by measurement on ../shared/data/scenes (docs/BENCHMARKS.md): the
     /// patch engine fills in seconds where the scene model first learns for minutes, and on
-    /// the scenes measured with both it was as good or better (chelsea-rect 38.4 against
-    /// 30.9 dB, chelsea-strokes 29.6 / 29.1, rubberwhale-rect 27.8 / 27.7; aero-rect 17.9 /
-    /// 18.5, both poor). The scene model is there to be asked for.
+    /// the scenes measured with both it won three of four (chelsea-rect 38.4 against 30.9 dB,
+    /// chelsea-strokes 29.6 / 29.1, rubberwhale-rect 27.8 / 27.7; aero-rect 17.9 / 18.5, both
+    /// poor; with refined alignment rubberwhale-rect 27.6 / 27.4). The scene model is there to
+    /// be asked for.
     pub fn resolve(self) -> EngineKind {
         match self {
             EngineKind::Auto => EngineKind::Patch,
@@ -322,14 +323,17 @@ pub fn run_fill(
     t.engine = engine;
     let cond = condition(&p);
     let (w, h) = (p.canvas.width, p.canvas.height);
+    // The patch engine and the candidate score share one pyramid of sources.
+    let ps = patch_settings(s);
+    let levels = if engine == EngineKind::Patch || s.score { Some(patch_levels(&p, &cond, &ps)?) } else { None };
     let mut first = None;
     let t2;
-    let out = match engine {
-        EngineKind::Patch => {
+    let out = match (engine, &levels) {
+        (EngineKind::Patch, Some(levels)) => {
             t2 = Instant::now();
             run_patch(
-                &p,
-                &cond,
+                levels.clone(),
+                &ps,
                 s,
                 device,
                 &mut |step, total, x0: RgbF| {
@@ -341,6 +345,7 @@ pub fn run_fill(
                 cancelled,
             )?
         }
+        (EngineKind::Patch, None) => unreachable!("levels are built for the patch engine"),
         _ => {
             let t1 = Instant::now();
             let (model, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
@@ -373,13 +378,14 @@ pub fn run_fill(
     let feather = composite::default_feather(cw.max(ch), w.max(h));
     let image = composite::composite(scene, &fill, feather);
     t.composite_s = t3.elapsed().as_secs_f32();
-    let agreement = if s.score {
-        let t4 = Instant::now();
-        let a = patch_agreement(&p, &cond, &to_planar(&fill), &s.patch, device)?;
-        t.score_s = t4.elapsed().as_secs_f32();
-        Some(a)
-    } else {
-        None
+    let agreement = match levels {
+        Some(levels) if s.score => {
+            let t4 = Instant::now();
+            let a = patch_agreement(levels, &to_planar(&fill), &ps, device)?;
+            t.score_s = t4.elapsed().as_secs_f32();
+            Some(a)
+        }
+        _ => None,
     };
     t.total_s = t0.elapsed().as_secs_f32();
     // The app shows and edits results as photos; converting here keeps that work off its UI
@@ -406,26 +412,31 @@ fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Ve
 
 /// Coarse to fine with the patch denoiser: the coarsest level from noise, each finer level from
 /// the upsampled coarser result re-noised to `fine_alpha_bar`. Previews at working size.
+/// The patch settings of a job; for tuning, REALFILL_PATCH='{"guide_tau":0.2}' overrides fields
+/// (docs/BENCHMARKS.md records the variants measured this way).
+fn patch_settings(s: &FillSettings) -> PatchSettings {
+    std::env::var("REALFILL_PATCH")
+        .ok()
+        .and_then(|j| {
+            let mut v = serde_json::to_value(&s.patch).ok()?;
+            let o: serde_json::Value = serde_json::from_str(&j).ok()?;
+            v.as_object_mut()?.extend(o.as_object()?.clone());
+            serde_json::from_value::<PatchSettings>(v).ok()
+        })
+        .unwrap_or_else(|| s.patch.clone())
+}
+
 fn run_patch(
-    p: &Prepared,
-    cond: &Condition,
+    mut levels: Vec<patch::Level>,
+    ps: &PatchSettings,
     s: &FillSettings,
     device: &Device,
     preview: &mut dyn FnMut(usize, usize, RgbF),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<sampler::SampleOutput> {
-    // A tuning knob for development: REALFILL_PATCH='{"guide_tau":0.2}' overrides fields.
-    let tuned = std::env::var("REALFILL_PATCH").ok().and_then(|j| {
-        let mut v = serde_json::to_value(&s.patch).ok()?;
-        let o: serde_json::Value = serde_json::from_str(&j).ok()?;
-        v.as_object_mut()?.extend(o.as_object()?.clone());
-        serde_json::from_value::<PatchSettings>(v).ok()
-    });
-    let ps = tuned.as_ref().unwrap_or(&s.patch);
-    let mut levels = patch_levels(p, cond, ps)?;
     let schedule = Schedule::default();
     let total = ps.coarse_steps + ps.fine_steps * (levels.len() - 1);
-    let (w, h) = (cond.width, cond.height);
+    let (w, h) = (levels[0].cond.width, levels[0].cond.height);
     let mut done = 0;
     let mut parent: Option<(patch::Level, Vec<u32>)> = None;
     let mut x: Option<(Vec<f32>, usize, usize)> = None;
@@ -477,13 +488,11 @@ fn run_patch(
 /// patch and its best source patch, as dB (higher = closer to the references). Used to rank
 /// candidates of either engine.
 pub fn patch_agreement(
-    p: &Prepared,
-    cond: &Condition,
+    mut levels: Vec<patch::Level>,
     image: &[f32],
     ps: &PatchSettings,
     device: &Device,
 ) -> Result<f32> {
-    let mut levels = patch_levels(p, cond, ps)?;
     // The image at every level, finest first.
     let mut images = vec![image.to_vec()];
     for l in 1..levels.len() {
