@@ -41,6 +41,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Time learning and sampling steps on the available backends.
     Bench(crate::bench::BenchArgs),
+    /// Check that the scene model computes what bench/torch_reference.py's PyTorch network
+    /// computes on the same weights (and, with --time, time both steps for that script).
+    TorchCheck(crate::torch_check::TorchCheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -575,6 +578,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Learn(a)) => cmd_learn(&a),
         Some(Command::Eval(a)) => cmd_eval(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
+        Some(Command::TorchCheck(a)) => crate::torch_check::run(&a),
         None => crate::app::run(cli.photo).map_err(|e| Error::Invalid(e.to_string())),
     }
 }

@@ -13,5 +13,6 @@ pub mod error;
 pub mod eval;
 pub mod rng;
 pub mod scene;
+pub mod torch_check;
 
 pub use error::{Error, Result};

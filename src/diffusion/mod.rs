@@ -1,6 +1,7 @@
 //! Diffusion: noise schedule, sampler (step loop with previews and cancellation), the scene
 //! model (UNet), its training and its on-disk cache, and the training-free patch denoiser.
 
+pub mod attention_cpu;
 pub mod checkpoint;
 pub mod masks;
 pub mod patch;

@@ -1,0 +1,489 @@
+//! The patch engine's exhaustive attention (coarsest level) as one fused CPU kernel:
+//! logits = Q·Kᵀ, a streaming ("online") softmax, the weighted sum of the keys' centres and
+//! each query's best keys, in one pass over the keys, without materialising the
+//! queries × keys logits (≈ 40 MB per 512-query tile, written and read three times by the
+//! tensor version: product, arg-max passes, softmax).
+//!
+//! Keys are stored in panels of [`PANEL`] keys, column-major within the panel, so that the
+//! inner product kernel loads two AVX-512 vectors of keys per column and broadcasts one query
+//! value per row: a register block of 8 queries × 32 keys, 16 accumulators, 2 FMAs per
+//! broadcast. On CPUs without AVX-512 the same blocking runs as plain Rust compiled for
+//! AVX2+FMA (or the baseline). `tests` check both against a direct computation, and
+//! patch.rs's tests check the kernel against the burn tensor version.
+
+use rayon::prelude::*;
+
+/// Keys per panel (two 16-lane vectors).
+pub const PANEL: usize = 32;
+/// Queries per register block.
+const ROWS: usize = 8;
+/// Queries per task (a block of query rows shares one pass over all panels).
+const QUERY_BLOCK: usize = 64;
+
+/// Keys rearranged for the kernel.
+pub struct KeyPanels {
+    cols: usize,
+    keys: usize,
+    /// panels × cols × PANEL.
+    panels: Vec<f32>,
+    /// panels × 3 × PANEL.
+    centres: Vec<f32>,
+}
+
+impl KeyPanels {
+    /// `rows`: keys × cols (row-major), `centres`: keys × 3.
+    pub fn new(rows: &[f32], centres: &[f32], cols: usize) -> KeyPanels {
+        let keys = centres.len() / 3;
+        assert_eq!(rows.len(), keys * cols);
+        let n = keys.div_ceil(PANEL);
+        let mut panels = vec![0.0f32; n * cols * PANEL];
+        let mut cen = vec![0.0f32; n * 3 * PANEL];
+        for k in 0..keys {
+            let (p, j) = (k / PANEL, k % PANEL);
+            let row = &rows[k * cols..(k + 1) * cols];
+            let panel = &mut panels[p * cols * PANEL..(p + 1) * cols * PANEL];
+            for (c, &v) in row.iter().enumerate() {
+                panel[c * PANEL + j] = v;
+            }
+            for ch in 0..3 {
+                cen[p * 3 * PANEL + ch * PANEL + j] = centres[k * 3 + ch];
+            }
+        }
+        KeyPanels { cols, keys, panels, centres: cen }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.panels[p * self.cols * PANEL..(p + 1) * self.cols * PANEL]
+    }
+
+    fn panel_centres(&self, p: usize) -> &[f32] {
+        &self.centres[p * 3 * PANEL..(p + 1) * 3 * PANEL]
+    }
+}
+
+/// Softmax state of one query row: running maximum, per-lane sums of exp and of exp·centre.
+#[derive(Clone)]
+struct RowState {
+    max: f32,
+    sum: [f32; 16],
+    acc: [[f32; 16]; 3],
+    /// Best keys, best first (value, key); value −∞ where empty.
+    top: Vec<(f32, u32)>,
+}
+
+impl RowState {
+    fn new(k: usize) -> RowState {
+        RowState { max: f32::NEG_INFINITY, sum: [0.0; 16], acc: [[0.0; 16]; 3], top: vec![(f32::NEG_INFINITY, 0); k] }
+    }
+
+    /// Insert a candidate into the sorted top list (ties keep the earlier key, as arg-max does).
+    fn offer(&mut self, v: f32, key: u32) {
+        let k = self.top.len();
+        if k == 0 || !(v > self.top[k - 1].0) {
+            return;
+        }
+        let mut i = k - 1;
+        while i > 0 && v > self.top[i - 1].0 {
+            self.top[i] = self.top[i - 1];
+            i -= 1;
+        }
+        self.top[i] = (v, key);
+    }
+}
+
+/// Result: each query's x0 estimate (3 per query) and best keys (`k` per query, best first).
+pub struct Attention {
+    pub centres: Vec<f32>,
+    pub top: Vec<u32>,
+}
+
+/// Attention of `nq` query rows (`q`: nq × cols) over every key of `bank`, keeping each
+/// query's `k` best keys. Runs on the rayon pool, one task per 64 queries.
+pub fn attend(q: &[f32], nq: usize, bank: &KeyPanels, k: usize) -> Attention {
+    let cols = bank.cols;
+    assert_eq!(q.len(), nq * cols);
+    let k = k.min(bank.keys);
+    let mut centres = vec![0.0f32; nq * 3];
+    let mut top = vec![0u32; nq * k];
+    centres.par_chunks_mut(QUERY_BLOCK * 3).zip(top.par_chunks_mut((QUERY_BLOCK * k).max(1))).enumerate().for_each(
+        |(b, (cen_out, top_out))| {
+            let r0 = b * QUERY_BLOCK;
+            let rows = (nq - r0).min(QUERY_BLOCK);
+            let states = attend_block(&q[r0 * cols..(r0 + rows) * cols], rows, bank, k);
+            for (r, s) in states.iter().enumerate() {
+                let total: f32 = s.sum.iter().sum();
+                for ch in 0..3 {
+                    cen_out[r * 3 + ch] = s.acc[ch].iter().sum::<f32>() / total;
+                }
+                for (m, &(_, key)) in s.top.iter().enumerate() {
+                    top_out[r * k + m] = key;
+                }
+            }
+        },
+    );
+    if k == 0 {
+        top.clear();
+    }
+    Attention { centres, top }
+}
+
+fn attend_block(q: &[f32], rows: usize, bank: &KeyPanels, k: usize) -> Vec<RowState> {
+    let cols = bank.cols;
+    let groups = rows.div_ceil(ROWS);
+    // Queries padded to whole register blocks (the padding rows' results are dropped).
+    let mut qpad = vec![0.0f32; groups * ROWS * cols];
+    qpad[..rows * cols].copy_from_slice(q);
+    let mut states = vec![RowState::new(k); rows];
+    let mut tile = [0.0f32; ROWS * PANEL];
+    let kernel = Kernel::detect();
+    for p in 0..bank.keys.div_ceil(PANEL) {
+        let panel = bank.panel(p);
+        let cen = bank.panel_centres(p);
+        let valid = (bank.keys - p * PANEL).min(PANEL);
+        for g in 0..groups {
+            kernel.logits(&qpad[g * ROWS * cols..(g + 1) * ROWS * cols], cols, panel, &mut tile);
+            for r in 0..ROWS.min(rows - g * ROWS) {
+                let logits = &tile[r * PANEL..(r + 1) * PANEL];
+                kernel.update(&mut states[g * ROWS + r], logits, valid, cen, (p * PANEL) as u32);
+            }
+        }
+    }
+    states
+}
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// tile[r][j] = q_r · key_j for the 8 query rows and the panel's 32 keys.
+    fn logits(self, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+        assert!(q.len() >= ROWS * cols && panel.len() >= cols * PANEL);
+        match self {
+            // SAFETY: the CPU has the features (checked in `detect`); the slices are long
+            // enough (asserted above) for every load and store the kernels make.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::logits(q, cols, panel, tile) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { logits_avx2(q, cols, panel, tile) },
+            Kernel::Portable => logits_portable(q, cols, panel, tile),
+        }
+    }
+
+    fn update(self, s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; `logits` and `cen` hold PANEL and 3·PANEL values.
+            Kernel::Avx512 => unsafe { avx512::update(s, logits, valid, cen, first_key) },
+            _ => update_portable(s, logits, valid, cen, first_key),
+        }
+    }
+}
+
+#[inline(always)]
+fn logits_portable(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+    let mut acc = [[0.0f32; PANEL]; ROWS];
+    for c in 0..cols {
+        let kc: &[f32; PANEL] = panel[c * PANEL..(c + 1) * PANEL].try_into().expect("panel column");
+        for r in 0..ROWS {
+            let qv = q[r * cols + c];
+            for j in 0..PANEL {
+                acc[r][j] = qv.mul_add(kc[j], acc[r][j]);
+            }
+        }
+    }
+    for r in 0..ROWS {
+        tile[r * PANEL..(r + 1) * PANEL].copy_from_slice(&acc[r]);
+    }
+}
+
+/// The portable kernel compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn logits_avx2(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+    logits_portable(q, cols, panel, tile)
+}
+
+fn update_portable(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+    let m = logits[..valid].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if m > s.max {
+        let scale = (s.max - m).exp();
+        s.sum.iter_mut().for_each(|v| *v *= scale);
+        s.acc.iter_mut().flatten().for_each(|v| *v *= scale);
+        s.max = m;
+    }
+    for j in 0..valid {
+        let e = (logits[j] - s.max).exp();
+        s.sum[j % 16] += e;
+        for ch in 0..3 {
+            s.acc[ch][j % 16] += e * cen[ch * PANEL + j];
+        }
+        s.offer(logits[j], first_key + j as u32);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{PANEL, ROWS, RowState};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn logits(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+        let (qp, kp) = (q.as_ptr(), panel.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 2 * ROWS];
+        for c in 0..cols {
+            // SAFETY (all pointer reads): c < cols, the caller asserted q ≥ ROWS·cols and
+            // panel ≥ cols·PANEL values.
+            let (k0, k1) = unsafe { (_mm512_loadu_ps(kp.add(c * PANEL)), _mm512_loadu_ps(kp.add(c * PANEL + 16))) };
+            for r in 0..ROWS {
+                let b = _mm512_set1_ps(unsafe { *qp.add(r * cols + c) });
+                acc[2 * r] = _mm512_fmadd_ps(b, k0, acc[2 * r]);
+                acc[2 * r + 1] = _mm512_fmadd_ps(b, k1, acc[2 * r + 1]);
+            }
+        }
+        let out = tile.as_mut_ptr();
+        for r in 0..ROWS {
+            // SAFETY: tile holds ROWS·PANEL values.
+            unsafe {
+                _mm512_storeu_ps(out.add(r * PANEL), acc[2 * r]);
+                _mm512_storeu_ps(out.add(r * PANEL + 16), acc[2 * r + 1]);
+            }
+        }
+    }
+
+    /// e^x for x ≤ 0 (to float precision; below −87 the result is 0 or denormal-small).
+    #[target_feature(enable = "avx512f")]
+    fn exp_neg(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        // r = x − n·ln2 in two parts (Cody–Waite), |r| ≤ ln2/2.
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        // Degree-6 Taylor polynomial of e^r (error < 2e-7 on |r| ≤ 0.347).
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(p, n)
+    }
+
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f")]
+    pub fn exp_neg_for_tests(x: __m512) -> __m512 {
+        exp_neg(x)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn update(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+        // Lanes past `valid` (the last panel's padding) count as −∞.
+        let m0: __mmask16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
+        let m1: __mmask16 = if valid >= 32 {
+            0xFFFF
+        } else if valid <= 16 {
+            0
+        } else {
+            ((1u32 << (valid - 16)) - 1) as u16
+        };
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: logits has PANEL values, cen 3·PANEL.
+        let (l0, l1) = unsafe {
+            (_mm512_mask_loadu_ps(ninf, m0, logits.as_ptr()), _mm512_mask_loadu_ps(ninf, m1, logits.as_ptr().add(16)))
+        };
+        let m = _mm512_reduce_max_ps(_mm512_max_ps(l0, l1));
+        if m > s.max {
+            let scale = if s.max == f32::NEG_INFINITY { 0.0 } else { (s.max - m).exp() };
+            s.sum.iter_mut().for_each(|v| *v *= scale);
+            s.acc.iter_mut().flatten().for_each(|v| *v *= scale);
+            s.max = m;
+        }
+        let mv = _mm512_set1_ps(s.max);
+        let e0 = _mm512_maskz_mov_ps(m0, exp_neg(_mm512_sub_ps(l0, mv)));
+        let e1 = _mm512_maskz_mov_ps(m1, exp_neg(_mm512_sub_ps(l1, mv)));
+        // SAFETY: sum and acc are [f32; 16] each; cen holds 3·PANEL values.
+        unsafe {
+            let sp = s.sum.as_mut_ptr();
+            _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), _mm512_add_ps(e0, e1)));
+            for ch in 0..3 {
+                let ap = s.acc[ch].as_mut_ptr();
+                let c0 = _mm512_loadu_ps(cen.as_ptr().add(ch * PANEL));
+                let c1 = _mm512_loadu_ps(cen.as_ptr().add(ch * PANEL + 16));
+                let a = _mm512_fmadd_ps(e1, c1, _mm512_fmadd_ps(e0, c0, _mm512_loadu_ps(ap)));
+                _mm512_storeu_ps(ap, a);
+            }
+        }
+        // Best keys: only logits above the current k-th best need the scalar insertion.
+        if let Some(&(floor, _)) = s.top.last() {
+            let fv = _mm512_set1_ps(floor);
+            let hits = (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(l0, fv) as u32)
+                | ((_mm512_cmp_ps_mask::<_CMP_GT_OQ>(l1, fv) as u32) << 16);
+            let mut bits = hits;
+            while bits != 0 {
+                let j = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                s.offer(logits[j], first_key + j as u32);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Direct computation: full logits row, softmax, weighted centres, top-k by sorting.
+    fn direct(q: &[f32], nq: usize, keys: &[f32], cen: &[f32], cols: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+        let nk = cen.len() / 3;
+        let (mut out, mut top) = (vec![0.0f32; nq * 3], Vec::new());
+        for i in 0..nq {
+            let l: Vec<f64> =
+                (0..nk).map(|j| (0..cols).map(|c| q[i * cols + c] as f64 * keys[j * cols + c] as f64).sum()).collect();
+            let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for ch in 0..3 {
+                out[i * 3 + ch] =
+                    (e.iter().enumerate().map(|(j, w)| w * cen[j * 3 + ch] as f64).sum::<f64>() / z) as f32;
+            }
+            let mut order: Vec<usize> = (0..nk).collect();
+            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+            top.extend(order[..k].iter().map(|&j| j as u32));
+        }
+        (out, top)
+    }
+
+    fn random(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.range_f32(-scale, scale)).collect()
+    }
+
+    fn check(kernel: Kernel) {
+        let mut rng = Rng::new(5);
+        // Sizes that leave partial register blocks, query blocks and panels.
+        let (nq, nk, cols, k) = (77, 101, 13, 4);
+        let q = random(nq * cols, 1.0, &mut rng);
+        let keys = random(nk * cols, 1.0, &mut rng);
+        let cen = random(nk * 3, 1.0, &mut rng);
+        let bank = KeyPanels::new(&keys, &cen, cols);
+        let (want, want_top) = direct(&q, nq, &keys, &cen, cols, k);
+        let mut got = vec![0.0f32; nq * 3];
+        let mut got_top = vec![0u32; nq * k];
+        let mut tile = [0.0f32; ROWS * PANEL];
+        for g in 0..nq.div_ceil(ROWS) {
+            let rows = (nq - g * ROWS).min(ROWS);
+            let mut qpad = vec![0.0f32; ROWS * cols];
+            qpad[..rows * cols].copy_from_slice(&q[g * ROWS * cols..(g * ROWS + rows) * cols]);
+            let mut states = vec![RowState::new(k); rows];
+            for p in 0..nk.div_ceil(PANEL) {
+                kernel.logits(&qpad, cols, bank.panel(p), &mut tile);
+                for (r, s) in states.iter_mut().enumerate() {
+                    let valid = (nk - p * PANEL).min(PANEL);
+                    kernel.update(
+                        s,
+                        &tile[r * PANEL..(r + 1) * PANEL],
+                        valid,
+                        bank.panel_centres(p),
+                        (p * PANEL) as u32,
+                    );
+                }
+            }
+            for (r, s) in states.iter().enumerate() {
+                let i = g * ROWS + r;
+                let z: f32 = s.sum.iter().sum();
+                for ch in 0..3 {
+                    got[i * 3 + ch] = s.acc[ch].iter().sum::<f32>() / z;
+                }
+                for m in 0..k {
+                    got_top[i * k + m] = s.top[m].1;
+                }
+            }
+        }
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert_eq!(got_top, want_top);
+    }
+
+    #[test]
+    fn every_kernel_matches_the_direct_computation() {
+        check(Kernel::Portable);
+        let detected = Kernel::detect();
+        check(detected);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            check(Kernel::Avx2);
+        }
+    }
+
+    #[test]
+    fn attend_matches_the_direct_computation_with_peaked_weights() {
+        // Large logits (sharp softmax) exercise the running-maximum rescaling.
+        let mut rng = Rng::new(9);
+        let (nq, nk, cols, k) = (130, 333, 21, 4);
+        let q = random(nq * cols, 3.0, &mut rng);
+        let keys = random(nk * cols, 3.0, &mut rng);
+        let cen = random(nk * 3, 1.0, &mut rng);
+        let bank = KeyPanels::new(&keys, &cen, cols);
+        let got = attend(&q, nq, &bank, k);
+        let (want, want_top) = direct(&q, nq, &keys, &cen, cols, k);
+        for (a, b) in got.centres.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        assert_eq!(got.top, want_top);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_accurate() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (0..1600).map(|i| -(i as f32) * 0.055).collect();
+        for chunk in xs.chunks(16) {
+            let mut out = [0.0f32; 16];
+            // SAFETY: AVX-512 checked above; chunk and out hold 16 values.
+            unsafe {
+                let v = _mm512_loadu_ps(chunk.as_ptr());
+                _mm512_storeu_ps(out.as_mut_ptr(), avx512_exp(v));
+            }
+            for (x, e) in chunk.iter().zip(out) {
+                let want = x.exp();
+                assert!((e - want).abs() <= 3e-7 * want.max(1e-30) + 1e-37, "exp({x}) = {e}, want {want}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn avx512_exp(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        super::avx512::exp_neg_for_tests(v)
+    }
+}

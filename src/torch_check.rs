@@ -1,0 +1,266 @@
+//! `realfill torch-check DIR`: does realfill's scene model compute the same function as the
+//! PyTorch reference (bench/torch_reference.py)? DIR holds `weights.safetensors` (PyTorch
+//! names and layouts, loaded here with burn-store's PyTorch adapter) and `check.safetensors`
+//! (a batch, PyTorch's forward output, its learning loss, and its output after one learning
+//! step). With `--time`, also times realfill's learning and sampling steps on the same network
+//! so that the script can print the ratio to PyTorch's.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use clap::Args;
+
+use crate::diffusion::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+#[derive(Args, Debug, Clone)]
+pub struct TorchCheckArgs {
+    /// Folder written by bench/torch_reference.py.
+    pub dir: PathBuf,
+    /// Also time the learning and sampling steps (prints a JSON line last).
+    #[arg(long)]
+    pub time: bool,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub crop: usize,
+    #[arg(long, default_value_t = 384)]
+    pub width: usize,
+    #[arg(long, default_value_t = 288)]
+    pub height: usize,
+}
+
+/// Largest differences between realfill and PyTorch, each relative to the reference's scale.
+#[derive(Debug)]
+pub struct Agreement {
+    pub forward: f32,
+    pub loss: f32,
+    pub after_step: f32,
+}
+
+/// Relative tolerance: float32 convolutions summed in different orders differ by ~1e-6
+/// relative; a wrong layer (transposed weight, other padding, missing bias) by ~1e-1.
+pub const TOLERANCE: f32 = 1e-4;
+
+impl Agreement {
+    pub fn passes(&self) -> bool {
+        self.forward <= TOLERANCE && self.loss <= TOLERANCE && self.after_step <= 10.0 * TOLERANCE
+    }
+}
+
+struct Checked {
+    tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    spec: UNetSpec,
+    lr: f64,
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: {what}", path.display()))
+}
+
+fn read_check(path: &Path) -> Result<Checked> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, e))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let field = |k: &str| meta.get(k).ok_or_else(|| bad(path, format!("metadata has no \"{k}\"")));
+    let channels = field("channels")?
+        .split(',')
+        .map(|c| c.trim().parse::<usize>().map_err(|e| bad(path, format!("channels: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let emb_dim = field("emb_dim")?.parse().map_err(|e| bad(path, format!("emb_dim: {e}")))?;
+    let lr = field("lr")?.parse().map_err(|e| bad(path, format!("lr: {e}")))?;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+        }
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(Checked { tensors, spec: UNetSpec { channels, emb_dim }, lr })
+}
+
+fn tensor<const D: usize>(c: &Checked, name: &str, device: &Device) -> Result<Tensor<D>> {
+    let (shape, data) = c.tensors.get(name).ok_or_else(|| Error::Invalid(format!("check file has no \"{name}\"")))?;
+    let shape: [usize; D] =
+        shape.clone().try_into().map_err(|_| Error::Invalid(format!("\"{name}\" is not {D}-dimensional")))?;
+    Ok(Tensor::from_data(TensorData::new(data.clone(), shape), device))
+}
+
+/// Load PyTorch's weights into a fresh realfill UNet; every tensor must be used and none missing.
+pub fn load_torch_weights(spec: &UNetSpec, path: &Path, device: &Device) -> Result<UNet> {
+    let mut model = UNet::new(spec, device);
+    let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
+    let r = model.load_from(&mut store).map_err(|e| bad(path, e))?;
+    if !r.missing.is_empty() || !r.unused.is_empty() || !r.errors.is_empty() {
+        return Err(bad(
+            path,
+            format!(
+                "weights do not match the network: missing {:?}, unused {:?}, errors {:?}",
+                r.missing, r.unused, r.errors
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+fn max_rel_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    let scale: f32 = b.clone().abs().max().into_scalar();
+    let diff: f32 = (a - b).abs().max().into_scalar();
+    diff / scale.max(1e-6)
+}
+
+fn weighted_loss(pred: Tensor<4>, residual: Tensor<4>, weight: Tensor<4>) -> Tensor<1> {
+    // Exactly train::learn's loss.
+    let d = pred - residual;
+    let wsum = weight.clone().sum().add_scalar(1e-6);
+    (d.clone() * d * weight).sum().div(wsum)
+}
+
+fn optimizer() -> burn::optim::ModuleOptimizer {
+    // Exactly train::learn's optimiser.
+    AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0))).init()
+}
+
+/// Compare realfill with PyTorch on the files in `dir`.
+pub fn check(dir: &Path) -> Result<(Agreement, UNetSpec)> {
+    let device = Device::flex().autodiff();
+    let c = read_check(&dir.join("check.safetensors"))?;
+    let model = load_torch_weights(&c.spec, &dir.join("weights.safetensors"), &device)?;
+    let x = tensor::<4>(&c, "x", &device)?;
+    let t = tensor::<2>(&c, "time", &device)?;
+    let y = tensor::<4>(&c, "y", &device)?;
+    let forward = max_rel_diff(model.forward(x.clone(), t.clone()), y);
+    let pred = model.forward(x.clone(), t.clone());
+    let loss = weighted_loss(pred, tensor::<4>(&c, "residual", &device)?, tensor::<4>(&c, "weight", &device)?);
+    let loss_value: f32 = loss.clone().into_scalar();
+    let torch_loss = c.tensors.get("loss").map_or(f32::NAN, |(_, v)| v[0]);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optimizer().step(c.lr, model, grads);
+    let after_step = max_rel_diff(model.forward(x, t), tensor::<4>(&c, "y_after", &device)?);
+    let agreement =
+        Agreement { forward, loss: (loss_value - torch_loss).abs() / torch_loss.abs().max(1e-6), after_step };
+    Ok((agreement, c.spec))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Learning step (batch of crops: forward, backward, clipping, Adam) and sampling step (one
+/// forward at width×height, read back), medians in ms, on the weights in `dir`.
+fn time_steps(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let mut model = load_torch_weights(spec, &a.dir.join("weights.safetensors"), &ad)?;
+    let mut optim = optimizer();
+    let mut rng = Rng::new(2);
+    let (n, c) = (a.batch, a.crop);
+    let mut learn = Vec::new();
+    for i in 0..a.repeats + 2 {
+        let input = rng.normals(n * IN_CHANNELS * c * c);
+        let residual = rng.normals(n * 3 * c * c);
+        let weight = vec![1.0f32; n * 3 * c * c];
+        let time = crate::diffusion::unet::time_features(&(0..n).map(|k| 100 * k).collect::<Vec<_>>());
+        let t0 = Instant::now();
+        let x = Tensor::<4>::from_data(TensorData::new(input, [n, IN_CHANNELS, c, c]), &ad);
+        let r = Tensor::<4>::from_data(TensorData::new(residual, [n, 3, c, c]), &ad);
+        let w = Tensor::<4>::from_data(TensorData::new(weight, [n, 3, c, c]), &ad);
+        let t = Tensor::<2>::from_data(TensorData::new(time, [n, TIME_FEATURES]), &ad);
+        let loss = weighted_loss(model.forward(x, t), r, w);
+        let _: f32 = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        if i >= 2 {
+            learn.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let inference = model.valid();
+    let (w, h) = (a.width, a.height);
+    let input = rng.normals(IN_CHANNELS * w * h);
+    let time = crate::diffusion::unet::time_features(&[500]);
+    let mut sample = Vec::new();
+    for i in 0..a.repeats + 1 {
+        let t0 = Instant::now();
+        let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, IN_CHANNELS, h, w]), &device);
+        let t = Tensor::<2>::from_data(TensorData::new(time.clone(), [1, TIME_FEATURES]), &device);
+        let y = inference.forward(x, t).into_data();
+        std::hint::black_box(y);
+        if i >= 1 {
+            sample.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(learn) * 1e3, median(sample) * 1e3))
+}
+
+pub fn run(a: &TorchCheckArgs) -> Result<()> {
+    let (agreement, spec) = check(&a.dir)?;
+    println!(
+        "realfill vs PyTorch, network {:?} emb {}: forward {:.2e}, loss {:.2e}, after one learning step {:.2e} \
+         (largest difference relative to PyTorch's largest value; tolerance {:.0e})",
+        spec.channels, spec.emb_dim, agreement.forward, agreement.loss, agreement.after_step, TOLERANCE
+    );
+    if !agreement.passes() {
+        return Err(Error::Engine("realfill and PyTorch compute different functions".into()));
+    }
+    println!("equivalence check passed");
+    if a.time {
+        let (learn_ms, sample_ms) = time_steps(a, &spec)?;
+        println!(
+            "{}",
+            serde_json::json!({"learn_ms": learn_ms, "sample_ms": sample_ms, "threads": crate::engine::device::cpu_threads()})
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_reference")
+    }
+
+    /// The fixture was written by `bench/torch_reference.sh --fixture tests/fixtures/torch_reference`
+    /// (a small network of the same architecture, PyTorch 2.9.1).
+    #[test]
+    fn realfill_computes_what_pytorch_computes() {
+        let (a, spec) = check(&fixture()).unwrap();
+        assert_eq!(spec.channels, vec![8, 16]);
+        assert!(a.passes(), "{a:?}");
+    }
+
+    #[test]
+    fn a_wrong_network_is_noticed() {
+        // The same weights loaded into a network that differs in one place (the skip
+        // connection missing from the first up block) must not load silently.
+        let device = Device::flex();
+        let spec = UNetSpec { channels: vec![8, 16, 32], emb_dim: 16 };
+        let err = load_torch_weights(&spec, &fixture().join("weights.safetensors"), &device).unwrap_err();
+        assert!(err.to_string().contains("weights.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn other_weights_fail_the_check() {
+        // The comparison must be able to fail: the same network with its own random weights.
+        let device = Device::flex();
+        let c = read_check(&fixture().join("check.safetensors")).unwrap();
+        let x = tensor::<4>(&c, "x", &device).unwrap();
+        let t = tensor::<2>(&c, "time", &device).unwrap();
+        let y = tensor::<4>(&c, "y", &device).unwrap();
+        let loaded = load_torch_weights(&c.spec, &fixture().join("weights.safetensors"), &device).unwrap();
+        assert!(max_rel_diff(loaded.forward(x.clone(), t.clone()), y.clone()) <= TOLERANCE);
+        let other = UNet::new(&c.spec, &device);
+        let d = max_rel_diff(other.forward(x, t), y);
+        assert!(d > 100.0 * TOLERANCE, "{d}");
+    }
+}
