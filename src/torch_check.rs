@@ -34,6 +34,9 @@ pub struct TorchCheckArgs {
     pub width: usize,
     #[arg(long, default_value_t = 288)]
     pub height: usize,
+    /// Time only the CPU network (skip burn's steps; for profiling).
+    #[arg(long)]
+    pub cpu_only: bool,
 }
 
 /// Largest differences between realfill and PyTorch, each relative to the reference's scale.
@@ -129,11 +132,46 @@ fn optimizer() -> burn::optim::ModuleOptimizer {
     AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(1.0))).init()
 }
 
+/// Which implementation of the scene model to compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// burn's UNet with autodiff and burn's Adam (every backend).
+    Burn,
+    /// The hand-written CPU network (`diffusion::cpu_unet`), used on the CPU backend.
+    Cpu,
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale.max(1e-6)
+}
+
 /// Compare realfill with PyTorch on the files in `dir`.
-pub fn check(dir: &Path) -> Result<(Agreement, UNetSpec)> {
+pub fn check(dir: &Path, which: Implementation) -> Result<(Agreement, UNetSpec)> {
     let device = Device::flex().autodiff();
     let c = read_check(&dir.join("check.safetensors"))?;
     let model = load_torch_weights(&c.spec, &dir.join("weights.safetensors"), &device)?;
+    let torch_loss = c.tensors.get("loss").map_or(f32::NAN, |(_, v)| v[0]);
+    let loss_diff = |l: f32| (l - torch_loss).abs() / torch_loss.abs().max(1e-6);
+    if which == Implementation::Cpu {
+        use crate::diffusion::cpu_unet::{CpuUNet, Learner, params_of};
+        let get = |name: &str| {
+            c.tensors
+                .get(name)
+                .map(|(s, v)| (s.clone(), v.clone()))
+                .ok_or_else(|| Error::Invalid(format!("check file has no \"{name}\"")))
+        };
+        let ((xs, x), (_, t), (_, y), (_, r), (_, w), (_, ya)) =
+            (get("x")?, get("time")?, get("y")?, get("residual")?, get("weight")?, get("y_after")?);
+        let (n, h, wd) = (xs[0], xs[2], xs[3]);
+        let params = params_of(&model)?;
+        let forward = rel(&CpuUNet::new(&c.spec, &params, false).forward(&params, &x, &t, n, h, wd), &y);
+        let mut learner = Learner::new(&c.spec, params);
+        let loss = learner.step(&x, &t, &r, &w, n, h, wd, c.lr);
+        let after = CpuUNet::new(&c.spec, &learner.params, false).forward(&learner.params, &x, &t, n, h, wd);
+        let agreement = Agreement { forward, loss: loss_diff(loss), after_step: rel(&after, &ya) };
+        return Ok((agreement, c.spec));
+    }
     let x = tensor::<4>(&c, "x", &device)?;
     let t = tensor::<2>(&c, "time", &device)?;
     let y = tensor::<4>(&c, "y", &device)?;
@@ -141,12 +179,10 @@ pub fn check(dir: &Path) -> Result<(Agreement, UNetSpec)> {
     let pred = model.forward(x.clone(), t.clone());
     let loss = weighted_loss(pred, tensor::<4>(&c, "residual", &device)?, tensor::<4>(&c, "weight", &device)?);
     let loss_value: f32 = loss.clone().into_scalar();
-    let torch_loss = c.tensors.get("loss").map_or(f32::NAN, |(_, v)| v[0]);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optimizer().step(c.lr, model, grads);
     let after_step = max_rel_diff(model.forward(x, t), tensor::<4>(&c, "y_after", &device)?);
-    let agreement =
-        Agreement { forward, loss: (loss_value - torch_loss).abs() / torch_loss.abs().max(1e-6), after_step };
+    let agreement = Agreement { forward, loss: loss_diff(loss_value), after_step };
     Ok((agreement, c.spec))
 }
 
@@ -201,22 +237,65 @@ fn time_steps(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     Ok((median(learn) * 1e3, median(sample) * 1e3))
 }
 
+/// The same two steps on the hand-written CPU network (what the CPU backend runs).
+fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
+    use crate::diffusion::cpu_unet::{CpuUNet, Learner, params_of};
+    let model = load_torch_weights(spec, &a.dir.join("weights.safetensors"), &Device::flex())?;
+    let mut learner = Learner::new(spec, params_of(&model)?);
+    let mut rng = Rng::new(2);
+    let (n, c) = (a.batch, a.crop);
+    let mut learn = Vec::new();
+    for i in 0..a.repeats + 2 {
+        let input = rng.normals(n * IN_CHANNELS * c * c);
+        let residual = rng.normals(n * 3 * c * c);
+        let weight = vec![1.0f32; n * 3 * c * c];
+        let time = crate::diffusion::unet::time_features(&(0..n).map(|k| 100 * k).collect::<Vec<_>>());
+        let t0 = Instant::now();
+        learner.step(&input, &time, &residual, &weight, n, c, c, 1e-4);
+        if i >= 2 {
+            learn.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let (w, h) = (a.width, a.height);
+    let input = rng.normals(IN_CHANNELS * w * h);
+    let time = crate::diffusion::unet::time_features(&[500]);
+    let mut sample = Vec::new();
+    for i in 0..a.repeats + 1 {
+        let t0 = Instant::now();
+        // Weights packed per call, as a sampling step after learning does once per fill.
+        let net = CpuUNet::new(spec, &learner.params, false);
+        std::hint::black_box(net.forward(&learner.params, &input, &time, 1, h, w));
+        if i >= 1 {
+            sample.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    crate::diffusion::cpu_unet::profile::report();
+    Ok((median(learn) * 1e3, median(sample) * 1e3))
+}
+
 pub fn run(a: &TorchCheckArgs) -> Result<()> {
-    let (agreement, spec) = check(&a.dir)?;
-    println!(
-        "realfill vs PyTorch, network {:?} emb {}: forward {:.2e}, loss {:.2e}, after one learning step {:.2e} \
-         (largest difference relative to PyTorch's largest value; tolerance {:.0e})",
-        spec.channels, spec.emb_dim, agreement.forward, agreement.loss, agreement.after_step, TOLERANCE
-    );
-    if !agreement.passes() {
-        return Err(Error::Engine("realfill and PyTorch compute different functions".into()));
+    let mut spec = None;
+    for which in [Implementation::Burn, Implementation::Cpu] {
+        let (agreement, s) = check(&a.dir, which)?;
+        println!(
+            "{which:?} vs PyTorch, network {:?} emb {}: forward {:.2e}, loss {:.2e}, after one learning step {:.2e} \
+             (largest difference relative to PyTorch's largest value; tolerance {:.0e})",
+            s.channels, s.emb_dim, agreement.forward, agreement.loss, agreement.after_step, TOLERANCE
+        );
+        if !agreement.passes() {
+            return Err(Error::Engine(format!("realfill ({which:?}) and PyTorch compute different functions")));
+        }
+        spec = Some(s);
     }
     println!("equivalence check passed");
+    let spec = spec.expect("checked");
     if a.time {
-        let (learn_ms, sample_ms) = time_steps(a, &spec)?;
+        let (burn_learn, burn_sample) = if a.cpu_only { (f64::NAN, f64::NAN) } else { time_steps(a, &spec)? };
+        let (learn_ms, sample_ms) = time_steps_cpu(a, &spec)?;
         println!(
             "{}",
-            serde_json::json!({"learn_ms": learn_ms, "sample_ms": sample_ms, "threads": crate::engine::device::cpu_threads()})
+            serde_json::json!({"learn_ms": learn_ms, "sample_ms": sample_ms, "burn_learn_ms": burn_learn,
+                "burn_sample_ms": burn_sample, "threads": crate::engine::device::cpu_threads()})
         );
     }
     Ok(())
@@ -234,9 +313,11 @@ mod tests {
     /// (a small network of the same architecture, PyTorch 2.9.1).
     #[test]
     fn realfill_computes_what_pytorch_computes() {
-        let (a, spec) = check(&fixture()).unwrap();
-        assert_eq!(spec.channels, vec![8, 16]);
-        assert!(a.passes(), "{a:?}");
+        for which in [Implementation::Burn, Implementation::Cpu] {
+            let (a, spec) = check(&fixture(), which).unwrap();
+            assert_eq!(spec.channels, vec![8, 16]);
+            assert!(a.passes(), "{which:?}: {a:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod attention_cpu;
 pub mod checkpoint;
+pub mod cpu_unet;
 pub mod masks;
 pub mod patch;
 pub mod sampler;

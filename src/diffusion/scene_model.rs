@@ -8,6 +8,8 @@ use crate::error::Result;
 
 pub struct SceneDenoiser {
     model: UNet,
+    /// On the CPU backend: the same network on the hand-written kernels (`cpu_unet`).
+    cpu: Option<super::cpu_unet::CpuSampler>,
     device: Device,
     /// The last condition and its 8 channels on the device: uploaded once per fill, not per step.
     uploaded: Option<(Condition, Tensor<4>)>,
@@ -15,7 +17,9 @@ pub struct SceneDenoiser {
 
 impl SceneDenoiser {
     pub fn new(model: UNet, device: Device) -> Self {
-        SceneDenoiser { model, device, uploaded: None }
+        // Falls back to burn if the weights cannot be exported (never expected).
+        let cpu = if super::cpu_unet::serves(&device) { super::cpu_unet::CpuSampler::new(&model).ok() } else { None };
+        SceneDenoiser { model, cpu, device, uploaded: None }
     }
 
     fn cond_tensor(&mut self, cond: &Condition) -> Tensor<4> {
@@ -39,6 +43,17 @@ impl SceneDenoiser {
 impl Denoiser for SceneDenoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>> {
         let (h, w) = (cond.height, cond.width);
+        if let Some(cpu) = &self.cpu {
+            // Same channel order as `cond_tensor`: x_t, mask, known, guide, guide validity.
+            let mut input = Vec::with_capacity(IN_CHANNELS * h * w);
+            input.extend_from_slice(x_t);
+            input.extend_from_slice(&cond.mask);
+            input.extend_from_slice(&cond.known);
+            input.extend_from_slice(&cond.guide);
+            input.extend_from_slice(&cond.guide_valid);
+            let r = cpu.forward(&input, &time_features(&[t]), 1, h, w);
+            return Ok(r.iter().zip(&cond.guide).map(|(r, g)| r + g).collect());
+        }
         let c = self.cond_tensor(cond);
         let x = Tensor::<4>::from_data(TensorData::new(x_t.to_vec(), [1, 3, h, w]), &self.device);
         let input = Tensor::cat(vec![x, c], 1);

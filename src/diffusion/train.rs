@@ -157,6 +157,9 @@ pub fn learn(
     if sources.is_empty() {
         return Err(Error::Invalid("nothing to learn from".into()));
     }
+    if super::cpu_unet::serves(device) {
+        return learn_cpu(model, sources, settings, on_step, cancelled);
+    }
     let schedule = Schedule::default();
     let mut rng = Rng::new(settings.seed ^ 0x5EED);
     let mut optim =
@@ -184,6 +187,35 @@ pub fn learn(
         on_step(step + 1, settings.steps, loss_value);
     }
     Ok(model)
+}
+
+/// `learn` on the CPU backend: the same batches, loss and optimiser on the hand-written
+/// network (`cpu_unet`, ≈ 3× faster than burn's CPU path), weights handed back to burn.
+fn learn_cpu(
+    model: UNet,
+    sources: &[TrainingSource],
+    settings: &LearnSettings,
+    on_step: &mut dyn FnMut(usize, usize, f32),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<UNet> {
+    use super::cpu_unet::{Learner, load_params, params_of, spec_of};
+    let schedule = Schedule::default();
+    let mut rng = Rng::new(settings.seed ^ 0x5EED);
+    let params = params_of(&model)?;
+    let mut learner = Learner::new(&spec_of(&params), params);
+    for step in 0..settings.steps {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let b = make_batch(sources, &schedule, settings.batch, settings.crop, &mut rng);
+        let loss =
+            learner.step(&b.input, &b.time, &b.residual, &b.weight, b.batch, b.size, b.size, lr_at(settings, step));
+        if !loss.is_finite() {
+            return Err(Error::Engine(format!("learning diverged at step {step} (loss {loss})")));
+        }
+        on_step(step + 1, settings.steps, loss);
+    }
+    load_params(model, &learner.params)
 }
 
 #[cfg(test)]

@@ -1,0 +1,488 @@
+//! Convolutions on padded grids: one direct kernel for every "same" convolution (3×3, 1×1,
+//! the 2×2 form of a stride-2 3×3 after space-to-depth) and for every input gradient (the
+//! same kernel with flipped taps and swapped channels); weight gradients are matrix products
+//! per tap (`gemm`).
+//!
+//! The kernel keeps a register block of 12 positions × 32 output channels (24 AVX-512
+//! accumulators) and streams taps × input channels through it: one broadcast per position
+//! and two weight vectors per input channel — 24 FMAs per 14 loads. Outputs are written once.
+
+use rayon::prelude::*;
+
+use super::grid::Grid;
+
+/// Positions per register block with two vectors of output channels (28 accumulators) and
+/// with one (24); the longer block is also the shortest range the vector path takes.
+const R2: usize = 14;
+const R1: usize = 24;
+const R: usize = if R1 > R2 { R1 } else { R2 };
+
+/// Convolution weights packed for the kernel: taps × cin × cout_pad, with tap offsets (dy, dx).
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub taps: Vec<(isize, isize)>,
+    pub cin: usize,
+    pub cout: usize,
+    /// cout rounded up to 16 (one vector).
+    pub cout_pad: usize,
+    pub w: Vec<f32>,
+}
+
+impl Packed {
+    /// From the [cout, cin, k, k] layout (burn and PyTorch) of a stride-1 convolution with
+    /// padding k/2 (k = 1 or 3).
+    pub fn from_oihw(w: &[f32], cout: usize, cin: usize, k: usize) -> Packed {
+        let r = (k / 2) as isize;
+        let taps: Vec<(isize, isize)> =
+            (0..k as isize).flat_map(|dy| (0..k as isize).map(move |dx| (dy - r, dx - r))).collect();
+        let cout_pad = cout.div_ceil(16) * 16;
+        let mut out = vec![0.0f32; k * k * cin * cout_pad];
+        for o in 0..cout {
+            for i in 0..cin {
+                for t in 0..k * k {
+                    out[(t * cin + i) * cout_pad + o] = w[(o * cin + i) * k * k + t];
+                }
+            }
+        }
+        Packed { taps, cin, cout, cout_pad, w: out }
+    }
+
+    /// A stride-2 3×3 convolution (padding 1) as a 2×2 convolution over the space-to-depth
+    /// grid (4·cin channels ordered (py, px, c)): input row 2y+dy−1 is s2d row y+⌊(dy−1)/2⌋,
+    /// parity (dy−1) mod 2.
+    pub fn from_oihw_stride2(w: &[f32], cout: usize, cin: usize) -> Packed {
+        let taps = vec![(-1, -1), (-1, 0), (0, -1), (0, 0)];
+        let cin4 = 4 * cin;
+        let cout_pad = cout.div_ceil(16) * 16;
+        let mut out = vec![0.0f32; 4 * cin4 * cout_pad];
+        let split = |d: isize| -> (isize, usize) { ((d - 1).div_euclid(2), (d - 1).rem_euclid(2) as usize) };
+        for o in 0..cout {
+            for i in 0..cin {
+                for dy in 0..3isize {
+                    for dx in 0..3isize {
+                        let ((ty, py), (tx, px)) = (split(dy), split(dx));
+                        let t = taps.iter().position(|&p| p == (ty, tx)).expect("tap");
+                        let ch = (py * 2 + px) * cin + i;
+                        out[(t * cin4 + ch) * cout_pad + o] = w[((o * cin + i) * 3 + dy as usize) * 3 + dx as usize];
+                    }
+                }
+            }
+        }
+        Packed { taps, cin: cin4, cout, cout_pad, w: out }
+    }
+
+    /// Weights of the input gradient: dx = conv(dy) with taps negated and channels swapped.
+    pub fn transposed(&self) -> Packed {
+        let (cin, cout) = (self.cout, self.cin);
+        let cout_pad = cout.div_ceil(16) * 16;
+        let nt = self.taps.len();
+        let mut w = vec![0.0f32; nt * cin * cout_pad];
+        for t in 0..nt {
+            for i in 0..self.cin {
+                for o in 0..self.cout {
+                    w[(t * cin + o) * cout_pad + i] = self.w[(t * self.cin + i) * self.cout_pad + o];
+                }
+            }
+        }
+        let taps = self.taps.iter().map(|&(dy, dx)| (-dy, -dx)).collect();
+        Packed { taps, cin, cout, cout_pad, w }
+    }
+
+    /// The gradient of the packed weights back in [cout, cin, k, k] (stride-1 forms).
+    pub fn grad_to_oihw(dw: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; cout * cin * k * k];
+        for o in 0..cout {
+            for i in 0..cin {
+                for t in 0..k * k {
+                    out[(o * cin + i) * k * k + t] = dw[(t * cin + i) * cout + o];
+                }
+            }
+        }
+        out
+    }
+
+    /// The gradient of `from_oihw_stride2`'s packed weights back in [cout, cin, 3, 3].
+    pub fn grad_to_oihw_stride2(dw: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        let taps = [(-1isize, -1isize), (-1, 0), (0, -1), (0, 0)];
+        let cin4 = 4 * cin;
+        let split = |d: isize| -> (isize, usize) { ((d - 1).div_euclid(2), (d - 1).rem_euclid(2) as usize) };
+        let mut out = vec![0.0f32; cout * cin * 9];
+        for o in 0..cout {
+            for i in 0..cin {
+                for dy in 0..3isize {
+                    for dx in 0..3isize {
+                        let ((ty, py), (tx, px)) = (split(dy), split(dx));
+                        let t = taps.iter().position(|&p| p == (ty, tx)).expect("tap");
+                        let ch = (py * 2 + px) * cin + i;
+                        out[((o * cin + i) * 3 + dy as usize) * 3 + dx as usize] = dw[(t * cin4 + ch) * cout + o];
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint position ranges of the output.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// out = conv(x) + bias (bias: n × cout, one row per image). Same geometry as x, cout channels,
+/// border zero.
+pub fn conv(x: &Grid, p: &Packed, bias: &[f32]) -> Grid {
+    assert_eq!(x.c, p.cin, "input channels");
+    assert_eq!(bias.len(), x.n * p.cout, "bias per image");
+    let mut out = Grid::zeros(x.n, x.h, x.w, p.cout);
+    let wp = x.wp() as isize;
+    let offs: Vec<isize> = p.taps.iter().map(|&(dy, dx)| (dy * wp + dx) * p.cin as isize).collect();
+    let rows_per_task = ((R + 2).div_ceil(x.wp())).max((x.n * x.h).div_ceil(8 * rayon::current_num_threads()));
+    let tasks: Vec<(usize, usize, usize)> = (0..x.n)
+        .flat_map(|b| {
+            let (s, _) = x.rows_range(b);
+            (0..x.h).step_by(rows_per_task).map(move |y| (b, s + y * (x.w + 2), (x.h - y).min(rows_per_task)))
+        })
+        .collect();
+    let outp = SendPtr(out.data.as_mut_ptr());
+    let kernel = Kernel::detect();
+    tasks.par_iter().for_each(|&(b, start, rows)| {
+        let outp = outp;
+        // Skip the range's first and last positions (the left border of its first row, the
+        // right border of its last): garbage anyway, and their outer taps would leave the image.
+        let (start, len) = (start + 1, rows * x.wp() - 2);
+        let bias_b = &bias[b * p.cout..(b + 1) * p.cout];
+        let mut bias_pad = vec![0.0f32; p.cout_pad];
+        bias_pad[..p.cout].copy_from_slice(bias_b);
+        // SAFETY: [start, start+len) lies inside image b's rows; every tap offset stays inside
+        // the image's padded rows; tasks write disjoint ranges.
+        unsafe { kernel.run(x, p, &offs, &bias_pad, outp.0, start, len) };
+    });
+    out.zero_side_borders();
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+
+    /// Positions [start, start+len) of the output, all output channels.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(self, x: &Grid, p: &Packed, offs: &[isize], bias: &[f32], out: *mut f32, start: usize, len: usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if len >= R => {
+                let mut co = 0;
+                while co < p.cout_pad {
+                    let two = co + 32 <= p.cout_pad;
+                    let rows = if two { R2 } else { R1 };
+                    let mut q = start;
+                    loop {
+                        let q0 = q.min(start + len - rows);
+                        // SAFETY: forwarded from `conv`.
+                        unsafe {
+                            if two {
+                                avx512::block::<2, R2>(x.data.as_ptr(), p, offs, bias, out, q0, co)
+                            } else {
+                                avx512::block::<1, R1>(x.data.as_ptr(), p, offs, bias, out, q0, co)
+                            }
+                        }
+                        q += rows;
+                        if q >= start + len {
+                            break;
+                        }
+                    }
+                    co += if two { 32 } else { 16 };
+                }
+            }
+            _ => portable(x, p, offs, bias, out, start, len),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn portable(x: &Grid, p: &Packed, offs: &[isize], bias: &[f32], out: *mut f32, start: usize, len: usize) {
+    let mut acc = vec![0.0f32; p.cout_pad];
+    for q in start..start + len {
+        acc.copy_from_slice(bias);
+        for (t, &off) in offs.iter().enumerate() {
+            let xb = (q * p.cin) as isize + off;
+            for ci in 0..p.cin {
+                let v = x.data[(xb + ci as isize) as usize];
+                let wrow = &p.w[(t * p.cin + ci) * p.cout_pad..(t * p.cin + ci + 1) * p.cout_pad];
+                for (a, &wv) in acc.iter_mut().zip(wrow) {
+                    *a += v * wv;
+                }
+            }
+        }
+        for (o, &a) in acc.iter().enumerate().take(p.cout) {
+            // SAFETY: q < positions of the output grid, o < cout.
+            unsafe { *out.add(q * p.cout + o) = a };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Packed;
+    use std::arch::x86_64::*;
+
+    /// R positions from q0 × (16·V) output channels from co.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block<const V: usize, const R: usize>(
+        x: *const f32,
+        p: &Packed,
+        offs: &[isize],
+        bias: &[f32],
+        out: *mut f32,
+        q0: usize,
+        co: usize,
+    ) {
+        let cin = p.cin;
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for v in 0..V {
+            // SAFETY: bias has cout_pad ≥ co + 16·V values.
+            let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(co + 16 * v)) };
+            for a in acc.iter_mut() {
+                a[v] = b;
+            }
+        }
+        let wptr = p.w.as_ptr();
+        for (t, &off) in offs.iter().enumerate() {
+            // SAFETY (all reads): see `conv`; weights hold taps·cin·cout_pad values.
+            let xb = unsafe { x.offset((q0 * cin) as isize + off) };
+            let wb = unsafe { wptr.add(t * cin * p.cout_pad + co) };
+            for ci in 0..cin {
+                let mut wv = [_mm512_setzero_ps(); V];
+                for (v, w) in wv.iter_mut().enumerate() {
+                    *w = unsafe { _mm512_loadu_ps(wb.add(ci * p.cout_pad + 16 * v)) };
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(unsafe { *xb.add(r * cin + ci) });
+                    for v in 0..V {
+                        a[v] = _mm512_fmadd_ps(b, wv[v], a[v]);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for v in 0..V {
+                let c = co + 16 * v;
+                let valid = p.cout.saturating_sub(c).min(16);
+                let mask: __mmask16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
+                // SAFETY: position q0 + r is inside the output; the mask keeps channels < cout.
+                unsafe { _mm512_mask_storeu_ps(out.add((q0 + r) * p.cout + c), mask, a[v]) };
+            }
+        }
+    }
+}
+
+/// Gradient of the packed weights (taps × cin × cout, unpadded) and of the per-image bias
+/// (n × cout): dW[t][i][o] = Σ_q x[q + tap_t][i] · dy[q][o].
+pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
+    let (cin, cout) = (p.cin, p.cout);
+    assert_eq!((x.c, dy.c), (cin, cout));
+    let wp = x.wp() as isize;
+    let nt = p.taps.len();
+    // One accumulator per (image, tap), reduced after: each task is one gemm over an image.
+    let jobs: Vec<(usize, usize)> = (0..x.n).flat_map(|b| (0..nt).map(move |t| (b, t))).collect();
+    let parts: Vec<Vec<f32>> = jobs
+        .par_iter()
+        .map(|&(b, t)| {
+            // As in `conv`: the range's first and last positions (border columns, where dy is
+            // zero) are skipped so that the outer taps stay inside the image.
+            let (s, e) = x.rows_range(b);
+            let (s, e) = (s + 1, e - 1);
+            let (dyy, dxx) = p.taps[t];
+            let off = dyy * wp + dxx;
+            let mut dw = vec![0.0f32; cin * cout];
+            // SAFETY: positions s..e shifted by a tap stay inside image b's padded rows; dst is
+            // cin × cout row-major.
+            unsafe {
+                gemm::gemm(
+                    cin,
+                    cout,
+                    e - s,
+                    dw.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    false,
+                    x.data.as_ptr().offset((s as isize + off) * cin as isize),
+                    cin as isize,
+                    1,
+                    dy.data.as_ptr().add(s * cout),
+                    1,
+                    cout as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0.0f32; nt * cin * cout];
+    for (j, part) in parts.iter().enumerate() {
+        let t = jobs[j].1;
+        for (d, v) in dw[t * cin * cout..(t + 1) * cin * cout].iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    let mut db = vec![0.0f32; x.n * cout];
+    for b in 0..x.n {
+        let (s, e) = dy.rows_range(b);
+        for q in s..e {
+            for o in 0..cout {
+                db[b * cout + o] += dy.data[q * cout + o];
+            }
+        }
+    }
+    (dw, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Direct NCHW convolution (stride s, padding 1 for k = 3, 0 for k = 1).
+    fn direct(
+        x: &[f32],
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        wt: &[f32],
+        cout: usize,
+        k: usize,
+        s: usize,
+    ) -> Vec<f32> {
+        let pad = (k / 2) as isize;
+        let (ho, wo) = (h.div_ceil(s), w.div_ceil(s));
+        let mut out = vec![0.0f32; n * cout * ho * wo];
+        for b in 0..n {
+            for o in 0..cout {
+                for y in 0..ho {
+                    for xx in 0..wo {
+                        let mut acc = 0.0f64;
+                        for i in 0..cin {
+                            for dy in 0..k {
+                                for dx in 0..k {
+                                    let iy = (y * s + dy) as isize - pad;
+                                    let ix = (xx * s + dx) as isize - pad;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        acc += x[((b * cin + i) * h + iy as usize) * w + ix as usize] as f64
+                                            * wt[((o * cin + i) * k + dy) * k + dx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[((b * cout + o) * ho + y) * wo + xx] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    fn rand(n: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.range_f32(-1.0, 1.0)).collect()
+    }
+
+    #[test]
+    fn convolutions_match_the_direct_computation() {
+        let mut rng = Rng::new(3);
+        // Channel counts that exercise one and two vectors, masked stores and short rows.
+        for &(n, cin, cout, h, w, k) in
+            &[(2, 5, 3, 6, 7, 3), (1, 16, 40, 5, 9, 3), (2, 8, 32, 4, 4, 1), (1, 3, 16, 3, 2, 3)]
+        {
+            let x = rand(n * cin * h * w, &mut rng);
+            let wt = rand(cout * cin * k * k, &mut rng);
+            let want = direct(&x, n, cin, h, w, &wt, cout, k, 1);
+            let g = Grid::from_nchw(&x, n, cin, h, w);
+            let got = conv(&g, &Packed::from_oihw(&wt, cout, cin, k), &vec![0.0; n * cout]);
+            close(&got.to_nchw(cout), &want);
+        }
+    }
+
+    #[test]
+    fn stride_two_through_space_to_depth() {
+        let mut rng = Rng::new(4);
+        let (n, cin, cout, h, w) = (2, 6, 20, 8, 6);
+        let x = rand(n * cin * h * w, &mut rng);
+        let wt = rand(cout * cin * 9, &mut rng);
+        let want = direct(&x, n, cin, h, w, &wt, cout, 3, 2);
+        let g = Grid::from_nchw(&x, n, cin, h, w).space_to_depth();
+        let got = conv(&g, &Packed::from_oihw_stride2(&wt, cout, cin), &vec![0.0; n * cout]);
+        close(&got.to_nchw(cout), &want);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_of_a_linear_loss() {
+        // loss = Σ out·r; d loss/dx = conv_transposed(r), d loss/dW = weight_grad(x, r).
+        let mut rng = Rng::new(5);
+        for stride2 in [false, true] {
+            let (n, cin, cout, h, w) = (2, 4, 6, 6, 4);
+            let x = rand(n * cin * h * w, &mut rng);
+            let wt = rand(cout * cin * 9, &mut rng);
+            let g0 = Grid::from_nchw(&x, n, cin, h, w);
+            let (g, p) = if stride2 {
+                (g0.space_to_depth(), Packed::from_oihw_stride2(&wt, cout, cin))
+            } else {
+                (g0.clone(), Packed::from_oihw(&wt, cout, cin, 3))
+            };
+            let out = conv(&g, &p, &vec![0.0; n * cout]);
+            let r = Grid::from_nchw(&rand(n * cout * out.h * out.w, &mut rng), n, cout, out.h, out.w);
+            let loss = |out: &Grid| out.data.iter().zip(&r.data).map(|(a, b)| (a * b) as f64).sum::<f64>();
+            let dx = conv(&r, &p.transposed(), &vec![0.0; n * p.cin]);
+            let dx = if stride2 { dx.depth_to_space() } else { dx };
+            let (dwp, _) = weight_grad(&g, &p, &r);
+            let dw = if stride2 {
+                Packed::grad_to_oihw_stride2(&dwp, cout, cin)
+            } else {
+                Packed::grad_to_oihw(&dwp, cout, cin, 3)
+            };
+            let eps = 1e-2f32;
+            for probe in [0usize, 7, 29, 50] {
+                let mut x2 = x.clone();
+                x2[probe] += eps;
+                let g2 = Grid::from_nchw(&x2, n, cin, h, w);
+                let g2 = if stride2 { g2.space_to_depth() } else { g2 };
+                let fd = (loss(&conv(&g2, &p, &vec![0.0; n * cout])) - loss(&out)) / eps as f64;
+                let an = dx.to_nchw(cin)[probe] as f64;
+                assert!((fd - an).abs() < 1e-2 * (1.0 + an.abs()), "dx[{probe}] {fd} vs {an}");
+                let mut w2 = wt.clone();
+                w2[probe] += eps;
+                let p2 = if stride2 {
+                    Packed::from_oihw_stride2(&w2, cout, cin)
+                } else {
+                    Packed::from_oihw(&w2, cout, cin, 3)
+                };
+                let fd = (loss(&conv(&g, &p2, &vec![0.0; n * cout])) - loss(&out)) / eps as f64;
+                assert!((fd - dw[probe] as f64).abs() < 1e-2 * (1.0 + fd.abs()), "dw[{probe}] {fd} vs {}", dw[probe]);
+            }
+        }
+    }
+}

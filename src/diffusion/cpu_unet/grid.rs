@@ -1,0 +1,271 @@
+//! Activations for the CPU scene model: channels-last images with a one-pixel zero border
+//! ("padded grids"). With the border in memory, a 3×3 convolution needs no bounds checks:
+//! the tap (dy, dx) of position q is position q + dy·(w+2) + dx of the same flat array, so
+//! every convolution is one kernel over a contiguous range of positions.
+
+/// n images of h×w positions (stored as (h+2)×(w+2), border zero) × c channels.
+#[derive(Debug)]
+pub struct Grid {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+/// Recycled buffers: a step allocates and frees dozens of activation-sized buffers, and
+/// fresh ones from the system cost a page fault per 4 KiB on first touch (measured: most of
+/// a normalisation's time). Freed grids return their buffers here; new grids reuse them.
+mod pool {
+    use std::sync::Mutex;
+
+    static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+    /// Keep at most this many floats (1 GiB) idle.
+    const LIMIT: usize = 1 << 28;
+
+    pub fn take(len: usize) -> Vec<f32> {
+        let found = {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            // Smallest buffer that fits, and not more than twice too big.
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len.max(1024))
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
+        };
+        match found {
+            Some(mut v) => {
+                v.clear();
+                v.resize(len, 0.0);
+                v
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    pub fn give(v: Vec<f32>) {
+        if v.capacity() < 4096 {
+            return;
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        free.push(v);
+        while free.iter().map(|v| v.capacity()).sum::<usize>() > LIMIT {
+            free.remove(0);
+        }
+    }
+}
+
+impl Clone for Grid {
+    fn clone(&self) -> Grid {
+        let mut g = Grid::zeros(self.n, self.h, self.w, self.c);
+        g.data.copy_from_slice(&self.data);
+        g
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.data));
+    }
+}
+
+impl Grid {
+    pub fn zeros(n: usize, h: usize, w: usize, c: usize) -> Grid {
+        Grid { n, h, w, c, data: pool::take(n * (h + 2) * (w + 2) * c) }
+    }
+
+    /// Row length in positions (with the border).
+    pub fn wp(&self) -> usize {
+        self.w + 2
+    }
+
+    /// Positions per image (with the border).
+    pub fn image_positions(&self) -> usize {
+        (self.h + 2) * (self.w + 2)
+    }
+
+    /// Flat position of interior pixel (x, y) of image b.
+    pub fn pos(&self, b: usize, y: usize, x: usize) -> usize {
+        (b * (self.h + 2) + y + 1) * self.wp() + x + 1
+    }
+
+    /// The positions of image b's interior rows, border columns included: [start, end).
+    pub fn rows_range(&self, b: usize) -> (usize, usize) {
+        let start = (b * (self.h + 2) + 1) * self.wp();
+        (start, start + self.h * self.wp())
+    }
+
+    /// Zero the left and right border columns (convolutions write garbage there).
+    pub fn zero_side_borders(&mut self) {
+        let (wp, c) = (self.wp(), self.c);
+        for b in 0..self.n {
+            for y in 0..self.h {
+                let row = (b * (self.h + 2) + y + 1) * wp;
+                self.data[row * c..(row + 1) * c].fill(0.0);
+                self.data[(row + wp - 1) * c..(row + wp) * c].fill(0.0);
+            }
+        }
+    }
+
+    /// From NCHW planes.
+    pub fn from_nchw(src: &[f32], n: usize, c: usize, h: usize, w: usize) -> Grid {
+        let mut g = Grid::zeros(n, h, w, c);
+        for b in 0..n {
+            for ch in 0..c {
+                for y in 0..h {
+                    for x in 0..w {
+                        let p = g.pos(b, y, x);
+                        g.data[p * c + ch] = src[((b * c + ch) * h + y) * w + x];
+                    }
+                }
+            }
+        }
+        g
+    }
+
+    /// To NCHW planes (the first `c` channels).
+    pub fn to_nchw(&self, c: usize) -> Vec<f32> {
+        let (n, h, w) = (self.n, self.h, self.w);
+        let mut out = vec![0.0; n * c * h * w];
+        for b in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    let p = self.pos(b, y, x);
+                    for ch in 0..c {
+                        out[((b * c + ch) * h + y) * w + x] = self.data[p * self.c + ch];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// For each interior pixel of each image: f(image, channel slice). Parallel over images·rows.
+    pub fn for_each_pixel_mut(&mut self, f: impl Fn(usize, &mut [f32]) + Sync) {
+        use rayon::prelude::*;
+        let (h, wp, c, w) = (self.h, self.wp(), self.c, self.w);
+        let hp = h + 2;
+        self.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, data)| {
+            let (b, y) = (row / hp, row % hp);
+            if y == 0 || y == hp - 1 {
+                return;
+            }
+            for x in 1..=w {
+                f(b, &mut data[x * c..(x + 1) * c]);
+            }
+        });
+    }
+
+    /// Concatenate channels: [self, other] per pixel.
+    pub fn concat(&self, other: &Grid) -> Grid {
+        assert_eq!((self.n, self.h, self.w), (other.n, other.h, other.w));
+        let c = self.c + other.c;
+        let mut out = Grid::zeros(self.n, self.h, self.w, c);
+        let positions = self.data.len() / self.c.max(1);
+        for p in 0..positions {
+            out.data[p * c..p * c + self.c].copy_from_slice(&self.data[p * self.c..(p + 1) * self.c]);
+            out.data[p * c + self.c..(p + 1) * c].copy_from_slice(&other.data[p * other.c..(p + 1) * other.c]);
+        }
+        out
+    }
+
+    /// Split channels [0, c1) and [c1, c).
+    pub fn split(&self, c1: usize) -> (Grid, Grid) {
+        let c2 = self.c - c1;
+        let mut a = Grid::zeros(self.n, self.h, self.w, c1);
+        let mut b = Grid::zeros(self.n, self.h, self.w, c2);
+        let positions = self.data.len() / self.c;
+        for p in 0..positions {
+            a.data[p * c1..(p + 1) * c1].copy_from_slice(&self.data[p * self.c..p * self.c + c1]);
+            b.data[p * c2..(p + 1) * c2].copy_from_slice(&self.data[p * self.c + c1..(p + 1) * self.c]);
+        }
+        (a, b)
+    }
+
+    /// Nearest-neighbour ×2 upsampling.
+    pub fn upsample2(&self) -> Grid {
+        let c = self.c;
+        let mut out = Grid::zeros(self.n, 2 * self.h, 2 * self.w, c);
+        for b in 0..self.n {
+            for y in 0..2 * self.h {
+                for x in 0..2 * self.w {
+                    let (po, pi) = (out.pos(b, y, x), self.pos(b, y / 2, x / 2));
+                    out.data[po * c..(po + 1) * c].copy_from_slice(&self.data[pi * c..(pi + 1) * c]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Gradient of `upsample2`: each source pixel collects its four copies.
+    pub fn upsample2_backward(&self) -> Grid {
+        let c = self.c;
+        let mut out = Grid::zeros(self.n, self.h / 2, self.w / 2, c);
+        for b in 0..self.n {
+            for y in 0..self.h {
+                for x in 0..self.w {
+                    let (pi, po) = (self.pos(b, y, x), out.pos(b, y / 2, x / 2));
+                    for ch in 0..c {
+                        out.data[po * c + ch] += self.data[pi * c + ch];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Space to depth: 2×2 blocks become 4c channels ordered (py, px, channel).
+    pub fn space_to_depth(&self) -> Grid {
+        let c = self.c;
+        let mut out = Grid::zeros(self.n, self.h / 2, self.w / 2, 4 * c);
+        for b in 0..self.n {
+            for y in 0..self.h {
+                for x in 0..self.w {
+                    let (pi, po) = (self.pos(b, y, x), out.pos(b, y / 2, x / 2));
+                    let k = (y % 2) * 2 + x % 2;
+                    out.data[po * 4 * c + k * c..po * 4 * c + (k + 1) * c]
+                        .copy_from_slice(&self.data[pi * c..(pi + 1) * c]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Inverse of `space_to_depth`.
+    pub fn depth_to_space(&self) -> Grid {
+        let c = self.c / 4;
+        let mut out = Grid::zeros(self.n, 2 * self.h, 2 * self.w, c);
+        for b in 0..out.n {
+            for y in 0..out.h {
+                for x in 0..out.w {
+                    let (po, pi) = (out.pos(b, y, x), self.pos(b, y / 2, x / 2));
+                    let k = (y % 2) * 2 + x % 2;
+                    out.data[po * c..(po + 1) * c]
+                        .copy_from_slice(&self.data[pi * 4 * c + k * c..pi * 4 * c + (k + 1) * c]);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip() {
+        let (n, c, h, w) = (2, 3, 4, 6);
+        let src: Vec<f32> = (0..n * c * h * w).map(|i| i as f32).collect();
+        let g = Grid::from_nchw(&src, n, c, h, w);
+        assert_eq!(g.to_nchw(c), src);
+        assert_eq!(g.space_to_depth().depth_to_space().data, g.data);
+        let (a, b) = g.concat(&g.upsample2().upsample2_backward()).split(c);
+        assert_eq!(a.data, g.data);
+        assert!(b.data.iter().zip(&g.data).all(|(x, y)| *x == 4.0 * y), "four copies collected");
+        // Borders stay zero.
+        assert_eq!(g.data[..g.wp() * c].iter().filter(|v| **v != 0.0).count(), 0);
+    }
+}

@@ -1,0 +1,549 @@
+//! GroupNorm followed by SiLU (the pair always appears together in the UNet), forward and
+//! backward, on padded grids (borders stay zero). Statistics in f64; the sigmoid uses a
+//! polynomial exp that the compiler vectorises (libm's expf is scalar and was a twentieth of
+//! burn-flex's step time).
+
+use rayon::prelude::*;
+
+use super::grid::Grid;
+
+/// Per (image, group) mean and 1/σ.
+pub struct GnStats {
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+const EPS: f64 = 1e-5;
+
+/// e^x to ≈ 1 ulp·few over the float range, branch-free so that loops over it vectorise.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by the 1.5·2^23 trick (f32::round is a libm call without SSE4.1).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let mut p = 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // 2^n from the bits of n + 127 + 2^23 (integer in the low mantissa bits): integer ops
+    // only, so the loop vectorises (a float-to-int cast saturates and does not).
+    p * f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23)
+}
+
+#[inline(always)]
+fn sigmoid(u: f32) -> f32 {
+    1.0 / (1.0 + exp_fast(-u))
+}
+
+pub fn silu_vec(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&u| u * sigmoid(u)).collect()
+}
+
+/// Compile a row function twice: for AVX-512 (chosen at run time) and for the baseline.
+macro_rules! multiversion {
+    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn wide($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
+/// The row functions with sigmoids, hand-vectorised for AVX-512 (16 channels at a time;
+/// the reciprocal by rcp14 + one Newton step, since a vector division costs as much as the
+/// rest of the loop). Used when the channel count is a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    fn exp(x: __m512) -> __m512 {
+        unsafe {
+            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+                x,
+                _mm512_set1_ps(std::f32::consts::LOG2_E),
+            ));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm512_set1_ps(1.0 / 720.0);
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+            _mm512_scalef_ps(p, n)
+        }
+    }
+
+    /// 1 / (1 + e^−u).
+    #[inline(always)]
+    fn sigmoid(u: __m512) -> __m512 {
+        unsafe {
+            let d = _mm512_add_ps(_mm512_set1_ps(1.0), exp(_mm512_sub_ps(_mm512_setzero_ps(), u)));
+            let r = _mm512_rcp14_ps(d);
+            // Newton: r·(2 − d·r).
+            _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+        }
+    }
+
+    /// du = dz·silu'(u) = dz·σ·(1 + u·(1 − σ)).
+    #[inline(always)]
+    fn dsilu(u: __m512, dz: __m512) -> __m512 {
+        unsafe {
+            let s = sigmoid(u);
+            let one = _mm512_set1_ps(1.0);
+            _mm512_mul_ps(_mm512_mul_ps(dz, s), _mm512_fmadd_ps(u, _mm512_sub_ps(one, s), one))
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub fn apply(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]) {
+        assert!(row.len() >= (w + 1) * c && out.len() >= (w + 1) * c && a.len() >= c && o.len() >= c && c % 16 == 0);
+        for x in 1..=w {
+            for k in (0..c).step_by(16) {
+                // SAFETY: indices bounded by the assert above.
+                unsafe {
+                    let v = _mm512_loadu_ps(row.as_ptr().add(x * c + k));
+                    let u = _mm512_fmadd_ps(v, _mm512_loadu_ps(a.as_ptr().add(k)), _mm512_loadu_ps(o.as_ptr().add(k)));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(x * c + k), _mm512_mul_ps(u, sigmoid(u)));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn du(
+        xr: &[f32],
+        dr: &[f32],
+        c: usize,
+        w: usize,
+        a: &[f32],
+        o: &[f32],
+        r: &[f32],
+        m: &[f32],
+        sdu: &mut [f32],
+        sdux: &mut [f32],
+    ) {
+        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && c % 16 == 0);
+        assert!(a.len() >= c && o.len() >= c && r.len() >= c && m.len() >= c && sdu.len() >= c && sdux.len() >= c);
+        for k in (0..c).step_by(16) {
+            // SAFETY: indices bounded by the asserts above.
+            unsafe {
+                let (av, ov) = (_mm512_loadu_ps(a.as_ptr().add(k)), _mm512_loadu_ps(o.as_ptr().add(k)));
+                let (rv, mv) = (_mm512_loadu_ps(r.as_ptr().add(k)), _mm512_loadu_ps(m.as_ptr().add(k)));
+                let (mut s1, mut s2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for x in 1..=w {
+                    let v = _mm512_loadu_ps(xr.as_ptr().add(x * c + k));
+                    let dz = _mm512_loadu_ps(dr.as_ptr().add(x * c + k));
+                    let d = dsilu(_mm512_fmadd_ps(v, av, ov), dz);
+                    s1 = _mm512_add_ps(s1, d);
+                    s2 = _mm512_fmadd_ps(d, _mm512_fmadd_ps(v, rv, mv), s2);
+                }
+                _mm512_storeu_ps(sdu.as_mut_ptr().add(k), _mm512_add_ps(_mm512_loadu_ps(sdu.as_ptr().add(k)), s1));
+                _mm512_storeu_ps(sdux.as_mut_ptr().add(k), _mm512_add_ps(_mm512_loadu_ps(sdux.as_ptr().add(k)), s2));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn dx(xr: &[f32], dr: &[f32], out: &mut [f32], c: usize, w: usize, co: [&[f32]; 7]) {
+        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c % 16 == 0);
+        assert!(co.iter().all(|v| v.len() >= c));
+        let [a, o, r, m, k1, k2, k3] = co;
+        for x in 1..=w {
+            for k in (0..c).step_by(16) {
+                // SAFETY: indices bounded by the asserts above.
+                unsafe {
+                    let ld = |s: &[f32]| _mm512_loadu_ps(s.as_ptr().add(k));
+                    let v = _mm512_loadu_ps(xr.as_ptr().add(x * c + k));
+                    let dz = _mm512_loadu_ps(dr.as_ptr().add(x * c + k));
+                    let d = dsilu(_mm512_fmadd_ps(v, ld(a), ld(o)), dz);
+                    let xh = _mm512_fmadd_ps(v, ld(r), ld(m));
+                    let y = _mm512_fmadd_ps(xh, ld(k3), _mm512_fmadd_ps(d, ld(k1), ld(k2)));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(x * c + k), y);
+                }
+            }
+        }
+    }
+}
+
+fn wide_ok(c: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        c % 16 == 0 && std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = c;
+        false
+    }
+}
+
+/// Per-channel sums of x and x² over the interior pixels of one row.
+#[inline(always)]
+fn row_sums_inner(row: &[f32], c: usize, w: usize, s: &mut [f32], s2: &mut [f32]) {
+    for px in row[c..(w + 1) * c].chunks_exact(c) {
+        for ((a, b), &v) in s.iter_mut().zip(s2.iter_mut()).zip(px) {
+            *a += v;
+            *b += v * v;
+        }
+    }
+}
+multiversion!(row_sums, row_sums_inner, (row: &[f32], c: usize, w: usize, s: &mut [f32], s2: &mut [f32]));
+
+/// out = silu(x·a + o) per channel over the interior pixels of one row.
+#[inline(always)]
+fn row_apply_inner(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]) {
+    let (a, o) = (&a[..c], &o[..c]);
+    for x in 1..=w {
+        let px = &row[x * c..(x + 1) * c];
+        let op = &mut out[x * c..(x + 1) * c];
+        for ch in 0..c {
+            let u = px[ch] * a[ch] + o[ch];
+            op[ch] = u * sigmoid(u);
+        }
+    }
+}
+multiversion!(row_apply, row_apply_inner, (row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]));
+
+/// Backward pass 1 for one row: du = dz·silu'(u) with u = x·a + o; sums per channel of du
+/// and du·x̂ where x̂ = x·r + m (r = 1/σ, m = −mean/σ, per channel).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_du_inner(
+    xr: &[f32],
+    dr: &[f32],
+    c: usize,
+    w: usize,
+    a: &[f32],
+    o: &[f32],
+    r: &[f32],
+    m: &[f32],
+    sdu: &mut [f32],
+    sdux: &mut [f32],
+) {
+    for (px, dz) in xr[c..(w + 1) * c].chunks_exact(c).zip(dr[c..(w + 1) * c].chunks_exact(c)) {
+        for ch in 0..c {
+            let u = px[ch] * a[ch] + o[ch];
+            let s = sigmoid(u);
+            let du = dz[ch] * s * (1.0 + u * (1.0 - s));
+            sdu[ch] += du;
+            sdux[ch] += du * (px[ch] * r[ch] + m[ch]);
+        }
+    }
+}
+multiversion!(row_du, row_du_inner, (xr: &[f32], dr: &[f32], c: usize, w: usize, a: &[f32], o: &[f32], r: &[f32], m: &[f32], sdu: &mut [f32], sdux: &mut [f32]));
+
+/// Backward pass 2 for one row: dx = rstd·(du·γ − mean(du·γ) − x̂·mean(du·γ·x̂)), with
+/// k1 = rstd·γ, k2 = −rstd·mean(du·γ), k3 = −rstd·mean(du·γ·x̂) per channel.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_dx_inner(
+    xr: &[f32],
+    dr: &[f32],
+    out: &mut [f32],
+    c: usize,
+    w: usize,
+    a: &[f32],
+    o: &[f32],
+    r: &[f32],
+    m: &[f32],
+    k1: &[f32],
+    k2: &[f32],
+    k3: &[f32],
+) {
+    for ((px, dz), dx) in xr[c..(w + 1) * c]
+        .chunks_exact(c)
+        .zip(dr[c..(w + 1) * c].chunks_exact(c))
+        .zip(out[c..(w + 1) * c].chunks_exact_mut(c))
+    {
+        for ch in 0..c {
+            let u = px[ch] * a[ch] + o[ch];
+            let s = sigmoid(u);
+            let du = dz[ch] * s * (1.0 + u * (1.0 - s));
+            let xh = px[ch] * r[ch] + m[ch];
+            dx[ch] = du * k1[ch] + k2[ch] + xh * k3[ch];
+        }
+    }
+}
+multiversion!(row_dx, row_dx_inner, (xr: &[f32], dr: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32], r: &[f32], m: &[f32], k1: &[f32], k2: &[f32], k3: &[f32]));
+
+fn reduce_rows(
+    data: &[f32],
+    extra: Option<&[f32]>,
+    x: &Grid,
+    per_row: impl Fn(usize, &[f32], Option<&[f32]>, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f64> {
+    let (c, wp, hp) = (x.c, x.wp(), x.h + 2);
+    let rows = data.len() / (wp * c);
+    (0..rows)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f64; x.n * c * 2], vec![0.0f32; c], vec![0.0f32; c]),
+            |(mut acc, mut s, mut s2), row| {
+                let (b, y) = (row / hp, row % hp);
+                if y == 0 || y == hp - 1 {
+                    return (acc, s, s2);
+                }
+                s.fill(0.0);
+                s2.fill(0.0);
+                let xr = &data[row * wp * c..(row + 1) * wp * c];
+                per_row(b, xr, extra.map(|e| &e[row * wp * c..(row + 1) * wp * c]), &mut s, &mut s2);
+                for ch in 0..c {
+                    acc[(b * c + ch) * 2] += s[ch] as f64;
+                    acc[(b * c + ch) * 2 + 1] += s2[ch] as f64;
+                }
+                (acc, s, s2)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(
+            || vec![0.0f64; x.n * c * 2],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+fn stats(x: &Grid, groups: usize) -> GnStats {
+    let (c, w) = (x.c, x.w);
+    let cpg = c / groups;
+    let sums = reduce_rows(&x.data, None, x, |_, xr, _, s, s2| row_sums(xr, c, w, s, s2));
+    let count = (x.h * x.w * cpg) as f64;
+    let (mut mean, mut rstd) = (Vec::new(), Vec::new());
+    for b in 0..x.n {
+        for g in 0..groups {
+            let (mut s, mut s2) = (0.0f64, 0.0f64);
+            for ch in g * cpg..(g + 1) * cpg {
+                s += sums[(b * c + ch) * 2];
+                s2 += sums[(b * c + ch) * 2 + 1];
+            }
+            let m = s / count;
+            let var = (s2 / count - m * m).max(0.0);
+            mean.push(m as f32);
+            rstd.push((1.0 / (var + EPS).sqrt()) as f32);
+        }
+    }
+    GnStats { mean, rstd }
+}
+
+/// Per image and channel: (a, o) with u = x·a + o, and (r, m) with x̂ = x·r + m.
+fn coefficients(st: &GnStats, gamma: &[f32], beta: &[f32], n: usize, c: usize, groups: usize) -> [Vec<f32>; 4] {
+    let cpg = c / groups;
+    let (mut a, mut o, mut r, mut m) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n * c]);
+    for b in 0..n {
+        for ch in 0..c {
+            let g = b * groups + ch / cpg;
+            let i = b * c + ch;
+            r[i] = st.rstd[g];
+            m[i] = -st.mean[g] * st.rstd[g];
+            a[i] = r[i] * gamma[ch];
+            o[i] = beta[ch] + m[i] * gamma[ch];
+        }
+    }
+    [a, o, r, m]
+}
+
+/// silu(groupnorm(x)·γ + β).
+pub fn gn_silu(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
+    super::profile::time("norm+silu forward", || gn_silu_inner(x, gamma, beta, groups))
+}
+
+fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
+    let st = stats(x, groups);
+    let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
+    let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
+    let wide = wide_ok(c);
+    let mut out = Grid::zeros(x.n, x.h, x.w, c);
+    out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
+        let (b, y) = (row / hp, row % hp);
+        if y == 0 || y == hp - 1 {
+            return;
+        }
+        let xr = &x.data[row * wp * c..(row + 1) * wp * c];
+        let (ab, ob) = (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c]);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: wide_ok checked AVX-512F.
+            unsafe { wide::apply(xr, orow, c, w, ab, ob) };
+            return;
+        }
+        row_apply(xr, orow, c, w, ab, ob);
+    });
+    (out, st)
+}
+
+/// Gradients of `gn_silu` w.r.t. x, γ and β, given the output gradient dz.
+pub fn gn_silu_backward(
+    x: &Grid,
+    st: &GnStats,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    dz: &Grid,
+) -> (Grid, Vec<f32>, Vec<f32>) {
+    super::profile::time("norm+silu backward", || gn_silu_backward_inner(x, st, gamma, beta, groups, dz))
+}
+
+fn gn_silu_backward_inner(
+    x: &Grid,
+    st: &GnStats,
+    gamma: &[f32],
+    beta: &[f32],
+    groups: usize,
+    dz: &Grid,
+) -> (Grid, Vec<f32>, Vec<f32>) {
+    let (n, c, w, wp, hp) = (x.n, x.c, x.w, x.wp(), x.h + 2);
+    let cpg = c / groups;
+    let [a, o, r, m] = coefficients(st, gamma, beta, n, c, groups);
+    let wide = wide_ok(c);
+    let per_channel = reduce_rows(&x.data, Some(&dz.data), x, |b, xr, dr, sdu, sdux| {
+        let (ab, ob, rb, mb) =
+            (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c], &r[b * c..(b + 1) * c], &m[b * c..(b + 1) * c]);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: wide_ok checked AVX-512F.
+            unsafe { wide::du(xr, dr.expect("dz"), c, w, ab, ob, rb, mb, sdu, sdux) };
+            return;
+        }
+        row_du(xr, dr.expect("dz"), c, w, ab, ob, rb, mb, sdu, sdux)
+    });
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+    let count = (x.h * x.w * cpg) as f64;
+    let (mut mg, mut mgx) = (vec![0.0f64; n * groups], vec![0.0f64; n * groups]);
+    for b in 0..n {
+        for ch in 0..c {
+            let (sdu, sdux) = (per_channel[(b * c + ch) * 2], per_channel[(b * c + ch) * 2 + 1]);
+            dbeta[ch] += sdu as f32;
+            dgamma[ch] += sdux as f32;
+            let g = b * groups + ch / cpg;
+            mg[g] += sdu * gamma[ch] as f64 / count;
+            mgx[g] += sdux * gamma[ch] as f64 / count;
+        }
+    }
+    let (mut k1, mut k2, mut k3) = (vec![0.0f32; n * c], vec![0.0f32; n * c], vec![0.0f32; n * c]);
+    for b in 0..n {
+        for ch in 0..c {
+            let g = b * groups + ch / cpg;
+            let i = b * c + ch;
+            k1[i] = st.rstd[g] * gamma[ch];
+            k2[i] = (-(st.rstd[g] as f64) * mg[g]) as f32;
+            k3[i] = (-(st.rstd[g] as f64) * mgx[g]) as f32;
+        }
+    }
+    let mut dx = Grid::zeros(x.n, x.h, x.w, c);
+    dx.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, out)| {
+        let (b, y) = (row / hp, row % hp);
+        if y == 0 || y == hp - 1 {
+            return;
+        }
+        let (xr, dr) = (&x.data[row * wp * c..(row + 1) * wp * c], &dz.data[row * wp * c..(row + 1) * wp * c]);
+        fn sl(v: &[f32], b: usize, c: usize) -> &[f32] {
+            &v[b * c..(b + 1) * c]
+        }
+        let sl = |v| sl(v, b, c);
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: wide_ok checked AVX-512F.
+            unsafe {
+                wide::dx(
+                    xr,
+                    dr,
+                    out,
+                    c,
+                    w,
+                    [sl(&a[..]), sl(&o[..]), sl(&r[..]), sl(&m[..]), sl(&k1[..]), sl(&k2[..]), sl(&k3[..])],
+                )
+            };
+            return;
+        }
+        row_dx(
+            xr,
+            dr,
+            out,
+            c,
+            w,
+            sl(&a[..]),
+            sl(&o[..]),
+            sl(&r[..]),
+            sl(&m[..]),
+            sl(&k1[..]),
+            sl(&k2[..]),
+            sl(&k3[..]),
+        );
+    });
+    (dx, dgamma, dbeta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        for i in 0..2000 {
+            let x = -87.0 + i as f32 * 0.0875;
+            let (a, b) = (exp_fast(x), x.exp());
+            assert!((a - b).abs() <= 4e-7 * b, "exp({x}) = {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        // 8 channels: the portable rows; 32: the AVX-512 rows where the CPU has them.
+        backward_check(8, 2);
+        backward_check(32, 8);
+    }
+
+    fn backward_check(c: usize, groups: usize) {
+        let mut rng = Rng::new(2);
+        let (n, h, w) = (2, 3, 4);
+        let src: Vec<f32> = (0..n * c * h * w).map(|_| rng.range_f32(-2.0, 2.0)).collect();
+        let gamma: Vec<f32> = (0..c).map(|_| rng.range_f32(0.5, 1.5)).collect();
+        let beta: Vec<f32> = (0..c).map(|_| rng.range_f32(-0.3, 0.3)).collect();
+        let r: Vec<f32> = (0..n * c * h * w).map(|_| rng.range_f32(-1.0, 1.0)).collect();
+        let rg = Grid::from_nchw(&r, n, c, h, w);
+        let loss = |src: &[f32], gamma: &[f32]| -> f64 {
+            let (z, _) = gn_silu(&Grid::from_nchw(src, n, c, h, w), gamma, &beta, groups);
+            z.data.iter().zip(&rg.data).map(|(a, b)| (a * b) as f64).sum()
+        };
+        let x = Grid::from_nchw(&src, n, c, h, w);
+        let (_, st) = gn_silu(&x, &gamma, &beta, groups);
+        let (dx, dgamma, _) = gn_silu_backward(&x, &st, &gamma, &beta, groups, &rg);
+        let dx = dx.to_nchw(c);
+        let eps = 1e-3;
+        for probe in [0usize, 5, 40, 111] {
+            let mut s2 = src.clone();
+            s2[probe] += eps;
+            let fd = (loss(&s2, &gamma) - loss(&src, &gamma)) / eps as f64;
+            assert!((fd - dx[probe] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "dx[{probe}]: {fd} vs {}", dx[probe]);
+        }
+        let mut g2 = gamma.clone();
+        g2[3] += eps;
+        let _ = c;
+        let fd = (loss(&src, &g2) - loss(&src, &gamma)) / eps as f64;
+        assert!((fd - dgamma[3] as f64).abs() < 2e-2 * (1.0 + fd.abs()), "dγ: {fd} vs {}", dgamma[3]);
+    }
+}
