@@ -197,13 +197,40 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
         }
     }
     let learn_flop = 3.0 * 2.0 * forward_macs(&spec, a.crop, a.crop) as f64 * a.batch as f64;
-    let learn_ms = median(times) * 1e3;
+    let mut learn_ms = median(times) * 1e3;
+    let cpu_net = crate::diffusion::cpu_unet::serves(device);
     rows.push(Row {
         backend: name.into(),
-        what: format!("learning step (batch {}, {}², fwd+bwd+Adam)", a.batch, a.crop),
+        what: format!(
+            "learning step{} (batch {}, {}², fwd+bwd+Adam)",
+            if cpu_net { ", burn autodiff" } else { "" },
+            a.batch,
+            a.crop
+        ),
         ms: learn_ms,
         gflop: learn_flop / 1e9,
     });
+    if cpu_net {
+        // What `learn` runs on the CPU backend: the hand-written network (cpu_unet).
+        use crate::diffusion::cpu_unet::{Learner, params_of};
+        let mut learner = Learner::new(&spec, params_of(&model.valid())?);
+        let mut times = Vec::new();
+        for i in 0..a.repeats + 2 {
+            let b = make_batch(&src, &schedule, a.batch, a.crop, &mut rng);
+            let t = Instant::now();
+            learner.step(&b.input, &b.time, &b.residual, &b.weight, b.batch, b.size, b.size, 1e-4);
+            if i >= 2 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        learn_ms = median(times) * 1e3;
+        rows.push(Row {
+            backend: name.into(),
+            what: format!("learning step, CPU network (batch {}, {}²)", a.batch, a.crop),
+            ms: learn_ms,
+            gflop: learn_flop / 1e9,
+        });
+    }
     let params = model.num_params();
     // Sampling steps.
     let inference = model.valid();
@@ -232,10 +259,35 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
         let ms = median(times) * 1e3;
         if sample_ms_first.is_nan() {
             sample_ms_first = ms;
+            if cpu_net {
+                // burn's own CPU forward on the same input, for the ratio.
+                let xin = Tensor::<4>::from_data(
+                    TensorData::new(Rng::new(2).normals(IN_CHANNELS * hw), [1, IN_CHANNELS, h, w]),
+                    device,
+                );
+                let tt = Tensor::<2>::from_data(
+                    TensorData::new(crate::diffusion::unet::time_features(&[500]), [1, TIME_FEATURES]),
+                    device,
+                );
+                let mut times = Vec::new();
+                for i in 0..a.repeats + 1 {
+                    let t = Instant::now();
+                    std::hint::black_box(inference.forward(xin.clone(), tt.clone()).into_data());
+                    if i >= 1 {
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                }
+                rows.push(Row {
+                    backend: name.into(),
+                    what: format!("sampling step at {w}×{h}, burn"),
+                    ms: median(times) * 1e3,
+                    gflop: 2.0 * forward_macs(&spec, h, w) as f64 / 1e9,
+                });
+            }
         }
         rows.push(Row {
             backend: name.into(),
-            what: format!("sampling step at {w}×{h}"),
+            what: format!("sampling step at {w}×{h}{}", if cpu_net { ", CPU network" } else { "" }),
             ms,
             gflop: 2.0 * forward_macs(&spec, h, w) as f64 / 1e9,
         });

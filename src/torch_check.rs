@@ -260,10 +260,10 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     let input = rng.normals(IN_CHANNELS * w * h);
     let time = crate::diffusion::unet::time_features(&[500]);
     let mut sample = Vec::new();
+    // Weights packed once, as a fill does (CpuSampler), not per step.
+    let net = CpuUNet::new(spec, &learner.params, false);
     for i in 0..a.repeats + 1 {
         let t0 = Instant::now();
-        // Weights packed per call, as a sampling step after learning does once per fill.
-        let net = CpuUNet::new(spec, &learner.params, false);
         std::hint::black_box(net.forward(&learner.params, &input, &time, 1, h, w));
         if i >= 1 {
             sample.push(t0.elapsed().as_secs_f64());

@@ -129,38 +129,88 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// One input of a summed convolution.
+pub struct Source<'a> {
+    pub x: &'a Grid,
+    pub p: &'a Packed,
+}
+
+/// An input as the kernel sees it: pointer, channels, tap offsets in floats, packed weights.
+struct KSrc {
+    x: *const f32,
+    cin: usize,
+    offs: Vec<isize>,
+    w: *const f32,
+}
+
 /// out = conv(x) + bias (bias: n × cout, one row per image). Same geometry as x, cout channels,
 /// border zero.
 pub fn conv(x: &Grid, p: &Packed, bias: &[f32]) -> Grid {
-    assert_eq!(x.c, p.cin, "input channels");
-    assert_eq!(bias.len(), x.n * p.cout, "bias per image");
-    let mut out = Grid::zeros(x.n, x.h, x.w, p.cout);
-    let wp = x.wp() as isize;
-    let offs: Vec<isize> = p.taps.iter().map(|&(dy, dx)| (dy * wp + dx) * p.cin as isize).collect();
-    let rows_per_task = ((R + 2).div_ceil(x.wp())).max((x.n * x.h).div_ceil(8 * rayon::current_num_threads()));
-    let tasks: Vec<(usize, usize, usize)> = (0..x.n)
+    conv_sum(&[Source { x, p }], bias, None)
+}
+
+/// out = Σ conv(x_k) + bias (+ residual): a residual block's second convolution, its skip
+/// convolution and the residual sum in one pass over the output.
+pub fn conv_sum(srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
+    let g = srcs[0].x;
+    let (cout, cout_pad) = (srcs[0].p.cout, srcs[0].p.cout_pad);
+    for s in srcs {
+        assert_eq!((s.x.n, s.x.h, s.x.w), (g.n, g.h, g.w), "same geometry");
+        assert_eq!(s.x.c, s.p.cin, "input channels");
+        assert_eq!(s.p.cout, cout, "output channels");
+    }
+    if let Some(r) = residual {
+        assert_eq!((r.n, r.h, r.w, r.c), (g.n, g.h, g.w, cout), "residual shape");
+    }
+    assert_eq!(bias.len(), g.n * cout, "bias per image");
+    let mut out = Grid::for_overwrite(g.n, g.h, g.w, cout);
+    let wp = g.wp() as isize;
+    let ksrcs: Vec<KSrc> = srcs
+        .iter()
+        .map(|s| KSrc {
+            x: s.x.data.as_ptr(),
+            cin: s.p.cin,
+            offs: s.p.taps.iter().map(|&(dy, dx)| (dy * wp + dx) * s.p.cin as isize).collect(),
+            w: s.p.w.as_ptr(),
+        })
+        .collect();
+    let rows_per_task = ((R + 2).div_ceil(g.wp())).max((g.n * g.h).div_ceil(8 * rayon::current_num_threads()));
+    let tasks: Vec<(usize, usize, usize)> = (0..g.n)
         .flat_map(|b| {
-            let (s, _) = x.rows_range(b);
-            (0..x.h).step_by(rows_per_task).map(move |y| (b, s + y * (x.w + 2), (x.h - y).min(rows_per_task)))
+            let (s, _) = g.rows_range(b);
+            (0..g.h).step_by(rows_per_task).map(move |y| (b, s + y * (g.w + 2), (g.h - y).min(rows_per_task)))
         })
         .collect();
     let outp = SendPtr(out.data.as_mut_ptr());
+    let res = ConstPtr(residual.map_or(std::ptr::null(), |r| r.data.as_ptr()));
+    let ks = KSrcs(&ksrcs);
     let kernel = Kernel::detect();
     tasks.par_iter().for_each(|&(b, start, rows)| {
-        let outp = outp;
+        let (outp, res, ks) = (outp, res, ks);
         // Skip the range's first and last positions (the left border of its first row, the
         // right border of its last): garbage anyway, and their outer taps would leave the image.
-        let (start, len) = (start + 1, rows * x.wp() - 2);
-        let bias_b = &bias[b * p.cout..(b + 1) * p.cout];
-        let mut bias_pad = vec![0.0f32; p.cout_pad];
-        bias_pad[..p.cout].copy_from_slice(bias_b);
+        let (start, len) = (start + 1, rows * g.wp() - 2);
+        let mut bias_pad = vec![0.0f32; cout_pad];
+        bias_pad[..cout].copy_from_slice(&bias[b * cout..(b + 1) * cout]);
         // SAFETY: [start, start+len) lies inside image b's rows; every tap offset stays inside
         // the image's padded rows; tasks write disjoint ranges.
-        unsafe { kernel.run(x, p, &offs, &bias_pad, outp.0, start, len) };
+        unsafe { kernel.run(ks.0, cout, cout_pad, &bias_pad, res.0, outp.0, start, len) };
     });
     out.zero_side_borders();
     out
 }
+
+#[derive(Clone, Copy)]
+struct ConstPtr(*const f32);
+// SAFETY: read-only while the tasks run.
+unsafe impl Send for ConstPtr {}
+unsafe impl Sync for ConstPtr {}
+
+#[derive(Clone, Copy)]
+struct KSrcs<'a>(&'a [KSrc]);
+// SAFETY: the inputs are only read while the tasks run.
+unsafe impl Send for KSrcs<'_> {}
+unsafe impl Sync for KSrcs<'_> {}
 
 #[derive(Clone, Copy)]
 enum Kernel {
@@ -180,23 +230,33 @@ impl Kernel {
 
     /// Positions [start, start+len) of the output, all output channels.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn run(self, x: &Grid, p: &Packed, offs: &[isize], bias: &[f32], out: *mut f32, start: usize, len: usize) {
+    unsafe fn run(
+        self,
+        srcs: &[KSrc],
+        cout: usize,
+        cout_pad: usize,
+        bias: &[f32],
+        res: *const f32,
+        out: *mut f32,
+        start: usize,
+        len: usize,
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 if len >= R => {
                 let mut co = 0;
-                while co < p.cout_pad {
-                    let two = co + 32 <= p.cout_pad;
+                while co < cout_pad {
+                    let two = co + 32 <= cout_pad;
                     let rows = if two { R2 } else { R1 };
                     let mut q = start;
                     loop {
                         let q0 = q.min(start + len - rows);
-                        // SAFETY: forwarded from `conv`.
+                        // SAFETY: forwarded from `conv_sum`.
                         unsafe {
                             if two {
-                                avx512::block::<2, R2>(x.data.as_ptr(), p, offs, bias, out, q0, co)
+                                avx512::block::<2, R2>(srcs, cout, cout_pad, bias, res, out, q0, co)
                             } else {
-                                avx512::block::<1, R1>(x.data.as_ptr(), p, offs, bias, out, q0, co)
+                                avx512::block::<1, R1>(srcs, cout, cout_pad, bias, res, out, q0, co)
                             }
                         }
                         q += rows;
@@ -207,83 +267,110 @@ impl Kernel {
                     co += if two { 32 } else { 16 };
                 }
             }
-            _ => portable(x, p, offs, bias, out, start, len),
+            // SAFETY: forwarded from `conv_sum`.
+            _ => unsafe { portable(srcs, cout, cout_pad, bias, res, out, start, len) },
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn portable(x: &Grid, p: &Packed, offs: &[isize], bias: &[f32], out: *mut f32, start: usize, len: usize) {
-    let mut acc = vec![0.0f32; p.cout_pad];
+unsafe fn portable(
+    srcs: &[KSrc],
+    cout: usize,
+    cout_pad: usize,
+    bias: &[f32],
+    res: *const f32,
+    out: *mut f32,
+    start: usize,
+    len: usize,
+) {
+    let mut acc = vec![0.0f32; cout_pad];
     for q in start..start + len {
         acc.copy_from_slice(bias);
-        for (t, &off) in offs.iter().enumerate() {
-            let xb = (q * p.cin) as isize + off;
-            for ci in 0..p.cin {
-                let v = x.data[(xb + ci as isize) as usize];
-                let wrow = &p.w[(t * p.cin + ci) * p.cout_pad..(t * p.cin + ci + 1) * p.cout_pad];
-                for (a, &wv) in acc.iter_mut().zip(wrow) {
-                    *a += v * wv;
+        if !res.is_null() {
+            for (o, a) in acc.iter_mut().enumerate().take(cout) {
+                // SAFETY: the residual grid has the output's shape.
+                *a += unsafe { *res.add(q * cout + o) };
+            }
+        }
+        for s in srcs {
+            for (t, &off) in s.offs.iter().enumerate() {
+                let xb = (q * s.cin) as isize + off;
+                for ci in 0..s.cin {
+                    // SAFETY: see `conv_sum`; weights hold taps·cin·cout_pad values.
+                    let v = unsafe { *s.x.offset(xb + ci as isize) };
+                    let wrow = unsafe { std::slice::from_raw_parts(s.w.add((t * s.cin + ci) * cout_pad), cout_pad) };
+                    for (a, &wv) in acc.iter_mut().zip(wrow) {
+                        *a += v * wv;
+                    }
                 }
             }
         }
-        for (o, &a) in acc.iter().enumerate().take(p.cout) {
+        for (o, &a) in acc.iter().enumerate().take(cout) {
             // SAFETY: q < positions of the output grid, o < cout.
-            unsafe { *out.add(q * p.cout + o) = a };
+            unsafe { *out.add(q * cout + o) = a };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Packed;
+    use super::KSrc;
     use std::arch::x86_64::*;
 
     /// R positions from q0 × (16·V) output channels from co.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn block<const V: usize, const R: usize>(
-        x: *const f32,
-        p: &Packed,
-        offs: &[isize],
+        srcs: &[KSrc],
+        cout: usize,
+        cout_pad: usize,
         bias: &[f32],
+        res: *const f32,
         out: *mut f32,
         q0: usize,
         co: usize,
     ) {
-        let cin = p.cin;
         let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut masks = [0xFFFFu16; V];
         for v in 0..V {
+            let valid = cout.saturating_sub(co + 16 * v).min(16);
+            masks[v] = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
             // SAFETY: bias has cout_pad ≥ co + 16·V values.
             let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add(co + 16 * v)) };
-            for a in acc.iter_mut() {
-                a[v] = b;
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[v] = if res.is_null() {
+                    b
+                } else {
+                    // SAFETY: the residual grid has the output's shape; masked to channels < cout.
+                    _mm512_add_ps(b, unsafe { _mm512_maskz_loadu_ps(masks[v], res.add((q0 + r) * cout + co + 16 * v)) })
+                };
             }
         }
-        let wptr = p.w.as_ptr();
-        for (t, &off) in offs.iter().enumerate() {
-            // SAFETY (all reads): see `conv`; weights hold taps·cin·cout_pad values.
-            let xb = unsafe { x.offset((q0 * cin) as isize + off) };
-            let wb = unsafe { wptr.add(t * cin * p.cout_pad + co) };
-            for ci in 0..cin {
-                let mut wv = [_mm512_setzero_ps(); V];
-                for (v, w) in wv.iter_mut().enumerate() {
-                    *w = unsafe { _mm512_loadu_ps(wb.add(ci * p.cout_pad + 16 * v)) };
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(unsafe { *xb.add(r * cin + ci) });
-                    for v in 0..V {
-                        a[v] = _mm512_fmadd_ps(b, wv[v], a[v]);
+        for s in srcs {
+            let cin = s.cin;
+            for (t, &off) in s.offs.iter().enumerate() {
+                // SAFETY (all reads): see `conv_sum`; weights hold taps·cin·cout_pad values.
+                let xb = unsafe { s.x.offset((q0 * cin) as isize + off) };
+                let wb = unsafe { s.w.add(t * cin * cout_pad + co) };
+                for ci in 0..cin {
+                    let mut wv = [_mm512_setzero_ps(); V];
+                    for (v, w) in wv.iter_mut().enumerate() {
+                        *w = unsafe { _mm512_loadu_ps(wb.add(ci * cout_pad + 16 * v)) };
+                    }
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(unsafe { *xb.add(r * cin + ci) });
+                        for v in 0..V {
+                            a[v] = _mm512_fmadd_ps(b, wv[v], a[v]);
+                        }
                     }
                 }
             }
         }
         for (r, a) in acc.iter().enumerate() {
             for v in 0..V {
-                let c = co + 16 * v;
-                let valid = p.cout.saturating_sub(c).min(16);
-                let mask: __mmask16 = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
                 // SAFETY: position q0 + r is inside the output; the mask keeps channels < cout.
-                unsafe { _mm512_mask_storeu_ps(out.add((q0 + r) * p.cout + c), mask, a[v]) };
+                unsafe { _mm512_mask_storeu_ps(out.add((q0 + r) * cout + co + 16 * v), masks[v], a[v]) };
             }
         }
     }
@@ -425,6 +512,23 @@ mod tests {
             let got = conv(&g, &Packed::from_oihw(&wt, cout, cin, k), &vec![0.0; n * cout]);
             close(&got.to_nchw(cout), &want);
         }
+    }
+
+    #[test]
+    fn summed_convolutions_with_a_residual() {
+        let mut rng = Rng::new(6);
+        let (n, h, w, c1, c2, cout) = (2, 5, 7, 24, 40, 48);
+        let x1 = Grid::from_nchw(&rand(n * c1 * h * w, &mut rng), n, c1, h, w);
+        let x2 = Grid::from_nchw(&rand(n * c2 * h * w, &mut rng), n, c2, h, w);
+        let res = Grid::from_nchw(&rand(n * cout * h * w, &mut rng), n, cout, h, w);
+        let p1 = Packed::from_oihw(&rand(cout * c1 * 9, &mut rng), cout, c1, 3);
+        let p2 = Packed::from_oihw(&rand(cout * c2, &mut rng), cout, c2, 1);
+        let bias = rand(n * cout, &mut rng);
+        let got = conv_sum(&[Source { x: &x1, p: &p1 }, Source { x: &x2, p: &p2 }], &bias, Some(&res));
+        let a = conv(&x1, &p1, &bias);
+        let b = conv(&x2, &p2, &vec![0.0; n * cout]);
+        let want: Vec<f32> = a.data.iter().zip(&b.data).zip(&res.data).map(|((a, b), r)| a + b + r).collect();
+        close(&got.data, &want);
     }
 
     #[test]

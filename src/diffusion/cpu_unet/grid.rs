@@ -20,25 +20,32 @@ mod pool {
     use std::sync::Mutex;
 
     static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
-    /// Keep at most this many floats (1 GiB) idle.
-    const LIMIT: usize = 1 << 28;
+    /// Keep at most this many floats (512 MiB) idle.
+    const LIMIT: usize = 1 << 27;
 
+    /// A buffer of `len` floats, zeroed.
     pub fn take(len: usize) -> Vec<f32> {
+        let mut v = take_dirty(len);
+        v.fill(0.0);
+        v
+    }
+
+    /// A buffer of `len` floats holding whatever it held before.
+    pub fn take_dirty(len: usize) -> Vec<f32> {
         let found = {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
             // Smallest buffer that fits, and not more than twice too big.
             let best = free
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.capacity() >= len && v.capacity() <= 2 * len.max(1024))
-                .min_by_key(|(_, v)| v.capacity())
+                .filter(|(_, v)| v.len() >= len && v.len() <= 2 * len.max(1024))
+                .min_by_key(|(_, v)| v.len())
                 .map(|(i, _)| i);
             best.map(|i| free.swap_remove(i))
         };
         match found {
             Some(mut v) => {
-                v.clear();
-                v.resize(len, 0.0);
+                v.truncate(len);
                 v
             }
             None => vec![0.0; len],
@@ -46,12 +53,12 @@ mod pool {
     }
 
     pub fn give(v: Vec<f32>) {
-        if v.capacity() < 4096 {
+        if v.len() < 4096 {
             return;
         }
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
         free.push(v);
-        while free.iter().map(|v| v.capacity()).sum::<usize>() > LIMIT {
+        while free.iter().map(|v| v.len()).sum::<usize>() > LIMIT {
             free.remove(0);
         }
     }
@@ -74,6 +81,20 @@ impl Drop for Grid {
 impl Grid {
     pub fn zeros(n: usize, h: usize, w: usize, c: usize) -> Grid {
         Grid { n, h, w, c, data: pool::take(n * (h + 2) * (w + 2) * c) }
+    }
+
+    /// A grid whose border rows are zero and whose other positions the caller overwrites
+    /// (then calls `zero_side_borders`): skips zeroing buffers that are written anyway.
+    pub fn for_overwrite(n: usize, h: usize, w: usize, c: usize) -> Grid {
+        let mut g = Grid { n, h, w, c, data: pool::take_dirty(n * (h + 2) * (w + 2) * c) };
+        let row = g.wp() * c;
+        for b in 0..n {
+            let top = b * (h + 2) * row;
+            g.data[top..top + row].fill(0.0);
+            let bottom = top + (h + 1) * row;
+            g.data[bottom..bottom + row].fill(0.0);
+        }
+        g
     }
 
     /// Row length in positions (with the border).

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 
-use self::conv::{Packed, conv, weight_grad};
+use self::conv::{Packed, Source, conv, conv_sum, weight_grad};
 use self::grid::Grid;
 use self::norm::{GnStats, gn_silu, gn_silu_backward, silu_vec};
 use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec};
@@ -311,11 +311,17 @@ impl Block {
         let h1 = self.conv1.forward(p, &a1, Some(&e));
         let n2 = format!("{}.norm2", self.name);
         let (a2, st2) = gn_silu(&h1, p.get(&format!("{n2}.gamma")), p.get(&format!("{n2}.beta")), groups(self.cout));
-        let mut out = self.conv2.forward(p, &a2, None);
-        match &self.skip {
-            Some(s) => add_into(&mut out.data, &s.forward(p, &x, None).data),
-            None => add_into(&mut out.data, &x.data),
-        }
+        // conv2 + skip (or the identity) + both biases in one pass.
+        let out = profile::time("conv2+skip", || {
+            let mut bias = bias_rows(p.get(&format!("{}.conv2.bias", self.name)), None, n);
+            match &self.skip {
+                Some(s) => {
+                    add_into(&mut bias, &bias_rows(p.get(&format!("{}.bias", s.name)), None, n));
+                    conv_sum(&[Source { x: &a2, p: &self.conv2.fwd }, Source { x: &x, p: &s.fwd }], &bias, None)
+                }
+                None => conv_sum(&[Source { x: &a2, p: &self.conv2.fwd }], &bias, Some(&x)),
+            }
+        });
         (out, BlockCache { x, st1, a1, h1, st2, a2 })
     }
 
@@ -422,10 +428,23 @@ impl CpuUNet {
 
     /// x: n × 11 × h × w (NCHW), time: n × TIME_FEATURES. Returns n × 3 × h × w.
     pub fn forward(&self, p: &Params, x: &[f32], time: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
-        profile::time("sampling forward", || self.run(p, x, time, n, h, w).0.to_nchw(3))
+        profile::time("sampling forward", || self.run(p, x, time, n, h, w, false).0.to_nchw(3))
     }
 
-    fn run(&self, p: &Params, x: &[f32], time: &[f32], n: usize, h: usize, w: usize) -> (Grid, Tape) {
+    /// The forward pass; with `keep`, also what the backward pass needs (without, each
+    /// block's intermediates are freed as soon as the block is done: sampling at 768 px
+    /// would otherwise hold every activation of the network at once).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        p: &Params,
+        x: &[f32],
+        time: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        keep: bool,
+    ) -> (Grid, Option<Tape>) {
         assert_eq!(time.len(), n * TIME_FEATURES);
         let stride = self.spec.stride();
         assert!(h % stride == 0 && w % stride == 0, "sides must divide by {stride}");
@@ -437,13 +456,17 @@ impl CpuUNet {
         let (mut down, mut skips, mut ds_in) = (Vec::new(), Vec::new(), Vec::new());
         for (i, block) in self.down.iter().enumerate() {
             let (o, c) = block.forward(p, h_, &emb, n);
-            down.push(c);
+            if keep {
+                down.push(c);
+            }
             h_ = o;
             if i < self.downsample.len() {
                 let s2d = h_.space_to_depth();
                 skips.push(h_);
                 h_ = self.downsample[i].forward(p, &s2d, None);
-                ds_in.push(s2d);
+                if keep {
+                    ds_in.push(s2d);
+                }
             }
         }
         let (o, mid) = self.mid.forward(p, h_, &emb, n);
@@ -454,15 +477,22 @@ impl CpuUNet {
         for i in (0..self.up.len()).rev() {
             let u = h_.upsample2();
             let hc = self.up_convs[i].forward(p, &u, None);
-            up_in[i] = u;
+            if keep {
+                up_in[i] = u;
+            }
             let cat = hc.concat(&skips.pop().expect("skip"));
             let (o, c) = self.up[i].forward(p, cat, &emb, n);
-            up[i] = Some(c);
+            if keep {
+                up[i] = Some(c);
+            }
             h_ = o;
         }
         let (a_out, st_out) =
             gn_silu(&h_, p.get("norm_out.gamma"), p.get("norm_out.beta"), groups(self.spec.channels[0]));
         let y = self.conv_out.forward(p, &a_out, None);
+        if !keep {
+            return (y, None);
+        }
         let tape = Tape {
             input,
             time: time.to_vec(),
@@ -479,7 +509,7 @@ impl CpuUNet {
             st_out,
             a_out,
         };
-        (y, tape)
+        (y, Some(tape))
     }
 
     /// Loss (train::learn's weighted MSE on the residual) and the gradient of every parameter.
@@ -494,7 +524,8 @@ impl CpuUNet {
         h: usize,
         w: usize,
     ) -> (f32, Params) {
-        let (y, tape) = self.run(p, x, time, n, h, w);
+        let (y, tape) = self.run(p, x, time, n, h, w, true);
+        let tape = tape.expect("kept");
         let pred = y.to_nchw(3);
         let wsum: f64 = weight.iter().map(|&v| v as f64).sum::<f64>() + 1e-6;
         let mut loss = 0.0f64;

@@ -375,7 +375,7 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
     let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
     let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
     let wide = wide_ok(c);
-    let mut out = Grid::zeros(x.n, x.h, x.w, c);
+    let mut out = Grid::for_overwrite(x.n, x.h, x.w, c);
     out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
         let (b, y) = (row / hp, row % hp);
         if y == 0 || y == hp - 1 {
@@ -391,6 +391,7 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
         }
         row_apply(xr, orow, c, w, ab, ob);
     });
+    out.zero_side_borders();
     (out, st)
 }
 
@@ -452,7 +453,7 @@ fn gn_silu_backward_inner(
             k3[i] = (-(st.rstd[g] as f64) * mgx[g]) as f32;
         }
     }
-    let mut dx = Grid::zeros(x.n, x.h, x.w, c);
+    let mut dx = Grid::for_overwrite(x.n, x.h, x.w, c);
     dx.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, out)| {
         let (b, y) = (row / hp, row % hp);
         if y == 0 || y == hp - 1 {
@@ -493,6 +494,7 @@ fn gn_silu_backward_inner(
             sl(&k3[..]),
         );
     });
+    dx.zero_side_borders();
     (dx, dgamma, dbeta)
 }
 
