@@ -130,19 +130,31 @@ impl Grid {
         }
     }
 
+    /// Fill every interior pixel of `self` in parallel over rows: f(image, y, x, pixel).
+    fn fill_pixels(&mut self, f: impl Fn(usize, usize, usize, &mut [f32]) + Sync) {
+        use rayon::prelude::*;
+        let (h, w, c, wp) = (self.h, self.w, self.c, self.wp());
+        let hp = h + 2;
+        self.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, data)| {
+            let (b, y) = (row / hp, row % hp);
+            if y == 0 || y == hp - 1 {
+                return;
+            }
+            for x in 0..w {
+                f(b, y - 1, x, &mut data[(x + 1) * c..(x + 2) * c]);
+            }
+        });
+    }
+
     /// From NCHW planes.
     pub fn from_nchw(src: &[f32], n: usize, c: usize, h: usize, w: usize) -> Grid {
-        let mut g = Grid::zeros(n, h, w, c);
-        for b in 0..n {
-            for ch in 0..c {
-                for y in 0..h {
-                    for x in 0..w {
-                        let p = g.pos(b, y, x);
-                        g.data[p * c + ch] = src[((b * c + ch) * h + y) * w + x];
-                    }
-                }
+        let mut g = Grid::for_overwrite(n, h, w, c);
+        g.fill_pixels(|b, y, x, px| {
+            for (ch, v) in px.iter_mut().enumerate() {
+                *v = src[((b * c + ch) * h + y) * w + x];
             }
-        }
+        });
+        g.zero_side_borders();
         g
     }
 
@@ -182,26 +194,32 @@ impl Grid {
     /// Concatenate channels: [self, other] per pixel.
     pub fn concat(&self, other: &Grid) -> Grid {
         assert_eq!((self.n, self.h, self.w), (other.n, other.h, other.w));
-        let c = self.c + other.c;
-        let mut out = Grid::zeros(self.n, self.h, self.w, c);
-        let positions = self.data.len() / self.c.max(1);
-        for p in 0..positions {
-            out.data[p * c..p * c + self.c].copy_from_slice(&self.data[p * self.c..(p + 1) * self.c]);
-            out.data[p * c + self.c..(p + 1) * c].copy_from_slice(&other.data[p * other.c..(p + 1) * other.c]);
-        }
+        let (c1, c2) = (self.c, other.c);
+        let mut out = Grid::for_overwrite(self.n, self.h, self.w, c1 + c2);
+        out.fill_pixels(|b, y, x, px| {
+            let (p1, p2) = (self.pos(b, y, x), other.pos(b, y, x));
+            px[..c1].copy_from_slice(&self.data[p1 * c1..(p1 + 1) * c1]);
+            px[c1..].copy_from_slice(&other.data[p2 * c2..(p2 + 1) * c2]);
+        });
+        out.zero_side_borders();
         out
     }
 
     /// Split channels [0, c1) and [c1, c).
     pub fn split(&self, c1: usize) -> (Grid, Grid) {
-        let c2 = self.c - c1;
-        let mut a = Grid::zeros(self.n, self.h, self.w, c1);
-        let mut b = Grid::zeros(self.n, self.h, self.w, c2);
-        let positions = self.data.len() / self.c;
-        for p in 0..positions {
-            a.data[p * c1..(p + 1) * c1].copy_from_slice(&self.data[p * self.c..p * self.c + c1]);
-            b.data[p * c2..(p + 1) * c2].copy_from_slice(&self.data[p * self.c + c1..(p + 1) * self.c]);
-        }
+        let (c, c2) = (self.c, self.c - c1);
+        let mut a = Grid::for_overwrite(self.n, self.h, self.w, c1);
+        let mut b = Grid::for_overwrite(self.n, self.h, self.w, c2);
+        a.fill_pixels(|bi, y, x, px| {
+            let p = self.pos(bi, y, x);
+            px.copy_from_slice(&self.data[p * c..p * c + c1]);
+        });
+        b.fill_pixels(|bi, y, x, px| {
+            let p = self.pos(bi, y, x);
+            px.copy_from_slice(&self.data[p * c + c1..(p + 1) * c]);
+        });
+        a.zero_side_borders();
+        b.zero_side_borders();
         (a, b)
     }
 
@@ -237,37 +255,61 @@ impl Grid {
         out
     }
 
+    /// Four phase grids (py·2+px) of one size into one grid of twice the size.
+    pub fn interleave(phases: &[Grid]) -> Grid {
+        let g = &phases[0];
+        let c = g.c;
+        let mut out = Grid::for_overwrite(g.n, 2 * g.h, 2 * g.w, c);
+        out.fill_pixels(|b, y, x, px| {
+            let src = &phases[(y % 2) * 2 + x % 2];
+            let pi = src.pos(b, y / 2, x / 2);
+            px.copy_from_slice(&src.data[pi * c..(pi + 1) * c]);
+        });
+        out.zero_side_borders();
+        out
+    }
+
+    /// Inverse of `interleave`.
+    pub fn deinterleave(&self) -> Vec<Grid> {
+        let c = self.c;
+        (0..4)
+            .map(|ph| {
+                let (py, px0) = (ph / 2, ph % 2);
+                let mut g = Grid::for_overwrite(self.n, self.h / 2, self.w / 2, c);
+                g.fill_pixels(|b, y, x, px| {
+                    let pi = self.pos(b, 2 * y + py, 2 * x + px0);
+                    px.copy_from_slice(&self.data[pi * c..(pi + 1) * c]);
+                });
+                g.zero_side_borders();
+                g
+            })
+            .collect()
+    }
+
     /// Space to depth: 2×2 blocks become 4c channels ordered (py, px, channel).
     pub fn space_to_depth(&self) -> Grid {
         let c = self.c;
-        let mut out = Grid::zeros(self.n, self.h / 2, self.w / 2, 4 * c);
-        for b in 0..self.n {
-            for y in 0..self.h {
-                for x in 0..self.w {
-                    let (pi, po) = (self.pos(b, y, x), out.pos(b, y / 2, x / 2));
-                    let k = (y % 2) * 2 + x % 2;
-                    out.data[po * 4 * c + k * c..po * 4 * c + (k + 1) * c]
-                        .copy_from_slice(&self.data[pi * c..(pi + 1) * c]);
-                }
+        let mut out = Grid::for_overwrite(self.n, self.h / 2, self.w / 2, 4 * c);
+        out.fill_pixels(|b, y, x, px| {
+            for k in 0..4 {
+                let pi = self.pos(b, 2 * y + k / 2, 2 * x + k % 2);
+                px[k * c..(k + 1) * c].copy_from_slice(&self.data[pi * c..(pi + 1) * c]);
             }
-        }
+        });
+        out.zero_side_borders();
         out
     }
 
     /// Inverse of `space_to_depth`.
     pub fn depth_to_space(&self) -> Grid {
         let c = self.c / 4;
-        let mut out = Grid::zeros(self.n, 2 * self.h, 2 * self.w, c);
-        for b in 0..out.n {
-            for y in 0..out.h {
-                for x in 0..out.w {
-                    let (po, pi) = (out.pos(b, y, x), self.pos(b, y / 2, x / 2));
-                    let k = (y % 2) * 2 + x % 2;
-                    out.data[po * c..(po + 1) * c]
-                        .copy_from_slice(&self.data[pi * 4 * c + k * c..pi * 4 * c + (k + 1) * c]);
-                }
-            }
-        }
+        let mut out = Grid::for_overwrite(self.n, 2 * self.h, 2 * self.w, c);
+        out.fill_pixels(|b, y, x, px| {
+            let pi = self.pos(b, y / 2, x / 2);
+            let k = (y % 2) * 2 + x % 2;
+            px.copy_from_slice(&self.data[pi * 4 * c + k * c..pi * 4 * c + (k + 1) * c]);
+        });
+        out.zero_side_borders();
         out
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 
-use self::conv::{Packed, Source, conv, conv_sum, weight_grad};
+use self::conv::{Packed, Source, UpPacked, conv, conv_sum, weight_grad};
 use self::grid::Grid;
 use self::norm::{GnStats, gn_silu, gn_silu_backward, silu_vec};
 use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec};
@@ -192,9 +192,13 @@ fn silu_backward(pre: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 fn add_into(a: &mut [f32], b: &[f32]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += y;
-    }
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    a.par_chunks_mut(CHUNK).zip(b.par_chunks(CHUNK)).for_each(|(a, b)| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+    });
 }
 
 /// Per-image bias rows: base (c) + extra (n × c).
@@ -271,6 +275,30 @@ fn acc(grads: &mut Params, name: &str, g: &[f32]) {
         None => {
             grads.tensors.insert(name.to_string(), g.to_vec());
         }
+    }
+}
+
+/// An up-convolution: 3×3 convolution of the ×2 upsampled input, on the coarse grid.
+struct UpConvW {
+    name: String,
+    up: UpPacked,
+}
+
+impl UpConvW {
+    fn new(p: &Params, name: &str, cin: usize, cout: usize) -> UpConvW {
+        UpConvW { name: name.into(), up: UpPacked::from_oihw(p.get(&format!("{name}.weight")), cout, cin) }
+    }
+
+    fn forward(&self, p: &Params, x: &Grid) -> Grid {
+        let bias = bias_rows(p.get(&format!("{}.bias", self.name)), None, x.n);
+        profile::time("up conv forward", || self.up.forward(x, &bias))
+    }
+
+    fn backward(&self, x: &Grid, dy: &Grid, grads: &mut Params) -> Grid {
+        let (dw, db_img, dx) = profile::time("up conv backward", || self.up.backward(x, dy));
+        acc(grads, &format!("{}.weight", self.name), &dw);
+        acc(grads, &format!("{}.bias", self.name), &sum_rows(&db_img, self.up.cout));
+        dx
     }
 }
 
@@ -384,7 +412,7 @@ pub struct CpuUNet {
     down: Vec<Block>,
     downsample: Vec<ConvW>,
     mid: Block,
-    up_convs: Vec<ConvW>,
+    up_convs: Vec<UpConvW>,
     up: Vec<Block>,
     conv_out: ConvW,
 }
@@ -418,9 +446,7 @@ impl CpuUNet {
                 .map(|i| ConvW::new(p, &format!("downsamples.{i}"), ch[i], ch[i + 1], 3, true, backward))
                 .collect(),
             mid: Block::new(p, "mid", ch[l - 1], ch[l - 1], backward),
-            up_convs: (0..l - 1)
-                .map(|i| ConvW::new(p, &format!("up_convs.{i}"), ch[i + 1], ch[i], 3, false, backward))
-                .collect(),
+            up_convs: (0..l - 1).map(|i| UpConvW::new(p, &format!("up_convs.{i}"), ch[i + 1], ch[i])).collect(),
             up: (0..l - 1).map(|i| Block::new(p, &format!("up_blocks.{i}"), 2 * ch[i], ch[i], backward)).collect(),
             conv_out: ConvW::new(p, "conv_out", ch[0], 3, 3, false, backward),
         }
@@ -475,10 +501,9 @@ impl CpuUNet {
         let mut up_in = vec![Grid::zeros(0, 0, 0, 0); self.up.len()];
         let mut up: Vec<Option<BlockCache>> = (0..self.up.len()).map(|_| None).collect();
         for i in (0..self.up.len()).rev() {
-            let u = h_.upsample2();
-            let hc = self.up_convs[i].forward(p, &u, None);
+            let hc = self.up_convs[i].forward(p, &h_);
             if keep {
-                up_in[i] = u;
+                up_in[i] = h_;
             }
             let cat = hc.concat(&skips.pop().expect("skip"));
             let (o, c) = self.up[i].forward(p, cat, &emb, n);
@@ -559,8 +584,7 @@ impl CpuUNet {
             let dcat = self.up[i].backward(p, &tape.up[i], &dh, &tape.emb, &mut demb, &mut g);
             let (dhc, dskip) = dcat.split(self.up[i].cout);
             dskips[i] = Some(dskip);
-            let (_, du) = self.up_convs[i].backward(&tape.up_in[i], &dhc, &mut g, true);
-            dh = du.expect("dx").upsample2_backward();
+            dh = self.up_convs[i].backward(&tape.up_in[i], &dhc, &mut g);
         }
         dh = self.mid.backward(p, tape.mid.as_ref().expect("mid"), &dh, &tape.emb, &mut demb, &mut g);
         for i in (0..self.down.len()).rev() {
@@ -626,19 +650,31 @@ impl Learner {
         let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-5f32);
         let bc2 = (1.0 - b2.powi(self.step)).sqrt();
         let factor = bc2 / (1.0 - b1.powi(self.step));
+        use rayon::prelude::*;
+        for name in g.tensors.keys() {
+            if !self.adam.contains_key(name) {
+                let len = g.tensors[name].len();
+                self.adam.insert(name.clone(), (vec![0.0; len], vec![0.0; len]));
+            }
+        }
+        // Each parameter tensor on its own task (they are independent).
+        let mut work: Vec<(&Vec<f32>, &mut Vec<f32>, &mut (Vec<f32>, Vec<f32>))> = Vec::new();
+        let mut params: HashMap<&String, &mut Vec<f32>> = self.params.tensors.iter_mut().collect();
+        let mut states: HashMap<&String, &mut (Vec<f32>, Vec<f32>)> = self.adam.iter_mut().collect();
         for (name, grad) in &g.tensors {
+            let p = params.remove(name).unwrap_or_else(|| panic!("gradient of unknown {name}"));
+            work.push((grad, p, states.remove(name).expect("state")));
+        }
+        work.into_par_iter().for_each(|(grad, p, (m, v))| {
             let norm = grad.iter().map(|v| v * v).sum::<f32>().sqrt();
             let clip = (1.0 / (norm + f32::MIN_POSITIVE)).min(1.0);
-            let len = grad.len();
-            let (m, v) = self.adam.entry(name.clone()).or_insert_with(|| (vec![0.0; len], vec![0.0; len]));
-            let p = self.params.tensors.get_mut(name).unwrap_or_else(|| panic!("gradient of unknown {name}"));
-            for i in 0..len {
+            for i in 0..grad.len() {
                 let gi = grad[i] * clip;
                 m[i] = b1 * m[i] + (1.0 - b1) * gi;
                 v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                 p[i] -= lr as f32 * (m[i] * factor) / (v[i].sqrt() + eps * bc2);
             }
-        }
+        });
     }
 }
 
