@@ -15,7 +15,8 @@ realfill. What it does:
 2. Speed: times PyTorch's learning step (batch 8, 64x64 crops: forward, backward, clipping,
    Adam) and sampling step (one forward at 384x288, read back) with
    torch.set_num_threads(threads), and realfill's identical steps (`realfill torch-check DIR
-   --time`), interleaved, and prints the medians and the ratio realfill / PyTorch.
+   --time`: realfill's CPU network and, for comparison, burn's flex backend), interleaved
+   round by round, and prints the medians and the ratios to PyTorch.
 
     bench/torch_reference.sh                # both, default network
     bench/torch_reference.sh --fixture DIR  # only write a tiny network's check files (tests)
@@ -246,7 +247,7 @@ def main():
     if r.returncode != 0:
         sys.exit("equivalence check FAILED: the timing below would compare different functions")
 
-    rows = {"torch": [], "torch channels_last": [], "realfill": []}
+    rows = {"torch": [], "torch channels_last": [], "realfill": [], "realfill, burn flex": []}
     for _ in range(a.rounds):
         rows["torch"].append(time_torch(channels, emb_dim, a.batch, a.crop, size, a.repeats, False))
         rows["torch channels_last"].append(time_torch(channels, emb_dim, a.batch, a.crop, size, a.repeats, True))
@@ -255,6 +256,7 @@ def main():
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         j = json.loads(out.strip().splitlines()[-1])
         rows["realfill"].append((j["learn_ms"], j["sample_ms"]))
+        rows["realfill, burn flex"].append((j["burn_learn_ms"], j["burn_sample_ms"]))
 
     med = {k: (statistics.median(v[0] for v in vs), statistics.median(v[1] for v in vs)) for k, vs in rows.items()}
     best_learn = min(med["torch"][0], med["torch channels_last"][0])
@@ -266,6 +268,9 @@ def main():
         print(f"{k:22} {l:20.1f} {s:20.1f}")
     print(f"{'realfill / PyTorch':22} {med['realfill'][0] / best_learn:19.2f}x {med['realfill'][1] / best_sample:19.2f}x"
           "   (against the faster PyTorch layout)")
+    print(f"{'burn flex / PyTorch':22} {med['realfill, burn flex'][0] / best_learn:19.2f}x "
+          f"{med['realfill, burn flex'][1] / best_sample:19.2f}x")
+    print("realfill = what realfill runs on the CPU (src/diffusion/cpu_unet); burn flex = the same network on burn's CPU backend")
 
 
 if __name__ == "__main__":

@@ -475,16 +475,36 @@ mod avx512 {
 pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
     let (cin, cout) = (p.cin, p.cout);
     assert_eq!((x.c, dy.c), (cin, cout));
+    // gemm is faster for the wide layers (measured: ≈ 1.3–1.9× at 64–192 channels); the
+    // kernel wins where gemm's blocks are mostly padding (conv_out's 3 output channels: 1.8×).
+    #[cfg(target_arch = "x86_64")]
+    if cout < 16 && matches!(Kernel::detect(), Kernel::Avx512) {
+        return (wgrad::weight_grad(x, p, dy), bias_grad(dy));
+    }
+    (weight_grad_gemm(x, p, dy), bias_grad(dy))
+}
+
+/// `weight_grad`'s dW through `gemm` (CPUs without AVX-512).
+fn weight_grad_gemm(x: &Grid, p: &Packed, dy: &Grid) -> Vec<f32> {
+    let (cin, cout) = (p.cin, p.cout);
     let wp = x.wp() as isize;
     let nt = p.taps.len();
-    // One accumulator per (image, tap), reduced after: each task is one gemm over an image.
-    let jobs: Vec<(usize, usize)> = (0..x.n).flat_map(|b| (0..nt).map(move |t| (b, t))).collect();
+    // One product per (image, tap) on large grids, reduced after; on small grids one per tap
+    // over all images at once (the border rows between images hold dy = 0 and add nothing),
+    // where per-image products are too short to pay for the call.
+    let per_image = x.h * x.w >= 1024;
+    let ranges: Vec<(usize, usize)> = if per_image {
+        (0..x.n).map(|b| x.rows_range(b)).collect()
+    } else {
+        vec![(x.rows_range(0).0, x.rows_range(x.n - 1).1)]
+    };
+    let jobs: Vec<(usize, usize)> = (0..ranges.len()).flat_map(|b| (0..nt).map(move |t| (b, t))).collect();
     let parts: Vec<Vec<f32>> = jobs
         .par_iter()
         .map(|&(b, t)| {
             // As in `conv`: the range's first and last positions (border columns, where dy is
-            // zero) are skipped so that the outer taps stay inside the image.
-            let (s, e) = x.rows_range(b);
+            // zero) are skipped so that the outer taps stay inside the buffer.
+            let (s, e) = ranges[b];
             let (s, e) = (s + 1, e - 1);
             let (dyy, dxx) = p.taps[t];
             let off = dyy * wp + dxx;
@@ -524,7 +544,13 @@ pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
             *d += v;
         }
     }
-    let db: Vec<f32> = (0..x.n)
+    dw
+}
+
+/// Per-image sums of dy over positions (n × c).
+fn bias_grad(dy: &Grid) -> Vec<f32> {
+    let cout = dy.c;
+    (0..dy.n)
         .into_par_iter()
         .flat_map_iter(|b| {
             let (s, e) = dy.rows_range(b);
@@ -536,8 +562,163 @@ pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
             }
             acc
         })
-        .collect();
-    (dw, db)
+        .collect()
+}
+
+/// Weight gradients with a register-blocked AVX-512 kernel: for each tap, a block of 8 input
+/// channels × 32 output channels accumulates x[q + tap]ᵀ·dy[q] over a chunk of positions
+/// (x and dy chunks stay in cache while every tap and channel block passes over them).
+#[cfg(target_arch = "x86_64")]
+mod wgrad {
+    use super::{Grid, Packed};
+    use rayon::prelude::*;
+    use std::arch::x86_64::*;
+
+    const RB: usize = 8;
+    const CHUNK: usize = 384;
+
+    pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> Vec<f32> {
+        let (cin, cout) = (p.cin, p.cout);
+        let cout_pad = cout.div_ceil(16) * 16;
+        let nt = p.taps.len();
+        let wp = x.wp() as isize;
+        let offs: Vec<isize> = p.taps.iter().map(|&(dy, dx)| dy * wp + dx).collect();
+        // All images at once: border rows hold dy = 0. Skip the first and last positions so
+        // that the outer taps stay inside the buffer.
+        let (s0, e0) = (x.rows_range(0).0 + 1, x.rows_range(x.n - 1).1 - 1);
+        let threads = rayon::current_num_threads().max(1);
+        let per = (e0 - s0).div_ceil(threads * 4).max(CHUNK);
+        let ranges: Vec<(usize, usize)> = (s0..e0).step_by(per).map(|s| (s, (s + per).min(e0))).collect();
+        let partials: Vec<Vec<f32>> = ranges
+            .par_iter()
+            .map(|&(s, e)| {
+                let mut dw = vec![0.0f32; nt * cin * cout_pad];
+                let mut q = s;
+                while q < e {
+                    let qe = (q + CHUNK).min(e);
+                    for (t, &off) in offs.iter().enumerate() {
+                        let mut ci = 0;
+                        while ci < cin {
+                            let rows = (cin - ci).min(RB);
+                            let mut co = 0;
+                            while co < cout_pad {
+                                let two = co + 32 <= cout_pad;
+                                // SAFETY: AVX-512 detected by the caller; positions q..qe
+                                // shifted by the tap stay inside x (see above); dw holds
+                                // taps·cin·cout_pad values; loads of dy are masked to cout.
+                                unsafe {
+                                    let dwp = dw.as_mut_ptr().add((t * cin + ci) * cout_pad + co);
+                                    block(x, dy, q, qe, off, ci, rows, co, two, cout_pad, dwp)
+                                };
+                                co += if two { 32 } else { 16 };
+                            }
+                            ci += rows;
+                        }
+                    }
+                    q = qe;
+                }
+                dw
+            })
+            .collect();
+        // Sum the partials and drop the padding: taps × cin × cout.
+        let mut out = vec![0.0f32; nt * cin * cout];
+        for part in &partials {
+            for r in 0..nt * cin {
+                for o in 0..cout {
+                    out[r * cout + o] += part[r * cout_pad + o];
+                }
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block(
+        x: &Grid,
+        dy: &Grid,
+        q0: usize,
+        q1: usize,
+        off: isize,
+        ci: usize,
+        rows: usize,
+        co: usize,
+        two: bool,
+        cout_pad: usize,
+        dw: *mut f32,
+    ) {
+        // Dispatch the row count to a fixed-size kernel (registers are allocated statically).
+        unsafe {
+            macro_rules! go {
+                ($r:literal) => {
+                    if two {
+                        kernel::<$r, 2>(x, dy, q0, q1, off, ci, co, cout_pad, dw)
+                    } else {
+                        kernel::<$r, 1>(x, dy, q0, q1, off, ci, co, cout_pad, dw)
+                    }
+                };
+            }
+            match rows {
+                8 => go!(8),
+                7 => go!(7),
+                6 => go!(6),
+                5 => go!(5),
+                4 => go!(4),
+                3 => go!(3),
+                2 => go!(2),
+                _ => go!(1),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const R: usize, const V: usize>(
+        x: &Grid,
+        dy: &Grid,
+        q0: usize,
+        q1: usize,
+        off: isize,
+        ci: usize,
+        co: usize,
+        cout_pad: usize,
+        dw: *mut f32,
+    ) {
+        let (cin, cout) = (x.c, dy.c);
+        let mut masks = [0xFFFFu16; V];
+        for (v, m) in masks.iter_mut().enumerate() {
+            let valid = cout.saturating_sub(co + 16 * v).min(16);
+            *m = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
+        }
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        unsafe {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for (v, av) in a.iter_mut().enumerate() {
+                    *av = _mm512_loadu_ps(dw.add(r * cout_pad + 16 * v));
+                }
+            }
+            let xp = x.data.as_ptr();
+            let dp = dy.data.as_ptr();
+            for q in q0..q1 {
+                let mut d = [_mm512_setzero_ps(); V];
+                for (v, dv) in d.iter_mut().enumerate() {
+                    *dv = _mm512_maskz_loadu_ps(masks[v], dp.add(q * cout + co + 16 * v));
+                }
+                let xb = xp.offset((q as isize + off) * cin as isize + ci as isize);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*xb.add(r));
+                    for v in 0..V {
+                        a[v] = _mm512_fmadd_ps(b, d[v], a[v]);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (v, av) in a.iter().enumerate() {
+                    _mm512_storeu_ps(dw.add(r * cout_pad + 16 * v), *av);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +790,22 @@ mod tests {
             let g = Grid::from_nchw(&x, n, cin, h, w);
             let got = conv(&g, &Packed::from_oihw(&wt, cout, cin, k), &vec![0.0; n * cout]);
             close(&got.to_nchw(cout), &want);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn weight_gradient_kernel_matches_gemm() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut rng = Rng::new(9);
+        // Channel counts with partial row blocks (11) and partial vectors (3, 40).
+        for &(n, cin, cout, h, w) in &[(3, 11, 32, 9, 7), (2, 32, 3, 6, 5), (1, 16, 40, 40, 33)] {
+            let x = Grid::from_nchw(&rand(n * cin * h * w, &mut rng), n, cin, h, w);
+            let dy = Grid::from_nchw(&rand(n * cout * h * w, &mut rng), n, cout, h, w);
+            let p = Packed::from_oihw(&rand(cout * cin * 9, &mut rng), cout, cin, 3);
+            close(&wgrad::weight_grad(&x, &p, &dy), &weight_grad_gemm(&x, &p, &dy));
         }
     }
 
