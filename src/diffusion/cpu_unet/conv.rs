@@ -246,6 +246,10 @@ pub fn conv(x: &Grid, p: &Packed, bias: &[f32]) -> Grid {
 /// out = Σ conv(x_k) + bias (+ residual): a residual block's second convolution, its skip
 /// convolution and the residual sum in one pass over the output.
 pub fn conv_sum(srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
+    conv_sum_with(Kernel::detect(), srcs, bias, residual)
+}
+
+fn conv_sum_with(kernel: Kernel, srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
     let g = srcs[0].x;
     let (cout, cout_pad) = (srcs[0].p.cout, srcs[0].p.cout_pad);
     for s in srcs {
@@ -278,7 +282,6 @@ pub fn conv_sum(srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> G
     let outp = SendPtr(out.data.as_mut_ptr());
     let res = ConstPtr(residual.map_or(std::ptr::null(), |r| r.data.as_ptr()));
     let ks = KSrcs(&ksrcs);
-    let kernel = Kernel::detect();
     tasks.par_iter().for_each(|&(b, start, rows)| {
         let (outp, res, ks) = (outp, res, ks);
         // Skip the range's first and last positions (the left border of its first row, the
@@ -845,6 +848,20 @@ mod tests {
         close(&dw, &Packed::grad_to_oihw(&dwp, cout, cin, 3));
         let dxp = conv(&r, &plain.transposed(), &vec![0.0; n * cin]).upsample2_backward();
         close(&dx.data, &dxp.data);
+    }
+
+    #[test]
+    fn portable_kernel_matches_the_vector_kernel() {
+        // What CPUs without AVX-512 run, against what this one runs (the same where it has none).
+        let mut rng = Rng::new(10);
+        let (n, h, w, c1, cout) = (2, 6, 9, 20, 40);
+        let x = Grid::from_nchw(&rand(n * c1 * h * w, &mut rng), n, c1, h, w);
+        let res = Grid::from_nchw(&rand(n * cout * h * w, &mut rng), n, cout, h, w);
+        let p = Packed::from_oihw(&rand(cout * c1 * 9, &mut rng), cout, c1, 3);
+        let bias = rand(n * cout, &mut rng);
+        let a = conv_sum_with(Kernel::Portable, &[Source { x: &x, p: &p }], &bias, Some(&res));
+        let b = conv_sum_with(Kernel::detect(), &[Source { x: &x, p: &p }], &bias, Some(&res));
+        close(&a.data, &b.data);
     }
 
     #[test]
