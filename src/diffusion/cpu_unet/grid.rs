@@ -16,7 +16,7 @@ pub struct Grid {
 /// Recycled buffers: a step allocates and frees dozens of activation-sized buffers, and
 /// fresh ones from the system cost a page fault per 4 KiB on first touch (measured: most of
 /// a normalisation's time). Freed grids return their buffers here; new grids reuse them.
-mod pool {
+pub mod pool {
     use std::sync::Mutex;
 
     static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
@@ -50,6 +50,11 @@ mod pool {
             }
             None => vec![0.0; len],
         }
+    }
+
+    /// Return every idle buffer to the system (after a job: the app should not sit on them).
+    pub fn release() {
+        FREE.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn give(v: Vec<f32>) {

@@ -729,10 +729,22 @@ impl Learner {
     }
 }
 
+impl Drop for Learner {
+    fn drop(&mut self) {
+        grid::pool::release();
+    }
+}
+
 /// Sampling on the CPU: the burn model's weights, packed once.
 pub struct CpuSampler {
     params: Params,
     net: CpuUNet,
+}
+
+impl Drop for CpuSampler {
+    fn drop(&mut self) {
+        grid::pool::release();
+    }
 }
 
 impl CpuSampler {
