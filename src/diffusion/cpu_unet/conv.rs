@@ -1,11 +1,14 @@
 //! Convolutions on padded grids: one direct kernel for every "same" convolution (3×3, 1×1,
 //! the 2×2 form of a stride-2 3×3 after space-to-depth) and for every input gradient (the
-//! same kernel with flipped taps and swapped channels); weight gradients are matrix products
-//! per tap (`gemm`).
+//! same kernel with flipped taps and swapped channels), for sums of convolutions with a
+//! residual (`conv_sum`), and for the four phases of an up-convolution (`UpPacked`); weight
+//! gradients are matrix products per tap (`gemm`; a small kernel where gemm's blocks would be
+//! mostly padding).
 //!
-//! The kernel keeps a register block of 12 positions × 32 output channels (24 AVX-512
+//! The kernel keeps a register block of 14 positions × 32 output channels (28 AVX-512
 //! accumulators) and streams taps × input channels through it: one broadcast per position
-//! and two weight vectors per input channel — 24 FMAs per 14 loads. Outputs are written once.
+//! and two weight vectors per input channel — 28 FMAs per 16 loads. Outputs are written once.
+//! Without AVX-512 the same loops run as plain Rust (`portable`).
 
 use rayon::prelude::*;
 

@@ -107,11 +107,6 @@ impl Grid {
         self.w + 2
     }
 
-    /// Positions per image (with the border).
-    pub fn image_positions(&self) -> usize {
-        (self.h + 2) * (self.w + 2)
-    }
-
     /// Flat position of interior pixel (x, y) of image b.
     pub fn pos(&self, b: usize, y: usize, x: usize) -> usize {
         (b * (self.h + 2) + y + 1) * self.wp() + x + 1
@@ -180,22 +175,6 @@ impl Grid {
         out
     }
 
-    /// For each interior pixel of each image: f(image, channel slice). Parallel over images·rows.
-    pub fn for_each_pixel_mut(&mut self, f: impl Fn(usize, &mut [f32]) + Sync) {
-        use rayon::prelude::*;
-        let (h, wp, c, w) = (self.h, self.wp(), self.c, self.w);
-        let hp = h + 2;
-        self.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, data)| {
-            let (b, y) = (row / hp, row % hp);
-            if y == 0 || y == hp - 1 {
-                return;
-            }
-            for x in 1..=w {
-                f(b, &mut data[x * c..(x + 1) * c]);
-            }
-        });
-    }
-
     /// Concatenate channels: [self, other] per pixel.
     pub fn concat(&self, other: &Grid) -> Grid {
         assert_eq!((self.n, self.h, self.w), (other.n, other.h, other.w));
@@ -228,7 +207,9 @@ impl Grid {
         (a, b)
     }
 
-    /// Nearest-neighbour ×2 upsampling.
+    /// Nearest-neighbour ×2 upsampling (the reference the phase up-convolution is tested
+    /// against; the network never materialises it).
+    #[cfg(test)]
     pub fn upsample2(&self) -> Grid {
         let c = self.c;
         let mut out = Grid::zeros(self.n, 2 * self.h, 2 * self.w, c);
@@ -244,6 +225,7 @@ impl Grid {
     }
 
     /// Gradient of `upsample2`: each source pixel collects its four copies.
+    #[cfg(test)]
     pub fn upsample2_backward(&self) -> Grid {
         let c = self.c;
         let mut out = Grid::zeros(self.n, self.h / 2, self.w / 2, c);
