@@ -313,19 +313,31 @@ unsafe impl Send for KSrcs<'_> {}
 unsafe impl Sync for KSrcs<'_> {}
 
 #[derive(Clone, Copy)]
-enum Kernel {
+pub(super) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     Portable,
 }
 
 impl Kernel {
     fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
-            return Kernel::Avx512;
+        {
+            if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Portable
+    }
+
+    /// Whether this CPU has a vector kernel (else the scene model stays on burn).
+    pub fn vectorised() -> bool {
+        !matches!(Kernel::detect(), Kernel::Portable)
     }
 
     /// Positions [start, start+len) of the output, all output channels.
@@ -365,6 +377,23 @@ impl Kernel {
                         }
                     }
                     co += if two { 32 } else { 16 };
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if len >= avx2::R => {
+                let mut q = start;
+                loop {
+                    let q0 = q.min(start + len - avx2::R);
+                    let mut co = 0;
+                    while co < cout_pad {
+                        // SAFETY: forwarded from `conv_sum`.
+                        unsafe { avx2::block(srcs, cout, cout_pad, bias, res, out, q0, co) };
+                        co += 16;
+                    }
+                    q += avx2::R;
+                    if q >= start + len {
+                        break;
+                    }
                 }
             }
             // SAFETY: forwarded from `conv_sum`.
@@ -409,6 +438,73 @@ unsafe fn portable(
         for (o, &a) in acc.iter().enumerate().take(cout) {
             // SAFETY: q < positions of the output grid, o < cout.
             unsafe { *out.add(q * cout + o) = a };
+        }
+    }
+}
+
+/// The AVX2 + FMA form of the kernel (16 registers): 6 positions × 16 output channels.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::KSrc;
+    use std::arch::x86_64::*;
+
+    pub const R: usize = 6;
+
+    fn mask(valid: usize) -> __m256i {
+        let lanes: [i32; 8] = std::array::from_fn(|i| if i < valid { -1 } else { 0 });
+        // SAFETY: reads 8 i32.
+        unsafe { _mm256_loadu_si256(lanes.as_ptr() as *const __m256i) }
+    }
+
+    /// R positions from q0 × 16 output channels from co.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block(
+        srcs: &[KSrc],
+        cout: usize,
+        cout_pad: usize,
+        bias: &[f32],
+        res: *const f32,
+        out: *mut f32,
+        q0: usize,
+        co: usize,
+    ) {
+        let masks = [mask(cout.saturating_sub(co).min(8)), mask(cout.saturating_sub(co + 8).min(8))];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for v in 0..2 {
+            // SAFETY: bias has cout_pad ≥ co + 16 values; the residual has the output's shape
+            // (masked to channels < cout).
+            let b = unsafe { _mm256_loadu_ps(bias.as_ptr().add(co + 8 * v)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[v] = if res.is_null() {
+                    b
+                } else {
+                    _mm256_add_ps(b, unsafe { _mm256_maskload_ps(res.add((q0 + r) * cout + co + 8 * v), masks[v]) })
+                };
+            }
+        }
+        for s in srcs {
+            let cin = s.cin;
+            for (t, &off) in s.offs.iter().enumerate() {
+                // SAFETY (all reads): see `conv_sum`.
+                let xb = unsafe { s.x.offset((q0 * cin) as isize + off) };
+                let wb = unsafe { s.w.add(t * cin * cout_pad + co) };
+                for ci in 0..cin {
+                    let (w0, w1) =
+                        unsafe { (_mm256_loadu_ps(wb.add(ci * cout_pad)), _mm256_loadu_ps(wb.add(ci * cout_pad + 8))) };
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let b = _mm256_set1_ps(unsafe { *xb.add(r * cin + ci) });
+                        a[0] = _mm256_fmadd_ps(b, w0, a[0]);
+                        a[1] = _mm256_fmadd_ps(b, w1, a[1]);
+                    }
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for v in 0..2 {
+                // SAFETY: position q0 + r is inside the output; the mask keeps channels < cout.
+                unsafe { _mm256_maskstore_ps(out.add((q0 + r) * cout + co + 8 * v), masks[v], a[v]) };
+            }
         }
     }
 }
@@ -865,6 +961,11 @@ mod tests {
         let a = conv_sum_with(Kernel::Portable, &[Source { x: &x, p: &p }], &bias, Some(&res));
         let b = conv_sum_with(Kernel::detect(), &[Source { x: &x, p: &p }], &bias, Some(&res));
         close(&a.data, &b.data);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            let c = conv_sum_with(Kernel::Avx2, &[Source { x: &x, p: &p }], &bias, Some(&res));
+            close(&a.data, &c.data);
+        }
     }
 
     #[test]

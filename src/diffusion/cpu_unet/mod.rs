@@ -39,6 +39,8 @@ impl Params {
 pub fn serves(device: &Device) -> bool {
     (*device == Device::flex() || *device == Device::flex().autodiff())
         && std::env::var_os("REALFILL_BURN_CPU").is_none()
+        // Without AVX2 or AVX-512 its plain-Rust loops would be slower than burn's gemm.
+        && conv::Kernel::vectorised()
 }
 
 /// The network shape a parameter set belongs to.

@@ -43,7 +43,8 @@ pub fn silu_vec(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&u| u * sigmoid(u)).collect()
 }
 
-/// Compile a row function twice: for AVX-512 (chosen at run time) and for the baseline.
+/// Compile a row function three times: for AVX-512, for AVX2 + FMA (chosen at run time) and
+/// for the baseline.
 macro_rules! multiversion {
     ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
@@ -53,9 +54,17 @@ macro_rules! multiversion {
                 fn wide($($arg: $ty),*) {
                     $inner($($arg),*)
                 }
+                #[target_feature(enable = "avx2,fma")]
+                fn mid($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
                 if is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F.
                     return unsafe { wide($($arg),*) };
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { mid($($arg),*) };
                 }
             }
             $inner($($arg),*)
