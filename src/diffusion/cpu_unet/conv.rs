@@ -40,11 +40,11 @@ impl Packed {
             (0..k as isize).flat_map(|dy| (0..k as isize).map(move |dx| (dy - r, dx - r))).collect();
         let cout_pad = cout.div_ceil(16) * 16;
         let mut out = vec![0.0f32; k * k * cin * cout_pad];
-        for o in 0..cout {
-            for i in 0..cin {
-                for t in 0..k * k {
-                    out[(t * cin + i) * cout_pad + o] = w[(o * cin + i) * k * k + t];
-                }
+        // In output order (sequential writes, strided reads): packing runs every learning step.
+        for (row, dst) in out.chunks_exact_mut(cout_pad).enumerate() {
+            let (t, i) = (row / cin, row % cin);
+            for (o, d) in dst.iter_mut().enumerate().take(cout) {
+                *d = w[(o * cin + i) * k * k + t];
             }
         }
         Packed { taps, cin, cout, cout_pad, w: out }
@@ -80,11 +80,10 @@ impl Packed {
         let cout_pad = cout.div_ceil(16) * 16;
         let nt = self.taps.len();
         let mut w = vec![0.0f32; nt * cin * cout_pad];
-        for t in 0..nt {
-            for i in 0..self.cin {
-                for o in 0..self.cout {
-                    w[(t * cin + o) * cout_pad + i] = self.w[(t * self.cin + i) * self.cout_pad + o];
-                }
+        for (row, dst) in w.chunks_exact_mut(cout_pad).enumerate() {
+            let (t, o) = (row / cin, row % cin);
+            for (i, d) in dst.iter_mut().enumerate().take(cout) {
+                *d = self.w[(t * self.cin + i) * self.cout_pad + o];
             }
         }
         let taps = self.taps.iter().map(|&(dy, dx)| (-dy, -dx)).collect();

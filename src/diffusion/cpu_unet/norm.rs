@@ -141,6 +141,7 @@ mod wide {
     pub fn du(
         xr: &[f32],
         dr: &[f32],
+        out: &mut [f32],
         c: usize,
         w: usize,
         a: &[f32],
@@ -150,7 +151,7 @@ mod wide {
         sdu: &mut [f32],
         sdux: &mut [f32],
     ) {
-        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && c % 16 == 0);
+        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c % 16 == 0);
         assert!(a.len() >= c && o.len() >= c && r.len() >= c && m.len() >= c && sdu.len() >= c && sdux.len() >= c);
         for k in (0..c).step_by(16) {
             // SAFETY: indices bounded by the asserts above.
@@ -162,6 +163,7 @@ mod wide {
                     let v = _mm512_loadu_ps(xr.as_ptr().add(x * c + k));
                     let dz = _mm512_loadu_ps(dr.as_ptr().add(x * c + k));
                     let d = dsilu(_mm512_fmadd_ps(v, av, ov), dz);
+                    _mm512_storeu_ps(out.as_mut_ptr().add(x * c + k), d);
                     s1 = _mm512_add_ps(s1, d);
                     s2 = _mm512_fmadd_ps(d, _mm512_fmadd_ps(v, rv, mv), s2);
                 }
@@ -171,27 +173,6 @@ mod wide {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub fn dx(xr: &[f32], dr: &[f32], out: &mut [f32], c: usize, w: usize, co: [&[f32]; 7]) {
-        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c % 16 == 0);
-        assert!(co.iter().all(|v| v.len() >= c));
-        let [a, o, r, m, k1, k2, k3] = co;
-        for x in 1..=w {
-            for k in (0..c).step_by(16) {
-                // SAFETY: indices bounded by the asserts above.
-                unsafe {
-                    let ld = |s: &[f32]| _mm512_loadu_ps(s.as_ptr().add(k));
-                    let v = _mm512_loadu_ps(xr.as_ptr().add(x * c + k));
-                    let dz = _mm512_loadu_ps(dr.as_ptr().add(x * c + k));
-                    let d = dsilu(_mm512_fmadd_ps(v, ld(a), ld(o)), dz);
-                    let xh = _mm512_fmadd_ps(v, ld(r), ld(m));
-                    let y = _mm512_fmadd_ps(xh, ld(k3), _mm512_fmadd_ps(d, ld(k1), ld(k2)));
-                    _mm512_storeu_ps(out.as_mut_ptr().add(x * c + k), y);
-                }
-            }
-        }
-    }
 }
 
 fn wide_ok(c: usize) -> bool {
@@ -240,6 +221,7 @@ multiversion!(row_apply, row_apply_inner, (row: &[f32], out: &mut [f32], c: usiz
 fn row_du_inner(
     xr: &[f32],
     dr: &[f32],
+    out: &mut [f32],
     c: usize,
     w: usize,
     a: &[f32],
@@ -249,37 +231,7 @@ fn row_du_inner(
     sdu: &mut [f32],
     sdux: &mut [f32],
 ) {
-    for (px, dz) in xr[c..(w + 1) * c].chunks_exact(c).zip(dr[c..(w + 1) * c].chunks_exact(c)) {
-        for ch in 0..c {
-            let u = px[ch] * a[ch] + o[ch];
-            let s = sigmoid(u);
-            let du = dz[ch] * s * (1.0 + u * (1.0 - s));
-            sdu[ch] += du;
-            sdux[ch] += du * (px[ch] * r[ch] + m[ch]);
-        }
-    }
-}
-multiversion!(row_du, row_du_inner, (xr: &[f32], dr: &[f32], c: usize, w: usize, a: &[f32], o: &[f32], r: &[f32], m: &[f32], sdu: &mut [f32], sdux: &mut [f32]));
-
-/// Backward pass 2 for one row: dx = rstd·(du·γ − mean(du·γ) − x̂·mean(du·γ·x̂)), with
-/// k1 = rstd·γ, k2 = −rstd·mean(du·γ), k3 = −rstd·mean(du·γ·x̂) per channel.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row_dx_inner(
-    xr: &[f32],
-    dr: &[f32],
-    out: &mut [f32],
-    c: usize,
-    w: usize,
-    a: &[f32],
-    o: &[f32],
-    r: &[f32],
-    m: &[f32],
-    k1: &[f32],
-    k2: &[f32],
-    k3: &[f32],
-) {
-    for ((px, dz), dx) in xr[c..(w + 1) * c]
+    for ((px, dz), du_out) in xr[c..(w + 1) * c]
         .chunks_exact(c)
         .zip(dr[c..(w + 1) * c].chunks_exact(c))
         .zip(out[c..(w + 1) * c].chunks_exact_mut(c))
@@ -288,12 +240,31 @@ fn row_dx_inner(
             let u = px[ch] * a[ch] + o[ch];
             let s = sigmoid(u);
             let du = dz[ch] * s * (1.0 + u * (1.0 - s));
-            let xh = px[ch] * r[ch] + m[ch];
-            dx[ch] = du * k1[ch] + k2[ch] + xh * k3[ch];
+            du_out[ch] = du;
+            sdu[ch] += du;
+            sdux[ch] += du * (px[ch] * r[ch] + m[ch]);
         }
     }
 }
-multiversion!(row_dx, row_dx_inner, (xr: &[f32], dr: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32], r: &[f32], m: &[f32], k1: &[f32], k2: &[f32], k3: &[f32]));
+multiversion!(row_du, row_du_inner, (xr: &[f32], dr: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32], r: &[f32], m: &[f32], sdu: &mut [f32], sdux: &mut [f32]));
+
+/// Backward pass 2 for one row, in place over pass 1's du: dx = rstd·(du·γ − mean(du·γ) −
+/// x̂·mean(du·γ·x̂)) = du·k1 + k2 + x̂·k3, with k1 = rstd·γ, k2 = −rstd·mean(du·γ),
+/// k3 = −rstd·mean(du·γ·x̂) per channel and x̂ = x·r + m.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_dx_inner(xr: &[f32], d: &mut [f32], c: usize, w: usize, r: &[f32], m: &[f32], k1: &[f32], k2: &[f32], k3: &[f32]) {
+    let (r, m, k1, k2, k3) = (&r[..c], &m[..c], &k1[..c], &k2[..c], &k3[..c]);
+    for x in 1..=w {
+        let px = &xr[x * c..(x + 1) * c];
+        let dd = &mut d[x * c..(x + 1) * c];
+        for ch in 0..c {
+            let xh = px[ch] * r[ch] + m[ch];
+            dd[ch] = dd[ch] * k1[ch] + k2[ch] + xh * k3[ch];
+        }
+    }
+}
+multiversion!(row_dx, row_dx_inner, (xr: &[f32], d: &mut [f32], c: usize, w: usize, r: &[f32], m: &[f32], k1: &[f32], k2: &[f32], k3: &[f32]));
 
 fn reduce_rows(
     data: &[f32],
@@ -428,17 +399,54 @@ fn gn_silu_backward_inner(
     let cpg = c / groups;
     let [a, o, r, m] = coefficients(st, gamma, beta, n, c, groups);
     let wide = wide_ok(c);
-    let per_channel = reduce_rows(&x.data, Some(&dz.data), x, |b, xr, dr, sdu, sdux| {
-        let (ab, ob, rb, mb) =
-            (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c], &r[b * c..(b + 1) * c], &m[b * c..(b + 1) * c]);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: wide_ok checked AVX-512F.
-            unsafe { wide::du(xr, dr.expect("dz"), c, w, ab, ob, rb, mb, sdu, sdux) };
-            return;
-        }
-        row_du(xr, dr.expect("dz"), c, w, ab, ob, rb, mb, sdu, sdux)
-    });
+    // Pass 1 stores du (then turned into dx in place by pass 2, which needs no sigmoid).
+    let mut dx = Grid::for_overwrite(x.n, x.h, x.w, c);
+    let per_channel = dx
+        .data
+        .par_chunks_mut(wp * c)
+        .enumerate()
+        .fold(
+            || (vec![0.0f64; n * c * 2], vec![0.0f32; c], vec![0.0f32; c]),
+            |(mut acc, mut sdu, mut sdux), (row, out)| {
+                let (b, y) = (row / hp, row % hp);
+                if y == 0 || y == hp - 1 {
+                    return (acc, sdu, sdux);
+                }
+                sdu.fill(0.0);
+                sdux.fill(0.0);
+                let (xr, dr) = (&x.data[row * wp * c..(row + 1) * wp * c], &dz.data[row * wp * c..(row + 1) * wp * c]);
+                let (ab, ob, rb, mb) =
+                    (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c], &r[b * c..(b + 1) * c], &m[b * c..(b + 1) * c]);
+                #[cfg(target_arch = "x86_64")]
+                let done = if wide {
+                    // SAFETY: wide_ok checked AVX-512F.
+                    unsafe { wide::du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux) };
+                    true
+                } else {
+                    false
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let done = false;
+                if !done {
+                    row_du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux);
+                }
+                for ch in 0..c {
+                    acc[(b * c + ch) * 2] += sdu[ch] as f64;
+                    acc[(b * c + ch) * 2 + 1] += sdux[ch] as f64;
+                }
+                (acc, sdu, sdux)
+            },
+        )
+        .map(|(acc, _, _)| acc)
+        .reduce(
+            || vec![0.0f64; n * c * 2],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        );
     let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
     let count = (x.h * x.w * cpg) as f64;
     let (mut mg, mut mgx) = (vec![0.0f64; n * groups], vec![0.0f64; n * groups]);
@@ -462,46 +470,14 @@ fn gn_silu_backward_inner(
             k3[i] = (-(st.rstd[g] as f64) * mgx[g]) as f32;
         }
     }
-    let mut dx = Grid::for_overwrite(x.n, x.h, x.w, c);
-    dx.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, out)| {
+    dx.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, d)| {
         let (b, y) = (row / hp, row % hp);
         if y == 0 || y == hp - 1 {
             return;
         }
-        let (xr, dr) = (&x.data[row * wp * c..(row + 1) * wp * c], &dz.data[row * wp * c..(row + 1) * wp * c]);
-        fn sl(v: &[f32], b: usize, c: usize) -> &[f32] {
-            &v[b * c..(b + 1) * c]
-        }
-        let sl = |v| sl(v, b, c);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: wide_ok checked AVX-512F.
-            unsafe {
-                wide::dx(
-                    xr,
-                    dr,
-                    out,
-                    c,
-                    w,
-                    [sl(&a[..]), sl(&o[..]), sl(&r[..]), sl(&m[..]), sl(&k1[..]), sl(&k2[..]), sl(&k3[..])],
-                )
-            };
-            return;
-        }
-        row_dx(
-            xr,
-            dr,
-            out,
-            c,
-            w,
-            sl(&a[..]),
-            sl(&o[..]),
-            sl(&r[..]),
-            sl(&m[..]),
-            sl(&k1[..]),
-            sl(&k2[..]),
-            sl(&k3[..]),
-        );
+        let xr = &x.data[row * wp * c..(row + 1) * wp * c];
+        let (lo, hi) = (b * c, (b + 1) * c);
+        row_dx(xr, d, c, w, &r[lo..hi], &m[lo..hi], &k1[lo..hi], &k2[lo..hi], &k3[lo..hi]);
     });
     dx.zero_side_borders();
     (dx, dgamma, dbeta)
