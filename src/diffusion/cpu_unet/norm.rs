@@ -172,7 +172,6 @@ mod wide {
             }
         }
     }
-
 }
 
 fn wide_ok(c: usize) -> bool {
@@ -253,7 +252,17 @@ multiversion!(row_du, row_du_inner, (xr: &[f32], dr: &[f32], out: &mut [f32], c:
 /// k3 = −rstd·mean(du·γ·x̂) per channel and x̂ = x·r + m.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn row_dx_inner(xr: &[f32], d: &mut [f32], c: usize, w: usize, r: &[f32], m: &[f32], k1: &[f32], k2: &[f32], k3: &[f32]) {
+fn row_dx_inner(
+    xr: &[f32],
+    d: &mut [f32],
+    c: usize,
+    w: usize,
+    r: &[f32],
+    m: &[f32],
+    k1: &[f32],
+    k2: &[f32],
+    k3: &[f32],
+) {
     let (r, m, k1, k2, k3) = (&r[..c], &m[..c], &k1[..c], &k2[..c], &k3[..c]);
     for x in 1..=w {
         let px = &xr[x * c..(x + 1) * c];
