@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::Simd;
+
 /// Keys per panel (two 16-lane vectors).
 pub const PANEL: usize = 32;
 /// Queries per register block.
@@ -166,16 +168,13 @@ enum Kernel {
 
 impl Kernel {
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+        match super::simd::detect() {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => Kernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => Kernel::Avx2,
+            _ => Kernel::Portable,
         }
-        Kernel::Portable
     }
 
     /// tile[r][j] = q_r · key_j for the 8 query rows and the panel's 32 keys.
@@ -247,6 +246,7 @@ fn update_portable(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{PANEL, ROWS, RowState};
+    use crate::diffusion::simd::avx512::exp;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
@@ -273,34 +273,6 @@ mod avx512 {
         }
     }
 
-    /// e^x for x ≤ 0 (to float precision; below −87 the result is 0 or denormal-small).
-    #[target_feature(enable = "avx512f")]
-    fn exp_neg(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-            x,
-            _mm512_set1_ps(std::f32::consts::LOG2_E),
-        ));
-        // r = x − n·ln2 in two parts (Cody–Waite), |r| ≤ ln2/2.
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-        // Degree-6 Taylor polynomial of e^r (error < 2e-7 on |r| ≤ 0.347).
-        let mut p = _mm512_set1_ps(1.0 / 720.0);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-        _mm512_scalef_ps(p, n)
-    }
-
-    #[cfg(test)]
-    #[target_feature(enable = "avx512f")]
-    pub fn exp_neg_for_tests(x: __m512) -> __m512 {
-        exp_neg(x)
-    }
-
     #[target_feature(enable = "avx512f")]
     pub unsafe fn update(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
         // Lanes past `valid` (the last panel's padding) count as −∞.
@@ -325,8 +297,8 @@ mod avx512 {
             s.max = m;
         }
         let mv = _mm512_set1_ps(s.max);
-        let e0 = _mm512_maskz_mov_ps(m0, exp_neg(_mm512_sub_ps(l0, mv)));
-        let e1 = _mm512_maskz_mov_ps(m1, exp_neg(_mm512_sub_ps(l1, mv)));
+        let e0 = _mm512_maskz_mov_ps(m0, exp(_mm512_sub_ps(l0, mv)));
+        let e1 = _mm512_maskz_mov_ps(m1, exp(_mm512_sub_ps(l1, mv)));
         // SAFETY: sum and acc are [f32; 16] each; cen holds 3·PANEL values.
         unsafe {
             let sp = s.sum.as_mut_ptr();
@@ -457,33 +429,5 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         assert_eq!(got.top, want_top);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn vector_exp_is_accurate() {
-        if !is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        use std::arch::x86_64::*;
-        let xs: Vec<f32> = (0..1600).map(|i| -(i as f32) * 0.055).collect();
-        for chunk in xs.chunks(16) {
-            let mut out = [0.0f32; 16];
-            // SAFETY: AVX-512 checked above; chunk and out hold 16 values.
-            unsafe {
-                let v = _mm512_loadu_ps(chunk.as_ptr());
-                _mm512_storeu_ps(out.as_mut_ptr(), avx512_exp(v));
-            }
-            for (x, e) in chunk.iter().zip(out) {
-                let want = x.exp();
-                assert!((e - want).abs() <= 3e-7 * want.max(1e-30) + 1e-37, "exp({x}) = {e}, want {want}");
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn avx512_exp(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-        super::avx512::exp_neg_for_tests(v)
     }
 }

@@ -9,5 +9,6 @@ pub mod patch;
 pub mod sampler;
 pub mod scene_model;
 pub mod schedule;
+pub mod simd;
 pub mod train;
 pub mod unet;

@@ -322,16 +322,13 @@ pub(super) enum Kernel {
 
 impl Kernel {
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+        match crate::diffusion::simd::detect() {
+            #[cfg(target_arch = "x86_64")]
+            crate::diffusion::simd::Simd::Avx512 => Kernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            crate::diffusion::simd::Simd::Avx2 => Kernel::Avx2,
+            _ => Kernel::Portable,
         }
-        Kernel::Portable
     }
 
     /// Whether this CPU has a vector kernel (else the scene model stays on burn).

@@ -77,28 +77,8 @@ macro_rules! multiversion {
 /// rest of the loop). Used when the channel count is a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 mod wide {
+    use crate::diffusion::simd::avx512::exp;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    fn exp(x: __m512) -> __m512 {
-        unsafe {
-            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-                x,
-                _mm512_set1_ps(std::f32::consts::LOG2_E),
-            ));
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-            let mut p = _mm512_set1_ps(1.0 / 720.0);
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-            _mm512_scalef_ps(p, n)
-        }
-    }
 
     /// 1 / (1 + e^−u).
     #[inline(always)]
@@ -175,15 +155,7 @@ mod wide {
 }
 
 fn wide_ok(c: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        c % 16 == 0 && std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = c;
-        false
-    }
+    c % 16 == 0 && crate::diffusion::simd::detect() == crate::diffusion::simd::Simd::Avx512
 }
 
 /// Per-channel sums of x and x² over the interior pixels of one row.
