@@ -202,10 +202,7 @@ fn time_steps(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     let (n, c) = (a.batch, a.crop);
     let mut learn = Vec::new();
     for i in 0..a.repeats + 2 {
-        let input = rng.normals(n * IN_CHANNELS * c * c);
-        let residual = rng.normals(n * 3 * c * c);
-        let weight = vec![1.0f32; n * 3 * c * c];
-        let time = crate::diffusion::unet::time_features(&(0..n).map(|k| 100 * k).collect::<Vec<_>>());
+        let TimingBatch { input, residual, weight, time } = TimingBatch::new(&mut rng, n, c);
         let t0 = Instant::now();
         let x = Tensor::<4>::from_data(TensorData::new(input, [n, IN_CHANNELS, c, c]), &ad);
         let r = Tensor::<4>::from_data(TensorData::new(residual, [n, 3, c, c]), &ad);
@@ -237,6 +234,25 @@ fn time_steps(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     Ok((median(learn) * 1e3, median(sample) * 1e3))
 }
 
+/// Random learning inputs for timing (values do not change the work).
+struct TimingBatch {
+    input: Vec<f32>,
+    residual: Vec<f32>,
+    weight: Vec<f32>,
+    time: Vec<f32>,
+}
+
+impl TimingBatch {
+    fn new(rng: &mut Rng, n: usize, c: usize) -> TimingBatch {
+        TimingBatch {
+            input: rng.normals(n * IN_CHANNELS * c * c),
+            residual: rng.normals(n * 3 * c * c),
+            weight: vec![1.0f32; n * 3 * c * c],
+            time: crate::diffusion::unet::time_features(&(0..n).map(|k| 100 * k).collect::<Vec<_>>()),
+        }
+    }
+}
+
 /// The same two steps on the hand-written CPU network (what the CPU backend runs).
 fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     use crate::diffusion::cpu_unet::{CpuUNet, Learner, params_of};
@@ -246,10 +262,7 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     let (n, c) = (a.batch, a.crop);
     let mut learn = Vec::new();
     for i in 0..a.repeats + 2 {
-        let input = rng.normals(n * IN_CHANNELS * c * c);
-        let residual = rng.normals(n * 3 * c * c);
-        let weight = vec![1.0f32; n * 3 * c * c];
-        let time = crate::diffusion::unet::time_features(&(0..n).map(|k| 100 * k).collect::<Vec<_>>());
+        let TimingBatch { input, residual, weight, time } = TimingBatch::new(&mut rng, n, c);
         let t0 = Instant::now();
         learner.step(&input, &time, &residual, &weight, n, c, c, 1e-4);
         if i >= 2 {
