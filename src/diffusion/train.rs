@@ -190,7 +190,7 @@ pub fn learn(
 }
 
 /// `learn` on the CPU backend: the same batches, loss and optimiser on the hand-written
-/// network (`cpu_unet`, ≈ 4.5× faster than burn's CPU path), weights handed back to burn.
+/// network (`cpu_unet`, ≈ 4× faster than burn's CPU path), weights handed back to burn.
 fn learn_cpu(
     model: UNet,
     sources: &[TrainingSource],

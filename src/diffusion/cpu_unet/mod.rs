@@ -1,7 +1,7 @@
 //! The scene model's UNet (unet.rs) on the CPU without burn: forward, backward and Adam by
 //! hand on channels-last padded grids, with the direct convolution kernel of `conv`. Same
 //! function and same learning step as the burn version (checked against it and against
-//! PyTorch: `torch_check`), ≈ 4.5× faster than burn-flex on the CPU, which spends most of a step
+//! PyTorch: `torch_check`), ≈ 4× faster than burn-flex on the CPU, which spends most of a step
 //! on im2col copies, scalar `exp` and per-op allocations.
 //!
 //! Weights move between the two as safetensors bytes (burn-store), so the burn `UNet` stays
