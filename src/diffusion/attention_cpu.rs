@@ -141,63 +141,43 @@ fn attend_block(q: &[f32], rows: usize, bank: &KeyPanels, k: usize) -> Vec<RowSt
     qpad[..rows * cols].copy_from_slice(q);
     let mut states = vec![RowState::new(k); rows];
     let mut tile = [0.0f32; ROWS * PANEL];
-    let kernel = Kernel::detect();
+    let kernel = super::simd::detect();
     for p in 0..bank.keys.div_ceil(PANEL) {
         let panel = bank.panel(p);
         let cen = bank.panel_centres(p);
         let valid = (bank.keys - p * PANEL).min(PANEL);
         for g in 0..groups {
-            kernel.logits(&qpad[g * ROWS * cols..(g + 1) * ROWS * cols], cols, panel, &mut tile);
+            logits(kernel, &qpad[g * ROWS * cols..(g + 1) * ROWS * cols], cols, panel, &mut tile);
             for r in 0..ROWS.min(rows - g * ROWS) {
                 let logits = &tile[r * PANEL..(r + 1) * PANEL];
-                kernel.update(&mut states[g * ROWS + r], logits, valid, cen, (p * PANEL) as u32);
+                update(kernel, &mut states[g * ROWS + r], logits, valid, cen, (p * PANEL) as u32);
             }
         }
     }
     states
 }
 
-#[derive(Clone, Copy)]
-enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
+/// tile[r][j] = q_r · key_j for the 8 query rows and the panel's 32 keys.
+fn logits(kernel: Simd, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+    assert!(q.len() >= ROWS * cols && panel.len() >= cols * PANEL);
+    match kernel {
+        // SAFETY: the CPU has the features (`simd::detect`); the slices are long enough
+        // (asserted above) for every load and store the kernels make.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512::logits(q, cols, panel, tile) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { logits_avx2(q, cols, panel, tile) },
+        _ => logits_portable(q, cols, panel, tile),
+    }
 }
 
-impl Kernel {
-    fn detect() -> Kernel {
-        match super::simd::detect() {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => Kernel::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => Kernel::Avx2,
-            _ => Kernel::Portable,
-        }
-    }
-
-    /// tile[r][j] = q_r · key_j for the 8 query rows and the panel's 32 keys.
-    fn logits(self, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
-        assert!(q.len() >= ROWS * cols && panel.len() >= cols * PANEL);
-        match self {
-            // SAFETY: the CPU has the features (checked in `detect`); the slices are long
-            // enough (asserted above) for every load and store the kernels make.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { avx512::logits(q, cols, panel, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { logits_avx2(q, cols, panel, tile) },
-            Kernel::Portable => logits_portable(q, cols, panel, tile),
-        }
-    }
-
-    fn update(self, s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above; `logits` and `cen` hold PANEL and 3·PANEL values.
-            Kernel::Avx512 => unsafe { avx512::update(s, logits, valid, cen, first_key) },
-            _ => update_portable(s, logits, valid, cen, first_key),
-        }
+/// Fold a row's 32 logits into its softmax state and best keys.
+fn update(kernel: Simd, s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; `logits` and `cen` hold PANEL and 3·PANEL values.
+        Simd::Avx512 => unsafe { avx512::update(s, logits, valid, cen, first_key) },
+        _ => update_portable(s, logits, valid, cen, first_key),
     }
 }
 
@@ -356,7 +336,7 @@ mod tests {
         (0..n).map(|_| rng.range_f32(-scale, scale)).collect()
     }
 
-    fn check(kernel: Kernel) {
+    fn check(kernel: Simd) {
         let mut rng = Rng::new(5);
         // Sizes that leave partial register blocks, query blocks and panels.
         let (nq, nk, cols, k) = (77, 101, 13, 4);
@@ -374,10 +354,11 @@ mod tests {
             qpad[..rows * cols].copy_from_slice(&q[g * ROWS * cols..(g * ROWS + rows) * cols]);
             let mut states = vec![RowState::new(k); rows];
             for p in 0..nk.div_ceil(PANEL) {
-                kernel.logits(&qpad, cols, bank.panel(p), &mut tile);
+                logits(kernel, &qpad, cols, bank.panel(p), &mut tile);
                 for (r, s) in states.iter_mut().enumerate() {
                     let valid = (nk - p * PANEL).min(PANEL);
-                    kernel.update(
+                    update(
+                        kernel,
                         s,
                         &tile[r * PANEL..(r + 1) * PANEL],
                         valid,
@@ -405,12 +386,12 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_the_direct_computation() {
-        check(Kernel::Portable);
-        let detected = Kernel::detect();
+        check(Simd::Portable);
+        let detected = crate::diffusion::simd::detect();
         check(detected);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            check(Kernel::Avx2);
+            check(Simd::Avx2);
         }
     }
 

@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use super::grid::Grid;
+use crate::diffusion::simd::{self, Simd};
 
 /// Positions per register block with two vectors of output channels (28 accumulators) and
 /// with one (24); the longer block is also the shortest range the vector path takes.
@@ -248,10 +249,10 @@ pub fn conv(x: &Grid, p: &Packed, bias: &[f32]) -> Grid {
 /// out = Σ conv(x_k) + bias (+ residual): a residual block's second convolution, its skip
 /// convolution and the residual sum in one pass over the output.
 pub fn conv_sum(srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
-    conv_sum_with(Kernel::detect(), srcs, bias, residual)
+    conv_sum_with(simd::detect(), srcs, bias, residual)
 }
 
-fn conv_sum_with(kernel: Kernel, srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
+fn conv_sum_with(kernel: Simd, srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
     let g = srcs[0].x;
     let (cout, cout_pad) = (srcs[0].p.cout, srcs[0].p.cout_pad);
     for s in srcs {
@@ -293,7 +294,8 @@ fn conv_sum_with(kernel: Kernel, srcs: &[Source<'_>], bias: &[f32], residual: Op
         bias_pad[..cout].copy_from_slice(&bias[b * cout..(b + 1) * cout]);
         // SAFETY: [start, start+len) lies inside image b's rows; every tap offset stays inside
         // the image's padded rows; tasks write disjoint ranges.
-        unsafe { kernel.run(ks.0, cout, cout_pad, &bias_pad, res.0, outp.0, start, len) };
+        let d = Dst { cout, cout_pad, bias: &bias_pad, res: res.0, out: outp.0 };
+        unsafe { run(kernel, ks.0, d, start, len) };
     });
     out.zero_side_borders();
     out
@@ -311,104 +313,76 @@ struct KSrcs<'a>(&'a [KSrc]);
 unsafe impl Send for KSrcs<'_> {}
 unsafe impl Sync for KSrcs<'_> {}
 
-#[derive(Clone, Copy)]
-pub(super) enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
+/// Whether this CPU has a vector form of the kernel (else the scene model stays on burn).
+pub fn vectorised() -> bool {
+    simd::detect() != Simd::Portable
 }
 
-impl Kernel {
-    fn detect() -> Kernel {
-        match crate::diffusion::simd::detect() {
-            #[cfg(target_arch = "x86_64")]
-            crate::diffusion::simd::Simd::Avx512 => Kernel::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            crate::diffusion::simd::Simd::Avx2 => Kernel::Avx2,
-            _ => Kernel::Portable,
-        }
-    }
+/// Where a block of a summed convolution goes: output channels (and their padded count), the
+/// bias row of the image, the residual to add (or null) and the output grid.
+#[derive(Clone, Copy)]
+struct Dst<'a> {
+    cout: usize,
+    cout_pad: usize,
+    bias: &'a [f32],
+    res: *const f32,
+    out: *mut f32,
+}
 
-    /// Whether this CPU has a vector kernel (else the scene model stays on burn).
-    pub fn vectorised() -> bool {
-        !matches!(Kernel::detect(), Kernel::Portable)
-    }
-
-    /// Positions [start, start+len) of the output, all output channels.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run(
-        self,
-        srcs: &[KSrc],
-        cout: usize,
-        cout_pad: usize,
-        bias: &[f32],
-        res: *const f32,
-        out: *mut f32,
-        start: usize,
-        len: usize,
-    ) {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if len >= R => {
-                let mut co = 0;
-                while co < cout_pad {
-                    let two = co + 32 <= cout_pad;
-                    let rows = if two { R2 } else { R1 };
-                    let mut q = start;
-                    loop {
-                        let q0 = q.min(start + len - rows);
-                        // SAFETY: forwarded from `conv_sum`.
-                        unsafe {
-                            if two {
-                                avx512::block::<2, R2>(srcs, cout, cout_pad, bias, res, out, q0, co)
-                            } else {
-                                avx512::block::<1, R1>(srcs, cout, cout_pad, bias, res, out, q0, co)
-                            }
-                        }
-                        q += rows;
-                        if q >= start + len {
-                            break;
-                        }
-                    }
-                    co += if two { 32 } else { 16 };
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if len >= avx2::R => {
+/// Positions [start, start+len) of the output, all output channels, with the kernel form the
+/// CPU offers.
+unsafe fn run(kernel: Simd, srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize) {
+    let cout_pad = d.cout_pad;
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if len >= R => {
+            let mut co = 0;
+            while co < cout_pad {
+                let two = co + 32 <= cout_pad;
+                let rows = if two { R2 } else { R1 };
                 let mut q = start;
                 loop {
-                    let q0 = q.min(start + len - avx2::R);
-                    let mut co = 0;
-                    while co < cout_pad {
-                        // SAFETY: forwarded from `conv_sum`.
-                        unsafe { avx2::block(srcs, cout, cout_pad, bias, res, out, q0, co) };
-                        co += 16;
+                    let q0 = q.min(start + len - rows);
+                    // SAFETY: forwarded from `conv_sum`.
+                    unsafe {
+                        if two {
+                            avx512::block::<2, R2>(srcs, d, q0, co)
+                        } else {
+                            avx512::block::<1, R1>(srcs, d, q0, co)
+                        }
                     }
-                    q += avx2::R;
+                    q += rows;
                     if q >= start + len {
                         break;
                     }
                 }
+                co += if two { 32 } else { 16 };
             }
-            // SAFETY: forwarded from `conv_sum`.
-            _ => unsafe { portable(srcs, cout, cout_pad, bias, res, out, start, len) },
         }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 if len >= avx2::R => {
+            let mut q = start;
+            loop {
+                let q0 = q.min(start + len - avx2::R);
+                let mut co = 0;
+                while co < cout_pad {
+                    // SAFETY: forwarded from `conv_sum`.
+                    unsafe { avx2::block(srcs, d, q0, co) };
+                    co += 16;
+                }
+                q += avx2::R;
+                if q >= start + len {
+                    break;
+                }
+            }
+        }
+        // SAFETY: forwarded from `conv_sum`.
+        _ => unsafe { portable(srcs, d, start, len) },
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable(
-    srcs: &[KSrc],
-    cout: usize,
-    cout_pad: usize,
-    bias: &[f32],
-    res: *const f32,
-    out: *mut f32,
-    start: usize,
-    len: usize,
-) {
+unsafe fn portable(srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize) {
+    let Dst { cout, cout_pad, bias, res, out } = d;
     let mut acc = vec![0.0f32; cout_pad];
     for q in start..start + len {
         acc.copy_from_slice(bias);
@@ -441,7 +415,7 @@ unsafe fn portable(
 /// The AVX2 + FMA form of the kernel (16 registers): 6 positions × 16 output channels.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::KSrc;
+    use super::{Dst, KSrc};
     use std::arch::x86_64::*;
 
     pub const R: usize = 6;
@@ -454,17 +428,8 @@ mod avx2 {
 
     /// R positions from q0 × 16 output channels from co.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block(
-        srcs: &[KSrc],
-        cout: usize,
-        cout_pad: usize,
-        bias: &[f32],
-        res: *const f32,
-        out: *mut f32,
-        q0: usize,
-        co: usize,
-    ) {
+    pub unsafe fn block(srcs: &[KSrc], d: Dst<'_>, q0: usize, co: usize) {
+        let Dst { cout, cout_pad, bias, res, out } = d;
         let masks = [mask(cout.saturating_sub(co).min(8)), mask(cout.saturating_sub(co + 8).min(8))];
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for v in 0..2 {
@@ -507,22 +472,13 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::KSrc;
+    use super::{Dst, KSrc};
     use std::arch::x86_64::*;
 
     /// R positions from q0 × (16·V) output channels from co.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block<const V: usize, const R: usize>(
-        srcs: &[KSrc],
-        cout: usize,
-        cout_pad: usize,
-        bias: &[f32],
-        res: *const f32,
-        out: *mut f32,
-        q0: usize,
-        co: usize,
-    ) {
+    pub unsafe fn block<const V: usize, const R: usize>(srcs: &[KSrc], d: Dst<'_>, q0: usize, co: usize) {
+        let Dst { cout, cout_pad, bias, res, out } = d;
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         let mut masks = [0xFFFFu16; V];
         for v in 0..V {
@@ -577,7 +533,7 @@ pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
     // learning step's weight gradients, chunks of 32–384 positions); the kernel wins where
     // gemm's blocks are mostly padding (conv_out's 3 output channels: 1.8× faster).
     #[cfg(target_arch = "x86_64")]
-    if cout < 16 && matches!(Kernel::detect(), Kernel::Avx512) {
+    if cout < 16 && simd::detect() == Simd::Avx512 {
         return (wgrad::weight_grad(x, p, dy), bias_grad(dy));
     }
     (weight_grad_gemm(x, p, dy), bias_grad(dy))
@@ -955,12 +911,12 @@ mod tests {
         let res = Grid::from_nchw(&rand(n * cout * h * w, &mut rng), n, cout, h, w);
         let p = Packed::from_oihw(&rand(cout * c1 * 9, &mut rng), cout, c1, 3);
         let bias = rand(n * cout, &mut rng);
-        let a = conv_sum_with(Kernel::Portable, &[Source { x: &x, p: &p }], &bias, Some(&res));
-        let b = conv_sum_with(Kernel::detect(), &[Source { x: &x, p: &p }], &bias, Some(&res));
+        let a = conv_sum_with(Simd::Portable, &[Source { x: &x, p: &p }], &bias, Some(&res));
+        let b = conv_sum_with(simd::detect(), &[Source { x: &x, p: &p }], &bias, Some(&res));
         close(&a.data, &b.data);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            let c = conv_sum_with(Kernel::Avx2, &[Source { x: &x, p: &p }], &bias, Some(&res));
+            let c = conv_sum_with(Simd::Avx2, &[Source { x: &x, p: &p }], &bias, Some(&res));
             close(&a.data, &c.data);
         }
     }

@@ -14,8 +14,10 @@ pub struct Grid {
 }
 
 /// Recycled buffers: a step allocates and frees dozens of activation-sized buffers, and
-/// fresh ones from the system cost a page fault per 4 KiB on first touch (measured: most of
-/// a normalisation's time). Freed grids return their buffers here; new grids reuse them.
+/// fresh ones from the system cost a page fault per 4 KiB on first touch (`exc_page_fault` was
+/// 3.7–4.9% of `perf` profiles of the step). Freed grids return their buffers here; new grids
+/// reuse them. Measured together with overwrite-only buffers and the fused conv2 + skip:
+/// sampling step 269 → 234 ms (docs/BENCHMARKS.md).
 pub mod pool {
     use std::sync::Mutex;
 

@@ -1,8 +1,8 @@
 //! The scene model's UNet (unet.rs) on the CPU without burn: forward, backward and Adam by
 //! hand on channels-last padded grids, with the direct convolution kernel of `conv`. Same
 //! function and same learning step as the burn version (checked against it and against
-//! PyTorch: `torch_check`), ≈ 4× faster than burn-flex on the CPU, which spends most of a step
-//! on im2col copies, scalar `exp` and per-op allocations.
+//! PyTorch: `torch_check`), ≈ 4× faster than burn-flex on the CPU, whose step is split between
+//! gemm, im2col copies, zeroing fresh buffers and scalar `exp` (perf profile).
 //!
 //! Weights move between the two as safetensors bytes (burn-store), so the burn `UNet` stays
 //! the model of record: checkpoints, GPU sampling, and the tests.
@@ -40,7 +40,7 @@ pub fn serves(device: &Device) -> bool {
     (*device == Device::flex() || *device == Device::flex().autodiff())
         && std::env::var_os("REALFILL_BURN_CPU").is_none()
         // Without AVX2 or AVX-512 its plain-Rust loops would be slower than burn's gemm.
-        && conv::Kernel::vectorised()
+        && conv::vectorised()
 }
 
 /// The network shape a parameter set belongs to.
@@ -312,9 +312,22 @@ impl UpConvW {
     }
 }
 
+/// GroupNorm (`name`.gamma/.beta, the usual group count) + SiLU, forward.
+fn norm_forward(p: &Params, name: &str, x: &Grid) -> (Grid, GnStats) {
+    gn_silu(x, p.get(&format!("{name}.gamma")), p.get(&format!("{name}.beta")), groups(x.c))
+}
+
+/// Its backward: returns dx and accumulates d(gamma), d(beta) into `grads`.
+fn norm_backward(p: &Params, name: &str, x: &Grid, st: &GnStats, dz: &Grid, grads: &mut Params) -> Grid {
+    let (gamma, beta) = (format!("{name}.gamma"), format!("{name}.beta"));
+    let (dx, dg, db) = gn_silu_backward(x, st, p.get(&gamma), p.get(&beta), groups(x.c), dz);
+    acc(grads, &gamma, &dg);
+    acc(grads, &beta, &db);
+    dx
+}
+
 struct Block {
     name: String,
-    cin: usize,
     cout: usize,
     conv1: ConvW,
     conv2: ConvW,
@@ -334,7 +347,6 @@ impl Block {
     fn new(p: &Params, name: &str, cin: usize, cout: usize, backward: bool) -> Block {
         Block {
             name: name.into(),
-            cin,
             cout,
             conv1: ConvW::new(p, &format!("{name}.conv1"), cin, cout, 3, false, backward),
             conv2: ConvW::new(p, &format!("{name}.conv2"), cout, cout, 3, false, backward),
@@ -344,11 +356,9 @@ impl Block {
 
     fn forward(&self, p: &Params, x: Grid, emb: &[f32], n: usize) -> (Grid, BlockCache) {
         let e = linear(emb, n, p.get(&format!("{}.emb.weight", self.name)), p.get(&format!("{}.emb.bias", self.name)));
-        let n1 = format!("{}.norm1", self.name);
-        let (a1, st1) = gn_silu(&x, p.get(&format!("{n1}.gamma")), p.get(&format!("{n1}.beta")), groups(self.cin));
+        let (a1, st1) = norm_forward(p, &format!("{}.norm1", self.name), &x);
         let h1 = self.conv1.forward(p, &a1, Some(&e));
-        let n2 = format!("{}.norm2", self.name);
-        let (a2, st2) = gn_silu(&h1, p.get(&format!("{n2}.gamma")), p.get(&format!("{n2}.beta")), groups(self.cout));
+        let (a2, st2) = norm_forward(p, &format!("{}.norm2", self.name), &h1);
         // conv2 + skip (or the identity) + both biases in one pass.
         let out = profile::time("conv2+skip", || {
             let mut bias = bias_rows(p.get(&format!("{}.conv2.bias", self.name)), None, n);
@@ -375,17 +385,7 @@ impl Block {
     ) -> Grid {
         let n = dout.n;
         let (_, da2) = self.conv2.backward(&c.a2, dout, grads, true);
-        let n2 = format!("{}.norm2", self.name);
-        let (dh1, dg2, db2) = gn_silu_backward(
-            &c.h1,
-            &c.st2,
-            p.get(&format!("{n2}.gamma")),
-            p.get(&format!("{n2}.beta")),
-            groups(self.cout),
-            &da2.expect("dx"),
-        );
-        acc(grads, &format!("{n2}.gamma"), &dg2);
-        acc(grads, &format!("{n2}.beta"), &db2);
+        let dh1 = norm_backward(p, &format!("{}.norm2", self.name), &c.h1, &c.st2, &da2.expect("dx"), grads);
         let (de, da1) = self.conv1.backward(&c.a1, &dh1, grads, true);
         // The time embedding entered conv1's per-image bias.
         let ew = p.get(&format!("{}.emb.weight", self.name));
@@ -393,17 +393,7 @@ impl Block {
         acc(grads, &format!("{}.emb.weight", self.name), &dw);
         acc(grads, &format!("{}.emb.bias", self.name), &db);
         add_into(demb, &dembx);
-        let n1 = format!("{}.norm1", self.name);
-        let (mut dx, dg1, db1) = gn_silu_backward(
-            &c.x,
-            &c.st1,
-            p.get(&format!("{n1}.gamma")),
-            p.get(&format!("{n1}.beta")),
-            groups(self.cin),
-            &da1.expect("dx"),
-        );
-        acc(grads, &format!("{n1}.gamma"), &dg1);
-        acc(grads, &format!("{n1}.beta"), &db1);
+        let mut dx = norm_backward(p, &format!("{}.norm1", self.name), &c.x, &c.st1, &da1.expect("dx"), grads);
         match &self.skip {
             Some(s) => {
                 let (_, dxs) = s.backward(&c.x, dout, grads, true);
@@ -556,8 +546,7 @@ impl CpuUNet {
             }
             h_ = o;
         }
-        let (a_out, st_out) =
-            gn_silu(&h_, p.get("norm_out.gamma"), p.get("norm_out.beta"), groups(self.spec.channels[0]));
+        let (a_out, st_out) = norm_forward(p, "norm_out", &h_);
         let y = self.conv_out.forward(p, &a_out, None);
         if !keep {
             return (y, None);
@@ -613,16 +602,7 @@ impl CpuUNet {
         let mut g = Params { tensors: HashMap::new() };
         let mut demb = vec![0.0f32; tape.emb.len()];
         let (_, da) = self.conv_out.backward(&tape.a_out, &dy, &mut g, true);
-        let (mut dh, dgo, dbo) = gn_silu_backward(
-            &tape.h_out,
-            &tape.st_out,
-            p.get("norm_out.gamma"),
-            p.get("norm_out.beta"),
-            groups(self.spec.channels[0]),
-            &da.expect("dx"),
-        );
-        acc(&mut g, "norm_out.gamma", &dgo);
-        acc(&mut g, "norm_out.beta", &dbo);
+        let mut dh = norm_backward(p, "norm_out", &tape.h_out, &tape.st_out, &da.expect("dx"), &mut g);
         let mut dskips: Vec<Option<Grid>> = (0..tape.skips_len).map(|_| None).collect();
         for i in 0..self.up.len() {
             let dcat = self.up[i].backward(p, &tape.up[i], &dh, &tape.emb, &mut demb, &mut g);

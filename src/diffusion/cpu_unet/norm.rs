@@ -1,7 +1,7 @@
 //! GroupNorm followed by SiLU (the pair always appears together in the UNet), forward and
 //! backward, on padded grids (borders stay zero). Statistics in f64; the sigmoid uses a
-//! polynomial exp that the compiler vectorises (libm's expf is scalar and was a twentieth of
-//! burn-flex's step time).
+//! polynomial exp, vectorised (libm's scalar `__expf_fma` was 3.4–5.1% of `perf` profiles of
+//! burn-flex's step), and on AVX-512 a reciprocal estimate instead of a division.
 
 use rayon::prelude::*;
 
