@@ -269,6 +269,7 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
             learn.push(t0.elapsed().as_secs_f64());
         }
     }
+    crate::diffusion::cpu_unet::profile::report("learning steps");
     let (w, h) = (a.width, a.height);
     let input = rng.normals(IN_CHANNELS * w * h);
     let time = crate::diffusion::unet::time_features(&[500]);
@@ -282,7 +283,7 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
             sample.push(t0.elapsed().as_secs_f64());
         }
     }
-    crate::diffusion::cpu_unet::profile::report();
+    crate::diffusion::cpu_unet::profile::report("sampling steps");
     Ok((median(learn) * 1e3, median(sample) * 1e3))
 }
 

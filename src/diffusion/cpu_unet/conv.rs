@@ -94,13 +94,14 @@ impl Packed {
     /// The gradient of the packed weights back in [cout, cin, k, k] (stride-1 forms).
     pub fn grad_to_oihw(dw: &[f32], cout: usize, cin: usize, k: usize) -> Vec<f32> {
         let mut out = vec![0.0f32; cout * cin * k * k];
-        for o in 0..cout {
+        // Per output channel in parallel: these rearrangements otherwise leave a core idle.
+        out.par_chunks_mut(cin * k * k).enumerate().for_each(|(o, dst)| {
             for i in 0..cin {
                 for t in 0..k * k {
-                    out[(o * cin + i) * k * k + t] = dw[(t * cin + i) * cout + o];
+                    dst[i * k * k + t] = dw[(t * cin + i) * cout + o];
                 }
             }
-        }
+        });
         out
     }
 
@@ -110,18 +111,18 @@ impl Packed {
         let cin4 = 4 * cin;
         let split = |d: isize| -> (isize, usize) { ((d - 1).div_euclid(2), (d - 1).rem_euclid(2) as usize) };
         let mut out = vec![0.0f32; cout * cin * 9];
-        for o in 0..cout {
+        out.par_chunks_mut(cin * 9).enumerate().for_each(|(o, dst)| {
             for i in 0..cin {
                 for dy in 0..3isize {
                     for dx in 0..3isize {
                         let ((ty, py), (tx, px)) = (split(dy), split(dx));
                         let t = taps.iter().position(|&p| p == (ty, tx)).expect("tap");
                         let ch = (py * 2 + px) * cin + i;
-                        out[((o * cin + i) * 3 + dy as usize) * 3 + dx as usize] = dw[(t * cin4 + ch) * cout + o];
+                        dst[(i * 3 + dy as usize) * 3 + dx as usize] = dw[(t * cin4 + ch) * cout + o];
                     }
                 }
             }
-        }
+        });
         out
     }
 }
@@ -175,20 +176,20 @@ impl UpPacked {
     pub fn grad_to_oihw(&self, dws: &[Vec<f32>]) -> Vec<f32> {
         let (cin, cout) = (self.cin, self.cout);
         let mut out = vec![0.0f32; cout * cin * 9];
-        for (ph, dw) in dws.iter().enumerate() {
-            let (py, px) = (ph / 2, ph % 2);
-            let taps = &self.phases[ph].taps;
-            for o in 0..cout {
-                for i in 0..cin {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let t = taps.iter().position(|&tp| tp == (up_tap(py, ky), up_tap(px, kx))).expect("tap");
-                            out[((o * cin + i) * 3 + ky) * 3 + kx] += dw[(t * cin + i) * cout + o];
+        out.par_chunks_mut(cin * 9).enumerate().for_each(|(o, dst)| {
+            for (ph, dw) in dws.iter().enumerate() {
+                let (py, px) = (ph / 2, ph % 2);
+                let taps = &self.phases[ph].taps;
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let t = taps.iter().position(|&tp| tp == (up_tap(py, ky), up_tap(px, kx))).expect("tap");
+                        for i in 0..cin {
+                            dst[(i * 3 + ky) * 3 + kx] += dw[(t * cin + i) * cout + o];
                         }
                     }
                 }
             }
-        }
+        });
         out
     }
 
@@ -551,7 +552,11 @@ fn weight_grad_gemm(x: &Grid, p: &Packed, dy: &Grid) -> Vec<f32> {
     let ranges: Vec<(usize, usize)> = if per_image {
         (0..x.n).map(|b| x.rows_range(b)).collect()
     } else {
-        vec![(x.rows_range(0).0, x.rows_range(x.n - 1).1)]
+        // One range per thread's share of the images, so that the jobs (ranges × taps) divide
+        // evenly among the threads (9 taps on 2 threads would leave one idle for a ninth).
+        let groups = rayon::current_num_threads().clamp(1, x.n);
+        let per = x.n.div_ceil(groups);
+        (0..x.n).step_by(per).map(|b| (x.rows_range(b).0, x.rows_range((b + per).min(x.n) - 1).1)).collect()
     };
     let jobs: Vec<(usize, usize)> = (0..ranges.len()).flat_map(|b| (0..nt).map(move |t| (b, t))).collect();
     let parts: Vec<Vec<f32>> = jobs

@@ -133,14 +133,18 @@ pub mod profile {
         }
     }
 
-    pub fn report() {
+    /// Print the totals under a heading and start counting afresh.
+    pub fn report(heading: &str) {
         if enabled() {
+            eprintln!("-- {heading}");
             for (what, s, n) in TOTALS.lock().unwrap().iter() {
                 eprintln!("{what:<32} {:>9.1} ms in {n} calls", s * 1e3);
             }
             for (what, g, s) in FLOPS.lock().unwrap().iter() {
                 eprintln!("{what:<32} {:>9.1} ms {:>7.1} GFLOP/s", s * 1e3, g / s);
             }
+            TOTALS.lock().unwrap().clear();
+            FLOPS.lock().unwrap().clear();
         }
     }
 }
@@ -165,18 +169,23 @@ fn linear(x: &[f32], n: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Gradients of `linear`: (dx, dW, db).
+/// Gradients of `linear`: (dx, dW, db). Loops ordered so that the inner ones run over
+/// contiguous rows (dW's row i and W's row i).
 fn linear_backward(x: &[f32], n: usize, w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dout = dy.len() / n;
     let din = x.len() / n;
     let (mut dx, mut dw, mut db) = (vec![0.0f32; n * din], vec![0.0f32; din * dout], vec![0.0f32; dout]);
     for r in 0..n {
-        for o in 0..dout {
-            let g = dy[r * dout + o];
-            db[o] += g;
-            for i in 0..din {
-                dw[i * dout + o] += x[r * din + i] * g;
-                dx[r * din + i] += w[i * dout + o] * g;
+        let g = &dy[r * dout..(r + 1) * dout];
+        for (d, v) in db.iter_mut().zip(g) {
+            *d += v;
+        }
+        for i in 0..din {
+            let xv = x[r * din + i];
+            let wrow = &w[i * dout..(i + 1) * dout];
+            dx[r * din + i] = wrow.iter().zip(g).map(|(a, b)| a * b).sum();
+            for (d, v) in dw[i * dout..(i + 1) * dout].iter_mut().zip(g) {
+                *d += xv * v;
             }
         }
     }
@@ -269,8 +278,8 @@ impl ConvW {
         } else {
             Packed::grad_to_oihw(&dwp, self.cout, self.cin, self.k)
         };
-        acc(grads, &format!("{}.weight", self.name), &dw);
-        acc(grads, &format!("{}.bias", self.name), &sum_rows(&db_img, self.cout));
+        acc(grads, &format!("{}.weight", self.name), dw);
+        acc(grads, &format!("{}.bias", self.name), sum_rows(&db_img, self.cout));
         let dx = need_dx.then(|| {
             let bwd = self.bwd.as_ref().expect("packed for backward");
             profile::time("conv input grad", || conv(dy, bwd, &vec![0.0; dy.n * bwd.cout]))
@@ -279,11 +288,12 @@ impl ConvW {
     }
 }
 
-fn acc(grads: &mut Params, name: &str, g: &[f32]) {
+/// Add a gradient into `grads` (the first one for a name is moved in, not copied).
+fn acc(grads: &mut Params, name: &str, g: Vec<f32>) {
     match grads.tensors.get_mut(name) {
-        Some(v) => add_into(v, g),
+        Some(v) => add_into(v, &g),
         None => {
-            grads.tensors.insert(name.to_string(), g.to_vec());
+            grads.tensors.insert(name.to_string(), g);
         }
     }
 }
@@ -306,8 +316,8 @@ impl UpConvW {
 
     fn backward(&self, x: &Grid, dy: &Grid, grads: &mut Params) -> Grid {
         let (dw, db_img, dx) = profile::time("up conv backward", || self.up.backward(x, dy));
-        acc(grads, &format!("{}.weight", self.name), &dw);
-        acc(grads, &format!("{}.bias", self.name), &sum_rows(&db_img, self.up.cout));
+        acc(grads, &format!("{}.weight", self.name), dw);
+        acc(grads, &format!("{}.bias", self.name), sum_rows(&db_img, self.up.cout));
         dx
     }
 }
@@ -321,8 +331,8 @@ fn norm_forward(p: &Params, name: &str, x: &Grid) -> (Grid, GnStats) {
 fn norm_backward(p: &Params, name: &str, x: &Grid, st: &GnStats, dz: &Grid, grads: &mut Params) -> Grid {
     let (gamma, beta) = (format!("{name}.gamma"), format!("{name}.beta"));
     let (dx, dg, db) = gn_silu_backward(x, st, p.get(&gamma), p.get(&beta), groups(x.c), dz);
-    acc(grads, &gamma, &dg);
-    acc(grads, &beta, &db);
+    acc(grads, &gamma, dg);
+    acc(grads, &beta, db);
     dx
 }
 
@@ -390,8 +400,8 @@ impl Block {
         // The time embedding entered conv1's per-image bias.
         let ew = p.get(&format!("{}.emb.weight", self.name));
         let (dembx, dw, db) = linear_backward(emb, n, ew, &de);
-        acc(grads, &format!("{}.emb.weight", self.name), &dw);
-        acc(grads, &format!("{}.emb.bias", self.name), &db);
+        acc(grads, &format!("{}.emb.weight", self.name), dw);
+        acc(grads, &format!("{}.emb.bias", self.name), db);
         add_into(demb, &dembx);
         let mut dx = norm_backward(p, &format!("{}.norm1", self.name), &c.x, &c.st1, &da1.expect("dx"), grads);
         match &self.skip {
@@ -488,7 +498,7 @@ impl CpuUNet {
 
     /// x: n × 11 × h × w (NCHW), time: n × TIME_FEATURES. Returns n × 3 × h × w.
     pub fn forward(&self, p: &Params, x: &[f32], time: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
-        profile::time("sampling forward", || self.run(p, x, time, n, h, w, false).0.to_nchw(3))
+        on_pool(|| profile::time("sampling forward", || self.run(p, x, time, n, h, w, false).0.to_nchw(3)))
     }
 
     /// The forward pass; with `keep`, also what the backward pass needs (without, each
@@ -625,14 +635,25 @@ impl CpuUNet {
         let dt2 = silu_backward(&tape.t2, &demb);
         let s1 = silu_vec(&tape.t1);
         let (ds1, dw2, db2) = linear_backward(&s1, n, p.get("time2.weight"), &dt2);
-        acc(&mut g, "time2.weight", &dw2);
-        acc(&mut g, "time2.bias", &db2);
+        acc(&mut g, "time2.weight", dw2);
+        acc(&mut g, "time2.bias", db2);
         let dt1 = silu_backward(&tape.t1, &ds1);
         let (_, dw1, db1) = linear_backward(&tape.time, n, p.get("time1.weight"), &dt1);
-        acc(&mut g, "time1.weight", &dw1);
-        acc(&mut g, "time1.bias", &db1);
+        acc(&mut g, "time1.weight", dw1);
+        acc(&mut g, "time1.bias", db1);
         g
     }
+}
+
+/// Run `f` on one of rayon's worker threads. Called from outside the pool, every parallel
+/// operation would hand its work to the workers and put the caller to sleep until they are
+/// done — two thread switches per operation, hundreds per step (4% of a learning step's
+/// samples were in futex wake-ups and the scheduler); from inside, the caller works too.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
 }
 
 /// One learning step on the CPU: the loss, and the parameters after clipping and Adam.
@@ -661,11 +682,14 @@ impl Learner {
         w: usize,
         lr: f64,
     ) -> f32 {
-        let net = profile::time("pack weights", || CpuUNet::new(&self.spec, &self.params, true));
-        let (loss, g) =
-            profile::time("forward+backward", || net.loss_and_grads(&self.params, x, time, target, weight, n, h, w));
-        profile::time("adam", || self.adam_step(&g, lr));
-        loss
+        on_pool(|| {
+            let net = profile::time("pack weights", || CpuUNet::new(&self.spec, &self.params, true));
+            let (loss, g) = profile::time("forward+backward", || {
+                net.loss_and_grads(&self.params, x, time, target, weight, n, h, w)
+            });
+            profile::time("adam", || self.adam_step(&g, lr));
+            loss
+        })
     }
 
     /// burn's Adam (β 0.9/0.999, ε 1e-5) after per-tensor gradient clipping at norm 1.
