@@ -6,6 +6,7 @@
 
 pub mod features;
 pub mod homography;
+pub mod parallax;
 pub mod refine;
 
 use crate::rng::Rng;
@@ -49,11 +50,25 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64) -> Option<
 /// The returned mask is 1 where that point lies inside `src` (and, with `src_known`, where
 /// `src` is known there).
 pub fn warp(src: &RgbF, src_known: Option<&Mask>, map: &Homography, width: usize, height: usize) -> (RgbF, Mask) {
+    warp_shifted(src, src_known, map, None, width, height)
+}
+
+/// `warp` after a per-pixel shift: output pixel p shows `src` at `map(p + shift(p))` (one
+/// interpolation, not two, for the parallax-corrected guide).
+pub fn warp_shifted(
+    src: &RgbF,
+    src_known: Option<&Mask>,
+    map: &Homography,
+    shift: Option<&parallax::Field>,
+    width: usize,
+    height: usize,
+) -> (RgbF, Mask) {
     let mut out = RgbF::new(width, height);
     let mut valid = Mask::new(width, height, 0.0);
     for y in 0..height {
         for x in 0..width {
-            let Some((u, v)) = map.apply(x as f64, y as f64) else { continue };
+            let (sx, sy) = shift.map_or((0.0, 0.0), |f| (f.dx[y * width + x] as f64, f.dy[y * width + x] as f64));
+            let Some((u, v)) = map.apply(x as f64 + sx, y as f64 + sy) else { continue };
             if u < -0.5 || v < -0.5 || u > src.width as f64 - 0.5 || v > src.height as f64 - 0.5 {
                 continue;
             }

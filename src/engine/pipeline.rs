@@ -114,8 +114,14 @@ fn invert(m: &Mask) -> Mask {
 fn build_guide(w: usize, h: usize, others: &[(&RgbF, Option<&Mask>, Homography)], me: &RgbF, my_known: &Mask) -> Guide {
     let mut g = Guide::empty(w, h);
     for (img, known, map) in others {
-        let (mut rgb, valid) = align::warp(img, *known, map, w, h);
+        let (mut rgb, mut valid) = align::warp(img, *known, map, w, h);
         align::match_exposure(&mut rgb, &valid, me, my_known);
+        // One homography maps one plane; nearer and farther things are moved into place by
+        // the residual shifts measured around the hole (kept only when they generalise).
+        if let Some(field) = align::parallax::correction(me, my_known, &rgb, &valid) {
+            (rgb, valid) = align::warp_shifted(img, *known, map, Some(&field), w, h);
+            align::match_exposure(&mut rgb, &valid, me, my_known);
+        }
         g.fill_gaps_from(&rgb, &valid);
     }
     g
