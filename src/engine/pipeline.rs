@@ -110,15 +110,24 @@ fn invert(m: &Mask) -> Mask {
 }
 
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this
-/// image's pixels into theirs. Earlier entries take precedence.
-fn build_guide(w: usize, h: usize, others: &[(&RgbF, Option<&Mask>, Homography)], me: &RgbF, my_known: &Mask) -> Guide {
+/// image's pixels into theirs. Earlier entries take precedence. With `parallax`, each warp is
+/// corrected for parallax (align::parallax: ≈ 0.2 s per reference at 384 px, so only for the
+/// target's guide, which fills use; the references' training guides keep the plain warp).
+fn build_guide(
+    w: usize,
+    h: usize,
+    others: &[(&RgbF, Option<&Mask>, Homography)],
+    me: &RgbF,
+    my_known: &Mask,
+    parallax: bool,
+) -> Guide {
     let mut g = Guide::empty(w, h);
     for (img, known, map) in others {
         let (mut rgb, mut valid) = align::warp(img, *known, map, w, h);
         align::match_exposure(&mut rgb, &valid, me, my_known);
         // One homography maps one plane; nearer and farther things are moved into place by
         // the residual shifts measured around the hole (kept only when they generalise).
-        if let Some(field) = align::parallax::correction(me, my_known, &rgb, &valid) {
+        if let Some(field) = parallax.then(|| align::parallax::correction(me, my_known, &rgb, &valid)).flatten() {
             (rgb, valid) = align::warp_shifted(img, *known, map, Some(&field), w, h);
             align::match_exposure(&mut rgb, &valid, me, my_known);
         }
@@ -153,7 +162,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
     let target_others: Vec<_> =
         order.iter().map(|&i| (&refs[i], None, alignments[i].as_ref().unwrap().target_to_ref)).collect();
-    let guide = build_guide(ww, wh, &target_others, &canvas, &known);
+    let guide = build_guide(ww, wh, &target_others, &canvas, &known, true);
 
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
@@ -169,7 +178,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
                         })
                         .collect();
                     others.push((&canvas, Some(&known), ref_to_target));
-                    build_guide(r.width, r.height, &others, r, &all)
+                    build_guide(r.width, r.height, &others, r, &all, false)
                 }
                 None => Guide::empty(r.width, r.height),
             },
