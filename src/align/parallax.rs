@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::scene::blur::blur;
 use crate::scene::{Mask, RgbF};
 
 /// Patch radius (15×15 patches) and search radius of the matching, in pixels.
@@ -141,41 +142,6 @@ pub fn measure(target: &RgbF, known: &Mask, guide: &RgbF, guide_valid: &Mask) ->
             })
         })
         .collect()
-}
-
-/// Three box blurs of radius ≈ σ (≈ a Gaussian), zero outside the image, in place.
-fn blur(v: &mut [f32], w: usize, h: usize, sigma: f32) {
-    let r = ((sigma * sigma + 1.0).sqrt() as usize).max(1);
-    let mut line = Vec::new();
-    for _ in 0..3 {
-        for y in 0..h {
-            line.clear();
-            line.extend_from_slice(&v[y * w..(y + 1) * w]);
-            box_line(&line, &mut v[y * w..(y + 1) * w], r);
-        }
-        for x in 0..w {
-            line.clear();
-            line.extend((0..h).map(|y| v[y * w + x]));
-            let mut col = vec![0.0f32; h];
-            box_line(&line, &mut col, r);
-            for y in 0..h {
-                v[y * w + x] = col[y];
-            }
-        }
-    }
-}
-
-/// out[i] = mean of src[i−r..=i+r] (zeros beyond the ends).
-fn box_line(src: &[f32], out: &mut [f32], r: usize) {
-    let n = src.len();
-    let mut prefix = vec![0.0f64; n + 1];
-    for i in 0..n {
-        prefix[i + 1] = prefix[i] + src[i] as f64;
-    }
-    for i in 0..n {
-        let (lo, hi) = (i.saturating_sub(r), (i + r + 1).min(n));
-        out[i] = ((prefix[hi] - prefix[lo]) / (2 * r + 1) as f64) as f32;
-    }
 }
 
 /// Dense field from scattered shifts: at each pixel, the weighted mean of the shifts within

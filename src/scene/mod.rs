@@ -1,6 +1,7 @@
 //! The document: the target photo, its fill mask, the canvas extension (outpainting) and the
 //! reference photos; plus reading/writing files and compositing the result.
 
+pub mod blur;
 pub mod composite;
 pub mod io;
 pub mod project;
