@@ -91,8 +91,9 @@ pub struct ModelArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Which denoiser fills: `patch` (training-free, seconds), `scene` (learned per scene,
-    /// minutes the first time, then cached), `auto` (the scene model when it is cached for this
-    /// scene, else the patch engine).
+    /// minutes the first time, then cached), `auto` (the patch engine: it won on the evaluation
+    /// scenes, docs/BENCHMARKS.md). `learn` learns the scene model; `--engine patch` there is
+    /// refused (the patch engine has nothing to learn).
     #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
 }
@@ -437,6 +438,13 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
 }
 
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
+    if a.model.engine == EngineKind::Patch {
+        return Err(Error::Invalid(
+            "the patch engine learns nothing: `learn` learns the scene model (leave out --engine, or \
+             use --engine scene); `fill --engine patch` fills without learning"
+                .into(),
+        ));
+    }
     let paths = scene_paths(&a.scene)?;
     let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
     let s = settings(&a.model, crate::engine::pipeline::DEFAULT_STEPS, SamplerKind::Ddim)?;

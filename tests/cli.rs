@@ -156,6 +156,17 @@ fn second_fill_uses_the_cached_model() {
     assert!(err.contains("cached scene model"), "stderr: {err}");
 }
 
+#[test]
+fn learn_with_the_patch_engine_is_refused_with_the_reason() {
+    let d = tmp("learn-patch");
+    scene(&d);
+    let o = scene_cmd(&d, "learn").args(TINY).args(["--engine", "patch"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "stderr: {err}");
+    assert!(err.contains("patch engine learns nothing"), "stderr: {err}");
+    assert!(!d.join("cache").exists(), "nothing was learned or cached");
+}
+
 /// `realfill fill --target T --mask M --out O [--ref R]` with tiny settings; returns (success, stderr).
 fn fill_with(target: &Path, mask: &Path, out: &Path, reference: Option<&Path>) -> (bool, String) {
     let mut c = bin();
