@@ -196,12 +196,12 @@ impl UpPacked {
     /// conv3x3(upsample2(x)) + bias, at the fine resolution.
     pub fn forward(&self, x: &Grid, bias: &[f32]) -> Grid {
         let phases: Vec<Grid> = self.phases.iter().map(|p| conv(x, p, bias)).collect();
-        Grid::interleave(&phases)
+        super::profile::time("layout copies", || Grid::interleave(&phases))
     }
 
     /// Given the fine output's gradient: (dW [cout, cin, 3, 3], per-image bias gradient, dx coarse).
     pub fn backward(&self, x: &Grid, dy: &Grid) -> (Vec<f32>, Vec<f32>, Grid) {
-        let dys = dy.deinterleave();
+        let dys = super::profile::time("layout copies", || dy.deinterleave());
         let mut dws = Vec::new();
         let mut db = vec![0.0f32; x.n * self.cout];
         let mut dx: Option<Grid> = None;

@@ -521,7 +521,7 @@ impl CpuUNet {
         let t1 = linear(time, n, p.get("time1.weight"), p.get("time1.bias"));
         let t2 = linear(&silu_vec(&t1), n, p.get("time2.weight"), p.get("time2.bias"));
         let emb = silu_vec(&t2);
-        let input = Grid::from_nchw(x, n, IN_CHANNELS, h, w);
+        let input = profile::time("layout copies", || Grid::from_nchw(x, n, IN_CHANNELS, h, w));
         let mut h_ = self.conv_in.forward(p, &input, None);
         let (mut down, mut skips, mut ds_in) = (Vec::new(), Vec::new(), Vec::new());
         for (i, block) in self.down.iter().enumerate() {
@@ -531,7 +531,7 @@ impl CpuUNet {
             }
             h_ = o;
             if i < self.downsample.len() {
-                let s2d = h_.space_to_depth();
+                let s2d = profile::time("layout copies", || h_.space_to_depth());
                 skips.push(h_);
                 h_ = self.downsample[i].forward(p, &s2d, None);
                 if keep {
@@ -549,7 +549,7 @@ impl CpuUNet {
             if keep {
                 up_in[i] = h_;
             }
-            let cat = hc.concat(&skips.pop().expect("skip"));
+            let cat = profile::time("layout copies", || hc.concat(&skips.pop().expect("skip")));
             let (o, c) = self.up[i].forward(p, cat, &emb, n);
             if keep {
                 up[i] = Some(c);
@@ -616,7 +616,7 @@ impl CpuUNet {
         let mut dskips: Vec<Option<Grid>> = (0..tape.skips_len).map(|_| None).collect();
         for i in 0..self.up.len() {
             let dcat = self.up[i].backward(p, &tape.up[i], &dh, &tape.emb, &mut demb, &mut g);
-            let (dhc, dskip) = dcat.split(self.up[i].cout);
+            let (dhc, dskip) = profile::time("layout copies", || dcat.split(self.up[i].cout));
             dskips[i] = Some(dskip);
             dh = self.up_convs[i].backward(&tape.up_in[i], &dhc, &mut g);
         }
@@ -624,7 +624,7 @@ impl CpuUNet {
         for i in (0..self.down.len()).rev() {
             if i < self.downsample.len() {
                 let (_, ds) = self.downsample[i].backward(&tape.ds_in[i], &dh, &mut g, true);
-                dh = ds.expect("dx").depth_to_space();
+                dh = profile::time("layout copies", || ds.expect("dx").depth_to_space());
                 add_into(&mut dh.data, &dskips[i].take().expect("skip gradient").data);
             }
             dh = self.down[i].backward(p, &tape.down[i], &dh, &tape.emb, &mut demb, &mut g);
