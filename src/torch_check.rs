@@ -191,47 +191,62 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median milliseconds of `runs` calls of `step` after `warmup` untimed ones; `prepare` makes
+/// each call's input outside the timed part.
+fn median_ms<T>(warmup: usize, runs: usize, mut prepare: impl FnMut() -> T, mut step: impl FnMut(T)) -> f64 {
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        let input = prepare();
+        let t0 = Instant::now();
+        step(input);
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    median(times) * 1e3
+}
+
 /// Learning step (batch of crops: forward, backward, clipping, Adam) and sampling step (one
 /// forward at width×height, read back), medians in ms, on the weights in `dir`.
 fn time_steps(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     let device = Device::flex();
     let ad = device.clone().autodiff();
-    let mut model = load_torch_weights(spec, &a.dir.join("weights.safetensors"), &ad)?;
+    // In an Option so that the timed closure can hand the model to the optimiser and back.
+    let mut model = Some(load_torch_weights(spec, &a.dir.join("weights.safetensors"), &ad)?);
     let mut optim = optimizer();
     let mut rng = Rng::new(2);
     let (n, c) = (a.batch, a.crop);
-    let mut learn = Vec::new();
-    for i in 0..a.repeats + 2 {
-        let TimingBatch { input, residual, weight, time } = TimingBatch::new(&mut rng, n, c);
-        let t0 = Instant::now();
-        let x = Tensor::<4>::from_data(TensorData::new(input, [n, IN_CHANNELS, c, c]), &ad);
-        let r = Tensor::<4>::from_data(TensorData::new(residual, [n, 3, c, c]), &ad);
-        let w = Tensor::<4>::from_data(TensorData::new(weight, [n, 3, c, c]), &ad);
-        let t = Tensor::<2>::from_data(TensorData::new(time, [n, TIME_FEATURES]), &ad);
-        let loss = weighted_loss(model.forward(x, t), r, w);
-        let _: f32 = loss.clone().into_scalar();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-4, model, grads);
-        if i >= 2 {
-            learn.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let inference = model.valid();
+    let learn = median_ms(
+        2,
+        a.repeats,
+        || TimingBatch::new(&mut rng, n, c),
+        |TimingBatch { input, residual, weight, time }| {
+            let x = Tensor::<4>::from_data(TensorData::new(input, [n, IN_CHANNELS, c, c]), &ad);
+            let r = Tensor::<4>::from_data(TensorData::new(residual, [n, 3, c, c]), &ad);
+            let w = Tensor::<4>::from_data(TensorData::new(weight, [n, 3, c, c]), &ad);
+            let t = Tensor::<2>::from_data(TensorData::new(time, [n, TIME_FEATURES]), &ad);
+            let m = model.take().expect("model");
+            let loss = weighted_loss(m.forward(x, t), r, w);
+            let _: f32 = loss.clone().into_scalar();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            model = Some(optim.step(1e-4, m, grads));
+        },
+    );
+    let inference = model.expect("model").valid();
     let (w, h) = (a.width, a.height);
     let input = rng.normals(IN_CHANNELS * w * h);
     let time = crate::diffusion::unet::time_features(&[500]);
-    let mut sample = Vec::new();
-    for i in 0..a.repeats + 1 {
-        let t0 = Instant::now();
-        let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, IN_CHANNELS, h, w]), &device);
-        let t = Tensor::<2>::from_data(TensorData::new(time.clone(), [1, TIME_FEATURES]), &device);
-        let y = inference.forward(x, t).into_data();
-        std::hint::black_box(y);
-        if i >= 1 {
-            sample.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    Ok((median(learn) * 1e3, median(sample) * 1e3))
+    let sample = median_ms(
+        1,
+        a.repeats,
+        || (),
+        |()| {
+            let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, IN_CHANNELS, h, w]), &device);
+            let t = Tensor::<2>::from_data(TensorData::new(time.clone(), [1, TIME_FEATURES]), &device);
+            std::hint::black_box(inference.forward(x, t).into_data());
+        },
+    );
+    Ok((learn, sample))
 }
 
 /// Random learning inputs for timing (values do not change the work).
@@ -260,31 +275,30 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
     let mut learner = Learner::new(spec, params_of(&model)?);
     let mut rng = Rng::new(2);
     let (n, c) = (a.batch, a.crop);
-    let mut learn = Vec::new();
-    for i in 0..a.repeats + 2 {
-        let TimingBatch { input, residual, weight, time } = TimingBatch::new(&mut rng, n, c);
-        let t0 = Instant::now();
-        learner.step(&input, &time, &residual, &weight, n, c, c, 1e-4);
-        if i >= 2 {
-            learn.push(t0.elapsed().as_secs_f64());
-        }
-    }
+    let learn = median_ms(
+        2,
+        a.repeats,
+        || TimingBatch::new(&mut rng, n, c),
+        |b| {
+            learner.step(&b.input, &b.time, &b.residual, &b.weight, n, c, c, 1e-4);
+        },
+    );
     crate::diffusion::cpu_unet::profile::report("learning steps");
     let (w, h) = (a.width, a.height);
     let input = rng.normals(IN_CHANNELS * w * h);
     let time = crate::diffusion::unet::time_features(&[500]);
-    let mut sample = Vec::new();
     // Weights packed once, as a fill does (CpuSampler), not per step.
     let net = CpuUNet::new(spec, &learner.params, false);
-    for i in 0..a.repeats + 1 {
-        let t0 = Instant::now();
-        std::hint::black_box(net.forward(&learner.params, &input, &time, 1, h, w));
-        if i >= 1 {
-            sample.push(t0.elapsed().as_secs_f64());
-        }
-    }
+    let sample = median_ms(
+        1,
+        a.repeats,
+        || (),
+        |()| {
+            std::hint::black_box(net.forward(&learner.params, &input, &time, 1, h, w));
+        },
+    );
     crate::diffusion::cpu_unet::profile::report("sampling steps");
-    Ok((median(learn) * 1e3, median(sample) * 1e3))
+    Ok((learn, sample))
 }
 
 pub fn run(a: &TorchCheckArgs) -> Result<()> {
