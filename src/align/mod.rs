@@ -63,6 +63,9 @@ pub fn warp_shifted(
     width: usize,
     height: usize,
 ) -> (RgbF, Mask) {
+    if let Some(f) = shift {
+        assert_eq!((f.width, f.height), (width, height), "shift field of another size");
+    }
     let mut out = RgbF::new(width, height);
     let mut valid = Mask::new(width, height, 0.0);
     for y in 0..height {

@@ -111,8 +111,9 @@ fn invert(m: &Mask) -> Mask {
 
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this
 /// image's pixels into theirs. Earlier entries take precedence. With `parallax`, each warp is
-/// corrected for parallax (align::parallax: ≈ 0.2 s per reference at 384 px, so only for the
-/// target's guide, which fills use; the references' training guides keep the plain warp).
+/// corrected for parallax (align::parallax: 63–101 ms per reference at 384 px on the
+/// evaluation scenes, `REALFILL_DEBUG_PARALLAX=1`; so only for the target's guide, which fills
+/// use — the references' training guides keep the plain warp).
 fn build_guide(
     w: usize,
     h: usize,
