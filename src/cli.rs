@@ -330,7 +330,7 @@ impl Driver {
                 }
                 Event::Done(out) => return Ok(Some(*out)),
                 Event::Failed(msg) => return Err(Error::Engine(msg)),
-                Event::Cancelled => return Err(Error::Cancelled),
+                Event::Cancelled { .. } => return Err(Error::Cancelled),
             }
         }
         Err(Error::Engine("the engine stopped unexpectedly".into()))

@@ -491,10 +491,15 @@ fn a_fill_killed_midway_leaves_no_output_and_the_inputs_intact() {
         .env("REALFILL_CACHE", s.dir.join("cache"))
         .arg("fill")
         .args(std_args(&s))
-        .args(["--engine", "scene", "--size", "80", "--backend", "cpu", "--learn-steps", "100000", "--quiet"])
+        .args(["--engine", "scene", "--size", "80", "--backend", "cpu", "--learn-steps", "100000"])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Killed once it reports its working size (learning starts next and runs for minutes), not
+    // after a fixed sleep: on a loaded machine a sleep may end before the fill has begun.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let started = std::io::BufRead::lines(stderr).map_while(|l| l.ok()).any(|l| l.contains("working size"));
+    assert!(started, "the fill reported its working size");
     child.kill().unwrap();
     let _ = child.wait();
     assert!(!out.exists(), "no output");

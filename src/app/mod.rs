@@ -344,7 +344,7 @@ impl RealfillApp {
                     self.status = "failed".into();
                     self.error(e);
                 }
-                Event::Cancelled => {
+                Event::Cancelled { .. } => {
                     newest_preview = None;
                     self.preview = None;
                     self.running = None;
