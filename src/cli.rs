@@ -8,12 +8,11 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::diffusion::sampler::SamplerKind;
-use crate::engine::pipeline::EngineKind;
 use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job};
 use crate::error::{Error, Result};
 use crate::scene::io::{load_mask, load_photo, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
+use crate::settings::{EngineKind, RunSettings, SamplerKind, defaults};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,10 +39,13 @@ pub enum Command {
     /// Fill every scene folder in DIR and score it against truth.png.
     Eval(EvalArgs),
     /// Time learning and sampling steps on the available backends.
-    Bench(crate::bench::BenchArgs),
+    #[cfg(feature = "dev-tools")]
+    Bench(crate::dev::bench::BenchArgs),
     /// Check that the scene model computes what bench/torch_reference.py's PyTorch network
     /// computes on the same weights (and, with --time, time both steps for that script).
-    TorchCheck(crate::torch_check::TorchCheckArgs),
+    #[cfg(feature = "dev-tools")]
+    #[command(hide = true)]
+    TorchCheck(crate::dev::torch_check::TorchCheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -68,7 +70,7 @@ pub struct SceneArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Long side of the working size in pixels (rounded to a multiple of 8).
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = defaults::SIZE)]
     pub size: usize,
     /// Random seed (same seed, same backend → same output).
     #[arg(long, default_value_t = 0)]
@@ -76,13 +78,13 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Learning steps for the scene model.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = defaults::LEARN_STEPS)]
     pub learn_steps: usize,
     /// Learning batch size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::BATCH)]
     pub batch: usize,
     /// Learning crop size in pixels (multiple of 8).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::CROP)]
     pub crop: usize,
     /// Do not read or write the scene-model cache.
     #[arg(long)]
@@ -103,9 +105,9 @@ pub struct SampleArgs {
     /// Denoising steps of the scene engine. Few is better for a scene model learned in
     /// minutes: each step adds its small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3
     /// steps, 23.2 dB at 25). The patch engine runs its own coarse-to-fine schedule.
-    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
+    #[arg(long, default_value_t = defaults::STEPS)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    #[arg(long, value_enum, default_value_t = SamplerKind::default())]
     pub sampler: SamplerKind,
 }
 
@@ -118,7 +120,7 @@ pub struct FillArgs {
     pub out: PathBuf,
     /// Sample K candidates (seeds S, S+1, …), ranked by how well their filled patches are
     /// explained by the references: the best goes to --out, the others to NAME-2.png, ….
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::CANDIDATES)]
     pub candidates: usize,
     #[command(flatten)]
     pub sampling: SampleArgs,
@@ -153,22 +155,6 @@ pub struct EvalArgs {
     pub model: ModelArgs,
 }
 
-/// Folder of the bundled demo scene: next to the executable's crate when run from a checkout,
-/// or `REALFILL_ASSETS`.
-pub fn demo_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("REALFILL_ASSETS") {
-        return PathBuf::from(d).join("demo");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets").join("demo")
-}
-
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
-    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
-    v.sort();
-    Ok(v)
-}
-
 /// Resolved input paths.
 pub struct ScenePaths {
     pub target: PathBuf,
@@ -183,13 +169,8 @@ pub fn scene_paths(a: &SceneArgs) -> Result<ScenePaths> {
         None => Extension::default(),
     };
     if a.demo {
-        let d = demo_dir();
-        return Ok(ScenePaths {
-            target: d.join("target.png"),
-            mask: Some(d.join("mask.png")),
-            refs: list_images(&d.join("refs"))?,
-            extension,
-        });
+        let d = crate::scene::demo::files()?;
+        return Ok(ScenePaths { target: d.target, mask: Some(d.mask), refs: d.refs, extension });
     }
     let target = a.target.clone().ok_or_else(|| Error::Invalid("--target is required (or --demo)".into()))?;
     Ok(ScenePaths { target, mask: a.mask.clone(), refs: a.refs.clone(), extension })
@@ -222,29 +203,21 @@ pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene>
     Scene::new(target, mask, p.extension, refs)
 }
 
-fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind) -> Result<FillSettings> {
-    if m.crop % 8 != 0 || m.crop < 16 {
-        return Err(Error::Invalid(format!("--crop {}: must be a multiple of 8, at least 16", m.crop)));
-    }
-    if m.size < 32 {
-        return Err(Error::Invalid(format!("--size {}: must be at least 32", m.size)));
-    }
-    if steps == 0 || m.learn_steps == 0 || m.batch == 0 {
-        return Err(Error::Invalid("--steps, --learn-steps and --batch must be at least 1".into()));
-    }
-    let mut s = FillSettings {
+/// A job's settings from the flags (validated in `FillSettings::apply_run`).
+fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind, candidates: usize) -> Result<FillSettings> {
+    let run = RunSettings {
         engine: m.engine,
         size: m.size,
         steps,
         seed: m.seed,
+        candidates,
+        learn_steps: m.learn_steps,
+        batch: m.batch,
+        crop: m.crop,
         sampler,
-        use_cache: !m.no_cache,
-        ..Default::default()
     };
-    s.learn.steps = m.learn_steps;
-    s.learn.batch = m.batch;
-    s.learn.crop = m.crop;
-    s.learn.seed = m.seed;
+    let mut s = FillSettings::from_run(&run)?;
+    s.use_cache = !m.no_cache;
     Ok(s)
 }
 
@@ -372,16 +345,12 @@ pub fn candidate_path(out: &Path, rank: usize) -> PathBuf {
 
 pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
-    if a.candidates == 0 || a.candidates > 32 {
-        return Err(Error::Invalid(format!("--candidates {}: give 1 to 32", a.candidates)));
-    }
+    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, a.candidates)?;
     for rank in 0..a.candidates {
         check_output(&candidate_path(&a.out, rank), &paths)?;
     }
     let quiet = a.model.quiet;
     let scene = Arc::new(load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?);
-    let mut s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
-    s.score = a.candidates > 1;
     let driver = Driver::new(a.model.backend, quiet);
     let mut outs = Vec::new();
     for k in 0..a.candidates {
@@ -447,7 +416,7 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
     }
     let paths = scene_paths(&a.scene)?;
     let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
-    let s = settings(&a.model, crate::engine::pipeline::DEFAULT_STEPS, SamplerKind::Ddim)?;
+    let s = settings(&a.model, defaults::STEPS, SamplerKind::default(), defaults::CANDIDATES)?;
     let driver = Driver::new(a.model.backend, a.model.quiet);
     let t = Instant::now();
     driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;
@@ -481,7 +450,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     if let Some(s) = &a.save {
         std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
     }
-    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler)?;
+    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, defaults::CANDIDATES)?;
     let driver = Driver::new(a.model.backend, a.model.quiet || a.json);
     let mut rows = Vec::new();
     for d in dirs {
@@ -490,7 +459,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         let paths = ScenePaths {
             target: d.join("target.png"),
             mask: Some(d.join("mask.png")),
-            refs: list_images(&d.join("refs")).unwrap_or_default(),
+            refs: crate::scene::demo::list_files(&d.join("refs")).unwrap_or_default(),
             extension: Extension::default(),
         };
         let scene = load_scene(&paths, &mut |_| {})?;
@@ -580,13 +549,15 @@ fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Some(Command::Fill(a)) => cmd_fill(&a),
-        Some(Command::Learn(a)) => cmd_learn(&a),
-        Some(Command::Eval(a)) => cmd_eval(&a),
-        Some(Command::Bench(a)) => crate::bench::run(&a),
-        Some(Command::TorchCheck(a)) => crate::torch_check::run(&a),
-        None => crate::app::run(cli.photo).map_err(|e| Error::Invalid(e.to_string())),
+/// Run one headless command (main.rs opens the app when there is none).
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Fill(a) => cmd_fill(&a),
+        Command::Learn(a) => cmd_learn(&a),
+        Command::Eval(a) => cmd_eval(&a),
+        #[cfg(feature = "dev-tools")]
+        Command::Bench(a) => crate::dev::bench::run(&a),
+        #[cfg(feature = "dev-tools")]
+        Command::TorchCheck(a) => crate::dev::torch_check::run(&a),
     }
 }

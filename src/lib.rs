@@ -5,14 +5,17 @@
 
 pub mod align;
 pub mod app;
-pub mod bench;
 pub mod cli;
+#[cfg(feature = "dev-tools")]
+pub mod dev;
 pub mod diffusion;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod kernels;
 pub mod rng;
 pub mod scene;
-pub mod torch_check;
+pub mod settings;
+pub mod switches;
 
 pub use error::{Error, Result};

@@ -18,13 +18,14 @@ fn demo_app(steps: usize, candidates: usize) -> RealfillApp {
     settings.run.learn_steps = 2;
     settings.run.candidates = candidates;
     settings.backend = realfill::engine::BackendChoice::Cpu;
-    let mut app = RealfillApp::demo(settings);
-    app.base.spec = UNetSpec { channels: vec![8, 16], emb_dim: 16 };
-    app.base.learn.batch = 2;
-    app.base.learn.crop = 16;
-    app.base.use_cache = false;
-    app.show_frame_time = false;
-    app
+    settings.run.batch = 2;
+    settings.run.crop = 16;
+    RealfillApp::demo(settings)
+        .with_job_template(|t| {
+            t.spec = UNetSpec { channels: vec![8, 16], emb_dim: 16 };
+            t.use_cache = false;
+        })
+        .without_frame_time()
 }
 
 fn harness(app: RealfillApp) -> Harness<'static, RealfillApp> {
@@ -39,20 +40,20 @@ fn harness(app: RealfillApp) -> Harness<'static, RealfillApp> {
 fn step_until(h: &mut Harness<'_, RealfillApp>, mut done: impl FnMut(&RealfillApp) -> bool) {
     let t0 = Instant::now();
     while !done(h.state()) {
-        assert!(t0.elapsed() < Duration::from_secs(600), "timed out; messages: {:?}", h.state().messages);
+        assert!(t0.elapsed() < Duration::from_secs(600), "timed out; messages: {:?}", h.state().messages());
         std::thread::sleep(Duration::from_millis(20));
         h.step();
     }
 }
 
 fn canvas_centre(h: &Harness<'_, RealfillApp>) -> egui::Pos2 {
-    h.state().canvas.area.center()
+    h.state().canvas().area.center()
 }
 
 #[test]
 fn dragging_on_the_canvas_paints_one_undoable_stroke() {
     let mut app = demo_app(2, 1);
-    app.doc.as_mut().unwrap().mask.clear();
+    app.doc_mut().unwrap().mask.clear();
     let mut h = harness(app);
     let c = canvas_centre(&h);
     h.drag_at(c);
@@ -63,21 +64,21 @@ fn dragging_on_the_canvas_paints_one_undoable_stroke() {
     }
     h.drop_at(c + egui::vec2(80.0, 30.0));
     h.run_steps(2);
-    let painted = h.state().doc.as_ref().unwrap().mask.count();
+    let painted = h.state().doc().unwrap().mask.count();
     assert!(painted > 500, "the stroke painted {painted} pixels");
 
     h.get_by_label("Undo").click();
     h.run_steps(2);
-    assert_eq!(h.state().doc.as_ref().unwrap().mask.count(), 0, "one undo removes the whole stroke");
+    assert_eq!(h.state().doc().unwrap().mask.count(), 0, "one undo removes the whole stroke");
     h.get_by_label("Redo").click();
     h.run_steps(2);
-    assert_eq!(h.state().doc.as_ref().unwrap().mask.count(), painted);
+    assert_eq!(h.state().doc().unwrap().mask.count(), painted);
 }
 
 #[test]
 fn eraser_unpaints() {
     let mut h = harness(demo_app(2, 1));
-    let before = h.state().doc.as_ref().unwrap().mask.count();
+    let before = h.state().doc().unwrap().mask.count();
     h.get_by_label("Eraser").click();
     h.run_steps(2);
     let c = canvas_centre(&h);
@@ -89,17 +90,17 @@ fn eraser_unpaints() {
     }
     h.drop_at(c + egui::vec2(200.0, 0.0));
     h.run_steps(2);
-    let after = h.state().doc.as_ref().unwrap().mask.count();
+    let after = h.state().doc().unwrap().mask.count();
     assert!(after < before, "erasing across the mask removed pixels ({before} → {after})");
 }
 
 #[test]
 fn dragging_the_right_edge_extends_the_canvas_and_undo_shrinks_it() {
     let mut h = harness(demo_app(2, 1));
-    let (w, hgt) = h.state().doc.as_ref().unwrap().canvas_size();
+    let (w, hgt) = h.state().doc().unwrap().canvas_size();
     // The right edge of the canvas, in the middle: where its handle is drawn.
-    let view = h.state().canvas.view;
-    let area = h.state().canvas.area;
+    let view = h.state().canvas().view;
+    let area = h.state().canvas().area;
     let edge = view.to_screen(area, [w as f32, hgt as f32 / 2.0]);
     h.drag_at(edge);
     h.step();
@@ -109,22 +110,22 @@ fn dragging_the_right_edge_extends_the_canvas_and_undo_shrinks_it() {
     }
     h.drop_at(edge + egui::vec2(60.0, 0.0));
     h.run_steps(2);
-    let doc = h.state().doc.as_ref().unwrap();
+    let doc = h.state().doc().unwrap();
     let grown = doc.canvas_size();
     assert!(grown.0 > w + 20 && grown.1 == hgt, "canvas {w}×{hgt} → {grown:?}");
     assert!(doc.extension.right > 20 && doc.extension.left == 0);
     h.get_by_label("Undo").click();
     h.run_steps(2);
-    assert_eq!(h.state().doc.as_ref().unwrap().canvas_size(), (w, hgt));
+    assert_eq!(h.state().doc().unwrap().canvas_size(), (w, hgt));
 }
 
 #[test]
 fn preset_buttons_grow_the_document() {
     let mut h = harness(demo_app(2, 1));
-    let (w, hgt) = h.state().doc.as_ref().unwrap().canvas_size();
+    let (w, hgt) = h.state().doc().unwrap().canvas_size();
     h.get_by_label("1.5×").click();
     h.run_steps(2);
-    let (gw, gh) = h.state().doc.as_ref().unwrap().canvas_size();
+    let (gw, gh) = h.state().doc().unwrap().canvas_size();
     assert_eq!((gw, gh), (w + (w as f32 * 0.5).round() as usize, hgt + (hgt as f32 * 0.5).round() as usize));
     assert!(h.query_by_label(&format!("canvas {gw}×{gh}")).is_some());
 }
@@ -132,46 +133,46 @@ fn preset_buttons_grow_the_document() {
 #[test]
 fn fill_streams_previews_and_ends_in_candidates_that_undo_restores() {
     let mut h = harness(demo_app(4, 2));
-    let original = h.state().doc.as_ref().unwrap().target.clone();
+    let original = h.state().doc().unwrap().target.clone();
     h.get_by_label("Fill").click();
     h.step();
     assert!(h.state().busy(), "Fill started a job");
     let mut seen = Vec::new();
     step_until(&mut h, |app| {
-        if let Some(p) = &app.preview
-            && seen.last() != Some(&(app.candidates.len(), p.step))
+        if let Some(p) = app.preview()
+            && seen.last() != Some(&(app.candidates().len(), p.step))
         {
-            seen.push((app.candidates.len(), p.step));
+            seen.push((app.candidates().len(), p.step));
         }
         !app.busy()
     });
     let app = h.state();
-    assert!(app.messages.iter().all(|m| m.level != Level::Error), "{:?}", app.messages);
+    assert!(app.messages().iter().all(|m| m.level != Level::Error), "{:?}", app.messages());
     assert!(seen.len() >= 2, "previews were drawn while denoising: {seen:?}");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "previews arrive in order: {seen:?}");
-    assert_eq!(app.candidates.len(), 2);
-    let mut seeds: Vec<u64> = app.candidates.iter().map(|c| c.seed).collect();
+    assert_eq!(app.candidates().len(), 2);
+    let mut seeds: Vec<u64> = app.candidates().iter().map(|c| c.seed).collect();
     seeds.sort();
     assert_eq!(seeds, vec![0, 1]);
-    let scores: Vec<f32> = app.candidates.iter().map(|c| c.agreement.expect("ranked")).collect();
+    let scores: Vec<f32> = app.candidates().iter().map(|c| c.agreement.expect("ranked")).collect();
     assert!(scores[0] >= scores[1], "best agreement first: {scores:?}");
-    assert_eq!(app.selected, 0);
-    let doc = app.doc.as_ref().unwrap();
+    assert_eq!(app.selected(), 0);
+    let doc = app.doc().unwrap();
     assert!(!std::sync::Arc::ptr_eq(&doc.target, &original), "the result is on the canvas");
     assert_eq!((doc.target.width(), doc.target.height()), (original.width(), original.height()));
     assert_eq!(doc.mask.count(), 0, "the filled mask is used up");
     let first = doc.target.clone();
 
     // The strip picks the other candidate without a new undo step.
-    let c = &h.state().candidates[1];
+    let c = &h.state().candidates()[1];
     let other = format!("seed {} · {:.1} dB", c.seed, c.agreement.unwrap());
     h.get_by_label(&other).click();
     h.run_steps(2);
-    let doc = h.state().doc.as_ref().unwrap();
+    let doc = h.state().doc().unwrap();
     assert!(!std::sync::Arc::ptr_eq(&doc.target, &first));
     h.get_by_label("Undo").click();
     h.run_steps(2);
-    let doc = h.state().doc.as_ref().unwrap();
+    let doc = h.state().doc().unwrap();
     assert!(std::sync::Arc::ptr_eq(&doc.target, &original), "one undo brings back the photo before the fill");
     assert!(doc.mask.count() > 0, "and its mask");
 }
@@ -183,18 +184,18 @@ fn cancel_stops_the_fill_and_leaves_the_canvas_as_it_was() {
     // (a 200-step sampling run finished before the click under load). The engine's own test
     // checks that a cancel during sampling stops within one step.
     let mut app = demo_app(2, 1);
-    app.settings.run.engine = realfill::engine::pipeline::EngineKind::Scene;
-    app.settings.run.learn_steps = 20_000;
+    app.settings_mut().run.engine = realfill::settings::EngineKind::SceneModel;
+    app.settings_mut().run.learn_steps = 20_000;
     let mut h = harness(app);
-    let original = h.state().doc.as_ref().unwrap().target.clone();
+    let original = h.state().doc().unwrap().target.clone();
     h.get_by_label("Fill").click();
-    step_until(&mut h, |app| app.learning.step > 0);
+    step_until(&mut h, |app| app.learning().step > 0);
     h.get_by_label("Cancel").click();
     step_until(&mut h, |app| !app.busy());
     let app = h.state();
-    assert!(app.preview.is_none() && app.candidates.is_empty());
-    assert!(std::sync::Arc::ptr_eq(&app.doc.as_ref().unwrap().target, &original));
-    assert!(app.status.contains("cancelled"), "{}", app.status);
+    assert!(app.preview().is_none() && app.candidates().is_empty());
+    assert!(std::sync::Arc::ptr_eq(&app.doc().unwrap().target, &original));
+    assert!(app.status().contains("cancelled"), "{}", app.status());
 }
 
 #[test]
@@ -203,13 +204,13 @@ fn a_photo_that_cannot_be_read_is_reported_in_the_window() {
     let mut h = harness(app);
     h.run_steps(2);
     let shown = h.query_by_label_contains("/nonexistent/photo.jpg: file not found").is_some();
-    assert!(shown, "messages: {:?}", h.state().messages);
+    assert!(shown, "messages: {:?}", h.state().messages());
 }
 
 #[test]
 fn export_refuses_to_overwrite_an_input_photo() {
     let mut h = harness(demo_app(2, 1));
-    let target = h.state().doc.as_ref().unwrap().target.path.clone();
+    let target = h.state().doc().unwrap().target.path.clone();
     let bytes = std::fs::read(&target).unwrap();
     h.state_mut().export(target.clone());
     h.state_mut().wait_for_tasks();
@@ -225,14 +226,14 @@ fn a_project_saves_and_reopens_with_its_mask_and_references() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("demo.realfill");
     let mut app = demo_app(2, 1);
-    app.doc.as_mut().unwrap().extension.right = 16;
+    app.doc_mut().unwrap().extension.right = 16;
     app.save_project(path.clone());
     app.wait_for_tasks();
-    assert!(app.messages.iter().any(|m| m.text.contains("saved project")), "{:?}", app.messages);
-    let saved = app.doc.as_ref().unwrap();
+    assert!(app.messages().iter().any(|m| m.text.contains("saved project")), "{:?}", app.messages());
+    let saved = app.doc().unwrap();
 
     let reopened = RealfillApp::with_project(&path, AppSettings::default());
-    let doc = reopened.doc.as_ref().expect("project opened");
+    let doc = reopened.doc().expect("project opened");
     assert_eq!(doc.mask, saved.mask);
     assert_eq!(doc.extension, saved.extension);
     assert_eq!(doc.refs.len(), 2);
@@ -249,20 +250,20 @@ fn snapshot_of_the_demo_at_start() {
 #[test]
 fn learn_shows_progress_and_the_loss_curve() {
     let mut app = demo_app(2, 1);
-    app.settings.run.learn_steps = 4;
+    app.settings_mut().run.learn_steps = 4;
     let mut h = harness(app);
     h.get_by_label("Learn").click();
     h.step();
     assert!(h.state().busy());
     step_until(&mut h, |app| !app.busy());
     let app = h.state();
-    assert!(app.messages.iter().all(|m| m.level != Level::Error), "{:?}", app.messages);
-    assert_eq!(app.learning.losses.len(), 4, "one loss per learning step");
-    assert_eq!((app.learning.step, app.learning.total), (4, 4));
-    assert_eq!(app.status, "learned");
+    assert!(app.messages().iter().all(|m| m.level != Level::Error), "{:?}", app.messages());
+    assert_eq!(app.learning().losses.len(), 4, "one loss per learning step");
+    assert_eq!((app.learning().step, app.learning().total), (4, 4));
+    assert_eq!(app.status(), "learned");
     assert_eq!(
-        app.settings.run.engine,
-        realfill::engine::pipeline::EngineKind::Scene,
+        app.settings().run.engine,
+        realfill::settings::EngineKind::SceneModel,
         "Fill now uses the learned model"
     );
     h.run_steps(2);
@@ -272,7 +273,7 @@ fn learn_shows_progress_and_the_loss_curve() {
 #[test]
 fn with_nothing_to_fill_the_buttons_are_disabled_and_say_why() {
     let mut app = demo_app(2, 1);
-    app.doc.as_mut().unwrap().mask.clear();
+    app.doc_mut().unwrap().mask.clear();
     let mut h = harness(app);
     h.get_by_label("Fill").click();
     h.run_steps(2);
@@ -305,8 +306,8 @@ fn a_photo_dropped_on_the_references_panel_becomes_a_reference() {
     h.run_steps(2);
     h.state_mut().wait_for_tasks();
     h.run_steps(2);
-    let refs = &h.state().doc.as_ref().unwrap().refs;
-    assert_eq!(refs.len(), 3, "messages: {:?}", h.state().messages);
+    let refs = &h.state().doc().unwrap().refs;
+    assert_eq!(refs.len(), 3, "messages: {:?}", h.state().messages());
     assert_eq!(refs[2].path, photo);
     assert!(h.query_by_label("extra-view.png").is_some(), "its thumbnail row is shown");
     let _ = std::fs::remove_dir_all(&dir);
@@ -325,7 +326,7 @@ fn a_project_whose_photos_moved_names_them() {
     .unwrap();
     let mut h = harness(RealfillApp::with_project(&project, AppSettings::default()));
     h.run_steps(2);
-    let msg = h.state().messages.iter().map(|m| m.text.clone()).collect::<Vec<_>>().join("\n");
+    let msg = h.state().messages().iter().map(|m| m.text.clone()).collect::<Vec<_>>().join("\n");
     assert!(msg.contains("gone.jpg") && msg.contains("also-gone.png") && msg.contains("moved or deleted"), "{msg}");
     assert!(h.query_by_label_contains("moved or deleted").is_some(), "shown in the window");
     let _ = std::fs::remove_dir_all(&dir);
@@ -334,9 +335,9 @@ fn a_project_whose_photos_moved_names_them() {
 #[test]
 fn a_failed_job_is_reported_in_the_window_and_the_app_carries_on() {
     let mut app = demo_app(2, 1);
-    app.settings.run.engine = realfill::engine::pipeline::EngineKind::Scene;
+    app.settings_mut().run.engine = realfill::settings::EngineKind::SceneModel;
     // A network whose first level has no channels cannot be built: the job fails in the worker.
-    app.base.spec.channels = vec![0, 16];
+    app = app.with_job_template(|t| t.spec.channels = vec![0, 16]);
     let mut h = harness(app);
     h.get_by_label("Fill").click();
     h.step();
@@ -344,16 +345,16 @@ fn a_failed_job_is_reported_in_the_window_and_the_app_carries_on() {
     h.run_steps(2);
     let app = h.state();
     assert!(
-        app.messages.iter().any(|m| m.level == Level::Error && m.text.contains("internal error")),
+        app.messages().iter().any(|m| m.level == Level::Error && m.text.contains("internal error")),
         "{:?}",
-        app.messages
+        app.messages()
     );
-    assert!(app.preview.is_none() && app.candidates.is_empty());
+    assert!(app.preview().is_none() && app.candidates().is_empty());
     assert!(h.query_by_label_contains("internal error in the engine").is_some(), "shown in the window");
     // And the next fill works.
-    h.state_mut().settings.run.engine = realfill::engine::pipeline::EngineKind::Patch;
+    h.state_mut().settings_mut().run.engine = realfill::settings::EngineKind::Patch;
     h.get_by_label("Fill").click();
     h.step();
     step_until(&mut h, |app| !app.busy());
-    assert_eq!(h.state().candidates.len(), 1);
+    assert_eq!(h.state().candidates().len(), 1);
 }

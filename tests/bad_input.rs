@@ -522,7 +522,7 @@ fn the_engine_survives_a_job_that_panics() {
     // A network whose first level has no channels cannot be built: the job panics inside
     // the worker (burn refuses the layer).
     let mut bad =
-        FillSettings { engine: realfill::engine::pipeline::EngineKind::Scene, use_cache: false, ..Default::default() };
+        FillSettings { engine: realfill::settings::EngineKind::SceneModel, use_cache: false, ..Default::default() };
     bad.spec.channels = vec![0, 16];
     bad.size = 80;
     engine.submit(Job::Learn { scene: sc.clone(), settings: bad });
@@ -536,7 +536,7 @@ fn the_engine_survives_a_job_that_panics() {
     assert!(failed.contains("internal error in the engine"), "{failed}");
     // The worker still serves the next job.
     let good = FillSettings {
-        engine: realfill::engine::pipeline::EngineKind::Patch,
+        engine: realfill::settings::EngineKind::Patch,
         size: 80,
         use_cache: false,
         ..Default::default()
@@ -607,5 +607,32 @@ fn a_failed_save_removes_its_temporary_file_and_keeps_what_was_there() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp-")), "temporary file removed: {names:?}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn a_malformed_measuring_switch_is_named_before_any_work() {
+    let s = scene("switch");
+    let out = s.dir.join("out.png");
+    for (var, value, says) in [
+        ("REALFILL_PROFILE", "maybe", "REALFILL_PROFILE=\"maybe\": give 1 to switch it on or 0"),
+        ("REALFILL_PATCH", "{patch:7", "REALFILL_PATCH=\"{patch:7\": not JSON"),
+    ] {
+        let o = bin().env(var, value).arg("fill").args(std_args(&s)).args(["--backend", "cpu"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says), "{var}: {err}");
+        assert!(!out.exists());
+    }
+    // A well-formed override naming a field the patch engine does not have fails the fill.
+    let o = bin()
+        .env("REALFILL_PATCH", r#"{"pach":7}"#)
+        .arg("fill")
+        .args(std_args(&s))
+        .args(["--engine", "patch", "--size", "80", "--backend", "cpu", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("REALFILL_PATCH: unknown field \"pach\""), "{err}");
+    assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&s.dir);
 }

@@ -54,7 +54,8 @@ proptest! {
                 if let Some(m) = &p.mask {
                     prop_assert_eq!(m.decode().unwrap().len(), m.width * m.height);
                 }
-                prop_assert!(p.settings.candidates >= 1 && p.settings.candidates <= 8);
+                prop_assert!(realfill::settings::LIMITS.candidates.contains(&p.settings.candidates));
+                p.settings.validate().unwrap();
             }
             Err(e) => prop_assert!(e.to_string().starts_with("dir/p.realfill: "), "{}", e),
         }

@@ -205,7 +205,7 @@ pub fn correction(target: &RgbF, known: &Mask, guide: &RgbF, guide_valid: &Mask)
         return None;
     }
     let (ratio, size) = cross_check(&shifts, target.width, target.height);
-    if std::env::var_os("REALFILL_DEBUG_PARALLAX").is_some() {
+    if crate::switches::get().debug_parallax {
         eprintln!(
             "parallax: {} shifts, held-out error ratio {ratio:.2}, mean shift {size:.2} px ({:.0} ms to measure and check)",
             shifts.len(),

@@ -245,12 +245,25 @@ impl Canvas {
         let area = ui.available_rect_before_wrap();
         self.area = area;
         let response = ui.allocate_rect(area, Sense::click_and_drag());
-        let ctx = ui.ctx().clone();
         if self.view.fit_pending {
             self.view.fit(area, doc.canvas_size());
         }
+        let space = self.input(ui, &response, doc, o.editable, brush_radius);
+        self.draw(ui, &response, doc, &o, *brush_radius, space);
+    }
 
-        // --- input: zoom and pan (any time), edits (when editable) ---
+    /// Zoom and pan (any time), edits and brush size (when editable). Returns whether Space
+    /// is held (panning mode).
+    fn input(
+        &mut self,
+        ui: &egui::Ui,
+        response: &egui::Response,
+        doc: &mut Document,
+        editable: bool,
+        brush_radius: &mut f32,
+    ) -> bool {
+        let area = self.area;
+        let ctx = ui.ctx().clone();
         let (scroll, zoom_delta, space, pointer) = ui
             .input(|i| (i.smooth_scroll_delta.y, i.zoom_delta(), i.key_down(egui::Key::Space), i.pointer.hover_pos()));
         if let Some(p) = pointer.filter(|p| area.contains(*p)) {
@@ -268,12 +281,12 @@ impl Canvas {
             ctx.set_cursor_icon(CursorIcon::Grab);
         }
 
-        if o.editable && !panning {
-            self.edit(&response, area, doc, *brush_radius, &ctx);
+        if editable && !panning {
+            self.edit(response, area, doc, *brush_radius, &ctx);
         } else {
             self.finish_gestures(doc);
         }
-        if response.hovered() && o.editable {
+        if response.hovered() && editable {
             let (shift, open, close) = ui.input(|i| {
                 (i.modifiers.shift, i.key_pressed(egui::Key::OpenBracket), i.key_pressed(egui::Key::CloseBracket))
             });
@@ -285,8 +298,22 @@ impl Canvas {
                 *brush_radius = (*brush_radius + step).min(500.0);
             }
         }
+        space
+    }
 
-        // --- drawing ---
+    /// The canvas: checkerboard, photo (or the photo before the last fill), preview or mask
+    /// overlay, border, edge handles, cursor.
+    fn draw(
+        &mut self,
+        ui: &egui::Ui,
+        response: &egui::Response,
+        doc: &Document,
+        o: &Overlay<'_>,
+        brush_radius: f32,
+        space: bool,
+    ) {
+        let area = self.area;
+        let ctx = ui.ctx().clone();
         self.sync_textures(&ctx, doc);
         let painter = ui.painter_at(area);
         painter.rect_filled(area, 0.0, Color32::from_gray(40));
@@ -356,8 +383,8 @@ impl Canvas {
                 });
             } else if o.editable && self.tool.is_some() && !space {
                 let colour = if self.tool == Some(Tool::Eraser) { Color32::LIGHT_BLUE } else { Color32::WHITE };
-                painter.circle_stroke(p, *brush_radius * self.view.zoom, Stroke::new(1.5, Color32::BLACK));
-                painter.circle_stroke(p, *brush_radius * self.view.zoom, Stroke::new(1.0, colour));
+                painter.circle_stroke(p, brush_radius * self.view.zoom, Stroke::new(1.5, Color32::BLACK));
+                painter.circle_stroke(p, brush_radius * self.view.zoom, Stroke::new(1.0, colour));
             }
         }
     }

@@ -360,7 +360,7 @@ mod tests {
         let r = m.stroke([2.5, 5.5], [12.5, 5.5], 2.0, true).unwrap();
         assert!(m.get(2, 5) && m.get(12, 5) && m.get(7, 4) && m.get(7, 6));
         assert!(!m.get(7, 8) && !m.get(16, 5) && !m.get(2, 8));
-        assert!(r.x0 <= 0 && r.x1 >= 15 && r.y0 <= 3 && r.y1 >= 8);
+        assert!(r.x0 == 0 && r.x1 >= 15 && r.y0 <= 3 && r.y1 >= 8);
         m.stroke([0.0, 0.0], [20.0, 10.0], 30.0, false).unwrap();
         assert!(m.is_empty());
     }

@@ -7,6 +7,7 @@
 //! both channels, keeps only the newest preview, then draws.
 
 pub mod canvas;
+pub mod commands;
 pub mod document;
 mod panels;
 pub mod settings;
@@ -20,7 +21,9 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::engine::{Engine, Event, FillSettings, Job};
 use crate::scene::{Photo, Scene};
-use canvas::{Canvas, Tool};
+use crate::settings::EngineKind;
+use canvas::Canvas;
+use commands::Command;
 use document::Document;
 use settings::AppSettings;
 pub use tasks::Task;
@@ -48,6 +51,7 @@ pub struct Candidate {
 }
 
 /// The job the engine is working on.
+#[allow(clippy::large_enum_variant, reason = "one value per app, replaced once per job")]
 pub enum Running {
     Learn,
     Fill {
@@ -72,48 +76,53 @@ pub struct Preview {
     pub tex: egui::TextureHandle,
 }
 
+/// The app's state. Fields are private to `app` (its panels read them directly); tests and
+/// `main` use the methods below.
 pub struct RealfillApp {
-    pub doc: Option<Document>,
-    pub settings: AppSettings,
+    doc: Option<Document>,
+    settings: AppSettings,
     /// Write settings to the config folder on exit (off in tests).
-    pub persist: bool,
-    /// Template for every job (network size, batch, cache use); tests make it tiny.
-    pub base: FillSettings,
+    persist: bool,
+    /// Template for every job (network size, cache use); its run settings come from
+    /// `settings.run` at each job. Tests make it tiny (`with_job_template`).
+    job_template: FillSettings,
     engine: Option<Engine>,
-    pub running: Option<Running>,
-    pub learning: LearnProgress,
-    pub preview: Option<Preview>,
-    pub candidates: Vec<Candidate>,
+    running: Option<Running>,
+    learning: LearnProgress,
+    preview: Option<Preview>,
+    candidates: Vec<Candidate>,
     /// The candidate shown on the canvas, and the document revision it was applied at (a
     /// later edit makes picking another candidate a new undo step).
-    pub selected: usize,
+    selected: usize,
     applied_revision: Option<u64>,
-    pub messages: Vec<Message>,
-    pub backend: Option<String>,
-    pub status: String,
-    pub canvas: Canvas,
-    pub show_before: bool,
+    messages: Vec<Message>,
+    backend: Option<String>,
+    status: String,
+    canvas: Canvas,
+    show_before: bool,
     /// Project file of this document, if saved or opened as one.
-    pub project_path: Option<PathBuf>,
+    project_path: Option<PathBuf>,
     tasks_tx: Sender<Task>,
     tasks_rx: Receiver<Task>,
     /// Background tasks (dialogs, loads, saves) not yet finished.
-    pub pending_tasks: usize,
+    pending_tasks: usize,
+    /// What panels and shortcuts asked for this frame; applied at its end.
+    commands: Vec<Command>,
     /// Time the UI spent building the last frames (ms, exponential average).
-    pub frame_ms: f32,
+    frame_ms: f32,
     settings_saved: AppSettings,
     settings_saved_at: Option<Instant>,
     /// The "Before" toggle button (holding \\ also shows the photo before the last fill).
-    pub show_before_toggle: bool,
+    show_before_toggle: bool,
     /// For waking the UI from background threads (set at the first frame).
     repaint_handle: Option<egui::Context>,
-    pub ref_thumbs: ThumbCache,
+    ref_thumbs: ThumbCache,
     /// Show the UI frame time in the status bar (off for snapshots, which must not vary).
-    pub show_frame_time: bool,
+    show_frame_time: bool,
     /// The previous frame's CPU time as eframe measures it (UI, tessellation, rendering).
-    pub frame_total_ms: f32,
+    frame_total_ms: f32,
     /// Print every frame's time to stderr (REALFILL_FRAME_LOG=1), for measuring.
-    pub frame_log: bool,
+    frame_log: bool,
 }
 
 /// Thumbnails of reference photos, made once per photo.
@@ -148,7 +157,7 @@ impl RealfillApp {
             settings_saved_at: None,
             settings,
             persist: false,
-            base: FillSettings::default(),
+            job_template: FillSettings::default(),
             engine: None,
             running: None,
             learning: LearnProgress::default(),
@@ -165,21 +174,21 @@ impl RealfillApp {
             tasks_tx,
             tasks_rx,
             pending_tasks: 0,
+            commands: Vec::new(),
             frame_ms: 0.0,
             show_before_toggle: false,
             repaint_handle: None,
             ref_thumbs: ThumbCache::default(),
             show_frame_time: true,
             frame_total_ms: 0.0,
-            frame_log: std::env::var_os("REALFILL_FRAME_LOG").is_some(),
+            frame_log: crate::switches::get().frame_log,
         }
     }
 
     /// The app on the bundled demo scene (target, painted mask, references).
     pub fn demo(settings: AppSettings) -> RealfillApp {
-        let dir = crate::cli::demo_dir();
         let mut app = RealfillApp::new(None, settings);
-        match load_demo(&dir) {
+        match load_demo() {
             Ok(doc) => {
                 app.doc = Some(doc);
                 app.info("demo scene loaded: the red region will be filled from the two references; press Fill");
@@ -205,6 +214,58 @@ impl RealfillApp {
         let task = tasks::open_project(path.to_path_buf())();
         app.apply_task(task);
         app
+    }
+
+    /// Every job starts from `f` applied to the default template (tests use tiny networks).
+    pub fn with_job_template(mut self, f: impl FnOnce(&mut FillSettings)) -> RealfillApp {
+        f(&mut self.job_template);
+        self
+    }
+
+    /// Hide the frame time in the status bar (snapshots must not vary).
+    pub fn without_frame_time(mut self) -> RealfillApp {
+        self.show_frame_time = false;
+        self
+    }
+
+    pub fn doc(&self) -> Option<&Document> {
+        self.doc.as_ref()
+    }
+    pub fn doc_mut(&mut self) -> Option<&mut Document> {
+        self.doc.as_mut()
+    }
+    pub fn settings(&self) -> &AppSettings {
+        &self.settings
+    }
+    pub fn settings_mut(&mut self) -> &mut AppSettings {
+        &mut self.settings
+    }
+    pub fn canvas(&self) -> &Canvas {
+        &self.canvas
+    }
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
+    }
+    /// The candidate shown on the canvas.
+    pub fn selected(&self) -> usize {
+        self.selected
+    }
+    pub fn preview(&self) -> Option<&Preview> {
+        self.preview.as_ref()
+    }
+    pub fn learning(&self) -> &LearnProgress {
+        &self.learning
+    }
+    pub fn status(&self) -> &str {
+        &self.status
+    }
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Ask for `c`; it is carried out at the end of the frame.
+    pub fn push(&mut self, c: Command) {
+        self.commands.push(c);
     }
 
     pub fn info(&mut self, text: impl Into<String>) {
@@ -242,18 +303,14 @@ impl RealfillApp {
         self.running.is_some()
     }
 
-    fn job_settings(&self, seed: u64) -> FillSettings {
-        let r = self.settings.run.sanitised();
-        let mut s = self.base.clone();
-        s.engine = r.engine;
-        s.size = r.size;
-        s.steps = r.steps;
-        s.score = r.candidates > 1;
-        s.result_photo = true;
+    /// The run panel's settings on the job template; `seed` is this candidate's (the learned
+    /// model keeps the run's seed, so candidates share it).
+    fn job_settings(&self, seed: u64) -> crate::Result<FillSettings> {
+        let mut s = self.job_template.clone();
+        s.apply_run(&self.settings.run.clamped())?;
         s.seed = seed;
-        s.learn.steps = r.learn_steps;
-        s.learn.seed = r.seed;
-        s
+        s.result_photo = true;
+        Ok(s)
     }
 
     /// The scene for a new job, unless one runs or there is nothing to fill (said in the window).
@@ -273,27 +330,33 @@ impl RealfillApp {
         }
     }
 
-    pub fn start_learn(&mut self, ctx: &egui::Context) {
+    fn start_learn(&mut self, ctx: &egui::Context) {
         let Some(scene) = self.job_scene() else { return };
-        let settings = self.job_settings(self.settings.run.seed);
+        let settings = match self.job_settings(self.settings.run.seed) {
+            Ok(s) => s,
+            Err(e) => return self.error(e.to_string()),
+        };
         self.engine(ctx).submit(Job::Learn { scene, settings });
         self.running = Some(Running::Learn);
         self.status = "learning the scene…".into();
     }
 
-    pub fn start_fill(&mut self, ctx: &egui::Context) {
+    fn start_fill(&mut self, ctx: &egui::Context) {
         let Some(scene) = self.job_scene() else { return };
-        let settings = self.job_settings(self.settings.run.seed);
+        let settings = match self.job_settings(self.settings.run.seed) {
+            Ok(s) => s,
+            Err(e) => return self.error(e.to_string()),
+        };
         self.candidates.clear();
         self.selected = 0;
         self.applied_revision = None;
         self.engine(ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
-        let remaining = self.settings.run.sanitised().candidates - 1;
+        let remaining = self.settings.run.clamped().candidates - 1;
         self.running = Some(Running::Fill { scene, settings, remaining });
         self.status = "filling…".into();
     }
 
-    pub fn cancel(&mut self) {
+    fn cancel(&mut self) {
         if let Some(e) = &self.engine
             && self.running.is_some()
         {
@@ -327,8 +390,8 @@ impl RealfillApp {
                     self.running = None;
                     self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
                     // The user asked for the scene model: Fill uses it from now on.
-                    if self.settings.run.engine != crate::engine::pipeline::EngineKind::Scene {
-                        self.settings.run.engine = crate::engine::pipeline::EngineKind::Scene;
+                    if self.settings.run.engine != EngineKind::SceneModel {
+                        self.settings.run.engine = EngineKind::SceneModel;
                         self.info("Fill now uses the learned scene model (Engine: scene model)");
                     }
                 }
@@ -386,10 +449,7 @@ impl RealfillApp {
             self.applied_revision = Some(doc.revision);
             self.selected = 0;
         }
-        let engine = match out.timings.engine {
-            crate::engine::pipeline::EngineKind::Patch => "patch engine",
-            _ => "scene model",
-        };
+        let engine = out.timings.engine.label();
         self.status = format!("filled in {seconds:.1} s with the {engine} (seed {seed})");
         if remaining == 0 && self.candidates.len() > 1 {
             self.rank_candidates();
@@ -420,7 +480,7 @@ impl RealfillApp {
     }
 
     /// Show candidate `i` on the canvas.
-    pub fn pick_candidate(&mut self, i: usize) {
+    fn pick_candidate(&mut self, i: usize) {
         let (Some(doc), Some(c)) = (&mut self.doc, self.candidates.get(i)) else { return };
         if self.applied_revision == Some(doc.revision) {
             doc.replace_target(c.photo.clone());
@@ -431,7 +491,7 @@ impl RealfillApp {
         self.selected = i;
     }
 
-    pub fn undo(&mut self) {
+    fn undo(&mut self) {
         if !self.busy()
             && let Some(d) = &mut self.doc
         {
@@ -439,7 +499,7 @@ impl RealfillApp {
         }
     }
 
-    pub fn redo(&mut self) {
+    fn redo(&mut self) {
         if !self.busy()
             && let Some(d) = &mut self.doc
         {
@@ -447,49 +507,67 @@ impl RealfillApp {
         }
     }
 
-    /// Keyboard shortcuts (not while typing into a field).
-    fn shortcuts(&mut self, ui: &egui::Ui) {
-        let ctx = ui.ctx().clone();
-        if ctx.egui_wants_keyboard_input() {
-            return;
+    /// Carry out what panels and shortcuts asked for this frame, in order.
+    fn apply_commands(&mut self, ctx: &egui::Context) {
+        for c in std::mem::take(&mut self.commands) {
+            self.apply(ctx, c);
         }
-        use egui::{Key, KeyboardShortcut, Modifiers};
-        let redo1 = KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
-        let redo2 = KeyboardShortcut::new(Modifiers::COMMAND, Key::Y);
-        let undo = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
-        if ctx.input_mut(|i| i.consume_shortcut(&redo1) || i.consume_shortcut(&redo2)) {
-            self.redo();
-        } else if ctx.input_mut(|i| i.consume_shortcut(&undo)) {
-            self.undo();
+    }
+
+    fn apply(&mut self, ctx: &egui::Context, c: Command) {
+        let editable = !self.busy();
+        match c {
+            Command::OpenDialog(d) => self.open_dialog(d),
+            Command::Undo => self.undo(),
+            Command::Redo => self.redo(),
+            Command::Learn => self.start_learn(ctx),
+            Command::Fill => self.start_fill(ctx),
+            Command::Cancel => self.cancel(),
+            Command::PickCandidate(i) if editable => self.pick_candidate(i),
+            Command::SetTool(t) => self.canvas.tool = Some(t),
+            Command::Fit => self.canvas.view.fit_pending = true,
+            Command::ActualPixels => {
+                let area = self.canvas.area;
+                self.canvas.view.actual_pixels(area, ctx.pixels_per_point());
+            }
+            Command::InvertMask if editable => {
+                if let Some(d) = &mut self.doc {
+                    d.edit(|d| d.mask.invert());
+                }
+            }
+            Command::ClearMask if editable => {
+                if let Some(d) = &mut self.doc {
+                    d.edit(|d| d.mask.clear());
+                }
+            }
+            Command::RemoveReference(i) if editable => {
+                if let Some(d) = &mut self.doc
+                    && i < d.refs.len()
+                {
+                    d.refs.remove(i);
+                }
+            }
+            Command::SetExtension(e) if editable => {
+                let Some(doc) = &mut self.doc else { return };
+                let old = doc.extension;
+                doc.edit(|d| d.set_extension(e));
+                // Keep the photo still on screen when the canvas grows left or up.
+                let shift = egui::vec2(e.left as f32 - old.left as f32, e.top as f32 - old.top as f32);
+                self.canvas.view.offset -= shift * self.canvas.view.zoom;
+            }
+            Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
+            Command::DismissMessage(i) => {
+                if i < self.messages.len() {
+                    self.messages.remove(i);
+                }
+            }
+            // Edits asked for while a job runs are dropped (the controls are disabled then).
+            Command::PickCandidate(_)
+            | Command::InvertMask
+            | Command::ClearMask
+            | Command::RemoveReference(_)
+            | Command::SetExtension(_) => {}
         }
-        let (b, e, f, one, before, esc) = ui.input(|i| {
-            (
-                i.key_pressed(Key::B),
-                i.key_pressed(Key::E),
-                i.key_pressed(Key::F),
-                i.key_pressed(Key::Num1),
-                i.key_down(Key::Backslash),
-                i.key_pressed(Key::Escape),
-            )
-        });
-        if b {
-            self.canvas.tool = Some(Tool::Brush);
-        }
-        if e {
-            self.canvas.tool = Some(Tool::Eraser);
-        }
-        if f {
-            self.canvas.view.fit_pending = true;
-        }
-        if one {
-            let ppp = ctx.pixels_per_point();
-            let area = self.canvas.area;
-            self.canvas.view.actual_pixels(area, ppp);
-        }
-        if esc {
-            self.cancel();
-        }
-        self.show_before = before || self.show_before_toggle;
     }
 
     /// Files dropped on the window: on the references panel → references; elsewhere → the
@@ -573,7 +651,11 @@ impl RealfillApp {
         }
         self.drain_tasks();
         self.drain_events(&ctx);
-        self.shortcuts(ui);
+        let pressed = commands::pressed(&ctx);
+        self.commands.extend(pressed);
+        // Holding \\ shows the photo before the last fill (a held key, not a command).
+        let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));
+        self.show_before = held || self.show_before_toggle;
         panels::top_bar(self, ui);
         panels::bottom_bar(self, ui);
         let refs_rect = panels::references_panel(self, ui);
@@ -594,6 +676,7 @@ impl RealfillApp {
             }
         });
         self.dropped_files(ui, refs_rect);
+        self.apply_commands(&ctx);
         // Keep polling while a background task (dialog, load) is out.
         if self.pending_tasks > 0 {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
@@ -607,21 +690,11 @@ fn is_project(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == crate::scene::project::EXTENSION)
 }
 
-fn load_demo(dir: &Path) -> crate::Result<Document> {
-    let target = crate::scene::io::load_photo(&dir.join("target.png"))?;
-    let mask = crate::scene::io::load_mask(&dir.join("mask.png"))?;
+fn load_demo() -> crate::Result<Document> {
+    let (target, mask, refs) = crate::scene::demo::load()?;
     let mut doc = Document::new(target);
     if (mask.width, mask.height) == (doc.mask.width, doc.mask.height) {
         doc.mask = document::PaintMask::from_mask(&mask);
-    }
-    let mut refs = Vec::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("refs"))
-        .map_err(|e| crate::Error::input(dir.join("refs"), e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    names.sort();
-    for n in names {
-        refs.push(crate::scene::io::load_photo(&n)?);
     }
     doc.add_refs(refs);
     Ok(doc)

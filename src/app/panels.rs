@@ -4,41 +4,46 @@
 use egui::{Color32, RichText};
 
 use super::canvas::Tool;
+use super::commands::{self, Command};
 use super::document::extension_preset;
 use super::tasks::Dialog;
 use super::{Level, RealfillApp, Running};
 use crate::scene::Extension;
+use crate::settings::{EngineKind, LIMITS};
 
 pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
     egui::Panel::top("top").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open photo…").clicked() {
-                    app.open_dialog(Dialog::OpenPhoto);
+                    app.push(Command::OpenDialog(Dialog::OpenPhoto));
                 }
                 let has_doc = app.doc.is_some();
                 if ui.add_enabled(has_doc, egui::Button::new("Add references…")).clicked() {
-                    app.open_dialog(Dialog::AddReferences);
+                    app.push(Command::OpenDialog(Dialog::AddReferences));
                 }
                 ui.separator();
                 if ui.button("Open project…").clicked() {
-                    app.open_dialog(Dialog::OpenProject);
+                    app.push(Command::OpenDialog(Dialog::OpenProject));
                 }
                 if ui.add_enabled(has_doc, egui::Button::new("Save project…")).clicked() {
-                    app.open_dialog(Dialog::SaveProject);
+                    app.push(Command::OpenDialog(Dialog::SaveProject));
                 }
                 ui.separator();
                 if ui.add_enabled(has_doc, egui::Button::new("Export…")).clicked() {
-                    app.open_dialog(Dialog::Export);
+                    app.push(Command::OpenDialog(Dialog::Export));
                 }
             });
             ui.menu_button("Edit", |ui| {
                 let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
-                if ui.add_enabled(u, egui::Button::new("Undo").shortcut_text("Ctrl+Z")).clicked() {
-                    app.undo();
+                let ctx = ui.ctx().clone();
+                let undo = egui::Button::new("Undo").shortcut_text(commands::label(&ctx, &commands::UNDO));
+                if ui.add_enabled(u, undo).clicked() {
+                    app.push(Command::Undo);
                 }
-                if ui.add_enabled(r, egui::Button::new("Redo").shortcut_text("Ctrl+Shift+Z")).clicked() {
-                    app.redo();
+                let redo = egui::Button::new("Redo").shortcut_text(commands::label(&ctx, &commands::REDO));
+                if ui.add_enabled(r, redo).clicked() {
+                    app.push(Command::Redo);
                 }
             });
             ui.separator();
@@ -49,51 +54,55 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
 
 fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
     let editable = app.doc.is_some() && !app.busy();
+    let ctx = ui.ctx().clone();
+    let key = |k: &egui::KeyboardShortcut| commands::label(&ctx, k);
     ui.add_enabled_ui(editable, |ui| {
-        let tool = &mut app.canvas.tool;
-        if ui.selectable_label(*tool == Some(Tool::Brush), "Brush").on_hover_text("Paint what to replace (B)").clicked()
-        {
-            *tool = Some(Tool::Brush);
+        let tool = app.canvas.tool;
+        let brush = ui.selectable_label(tool == Some(Tool::Brush), "Brush");
+        if brush.on_hover_text(format!("Paint what to replace ({})", key(&commands::BRUSH))).clicked() {
+            app.push(Command::SetTool(Tool::Brush));
         }
-        if ui.selectable_label(*tool == Some(Tool::Eraser), "Eraser").on_hover_text("Unpaint (E)").clicked() {
-            *tool = Some(Tool::Eraser);
+        let eraser = ui.selectable_label(tool == Some(Tool::Eraser), "Eraser");
+        if eraser.on_hover_text(format!("Unpaint ({})", key(&commands::ERASER))).clicked() {
+            app.push(Command::SetTool(Tool::Eraser));
         }
         let l = ui.label("Size");
         ui.add(egui::DragValue::new(&mut app.settings.brush_radius).range(1.0..=500.0).speed(0.5).suffix(" px"))
             .labelled_by(l.id)
             .on_hover_text("Brush radius in photo pixels ([ and ])");
-        let doc = app.doc.as_mut();
-        if let Some(doc) = doc {
+        if app.doc.is_some() {
             if ui.button("Invert").on_hover_text("Fill what is kept, keep what is painted").clicked() {
-                doc.edit(|d| d.mask.invert());
+                app.push(Command::InvertMask);
             }
             if ui.button("Clear").on_hover_text("Remove the whole mask").clicked() {
-                doc.edit(|d| d.mask.clear());
+                app.push(Command::ClearMask);
             }
         }
         ui.separator();
         let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
-        if ui.add_enabled(u, egui::Button::new("Undo")).on_hover_text("Ctrl+Z").clicked() {
-            app.undo();
+        if ui.add_enabled(u, egui::Button::new("Undo")).on_hover_text(key(&commands::UNDO)).clicked() {
+            app.push(Command::Undo);
         }
-        if ui.add_enabled(r, egui::Button::new("Redo")).on_hover_text("Ctrl+Shift+Z").clicked() {
-            app.redo();
+        if ui.add_enabled(r, egui::Button::new("Redo")).on_hover_text(key(&commands::REDO)).clicked() {
+            app.push(Command::Redo);
         }
     });
     ui.separator();
-    if ui.button("Fit").on_hover_text("Fit the canvas to the window (F)").clicked() {
-        app.canvas.view.fit_pending = true;
+    if ui.button("Fit").on_hover_text(format!("Fit the canvas to the window ({})", key(&commands::FIT))).clicked() {
+        app.push(Command::Fit);
     }
-    if ui.button("100%").on_hover_text("One photo pixel per screen pixel (1)").clicked() {
-        let ppp = ui.ctx().pixels_per_point();
-        let area = app.canvas.area;
-        app.canvas.view.actual_pixels(area, ppp);
+    let actual = format!("One photo pixel per screen pixel ({})", key(&commands::ACTUAL_PIXELS));
+    if ui.button("100%").on_hover_text(actual).clicked() {
+        app.push(Command::ActualPixels);
     }
     let can_compare = app.doc.as_ref().is_some_and(|d| d.before_last_fill().is_some());
-    ui.add_enabled(can_compare, egui::Button::new("Before").selected(app.show_before_toggle))
+    if ui
+        .add_enabled(can_compare, egui::Button::new("Before").selected(app.show_before_toggle))
         .on_hover_text("Show the photo before the last fill (or hold \\)")
         .clicked()
-        .then(|| app.show_before_toggle = !app.show_before_toggle);
+    {
+        app.push(Command::ToggleBefore);
+    }
 }
 
 /// References: thumbnails with remove, add button, canvas extension. Returns the panel's
@@ -104,7 +113,7 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
         .default_size(220.0)
         .show(ui, |ui| {
             ui.heading("References");
-            let Some(doc) = &mut app.doc else {
+            let Some(doc) = &app.doc else {
                 ui.label("Open a photo first.");
                 return;
             };
@@ -131,13 +140,11 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
                     });
                 }
             });
-            if let Some(i) = remove
-                && app.running.is_none()
-            {
-                doc.refs.remove(i);
+            if let Some(i) = remove {
+                app.push(Command::RemoveReference(i));
             }
             if ui.button("Add references…").clicked() {
-                app.open_dialog(Dialog::AddReferences);
+                app.push(Command::OpenDialog(Dialog::AddReferences));
             }
             ui.label(RichText::new("or drop photos here").weak());
             ui.separator();
@@ -149,7 +156,7 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
 
 fn extension_controls(app: &mut RealfillApp, ui: &mut egui::Ui) {
     let busy = app.busy();
-    let Some(doc) = &mut app.doc else { return };
+    let Some(doc) = &app.doc else { return };
     ui.heading("Extend canvas");
     ui.label(RichText::new("Drag the canvas edges outward, or type pixels per side.").weak());
     let mut e = doc.extension;
@@ -181,15 +188,11 @@ fn extension_controls(app: &mut RealfillApp, ui: &mut egui::Ui) {
             }
         });
     });
-    if changed {
-        let old = doc.extension;
-        doc.edit(|d| d.set_extension(e));
-        // Keep the photo still on screen when the canvas grows left or up.
-        let shift = egui::vec2(e.left as f32 - old.left as f32, e.top as f32 - old.top as f32);
-        app.canvas.view.offset -= shift * app.canvas.view.zoom;
-    }
     let (cw, ch) = doc.canvas_size();
     ui.label(format!("canvas {cw}×{ch}"));
+    if changed {
+        app.push(Command::SetExtension(e));
+    }
 }
 
 pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
@@ -199,25 +202,23 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
         ui.add_enabled_ui(!busy, |ui| {
             let r = &mut app.settings.run;
             egui::Grid::new("run-settings").num_columns(2).show(ui, |ui| {
-                use crate::engine::pipeline::EngineKind;
                 let l = ui.label("Engine");
                 let name = |e: EngineKind| match e {
-                    EngineKind::Auto => "auto",
                     EngineKind::Patch => "patch (seconds)",
-                    EngineKind::Scene => "scene model",
+                    e => e.label(),
                 };
                 let combo = egui::ComboBox::from_id_salt("engine").selected_text(name(r.engine)).show_ui(ui, |ui| {
                     ui.selectable_value(&mut r.engine, EngineKind::Auto, name(EngineKind::Auto))
                         .on_hover_text("The patch engine (measured as good or better, in seconds)");
                     ui.selectable_value(&mut r.engine, EngineKind::Patch, name(EngineKind::Patch))
                         .on_hover_text("Training-free: copies matching patches from the references, coarse to fine");
-                    ui.selectable_value(&mut r.engine, EngineKind::Scene, name(EngineKind::Scene))
+                    ui.selectable_value(&mut r.engine, EngineKind::SceneModel, name(EngineKind::SceneModel))
                         .on_hover_text("Learns this scene from the references (minutes the first time; cached after)");
                 });
                 combo.response.labelled_by(l.id);
                 ui.end_row();
                 let l = ui.label("Steps");
-                ui.add(egui::DragValue::new(&mut r.steps).range(1..=200))
+                ui.add(egui::DragValue::new(&mut r.steps).range(LIMITS.steps))
                     .labelled_by(l.id)
                     .on_hover_text("Denoising steps of the scene model (the patch engine runs its own schedule)");
                 ui.end_row();
@@ -243,17 +244,17 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     .labelled_by(l.id);
                 ui.end_row();
                 let l = ui.label("Candidates");
-                ui.add(egui::DragValue::new(&mut r.candidates).range(1..=8))
+                ui.add(egui::DragValue::new(&mut r.candidates).range(LIMITS.candidates))
                     .labelled_by(l.id)
                     .on_hover_text("Fills with successive seeds, ranked by agreement with the references");
                 ui.end_row();
                 let l = ui.label("Learning steps");
-                ui.add(egui::DragValue::new(&mut r.learn_steps).range(1..=20_000).speed(10.0)).labelled_by(l.id);
+                ui.add(egui::DragValue::new(&mut r.learn_steps).range(LIMITS.learn_steps).speed(10.0))
+                    .labelled_by(l.id);
                 ui.end_row();
             });
         });
         ui.add_space(6.0);
-        let ctx = ui.ctx().clone();
         let can_run = app.doc.as_ref().is_some_and(|d| d.has_fill_region()) && !busy;
         ui.horizontal(|ui| {
             if ui
@@ -262,17 +263,19 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
-                app.start_learn(&ctx);
+                app.push(Command::Learn);
             }
             if ui
                 .add_enabled(can_run, egui::Button::new(RichText::new("Fill").strong()))
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
-                app.start_fill(&ctx);
+                app.push(Command::Fill);
             }
-            if ui.add_enabled(busy, egui::Button::new("Cancel")).on_hover_text("Stop within one step (Esc)").clicked() {
-                app.cancel();
+            let esc = commands::label(ui.ctx(), &commands::CANCEL);
+            let cancel = egui::Button::new("Cancel");
+            if ui.add_enabled(busy, cancel).on_hover_text(format!("Stop within one step ({esc})")).clicked() {
+                app.push(Command::Cancel);
             }
         });
         progress(app, ui);
@@ -351,10 +354,8 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                         pick = Some(i);
                     }
                 }
-                if let Some(i) = pick
-                    && !app.busy()
-                {
-                    app.pick_candidate(i);
+                if let Some(i) = pick {
+                    app.push(Command::PickCandidate(i));
                 }
             });
             ui.separator();
@@ -374,7 +375,7 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
             });
         }
         if let Some(i) = dismiss {
-            app.messages.remove(i);
+            app.push(Command::DismissMessage(i));
         }
         ui.horizontal(|ui| {
             ui.label(RichText::new(&app.status).weak());

@@ -52,7 +52,7 @@ impl AppSettings {
             .ok()
             .and_then(|t| serde_json::from_str::<AppSettings>(&t).ok())
             .map(|mut s| {
-                s.run = s.run.sanitised();
+                s.run = s.run.clamped();
                 s.brush_radius = s.brush_radius.clamp(1.0, 500.0);
                 s
             })
@@ -84,7 +84,7 @@ mod tests {
         let path = dir.join("nested").join("settings.json");
         let mut s = AppSettings::default();
         s.run.candidates = 4;
-        s.run.engine = crate::engine::pipeline::EngineKind::Scene;
+        s.run.engine = crate::settings::EngineKind::SceneModel;
         s.brush_radius = 40.0;
         s.last_dir = Some(PathBuf::from("/photos"));
         s.save_to(&path).unwrap();
@@ -94,7 +94,7 @@ mod tests {
         // Out-of-range values from a hand-edited file are clamped.
         std::fs::write(&path, r#"{"brush_radius": 99999, "run": {"candidates": 50}}"#).unwrap();
         let l = AppSettings::load_from(&path);
-        assert_eq!((l.brush_radius, l.run.candidates), (500.0, 8));
+        assert_eq!((l.brush_radius, l.run.candidates), (500.0, *crate::settings::LIMITS.candidates.end()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

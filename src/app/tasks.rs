@@ -28,6 +28,7 @@ pub struct OpenedProject {
     pub refs: Vec<Photo>,
 }
 
+#[allow(clippy::large_enum_variant, reason = "a few per user action, moved once through a channel")]
 pub enum Task {
     /// A dialog closed: the chosen paths (None = cancelled).
     Dialog(Dialog, Option<Vec<PathBuf>>),

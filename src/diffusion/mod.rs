@@ -1,7 +1,6 @@
 //! Diffusion: noise schedule, sampler (step loop with previews and cancellation), the scene
 //! model (UNet), its training and its on-disk cache, and the training-free patch denoiser.
 
-pub mod attention_cpu;
 pub mod checkpoint;
 pub mod cpu_unet;
 pub mod masks;
@@ -9,6 +8,5 @@ pub mod patch;
 pub mod sampler;
 pub mod scene_model;
 pub mod schedule;
-pub mod simd;
 pub mod train;
 pub mod unet;

@@ -17,8 +17,8 @@ pub struct Condition {
     /// 1 = fill, 0 = keep (HW).
     pub mask: Vec<f32>,
     /// The prior estimate (CHW, [-1, 1]): known pixels, warped references, smooth continuation.
-    pub guide: Vec<f32>,
-    /// 1 where the guide covers the pixel (HW).
+    pub prior: Vec<f32>,
+    /// 1 where the guide (the references warped into the target's frame) covers the pixel (HW).
     pub guide_valid: Vec<f32>,
 }
 
@@ -33,11 +33,7 @@ pub trait Denoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>>;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-pub enum SamplerKind {
-    Ddim,
-    Ddpm,
-}
+pub use crate::settings::SamplerKind;
 
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
@@ -162,7 +158,7 @@ mod tests {
             mask[i] = 1.0;
         }
         let known: Vec<f32> = (0..3 * hw).map(|j| if mask[j % hw] > 0.5 { 0.0 } else { 0.25 }).collect();
-        Condition { width: w, height: h, known, mask, guide: vec![0.0; 3 * hw], guide_valid: vec![0.0; hw] }
+        Condition { width: w, height: h, known, mask, prior: vec![0.0; 3 * hw], guide_valid: vec![0.0; hw] }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::sampler::{Condition, Denoiser};
 use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, time_features};
 use crate::error::Result;
 
-pub struct SceneDenoiser {
+pub struct SceneModelDenoiser {
     model: UNet,
     /// On the CPU backend: the same network on the hand-written kernels (`cpu_unet`).
     cpu: Option<super::cpu_unet::CpuSampler>,
@@ -15,11 +15,11 @@ pub struct SceneDenoiser {
     uploaded: Option<(Condition, Tensor<4>)>,
 }
 
-impl SceneDenoiser {
+impl SceneModelDenoiser {
     pub fn new(model: UNet, device: Device) -> Self {
         // Falls back to burn if the weights cannot be exported (never expected).
         let cpu = if super::cpu_unet::serves(&device) { super::cpu_unet::CpuSampler::new(&model).ok() } else { None };
-        SceneDenoiser { model, cpu, device, uploaded: None }
+        SceneModelDenoiser { model, cpu, device, uploaded: None }
     }
 
     fn cond_tensor(&mut self, cond: &Condition) -> Tensor<4> {
@@ -32,7 +32,7 @@ impl SceneDenoiser {
         let mut data = Vec::with_capacity(8 * hw);
         data.extend_from_slice(&cond.mask);
         data.extend_from_slice(&cond.known);
-        data.extend_from_slice(&cond.guide);
+        data.extend_from_slice(&cond.prior);
         data.extend_from_slice(&cond.guide_valid);
         let t = Tensor::<4>::from_data(TensorData::new(data, [1, 8, cond.height, cond.width]), &self.device);
         self.uploaded = Some((cond.clone(), t.clone()));
@@ -40,7 +40,7 @@ impl SceneDenoiser {
     }
 }
 
-impl Denoiser for SceneDenoiser {
+impl Denoiser for SceneModelDenoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>> {
         let (h, w) = (cond.height, cond.width);
         if let Some(cpu) = &self.cpu {
@@ -49,10 +49,10 @@ impl Denoiser for SceneDenoiser {
             input.extend_from_slice(x_t);
             input.extend_from_slice(&cond.mask);
             input.extend_from_slice(&cond.known);
-            input.extend_from_slice(&cond.guide);
+            input.extend_from_slice(&cond.prior);
             input.extend_from_slice(&cond.guide_valid);
             let r = cpu.forward(&input, &time_features(&[t]), 1, h, w);
-            return Ok(r.iter().zip(&cond.guide).map(|(r, g)| r + g).collect());
+            return Ok(r.iter().zip(&cond.prior).map(|(r, g)| r + g).collect());
         }
         let c = self.cond_tensor(cond);
         let x = Tensor::<4>::from_data(TensorData::new(x_t.to_vec(), [1, 3, h, w]), &self.device);
@@ -65,6 +65,6 @@ impl Denoiser for SceneDenoiser {
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| crate::error::Error::Engine(format!("reading model output: {e:?}")))?;
-        Ok(r.iter().zip(&cond.guide).map(|(r, g)| r + g).collect())
+        Ok(r.iter().zip(&cond.prior).map(|(r, g)| r + g).collect())
     }
 }

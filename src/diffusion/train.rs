@@ -34,7 +34,8 @@ pub struct LearnSettings {
 
 impl Default for LearnSettings {
     fn default() -> Self {
-        LearnSettings { steps: 600, batch: 8, crop: 64, lr: 1e-3, seed: 0 }
+        use crate::settings::defaults;
+        LearnSettings { steps: defaults::LEARN_STEPS, batch: defaults::BATCH, crop: defaults::CROP, lr: 1e-3, seed: 0 }
     }
 }
 
@@ -190,7 +191,8 @@ pub fn learn(
 }
 
 /// `learn` on the CPU backend: the same batches, loss and optimiser on the hand-written
-/// network (`cpu_unet`, ≈ 4× faster than burn's CPU path), weights handed back to burn.
+/// network (`cpu_unet`, faster than burn's CPU path: docs/BENCHMARKS.md), weights handed
+/// back to burn.
 fn learn_cpu(
     model: UNet,
     sources: &[TrainingSource],

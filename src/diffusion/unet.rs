@@ -45,7 +45,7 @@ pub struct ResBlock {
 }
 
 fn groups(c: usize) -> usize {
-    if c % 8 == 0 { 8 } else { 1 }
+    if c.is_multiple_of(8) { 8 } else { 1 }
 }
 
 fn conv3(cin: usize, cout: usize, device: &Device) -> Conv2d {

@@ -92,9 +92,22 @@ pub fn cpu_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// What runs on the CPU: burn's flex backend and, chosen once with it, realfill's own kernels
+/// (`kernels::plan`).
+fn cpu_description() -> String {
+    let plan = crate::kernels::plan();
+    let kernels = match (plan.cpu_network, plan.fused_attention) {
+        (true, true) => "CPU network and fused attention",
+        (true, false) => "CPU network",
+        (false, true) => "fused attention",
+        (false, false) => "none",
+    };
+    format!("CPU (burn flex, {} threads; realfill kernels: {kernels}, {:?})", cpu_threads(), plan.simd)
+}
+
 /// Pick a device. Returns it, a description, and a warning when we fell back.
 pub fn pick(choice: BackendChoice) -> (Device, String, Option<String>) {
-    let cpu = || (Device::flex(), format!("CPU (burn flex, {} threads)", cpu_threads()));
+    let cpu = || (Device::flex(), cpu_description());
     let want_wgpu = match choice {
         BackendChoice::Cpu => false,
         BackendChoice::Wgpu => true,

@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod pipeline;
+pub mod settings;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 pub use device::BackendChoice;
-pub use pipeline::{FillOutput, FillSettings, Timings};
+pub use pipeline::{FillOutput, Timings};
+pub use settings::FillSettings;
 
 use crate::error::Error;
 use crate::scene::{RgbF, Scene};
@@ -57,7 +59,10 @@ pub enum Event {
     /// (learning and sampling) the job had reported when `Engine::cancel` was called;
     /// `stopped_after`: the steps it had reported when it stopped. The step under way when the
     /// request came may finish, so `stopped_after <= requested_after + 1`.
-    Cancelled { requested_after: usize, stopped_after: usize },
+    Cancelled {
+        requested_after: usize,
+        stopped_after: usize,
+    },
 }
 
 pub struct Engine {
@@ -221,7 +226,7 @@ mod tests {
 
     fn tiny_settings() -> FillSettings {
         let mut s = FillSettings {
-            engine: pipeline::EngineKind::Scene,
+            engine: crate::settings::EngineKind::SceneModel,
             size: 48,
             steps: 20,
             use_cache: false,

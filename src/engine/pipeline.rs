@@ -6,89 +6,20 @@ use std::time::Instant;
 
 use burn::prelude::*;
 
+pub use super::settings::FillSettings;
 use crate::align::{self, Alignment, Guide, Homography};
 use crate::diffusion::checkpoint::{self, KeyHasher};
 use crate::diffusion::patch::{self, PatchSettings};
-use crate::diffusion::sampler::{self, Condition, Denoiser, SampleOptions, SamplerKind};
-use crate::diffusion::scene_model::SceneDenoiser;
+use crate::diffusion::sampler::{self, Condition, SampleOptions};
+use crate::diffusion::scene_model::SceneModelDenoiser;
 use crate::diffusion::schedule::Schedule;
-use crate::diffusion::train::{self, LearnSettings, TrainingSource};
-use crate::diffusion::unet::{UNet, UNetSpec};
+use crate::diffusion::train::{self, TrainingSource};
+use crate::diffusion::unet::UNet;
 use crate::error::{Error, Result};
 use crate::scene::composite;
 use crate::scene::raster::working_size;
 use crate::scene::{Mask, RgbF, Scene};
-
-/// Default denoising steps. Measured on chelsea-rect with a 600-step scene model: 1 step
-/// 35.9 dB, 3 steps 30.9, 5 28.4, 10 25.4, 25 23.2 — the model's residual errors compound
-/// over steps. Three keeps most of that gain and still streams previews.
-pub const DEFAULT_STEPS: usize = 3;
-
-/// Which denoiser fills.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-pub enum EngineKind {
-    /// Pick by measurement (see `EngineKind::resolve`): the patch engine today.
-    #[default]
-    Auto,
-    /// Training-free reference patch denoiser: seconds, no learning.
-    Patch,
-    /// The scene model learned from the references: minutes of learning, cached.
-    Scene,
-}
-
-impl EngineKind {
-    /// What `auto` means, by measurement on ../shared/data/scenes (docs/BENCHMARKS.md): the
-    /// patch engine fills in seconds where the scene model first learns for minutes, and on
-    /// the scenes measured with both it won three of four (chelsea-rect 38.4 against 30.9 dB,
-    /// chelsea-strokes 29.6 / 29.1, rubberwhale-rect 27.8 / 27.7; aero-rect 17.9 / 18.5, both
-    /// poor; with refined alignment rubberwhale-rect 27.6 / 27.4). The scene model is there to
-    /// be asked for.
-    pub fn resolve(self) -> EngineKind {
-        match self {
-            EngineKind::Auto => EngineKind::Patch,
-            k => k,
-        }
-    }
-}
-
-/// Everything a Learn or Fill job needs to know besides the scene.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct FillSettings {
-    pub engine: EngineKind,
-    pub patch: crate::diffusion::patch::PatchSettings,
-    /// Long side of the working size (multiple of 8 after rounding).
-    pub size: usize,
-    pub steps: usize,
-    pub seed: u64,
-    pub sampler: SamplerKind,
-    pub learn: LearnSettings,
-    pub spec: UNetSpec,
-    /// Read and write the on-disk model cache.
-    pub use_cache: bool,
-    /// Score the result's agreement with the references (ranks candidates).
-    pub score: bool,
-    /// Also return the result as a `Photo` (float copy made on the worker; the app needs it).
-    #[serde(default)]
-    pub result_photo: bool,
-}
-
-impl Default for FillSettings {
-    fn default() -> Self {
-        FillSettings {
-            engine: EngineKind::Auto,
-            patch: Default::default(),
-            size: 384,
-            steps: DEFAULT_STEPS,
-            seed: 0,
-            sampler: SamplerKind::Ddim,
-            learn: LearnSettings::default(),
-            spec: UNetSpec::default(),
-            use_cache: true,
-            score: false,
-            result_photo: false,
-        }
-    }
-}
+pub use crate::settings::EngineKind;
 
 /// The scene at working size, aligned.
 pub struct Prepared {
@@ -111,9 +42,9 @@ fn invert(m: &Mask) -> Mask {
 
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this
 /// image's pixels into theirs. Earlier entries take precedence. With `parallax`, each warp is
-/// corrected for parallax (align::parallax: 63–101 ms per reference at 384 px on the
-/// evaluation scenes, `REALFILL_DEBUG_PARALLAX=1`; so only for the target's guide, which fills
-/// use — the references' training guides keep the plain warp).
+/// corrected for parallax (align::parallax; it costs tens of milliseconds per reference,
+/// docs/BENCHMARKS.md, so only the target's guide, which fills use, gets it — the references'
+/// training guides keep the plain warp).
 fn build_guide(
     w: usize,
     h: usize,
@@ -248,41 +179,19 @@ pub fn learn_or_load(
     Ok((model, false))
 }
 
-pub fn to_planar(img: &RgbF) -> Vec<f32> {
-    let hw = img.width * img.height;
-    let mut out = vec![0.0; 3 * hw];
-    for i in 0..hw {
-        for k in 0..3 {
-            out[k * hw + i] = img.data[3 * i + k] * 2.0 - 1.0;
-        }
-    }
-    out
-}
-
-pub fn from_planar(v: &[f32], width: usize, height: usize) -> RgbF {
-    let hw = width * height;
-    let mut img = RgbF::new(width, height);
-    for i in 0..hw {
-        for k in 0..3 {
-            img.data[3 * i + k] = ((v[k * hw + i] + 1.0) * 0.5).clamp(0.0, 1.0);
-        }
-    }
-    img
-}
-
 pub fn condition(p: &Prepared) -> Condition {
     let hw = p.canvas.width * p.canvas.height;
-    let mut known = to_planar(&p.canvas);
+    let mut known = p.canvas.to_planar();
     for j in 0..3 * hw {
         known[j] *= p.known.data[j % hw];
     }
-    let guide = to_planar(&p.prior);
+    let prior = p.prior.to_planar();
     Condition {
         width: p.canvas.width,
         height: p.canvas.height,
         known,
         mask: p.fill.data.clone(),
-        guide,
+        prior,
         guide_valid: p.guide.valid.data.clone(),
     }
 }
@@ -315,6 +224,15 @@ pub struct FillOutput {
     pub agreement: Option<f32>,
 }
 
+/// What a running job reaches besides its inputs: the device, the model held between jobs,
+/// progress and the cancel check.
+pub struct Run<'a> {
+    pub device: &'a Device,
+    pub held: &'a mut Option<(String, UNet)>,
+    pub progress: &'a mut dyn Progress,
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
 pub fn run_fill(
     scene: &Scene,
     s: &FillSettings,
@@ -334,73 +252,23 @@ pub fn run_fill(
         p.refs.len(),
         100.0 * coverage
     ));
-    let mut t = Timings { prepare_s: t0.elapsed().as_secs_f32(), ..Default::default() };
-    let engine = s.engine.resolve();
-    t.engine = engine;
+    let mut t = Timings { prepare_s: t0.elapsed().as_secs_f32(), engine: s.engine.resolve(), ..Default::default() };
     let cond = condition(&p);
-    let (w, h) = (p.canvas.width, p.canvas.height);
     // The patch engine and the candidate score share one pyramid of sources.
-    let ps = patch_settings(s);
-    let levels = if engine == EngineKind::Patch || s.score { Some(patch_levels(&p, &cond, &ps)?) } else { None };
-    let mut first = None;
-    let t2;
-    let out = match (engine, &levels) {
-        (EngineKind::Patch, Some(levels)) => {
-            t2 = Instant::now();
-            run_patch(
-                levels.clone(),
-                &ps,
-                s,
-                device,
-                &mut |step, total, x0: RgbF| {
-                    if first.is_none() {
-                        first = Some(t2.elapsed().as_secs_f32());
-                    }
-                    progress.preview(step, total, Arc::new(x0));
-                },
-                cancelled,
-            )?
-        }
-        (EngineKind::Patch, None) => unreachable!("levels are built for the patch engine"),
-        _ => {
-            let t1 = Instant::now();
-            let (model, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
-            t.learn_s = t1.elapsed().as_secs_f32();
-            t.model_cached = cached;
-            let mut den = SceneDenoiser::new(model, device.clone());
-            t2 = Instant::now();
-            sampler::sample(
-                &mut den,
-                &Schedule::default(),
-                &cond,
-                &SampleOptions { kind: s.sampler, steps: s.steps, seed: s.seed },
-                &mut |step, total, x0| {
-                    if first.is_none() {
-                        first = Some(t2.elapsed().as_secs_f32());
-                    }
-                    progress.preview(step, total, Arc::new(from_planar(x0, w, h)));
-                },
-                cancelled,
-            )?
-        }
-    };
-    t.sample_s = t2.elapsed().as_secs_f32();
-    t.first_preview_s = first.unwrap_or(0.0);
+    let ps = patch_settings(s)?;
+    let levels = if t.engine == EngineKind::Patch || s.score { Some(patch_levels(&p, &cond, &ps)?) } else { None };
+    let mut run = Run { device, held, progress, cancelled };
+    let out = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
     let t3 = Instant::now();
-    let mut fill = from_planar(&out.x0, w, h);
-    let raw = from_planar(&out.raw, w, h);
-    composite::match_colour(&mut fill, &raw, &p.canvas, &p.fill, 3.0);
-    // σ: 8 working pixels (aero-rect 18.16 dB; 4 px 18.25 but closer to a blur, 16–32 px
-    // 18.07–18.11).
-    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 8.0);
+    let fill = corrected_fill(&p, &out);
     let (cw, ch) = scene.canvas_size();
-    let feather = composite::default_feather(cw.max(ch), w.max(h));
+    let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
     let image = composite::composite(scene, &fill, feather);
     t.composite_s = t3.elapsed().as_secs_f32();
     let agreement = match levels {
         Some(levels) if s.score => {
             let t4 = Instant::now();
-            let a = patch_agreement(levels, &to_planar(&fill), &ps, device)?;
+            let a = patch::agreement(levels, &fill.to_planar(), &ps, device)?;
             t.score_s = t4.elapsed().as_secs_f32();
             Some(a)
         }
@@ -423,123 +291,87 @@ pub fn run_fill(
     })
 }
 
+/// Sample the working canvas with the job's engine (learning or loading the scene model
+/// first when it is that engine), streaming previews; learning and sampling times into `t`.
+fn sample_working(
+    p: &Prepared,
+    cond: &Condition,
+    s: &FillSettings,
+    ps: &PatchSettings,
+    levels: Option<&[patch::Level]>,
+    run: &mut Run<'_>,
+    t: &mut Timings,
+) -> Result<sampler::SampleOutput> {
+    let (w, h) = (p.canvas.width, p.canvas.height);
+    let mut first = None;
+    let mut started = Instant::now();
+    let out = match (t.engine, levels) {
+        (EngineKind::Patch, Some(levels)) => {
+            let progress = &mut *run.progress;
+            patch::fill(
+                levels.to_vec(),
+                ps,
+                &SampleOptions { kind: s.sampler, steps: 0, seed: s.seed },
+                run.device,
+                &mut |step, total, x0| {
+                    first.get_or_insert_with(|| started.elapsed().as_secs_f32());
+                    progress.preview(step, total, Arc::new(RgbF::from_planar(x0, w, h)));
+                },
+                run.cancelled,
+            )?
+        }
+        (EngineKind::Patch, None) => return Err(Error::Engine("the patch engine needs its levels".into())),
+        _ => {
+            let (model, cached) = learn_or_load(p, s, run.device, run.held, run.progress, run.cancelled)?;
+            t.learn_s = started.elapsed().as_secs_f32();
+            t.model_cached = cached;
+            let mut den = SceneModelDenoiser::new(model, run.device.clone());
+            started = Instant::now();
+            let progress = &mut *run.progress;
+            sampler::sample(
+                &mut den,
+                &Schedule::default(),
+                cond,
+                &SampleOptions { kind: s.sampler, steps: s.steps, seed: s.seed },
+                &mut |step, total, x0| {
+                    first.get_or_insert_with(|| started.elapsed().as_secs_f32());
+                    progress.preview(step, total, Arc::new(RgbF::from_planar(x0, w, h)));
+                },
+                run.cancelled,
+            )?
+        }
+    };
+    t.sample_s = started.elapsed().as_secs_f32();
+    t.first_preview_s = first.unwrap_or(0.0);
+    Ok(out)
+}
+
+/// The sampled working canvas with its colour corrected: the drift the denoiser introduced
+/// against the known pixels undone, and, in interior holes no reference covers, the local
+/// mean colour of the prior.
+fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput) -> RgbF {
+    let (w, h) = (p.canvas.width, p.canvas.height);
+    let mut fill = RgbF::from_planar(&out.x0, w, h);
+    let raw = RgbF::from_planar(&out.raw, w, h);
+    composite::match_colour(&mut fill, &raw, &p.canvas, &p.fill, 3.0);
+    // σ: 8 working pixels (docs/BENCHMARKS.md, "Aero, session 4").
+    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 8.0);
+    fill
+}
+
 /// The patch engine's view of a prepared scene, as pyramid levels (finest first).
 fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Vec<patch::Level>> {
-    let guide = to_planar(&p.guide.rgb);
+    let guide = p.guide.rgb.to_planar();
     patch::build_levels(&patch::PatchScene { cond, refs: &p.refs, guide: Some((&guide, &p.guide.valid.data)) }, ps)
 }
 
-/// Coarse to fine with the patch denoiser: the coarsest level from noise, each finer level from
-/// the upsampled coarser result re-noised to `fine_alpha_bar`. Previews at working size.
-/// The patch settings of a job; for tuning, REALFILL_PATCH='{"guide_tau":0.2}' overrides fields
+/// The patch settings of a job, with the `REALFILL_PATCH` tuning overrides
 /// (docs/BENCHMARKS.md records the variants measured this way).
-fn patch_settings(s: &FillSettings) -> PatchSettings {
-    std::env::var("REALFILL_PATCH")
-        .ok()
-        .and_then(|j| {
-            let mut v = serde_json::to_value(&s.patch).ok()?;
-            let o: serde_json::Value = serde_json::from_str(&j).ok()?;
-            v.as_object_mut()?.extend(o.as_object()?.clone());
-            serde_json::from_value::<PatchSettings>(v).ok()
-        })
-        .unwrap_or_else(|| s.patch.clone())
-}
-
-fn run_patch(
-    mut levels: Vec<patch::Level>,
-    ps: &PatchSettings,
-    s: &FillSettings,
-    device: &Device,
-    preview: &mut dyn FnMut(usize, usize, RgbF),
-    cancelled: &dyn Fn() -> bool,
-) -> Result<sampler::SampleOutput> {
-    let schedule = Schedule::default();
-    let total = ps.coarse_steps + ps.fine_steps * (levels.len() - 1);
-    let (w, h) = (levels[0].cond.width, levels[0].cond.height);
-    let mut done = 0;
-    let mut parent: Option<(patch::Level, Vec<u32>)> = None;
-    let mut x: Option<(Vec<f32>, usize, usize)> = None;
-    let mut out = None;
-    while let Some(level) = levels.pop() {
-        let lc = level.cond.clone();
-        let (lw, lh) = (lc.width, lc.height);
-        let mut den = patch::PatchDenoiser::new(level, parent.take(), ps, device);
-        let mut on_step = |step: usize, _n: usize, x0: &[f32]| {
-            let full = if (lw, lh) == (w, h) { x0.to_vec() } else { patch::upsample(x0, lw, lh, w, h) };
-            preview(done + step, total, from_planar(&full, w, h));
-        };
-        // Each level gets its own seed so that levels do not reuse one noise pattern.
-        let seed = s.seed.wrapping_mul(31).wrapping_add(lw as u64);
-        let res = match &x {
-            None => sampler::sample(
-                &mut den,
-                &schedule,
-                &lc,
-                &SampleOptions { kind: s.sampler, steps: ps.coarse_steps, seed },
-                &mut on_step,
-                cancelled,
-            )?,
-            Some((prev, pw, ph)) => {
-                let init = patch::upsample(prev, *pw, *ph, lw, lh);
-                let start = schedule.timestep_for(ps.fine_alpha_bar);
-                sampler::sample_from(
-                    &mut den,
-                    &schedule,
-                    &lc,
-                    &SampleOptions { kind: s.sampler, steps: ps.fine_steps, seed },
-                    &init,
-                    start,
-                    &mut on_step,
-                    cancelled,
-                )?
-            }
-        };
-        done += if x.is_none() { ps.coarse_steps } else { ps.fine_steps };
-        x = Some((res.x0.clone(), lw, lh));
-        parent = Some((den.level, den.top));
-        out = Some(res);
+fn patch_settings(s: &FillSettings) -> Result<PatchSettings> {
+    match &crate::switches::get().patch {
+        Some(o) => s.patch.overridden(o),
+        None => Ok(s.patch.clone()),
     }
-    out.ok_or_else(|| Error::Invalid("the patch engine has no levels".into()))
-}
-
-/// How well a filled image (planar, working size) is explained by source patches: matched
-/// coarse to fine at zero noise, the mean squared difference between each filled pixel's
-/// patch and its best source patch, as dB (higher = closer to the references). Used to rank
-/// candidates of either engine.
-pub fn patch_agreement(
-    mut levels: Vec<patch::Level>,
-    image: &[f32],
-    ps: &PatchSettings,
-    device: &Device,
-) -> Result<f32> {
-    // The image at every level, finest first.
-    let mut images = vec![image.to_vec()];
-    for l in 1..levels.len() {
-        let (w, h) = (levels[l - 1].cond.width, levels[l - 1].cond.height);
-        images.push(patch::half(&images[l - 1], w, h));
-    }
-    let mut parent: Option<(patch::Level, Vec<u32>)> = None;
-    let mut score = 0.0;
-    while let Some(level) = levels.pop() {
-        let img = images.pop().unwrap_or_default();
-        let lc = level.cond.clone();
-        let mut den = patch::PatchDenoiser::new(level, parent.take(), ps, device);
-        // At zero noise the posterior mean is the best-matching source patch's centre.
-        let x0 = den.predict_x0(&img, 0, &lc)?;
-        let hw = lc.pixels();
-        let (mut sum, mut n) = (0.0f64, 0usize);
-        for i in (0..hw).filter(|&i| lc.mask[i] >= 0.5) {
-            for c in 0..3 {
-                let d = (x0[c * hw + i] - img[c * hw + i]) as f64;
-                sum += d * d;
-            }
-            n += 3;
-        }
-        // Range 2 ([-1, 1]): dB like PSNR on [0, 1] images.
-        score = if n > 0 { (-10.0 * ((sum / n as f64).max(1e-10) / 4.0).log10()) as f32 } else { 99.0 };
-        parent = Some((den.level, den.top));
-    }
-    Ok(score)
 }
 
 fn guide_cover_in_mask(p: &Prepared) -> f32 {
@@ -566,4 +398,109 @@ pub fn run_learn(
     let p = prepare(scene, s)?;
     let (_, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
     Ok(cached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scene::{Extension, Photo};
+
+    /// A 192×128 target of random coloured blobs (corners for the keypoints) with a 48×32
+    /// hole, and a reference that is the same view.
+    fn scene_with_reference() -> Scene {
+        let mut rng = crate::rng::Rng::new(3);
+        let blobs: Vec<[f32; 6]> = (0..60)
+            .map(|_| {
+                let b = [192.0, 128.0, 12.0, 1.0, 1.0, 1.0].map(|m| rng.range_f32(0.0, m));
+                [b[0], b[1], 3.0 + b[2], b[3], b[4], b[5]]
+            })
+            .collect();
+        let img = image::RgbImage::from_fn(192, 128, |x, y| {
+            let mut c = [0.2f32; 3];
+            for b in &blobs {
+                let d2 = ((x as f32 - b[0]).powi(2) + (y as f32 - b[1]).powi(2)) / (b[2] * b[2]);
+                if d2 < 1.0 {
+                    c = [b[3], b[4], b[5]];
+                }
+            }
+            image::Rgb(c.map(|v| (v * 255.0) as u8))
+        });
+        let photo = |name: &str| Photo::from_image(name.into(), image::DynamicImage::ImageRgb8(img.clone()), None);
+        let mut m = Mask::new(192, 128, 0.0);
+        for y in 48..80 {
+            for x in 72..120 {
+                m.set(x, y, 1.0);
+            }
+        }
+        let refs = vec![Arc::new(photo("r.png"))];
+        Scene::new(photo("t.png"), Some((m, std::path::Path::new("m.png"))), Extension::default(), refs).unwrap()
+    }
+
+    fn settings(size: usize) -> FillSettings {
+        FillSettings { engine: EngineKind::Patch, size, use_cache: false, ..Default::default() }
+    }
+
+    struct Sink(usize);
+    impl Progress for Sink {
+        fn status(&mut self, _: String) {}
+        fn learning(&mut self, _: usize, _: usize, _: f32) {}
+        fn preview(&mut self, _: usize, _: usize, _: Arc<RgbF>) {
+            self.0 += 1;
+        }
+    }
+
+    #[test]
+    fn prepare_scales_to_the_working_size_and_the_same_view_covers_the_hole() {
+        let p = prepare(&scene_with_reference(), &settings(96)).unwrap();
+        assert_eq!((p.canvas.width, p.canvas.height), (96, 64));
+        // The hole (24×16 at working size) grown by one pixel so no known pixel touches it.
+        let filled = p.fill.data.iter().filter(|&&v| v >= 0.5).count();
+        assert!((24 * 16..=26 * 18).contains(&filled), "{filled} working pixels to fill");
+        assert_eq!(p.alignments.iter().filter(|a| a.is_some()).count(), 1, "the reference aligns");
+        assert!(guide_cover_in_mask(&p) > 0.99, "the warped reference covers the hole");
+        let cond = condition(&p);
+        let hw = cond.pixels();
+        for i in (0..hw).filter(|&i| cond.mask[i] >= 0.5) {
+            assert_eq!(cond.known[i], 0.0, "nothing of the hole leaks into the known pixels");
+        }
+        // The prior in the hole is the warped reference: close to what the target held there.
+        let truth = scene_with_reference().target.rgb.resized(96, 64);
+        let (mut err, mut n) = (0.0f32, 0);
+        for i in (0..hw).filter(|&i| cond.mask[i] >= 0.5) {
+            err += (0..3).map(|k| (p.prior.data[3 * i + k] - truth.data[3 * i + k]).abs()).sum::<f32>() / 3.0;
+            n += 1;
+        }
+        assert!(err / (n as f32) < 0.08, "mean prior error in the hole {}", err / n as f32);
+    }
+
+    #[test]
+    fn a_patch_fill_streams_previews_keeps_pixels_outside_the_band_and_restores_the_hole() {
+        let scene = scene_with_reference();
+        let (device, mut held, mut sink) = (Device::flex(), None, Sink(0));
+        let out = run_fill(&scene, &settings(96), &device, &mut held, &mut sink, &|| false).unwrap();
+        assert!(sink.0 > 0, "previews streamed");
+        assert_eq!(out.timings.engine, EngineKind::Patch);
+        let (got, orig) = (out.image.to_rgb8(), scene.target.original.to_rgb8());
+        let alpha = composite::feather_alpha(&scene.mask, composite::default_feather(192, 96));
+        let (mut err, mut n) = (0.0f64, 0);
+        for (i, (g, o)) in got.pixels().zip(orig.pixels()).enumerate() {
+            if alpha[i] == 0.0 {
+                assert_eq!(g, o, "pixel {i} outside the feather band is the original");
+            } else if scene.mask.data[i] >= 0.5 {
+                err += (0..3).map(|k| (g[k] as f64 - o[k] as f64).abs()).sum::<f64>() / 3.0;
+                n += 1;
+            }
+        }
+        // The reference shows exactly what the hole held: the fill is close to it.
+        assert!(err / (n as f64) < 20.0, "mean error in the hole {:.1} of 255", err / n as f64);
+    }
+
+    #[test]
+    fn a_cancelled_fill_stops_with_cancelled() {
+        let scene = scene_with_reference();
+        let (device, mut held, mut sink) = (Device::flex(), None, Sink(0));
+        let r = run_fill(&scene, &settings(96), &device, &mut held, &mut sink, &|| true);
+        assert!(matches!(r, Err(Error::Cancelled)));
+        assert_eq!(sink.0, 0, "no step ran");
+    }
 }

@@ -42,9 +42,9 @@ pub fn match_colour(fill: &mut RgbF, raw: &RgbF, known: &RgbF, mask: &Mask, ring
 /// `prior` (the push-pull continuation of the surrounding pixels): the fill keeps its own
 /// detail, its colour over ≈ `sigma` px becomes the prior's. Without it the patch engine's
 /// fill of such a hole drifts towards flat patches of another colour (aero-rect: water-blue
-/// patches in a town, mean colour 0.06 darker than the truth; with it +0.2 dB). Regions that
-/// touch the image border (outpainting) are left alone: there the prior only smears the
-/// border outwards and is a worse colour estimate than the fill (coffee-outpaint −0.8 dB).
+/// patches in a town). Regions that touch the image border (outpainting) are left alone:
+/// there the prior only smears the border outwards and is a worse colour estimate than the
+/// fill (both measured in docs/BENCHMARKS.md, "Aero, session 4").
 /// `fill_mask` and `covered` ≥ 0.5 mark pixels to fill and pixels a reference covers.
 pub fn follow_prior_colour(fill: &mut RgbF, prior: &RgbF, fill_mask: &Mask, covered: &Mask, sigma: f32) {
     let (w, h) = (fill.width, fill.height);
@@ -188,7 +188,7 @@ mod tests {
     fn an_uncovered_interior_hole_takes_the_priors_colour_and_keeps_its_detail() {
         let (w, h) = (60, 40);
         // Fill: a blue-ish checker texture everywhere; prior: flat grey.
-        let texture = |x: usize, y: usize| if (x / 2 + y / 2) % 2 == 0 { 0.1 } else { -0.1 };
+        let texture = |x: usize, y: usize| if (x / 2 + y / 2).is_multiple_of(2) { 0.1 } else { -0.1 };
         let mut fill = RgbF::from_fn(w, h, |x, y| {
             let t = texture(x, y);
             [0.3 + t, 0.35 + t, 0.6 + t]

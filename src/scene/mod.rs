@@ -3,6 +3,7 @@
 
 pub mod blur;
 pub mod composite;
+pub mod demo;
 pub mod io;
 pub mod project;
 pub mod pushpull;

@@ -9,13 +9,15 @@
 //!   "references": ["refs/a.jpg", "refs/b.jpg"],
 //!   "extension": { "left": 0, "top": 0, "right": 64, "bottom": 0 },
 //!   "mask": { "width": 640, "height": 480, "runs": [1200, 35, 605, 35] },
-//!   "settings": { "size": 384, "steps": 3, "seed": 0, "candidates": 1, "learn_steps": 600 }
+//!   "settings": { "engine": "Auto", "size": 384, "steps": 3, "seed": 0, "candidates": 1,
+//!                 "learn_steps": 600, "batch": 8, "crop": 64, "sampler": "Ddim" }
 //! }
 //! ```
 //! Paths are relative to the project file's folder (absolute paths are kept as they are).
 //! `mask.runs` are run lengths over the target's pixels in row-major order, alternating
 //! keep, fill, keep, … starting with keep (a first run of 0 when pixel 0 is to be filled);
-//! they must add up to width × height. Unknown fields are ignored; a file with a higher
+//! they must add up to width × height. `settings` is `settings::RunSettings` (missing fields
+//! take their defaults, values are clamped to `settings::LIMITS`). Unknown fields are ignored; a file with a higher
 //! `version` than this build knows is refused with a message rather than half-read.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::Extension;
 use super::raster::Mask;
 use crate::error::{Error, Result};
+pub use crate::settings::RunSettings;
 
 pub const FORMAT: &str = "realfill-project";
 pub const VERSION: u32 = 1;
@@ -82,66 +85,6 @@ impl RleMask {
     pub fn to_mask(&self) -> std::result::Result<Mask, String> {
         let data = self.decode()?.into_iter().map(|f| if f { 1.0 } else { 0.0 }).collect();
         Ok(Mask { width: self.width, height: self.height, data })
-    }
-}
-
-/// Run settings saved with a project (and, in the app, between runs). Every field has a
-/// default, so files from older versions still load.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RunSettings {
-    /// Which denoiser fills (auto: the patch engine, by measurement).
-    pub engine: crate::engine::pipeline::EngineKind,
-    /// Long side of the working size.
-    pub size: usize,
-    /// Denoising steps.
-    pub steps: usize,
-    pub seed: u64,
-    /// Fills per press of Fill (different seeds), shown as a strip to pick from.
-    pub candidates: usize,
-    pub learn_steps: usize,
-}
-
-impl Default for RunSettings {
-    fn default() -> Self {
-        let d = crate::engine::FillSettings::default();
-        RunSettings {
-            engine: d.engine,
-            size: d.size,
-            steps: d.steps,
-            seed: 0,
-            candidates: 1,
-            learn_steps: d.learn.steps,
-        }
-    }
-}
-
-impl RunSettings {
-    /// Clamp every field into the range the engine accepts (a hand-edited file may hold
-    /// anything).
-    pub fn sanitised(&self) -> RunSettings {
-        RunSettings {
-            engine: self.engine,
-            size: (self.size.clamp(64, 1024) / 8) * 8,
-            steps: self.steps.clamp(1, 200),
-            seed: self.seed,
-            candidates: self.candidates.clamp(1, 8),
-            learn_steps: self.learn_steps.clamp(1, 20_000),
-        }
-    }
-
-    pub fn fill_settings(&self) -> crate::engine::FillSettings {
-        let s = self.sanitised();
-        let mut f = crate::engine::FillSettings {
-            engine: s.engine,
-            size: s.size,
-            steps: s.steps,
-            seed: s.seed,
-            ..Default::default()
-        };
-        f.learn.steps = s.learn_steps;
-        f.learn.seed = s.seed;
-        f
     }
 }
 
@@ -222,7 +165,7 @@ impl Project {
             references: f.references.iter().map(|r| resolve(base, r)).collect(),
             extension: f.extension,
             mask: f.mask,
-            settings: f.settings.sanitised(),
+            settings: f.settings.clamped(),
         })
     }
 
@@ -343,8 +286,9 @@ mod tests {
 
     #[test]
     fn settings_from_a_hand_edited_file_are_clamped() {
-        let s = RunSettings { size: 5, steps: 0, seed: 1, candidates: 99, learn_steps: 0, ..Default::default() }
-            .sanitised();
-        assert_eq!((s.size, s.steps, s.candidates, s.learn_steps), (64, 1, 8, 1));
+        let s =
+            RunSettings { size: 5, steps: 0, seed: 1, candidates: 99, learn_steps: 0, ..Default::default() }.clamped();
+        let l = &crate::settings::LIMITS;
+        assert_eq!((s.size, s.steps, s.candidates, s.learn_steps), (*l.size.start(), 1, *l.candidates.end(), 1));
     }
 }

@@ -77,6 +77,30 @@ impl RgbF {
     pub fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> RgbF {
         RgbF::from_fn(w, h, |x, y| self.get(x0 + x, y0 + y))
     }
+
+    /// The denoisers' layout: planar (CHW) values in [-1, 1].
+    pub fn to_planar(&self) -> Vec<f32> {
+        let hw = self.width * self.height;
+        let mut out = vec![0.0; 3 * hw];
+        for i in 0..hw {
+            for k in 0..3 {
+                out[k * hw + i] = self.data[3 * i + k] * 2.0 - 1.0;
+            }
+        }
+        out
+    }
+
+    /// Back from the denoisers' layout (`to_planar`), clamped to [0, 1].
+    pub fn from_planar(v: &[f32], width: usize, height: usize) -> RgbF {
+        let hw = width * height;
+        let mut img = RgbF::new(width, height);
+        for i in 0..hw {
+            for k in 0..3 {
+                img.data[3 * i + k] = ((v[k * hw + i] + 1.0) * 0.5).clamp(0.0, 1.0);
+            }
+        }
+        img
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

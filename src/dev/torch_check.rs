@@ -283,7 +283,7 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
             learner.step(&b.input, &b.time, &b.residual, &b.weight, n, c, c, 1e-4);
         },
     );
-    crate::diffusion::cpu_unet::profile::report("learning steps");
+    crate::kernels::profile::report("learning steps");
     let (w, h) = (a.width, a.height);
     let input = rng.normals(IN_CHANNELS * w * h);
     let time = crate::diffusion::unet::time_features(&[500]);
@@ -297,7 +297,7 @@ fn time_steps_cpu(a: &TorchCheckArgs, spec: &UNetSpec) -> Result<(f64, f64)> {
             std::hint::black_box(net.forward(&learner.params, &input, &time, 1, h, w));
         },
     );
-    crate::diffusion::cpu_unet::profile::report("sampling steps");
+    crate::kernels::profile::report("sampling steps");
     Ok((learn, sample))
 }
 

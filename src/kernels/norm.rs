@@ -43,28 +43,31 @@ pub fn silu_vec(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&u| u * sigmoid(u)).collect()
 }
 
-/// Compile a row function three times: for AVX-512, for AVX2 + FMA (chosen at run time) and
-/// for the baseline.
+/// Compile a row function three times: for AVX-512, for AVX2 + FMA and for the baseline, and
+/// run the form `kernels::plan()` chose.
 macro_rules! multiversion {
     ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments, reason = "a row kernel takes its rows, statistics and sizes")]
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[allow(clippy::too_many_arguments, reason = "as above")]
                 #[target_feature(enable = "avx512f")]
                 fn wide($($arg: $ty),*) {
                     $inner($($arg),*)
                 }
+                #[allow(clippy::too_many_arguments, reason = "as above")]
                 #[target_feature(enable = "avx2,fma")]
                 fn mid($($arg: $ty),*) {
                     $inner($($arg),*)
                 }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F.
-                    return unsafe { wide($($arg),*) };
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { mid($($arg),*) };
+                use crate::kernels::simd::Simd;
+                match crate::kernels::plan().simd {
+                    // SAFETY: the plan says Avx512 only when the CPU has AVX-512F.
+                    Simd::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: the plan says Avx2 only when the CPU has AVX2 and FMA.
+                    Simd::Avx2 => return unsafe { mid($($arg),*) },
+                    Simd::Portable => {}
                 }
             }
             $inner($($arg),*)
@@ -77,12 +80,14 @@ macro_rules! multiversion {
 /// rest of the loop). Used when the channel count is a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 mod wide {
-    use crate::diffusion::simd::avx512::exp;
+    use crate::kernels::simd::avx512::exp;
     use std::arch::x86_64::*;
 
     /// 1 / (1 + e^−u).
     #[inline(always)]
     fn sigmoid(u: __m512) -> __m512 {
+        // SAFETY: register-only AVX-512F arithmetic; only called (inlined) from this module's
+        // row functions, which run only when the CPU has AVX-512F (`wide_ok`).
         unsafe {
             let d = _mm512_add_ps(_mm512_set1_ps(1.0), exp(_mm512_sub_ps(_mm512_setzero_ps(), u)));
             let r = _mm512_rcp14_ps(d);
@@ -94,6 +99,7 @@ mod wide {
     /// du = dz·silu'(u) = dz·σ·(1 + u·(1 − σ)).
     #[inline(always)]
     fn dsilu(u: __m512, dz: __m512) -> __m512 {
+        // SAFETY: as for `sigmoid`.
         unsafe {
             let s = sigmoid(u);
             let one = _mm512_set1_ps(1.0);
@@ -103,7 +109,13 @@ mod wide {
 
     #[target_feature(enable = "avx512f")]
     pub fn apply(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]) {
-        assert!(row.len() >= (w + 1) * c && out.len() >= (w + 1) * c && a.len() >= c && o.len() >= c && c % 16 == 0);
+        assert!(
+            row.len() >= (w + 1) * c
+                && out.len() >= (w + 1) * c
+                && a.len() >= c
+                && o.len() >= c
+                && c.is_multiple_of(16)
+        );
         for x in 1..=w {
             for k in (0..c).step_by(16) {
                 // SAFETY: indices bounded by the assert above.
@@ -131,7 +143,7 @@ mod wide {
         sdu: &mut [f32],
         sdux: &mut [f32],
     ) {
-        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c % 16 == 0);
+        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c.is_multiple_of(16));
         assert!(a.len() >= c && o.len() >= c && r.len() >= c && m.len() >= c && sdu.len() >= c && sdux.len() >= c);
         for k in (0..c).step_by(16) {
             // SAFETY: indices bounded by the asserts above.
@@ -155,7 +167,7 @@ mod wide {
 }
 
 fn wide_ok(c: usize) -> bool {
-    c % 16 == 0 && crate::diffusion::simd::detect() == crate::diffusion::simd::Simd::Avx512
+    c.is_multiple_of(16) && crate::kernels::plan().simd == crate::kernels::simd::Simd::Avx512
 }
 
 /// Per-channel sums of x and x² over the interior pixels of one row.

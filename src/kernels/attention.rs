@@ -85,7 +85,8 @@ impl RowState {
     /// Insert a candidate into the sorted top list (ties keep the earlier key, as arg-max does).
     fn offer(&mut self, v: f32, key: u32) {
         let k = self.top.len();
-        if k == 0 || !(v > self.top[k - 1].0) {
+        // Not greater, or NaN: not a better match.
+        if k == 0 || v.partial_cmp(&self.top[k - 1].0) != Some(std::cmp::Ordering::Greater) {
             return;
         }
         let mut i = k - 1;
@@ -141,7 +142,7 @@ fn attend_block(q: &[f32], rows: usize, bank: &KeyPanels, k: usize) -> Vec<RowSt
     qpad[..rows * cols].copy_from_slice(q);
     let mut states = vec![RowState::new(k); rows];
     let mut tile = [0.0f32; ROWS * PANEL];
-    let kernel = super::simd::detect();
+    let kernel = crate::kernels::plan().simd;
     for p in 0..bank.keys.div_ceil(PANEL) {
         let panel = bank.panel(p);
         let cen = bank.panel_centres(p);
@@ -161,10 +162,11 @@ fn attend_block(q: &[f32], rows: usize, bank: &KeyPanels, k: usize) -> Vec<RowSt
 fn logits(kernel: Simd, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
     assert!(q.len() >= ROWS * cols && panel.len() >= cols * PANEL);
     match kernel {
-        // SAFETY: the CPU has the features (`simd::detect`); the slices are long enough
-        // (asserted above) for every load and store the kernels make.
+        // SAFETY: `kernels::plan()` says Avx512 only when the CPU has AVX-512F; the slices
+        // are long enough (asserted above) for every load and store the kernel makes.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 => unsafe { avx512::logits(q, cols, panel, tile) },
+        // SAFETY: Avx2 only when the CPU has AVX2 and FMA; the slices as above.
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2 => unsafe { logits_avx2(q, cols, panel, tile) },
         _ => logits_portable(q, cols, panel, tile),
@@ -173,9 +175,11 @@ fn logits(kernel: Simd, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; 
 
 /// Fold a row's 32 logits into its softmax state and best keys.
 fn update(kernel: Simd, s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+    assert!(logits.len() >= PANEL && cen.len() >= 3 * PANEL);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above; `logits` and `cen` hold PANEL and 3·PANEL values.
+        // SAFETY: Avx512 only when the CPU has AVX-512F; `logits` and `cen` hold PANEL and
+        // 3·PANEL values (asserted above); the state's sums and accumulators are [f32; 16].
         Simd::Avx512 => unsafe { avx512::update(s, logits, valid, cen, first_key) },
         _ => update_portable(s, logits, valid, cen, first_key),
     }
@@ -199,6 +203,9 @@ fn logits_portable(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS 
 }
 
 /// The portable kernel compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn logits_avx2(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
@@ -226,18 +233,20 @@ fn update_portable(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{PANEL, ROWS, RowState};
-    use crate::diffusion::simd::avx512::exp;
+    use crate::kernels::simd::avx512::exp;
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU must have AVX-512F; `q` must hold ROWS·cols values and `panel` cols·PANEL.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn logits(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
         let (qp, kp) = (q.as_ptr(), panel.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 2 * ROWS];
         for c in 0..cols {
-            // SAFETY (all pointer reads): c < cols, the caller asserted q ≥ ROWS·cols and
-            // panel ≥ cols·PANEL values.
+            // SAFETY: c < cols and panel holds cols·PANEL values (the caller's contract).
             let (k0, k1) = unsafe { (_mm512_loadu_ps(kp.add(c * PANEL)), _mm512_loadu_ps(kp.add(c * PANEL + 16))) };
             for r in 0..ROWS {
+                // SAFETY: r < ROWS, c < cols and q holds ROWS·cols values.
                 let b = _mm512_set1_ps(unsafe { *qp.add(r * cols + c) });
                 acc[2 * r] = _mm512_fmadd_ps(b, k0, acc[2 * r]);
                 acc[2 * r + 1] = _mm512_fmadd_ps(b, k1, acc[2 * r + 1]);
@@ -253,6 +262,9 @@ mod avx512 {
         }
     }
 
+    /// # Safety
+    /// The CPU must have AVX-512F; `logits` must hold PANEL values, `cen` 3·PANEL and the
+    /// state's `sum` and `acc` rows 16 each.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn update(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
         // Lanes past `valid` (the last panel's padding) count as −∞.
@@ -387,7 +399,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_direct_computation() {
         check(Simd::Portable);
-        let detected = crate::diffusion::simd::detect();
+        let detected = crate::kernels::plan().simd;
         check(detected);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::align::Guide;
 use crate::diffusion::sampler::{Condition, Denoiser};
-use crate::diffusion::scene_model::SceneDenoiser;
+use crate::diffusion::scene_model::SceneModelDenoiser;
 use crate::diffusion::schedule::Schedule;
 use crate::diffusion::train::{TrainingSource, make_batch};
 use crate::diffusion::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec, forward_macs};
@@ -39,7 +39,7 @@ pub struct BenchArgs {
     /// Learning steps and sampling steps assumed for the whole-fill estimate.
     #[arg(long, default_value_t = 600)]
     pub learn_steps: usize,
-    #[arg(long, default_value_t = crate::engine::pipeline::DEFAULT_STEPS)]
+    #[arg(long, default_value_t = crate::settings::defaults::STEPS)]
     pub steps: usize,
 }
 
@@ -83,7 +83,8 @@ pub fn measured_fma_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
         let wide = is_x86_feature_detected!("avx512f");
-        if !wide && !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        let mid = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if !(wide || mid) {
             return None;
         }
         let threads = device::cpu_threads();
@@ -170,6 +171,15 @@ struct Row {
 }
 
 fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
+    let (inference, learn_ms) = bench_learning(device, name, a, rows)?;
+    bench_sampling(device, name, a, rows, &inference, learn_ms)?;
+    eprintln!("{name}: scene model {} parameters", inference.num_params());
+    Ok(())
+}
+
+/// The learning step on burn (autodiff), and on the CPU network where it serves the device.
+/// Returns the learned model and the time of the step `learn` uses (ms).
+fn bench_learning(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<(UNet, f64)> {
     let spec = UNetSpec::default();
     let schedule = Schedule::default();
     // Learning step.
@@ -231,9 +241,21 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
             gflop: learn_flop / 1e9,
         });
     }
-    let params = model.num_params();
-    // Sampling steps.
-    let inference = model.valid();
+    Ok((model.valid(), learn_ms))
+}
+
+/// A sampling step per size (and burn's own CPU forward beside the CPU network's), the
+/// whole fill it implies, and the first preview.
+fn bench_sampling(
+    device: &Device,
+    name: &str,
+    a: &BenchArgs,
+    rows: &mut Vec<Row>,
+    inference: &UNet,
+    learn_ms: f64,
+) -> Result<()> {
+    let spec = UNetSpec::default();
+    let cpu_net = crate::diffusion::cpu_unet::serves(device);
     let mut sample_ms_first = f64::NAN;
     for &size in &a.sizes {
         let (w, h) = crate::scene::raster::working_size(size * 4, size * 3, size);
@@ -243,10 +265,10 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
             height: h,
             known: vec![0.0; 3 * hw],
             mask: vec![1.0; hw],
-            guide: vec![0.0; 3 * hw],
+            prior: vec![0.0; 3 * hw],
             guide_valid: vec![0.0; hw],
         };
-        let mut den = SceneDenoiser::new(inference.clone(), device.clone());
+        let mut den = SceneModelDenoiser::new(inference.clone(), device.clone());
         let x = Rng::new(2).normals(3 * hw);
         let mut times = Vec::new();
         for i in 0..a.repeats + 1 {
@@ -304,7 +326,6 @@ fn bench_backend(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>
         ms: sample_ms_first,
         gflop: f64::NAN,
     });
-    eprintln!("{name}: scene model {params} parameters");
     Ok(())
 }
 
@@ -319,21 +340,16 @@ impl crate::engine::pipeline::Progress for Quiet {
 
 /// The bundled demo scene scaled so that its long side is `size` (working size = size).
 fn demo_scene_at(size: usize) -> Result<crate::scene::Scene> {
-    use crate::scene::io::{load_mask, load_photo};
-    let dir = crate::cli::demo_dir();
     let scale = |p: crate::scene::Photo| {
         let f = size as f64 / p.width().max(p.height()) as f64;
         let (w, h) = ((p.width() as f64 * f).round() as u32, (p.height() as f64 * f).round() as u32);
         let img = p.original.resize_exact(w, h, image::imageops::FilterType::Triangle);
         crate::scene::Photo::from_image(p.path.clone(), img, None)
     };
-    let target = scale(load_photo(&dir.join("target.png"))?);
-    let m = load_mask(&dir.join("mask.png"))?;
+    let (target, m, refs) = crate::scene::demo::load()?;
+    let target = scale(target);
     let mask = m.resized_cover(target.width(), target.height());
-    let mut refs = Vec::new();
-    for r in ["ref0.png", "ref1.png"] {
-        refs.push(std::sync::Arc::new(scale(load_photo(&dir.join("refs").join(r))?)));
-    }
+    let refs = refs.into_iter().map(|r| std::sync::Arc::new(scale(r))).collect();
     crate::scene::Scene::new(
         target,
         Some((mask, std::path::Path::new("mask.png"))),
@@ -398,8 +414,8 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
         gflop: tile_gflop,
     });
     if *device == Device::flex() {
-        // The same tile through the fused kernel the CPU backend uses (attention_cpu).
-        use crate::diffusion::attention_cpu::{KeyPanels, attend};
+        // The same tile through the fused kernel the CPU backend uses (kernels::attention).
+        use crate::kernels::attention::{KeyPanels, attend};
         let kd = bank.into_data().try_into_vec::<f32>().unwrap_or_default();
         let cd = centres.into_data().try_into_vec::<f32>().unwrap_or_default();
         let panels = KeyPanels::new(&kd, &cd, cols);

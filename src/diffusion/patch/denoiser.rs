@@ -1,112 +1,21 @@
-//! The training-free reference patch engine: the closed-form optimal denoiser for the
-//! empirical distribution of the references' patches (and the target's known patches), run
-//! coarse to fine over an image pyramid.
-//!
-//! At noise level t (x_t = √ᾱ·x0 + √(1−ᾱ)·ε) the posterior mean of a pixel, if the data were
-//! exactly the set of source patches {k}, is Σ w_k·centre(k) with
-//! w = softmax_k(−½ Σ_d π_d (q_d − √ᾱ·k_d)²), q the noisy patch around the pixel. Per-dimension
-//! precisions π carry the inpainting condition: a known pixel of the patch is compared at its
-//! clean value with tolerance τ (references never match the target exactly), a pixel to fill
-//! with the noise's precision 1/(1−ᾱ) plus, where warped references cover it, the prior as a
-//! second observation (precisions add), and pixels beyond the border not at all. Where no
-//! reference reaches, only the patch's mean colour is compared with the (smooth) prior.
-//! Expanding the squares gives one matrix product per query tile:
-//!   logits = [π⊙q, π, π_m·ḡ, π_m, 1] · [√ᾱ·k, −½ᾱ·k², √ᾱ·k̄, −½ᾱ·k̄², bias]ᵀ
-//! followed by a softmax and a second product with the patch centres — attention of target
-//! patches over source patches, on burn tensors (wgpu or the CPU backend). At the last step
-//! of each level, every patch covering a pixel votes with its best match.
-//!
-//! Coarse to fine (Qiu, Kutulakos & Lindell, "Efficient and Training-Free Single-Image
-//! Diffusion"): the coarsest level (1/8 of the working size) attends over all source patches
-//! and fixes the layout; each finer level starts from the upsampled coarser result partly
-//! re-noised (SDEdit) and attends only over a shortlist per pixel: windows around where its
-//! parent pixel's best matches lie one level down, plus a window around the pixel itself in
-//! the warped references (which are already in the target's frame). Memory stays bounded:
-//! queries are tiled, and fine levels never build the full key matrix.
-//!
-//! Sources: the target's known patches, the warped exposure-matched references (the guide),
-//! and each reference at four scales (0.5× to 1.4×), its colours matched to the target's known pixels
-//! (mean and spread per channel), so that a brighter, rescaled view still matches.
+//! The patch denoiser of one pyramid level: attention of the noisy image's patches over the
+//! sources' patches (exhaustive at the coarsest level, over a shortlist per pixel above it),
+//! and patch voting at a level's last step. The maths is in the module docs of `patch`.
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use super::attention_cpu::{self, KeyPanels};
-
-use super::sampler::{Condition, Denoiser};
-use super::schedule::Schedule;
+use super::PatchSettings;
+use crate::diffusion::sampler::{Condition, Denoiser};
+use crate::diffusion::schedule::Schedule;
 use crate::error::{Error, Result};
-use crate::scene::RgbF;
+use crate::kernels::attention::{self, KeyPanels};
 
 /// Best matches kept per pixel for the next level.
 pub const TOP: usize = 4;
 const NULL: u32 = u32::MAX;
 /// Bias of a key that must not be chosen.
 const NEVER: f32 = -1e9;
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct PatchSettings {
-    /// Patch side (odd).
-    pub patch: usize,
-    /// Pyramid levels; the coarsest is the working size / 2^(levels−1).
-    pub levels: usize,
-    /// Denoising steps at the coarsest level (from pure noise).
-    pub coarse_steps: usize,
-    /// Steps at each finer level (from the upsampled coarser result, re-noised).
-    pub fine_steps: usize,
-    /// ᾱ at which finer levels start: higher keeps more of the coarser layout.
-    pub fine_alpha_bar: f64,
-    /// Window radius around shortlisted positions.
-    pub window: usize,
-    /// Tolerance for known pixels in a patch (units of the [-1, 1] range).
-    pub known_tau: f32,
-    /// Tolerance for the prior inside the fill region where warped references cover it: they
-    /// show the right content, slightly misplaced (parallax) or differently lit.
-    pub guide_tau: f32,
-    /// Tolerance for the mean colour of a patch against the prior where no reference reaches
-    /// (a smooth continuation: a hint of colour and layout, not of texture).
-    pub prior_tau: f32,
-    /// Scales at which each reference is searched.
-    pub scales: Vec<f32>,
-    /// Queries per tile (bounds memory: tile × keys logits at the coarsest level).
-    pub tile: usize,
-    /// At the last step of each level, let every patch covering a pixel vote with its best
-    /// match (Wexler et al.'s patch voting) instead of taking the centre only: coherent,
-    /// seam-free texture.
-    pub vote: bool,
-}
-
-impl Default for PatchSettings {
-    fn default() -> Self {
-        PatchSettings {
-            patch: 5,
-            levels: 4,
-            coarse_steps: 8,
-            fine_steps: 3,
-            fine_alpha_bar: 0.25,
-            window: 1,
-            known_tau: 0.15,
-            guide_tau: 0.12,
-            prior_tau: 0.08,
-            scales: vec![0.5, 0.707, 1.0, 1.414],
-            tile: 512,
-            vote: true,
-        }
-    }
-}
-
-impl PatchSettings {
-    /// Pyramid levels used for a working size: at most `levels`, fewer when the image is too
-    /// small or does not halve evenly.
-    pub fn levels_for(&self, w: usize, h: usize) -> usize {
-        let fits = |l: usize| {
-            let div = 1usize << (l - 1);
-            w % div == 0 && h % div == 0 && w / div >= self.patch && h / div >= self.patch
-        };
-        (1..=self.levels.max(1)).rev().find(|&l| fits(l)).unwrap_or(1)
-    }
-}
 
 /// One image patches come from, at one level: planar CHW in [-1, 1], and where a patch
 /// centred at a pixel may be used (the whole patch inside and valid).
@@ -212,7 +121,7 @@ fn query_rows(level: &Level, x_t: &[f32], at: &[usize], s: f32, var: f32, set: &
                             // Two observations of s·k: the noisy pixel and the prior; their
                             // precisions add (product of Gaussians).
                             let pi_g = if c.guide_valid[j] >= 0.5 { pi_guide } else { 0.0 };
-                            row[i] = pi_fill * x_t[ch * w * h + j] + pi_g * s * c.guide[ch * w * h + j];
+                            row[i] = pi_fill * x_t[ch * w * h + j] + pi_g * s * c.prior[ch * w * h + j];
                             row[d + i] = pi_fill + pi_g;
                         }
                     }
@@ -231,7 +140,7 @@ fn query_rows(level: &Level, x_t: &[f32], at: &[usize], s: f32, var: f32, set: &
                 for dy in -r..=r {
                     for dx in -r..=r {
                         let (xx, yy) = ((x + dx).clamp(0, w as isize - 1), (y + dy).clamp(0, h as isize - 1));
-                        sum += c.guide[ch * w * h + yy as usize * w + xx as usize];
+                        sum += c.prior[ch * w * h + yy as usize * w + xx as usize];
                         n += 1.0;
                     }
                 }
@@ -356,7 +265,9 @@ fn attend_listed(
 }
 
 /// The coarsest level's keys: burn tensors (GPU), or panels for the fused CPU kernel
-/// (`attention_cpu`), which on the CPU backend is ≈ 10× faster than the tensor version.
+/// (`kernels::attention`), which on the CPU backend is far faster than the tensor version
+/// (docs/BENCHMARKS.md).
+#[allow(clippy::large_enum_variant, reason = "one per pyramid level")]
 enum Bank {
     Tensors { rows: Tensor<2>, centres: Tensor<2> },
     Panels(KeyPanels),
@@ -365,7 +276,7 @@ enum Bank {
 /// The fused CPU kernel serves the CPU backend (unless REALFILL_TENSOR_ATTENTION is set,
 /// for comparisons); every other device gets the tensor version.
 fn use_cpu_kernel(device: &Device) -> bool {
-    *device == Device::flex() && std::env::var_os("REALFILL_TENSOR_ATTENTION").is_none()
+    *device == Device::flex() && crate::kernels::plan().fused_attention
 }
 
 /// The denoiser of one pyramid level.
@@ -493,7 +404,7 @@ impl PatchDenoiser {
                 let res = match bank {
                     Bank::Tensors { rows, centres } => attend_all(&a, chunk.len(), rows, centres, &self.device)?,
                     Bank::Panels(panels) => {
-                        let r = attention_cpu::attend(&a, chunk.len(), panels, TOP);
+                        let r = attention::attend(&a, chunk.len(), panels, TOP);
                         Attended { centres: r.centres, top: r.top }
                     }
                 };
@@ -594,224 +505,10 @@ impl Denoiser for PatchDenoiser {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Building the pyramid.
-
-/// Halve a planar image (2×2 box average); sizes must be even.
-pub fn half(rgb: &[f32], w: usize, h: usize) -> Vec<f32> {
-    let (hw2, hh2) = (w / 2, h / 2);
-    let mut out = vec![0.0; 3 * hw2 * hh2];
-    for c in 0..3 {
-        for y in 0..hh2 {
-            for x in 0..hw2 {
-                let at = |xx: usize, yy: usize| rgb[c * w * h + yy * w + xx];
-                out[c * hw2 * hh2 + y * hw2 + x] =
-                    0.25 * (at(2 * x, 2 * y) + at(2 * x + 1, 2 * y) + at(2 * x, 2 * y + 1) + at(2 * x + 1, 2 * y + 1));
-            }
-        }
-    }
-    out
-}
-
-/// Halve a 0/1 map: a coarse pixel is set only when all four children are.
-pub fn half_all(m: &[f32], w: usize, h: usize) -> Vec<f32> {
-    let (hw2, hh2) = (w / 2, h / 2);
-    let mut out = vec![0.0; hw2 * hh2];
-    for y in 0..hh2 {
-        for x in 0..hw2 {
-            let v = m[2 * y * w + 2 * x]
-                .min(m[2 * y * w + 2 * x + 1])
-                .min(m[(2 * y + 1) * w + 2 * x])
-                .min(m[(2 * y + 1) * w + 2 * x + 1]);
-            out[y * hw2 + x] = v;
-        }
-    }
-    out
-}
-
-/// Where a patch of side `p` centred at each pixel lies inside the image with every pixel valid.
-pub fn usable_centres(valid: &[f32], w: usize, h: usize, p: usize) -> Vec<bool> {
-    let r = p / 2;
-    let mut out = vec![false; w * h];
-    if w < p || h < p {
-        return out;
-    }
-    for y in r..h - r {
-        for x in r..w - r {
-            out[y * w + x] = (y - r..=y + r).all(|yy| (x - r..=x + r).all(|xx| valid[yy * w + xx] >= 0.5));
-        }
-    }
-    out
-}
-
-/// Per-channel mean and standard deviation of a planar image where `weight` ≥ 0.5.
-fn stats(rgb: &[f32], weight: Option<&[f32]>, hw: usize) -> [(f32, f32); 3] {
-    let mut out = [(0.0, 1.0); 3];
-    for (c, o) in out.iter_mut().enumerate() {
-        let (mut n, mut s, mut s2) = (0.0f64, 0.0f64, 0.0f64);
-        for i in 0..hw {
-            if weight.is_none_or(|w| w[i] >= 0.5) {
-                let v = rgb[c * hw + i] as f64;
-                n += 1.0;
-                s += v;
-                s2 += v * v;
-            }
-        }
-        if n > 0.0 {
-            let m = s / n;
-            *o = (m as f32, ((s2 / n - m * m).max(0.0).sqrt() as f32).max(1e-3));
-        }
-    }
-    out
-}
-
-/// Match a planar image's colour statistics to `to` (the target's known pixels): the same
-/// scene under another exposure or white balance then matches patch for patch.
-pub fn match_stats(rgb: &mut [f32], hw: usize, to: [(f32, f32); 3]) {
-    let from = stats(rgb, None, hw);
-    for c in 0..3 {
-        // Limit the gain: a reference that shows mostly something else should not be stretched.
-        let gain = (to[c].1 / from[c].1).clamp(0.5, 2.0);
-        for v in &mut rgb[c * hw..(c + 1) * hw] {
-            *v = ((*v - from[c].0) * gain + to[c].0).clamp(-1.0, 1.0);
-        }
-    }
-}
-
-fn planar(img: &RgbF) -> Vec<f32> {
-    crate::engine::pipeline::to_planar(img)
-}
-
-/// A pyramid of one source, finest first, with patch usability per level.
-fn source_pyramid(rgb: Vec<f32>, valid: Vec<f32>, w: usize, h: usize, levels: usize, p: usize) -> Vec<Source> {
-    let mut out = Vec::with_capacity(levels);
-    let (mut rgb, mut valid, mut w, mut h) = (rgb, valid, w, h);
-    for l in 0..levels {
-        out.push(Source { width: w, height: h, rgb: rgb.clone(), usable: usable_centres(&valid, w, h, p) });
-        if l + 1 < levels {
-            rgb = half(&rgb, w, h);
-            valid = half_all(&valid, w, h);
-            w /= 2;
-            h /= 2;
-        }
-    }
-    out
-}
-
-/// The scene at working size, as the patch engine sees it.
-pub struct PatchScene<'a> {
-    pub cond: &'a Condition,
-    /// References at working size ([0, 1] interleaved).
-    pub refs: &'a [RgbF],
-    /// Warped references in the target's frame (planar [-1, 1]) and where they are valid.
-    pub guide: Option<(&'a [f32], &'a [f32])>,
-}
-
-/// Levels finest first, as many as `set.levels` allows for the working size — fewer when the
-/// coarsest level would have no usable source patch (a small photo with little known around
-/// a large hole, tiny references).
-pub fn build_levels(scene: &PatchScene<'_>, set: &PatchSettings) -> Result<Vec<Level>> {
-    let mut levels = set.levels_for(scene.cond.width, scene.cond.height);
-    loop {
-        let built = build_levels_exactly(scene, &PatchSettings { levels, ..set.clone() })?;
-        let coarsest = built.last().expect("at least one level");
-        let usable = coarsest.sources.iter().map(|s| s.usable.iter().filter(|&&u| u).count()).sum::<usize>();
-        if usable >= 16 || levels == 1 {
-            return Ok(built);
-        }
-        levels -= 1;
-    }
-}
-
-fn build_levels_exactly(scene: &PatchScene<'_>, set: &PatchSettings) -> Result<Vec<Level>> {
-    let c = scene.cond;
-    let (w, h) = (c.width, c.height);
-    if w < set.patch || h < set.patch {
-        return Err(Error::Invalid(format!(
-            "the patch engine needs a working size of at least {0}×{0} pixels: got {w}×{h}",
-            set.patch
-        )));
-    }
-    let set = &PatchSettings { levels: set.levels_for(w, h), ..set.clone() };
-    let div = 1usize << (set.levels - 1);
-    let hw = w * h;
-    let known: Vec<f32> = c.mask.iter().map(|m| 1.0 - m).collect();
-    let target_stats = stats(&c.known, Some(&known), hw);
-    // Sources, each as a pyramid (finest first).
-    let mut pyramids: Vec<Vec<Source>> =
-        vec![source_pyramid(c.known.clone(), known.clone(), w, h, set.levels, set.patch)];
-    let mut guide_index = None;
-    if let Some((g, valid)) = scene.guide
-        && valid.iter().any(|&v| v >= 0.5)
-    {
-        guide_index = Some(pyramids.len());
-        pyramids.push(source_pyramid(g.to_vec(), valid.to_vec(), w, h, set.levels, set.patch));
-    }
-    for r in scene.refs {
-        for &sc in &set.scales {
-            let rw = ((r.width as f32 * sc / div as f32).round() as usize).max(1) * div;
-            let rh = ((r.height as f32 * sc / div as f32).round() as usize).max(1) * div;
-            if rw / div < set.patch || rh / div < set.patch {
-                continue;
-            }
-            let mut rgb = planar(&r.resized(rw, rh));
-            match_stats(&mut rgb, rw * rh, target_stats);
-            pyramids.push(source_pyramid(rgb, vec![1.0; rw * rh], rw, rh, set.levels, set.patch));
-        }
-    }
-    // Conditions per level.
-    let mut conds = vec![c.clone()];
-    for l in 1..set.levels {
-        let prev: &Condition = &conds[l - 1];
-        let (pw, ph) = (prev.width, prev.height);
-        let known_prev: Vec<f32> = prev.mask.iter().map(|m| 1.0 - m).collect();
-        let known_here = half_all(&known_prev, pw, ph);
-        let (nw, nh) = (pw / 2, ph / 2);
-        let mut k = half(&prev.known, pw, ph);
-        for ch in 0..3 {
-            for i in 0..nw * nh {
-                k[ch * nw * nh + i] *= known_here[i];
-            }
-        }
-        let gv = half_all(&prev.guide_valid, pw, ph);
-        conds.push(Condition {
-            width: nw,
-            height: nh,
-            known: k,
-            mask: known_here.iter().map(|v| 1.0 - v).collect(),
-            guide: half(&prev.guide, pw, ph),
-            guide_valid: gv,
-        });
-    }
-    let mut levels = Vec::with_capacity(set.levels);
-    for (l, cond) in conds.into_iter().enumerate() {
-        let sources = pyramids.iter().map(|p| p[l].clone()).collect();
-        levels.push(Level::new(cond, sources, guide_index));
-    }
-    Ok(levels)
-}
-
-/// Bilinear ×2 upsampling of a planar image to exactly (w, h).
-pub fn upsample(rgb: &[f32], w: usize, h: usize, to_w: usize, to_h: usize) -> Vec<f32> {
-    let mut img = RgbF::new(w, h);
-    for i in 0..w * h {
-        for c in 0..3 {
-            img.data[3 * i + c] = rgb[c * w * h + i];
-        }
-    }
-    let up = img.resized(to_w, to_h);
-    let mut out = vec![0.0; 3 * to_w * to_h];
-    for i in 0..to_w * to_h {
-        for c in 0..3 {
-            out[c * to_w * to_h + i] = up.data[3 * i + c];
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::patch::pyramid::{half, usable_centres};
 
     fn device() -> Device {
         Device::flex()
@@ -849,7 +546,7 @@ mod tests {
     fn level_with(target: Vec<f32>, mask: Vec<f32>, w: usize, h: usize, sources: Vec<Source>) -> Level {
         let known: Vec<f32> = target.iter().enumerate().map(|(i, v)| v * (1.0 - mask[i % (w * h)])).collect();
         let cond =
-            Condition { width: w, height: h, known, mask, guide: vec![0.0; 3 * w * h], guide_valid: vec![0.0; w * h] };
+            Condition { width: w, height: h, known, mask, prior: vec![0.0; 3 * w * h], guide_valid: vec![0.0; w * h] };
         Level::new(cond, sources, None)
     }
 
@@ -929,7 +626,7 @@ mod tests {
         let bank = Tensor::<2>::from_data(TensorData::new(rows.clone(), [keys.len(), d]), &device());
         let cens = Tensor::<2>::from_data(TensorData::new(centres.clone(), [keys.len(), 3]), &device());
         let want = attend_all(&q, at.len(), &bank, &cens, &device()).unwrap();
-        let got = attention_cpu::attend(&q, at.len(), &KeyPanels::new(&rows, &centres, d), TOP);
+        let got = attention::attend(&q, at.len(), &KeyPanels::new(&rows, &centres, d), TOP);
         for (g, w) in got.centres.iter().zip(&want.centres) {
             assert!((g - w).abs() < 1e-4, "fused {g} vs tensor {w}");
         }
@@ -971,29 +668,6 @@ mod tests {
         let got = listed.predict(&x_t, t).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-3, "{g} vs {w}");
-        }
-    }
-
-    #[test]
-    fn pyramid_halves_and_keeps_only_wholly_known_pixels() {
-        let m = vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0];
-        assert_eq!(half_all(&m, 4, 2), vec![1.0, 0.0]);
-        let rgb: Vec<f32> = (0..3 * 8).map(|i| i as f32).collect();
-        let hlf = half(&rgb, 4, 2);
-        assert_eq!(hlf.len(), 6);
-        assert_eq!(hlf[0], (0.0 + 1.0 + 4.0 + 5.0) / 4.0);
-    }
-
-    #[test]
-    fn exposure_matching_moves_statistics_to_the_target() {
-        let mut r = crate::rng::Rng::new(2);
-        let hw = 400;
-        let mut img: Vec<f32> = (0..3 * hw).map(|_| r.range_f32(-0.2, 0.2) + 0.5).collect();
-        let want = [(-0.3, 0.1), (0.0, 0.2), (0.2, 0.15)];
-        match_stats(&mut img, hw, want);
-        let got = stats(&img, None, hw);
-        for c in 0..3 {
-            assert!((got[c].0 - want[c].0).abs() < 0.02 && (got[c].1 - want[c].1).abs() < 0.02, "{got:?}");
         }
     }
 }

@@ -1,26 +1,24 @@
 //! The scene model's UNet (unet.rs) on the CPU without burn: forward, backward and Adam by
-//! hand on channels-last padded grids, with the direct convolution kernel of `conv`. Same
+//! hand on channels-last padded grids, with the direct convolution kernel of `kernels::conv`. Same
 //! function and same learning step as the burn version (checked against it and against
-//! PyTorch: `torch_check`), ≈ 4× faster than burn-flex on the CPU, whose step is split between
-//! gemm, im2col copies, zeroing fresh buffers and scalar `exp` (perf profile).
+//! PyTorch: `torch_check`), several times faster than burn-flex on the CPU
+//! (docs/BENCHMARKS.md), whose step is split between gemm, im2col copies, zeroing fresh
+//! buffers and scalar `exp` (perf profile).
 //!
 //! Weights move between the two as safetensors bytes (burn-store), so the burn `UNet` stays
 //! the model of record: checkpoints, GPU sampling, and the tests.
-
-pub mod conv;
-pub mod grid;
-mod norm;
 
 use std::collections::HashMap;
 
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, SafetensorsStore};
 
-use self::conv::{Packed, Source, UpPacked, conv, conv_sum, weight_grad};
-use self::grid::Grid;
-use self::norm::{GnStats, gn_silu, gn_silu_backward, silu_vec};
 use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec};
 use crate::error::{Error, Result};
+use crate::kernels::conv::{Packed, Source, UpPacked, conv, conv_sum, weight_grad};
+use crate::kernels::grid::{self, Grid};
+use crate::kernels::norm::{GnStats, gn_silu, gn_silu_backward, silu_vec};
+pub use crate::kernels::profile;
 
 /// Named parameters (burn's module paths and layouts: Linear weights [in, out], conv [out, in, k, k]).
 #[derive(Clone, Debug)]
@@ -35,12 +33,9 @@ impl Params {
 }
 
 /// Whether the hand-written network serves this device: the CPU backend (plain or autodiff),
-/// unless REALFILL_BURN_CPU is set (to compare with burn's own CPU path).
+/// when `kernels::plan()` says so.
 pub fn serves(device: &Device) -> bool {
-    (*device == Device::flex() || *device == Device::flex().autodiff())
-        && std::env::var_os("REALFILL_BURN_CPU").is_none()
-        // Without AVX2 or AVX-512 its plain-Rust loops would be slower than burn's gemm.
-        && conv::vectorised()
+    (*device == Device::flex() || *device == Device::flex().autodiff()) && crate::kernels::plan().cpu_network
 }
 
 /// The network shape a parameter set belongs to.
@@ -91,66 +86,8 @@ pub fn load_params(model: UNet, p: &Params) -> Result<UNet> {
     Ok(model)
 }
 
-/// Time spent per operation kind when REALFILL_PROFILE is set (printed by `report_profile`).
-pub mod profile {
-    use std::sync::Mutex;
-    use std::time::Instant;
-    static TOTALS: Mutex<Vec<(&'static str, f64, usize)>> = Mutex::new(Vec::new());
-
-    pub fn enabled() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var_os("REALFILL_PROFILE").is_some())
-    }
-
-    pub fn time<T>(what: &'static str, f: impl FnOnce() -> T) -> T {
-        if !enabled() {
-            return f();
-        }
-        let t = Instant::now();
-        let r = f();
-        let dt = t.elapsed().as_secs_f64();
-        let mut v = TOTALS.lock().unwrap();
-        match v.iter_mut().find(|e| e.0 == what) {
-            Some(e) => {
-                e.1 += dt;
-                e.2 += 1;
-            }
-            None => v.push((what, dt, 1)),
-        }
-        r
-    }
-
-    static FLOPS: Mutex<Vec<(&'static str, f64, f64)>> = Mutex::new(Vec::new());
-
-    pub fn add_flops(what: &'static str, gflop: f64, secs: f64) {
-        let mut v = FLOPS.lock().unwrap();
-        match v.iter_mut().find(|e| e.0 == what) {
-            Some(e) => {
-                e.1 += gflop;
-                e.2 += secs;
-            }
-            None => v.push((what, gflop, secs)),
-        }
-    }
-
-    /// Print the totals under a heading and start counting afresh.
-    pub fn report(heading: &str) {
-        if enabled() {
-            eprintln!("-- {heading}");
-            for (what, s, n) in TOTALS.lock().unwrap().iter() {
-                eprintln!("{what:<32} {:>9.1} ms in {n} calls", s * 1e3);
-            }
-            for (what, g, s) in FLOPS.lock().unwrap().iter() {
-                eprintln!("{what:<32} {:>9.1} ms {:>7.1} GFLOP/s", s * 1e3, g / s);
-            }
-            TOTALS.lock().unwrap().clear();
-            FLOPS.lock().unwrap().clear();
-        }
-    }
-}
-
 fn groups(c: usize) -> usize {
-    if c % 8 == 0 { 8 } else { 1 }
+    if c.is_multiple_of(8) { 8 } else { 1 }
 }
 
 /// y = x·W + b for rows of x (n × din), W din × dout.
@@ -517,7 +454,7 @@ impl CpuUNet {
     ) -> (Grid, Option<Tape>) {
         assert_eq!(time.len(), n * TIME_FEATURES);
         let stride = self.spec.stride();
-        assert!(h % stride == 0 && w % stride == 0, "sides must divide by {stride}");
+        assert!(h.is_multiple_of(stride) && w.is_multiple_of(stride), "sides must divide by {stride}");
         let t1 = linear(time, n, p.get("time1.weight"), p.get("time1.bias"));
         let t2 = linear(&silu_vec(&t1), n, p.get("time2.weight"), p.get("time2.bias"));
         let emb = silu_vec(&t2);
@@ -581,6 +518,7 @@ impl CpuUNet {
     }
 
     /// Loss (train::learn's weighted MSE on the residual) and the gradient of every parameter.
+    #[allow(clippy::too_many_arguments, reason = "a batch: inputs, time features, targets, weights, shape")]
     pub fn loss_and_grads(
         &self,
         p: &Params,
@@ -656,11 +594,14 @@ fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// Adam's first and second moment of one parameter tensor.
+type Moments = (Vec<f32>, Vec<f32>);
+
 /// One learning step on the CPU: the loss, and the parameters after clipping and Adam.
 pub struct Learner {
     pub spec: UNetSpec,
     pub params: Params,
-    adam: HashMap<String, (Vec<f32>, Vec<f32>)>,
+    adam: HashMap<String, Moments>,
     step: i32,
 }
 
@@ -706,9 +647,9 @@ impl Learner {
             }
         }
         // Each parameter tensor on its own task (they are independent).
-        let mut work: Vec<(&Vec<f32>, &mut Vec<f32>, &mut (Vec<f32>, Vec<f32>))> = Vec::new();
+        let mut work: Vec<(&Vec<f32>, &mut Vec<f32>, &mut Moments)> = Vec::new();
         let mut params: HashMap<&String, &mut Vec<f32>> = self.params.tensors.iter_mut().collect();
-        let mut states: HashMap<&String, &mut (Vec<f32>, Vec<f32>)> = self.adam.iter_mut().collect();
+        let mut states: HashMap<&String, &mut Moments> = self.adam.iter_mut().collect();
         for (name, grad) in &g.tensors {
             let p = params.remove(name).unwrap_or_else(|| panic!("gradient of unknown {name}"));
             work.push((grad, p, states.remove(name).expect("state")));

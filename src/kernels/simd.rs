@@ -1,8 +1,7 @@
-//! What the CPU's vector units offer, for the hand-written CPU kernels (`attention_cpu`,
-//! `cpu_unet`), and the AVX-512 pieces they share.
+//! What the CPU's vector units offer, for the hand-written CPU kernels, and the AVX-512
+//! pieces they share.
 
-/// The widest kernel form this CPU runs. `REALFILL_NO_AVX512=1` pretends AVX-512 is absent
-/// (to measure and test the AVX2 and portable forms on an AVX-512 machine).
+/// A kernel form, widest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Simd {
     Avx512,
@@ -10,10 +9,12 @@ pub enum Simd {
     Portable,
 }
 
-pub fn detect() -> Simd {
+/// The widest form this CPU runs; `no_avx512` pretends AVX-512 is absent (to measure and
+/// test the AVX2 and portable forms on an AVX-512 machine). Kernels ask `kernels::plan()`.
+pub fn detect(no_avx512: bool) -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::env::var_os("REALFILL_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+        if !no_avx512 && is_x86_feature_detected!("avx512f") {
             return Simd::Avx512;
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -29,6 +30,10 @@ pub mod avx512 {
 
     /// e^x, clamped to [e^−87, e^88] (relative error < 3e-7): Cody–Waite range reduction to
     /// |r| ≤ ln2/2, a degree-6 Taylor polynomial, and scalef for the power of two.
+    ///
+    /// # Safety
+    /// Register arithmetic only, but compiled for AVX-512F: call it only where the CPU has it
+    /// (from other `avx512f` functions, or after `kernels::plan()` said Avx512).
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn exp(x: __m512) -> __m512 {

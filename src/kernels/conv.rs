@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::grid::Grid;
-use crate::diffusion::simd::{self, Simd};
+use crate::kernels::simd::Simd;
 
 /// Positions per register block with two vectors of output channels (28 accumulators) and
 /// with one (24); the longer block is also the shortest range the vector path takes.
@@ -223,8 +223,10 @@ impl UpPacked {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint position ranges of the output.
+// SAFETY: the pointer is only written through by tasks that write disjoint position ranges
+// of the output, which outlives them (the tasks are joined before it is returned).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: disjoint writes, joined before the output is used.
 unsafe impl Sync for SendPtr {}
 
 /// One input of a summed convolution.
@@ -250,7 +252,7 @@ pub fn conv(x: &Grid, p: &Packed, bias: &[f32]) -> Grid {
 /// out = Σ conv(x_k) + bias (+ residual): a residual block's second convolution, its skip
 /// convolution and the residual sum in one pass over the output.
 pub fn conv_sum(srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
-    conv_sum_with(simd::detect(), srcs, bias, residual)
+    conv_sum_with(crate::kernels::plan().simd, srcs, bias, residual)
 }
 
 fn conv_sum_with(kernel: Simd, srcs: &[Source<'_>], bias: &[f32], residual: Option<&Grid>) -> Grid {
@@ -293,9 +295,13 @@ fn conv_sum_with(kernel: Simd, srcs: &[Source<'_>], bias: &[f32], residual: Opti
         let (start, len) = (start + 1, rows * g.wp() - 2);
         let mut bias_pad = vec![0.0f32; cout_pad];
         bias_pad[..cout].copy_from_slice(&bias[b * cout..(b + 1) * cout]);
-        // SAFETY: [start, start+len) lies inside image b's rows; every tap offset stays inside
-        // the image's padded rows; tasks write disjoint ranges.
         let d = Dst { cout, cout_pad, bias: &bias_pad, res: res.0, out: outp.0 };
+        // SAFETY: `run`'s contract: [start, start+len) lies inside image b's rows of every grid
+        // (all have the same geometry, asserted above) and every 3×3 tap offset from it stays
+        // inside that image's padded rows (the first and last position were skipped); the
+        // packed weights hold taps·cin·cout_pad values; the output and residual grids have
+        // cout channels per position (asserted); tasks write disjoint ranges; `kernel` comes
+        // from `kernels::plan()` (or a test that checked the CPU).
         unsafe { run(kernel, ks.0, d, start, len) };
     });
     out.zero_side_borders();
@@ -304,19 +310,22 @@ fn conv_sum_with(kernel: Simd, srcs: &[Source<'_>], bias: &[f32], residual: Opti
 
 #[derive(Clone, Copy)]
 struct ConstPtr(*const f32);
-// SAFETY: read-only while the tasks run.
+// SAFETY: points into a grid that is only read while the tasks run and outlives them.
 unsafe impl Send for ConstPtr {}
+// SAFETY: as for Send: shared reads only.
 unsafe impl Sync for ConstPtr {}
 
 #[derive(Clone, Copy)]
 struct KSrcs<'a>(&'a [KSrc]);
-// SAFETY: the inputs are only read while the tasks run.
+// SAFETY: the raw pointers in KSrc point into grids and weights borrowed for 'a, only read
+// while the tasks run.
 unsafe impl Send for KSrcs<'_> {}
+// SAFETY: as for Send: shared reads only.
 unsafe impl Sync for KSrcs<'_> {}
 
 /// Whether this CPU has a vector form of the kernel (else the scene model stays on burn).
 pub fn vectorised() -> bool {
-    simd::detect() != Simd::Portable
+    crate::kernels::plan().simd != Simd::Portable
 }
 
 /// Where a block of a summed convolution goes: output channels (and their padded count), the
@@ -332,6 +341,15 @@ struct Dst<'a> {
 
 /// Positions [start, start+len) of the output, all output channels, with the kernel form the
 /// CPU offers.
+///
+/// # Safety
+/// - `kernel` is a form this CPU runs (as `kernels::plan()` reports it);
+/// - for every source, each position q in [start, start+len) shifted by each of its tap
+///   offsets (`q·cin + off`, plus up to cin − 1) is inside the allocation `x` points into, and
+///   `w` points at taps·cin·cout_pad values;
+/// - `d.bias` holds cout_pad values; `d.out` (and `d.res` unless null) point at grids with
+///   `cout` values per position that contain every q in [start, start+len);
+/// - no other thread reads or writes `d.out` at those positions meanwhile.
 unsafe fn run(kernel: Simd, srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize) {
     let cout_pad = d.cout_pad;
     match kernel {
@@ -344,7 +362,9 @@ unsafe fn run(kernel: Simd, srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize)
                 let mut q = start;
                 loop {
                     let q0 = q.min(start + len - rows);
-                    // SAFETY: forwarded from `conv_sum`.
+                    // SAFETY: kernel is Avx512, so the CPU has it; positions q0..q0+rows lie in
+                    // [start, start+len) (len ≥ R ≥ rows), channels co..co+16·V ≤ cout_pad:
+                    // this function's contract covers every access.
                     unsafe {
                         if two {
                             avx512::block::<2, R2>(srcs, d, q0, co)
@@ -367,7 +387,9 @@ unsafe fn run(kernel: Simd, srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize)
                 let q0 = q.min(start + len - avx2::R);
                 let mut co = 0;
                 while co < cout_pad {
-                    // SAFETY: forwarded from `conv_sum`.
+                    // SAFETY: kernel is Avx2, so the CPU has AVX2 and FMA; positions
+                    // q0..q0+avx2::R lie in [start, start+len), channels co..co+16 ≤ cout_pad:
+                    // this function's contract covers every access.
                     unsafe { avx2::block(srcs, d, q0, co) };
                     co += 16;
                 }
@@ -377,11 +399,13 @@ unsafe fn run(kernel: Simd, srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize)
                 }
             }
         }
-        // SAFETY: forwarded from `conv_sum`.
+        // SAFETY: the same positions and buffers as this function's contract.
         _ => unsafe { portable(srcs, d, start, len) },
     }
 }
 
+/// # Safety
+/// As for `run` (any CPU).
 unsafe fn portable(srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize) {
     let Dst { cout, cout_pad, bias, res, out } = d;
     let mut acc = vec![0.0f32; cout_pad];
@@ -397,8 +421,9 @@ unsafe fn portable(srcs: &[KSrc], d: Dst<'_>, start: usize, len: usize) {
             for (t, &off) in s.offs.iter().enumerate() {
                 let xb = (q * s.cin) as isize + off;
                 for ci in 0..s.cin {
-                    // SAFETY: see `conv_sum`; weights hold taps·cin·cout_pad values.
+                    // SAFETY: q·cin + off + ci is inside the source (the contract, ci < cin).
                     let v = unsafe { *s.x.offset(xb + ci as isize) };
+                    // SAFETY: t < taps and ci < cin, so the row ends within taps·cin·cout_pad.
                     let wrow = unsafe { std::slice::from_raw_parts(s.w.add((t * s.cin + ci) * cout_pad), cout_pad) };
                     for (a, &wv) in acc.iter_mut().zip(wrow) {
                         *a += v * wv;
@@ -428,6 +453,10 @@ mod avx2 {
     }
 
     /// R positions from q0 × 16 output channels from co.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; positions q0..q0+R and channels co..co+16 ≤ cout_pad satisfy
+    /// `run`'s contract.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn block(srcs: &[KSrc], d: Dst<'_>, q0: usize, co: usize) {
         let Dst { cout, cout_pad, bias, res, out } = d;
@@ -441,6 +470,7 @@ mod avx2 {
                 a[v] = if res.is_null() {
                     b
                 } else {
+                    // SAFETY: position q0 + r is in the residual grid; the mask keeps channels < cout.
                     _mm256_add_ps(b, unsafe { _mm256_maskload_ps(res.add((q0 + r) * cout + co + 8 * v), masks[v]) })
                 };
             }
@@ -448,13 +478,16 @@ mod avx2 {
         for s in srcs {
             let cin = s.cin;
             for (t, &off) in s.offs.iter().enumerate() {
-                // SAFETY (all reads): see `conv_sum`.
+                // SAFETY: q0·cin + off is inside the source (`run`'s contract).
                 let xb = unsafe { s.x.offset((q0 * cin) as isize + off) };
+                // SAFETY: t < taps, co < cout_pad: inside the taps·cin·cout_pad weights.
                 let wb = unsafe { s.w.add(t * cin * cout_pad + co) };
                 for ci in 0..cin {
+                    // SAFETY: ci < cin and co + 16 ≤ cout_pad: both 8-lane loads stay in the weights.
                     let (w0, w1) =
                         unsafe { (_mm256_loadu_ps(wb.add(ci * cout_pad)), _mm256_loadu_ps(wb.add(ci * cout_pad + 8))) };
                     for (r, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: position q0 + r < start + len, channel ci < cin: inside the source.
                         let b = _mm256_set1_ps(unsafe { *xb.add(r * cin + ci) });
                         a[0] = _mm256_fmadd_ps(b, w0, a[0]);
                         a[1] = _mm256_fmadd_ps(b, w1, a[1]);
@@ -477,6 +510,10 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// R positions from q0 × (16·V) output channels from co.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; positions q0..q0+R and channels co..co+16·V ≤ cout_pad satisfy
+    /// `run`'s contract.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn block<const V: usize, const R: usize>(srcs: &[KSrc], d: Dst<'_>, q0: usize, co: usize) {
         let Dst { cout, cout_pad, bias, res, out } = d;
@@ -499,15 +536,18 @@ mod avx512 {
         for s in srcs {
             let cin = s.cin;
             for (t, &off) in s.offs.iter().enumerate() {
-                // SAFETY (all reads): see `conv_sum`; weights hold taps·cin·cout_pad values.
+                // SAFETY: q0·cin + off is inside the source (`run`'s contract).
                 let xb = unsafe { s.x.offset((q0 * cin) as isize + off) };
+                // SAFETY: t < taps, co < cout_pad: inside the taps·cin·cout_pad weights.
                 let wb = unsafe { s.w.add(t * cin * cout_pad + co) };
                 for ci in 0..cin {
                     let mut wv = [_mm512_setzero_ps(); V];
                     for (v, w) in wv.iter_mut().enumerate() {
+                        // SAFETY: ci < cin and co + 16·V ≤ cout_pad: the load stays in the weights.
                         *w = unsafe { _mm512_loadu_ps(wb.add(ci * cout_pad + 16 * v)) };
                     }
                     for (r, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: position q0 + r < start + len, channel ci < cin: inside the source.
                         let b = _mm512_set1_ps(unsafe { *xb.add(r * cin + ci) });
                         for v in 0..V {
                             a[v] = _mm512_fmadd_ps(b, wv[v], a[v]);
@@ -534,7 +574,7 @@ pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
     // learning step's weight gradients, chunks of 32–384 positions); the kernel wins where
     // gemm's blocks are mostly padding (conv_out's 3 output channels: 1.8× faster).
     #[cfg(target_arch = "x86_64")]
-    if cout < 16 && simd::detect() == Simd::Avx512 {
+    if cout < 16 && crate::kernels::plan().simd == Simd::Avx512 {
         return (wgrad::weight_grad(x, p, dy), bias_grad(dy));
     }
     (weight_grad_gemm(x, p, dy), bias_grad(dy))
@@ -637,7 +677,11 @@ mod wgrad {
     const RB: usize = 8;
     const CHUNK: usize = 96;
 
+    /// dW of a convolution (taps × cin × cout) from its input `x` and output gradient `dy`.
+    /// Panics unless the CPU has AVX-512F and the grids match the weights.
     pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> Vec<f32> {
+        assert!(crate::kernels::plan().simd == crate::kernels::simd::Simd::Avx512, "needs AVX-512F");
+        assert_eq!((x.n, x.h, x.w, x.c, dy.c), (dy.n, dy.h, dy.w, p.cin, p.cout), "grids match the weights");
         let (cin, cout) = (p.cin, p.cout);
         let cout_pad = cout.div_ceil(16) * 16;
         let nt = p.taps.len();
@@ -663,9 +707,10 @@ mod wgrad {
                             let mut co = 0;
                             while co < cout_pad {
                                 let two = co + 32 <= cout_pad;
-                                // SAFETY: AVX-512 detected by the caller; positions q..qe
-                                // shifted by the tap stay inside x (see above); dw holds
-                                // taps·cin·cout_pad values; loads of dy are masked to cout.
+                                // SAFETY: AVX-512F asserted above; positions q..qe lie in
+                                // [s0, e0), so shifted by a 3×3 tap they stay inside x's
+                                // padded rows; channels ci..ci+rows ≤ cin; dw holds
+                                // taps·cin·cout_pad values and co + 16·(1 + two) ≤ cout_pad.
                                 unsafe {
                                     let dwp = dw.as_mut_ptr().add((t * cin + ci) * cout_pad + co);
                                     block(x, dy, q, qe, off, ci, rows, co, two, cout_pad, dwp)
@@ -692,6 +737,10 @@ mod wgrad {
         out
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F; every position in q0..q1 shifted by `off` is inside `x` (with
+    /// channels ci..ci+rows ≤ x.c) and inside `dy`; `dw` points at `rows` rows of `cout_pad`
+    /// values with co + 16·(1 + two) ≤ cout_pad.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn block(
@@ -708,6 +757,7 @@ mod wgrad {
         dw: *mut f32,
     ) {
         // Dispatch the row count to a fixed-size kernel (registers are allocated statically).
+        // SAFETY: R = rows (at most RB) and V = 1 + two: `kernel`'s contract is this one's.
         unsafe {
             macro_rules! go {
                 ($r:literal) => {
@@ -731,6 +781,8 @@ mod wgrad {
         }
     }
 
+    /// # Safety
+    /// As for `block`, with R rows and V blocks of 16 output channels.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel<const R: usize, const V: usize>(
@@ -751,6 +803,9 @@ mod wgrad {
             *m = if valid >= 16 { 0xFFFF } else { ((1u32 << valid) - 1) as u16 };
         }
         let mut acc = [[_mm512_setzero_ps(); V]; R];
+        // SAFETY: dw reads and writes stay in R rows × (co + 16·V ≤ cout_pad) values; dy loads
+        // are at positions q < q1 inside dy, masked to channels < cout; x reads are at q + off
+        // inside x, channels ci + r < x.c (the contract).
         unsafe {
             for (r, a) in acc.iter_mut().enumerate() {
                 for (v, av) in a.iter_mut().enumerate() {
@@ -787,6 +842,7 @@ mod tests {
     use crate::rng::Rng;
 
     /// Direct NCHW convolution (stride s, padding 1 for k = 3, 0 for k = 1).
+    #[allow(clippy::too_many_arguments, reason = "a reference convolution with its shapes")]
     fn direct(
         x: &[f32],
         n: usize,
@@ -856,7 +912,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn weight_gradient_kernel_matches_gemm() {
-        if !is_x86_feature_detected!("avx512f") {
+        if crate::kernels::plan().simd != Simd::Avx512 {
             return;
         }
         let mut rng = Rng::new(9);
@@ -917,7 +973,7 @@ mod tests {
         let p = Packed::from_oihw(&rand(cout * c1 * 9, &mut rng), cout, c1, 3);
         let bias = rand(n * cout, &mut rng);
         let a = conv_sum_with(Simd::Portable, &[Source { x: &x, p: &p }], &bias, Some(&res));
-        let b = conv_sum_with(simd::detect(), &[Source { x: &x, p: &p }], &bias, Some(&res));
+        let b = conv_sum_with(crate::kernels::plan().simd, &[Source { x: &x, p: &p }], &bias, Some(&res));
         close(&a.data, &b.data);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

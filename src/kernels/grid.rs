@@ -14,10 +14,9 @@ pub struct Grid {
 }
 
 /// Recycled buffers: a step allocates and frees dozens of activation-sized buffers, and
-/// fresh ones from the system cost a page fault per 4 KiB on first touch (`exc_page_fault` was
-/// 3.7–4.9% of `perf` profiles of the step). Freed grids return their buffers here; new grids
-/// reuse them. Measured together with overwrite-only buffers and the fused conv2 + skip:
-/// sampling step 269 → 234 ms (docs/BENCHMARKS.md).
+/// fresh ones from the system cost a page fault per 4 KiB on first touch (visible in `perf`
+/// profiles of the step). Freed grids return their buffers here; new grids reuse them (the
+/// gain is measured in docs/BENCHMARKS.md).
 pub mod pool {
     use std::sync::Mutex;
 

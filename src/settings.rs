@@ -1,0 +1,205 @@
+//! What a person chooses for a run — engine, working size, steps, seed, candidates, learning
+//! length — with its defaults and limits in one place. The CLI (clap reads its defaults from
+//! here), the app's settings and project files hold a [`RunSettings`];
+//! `engine::FillSettings::from_run` is the one way from it to a job's settings. It sits below
+//! the document and the engine so that both can hold it.
+
+use std::ops::RangeInclusive;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which denoiser fills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum EngineKind {
+    /// Pick by measurement (see `EngineKind::resolve`): the patch engine today.
+    #[default]
+    Auto,
+    /// Training-free reference patch denoiser: seconds, no learning.
+    Patch,
+    /// The scene model (a network learned per scene from the references): minutes of
+    /// learning, cached. `scene` on the command line; "Scene" in older settings files.
+    #[value(name = "scene", alias = "scene-model")]
+    #[serde(alias = "Scene")]
+    SceneModel,
+}
+
+impl EngineKind {
+    /// What `auto` means, by measurement on the evaluation scenes (docs/BENCHMARKS.md): the
+    /// patch engine fills in seconds where the scene model first learns for minutes, and
+    /// scores better on most scenes. The scene model is there to be asked for.
+    pub fn resolve(self) -> EngineKind {
+        match self {
+            EngineKind::Auto => EngineKind::Patch,
+            k => k,
+        }
+    }
+
+    /// The name the app and messages use.
+    pub fn label(self) -> &'static str {
+        match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Patch => "patch engine",
+            EngineKind::SceneModel => "scene model",
+        }
+    }
+}
+
+/// The sampler of the learned model's denoising loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum SamplerKind {
+    /// Deterministic (η = 0).
+    #[default]
+    Ddim,
+    /// Stochastic (η = 1).
+    Ddpm,
+}
+
+/// The range each setting accepts; the CLI refuses values outside it, the app and project
+/// files clamp into it.
+pub struct Limits {
+    pub size: RangeInclusive<usize>,
+    pub steps: RangeInclusive<usize>,
+    pub candidates: RangeInclusive<usize>,
+    pub learn_steps: RangeInclusive<usize>,
+    pub batch: RangeInclusive<usize>,
+    /// Also a multiple of 8.
+    pub crop: RangeInclusive<usize>,
+}
+
+pub const LIMITS: Limits = Limits {
+    size: 32..=2048,
+    steps: 1..=1000,
+    candidates: 1..=32,
+    learn_steps: 1..=100_000,
+    batch: 1..=64,
+    crop: 16..=512,
+};
+
+/// The defaults, for clap's `default_value_t` (and `RunSettings::default`).
+pub mod defaults {
+    /// Long side of the working size.
+    pub const SIZE: usize = 384;
+    /// Denoising steps of the scene model. Few is better for a model learned in minutes:
+    /// each step adds its small errors (docs/BENCHMARKS.md).
+    pub const STEPS: usize = 3;
+    pub const CANDIDATES: usize = 1;
+    pub const LEARN_STEPS: usize = 600;
+    pub const BATCH: usize = 8;
+    pub const CROP: usize = 64;
+}
+
+/// Run settings as a person sets them (CLI flags, the app's Run panel, a project file). Every
+/// field has a default, so files from older versions still load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSettings {
+    /// Which denoiser fills (auto: the patch engine, by measurement).
+    pub engine: EngineKind,
+    /// Long side of the working size (rounded down to a multiple of 8).
+    pub size: usize,
+    /// Denoising steps of the scene model (the patch engine runs its own schedule).
+    pub steps: usize,
+    pub seed: u64,
+    /// Fills per press of Fill (successive seeds), ranked by agreement with the references.
+    pub candidates: usize,
+    /// Learning steps of the scene model.
+    pub learn_steps: usize,
+    /// Learning batch size.
+    pub batch: usize,
+    /// Learning crop in pixels (multiple of 8).
+    pub crop: usize,
+    pub sampler: SamplerKind,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            engine: EngineKind::Auto,
+            size: defaults::SIZE,
+            steps: defaults::STEPS,
+            seed: 0,
+            candidates: defaults::CANDIDATES,
+            learn_steps: defaults::LEARN_STEPS,
+            batch: defaults::BATCH,
+            crop: defaults::CROP,
+            sampler: SamplerKind::Ddim,
+        }
+    }
+}
+
+fn check(flag: &str, v: usize, r: &RangeInclusive<usize>) -> Result<()> {
+    if r.contains(&v) { Ok(()) } else { Err(Error::Invalid(format!("{flag} {v}: give {} to {}", r.start(), r.end()))) }
+}
+
+impl RunSettings {
+    /// Refuse values outside `LIMITS`, naming the command-line flag.
+    pub fn validate(&self) -> Result<()> {
+        let l = &LIMITS;
+        check("--size", self.size, &l.size)?;
+        check("--steps", self.steps, &l.steps)?;
+        check("--candidates", self.candidates, &l.candidates)?;
+        check("--learn-steps", self.learn_steps, &l.learn_steps)?;
+        check("--batch", self.batch, &l.batch)?;
+        check("--crop", self.crop, &l.crop)?;
+        if !self.crop.is_multiple_of(8) {
+            return Err(Error::Invalid(format!("--crop {}: must be a multiple of 8", self.crop)));
+        }
+        Ok(())
+    }
+
+    /// Every field clamped into `LIMITS` (a hand-edited file may hold anything); valid after.
+    pub fn clamped(&self) -> RunSettings {
+        let l = &LIMITS;
+        let clamp = |v: usize, r: &RangeInclusive<usize>| v.clamp(*r.start(), *r.end());
+        RunSettings {
+            size: clamp(self.size, &l.size) / 8 * 8,
+            steps: clamp(self.steps, &l.steps),
+            candidates: clamp(self.candidates, &l.candidates),
+            learn_steps: clamp(self.learn_steps, &l.learn_steps),
+            batch: clamp(self.batch, &l.batch),
+            crop: clamp(self.crop, &l.crop) / 8 * 8,
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_clamping_makes_anything_valid() {
+        RunSettings::default().validate().unwrap();
+        let wild = RunSettings {
+            size: 5,
+            steps: 0,
+            candidates: 99,
+            learn_steps: usize::MAX,
+            batch: 0,
+            crop: 1_000_001,
+            ..Default::default()
+        };
+        assert!(wild.validate().is_err());
+        let c = wild.clamped();
+        c.validate().unwrap();
+        assert_eq!((c.size, c.steps, c.candidates, c.batch, c.crop), (32, 1, 32, 1, 512));
+    }
+
+    #[test]
+    fn older_files_naming_the_scene_engine_still_load() {
+        let r: RunSettings = serde_json::from_str(r#"{"engine":"Scene"}"#).unwrap();
+        assert_eq!(r.engine, EngineKind::SceneModel);
+        let back: RunSettings = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn an_invalid_value_is_named_with_its_flag_and_range() {
+        let e = RunSettings { crop: 12, ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("--crop 12: give 16 to 512"), "{e}");
+        let e = RunSettings { crop: 20, ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("--crop 20: must be a multiple of 8"), "{e}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Measuring and tuning switches (`REALFILL_*` environment variables), read once into a
+//! [`Switches`] at start-up: `main` calls [`init`], which refuses a malformed value with a
+//! message; library code asks [`get`] and never reads the environment itself. A program that
+//! embeds the library without calling `init` gets them read on first use.
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `REALFILL_BURN_CPU=1` | the scene model on burn's CPU backend instead of realfill's CPU network |
+//! | `REALFILL_TENSOR_ATTENTION=1` | the patch engine's attention through burn tensors, not the fused CPU kernel |
+//! | `REALFILL_NO_AVX512=1` | the CPU kernels' AVX2/portable forms, as on a CPU without AVX-512 |
+//! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
+//! | `REALFILL_DEBUG_PARALLAX=1` | print each guide's parallax check |
+//! | `REALFILL_FRAME_LOG=1` | the app prints every frame's time |
+//! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; unknown fields are an error when a fill starts) |
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Switches {
+    pub burn_cpu: bool,
+    pub tensor_attention: bool,
+    pub no_avx512: bool,
+    pub profile: bool,
+    pub debug_parallax: bool,
+    pub frame_log: bool,
+    /// Fields of `PatchSettings` to override.
+    pub patch: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+static SWITCHES: OnceLock<Switches> = OnceLock::new();
+
+/// A boolean switch: unset, empty or `0`/`false`/`no`/`off` is off; `1`/`true`/`yes`/`on` is on.
+fn flag(name: &str, value: Option<&str>) -> Result<bool> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("" | "0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(v) => Err(Error::Invalid(format!("{name}={v:?}: give 1 to switch it on or 0 to switch it off"))),
+    }
+}
+
+impl Switches {
+    /// Parse switches from `get(name)` (the environment, or a table in tests).
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Switches> {
+        let f = |name: &str| flag(name, get(name).as_deref());
+        let patch = match get("REALFILL_PATCH").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(o)) => Some(o),
+                Ok(_) => {
+                    return Err(Error::Invalid(format!(
+                        "REALFILL_PATCH={text:?}: give a JSON object such as '{{\"patch\":5}}'"
+                    )));
+                }
+                Err(e) => return Err(Error::Invalid(format!("REALFILL_PATCH={text:?}: not JSON ({e})"))),
+            },
+        };
+        Ok(Switches {
+            burn_cpu: f("REALFILL_BURN_CPU")?,
+            tensor_attention: f("REALFILL_TENSOR_ATTENTION")?,
+            no_avx512: f("REALFILL_NO_AVX512")?,
+            profile: f("REALFILL_PROFILE")?,
+            debug_parallax: f("REALFILL_DEBUG_PARALLAX")?,
+            frame_log: f("REALFILL_FRAME_LOG")?,
+            patch,
+        })
+    }
+
+    pub fn from_env() -> Result<Switches> {
+        Switches::parse(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+}
+
+/// Read the switches from the environment; a malformed one is an error naming it. Call once,
+/// at start-up, before any work.
+pub fn init() -> Result<()> {
+    let s = Switches::from_env()?;
+    let _ = SWITCHES.set(s);
+    Ok(())
+}
+
+/// The switches in force (read on first use if `init` was not called; malformed values then
+/// count as off).
+pub fn get() -> &'static Switches {
+    SWITCHES.get_or_init(|| Switches::from_env().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Switches> {
+        Switches::parse(|n| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn switches_parse_and_malformed_values_are_errors() {
+        assert_eq!(parse(&[]).unwrap(), Switches::default());
+        let s =
+            parse(&[("REALFILL_PROFILE", "1"), ("REALFILL_NO_AVX512", "true"), ("REALFILL_BURN_CPU", "0")]).unwrap();
+        assert!(s.profile && s.no_avx512 && !s.burn_cpu);
+        let e = parse(&[("REALFILL_PROFILE", "maybe")]).unwrap_err().to_string();
+        assert!(e.contains("REALFILL_PROFILE=\"maybe\""), "{e}");
+        let p = parse(&[("REALFILL_PATCH", r#"{"patch":7}"#)]).unwrap().patch.unwrap();
+        assert_eq!(p["patch"], 7);
+        assert!(parse(&[("REALFILL_PATCH", "{patch:7")]).unwrap_err().to_string().contains("not JSON"));
+        assert!(parse(&[("REALFILL_PATCH", "[1]")]).is_err());
+    }
+}
