@@ -392,13 +392,14 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
             _ => format!("{} {:.1}s", if t.model_cached { "cached scene model" } else { "learning" }, t.learn_s),
         };
         eprintln!(
-            "wrote {} ({}×{}){ranked}; prepare {:.1}s, {learned}, sampling {:.1}s (first preview {:.2}s), composite {:.2}s, total {:.1}s",
+            "wrote {} ({}×{}){ranked}; prepare {:.1}s, {learned}, sampling {:.1}s (first preview {:.2}s), native detail {:.2}s, composite {:.2}s, total {:.1}s",
             path.display(),
             out.image.width(),
             out.image.height(),
             t.prepare_s,
             t.sample_s,
             t.first_preview_s,
+            t.detail_s,
             t.composite_s,
             t.total_s
         );
@@ -433,6 +434,8 @@ struct EvalRow {
     engine: EngineKind,
     psnr: f64,
     ssim: f64,
+    /// Gradient energy of the result ÷ the truth's inside the mask (eval::detail_ratio).
+    detail: f64,
     seconds: f32,
     learn_seconds: f32,
     aligned_refs: usize,
@@ -481,6 +484,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         let row = EvalRow {
             psnr: crate::eval::psnr_masked(&result, &truth.rgb, &mask),
             ssim: crate::eval::ssim_masked(&result, &truth.rgb, &mask),
+            detail: crate::eval::detail_ratio(&result, &truth.rgb, &mask),
             scene: name,
             kind,
             engine: out.timings.engine,
@@ -491,10 +495,11 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         };
         if !a.json {
             eprintln!(
-                "{:<22} PSNR {:6.2} dB  SSIM {:.3}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
+                "{:<22} PSNR {:6.2} dB  SSIM {:.3}  detail {:.2}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
                 row.scene,
                 row.psnr,
                 row.ssim,
+                row.detail,
                 row.seconds,
                 row.aligned_refs,
                 100.0 * row.guide_coverage
@@ -514,6 +519,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
                 "kind": k, "cases": rs.len(),
                 "psnr": rs.iter().map(|r| r.psnr).sum::<f64>() / n,
                 "ssim": rs.iter().map(|r| r.ssim).sum::<f64>() / n,
+                "detail": rs.iter().map(|r| r.detail).sum::<f64>() / n,
                 "seconds": rs.iter().map(|r| r.seconds as f64).sum::<f64>() / n,
             })
         })
@@ -524,16 +530,17 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default()
         );
     } else {
-        println!("{:<22} {:>9} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "seconds");
+        println!("{:<24} {:>9} {:>7} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "detail", "seconds");
         for r in &rows {
-            println!("{:<22} {:>9.2} {:>7.3} {:>8.1}", r.scene, r.psnr, r.ssim, r.seconds);
+            println!("{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}", r.scene, r.psnr, r.ssim, r.detail, r.seconds);
         }
         for m in &means {
             println!(
-                "{:<22} {:>9.2} {:>7.3} {:>8.1}",
+                "{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}",
                 format!("mean {} ({})", m["kind"].as_str().unwrap_or(""), m["cases"]),
                 m["psnr"].as_f64().unwrap_or(f64::NAN),
                 m["ssim"].as_f64().unwrap_or(f64::NAN),
+                m["detail"].as_f64().unwrap_or(f64::NAN),
                 m["seconds"].as_f64().unwrap_or(f64::NAN)
             );
         }

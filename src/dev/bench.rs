@@ -41,6 +41,12 @@ pub struct BenchArgs {
     pub learn_steps: usize,
     #[arg(long, default_value_t = crate::settings::defaults::STEPS)]
     pub steps: usize,
+    /// Megapixels of the synthetic camera photo for the large-photo fill (0: skip it).
+    #[arg(long, default_value_t = 12.0)]
+    pub photo_mp: f64,
+    /// Megapixels of its hole.
+    #[arg(long, default_value_t = 0.6)]
+    pub hole_mp: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -358,6 +364,72 @@ fn demo_scene_at(size: usize) -> Result<crate::scene::Scene> {
     )
 }
 
+/// A synthetic camera photo of `mp` megapixels (4:3): coloured tiles with an inner rectangle
+/// each, under a fine weave; seen through `view` (a similarity: rotation, scale, shift, gain)
+/// so that a reference is the same scene from another angle, drawn at its own resolution
+/// rather than resampled.
+fn synthetic_photo(mp: f64, view: (f64, f64, f64, f64, f32)) -> crate::scene::Photo {
+    let w = ((mp * 1e6 * 4.0 / 3.0).sqrt()) as u32;
+    let h = w * 3 / 4;
+    let (angle, scale, dx, gain) = (view.0, view.1, view.2, view.4);
+    let (sn, cs) = angle.sin_cos();
+    let hash = |a: i64, b: i64, k: u64| {
+        let mut z = (a as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (b as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ k;
+        z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((z ^ (z >> 29)) % 1000) as f32 / 1000.0
+    };
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (xc, yc) = (x as f64 - w as f64 / 2.0, y as f64 - h as f64 / 2.0);
+        let (u, v) =
+            ((cs * xc - sn * yc) * scale + dx + w as f64 / 2.0, (sn * xc + cs * yc) * scale + view.3 + h as f64 / 2.0);
+        let (cx, cy) = ((u / 97.0).floor() as i64, (v / 71.0).floor() as i64);
+        let (fu, fv) = ((u - cx as f64 * 97.0) as f32, (v - cy as f64 * 71.0) as f32);
+        let inner = fu > 20.0 + 30.0 * hash(cx, cy, 1) && fu < 80.0 && fv > 15.0 && fv < 40.0 + 20.0 * hash(cx, cy, 2);
+        let k = if inner { 7 } else { 3 };
+        let weave = 0.08 * ((u as f32 * 1.3).sin() * (v as f32 * 1.3).sin());
+        let c = [hash(cx, cy, k), hash(cx, cy, k + 1), hash(cx, cy, k + 2)];
+        image::Rgb(c.map(|c| ((0.15 + 0.7 * c + weave) * gain * 255.0).clamp(0.0, 255.0) as u8))
+    });
+    crate::scene::Photo::from_image("synthetic.png".into(), image::DynamicImage::ImageRgb8(img), None)
+}
+
+/// A fill of a camera-size photo with a hole of `hole_mp` (patch engine, one reference at
+/// another angle): total time, time to the first preview, the native-resolution detail step,
+/// and the process's peak memory right after (the photo and reference included).
+fn bench_large_photo(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<f64> {
+    use crate::engine::pipeline::{EngineKind, FillSettings, run_fill};
+    let target = synthetic_photo(a.photo_mp, (0.0, 1.0, 0.0, 0.0, 1.0));
+    let reference = synthetic_photo(a.photo_mp, (0.035, 1.03, 40.0, -25.0, 1.1));
+    let (w, h) = (target.width(), target.height());
+    let side = (a.hole_mp * 1e6).sqrt();
+    let (hw, hh) = ((side * 1.3) as usize, (side / 1.3) as usize);
+    let mut mask = Mask::new(w, h, 0.0);
+    for y in (h - hh) / 2..(h + hh) / 2 {
+        for x in (w - hw) / 2..(w + hw) / 2 {
+            mask.set(x, y, 1.0);
+        }
+    }
+    let scene = crate::scene::Scene::new(
+        target,
+        Some((mask, std::path::Path::new("hole"))),
+        crate::scene::Extension::default(),
+        vec![std::sync::Arc::new(reference)],
+    )?;
+    let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() };
+    let (mut total, mut first, mut detail) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.repeats.clamp(1, 3) {
+        let t = run_fill(&scene, &s, device, &mut None, &mut Quiet, &|| false)?.timings;
+        total.push(t.total_s as f64);
+        first.push((t.prepare_s + t.first_preview_s) as f64);
+        detail.push(t.detail_s as f64);
+    }
+    let what = format!("{w}×{h} photo, {hw}×{hh} hole", w = w, h = h);
+    for (label, v) in [("whole fill", total), ("first preview", first), ("native detail", detail)] {
+        rows.push(Row { backend: name.into(), what: format!("{what}: {label}"), ms: median(v) * 1e3, gflop: f64::NAN });
+    }
+    Ok(peak_rss_mib())
+}
+
 /// The patch engine: whole fills of the demo scene (2 references) at each size, first preview,
 /// and the attention product of the coarsest level on its own with its FLOPs.
 fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
@@ -460,8 +532,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     let mut rows = Vec::new();
+    let mut large_peak = None;
     for (d, name) in &backends {
         eprintln!("measuring {name} …");
+        // First, so that the peak memory after it is the large fill's own.
+        if a.photo_mp > 0.0 && large_peak.is_none() {
+            large_peak = Some(bench_large_photo(d, name, a, &mut rows)?);
+        }
         bench_patch(d, name, a, &mut rows)?;
         bench_backend(d, name, a, &mut rows)?;
     }
@@ -483,6 +560,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             if gps.is_nan() { "-".into() } else { format!("{gps:.1}") },
             if r.gflop.is_nan() { "-".into() } else { pct }
         );
+    }
+    if let Some(m) = large_peak {
+        println!("peak resident memory after the {} MP photo's fill: {m:.0} MiB", a.photo_mp);
     }
     println!("peak resident memory: {:.0} MiB", peak_rss_mib());
     Ok(())

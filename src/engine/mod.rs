@@ -4,6 +4,7 @@
 //! reported, so `Event::Cancelled` says how many steps ran after the request (at most one).
 //! A panic inside a job is caught and reported as `Event::Failed`; the worker keeps serving.
 
+pub mod detail;
 pub mod device;
 pub mod pipeline;
 pub mod settings;

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use burn::prelude::*;
 
+use super::detail::{self, TargetWarp};
 pub use super::settings::FillSettings;
+use crate::align::parallax::Field;
 use crate::align::{self, Alignment, Guide, Homography};
 use crate::diffusion::checkpoint::{self, KeyHasher};
 use crate::diffusion::patch::{self, PatchSettings};
@@ -30,6 +32,8 @@ pub struct Prepared {
     pub refs: Vec<RgbF>,
     pub alignments: Vec<Option<Alignment>>,
     pub guide: Guide,
+    /// The warps the guide was made of, best-aligned reference first (it takes precedence).
+    pub warps: Vec<TargetWarp>,
     /// What the model corrects: known pixels, references, smooth continuation (train::prior).
     pub prior: RgbF,
     pub sources: Vec<TrainingSource>,
@@ -45,6 +49,7 @@ fn invert(m: &Mask) -> Mask {
 /// corrected for parallax (align::parallax; it costs tens of milliseconds per reference,
 /// docs/BENCHMARKS.md, so only the target's guide, which fills use, gets it — the references'
 /// training guides keep the plain warp).
+/// Returns the guide and, per entry of `others`, the parallax field its warp used.
 fn build_guide(
     w: usize,
     h: usize,
@@ -52,20 +57,23 @@ fn build_guide(
     me: &RgbF,
     my_known: &Mask,
     parallax: bool,
-) -> Guide {
+) -> (Guide, Vec<Option<Field>>) {
     let mut g = Guide::empty(w, h);
+    let mut fields = Vec::with_capacity(others.len());
     for (img, known, map) in others {
         let (mut rgb, mut valid) = align::warp(img, *known, map, w, h);
         align::match_exposure(&mut rgb, &valid, me, my_known);
         // One homography maps one plane; nearer and farther things are moved into place by
         // the residual shifts measured around the hole (kept only when they generalise).
-        if let Some(field) = parallax.then(|| align::parallax::correction(me, my_known, &rgb, &valid)).flatten() {
-            (rgb, valid) = align::warp_shifted(img, *known, map, Some(&field), w, h);
+        let field = parallax.then(|| align::parallax::correction(me, my_known, &rgb, &valid)).flatten();
+        if let Some(field) = &field {
+            (rgb, valid) = align::warp_shifted(img, *known, map, Some(field), w, h);
             align::match_exposure(&mut rgb, &valid, me, my_known);
         }
         g.fill_gaps_from(&rgb, &valid);
+        fields.push(field);
     }
-    g
+    (g, fields)
 }
 
 pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
@@ -94,7 +102,16 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
     let target_others: Vec<_> =
         order.iter().map(|&i| (&refs[i], None, alignments[i].as_ref().unwrap().target_to_ref)).collect();
-    let guide = build_guide(ww, wh, &target_others, &canvas, &known, true);
+    let (guide, fields) = build_guide(ww, wh, &target_others, &canvas, &known, true);
+    let warps: Vec<TargetWarp> = order
+        .iter()
+        .zip(fields)
+        .map(|(&i, field)| TargetWarp {
+            reference: i,
+            target_to_ref: alignments[i].as_ref().expect("ordered references are aligned").target_to_ref,
+            field,
+        })
+        .collect();
 
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
@@ -110,7 +127,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
                         })
                         .collect();
                     others.push((&canvas, Some(&known), ref_to_target));
-                    build_guide(r.width, r.height, &others, r, &all, false)
+                    build_guide(r.width, r.height, &others, r, &all, false).0
                 }
                 None => Guide::empty(r.width, r.height),
             },
@@ -127,7 +144,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     k.text(&serde_json::to_string(&s.spec).unwrap_or_default());
     k.text(&serde_json::to_string(&s.learn).unwrap_or_default());
     let prior = train::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
-    Ok(Prepared { canvas, fill, known, refs, alignments, guide, prior, sources, key: k.finish() })
+    Ok(Prepared { canvas, fill, known, refs, alignments, guide, warps, prior, sources, key: k.finish() })
 }
 
 /// Progress callbacks from the pipeline to whoever drives it.
@@ -204,6 +221,9 @@ pub struct Timings {
     pub learn_s: f32,
     pub sample_s: f32,
     pub first_preview_s: f32,
+    /// Native-resolution detail (`detail::native_fill`), zero when the photo is about the
+    /// working size.
+    pub detail_s: f32,
     pub composite_s: f32,
     pub total_s: f32,
     pub model_cached: bool,
@@ -222,6 +242,9 @@ pub struct FillOutput {
     pub guide_coverage: f32,
     /// Patch agreement with the references in dB (`FillSettings::score`), for ranking.
     pub agreement: Option<f32>,
+    /// With native-resolution detail: the share of the fill region that took a reference's
+    /// detail (confidence-weighted).
+    pub reference_detail: Option<f32>,
 }
 
 /// What a running job reaches besides its inputs: the device, the model held between jobs,
@@ -263,8 +286,11 @@ pub fn run_fill(
     let fill = corrected_fill(&p, &out);
     let (cw, ch) = scene.canvas_size();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
-    let image = composite::composite(scene, &fill, feather);
-    t.composite_s = t3.elapsed().as_secs_f32();
+    let native = detail::native_fill(scene, &p.warps, &p.refs, &fill, feather, cancelled)?;
+    t.detail_s = t3.elapsed().as_secs_f32();
+    let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
+    let image = composite::composite(scene, &fill, part, feather);
+    t.composite_s = t3.elapsed().as_secs_f32() - t.detail_s;
     let agreement = match levels {
         Some(levels) if s.score => {
             let t4 = Instant::now();
@@ -280,6 +306,7 @@ pub fn run_fill(
     let photo = s
         .result_photo
         .then(|| Arc::new(crate::scene::Photo::from_image(scene.target.path.clone(), image.clone(), None)));
+    let reference_detail = native.as_ref().map(|n| n.reference_detail);
     Ok(FillOutput {
         image,
         photo,
@@ -288,6 +315,7 @@ pub fn run_fill(
         aligned_refs: aligned,
         guide_coverage: coverage,
         agreement,
+        reference_detail,
     })
 }
 

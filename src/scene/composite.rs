@@ -114,18 +114,36 @@ pub fn feather_alpha(mask: &Mask, feather: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Composite a working-size fill (covering the whole canvas) into the full-resolution result.
-/// The output has the canvas size and the original's bit depth (8 or 16 bits per channel).
-pub fn composite(scene: &Scene, fill: &RgbF, feather: f32) -> DynamicImage {
+/// A fill at the canvas's own resolution over part of it: canvas pixels
+/// [x0, x0 + rgb.width) × [y0, y0 + rgb.height).
+pub struct NativePart<'a> {
+    pub x0: usize,
+    pub y0: usize,
+    pub rgb: &'a RgbF,
+}
+
+/// Composite a fill into the full-resolution result: `native` where given (it must cover the
+/// fill region and the feather band), else the working-size `fill` (covering the whole canvas)
+/// upscaled. The output has the canvas size and the original's bit depth (8 or 16 bits per
+/// channel).
+pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, feather: f32) -> DynamicImage {
     let (cw, ch) = scene.canvas_size();
-    let up = fill.resized(cw, ch);
+    // Only needed where no native part is given.
+    let up = if native.is_none() { fill.resized(cw, ch) } else { RgbF::new(0, 0) };
     let alpha = feather_alpha(&scene.mask, feather);
     let e = scene.extension;
     let (w, h) = (scene.target.width(), scene.target.height());
     let orig = &scene.target.original;
     let pixel = |x: usize, y: usize, max: f32, orig_px: Option<[f32; 3]>| -> [f32; 3] {
         let i = y * cw + x;
-        let f = up.get(x, y);
+        let f = match &native {
+            Some(n) if x >= n.x0 && y >= n.y0 && x < n.x0 + n.rgb.width && y < n.y0 + n.rgb.height => {
+                n.rgb.get(x - n.x0, y - n.y0)
+            }
+            // Blended pixels lie inside the native part by construction; this is a guard.
+            Some(_) => orig_px.map_or([0.0; 3], |o| o.map(|c| c / max)),
+            None => up.get(x, y),
+        };
         let a = alpha[i];
         match orig_px {
             Some(o) => [0, 1, 2].map(|k| (a * f[k] * max + (1.0 - a) * o[k]).round().clamp(0.0, max)),
@@ -245,7 +263,7 @@ mod tests {
                 .unwrap();
         let fill = RgbF::from_fn(32, 24, |_, _| [0.9, 0.1, 0.5]);
         let feather = 3.0;
-        let out = composite(&scene, &fill, feather).to_rgb8();
+        let out = composite(&scene, &fill, None, feather).to_rgb8();
         let d = m.distance_outside();
         let orig = target.original.to_rgb8();
         let mut changed_inside = 0;
@@ -269,7 +287,7 @@ mod tests {
         let ext = Extension { left: 4, top: 2, right: 6, bottom: 0 };
         let scene = Scene::new(target.clone(), None, ext, vec![]).unwrap();
         let fill = RgbF::from_fn(32, 16, |_, _| [0.0, 1.0, 0.0]);
-        let out = composite(&scene, &fill, 2.0).to_rgb8();
+        let out = composite(&scene, &fill, None, 2.0).to_rgb8();
         assert_eq!((out.width(), out.height()), (30, 12));
         assert_eq!(out.get_pixel(14, 8), target.original.to_rgb8().get_pixel(10, 6));
         assert_eq!(*out.get_pixel(0, 0), Rgb([0, 255, 0]));

@@ -1,0 +1,526 @@
+//! Native-resolution detail. The engines fill at the working size (384 px by default), which
+//! on a camera photo is a tenth of its resolution: upscaled alone, the fill is a smear. Here,
+//! only over the fill region's bounding box (plus the feather band and a margin), each pixel of
+//! the photo's own resolution gets
+//!
+//!   result = upscaled working fill + detail,
+//!
+//! where the detail is the part of a native-resolution source finer than the working size:
+//! source − its low band (the source taken down to the working grid and back up, with the same
+//! filters the pipeline uses, so that a fill that copied the source gives back the source
+//! exactly). Sources, per pixel:
+//! - a known pixel (the feather band around the hole): the photo itself, so the band shows
+//!   the original's own texture instead of a blurred halo;
+//! - a pixel to fill that a reference covers: that reference at its own resolution, warped by
+//!   the working-size alignment scaled up (homography, parallax field), re-refined against the
+//!   photo's known pixels around the hole at native resolution, exposure-matched there; its
+//!   detail counts with a confidence that falls where the working fill disagrees with the
+//!   reference's low band (the engine put something else there: a moved object, parallax it
+//!   fixed, another plane), so a reference never imprints texture on content it does not show;
+//! - elsewhere no detail (the fill stays as the engine made it).
+//!
+//! Cost grows with the hole, not the photo: every buffer here has the crop's size; the work is
+//! done in strips of rows, checking for cancellation between strips.
+
+use rayon::prelude::*;
+
+use crate::align::homography::Homography;
+use crate::align::parallax::Field;
+use crate::align::{self, refine};
+use crate::error::{Error, Result};
+use crate::scene::blur::blur;
+use crate::scene::{Mask, RgbF, Scene};
+
+/// Below this ratio of photo to working size the upscaled fill already is the photo's detail.
+const MIN_SCALE: f64 = 1.5;
+/// Mean absolute difference (per channel, [0, 1]) between the fill and a reference's low band
+/// at which the reference's detail counts half.
+const AGREE_TAU: f32 = 0.05;
+
+/// How one reference was warped into the target's working canvas: `target_to_ref` maps a
+/// working canvas pixel to the reference at working size, after `field`'s shift if any.
+pub struct TargetWarp {
+    /// Index into `Scene::refs`.
+    pub reference: usize,
+    pub target_to_ref: Homography,
+    pub field: Option<Field>,
+}
+
+/// A native-resolution fill of part of the canvas: `rgb` covers canvas pixels
+/// [x0, x0 + rgb.width) × [y0, y0 + rgb.height).
+pub struct NativeFill {
+    pub x0: usize,
+    pub y0: usize,
+    pub rgb: RgbF,
+    /// Share of the fill region's pixels that got a reference's detail (confidence-weighted).
+    pub reference_detail: f32,
+}
+
+/// A rectangle of the canvas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    pub x0: usize,
+    pub y0: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// Canvas ↔ working-size pixel coordinates (pixel centres at integers, as the resize filters
+/// map them).
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub sx: f64,
+    pub sy: f64,
+}
+
+impl Scale {
+    pub fn to_working(self, x: f64, y: f64) -> (f64, f64) {
+        ((x + 0.5) / self.sx - 0.5, (y + 0.5) / self.sy - 0.5)
+    }
+
+    /// The affine map from canvas pixels to working pixels, as a homography.
+    fn canvas_to_working(self) -> Homography {
+        Homography([1.0 / self.sx, 0.0, 0.5 / self.sx - 0.5, 0.0, 1.0 / self.sy, 0.5 / self.sy - 0.5, 0.0, 0.0, 1.0])
+    }
+
+    /// The affine map from working pixels to canvas pixels.
+    fn working_to_canvas(self) -> Homography {
+        Homography([self.sx, 0.0, 0.5 * self.sx - 0.5, 0.0, self.sy, 0.5 * self.sy - 0.5, 0.0, 0.0, 1.0])
+    }
+}
+
+/// The crop that native detail covers: the fill region's bounding box grown by the feather
+/// band and by the low band's filter support, inside the canvas.
+pub fn region(mask: &Mask, feather: f32, scale: Scale) -> Option<Rect> {
+    let (x0, y0, x1, y1) = mask.bbox()?;
+    let m = (feather.ceil() as usize) + (2.0 * scale.sx.max(scale.sy)).ceil() as usize + 2;
+    let (x0, y0) = (x0.saturating_sub(m), y0.saturating_sub(m));
+    let (x1, y1) = ((x1 + m).min(mask.width), (y1 + m).min(mask.height));
+    Some(Rect { x0, y0, w: x1 - x0, h: y1 - y0 })
+}
+
+/// Bilinear sample of a working-size image at a canvas pixel.
+fn upscaled(img: &RgbF, scale: Scale, x: usize, y: usize) -> [f32; 3] {
+    let (u, v) = scale.to_working(x as f64, y as f64);
+    img.sample(u as f32, v as f32)
+}
+
+/// The low band of `rgb` (a crop at canvas resolution, `valid` where defined): taken down to
+/// the working grid with the triangle filter the pipeline's resize uses, then back up
+/// bilinearly, as the upscaled fill is. Undefined pixels do not contribute; pixels whose
+/// neighbourhood has none defined come back invalid.
+pub fn low_band(rgb: &RgbF, valid: &Mask, crop: Rect, scale: Scale) -> (RgbF, Mask) {
+    let (w, h) = (crop.w, crop.h);
+    // Working cells whose tent reaches into the crop, and each cell's centre in crop pixels.
+    let cells = |x0: usize, n: usize, s: f64| {
+        let first = ((x0 as f64 + 0.5) / s - 1.5).floor().max(0.0) as usize;
+        let last = (((x0 + n) as f64 + 0.5) / s + 0.5).ceil() as usize;
+        (first, last - first + 1)
+    };
+    let (cx0, ncx) = cells(crop.x0, w, scale.sx);
+    let (cy0, ncy) = cells(crop.y0, h, scale.sy);
+    let centre = |c: usize, x0: usize, s: f64| (c as f64 + 0.5) * s - 0.5 - x0 as f64;
+    // Horizontal pass: per crop row, per cell column: Σ tent·valid·rgb and Σ tent·valid.
+    let horiz: Vec<(Vec<[f32; 3]>, Vec<f32>)> = (0..h)
+        .into_par_iter()
+        .map(|y| {
+            let (mut num, mut den) = (vec![[0.0f32; 3]; ncx], vec![0.0f32; ncx]);
+            for (c, (n, d)) in num.iter_mut().zip(den.iter_mut()).enumerate() {
+                let cx = centre(cx0 + c, crop.x0, scale.sx);
+                let lo = (cx - scale.sx).ceil().max(0.0) as usize;
+                let hi = ((cx + scale.sx).floor().min(w as f64 - 1.0)).max(-1.0);
+                if hi < lo as f64 {
+                    continue;
+                }
+                for x in lo..=hi as usize {
+                    let wt = (1.0 - ((x as f64 - cx).abs() / scale.sx)).max(0.0) as f32 * valid.data[y * w + x];
+                    if wt > 0.0 {
+                        let p = rgb.get(x, y);
+                        for k in 0..3 {
+                            n[k] += wt * p[k];
+                        }
+                        *d += wt;
+                    }
+                }
+            }
+            (num, den)
+        })
+        .collect();
+    // Vertical pass: per cell.
+    let mut grid = RgbF::new(ncx, ncy);
+    let mut gvalid = Mask::new(ncx, ncy, 0.0);
+    for cy in 0..ncy {
+        let c = centre(cy0 + cy, crop.y0, scale.sy);
+        let lo = (c - scale.sy).ceil().max(0.0) as usize;
+        let hi = (c + scale.sy).floor().min(h as f64 - 1.0);
+        for cx in 0..ncx {
+            let (mut n, mut d) = ([0.0f32; 3], 0.0f32);
+            if hi >= lo as f64 {
+                for y in lo..=hi as usize {
+                    let wt = (1.0 - ((y as f64 - c).abs() / scale.sy)).max(0.0) as f32;
+                    let (hn, hd) = (&horiz[y].0[cx], horiz[y].1[cx]);
+                    for k in 0..3 {
+                        n[k] += wt * hn[k];
+                    }
+                    d += wt * hd;
+                }
+            }
+            if d > 1e-6 {
+                grid.set(cx, cy, n.map(|v| v / d));
+                gvalid.set(cx, cy, 1.0);
+            }
+        }
+    }
+    // Back up: bilinear in the cell grid, weighted by which cells are defined.
+    let mut out = RgbF::new(w, h);
+    let mut ovalid = Mask::new(w, h, 0.0);
+    out.data.par_chunks_mut(3 * w).zip(ovalid.data.par_chunks_mut(w)).enumerate().for_each(|(y, (row, vrow))| {
+        for x in 0..w {
+            let (u, v) = scale.to_working((crop.x0 + x) as f64, (crop.y0 + y) as f64);
+            let (gu, gv) =
+                ((u - cx0 as f64).clamp(0.0, (ncx - 1) as f64), (v - cy0 as f64).clamp(0.0, (ncy - 1) as f64));
+            let (i0, j0) = (gu.floor() as usize, gv.floor() as usize);
+            let (i1, j1) = ((i0 + 1).min(ncx - 1), (j0 + 1).min(ncy - 1));
+            let (fx, fy) = ((gu - i0 as f64) as f32, (gv - j0 as f64) as f32);
+            let (mut acc, mut wsum) = ([0.0f32; 3], 0.0f32);
+            for (i, j, wt) in [
+                (i0, j0, (1.0 - fx) * (1.0 - fy)),
+                (i1, j0, fx * (1.0 - fy)),
+                (i0, j1, (1.0 - fx) * fy),
+                (i1, j1, fx * fy),
+            ] {
+                let wt = wt * gvalid.get(i, j);
+                if wt > 0.0 {
+                    let p = grid.get(i, j);
+                    for k in 0..3 {
+                        acc[k] += wt * p[k];
+                    }
+                    wsum += wt;
+                }
+            }
+            if wsum > 1e-6 {
+                row[3 * x..3 * x + 3].copy_from_slice(&acc.map(|a| a / wsum));
+                vrow[x] = 1.0;
+            }
+        }
+    });
+    (out, ovalid)
+}
+
+/// One reference warped into the crop at its own resolution, exposure-matched to the photo's
+/// known pixels in the crop.
+fn native_warp(
+    scene: &Scene,
+    working_refs: &[RgbF],
+    warp: &TargetWarp,
+    crop: Rect,
+    scale: Scale,
+    target: &RgbF,
+    known: &Mask,
+) -> (RgbF, Mask) {
+    let reference = &scene.refs[warp.reference];
+    let working = &working_refs[warp.reference];
+    let rscale = Scale {
+        sx: reference.width() as f64 / working.width as f64,
+        sy: reference.height() as f64 / working.height as f64,
+    };
+    let offset = Homography([1.0, 0.0, crop.x0 as f64, 0.0, 1.0, crop.y0 as f64, 0.0, 0.0, 1.0]);
+    // Crop pixel → canvas → working canvas → reference at working size → reference.
+    let (rgb, valid) = match &warp.field {
+        None => {
+            let map = rscale
+                .working_to_canvas()
+                .then_after(&warp.target_to_ref.then_after(&scale.canvas_to_working().then_after(&offset)));
+            // The working-size fit is good to a fraction of a working pixel, which is several
+            // pixels here: fit again against the photo's known pixels around the hole.
+            let fill =
+                Mask { width: known.width, height: known.height, data: known.data.iter().map(|v| 1.0 - v).collect() };
+            let map = refine::refine(target, &fill, &reference.rgb, &map);
+            warp_cubic(&reference.rgb, crop, |x, y| map.apply(x, y))
+        }
+        Some(field) => {
+            // Parallax: the working pixel is shifted before the homography (the field is
+            // smooth, so its bilinear sample serves every native pixel of a working cell).
+            let to_ref = rscale.working_to_canvas().then_after(&warp.target_to_ref);
+            warp_cubic(&reference.rgb, crop, |x, y| {
+                let (u, v) = scale.to_working(crop.x0 as f64 + x, crop.y0 as f64 + y);
+                let (du, dv) = sample_field(field, u, v);
+                to_ref.apply(u + du, v + dv)
+            })
+        }
+    };
+    let mut rgb = rgb;
+    align::match_exposure(&mut rgb, &valid, target, known);
+    (rgb, valid)
+}
+
+/// Each crop pixel (x, y) shows `src` at `map(x, y)`, sampled bicubically (the reference's
+/// texture at its own resolution is the point); valid where that lies inside `src`.
+fn warp_cubic(src: &RgbF, crop: Rect, map: impl Fn(f64, f64) -> Option<(f64, f64)> + Sync) -> (RgbF, Mask) {
+    let mut out = RgbF::new(crop.w, crop.h);
+    let mut ok = Mask::new(crop.w, crop.h, 0.0);
+    let (sw, sh) = (src.width as f64, src.height as f64);
+    out.data.par_chunks_mut(3 * crop.w).zip(ok.data.par_chunks_mut(crop.w)).enumerate().for_each(|(y, (row, vrow))| {
+        for x in 0..crop.w {
+            let Some((u, v)) = map(x as f64, y as f64) else { continue };
+            if u < -0.5 || v < -0.5 || u > sw - 0.5 || v > sh - 0.5 {
+                continue;
+            }
+            let p = src.sample_cubic(u as f32, v as f32);
+            row[3 * x..3 * x + 3].copy_from_slice(&p.map(|c| c.clamp(0.0, 1.0)));
+            vrow[x] = 1.0;
+        }
+    });
+    (out, ok)
+}
+
+fn sample_field(f: &Field, u: f64, v: f64) -> (f64, f64) {
+    let (x, y) = (u.clamp(0.0, (f.width - 1) as f64), v.clamp(0.0, (f.height - 1) as f64));
+    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(f.width - 1), (y0 + 1).min(f.height - 1));
+    let (fx, fy) = (x - x0 as f64, y - y0 as f64);
+    let at = |d: &[f32]| {
+        let g = |xx: usize, yy: usize| d[yy * f.width + xx] as f64;
+        g(x0, y0) * (1.0 - fx) * (1.0 - fy)
+            + g(x1, y0) * fx * (1.0 - fy)
+            + g(x0, y1) * (1.0 - fx) * fy
+            + g(x1, y1) * fx * fy
+    };
+    (at(&f.dx), at(&f.dy))
+}
+
+/// The fill at the photo's resolution over the fill region's crop, or None when the photo is
+/// not much larger than the working size (the upscaled fill is then all there is). `warps`:
+/// how the references were warped into the working canvas, best first; `working_refs`: the
+/// references at working size (the warps' coordinates); `fill`: the working-size fill.
+pub fn native_fill(
+    scene: &Scene,
+    warps: &[TargetWarp],
+    working_refs: &[RgbF],
+    fill: &RgbF,
+    feather: f32,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<NativeFill>> {
+    let (cw, ch) = scene.canvas_size();
+    let scale = Scale { sx: cw as f64 / fill.width as f64, sy: ch as f64 / fill.height as f64 };
+    if scale.sx.max(scale.sy) < MIN_SCALE {
+        return Ok(None);
+    }
+    let Some(crop) = region(&scene.mask, feather, scale) else { return Ok(None) };
+    // The photo in the crop (holes blacked out) and which pixels are known.
+    let canvas = scene.canvas_rgb();
+    let target = canvas.crop(crop.x0, crop.y0, crop.w, crop.h);
+    drop(canvas);
+    let hole = Mask {
+        width: crop.w,
+        height: crop.h,
+        data: (0..crop.w * crop.h).map(|i| scene.mask.get(crop.x0 + i % crop.w, crop.y0 + i / crop.w)).collect(),
+    };
+    let known = Mask {
+        width: crop.w,
+        height: crop.h,
+        data: hole.data.iter().map(|&m| if m >= 0.5 { 0.0 } else { 1.0 }).collect(),
+    };
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+    // The photo's own detail for known pixels.
+    let (target_low, target_low_ok) = low_band(&target, &known, crop, scale);
+    // The references' detail where they cover the hole, best-aligned first.
+    let mut guide = RgbF::new(crop.w, crop.h);
+    let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
+    for warp in warps {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (rgb, valid) = native_warp(scene, working_refs, warp, crop, scale, &target, &known);
+        for i in 0..crop.w * crop.h {
+            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
+                guide_ok.data[i] = 1.0;
+                guide.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
+            }
+        }
+    }
+    let (guide_low, guide_low_ok) = low_band(&guide, &guide_ok, crop, scale);
+    // Confidence of the reference's detail: the fill and the reference's low band agree,
+    // smoothed over about one working pixel so that it does not flicker pixel by pixel.
+    let mut conf = vec![0.0f32; crop.w * crop.h];
+    conf.par_chunks_mut(crop.w).enumerate().for_each(|(y, row)| {
+        for (x, c) in row.iter_mut().enumerate() {
+            let i = y * crop.w + x;
+            if guide_ok.data[i] < 0.5 || guide_low_ok.data[i] < 0.5 {
+                continue;
+            }
+            let f = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
+            let g = guide_low.get(x, y);
+            let d = (0..3).map(|k| (f[k] - g[k]).abs()).sum::<f32>() / 3.0;
+            *c = (-(d / AGREE_TAU).powi(2) * std::f32::consts::LN_2).exp();
+        }
+    });
+    blur(&mut conf, crop.w, crop.h, scale.sx.max(scale.sy) as f32 * 0.5);
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let mut out = RgbF::new(crop.w, crop.h);
+    let (mut used, mut holes) = (0.0f64, 0usize);
+    for y in 0..crop.h {
+        for x in 0..crop.w {
+            let i = y * crop.w + x;
+            let base = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
+            let detail = if known.data[i] >= 0.5 {
+                if target_low_ok.data[i] >= 0.5 { sub(target.get(x, y), target_low.get(x, y), 1.0) } else { [0.0; 3] }
+            } else {
+                holes += 1;
+                let c = if guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5 { conf[i] } else { 0.0 };
+                used += c as f64;
+                sub(guide.get(x, y), guide_low.get(x, y), c)
+            };
+            out.set(x, y, [0, 1, 2].map(|k| (base[k] + detail[k]).clamp(0.0, 1.0)));
+        }
+    }
+    let reference_detail = if holes > 0 { (used / holes as f64) as f32 } else { 0.0 };
+    Ok(Some(NativeFill { x0: crop.x0, y0: crop.y0, rgb: out, reference_detail }))
+}
+
+fn sub(a: [f32; 3], b: [f32; 3], weight: f32) -> [f32; 3] {
+    [0, 1, 2].map(|k| weight * (a[k] - b[k]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_low_band_of_a_smooth_image_is_the_image_and_detail_is_what_the_working_size_loses() {
+        let scale = Scale { sx: 8.0, sy: 8.0 };
+        let crop = Rect { x0: 40, y0: 24, w: 96, h: 80 };
+        let all = Mask::new(crop.w, crop.h, 1.0);
+        // A slow ramp survives the working size: its low band is itself (inside the margin).
+        let ramp = RgbF::from_fn(crop.w, crop.h, |x, y| [0.2 + 0.002 * x as f32, 0.3 + 0.003 * y as f32, 0.5]);
+        let (low, ok) = low_band(&ramp, &all, crop, scale);
+        for y in 16..crop.h - 16 {
+            for x in 16..crop.w - 16 {
+                assert!(ok.get(x, y) > 0.5);
+                let (a, b) = (low.get(x, y), ramp.get(x, y));
+                assert!((0..3).all(|k| (a[k] - b[k]).abs() < 2e-3), "{x},{y}: {a:?} vs {b:?}");
+            }
+        }
+        // A 2-px checker is far finer than an 8-px working pixel: its low band is flat grey.
+        let checker = RgbF::from_fn(crop.w, crop.h, |x, y| [((x / 2 + y / 2) % 2) as f32; 3]);
+        let (low, _) = low_band(&checker, &all, crop, scale);
+        for y in 16..crop.h - 16 {
+            for x in 16..crop.w - 16 {
+                assert!((low.get(x, y)[0] - 0.5).abs() < 0.06, "{x},{y}: {:?}", low.get(x, y));
+            }
+        }
+    }
+
+    #[test]
+    fn undefined_pixels_do_not_leak_into_the_low_band() {
+        let scale = Scale { sx: 4.0, sy: 4.0 };
+        let crop = Rect { x0: 0, y0: 0, w: 64, h: 48 };
+        let img = RgbF::from_fn(64, 48, |x, _| if x < 32 { [0.8; 3] } else { [0.0; 3] });
+        let mut valid = Mask::new(64, 48, 1.0);
+        for y in 0..48 {
+            for x in 32..64 {
+                valid.set(x, y, 0.0);
+            }
+        }
+        let (low, ok) = low_band(&img, &valid, crop, scale);
+        for y in 4..44 {
+            for x in 0..36 {
+                assert!(ok.get(x, y) > 0.5);
+                assert!((low.get(x, y)[0] - 0.8).abs() < 1e-4, "{x},{y}: {:?}", low.get(x, y));
+            }
+        }
+    }
+
+    /// A 384×256 photo of coloured rectangles (structure the alignment can lock onto) under a
+    /// 5-px weave, with a 96×64 hole, and a reference that is the same view shifted by 7 px:
+    /// at a working size of 128 the weave is below one working pixel.
+    fn fine_scene() -> (Scene, RgbF) {
+        let mut rng = crate::rng::Rng::new(5);
+        let blobs: Vec<[f32; 6]> = (0..120)
+            .map(|_| {
+                let b = [400.0, 260.0, 24.0, 1.0, 1.0, 1.0].map(|m| rng.range_f32(0.0, m));
+                [b[0], b[1], 6.0 + b[2], b[3], b[4], b[5]]
+            })
+            .collect();
+        let weave = move |x: f32, y: f32| {
+            let w = ((x * 1.3).sin() * (y * 1.3).sin()) * 0.12;
+            let mut c = [0.45f32, 0.5, 0.45];
+            for b in &blobs {
+                if (x - b[0]).abs() < b[2] && (y - b[1]).abs() < 0.7 * b[2] {
+                    c = [b[3], b[4], b[5]];
+                }
+            }
+            c.map(|v| (v + w).clamp(0.0, 1.0))
+        };
+        let to8 = |f: &dyn Fn(u32, u32) -> [f32; 3], w: u32, h: u32| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb(f(x, y).map(|v| (v * 255.0).round() as u8))
+            }))
+        };
+        let target = to8(&|x, y| weave(x as f32, y as f32), 384, 256);
+        let reference = to8(&|x, y| weave(x as f32 + 7.0, y as f32), 384, 256);
+        let truth = crate::scene::Photo::from_image("t.png".into(), target.clone(), None).rgb;
+        let mut m = Mask::new(384, 256, 0.0);
+        for y in 96..160 {
+            for x in 144..240 {
+                m.set(x, y, 1.0);
+            }
+        }
+        let photo = |img: image::DynamicImage, n: &str| crate::scene::Photo::from_image(n.into(), img, None);
+        let scene = Scene::new(
+            photo(target, "t.png"),
+            Some((m, std::path::Path::new("m.png"))),
+            crate::scene::Extension::default(),
+            vec![std::sync::Arc::new(photo(reference, "r.png"))],
+        )
+        .unwrap();
+        (scene, truth)
+    }
+
+    #[test]
+    fn native_detail_brings_back_the_texture_the_working_size_cannot_hold() {
+        let (scene, truth) = fine_scene();
+        let s = crate::engine::FillSettings {
+            engine: crate::settings::EngineKind::Patch,
+            size: 128,
+            use_cache: false,
+            ..Default::default()
+        };
+        let (device, mut held) = (burn::prelude::Device::flex(), None);
+        struct Quiet;
+        impl crate::engine::pipeline::Progress for Quiet {
+            fn status(&mut self, _: String) {}
+            fn learning(&mut self, _: usize, _: usize, _: f32) {}
+            fn preview(&mut self, _: usize, _: usize, _: std::sync::Arc<RgbF>) {}
+        }
+        let out = crate::engine::pipeline::run_fill(&scene, &s, &device, &mut held, &mut Quiet, &|| false).unwrap();
+        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
+        let psnr = crate::eval::psnr_masked(&result, &truth, &scene.mask);
+        assert!(out.reference_detail.unwrap_or(0.0) > 0.8, "the reference's detail was used");
+        assert!((0.85..1.15).contains(&detail), "detail ratio {detail:.2} (psnr {psnr:.1})");
+        assert!(psnr > 30.0, "psnr {psnr:.1}");
+        // The working-size fill alone, upscaled, is a smear.
+        let up = out.working.resized(384, 256);
+        assert_eq!((out.working.width, out.working.height), (128, 88));
+        let smear = crate::eval::detail_ratio(&up, &truth, &scene.mask);
+        assert!(smear < 0.5, "upscaled working fill: detail {smear:.2}");
+    }
+
+    #[test]
+    fn the_region_covers_the_hole_the_feather_and_the_filter() {
+        let mut m = Mask::new(400, 300, 0.0);
+        for y in 100..150 {
+            for x in 200..260 {
+                m.set(x, y, 1.0);
+            }
+        }
+        let r = region(&m, 20.0, Scale { sx: 10.0, sy: 10.0 }).unwrap();
+        assert!(r.x0 <= 200 - 40 && r.y0 <= 100 - 40 && r.x0 + r.w >= 260 + 40 && r.y0 + r.h >= 150 + 40, "{r:?}");
+        assert!(r.w < 200 && r.h < 200, "not the whole photo: {r:?}");
+    }
+}
