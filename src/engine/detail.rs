@@ -233,10 +233,15 @@ fn native_warp(
                 .then_after(&warp.target_to_ref.then_after(&scale.canvas_to_working().then_after(&offset)));
             // The working-size fit is good to a fraction of a working pixel, which is several
             // pixels here: fit again against the photo's known pixels around the hole.
+            // Only the part of the reference the crop maps to is looked at (cost grows with
+            // the hole, not the reference).
+            let Some((part, map)) = reference_part(&reference.rgb, &map, crop) else {
+                return (RgbF::new(crop.w, crop.h), Mask::new(crop.w, crop.h, 0.0));
+            };
             let fill =
                 Mask { width: known.width, height: known.height, data: known.data.iter().map(|v| 1.0 - v).collect() };
-            let map = refine::refine(target, &fill, &reference.rgb, &map);
-            warp_cubic(&reference.rgb, crop, |x, y| map.apply(x, y))
+            let map = refine::refine(target, &fill, &part, &map);
+            warp_cubic(&part, crop, |x, y| map.apply(x, y))
         }
         Some(field) => {
             // Parallax: the working pixel is shifted before the homography (the field is
@@ -252,6 +257,27 @@ fn native_warp(
     let mut rgb = rgb;
     align::match_exposure(&mut rgb, &valid, target, known);
     (rgb, valid)
+}
+
+/// The rectangle of `reference` that `map` takes the crop to (its corners' bounding box and a
+/// margin for the refinement and the bicubic filter), and `map` into that rectangle.
+fn reference_part(reference: &RgbF, map: &Homography, crop: Rect) -> Option<(RgbF, Homography)> {
+    const MARGIN: f64 = 32.0;
+    let corners = [(0.0, 0.0), (crop.w as f64, 0.0), (0.0, crop.h as f64), (crop.w as f64, crop.h as f64)];
+    let pts: Vec<(f64, f64)> = corners.iter().map(|&(x, y)| map.apply(x, y)).collect::<Option<_>>()?;
+    let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+    for (x, y) in pts {
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let (w, h) = (reference.width as f64, reference.height as f64);
+    let (x0, y0) = ((x0 - MARGIN).floor().clamp(0.0, w), (y0 - MARGIN).floor().clamp(0.0, h));
+    let (x1, y1) = ((x1 + MARGIN).ceil().clamp(0.0, w), (y1 + MARGIN).ceil().clamp(0.0, h));
+    if x1 - x0 < 4.0 || y1 - y0 < 4.0 {
+        return None;
+    }
+    let part = reference.crop(x0 as usize, y0 as usize, (x1 - x0) as usize, (y1 - y0) as usize);
+    let shift = Homography([1.0, 0.0, -x0, 0.0, 1.0, -y0, 0.0, 0.0, 1.0]);
+    Some((part, shift.then_after(map)))
 }
 
 /// Each crop pixel (x, y) shows `src` at `map(x, y)`, sampled bicubically (the reference's
@@ -307,10 +333,14 @@ pub fn native_fill(
         return Ok(None);
     }
     let Some(crop) = region(&scene.mask, feather, scale) else { return Ok(None) };
-    // The photo in the crop (holes blacked out) and which pixels are known.
-    let canvas = scene.canvas_rgb();
-    let target = canvas.crop(crop.x0, crop.y0, crop.w, crop.h);
-    drop(canvas);
+    // The photo in the crop (holes and the extension blacked out) and which pixels are known.
+    let e = scene.extension;
+    let (tw, th) = (scene.target.width(), scene.target.height());
+    let target = RgbF::from_fn(crop.w, crop.h, |x, y| {
+        let (cx, cy) = (crop.x0 + x, crop.y0 + y);
+        let inside = cx >= e.left && cy >= e.top && cx < e.left + tw && cy < e.top + th;
+        if inside && scene.mask.get(cx, cy) < 0.5 { scene.target.rgb.get(cx - e.left, cy - e.top) } else { [0.0; 3] }
+    });
     let hole = Mask {
         width: crop.w,
         height: crop.h,

@@ -114,6 +114,26 @@ pub fn feather_alpha(mask: &Mask, feather: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Blend weights over a rectangle of the canvas; zero outside it.
+struct SparseAlpha {
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+    a: Vec<f32>,
+}
+
+impl SparseAlpha {
+    #[inline]
+    fn at(&self, x: usize, y: usize) -> f32 {
+        if x >= self.x0 && y >= self.y0 && x < self.x0 + self.w && y < self.y0 + self.h {
+            self.a[(y - self.y0) * self.w + x - self.x0]
+        } else {
+            0.0
+        }
+    }
+}
+
 /// A fill at the canvas's own resolution over part of it: canvas pixels
 /// [x0, x0 + rgb.width) × [y0, y0 + rgb.height).
 pub struct NativePart<'a> {
@@ -130,12 +150,24 @@ pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, fea
     let (cw, ch) = scene.canvas_size();
     // Only needed where no native part is given.
     let up = if native.is_none() { fill.resized(cw, ch) } else { RgbF::new(0, 0) };
-    let alpha = feather_alpha(&scene.mask, feather);
+    let alpha = match &native {
+        // The blend weights are non-zero only inside the native part: compute them there.
+        Some(n) => {
+            let (nw, nh) = (n.rgb.width, n.rgb.height);
+            let part = Mask {
+                width: nw,
+                height: nh,
+                data: (0..nw * nh).map(|i| scene.mask.get(n.x0 + i % nw, n.y0 + i / nw)).collect(),
+            };
+            let a = feather_alpha(&part, feather);
+            SparseAlpha { x0: n.x0, y0: n.y0, w: nw, h: nh, a }
+        }
+        None => SparseAlpha { x0: 0, y0: 0, w: cw, h: ch, a: feather_alpha(&scene.mask, feather) },
+    };
     let e = scene.extension;
     let (w, h) = (scene.target.width(), scene.target.height());
     let orig = &scene.target.original;
     let pixel = |x: usize, y: usize, max: f32, orig_px: Option<[f32; 3]>| -> [f32; 3] {
-        let i = y * cw + x;
         let f = match &native {
             Some(n) if x >= n.x0 && y >= n.y0 && x < n.x0 + n.rgb.width && y < n.y0 + n.rgb.height => {
                 n.rgb.get(x - n.x0, y - n.y0)
@@ -144,7 +176,7 @@ pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, fea
             Some(_) => orig_px.map_or([0.0; 3], |o| o.map(|c| c / max)),
             None => up.get(x, y),
         };
-        let a = alpha[i];
+        let a = alpha.at(x, y);
         match orig_px {
             Some(o) => [0, 1, 2].map(|k| (a * f[k] * max + (1.0 - a) * o[k]).round().clamp(0.0, max)),
             None => [0, 1, 2].map(|k| (f[k] * max).round().clamp(0.0, max)),
@@ -157,7 +189,7 @@ pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, fea
                 let (x, y) = (x as usize, y as usize);
                 if inside(x, y) {
                     let p = o.get_pixel((x - e.left) as u32, (y - e.top) as u32);
-                    if alpha[y * cw + x] == 0.0 {
+                    if alpha.at(x, y) == 0.0 {
                         return *p;
                     }
                     let v = pixel(x, y, 65535.0, Some(p.0.map(|c| c as f32)));
@@ -174,7 +206,7 @@ pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, fea
                 let (x, y) = (x as usize, y as usize);
                 if inside(x, y) {
                     let p = o.get_pixel((x - e.left) as u32, (y - e.top) as u32);
-                    if alpha[y * cw + x] == 0.0 {
+                    if alpha.at(x, y) == 0.0 {
                         return *p;
                     }
                     let v = pixel(x, y, 255.0, Some(p.0.map(|c| c as f32)));
