@@ -12,9 +12,12 @@ use egui::{Color32, CursorIcon, Pos2, Rect, Sense, Stroke, StrokeKind, TextureHa
 use super::document::{Document, PixelRect};
 use crate::scene::{Extension, Photo};
 
-/// Longest side of a texture we upload: larger photos are shown downsampled (the GPU limit
-/// is 8192 on most adapters, and the screen has fewer pixels anyway).
+/// Longest side of the mask overlay's texture (it is shown downsampled on larger photos; the
+/// photo itself is tiled at full resolution).
 const MAX_TEXTURE: usize = 4096;
+/// Side of the photo's texture tiles: within every adapter's texture limit (2048 is wgpu's
+/// downlevel minimum), so a photo of any size shows its true pixels at 100 %.
+pub const TILE: usize = 2048;
 const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,23 +82,64 @@ impl View {
     }
 }
 
-/// A texture of a photo (downsampled by an integer factor when large).
+/// A photo at full resolution as texture tiles (mipmapped, so that it stays smooth zoomed out).
 struct PhotoTexture {
     photo: Arc<Photo>,
+    tiles: Vec<Tile>,
+}
+
+/// One tile: photo pixels [x0, x0 + w) × [y0, y0 + h).
+pub struct Tile {
+    pub x0: usize,
+    pub y0: usize,
+    pub w: usize,
+    pub h: usize,
     tex: TextureHandle,
+}
+
+impl PhotoTexture {
+    fn new(ctx: &egui::Context, name: &str, photo: &Arc<Photo>) -> PhotoTexture {
+        let opts = TextureOptions { mipmap_mode: Some(egui::TextureFilter::Linear), ..TextureOptions::LINEAR };
+        let (pw, ph) = (photo.width(), photo.height());
+        let mut tiles = Vec::new();
+        for y0 in (0..ph).step_by(TILE) {
+            for x0 in (0..pw).step_by(TILE) {
+                let (w, h) = (TILE.min(pw - x0), TILE.min(ph - y0));
+                let img = photo_tile(photo, x0, y0, w, h);
+                let tex = ctx.load_texture(format!("{name}-{x0}-{y0}"), img, opts);
+                tiles.push(Tile { x0, y0, w, h, tex });
+            }
+        }
+        PhotoTexture { photo: photo.clone(), tiles }
+    }
+
+    /// Draw the photo with its top-left corner at canvas pixel (cx, cy); tiles off screen are
+    /// skipped.
+    fn paint(&self, painter: &egui::Painter, view: &View, area: Rect, cx: f32, cy: f32) {
+        let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
+        for t in &self.tiles {
+            let (x0, y0) = (cx + t.x0 as f32, cy + t.y0 as f32);
+            let r = Rect::from_min_max(
+                view.to_screen(area, [x0, y0]),
+                view.to_screen(area, [x0 + t.w as f32, y0 + t.h as f32]),
+            );
+            if r.intersects(area) {
+                painter.image(t.tex.id(), r, uv, Color32::WHITE);
+            }
+        }
+    }
 }
 
 fn divisor(w: usize, h: usize) -> usize {
     w.max(h).div_ceil(MAX_TEXTURE).max(1)
 }
 
-fn photo_image(p: &Photo) -> egui::ColorImage {
-    let k = divisor(p.width(), p.height());
-    let (w, h) = (p.width().div_ceil(k), p.height().div_ceil(k));
+/// Photo pixels [x0, x0 + w) × [y0, y0 + h) as an image to upload.
+fn photo_tile(p: &Photo, x0: usize, y0: usize, w: usize, h: usize) -> egui::ColorImage {
     let mut rgba = vec![255u8; w * h * 4];
     for y in 0..h {
         for x in 0..w {
-            let v = p.rgb.get((x * k).min(p.width() - 1), (y * k).min(p.height() - 1));
+            let v = p.rgb.get(x0 + x, y0 + y);
             let o = 4 * (y * w + x);
             for c in 0..3 {
                 rgba[o + c] = (v[c].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
@@ -177,8 +221,7 @@ impl Canvas {
     fn sync_textures(&mut self, ctx: &egui::Context, doc: &Document) {
         let stale = self.target.as_ref().is_none_or(|t| !Arc::ptr_eq(&t.photo, &doc.target));
         if stale {
-            let tex = ctx.load_texture("target", photo_image(&doc.target), TextureOptions::LINEAR);
-            self.target = Some(PhotoTexture { photo: doc.target.clone(), tex });
+            self.target = Some(PhotoTexture::new(ctx, "target", &doc.target));
             self.overlay = None;
         }
         let k = divisor(doc.target.width(), doc.target.height());
@@ -204,12 +247,16 @@ impl Canvas {
         }
     }
 
-    fn before_texture(&mut self, ctx: &egui::Context, photo: &Arc<Photo>) -> TextureHandle {
+    fn before_texture(&mut self, ctx: &egui::Context, photo: &Arc<Photo>) -> &PhotoTexture {
         if self.before.as_ref().is_none_or(|b| !Arc::ptr_eq(&b.photo, photo)) {
-            let tex = ctx.load_texture("before", photo_image(photo), TextureOptions::LINEAR);
-            self.before = Some(PhotoTexture { photo: photo.clone(), tex });
+            self.before = Some(PhotoTexture::new(ctx, "before", photo));
         }
-        self.before.as_ref().map(|b| b.tex.clone()).expect("set above")
+        self.before.as_ref().expect("set above")
+    }
+
+    /// The photo's texture tiles (photo pixel rectangles), for tests.
+    pub fn target_tiles(&self) -> Vec<[usize; 4]> {
+        self.target.as_ref().map_or(Vec::new(), |t| t.tiles.iter().map(|t| [t.x0, t.y0, t.w, t.h]).collect())
     }
 
     /// Canvas-pixel rectangle of the target.
@@ -334,16 +381,11 @@ impl Canvas {
         let before = if o.show_before { doc.before_last_fill() } else { None };
         if let Some((photo, ext)) = before {
             // The earlier photo sat at `ext` on its own canvas, which is this canvas.
-            let tex = self.before_texture(&ctx, &photo);
-            let (bx, by) = (ext.left as f32, ext.top as f32);
-            let r = Rect::from_min_max(
-                self.view.to_screen(area, [bx, by]),
-                self.view.to_screen(area, [bx + photo.width() as f32, by + photo.height() as f32]),
-            );
-            painter.image(tex.id(), r, full_uv, Color32::WHITE);
+            let view = self.view;
+            self.before_texture(&ctx, &photo).paint(&painter, &view, area, ext.left as f32, ext.top as f32);
             label(&painter, area, "before (release \\ to see after)");
         } else if let Some(t) = &self.target {
-            painter.image(t.tex.id(), target_screen, full_uv, Color32::WHITE);
+            t.paint(&painter, &self.view, area, tx0, ty0);
             if let Some((tex, step, total)) = o.preview {
                 painter.image(tex.id(), canvas_rect, full_uv, Color32::WHITE);
                 label(&painter, area, &format!("denoising step {step} of {total}"));

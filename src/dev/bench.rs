@@ -335,15 +335,6 @@ fn bench_sampling(
     Ok(())
 }
 
-/// Progress sink for timing runs.
-struct Quiet;
-
-impl crate::engine::pipeline::Progress for Quiet {
-    fn status(&mut self, _: String) {}
-    fn learning(&mut self, _: usize, _: usize, _: f32) {}
-    fn preview(&mut self, _: usize, _: usize, _: std::sync::Arc<RgbF>) {}
-}
-
 /// The bundled demo scene scaled so that its long side is `size` (working size = size).
 fn demo_scene_at(size: usize) -> Result<crate::scene::Scene> {
     let scale = |p: crate::scene::Photo| {
@@ -418,7 +409,7 @@ fn bench_large_photo(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<
     let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() };
     let (mut total, mut first, mut detail) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.repeats.clamp(1, 3) {
-        let t = run_fill(&scene, &s, device, &mut None, &mut Quiet, &|| false)?.timings;
+        let t = run_fill(&scene, &s, device, &mut None, &mut crate::engine::pipeline::Silent, &|| false)?.timings;
         total.push(t.total_s as f64);
         first.push((t.prepare_s + t.first_preview_s) as f64);
         detail.push(t.detail_s as f64);
@@ -440,7 +431,7 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
         let (mut total, mut first) = (Vec::new(), Vec::new());
         let mut wh = (0, 0);
         for i in 0..a.repeats.clamp(1, 3) + 1 {
-            let out = run_fill(&scene, &s, device, &mut None, &mut Quiet, &|| false)?;
+            let out = run_fill(&scene, &s, device, &mut None, &mut crate::engine::pipeline::Silent, &|| false)?;
             wh = (out.working.width, out.working.height);
             if i >= 1 {
                 total.push(out.timings.total_s as f64);

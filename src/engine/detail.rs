@@ -521,13 +521,15 @@ mod tests {
             ..Default::default()
         };
         let (device, mut held) = (burn::prelude::Device::flex(), None);
-        struct Quiet;
-        impl crate::engine::pipeline::Progress for Quiet {
-            fn status(&mut self, _: String) {}
-            fn learning(&mut self, _: usize, _: usize, _: f32) {}
-            fn preview(&mut self, _: usize, _: usize, _: std::sync::Arc<RgbF>) {}
-        }
-        let out = crate::engine::pipeline::run_fill(&scene, &s, &device, &mut held, &mut Quiet, &|| false).unwrap();
+        let out = crate::engine::pipeline::run_fill(
+            &scene,
+            &s,
+            &device,
+            &mut held,
+            &mut crate::engine::pipeline::Silent,
+            &|| false,
+        )
+        .unwrap();
         let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
         let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
         let psnr = crate::eval::psnr_masked(&result, &truth, &scene.mask);

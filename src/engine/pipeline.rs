@@ -154,6 +154,15 @@ pub trait Progress {
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>);
 }
 
+/// Progress that goes nowhere (benchmarks, tests).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn status(&mut self, _: String) {}
+    fn learning(&mut self, _: usize, _: usize, _: f32) {}
+    fn preview(&mut self, _: usize, _: usize, _: Arc<RgbF>) {}
+}
+
 /// A learned model for a prepared scene: from memory, from the disk cache, or learned now.
 pub fn learn_or_load(
     p: &Prepared,
