@@ -12,12 +12,14 @@ use egui::{Color32, CursorIcon, Pos2, Rect, Sense, Stroke, StrokeKind, TextureHa
 use super::document::{Document, PixelRect};
 use crate::scene::{Extension, Photo};
 
-/// Longest side of the mask overlay's texture (it is shown downsampled on larger photos; the
-/// photo itself is tiled at full resolution).
-const MAX_TEXTURE: usize = 4096;
+/// Longest side of the mask overlay's texture (it is shown downsampled on larger photos, and
+/// rebuilt whenever the document changes, so it must stay cheap; the photo itself is tiled at
+/// full resolution).
+const MAX_TEXTURE: usize = 2048;
 /// Side of the photo's texture tiles: within every adapter's texture limit (2048 is wgpu's
-/// downlevel minimum), so a photo of any size shows its true pixels at 100 %.
-pub const TILE: usize = 2048;
+/// downlevel minimum), so a photo of any size shows its true pixels at 100 %; small enough
+/// that uploading one (4 MiB) fits in a frame when a large photo's tiles are paced.
+pub const TILE: usize = 1024;
 const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +100,10 @@ pub struct Tile {
 }
 
 impl PhotoTexture {
-    fn new(ctx: &egui::Context, name: &str, photo: &Arc<Photo>) -> PhotoTexture {
+    /// With `paced`, one tile per frame (for a thread making a camera photo's tiles: the GPU
+    /// upload happens in the frame that follows, and all of a 48 MP photo's at once took
+    /// 265 ms of one frame).
+    fn new(ctx: &egui::Context, name: &str, photo: &Arc<Photo>, paced: bool) -> PhotoTexture {
         let opts = TextureOptions { mipmap_mode: Some(egui::TextureFilter::Linear), ..TextureOptions::LINEAR };
         let (pw, ph) = (photo.width(), photo.height());
         let mut tiles = Vec::new();
@@ -108,6 +113,10 @@ impl PhotoTexture {
                 let img = photo_tile(photo, x0, y0, w, h);
                 let tex = ctx.load_texture(format!("{name}-{x0}-{y0}"), img, opts);
                 tiles.push(Tile { x0, y0, w, h, tex });
+                if paced {
+                    ctx.request_repaint();
+                    std::thread::sleep(std::time::Duration::from_millis(16));
+                }
             }
         }
         PhotoTexture { photo: photo.clone(), tiles }
@@ -156,7 +165,8 @@ fn overlay_image(doc: &Document, rect: PixelRect, k: usize) -> ([usize; 2], egui
     let (x1, y1) = (rect.x1.div_ceil(k).min(m.width.div_ceil(k)), rect.y1.div_ceil(k).min(m.height.div_ceil(k)));
     let (w, h) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
     let mut rgba = vec![0u8; w * h * 4];
-    for y in 0..h {
+    let empty = rect.x0 == 0 && rect.y0 == 0 && rect.x1 >= m.width && rect.y1 >= m.height && m.is_empty();
+    for y in (0..h).filter(|_| !empty) {
         for x in 0..w {
             let (mx, my) = (((x0 + x) * k).min(m.width - 1), ((y0 + y) * k).min(m.height - 1));
             if m.get(mx, my) {
@@ -187,6 +197,8 @@ pub struct Canvas {
     pub view: View,
     pub tool: Option<Tool>,
     target: Option<PhotoTexture>,
+    /// Tiles being made on another thread for a large photo (the one shown until they come).
+    target_coming: Option<(Arc<Photo>, crossbeam_channel::Receiver<PhotoTexture>)>,
     overlay: Option<TextureHandle>,
     /// Document revision the overlay shows, and a region still to upload.
     overlay_revision: Option<u64>,
@@ -205,6 +217,7 @@ impl Default for Canvas {
             view: View::default(),
             tool: Some(Tool::Brush),
             target: None,
+            target_coming: None,
             overlay: None,
             overlay_revision: None,
             pending: None,
@@ -221,8 +234,7 @@ impl Canvas {
     fn sync_textures(&mut self, ctx: &egui::Context, doc: &Document) {
         let stale = self.target.as_ref().is_none_or(|t| !Arc::ptr_eq(&t.photo, &doc.target));
         if stale {
-            self.target = Some(PhotoTexture::new(ctx, "target", &doc.target));
-            self.overlay = None;
+            self.refresh_target(ctx, doc);
         }
         let k = divisor(doc.target.width(), doc.target.height());
         let full = PixelRect { x0: 0, y0: 0, x1: doc.mask.width, y1: doc.mask.height };
@@ -247,9 +259,41 @@ impl Canvas {
         }
     }
 
+    /// Make the target's tiles: at once for a small photo; on another thread for a camera
+    /// photo (converting and uploading 48 MP took 0.6–0.9 s, which would freeze the window),
+    /// showing the previous texture until they arrive.
+    fn refresh_target(&mut self, ctx: &egui::Context, doc: &Document) {
+        /// Below this many pixels the tiles are made within the frame.
+        const AT_ONCE: usize = 1 << 20;
+        if doc.target.width() * doc.target.height() <= AT_ONCE {
+            self.target = Some(PhotoTexture::new(ctx, "target", &doc.target, false));
+            self.target_coming = None;
+            self.overlay = None;
+            return;
+        }
+        match &self.target_coming {
+            Some((photo, rx)) if Arc::ptr_eq(photo, &doc.target) => {
+                if let Ok(t) = rx.try_recv() {
+                    self.target = Some(t);
+                    self.target_coming = None;
+                    self.overlay = None;
+                }
+            }
+            _ => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let (ctx, photo) = (ctx.clone(), doc.target.clone());
+                std::thread::spawn(move || {
+                    let _ = tx.send(PhotoTexture::new(&ctx, "target", &photo, true));
+                    ctx.request_repaint();
+                });
+                self.target_coming = Some((doc.target.clone(), rx));
+            }
+        }
+    }
+
     fn before_texture(&mut self, ctx: &egui::Context, photo: &Arc<Photo>) -> &PhotoTexture {
         if self.before.as_ref().is_none_or(|b| !Arc::ptr_eq(&b.photo, photo)) {
-            self.before = Some(PhotoTexture::new(ctx, "before", photo));
+            self.before = Some(PhotoTexture::new(ctx, "before", photo, false));
         }
         self.before.as_ref().expect("set above")
     }
@@ -540,16 +584,22 @@ pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) ->
 }
 
 /// The part of a preview image that covers the fill region (its bounding box with a margin),
-/// and where it sits.
-pub fn fill_region_of(img: &egui::ColorImage, fill: &crate::scene::Mask) -> ([usize; 2], egui::ColorImage) {
+/// and where it sits. `fill_box` is the fill region's bounding box on a `canvas`-sized canvas
+/// (`Mask::bbox`, computed once per job: a camera photo's mask is too large to scan per frame).
+pub fn fill_region_of(
+    img: &egui::ColorImage,
+    fill_box: Option<(usize, usize, usize, usize)>,
+    canvas: (usize, usize),
+) -> ([usize; 2], egui::ColorImage) {
     let [w, h] = img.size;
-    let Some((x0, y0, x1, y1)) = fill.bbox() else {
+    let Some((x0, y0, x1, y1)) = fill_box else {
         return ([0, 0], img.clone());
     };
+    let (fw, fh) = canvas;
     // Canvas-pixel box (end exclusive) → preview pixels, with a margin covering the one-pixel
     // opaque ring of `preview_image` and filtering.
-    let (px0, py0) = ((x0 * w / fill.width).saturating_sub(2), (y0 * h / fill.height).saturating_sub(2));
-    let (px1, py1) = (((x1 * w).div_ceil(fill.width) + 2).min(w), ((y1 * h).div_ceil(fill.height) + 2).min(h));
+    let (px0, py0) = ((x0 * w / fw).saturating_sub(2), (y0 * h / fh).saturating_sub(2));
+    let (px1, py1) = (((x1 * w).div_ceil(fw) + 2).min(w), ((y1 * h).div_ceil(fh) + 2).min(h));
     let (cw, ch) = (px1 - px0, py1 - py0);
     let mut pixels = Vec::with_capacity(cw * ch);
     for y in py0..py1 {
@@ -585,7 +635,7 @@ mod tests {
                 fill.set(x, y, 1.0);
             }
         }
-        let ([x, y], part) = fill_region_of(&img, &fill);
+        let ([x, y], part) = fill_region_of(&img, fill.bbox(), (fill.width, fill.height));
         // Canvas box 30..50 × 10..20 is preview 15..25 × 5..10; one pixel of margin or more.
         assert!(x <= 14 && y <= 4 && x + part.size[0] >= 26 && y + part.size[1] >= 11, "{x},{y} {:?}", part.size);
         assert!(part.size[0] < 40 && part.size[1] < 20, "smaller than the whole preview");

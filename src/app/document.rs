@@ -282,18 +282,7 @@ impl Document {
 
     /// The scene a Fill job works on.
     pub fn scene(&self) -> Result<Scene> {
-        if !self.has_fill_region() {
-            return Err(Error::Invalid(
-                "nothing to fill: brush over what to replace (B), or drag a canvas edge outward".into(),
-            ));
-        }
-        // Shares the photos (no copy): only the mask is built here.
-        Scene::new(
-            self.target.clone(),
-            Some((self.mask.to_mask(), Path::new("painted mask"))),
-            self.extension,
-            self.refs.clone(),
-        )
+        scene_of(self.target.clone(), self.refs.clone(), &self.mask, self.extension)
     }
 
     /// Replace the target with a fill result on the extended canvas: one undo step; the mask
@@ -342,6 +331,17 @@ impl Document {
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "photo".into());
         p.with_file_name(format!("{stem}-filled.png"))
     }
+}
+
+/// The scene of a document's parts (photos shared, no copy; only the mask is built): what
+/// `Document::scene` does, callable on another thread with a copy of the mask.
+pub fn scene_of(target: Arc<Photo>, refs: Vec<Arc<Photo>>, mask: &PaintMask, extension: Extension) -> Result<Scene> {
+    if extension.is_zero() && mask.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to fill: brush over what to replace (B), or drag a canvas edge outward".into(),
+        ));
+    }
+    Scene::new(target, Some((mask.to_mask(), Path::new("painted mask"))), extension, refs)
 }
 
 #[cfg(test)]

@@ -50,12 +50,23 @@ pub struct Candidate {
     pub thumb: egui::TextureHandle,
 }
 
+/// What the person asked the engine for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Learn,
+    Fill,
+}
+
 /// The job the engine is working on.
 #[allow(clippy::large_enum_variant, reason = "one value per app, replaced once per job")]
 pub enum Running {
+    /// The job's scene is being built off the UI thread (`Task::Scene`).
+    Preparing(JobKind),
     Learn,
     Fill {
         scene: Arc<Scene>,
+        /// The fill region's bounding box on the canvas (`Mask::bbox`).
+        fill_box: Option<(usize, usize, usize, usize)>,
         settings: FillSettings,
         /// Candidates still to sample after this one.
         remaining: usize,
@@ -108,6 +119,8 @@ pub struct RealfillApp {
     pending_tasks: usize,
     /// What panels and shortcuts asked for this frame; applied at its end.
     commands: Vec<Command>,
+    /// `has_fill_region` for (target, document revision).
+    fill_region: Option<((usize, u64), bool)>,
     /// Time the UI spent building the last frames (ms, exponential average).
     frame_ms: f32,
     settings_saved: AppSettings,
@@ -175,6 +188,7 @@ impl RealfillApp {
             tasks_rx,
             pending_tasks: 0,
             commands: Vec::new(),
+            fill_region: None,
             frame_ms: 0.0,
             show_before_toggle: false,
             repaint_handle: None,
@@ -313,50 +327,84 @@ impl RealfillApp {
         Ok(s)
     }
 
-    /// The scene for a new job, unless one runs or there is nothing to fill (said in the window).
-    fn job_scene(&mut self) -> Option<Arc<Scene>> {
+    /// Start building the scene for a Learn or Fill off the UI thread; the job is submitted
+    /// when it arrives (`scene_ready`). The document is copied as it is now (photos shared).
+    fn start_job(&mut self, kind: JobKind) {
         if self.busy() {
-            return None;
+            return;
         }
-        match self.doc.as_ref()?.scene() {
-            Ok(scene) => {
-                self.learning = LearnProgress::default();
-                Some(Arc::new(scene))
-            }
+        let Some(doc) = &self.doc else { return };
+        let (target, refs, mask, extension) = (doc.target.clone(), doc.refs.clone(), doc.mask.clone(), doc.extension);
+        self.learning = LearnProgress::default();
+        self.running = Some(Running::Preparing(kind));
+        self.status = "preparing…".into();
+        self.spawn(move || {
+            let scene = document::scene_of(target, refs, &mask, extension).map(|s| {
+                let fill_box = s.mask.bbox();
+                (s, fill_box)
+            });
+            Task::Scene(kind, scene)
+        });
+    }
+
+    /// The scene for the job asked for has been built: submit it (unless it was cancelled).
+    pub(crate) fn scene_ready(&mut self, kind: JobKind, scene: tasks::SceneResult) {
+        if !matches!(self.running, Some(Running::Preparing(k)) if k == kind) {
+            return;
+        }
+        self.running = None;
+        let (scene, fill_box) = match scene {
+            Ok((s, b)) => (Arc::new(s), b),
             Err(e) => {
-                self.error(e.to_string());
-                None
+                self.status.clear();
+                return self.error(e.to_string());
+            }
+        };
+        let settings = match self.job_settings(self.settings.run.seed) {
+            Ok(s) => s,
+            Err(e) => return self.error(e.to_string()),
+        };
+        let Some(ctx) = self.repaint_handle.clone() else { return };
+        match kind {
+            JobKind::Learn => {
+                self.engine(&ctx).submit(Job::Learn { scene, settings });
+                self.running = Some(Running::Learn);
+                self.status = "learning the scene…".into();
+            }
+            JobKind::Fill => {
+                self.candidates.clear();
+                self.selected = 0;
+                self.applied_revision = None;
+                self.engine(&ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
+                let remaining = self.settings.run.clamped().candidates - 1;
+                self.running = Some(Running::Fill { scene, fill_box, settings, remaining });
+                self.status = "filling…".into();
             }
         }
     }
 
-    fn start_learn(&mut self, ctx: &egui::Context) {
-        let Some(scene) = self.job_scene() else { return };
-        let settings = match self.job_settings(self.settings.run.seed) {
-            Ok(s) => s,
-            Err(e) => return self.error(e.to_string()),
-        };
-        self.engine(ctx).submit(Job::Learn { scene, settings });
-        self.running = Some(Running::Learn);
-        self.status = "learning the scene…".into();
-    }
-
-    fn start_fill(&mut self, ctx: &egui::Context) {
-        let Some(scene) = self.job_scene() else { return };
-        let settings = match self.job_settings(self.settings.run.seed) {
-            Ok(s) => s,
-            Err(e) => return self.error(e.to_string()),
-        };
-        self.candidates.clear();
-        self.selected = 0;
-        self.applied_revision = None;
-        self.engine(ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
-        let remaining = self.settings.run.clamped().candidates - 1;
-        self.running = Some(Running::Fill { scene, settings, remaining });
-        self.status = "filling…".into();
+    /// Whether the document has anything to fill (cached per document revision: on a camera
+    /// photo the mask is tens of megabytes to scan, every frame).
+    pub fn has_fill_region(&mut self) -> bool {
+        let Some(doc) = &self.doc else { return false };
+        let key = (Arc::as_ptr(&doc.target) as usize, doc.revision);
+        match self.fill_region {
+            Some((k, v)) if k == key => v,
+            _ => {
+                let v = doc.has_fill_region();
+                self.fill_region = Some((key, v));
+                v
+            }
+        }
     }
 
     fn cancel(&mut self) {
+        if matches!(self.running, Some(Running::Preparing(_))) {
+            // The scene being built is dropped when it arrives.
+            self.running = None;
+            self.status = "cancelled; the canvas is as it was".into();
+            return;
+        }
         if let Some(e) = &self.engine
             && self.running.is_some()
         {
@@ -415,12 +463,14 @@ impl RealfillApp {
                 }
             }
         }
-        if let (Some((step, total, image)), Some(Running::Fill { scene, .. })) = (newest_preview, &self.running) {
+        if let (Some((step, total, image)), Some(Running::Fill { scene, fill_box, .. })) =
+            (newest_preview, &self.running)
+        {
             let img = canvas::preview_image(&image, &scene.mask);
             match &mut self.preview {
                 Some(p) if p.tex.size() == img.size => {
                     // Only the fill region changes between steps: upload just its rectangle.
-                    let (pos, part) = canvas::fill_region_of(&img, &scene.mask);
+                    let (pos, part) = canvas::fill_region_of(&img, *fill_box, scene.canvas_size());
                     p.tex.set_partial(pos, part, egui::TextureOptions::LINEAR);
                     p.step = step;
                     p.total = total;
@@ -435,11 +485,17 @@ impl RealfillApp {
     }
 
     fn on_fill_done(&mut self, ctx: &egui::Context, out: crate::engine::FillOutput) {
-        let Some(Running::Fill { scene, settings, remaining }) = self.running.take() else { return };
+        let Some(Running::Fill { scene, fill_box, settings, remaining }) = self.running.take() else { return };
         let seed = settings.seed;
         let seconds = out.timings.total_s;
+        // From the working-size fill: the same picture at 160 px, without scanning a camera
+        // photo on the UI thread.
+        let working = image::DynamicImage::ImageRgb32F(
+            image::ImageBuffer::from_raw(out.working.width as u32, out.working.height as u32, out.working.data.clone())
+                .expect("raster size matches its data"),
+        );
         let thumb =
-            ctx.load_texture(format!("candidate-{seed}"), thumbnail(&out.image, 160), egui::TextureOptions::LINEAR);
+            ctx.load_texture(format!("candidate-{seed}"), thumbnail(&working, 160), egui::TextureOptions::LINEAR);
         let photo =
             out.photo.unwrap_or_else(|| Arc::new(Photo::from_image(scene.target.path.clone(), out.image, None)));
         let first = self.candidates.is_empty();
@@ -460,7 +516,7 @@ impl RealfillApp {
             if let Some(e) = &self.engine {
                 e.submit(Job::Fill { scene: scene.clone(), settings: next.clone() });
             }
-            self.running = Some(Running::Fill { scene, settings: next, remaining: remaining - 1 });
+            self.running = Some(Running::Fill { scene, fill_box, settings: next, remaining: remaining - 1 });
         }
     }
 
@@ -520,8 +576,8 @@ impl RealfillApp {
             Command::OpenDialog(d) => self.open_dialog(d),
             Command::Undo => self.undo(),
             Command::Redo => self.redo(),
-            Command::Learn => self.start_learn(ctx),
-            Command::Fill => self.start_fill(ctx),
+            Command::Learn => self.start_job(JobKind::Learn),
+            Command::Fill => self.start_job(JobKind::Fill),
             Command::Cancel => self.cancel(),
             Command::PickCandidate(i) if editable => self.pick_candidate(i),
             Command::SetTool(t) => self.canvas.tool = Some(t),

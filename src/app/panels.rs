@@ -255,7 +255,7 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
             });
         });
         ui.add_space(6.0);
-        let can_run = app.doc.as_ref().is_some_and(|d| d.has_fill_region()) && !busy;
+        let can_run = app.has_fill_region() && !busy;
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(can_run, egui::Button::new("Learn"))

@@ -28,6 +28,9 @@ pub struct OpenedProject {
     pub refs: Vec<Photo>,
 }
 
+/// A job's scene and its fill region's bounding box (`Mask::bbox`).
+pub type SceneResult = Result<(crate::scene::Scene, Option<(usize, usize, usize, usize)>)>;
+
 #[allow(clippy::large_enum_variant, reason = "a few per user action, moved once through a channel")]
 pub enum Task {
     /// A dialog closed: the chosen paths (None = cancelled).
@@ -39,6 +42,9 @@ pub enum Task {
     Saved(&'static str, Result<PathBuf>),
     /// A project was saved; the target had to be written beside it first (its new path).
     ProjectSaved(Result<(PathBuf, Option<PathBuf>)>),
+    /// The scene for a Learn or Fill the person asked for (built off the UI thread: on a
+    /// camera photo the full-resolution mask takes hundreds of milliseconds).
+    Scene(super::JobKind, SceneResult),
 }
 
 const IMAGES: &[&str] = &["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif", "pnm", "ppm", "tga", "qoi"];
@@ -235,6 +241,7 @@ impl RealfillApp {
                 self.project_path = Some(path);
             }
             Task::ProjectSaved(Err(e)) => self.error(e.to_string()),
+            Task::Scene(kind, scene) => self.scene_ready(kind, scene),
         }
     }
 }
