@@ -17,7 +17,12 @@
 //!   detail counts with a confidence that falls where the working fill disagrees with the
 //!   reference's low band (the engine put something else there: a moved object, parallax it
 //!   fixed, another plane), so a reference never imprints texture on content it does not show;
-//! - elsewhere no detail (the fill stays as the engine made it).
+//! - for the rest of that weight (no reference, or one that disagrees): the photo's own detail
+//!   from where the patch engine copied the pixel's patch from the known pixels (its matches at
+//!   the working size, blended bilinearly between neighbouring working pixels like patch
+//!   voting, so no block seams);
+//! - elsewhere no detail (the scene model has no matches: its fill stays as it made it where no
+//!   reference holds).
 //!
 //! Cost grows with the hole, not the photo: every buffer here has the crop's size; the work is
 //! done in strips of rows, checking for cancellation between strips.
@@ -27,6 +32,7 @@ use rayon::prelude::*;
 use crate::align::homography::Homography;
 use crate::align::parallax::Field;
 use crate::align::{self, refine};
+use crate::diffusion::patch::KnownMatches;
 use crate::error::{Error, Result};
 use crate::scene::blur::blur;
 use crate::scene::{Mask, RgbF, Scene};
@@ -44,6 +50,20 @@ pub struct TargetWarp {
     pub reference: usize,
     pub target_to_ref: Homography,
     pub field: Option<Field>,
+}
+
+/// What the native step draws detail from besides the photo: the references as the pipeline
+/// warped them, and where the engine copied the photo's own known pixels.
+pub struct Sources<'a> {
+    /// How the references were warped into the working canvas, best first.
+    pub warps: &'a [TargetWarp],
+    /// The references at working size (the warps' coordinates).
+    pub working_refs: &'a [RgbF],
+    /// The working canvas (known pixels, the photo taken down with the pipeline's filter): the
+    /// low band of the photo wherever it is known.
+    pub canvas: &'a RgbF,
+    /// The patch engine's matches into the photo's known pixels (None for the scene model).
+    pub own: Option<&'a KnownMatches>,
 }
 
 /// A native-resolution fill of part of the canvas: `rgb` covers canvas pixels
@@ -316,13 +336,11 @@ fn sample_field(f: &Field, u: f64, v: f64) -> (f64, f64) {
 }
 
 /// The fill at the photo's resolution over the fill region's crop, or None when the photo is
-/// not much larger than the working size (the upscaled fill is then all there is). `warps`:
-/// how the references were warped into the working canvas, best first; `working_refs`: the
-/// references at working size (the warps' coordinates); `fill`: the working-size fill.
+/// not much larger than the working size (the upscaled fill is then all there is). `fill`: the
+/// working-size fill.
 pub fn native_fill(
     scene: &Scene,
-    warps: &[TargetWarp],
-    working_refs: &[RgbF],
+    sources: &Sources<'_>,
     fill: &RgbF,
     feather: f32,
     cancelled: &dyn Fn() -> bool,
@@ -359,11 +377,11 @@ pub fn native_fill(
     // The references' detail where they cover the hole, best-aligned first.
     let mut guide = RgbF::new(crop.w, crop.h);
     let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
-    for warp in warps {
+    for warp in sources.warps {
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        let (rgb, valid) = native_warp(scene, working_refs, warp, crop, scale, &target, &known);
+        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, &target, &known);
         for i in 0..crop.w * crop.h {
             if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
                 guide_ok.data[i] = 1.0;
@@ -403,13 +421,73 @@ pub fn native_fill(
                 holes += 1;
                 let c = if guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5 { conf[i] } else { 0.0 };
                 used += c as f64;
-                sub(guide.get(x, y), guide_low.get(x, y), c)
+                let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
+                // Where the reference does not hold (or does not reach): the photo's own detail
+                // from where the engine copied this pixel's patch.
+                let own = if c < 1.0 { own_detail(scene, sources, scale, crop.x0 + x, crop.y0 + y) } else { None };
+                match own {
+                    Some(d) => [0, 1, 2].map(|k| from_ref[k] + (1.0 - c) * d[k]),
+                    None => from_ref,
+                }
             };
             out.set(x, y, [0, 1, 2].map(|k| (base[k] + detail[k]).clamp(0.0, 1.0)));
         }
     }
     let reference_detail = if holes > 0 { (used / holes as f64) as f32 } else { 0.0 };
     Ok(Some(NativeFill { x0: crop.x0, y0: crop.y0, rgb: out, reference_detail }))
+}
+
+/// The photo's own detail for canvas pixel (x, y) of the hole. The engine filled each working
+/// pixel from a patch of known pixels centred at some (mx, my); each of the four working pixels
+/// around (x, y) says its detail is that of the place at the same offset from its match, at the
+/// photo's resolution (the photo less its low band: the working canvas upscaled); their
+/// bilinear blend is the answer (as patch voting: where neighbouring matches agree, the texture
+/// comes through whole; where they disagree, there is no seam at the working-pixel border).
+/// None where no neighbour copied known pixels of the photo.
+fn own_detail(scene: &Scene, sources: &Sources<'_>, scale: Scale, x: usize, y: usize) -> Option<[f32; 3]> {
+    let own = sources.own?;
+    let (u, v) = scale.to_working(x as f64, y as f64);
+    let (u, v) = (u.clamp(0.0, (own.width - 1) as f64), v.clamp(0.0, (own.height - 1) as f64));
+    let (u0, v0) = (u.floor(), v.floor());
+    let (fu, fv) = (u - u0, v - v0);
+    let (mut acc, mut wsum) = ([0.0f32; 3], 0.0f64);
+    for (du, dv, wt) in [
+        (0.0, 0.0, (1.0 - fu) * (1.0 - fv)),
+        (1.0, 0.0, fu * (1.0 - fv)),
+        (0.0, 1.0, (1.0 - fu) * fv),
+        (1.0, 1.0, fu * fv),
+    ] {
+        let (pu, pv) = ((u0 + du).min((own.width - 1) as f64), (v0 + dv).min((own.height - 1) as f64));
+        if wt <= 0.0 {
+            continue;
+        }
+        let Some((mx, my)) = own.at[pv as usize * own.width + pu as usize] else { continue };
+        let (su, sv) = (mx as f64 + (u - pu), my as f64 + (v - pv));
+        if let Some(d) = known_detail(scene, sources, scale, su, sv) {
+            for k in 0..3 {
+                acc[k] += wt as f32 * d[k];
+            }
+            wsum += wt;
+        }
+    }
+    (wsum > 1e-6).then(|| acc.map(|a| a / wsum as f32))
+}
+
+/// The photo's detail at working position (su, sv) (its nearest canvas pixel), if that pixel
+/// is a known pixel of the photo.
+fn known_detail(scene: &Scene, sources: &Sources<'_>, scale: Scale, su: f64, sv: f64) -> Option<[f32; 3]> {
+    let (sx, sy) = (((su + 0.5) * scale.sx - 0.5).round(), ((sv + 0.5) * scale.sy - 0.5).round());
+    let e = scene.extension;
+    let (tx, ty) = (sx - e.left as f64, sy - e.top as f64);
+    if tx < 0.0 || ty < 0.0 || tx >= scene.target.width() as f64 || ty >= scene.target.height() as f64 {
+        return None;
+    }
+    if scene.mask.get(sx as usize, sy as usize) >= 0.5 {
+        return None;
+    }
+    let t = scene.target.rgb.get(tx as usize, ty as usize);
+    let (lu, lv) = scale.to_working(sx, sy);
+    Some(sub(t, sources.canvas.sample(lu as f32, lv as f32), 1.0))
 }
 
 fn sub(a: [f32; 3], b: [f32; 3], weight: f32) -> [f32; 3] {
@@ -541,6 +619,33 @@ mod tests {
         assert_eq!((out.working.width, out.working.height), (128, 88));
         let smear = crate::eval::detail_ratio(&up, &truth, &scene.mask);
         assert!(smear < 0.5, "upscaled working fill: detail {smear:.2}");
+    }
+
+    #[test]
+    fn without_references_the_hole_gets_the_photos_own_texture_not_a_smear() {
+        let (mut scene, truth) = fine_scene();
+        scene.refs.clear();
+        let s = crate::engine::FillSettings {
+            engine: crate::settings::EngineKind::Patch,
+            size: 128,
+            use_cache: false,
+            ..Default::default()
+        };
+        let (device, mut held) = (burn::prelude::Device::flex(), None);
+        let out = crate::engine::pipeline::run_fill(
+            &scene,
+            &s,
+            &device,
+            &mut held,
+            &mut crate::engine::pipeline::Silent,
+            &|| false,
+        )
+        .unwrap();
+        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
+        let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
+        assert_eq!(out.reference_detail, Some(0.0), "no reference to take detail from");
+        assert!(smear < 0.5 && detail > smear + 0.3, "own detail {detail:.2}, upscaled fill {smear:.2}");
     }
 
     #[test]

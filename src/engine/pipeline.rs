@@ -290,12 +290,13 @@ pub fn run_fill(
     let ps = patch_settings(s)?;
     let levels = if t.engine == EngineKind::Patch || s.score { Some(patch_levels(&p, &cond, &ps)?) } else { None };
     let mut run = Run { device, held, progress, cancelled };
-    let out = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
+    let (out, matches) = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
     let t3 = Instant::now();
     let fill = corrected_fill(&p, &out);
     let (cw, ch) = scene.canvas_size();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
-    let native = detail::native_fill(scene, &p.warps, &p.refs, &fill, feather, cancelled)?;
+    let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, canvas: &p.canvas, own: matches.as_ref() };
+    let native = detail::native_fill(scene, &sources, &fill, feather, cancelled)?;
     t.detail_s = t3.elapsed().as_secs_f32();
     let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
     let image = composite::composite(scene, &fill, part, feather);
@@ -338,7 +339,7 @@ fn sample_working(
     levels: Option<&[patch::Level]>,
     run: &mut Run<'_>,
     t: &mut Timings,
-) -> Result<sampler::SampleOutput> {
+) -> Result<(sampler::SampleOutput, Option<patch::KnownMatches>)> {
     let (w, h) = (p.canvas.width, p.canvas.height);
     let mut first = None;
     let mut started = Instant::now();
@@ -355,7 +356,8 @@ fn sample_working(
                     progress.preview(step, total, Arc::new(RgbF::from_planar(x0, w, h)));
                 },
                 run.cancelled,
-            )?
+            )
+            .map(|(out, matches)| (out, Some(matches)))?
         }
         (EngineKind::Patch, None) => return Err(Error::Engine("the patch engine needs its levels".into())),
         _ => {
@@ -375,7 +377,8 @@ fn sample_working(
                     progress.preview(step, total, Arc::new(RgbF::from_planar(x0, w, h)));
                 },
                 run.cancelled,
-            )?
+            )
+            .map(|out| (out, None))?
         }
     };
     t.sample_s = started.elapsed().as_secs_f32();

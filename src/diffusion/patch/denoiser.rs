@@ -53,7 +53,8 @@ impl Level {
         (self.offsets[src] + y * self.sources[src].width + x) as u32
     }
 
-    fn locate(&self, key: u32) -> (usize, usize, usize) {
+    /// The source and the centre of the patch with this key.
+    pub fn locate(&self, key: u32) -> (usize, usize, usize) {
         let k = key as usize;
         let src = self.offsets.partition_point(|&o| o <= k) - 1;
         let i = k - self.offsets[src];

@@ -122,10 +122,38 @@ impl PatchSettings {
     }
 }
 
+/// Where the fill copied from the photo's own known pixels: per pixel of the finest level
+/// (the working canvas), the centre of its best source patch when that patch is of the
+/// target's known pixels (source 0), in working canvas pixels. The native-resolution step
+/// takes the photo's own detail from there where no reference covers the hole.
+#[derive(Clone, Debug, Default)]
+pub struct KnownMatches {
+    pub width: usize,
+    pub height: usize,
+    pub at: Vec<Option<(u32, u32)>>,
+}
+
+impl KnownMatches {
+    fn of(level: &Level, top: &[u32]) -> KnownMatches {
+        let (w, h) = (level.cond.width, level.cond.height);
+        let at = (0..w * h)
+            .map(|pix| {
+                let k = top[pix * TOP];
+                (k != u32::MAX && level.cond.mask[pix] >= 0.5)
+                    .then(|| level.locate(k))
+                    .filter(|&(src, _, _)| src == 0)
+                    .map(|(_, x, y)| (x as u32, y as u32))
+            })
+            .collect();
+        KnownMatches { width: w, height: h, at }
+    }
+}
+
 /// Fill coarse to fine: the coarsest level from noise, each finer level from the upsampled
 /// coarser result re-noised to `fine_alpha_bar`. `levels` finest first (`build_levels`);
 /// `opts` gives the sampler and seed (the steps come from `ps`). Previews are planar at the
-/// finest level's size, numbered across all levels.
+/// finest level's size, numbered across all levels. Also returns where the finest level
+/// copied the photo's own known pixels from.
 pub fn fill(
     mut levels: Vec<Level>,
     ps: &PatchSettings,
@@ -133,7 +161,7 @@ pub fn fill(
     device: &Device,
     preview: &mut dyn FnMut(usize, usize, &[f32]),
     cancelled: &dyn Fn() -> bool,
-) -> Result<SampleOutput> {
+) -> Result<(SampleOutput, KnownMatches)> {
     let schedule = Schedule::default();
     let total = ps.coarse_steps + ps.fine_steps * (levels.len() - 1);
     let (w, h) = (levels[0].cond.width, levels[0].cond.height);
@@ -180,7 +208,9 @@ pub fn fill(
         parent = Some((den.level, den.top));
         out = Some(res);
     }
-    out.ok_or_else(|| Error::Invalid("the patch engine has no levels".into()))
+    let out = out.ok_or_else(|| Error::Invalid("the patch engine has no levels".into()))?;
+    let matches = parent.map(|(level, top)| KnownMatches::of(&level, &top)).unwrap_or_default();
+    Ok((out, matches))
 }
 
 /// How well a filled image (planar, working size) is explained by source patches: matched
