@@ -103,8 +103,8 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Denoising steps of the scene engine. Few is better for a scene model learned in
-    /// minutes: each step adds its small errors (docs/BENCHMARKS.md: chelsea-rect 30.9 dB at 3
-    /// steps, 23.2 dB at 25). The patch engine runs its own coarse-to-fine schedule.
+    /// minutes: each step adds its small errors (measured in docs/BENCHMARKS.md). The patch
+    /// engine runs its own coarse-to-fine schedule.
     #[arg(long, default_value_t = defaults::STEPS)]
     pub steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::default())]
@@ -507,6 +507,12 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         }
         rows.push(row);
     }
+    print_eval(&rows, a.json);
+    Ok(())
+}
+
+/// The eval table (or JSON): every case, then means per mask kind.
+fn print_eval(rows: &[EvalRow], json: bool) {
     let mut kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
     kinds.sort();
     kinds.dedup();
@@ -524,28 +530,27 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
             })
         })
         .collect();
-    if a.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default()
         );
-    } else {
-        println!("{:<24} {:>9} {:>7} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "detail", "seconds");
-        for r in &rows {
-            println!("{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}", r.scene, r.psnr, r.ssim, r.detail, r.seconds);
-        }
-        for m in &means {
-            println!(
-                "{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}",
-                format!("mean {} ({})", m["kind"].as_str().unwrap_or(""), m["cases"]),
-                m["psnr"].as_f64().unwrap_or(f64::NAN),
-                m["ssim"].as_f64().unwrap_or(f64::NAN),
-                m["detail"].as_f64().unwrap_or(f64::NAN),
-                m["seconds"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
+        return;
     }
-    Ok(())
+    println!("{:<24} {:>9} {:>7} {:>7} {:>8}", "scene", "PSNR(dB)", "SSIM", "detail", "seconds");
+    for r in rows {
+        println!("{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}", r.scene, r.psnr, r.ssim, r.detail, r.seconds);
+    }
+    for m in &means {
+        println!(
+            "{:<24} {:>9.2} {:>7.3} {:>7.2} {:>8.1}",
+            format!("mean {} ({})", m["kind"].as_str().unwrap_or(""), m["cases"]),
+            m["psnr"].as_f64().unwrap_or(f64::NAN),
+            m["ssim"].as_f64().unwrap_or(f64::NAN),
+            m["detail"].as_f64().unwrap_or(f64::NAN),
+            m["seconds"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
 }
 
 fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {

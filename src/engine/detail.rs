@@ -109,6 +109,12 @@ impl Scale {
     }
 }
 
+/// Whether a canvas of this size gets native detail over a fill at this working size.
+pub fn adds_detail(canvas: (usize, usize), working: (usize, usize)) -> bool {
+    let s = (canvas.0 as f64 / working.0.max(1) as f64).max(canvas.1 as f64 / working.1.max(1) as f64);
+    s >= MIN_SCALE
+}
+
 /// The crop that native detail covers: the fill region's bounding box grown by the feather
 /// band and by the low band's filter support, inside the canvas.
 pub fn region(mask: &Mask, feather: f32, scale: Scale) -> Option<Rect> {
@@ -347,7 +353,7 @@ pub fn native_fill(
 ) -> Result<Option<NativeFill>> {
     let (cw, ch) = scene.canvas_size();
     let scale = Scale { sx: cw as f64 / fill.width as f64, sy: ch as f64 / fill.height as f64 };
-    if scale.sx.max(scale.sy) < MIN_SCALE {
+    if !adds_detail((cw, ch), (fill.width, fill.height)) {
         return Ok(None);
     }
     let Some(crop) = region(&scene.mask, feather, scale) else { return Ok(None) };

@@ -295,6 +295,9 @@ pub fn run_fill(
     let fill = corrected_fill(&p, &out);
     let (cw, ch) = scene.canvas_size();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
+    if detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height)) {
+        run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
+    }
     let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, canvas: &p.canvas, own: matches.as_ref() };
     let native = detail::native_fill(scene, &sources, &fill, feather, cancelled)?;
     t.detail_s = t3.elapsed().as_secs_f32();

@@ -570,9 +570,8 @@ mod avx512 {
 pub fn weight_grad(x: &Grid, p: &Packed, dy: &Grid) -> (Vec<f32>, Vec<f32>) {
     let (cin, cout) = (p.cin, p.cout);
     assert_eq!((x.c, dy.c), (cin, cout));
-    // gemm is faster for the wide layers (the kernel took 1.0–1.3× gemm's time over a
-    // learning step's weight gradients, chunks of 32–384 positions); the kernel wins where
-    // gemm's blocks are mostly padding (conv_out's 3 output channels: 1.8× faster).
+    // gemm is faster for the wide layers; the kernel wins where gemm's blocks are mostly
+    // padding (conv_out's 3 output channels). Measured: docs/BENCHMARKS.md.
     #[cfg(target_arch = "x86_64")]
     if cout < 16 && crate::kernels::plan().simd == Simd::Avx512 {
         return (wgrad::weight_grad(x, p, dy), bias_grad(dy));
