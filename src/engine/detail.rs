@@ -595,9 +595,8 @@ mod tests {
         (scene, truth)
     }
 
-    #[test]
-    fn native_detail_brings_back_the_texture_the_working_size_cannot_hold() {
-        let (scene, truth) = fine_scene();
+    /// A patch-engine fill of `scene` at a working size of 128, and the result as floats.
+    fn fill_at_128(scene: &Scene) -> (crate::engine::FillOutput, RgbF) {
         let s = crate::engine::FillSettings {
             engine: crate::settings::EngineKind::Patch,
             size: 128,
@@ -605,8 +604,8 @@ mod tests {
             ..Default::default()
         };
         let (device, mut held) = (burn::prelude::Device::flex(), None);
-        let out = crate::engine::pipeline::run_fill(
-            &scene,
+        let mut out = crate::engine::pipeline::run_fill(
+            scene,
             &s,
             &device,
             &mut held,
@@ -614,16 +613,23 @@ mod tests {
             &|| false,
         )
         .unwrap();
-        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let image = std::mem::replace(&mut out.image, image::DynamicImage::new_rgb8(1, 1));
+        let result = crate::scene::Photo::from_image("o.png".into(), image, None).rgb;
+        (out, result)
+    }
+
+    #[test]
+    fn native_detail_brings_back_the_texture_the_working_size_cannot_hold() {
+        let (scene, truth) = fine_scene();
+        let (out, result) = fill_at_128(&scene);
         let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
         let psnr = crate::eval::psnr_masked(&result, &truth, &scene.mask);
         assert!(out.reference_detail.unwrap_or(0.0) > 0.8, "the reference's detail was used");
         assert!((0.85..1.15).contains(&detail), "detail ratio {detail:.2} (psnr {psnr:.1})");
         assert!(psnr > 30.0, "psnr {psnr:.1}");
         // The working-size fill alone, upscaled, is a smear.
-        let up = out.working.resized(384, 256);
         assert_eq!((out.working.width, out.working.height), (128, 88));
-        let smear = crate::eval::detail_ratio(&up, &truth, &scene.mask);
+        let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
         assert!(smear < 0.5, "upscaled working fill: detail {smear:.2}");
     }
 
@@ -631,23 +637,7 @@ mod tests {
     fn without_references_the_hole_gets_the_photos_own_texture_not_a_smear() {
         let (mut scene, truth) = fine_scene();
         scene.refs.clear();
-        let s = crate::engine::FillSettings {
-            engine: crate::settings::EngineKind::Patch,
-            size: 128,
-            use_cache: false,
-            ..Default::default()
-        };
-        let (device, mut held) = (burn::prelude::Device::flex(), None);
-        let out = crate::engine::pipeline::run_fill(
-            &scene,
-            &s,
-            &device,
-            &mut held,
-            &mut crate::engine::pipeline::Silent,
-            &|| false,
-        )
-        .unwrap();
-        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let (out, result) = fill_at_128(&scene);
         let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
         let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
         assert_eq!(out.reference_detail, Some(0.0), "no reference to take detail from");
