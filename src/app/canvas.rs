@@ -165,8 +165,7 @@ fn overlay_image(doc: &Document, rect: PixelRect, k: usize) -> ([usize; 2], egui
     let (x1, y1) = (rect.x1.div_ceil(k).min(m.width.div_ceil(k)), rect.y1.div_ceil(k).min(m.height.div_ceil(k)));
     let (w, h) = (x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1));
     let mut rgba = vec![0u8; w * h * 4];
-    let empty = rect.x0 == 0 && rect.y0 == 0 && rect.x1 >= m.width && rect.y1 >= m.height && m.is_empty();
-    for y in (0..h).filter(|_| !empty) {
+    for y in 0..h {
         for x in 0..w {
             let (mx, my) = (((x0 + x) * k).min(m.width - 1), ((y0 + y) * k).min(m.height - 1));
             if m.get(mx, my) {
@@ -238,8 +237,10 @@ impl Canvas {
         }
         let k = divisor(doc.target.width(), doc.target.height());
         let full = PixelRect { x0: 0, y0: 0, x1: doc.mask.width, y1: doc.mask.height };
+        let full_size = [doc.mask.width.div_ceil(k), doc.mask.height.div_ceil(k)];
         match (&mut self.overlay, self.pending.take()) {
-            (Some(tex), Some(rect)) if self.overlay_revision.is_some() => {
+            // Painting on a full-size overlay: upload only the changed rectangle.
+            (Some(tex), Some(rect)) if self.overlay_revision.is_some() && tex.size() == full_size => {
                 let (pos, img) = overlay_image(doc, rect, k);
                 tex.set_partial(pos, img, TextureOptions::NEAREST);
                 self.overlay_revision = Some(doc.revision);
@@ -247,7 +248,13 @@ impl Canvas {
             _ => {}
         }
         if self.overlay.is_none() || self.overlay_revision != Some(doc.revision) {
-            let (_, img) = overlay_image(doc, full, k);
+            // An empty mask (after every fill) needs no full-size texture: a transparent pixel
+            // (the first stroke then makes the full one).
+            let (_, img) = if doc.mask.is_empty() {
+                ([0, 0], egui::ColorImage::new([1, 1], vec![Color32::TRANSPARENT]))
+            } else {
+                overlay_image(doc, full, k)
+            };
             self.overlay = Some(ctx.load_texture("mask", img, TextureOptions::NEAREST));
             self.overlay_revision = Some(doc.revision);
         }

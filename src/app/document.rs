@@ -13,12 +13,14 @@ use crate::scene::{Extension, Mask, Photo, Scene};
 /// except after a fill (one photo each).
 const HISTORY: usize = 100;
 
-/// The painted mask at the target's size: 1 = fill.
+/// The painted mask at the target's size: 1 = fill. It keeps its painted-pixel count, so that
+/// "is there anything to fill" costs nothing on a camera photo (the panels ask every frame).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaintMask {
     pub width: usize,
     pub height: usize,
-    pub data: Vec<u8>,
+    data: Vec<u8>,
+    painted: usize,
 }
 
 /// A pixel rectangle [x0, x1) × [y0, y1).
@@ -38,11 +40,21 @@ impl PixelRect {
 
 impl PaintMask {
     pub fn new(width: usize, height: usize) -> PaintMask {
-        PaintMask { width, height, data: vec![0; width * height] }
+        PaintMask { width, height, data: vec![0; width * height], painted: 0 }
+    }
+
+    fn from_data(width: usize, height: usize, data: Vec<u8>) -> PaintMask {
+        let painted = data.iter().filter(|&&v| v != 0).count();
+        PaintMask { width, height, data, painted }
     }
 
     pub fn from_mask(m: &Mask) -> PaintMask {
-        PaintMask { width: m.width, height: m.height, data: m.data.iter().map(|&v| u8::from(v >= 0.5)).collect() }
+        PaintMask::from_data(m.width, m.height, m.data.iter().map(|&v| u8::from(v >= 0.5)).collect())
+    }
+
+    /// One byte per pixel, row-major: 1 = fill.
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     pub fn to_mask(&self) -> Mask {
@@ -76,15 +88,16 @@ impl PaintMask {
     }
 
     pub fn from_rle(r: &RleMask) -> std::result::Result<PaintMask, String> {
-        Ok(PaintMask { width: r.width, height: r.height, data: r.decode()?.into_iter().map(u8::from).collect() })
+        Ok(PaintMask::from_data(r.width, r.height, r.decode()?.into_iter().map(u8::from).collect()))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.iter().all(|&v| v == 0)
+        self.painted == 0
     }
 
+    /// Painted pixels.
     pub fn count(&self) -> usize {
-        self.data.iter().filter(|&&v| v != 0).count()
+        self.painted
     }
 
     pub fn get(&self, x: usize, y: usize) -> bool {
@@ -117,7 +130,15 @@ impl PaintMask {
                 let t = if len2 > 0.0 { (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
                 let (cx, cy) = (a[0] + t * dx - px, a[1] + t * dy - py);
                 if cx * cx + cy * cy <= r * r {
-                    self.data[y * self.width + x] = value;
+                    let v = &mut self.data[y * self.width + x];
+                    if *v != value {
+                        if fill {
+                            self.painted += 1;
+                        } else {
+                            self.painted -= 1;
+                        }
+                        *v = value;
+                    }
                 }
             }
         }
@@ -128,10 +149,12 @@ impl PaintMask {
         for v in &mut self.data {
             *v = 1 - (*v).min(1);
         }
+        self.painted = self.data.len() - self.painted;
     }
 
     pub fn clear(&mut self) {
         self.data.fill(0);
+        self.painted = 0;
     }
 }
 
@@ -371,18 +394,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_painted_count_follows_strokes_erasing_inverting_and_clearing() {
+        let mut m = PaintMask::new(40, 30);
+        let recount = |m: &PaintMask| m.data().iter().filter(|&&v| v != 0).count();
+        m.stroke([5.0, 5.0], [30.0, 20.0], 4.0, true);
+        m.stroke([10.0, 5.0], [10.0, 25.0], 3.0, true);
+        assert!(m.count() > 100 && m.count() == recount(&m));
+        m.stroke([0.0, 10.0], [40.0, 10.0], 2.0, false);
+        assert_eq!(m.count(), recount(&m));
+        m.invert();
+        assert_eq!(m.count(), recount(&m));
+        assert!(!m.is_empty());
+        m.clear();
+        assert!(m.is_empty() && recount(&m) == 0);
+        let back = PaintMask::from_rle(&m.rle()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
     fn the_fast_run_length_encoding_equals_the_plain_one() {
         let mut rng = crate::rng::Rng::new(11);
         for (w, h) in [(1, 1), (7, 3), (64, 33), (129, 17)] {
             for density in [0.0, 0.02, 0.5, 0.98, 1.0] {
-                let mut m = PaintMask::new(w, h);
-                for v in m.data.iter_mut() {
-                    *v = u8::from(rng.range_f32(0.0, 1.0) < density);
-                }
+                let mut data: Vec<u8> = (0..w * h).map(|_| u8::from(rng.range_f32(0.0, 1.0) < density)).collect();
                 // Long uniform stretches too (what the word-wise scan skips).
                 if w * h > 40 {
-                    m.data[5..37].iter_mut().for_each(|v| *v = 1);
+                    data[5..37].iter_mut().for_each(|v| *v = 1);
                 }
+                let m = PaintMask::from_data(w, h, data);
+                assert_eq!(m.count(), m.data().iter().filter(|&&v| v != 0).count());
                 let plain = RleMask::encode(w, h, m.data.iter().map(|&v| v != 0));
                 assert_eq!(m.rle(), plain, "{w}×{h} density {density}");
             }
