@@ -14,12 +14,13 @@ use crate::scene::{Extension, Mask, Photo, Scene};
 const HISTORY: usize = 100;
 
 /// The painted mask at the target's size: 1 = fill. It keeps its painted-pixel count, so that
-/// "is there anything to fill" costs nothing on a camera photo (the panels ask every frame).
+/// "is there anything to fill" costs nothing on a camera photo (the panels ask every frame),
+/// and shares its pixels until written (a job's copy costs nothing on the UI thread).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaintMask {
     pub width: usize,
     pub height: usize,
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     painted: usize,
 }
 
@@ -40,12 +41,12 @@ impl PixelRect {
 
 impl PaintMask {
     pub fn new(width: usize, height: usize) -> PaintMask {
-        PaintMask { width, height, data: vec![0; width * height], painted: 0 }
+        PaintMask { width, height, data: Arc::new(vec![0; width * height]), painted: 0 }
     }
 
     fn from_data(width: usize, height: usize, data: Vec<u8>) -> PaintMask {
         let painted = data.iter().filter(|&&v| v != 0).count();
-        PaintMask { width, height, data, painted }
+        PaintMask { width, height, data: Arc::new(data), painted }
     }
 
     pub fn from_mask(m: &Mask) -> PaintMask {
@@ -123,6 +124,7 @@ impl PaintMask {
         let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
         let len2 = dx * dx + dy * dy;
         let value = u8::from(fill);
+        let data = Arc::make_mut(&mut self.data);
         for y in rect.y0..rect.y1 {
             for x in rect.x0..rect.x1 {
                 let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
@@ -130,7 +132,7 @@ impl PaintMask {
                 let t = if len2 > 0.0 { (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
                 let (cx, cy) = (a[0] + t * dx - px, a[1] + t * dy - py);
                 if cx * cx + cy * cy <= r * r {
-                    let v = &mut self.data[y * self.width + x];
+                    let v = &mut data[y * self.width + x];
                     if *v != value {
                         if fill {
                             self.painted += 1;
@@ -146,14 +148,14 @@ impl PaintMask {
     }
 
     pub fn invert(&mut self) {
-        for v in &mut self.data {
+        for v in Arc::make_mut(&mut self.data).iter_mut() {
             *v = 1 - (*v).min(1);
         }
         self.painted = self.data.len() - self.painted;
     }
 
     pub fn clear(&mut self) {
-        self.data.fill(0);
+        Arc::make_mut(&mut self.data).fill(0);
         self.painted = 0;
     }
 }

@@ -484,7 +484,7 @@ impl RealfillApp {
         }
     }
 
-    fn on_fill_done(&mut self, ctx: &egui::Context, out: crate::engine::FillOutput) {
+    fn on_fill_done(&mut self, ctx: &egui::Context, mut out: crate::engine::FillOutput) {
         let Some(Running::Fill { scene, fill_box, settings, remaining }) = self.running.take() else { return };
         let seed = settings.seed;
         let seconds = out.timings.total_s;
@@ -496,8 +496,13 @@ impl RealfillApp {
         );
         let thumb =
             ctx.load_texture(format!("candidate-{seed}"), thumbnail(&working, 160), egui::TextureOptions::LINEAR);
-        let photo =
-            out.photo.unwrap_or_else(|| Arc::new(Photo::from_image(scene.target.path.clone(), out.image, None)));
+        let photo = match out.photo.take() {
+            Some(p) => p,
+            None => {
+                let image = std::mem::replace(&mut out.image, image::DynamicImage::new_rgb8(1, 1));
+                Arc::new(Photo::from_image(scene.target.path.clone(), image, None))
+            }
+        };
         let first = self.candidates.is_empty();
         self.candidates.push(Candidate { seed, agreement: out.agreement, photo, thumb });
         if first && let Some(doc) = &mut self.doc {
@@ -510,6 +515,8 @@ impl RealfillApp {
         if remaining == 0 && self.candidates.len() > 1 {
             self.rank_candidates();
         }
+        // The job's full-resolution buffers (the composite, and the scene's mask after the last
+        // candidate) are freed off the UI thread: hundreds of megabytes on a camera photo.
         if remaining > 0 {
             let mut next = settings.clone();
             next.seed = seed + 1;
@@ -517,6 +524,9 @@ impl RealfillApp {
                 e.submit(Job::Fill { scene: scene.clone(), settings: next.clone() });
             }
             self.running = Some(Running::Fill { scene, fill_box, settings: next, remaining: remaining - 1 });
+            std::thread::spawn(move || drop(out));
+        } else {
+            std::thread::spawn(move || drop((out, scene)));
         }
     }
 
