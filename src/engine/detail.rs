@@ -415,28 +415,51 @@ pub fn native_fill(
     if cancelled() {
         return Err(Error::Cancelled);
     }
+    // The result, in strips of rows (rows in parallel within a strip; cancel between strips).
+    const STRIP: usize = 64;
     let mut out = RgbF::new(crop.w, crop.h);
     let (mut used, mut holes) = (0.0f64, 0usize);
-    for y in 0..crop.h {
-        for x in 0..crop.w {
-            let i = y * crop.w + x;
-            let base = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
-            let detail = if known.data[i] >= 0.5 {
-                if target_low_ok.data[i] >= 0.5 { sub(target.get(x, y), target_low.get(x, y), 1.0) } else { [0.0; 3] }
-            } else {
-                holes += 1;
-                let c = if guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5 { conf[i] } else { 0.0 };
-                used += c as f64;
-                let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
-                // Where the reference does not hold (or does not reach): the photo's own detail
-                // from where the engine copied this pixel's patch.
-                let own = if c < 1.0 { own_detail(scene, sources, scale, crop.x0 + x, crop.y0 + y) } else { None };
-                match own {
-                    Some(d) => [0, 1, 2].map(|k| from_ref[k] + (1.0 - c) * d[k]),
-                    None => from_ref,
+    for (si, strip) in out.data.chunks_mut(3 * crop.w * STRIP).enumerate() {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let rows: Vec<(f64, usize)> = strip
+            .par_chunks_mut(3 * crop.w)
+            .enumerate()
+            .map(|(r, row)| {
+                let y = si * STRIP + r;
+                let (mut used, mut holes) = (0.0f64, 0usize);
+                for x in 0..crop.w {
+                    let i = y * crop.w + x;
+                    let base = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
+                    let detail = if known.data[i] >= 0.5 {
+                        if target_low_ok.data[i] >= 0.5 {
+                            sub(target.get(x, y), target_low.get(x, y), 1.0)
+                        } else {
+                            [0.0; 3]
+                        }
+                    } else {
+                        holes += 1;
+                        let c = if guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5 { conf[i] } else { 0.0 };
+                        used += c as f64;
+                        let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
+                        // Where the reference does not hold (or does not reach): the photo's own
+                        // detail from where the engine copied this pixel's patch.
+                        let own =
+                            if c < 1.0 { own_detail(scene, sources, scale, crop.x0 + x, crop.y0 + y) } else { None };
+                        match own {
+                            Some(d) => [0, 1, 2].map(|k| from_ref[k] + (1.0 - c) * d[k]),
+                            None => from_ref,
+                        }
+                    };
+                    row[3 * x..3 * x + 3].copy_from_slice(&[0, 1, 2].map(|k| (base[k] + detail[k]).clamp(0.0, 1.0)));
                 }
-            };
-            out.set(x, y, [0, 1, 2].map(|k| (base[k] + detail[k]).clamp(0.0, 1.0)));
+                (used, holes)
+            })
+            .collect();
+        for (u, h) in rows {
+            used += u;
+            holes += h;
         }
     }
     let reference_detail = if holes > 0 { (used / holes as f64) as f32 } else { 0.0 };
@@ -642,6 +665,19 @@ mod tests {
         let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
         assert_eq!(out.reference_detail, Some(0.0), "no reference to take detail from");
         assert!(smear < 0.5 && detail > smear + 0.3, "own detail {detail:.2}, upscaled fill {smear:.2}");
+    }
+
+    #[test]
+    fn the_native_step_stops_at_a_cancel_and_is_skipped_at_the_working_size() {
+        let (scene, _) = fine_scene();
+        let working = RgbF::new(128, 88);
+        let sources = Sources { warps: &[], working_refs: &[], canvas: &working, own: None };
+        let r = native_fill(&scene, &sources, &working, 6.0, &|| true);
+        assert!(matches!(r, Err(Error::Cancelled)));
+        // A fill at (nearly) the photo's own size gets nothing added.
+        let same = RgbF::new(384, 256);
+        let sources = Sources { warps: &[], working_refs: &[], canvas: &same, own: None };
+        assert!(native_fill(&scene, &sources, &same, 2.0, &|| false).unwrap().is_none());
     }
 
     #[test]
