@@ -668,6 +668,36 @@ mod tests {
     }
 
     #[test]
+    fn the_scene_model_gets_the_photos_own_texture_too() {
+        // No matches of its own: those of its fill at zero noise (the candidate score's pass).
+        let (mut scene, truth) = fine_scene();
+        scene.refs.clear();
+        let mut s = crate::engine::FillSettings {
+            engine: crate::settings::EngineKind::SceneModel,
+            size: 128,
+            steps: 2,
+            use_cache: false,
+            spec: crate::diffusion::unet::UNetSpec { channels: vec![8, 16], emb_dim: 16 },
+            ..Default::default()
+        };
+        (s.learn.steps, s.learn.batch, s.learn.crop) = (3, 2, 16);
+        let (device, mut held) = (burn::prelude::Device::flex(), None);
+        let out = crate::engine::pipeline::run_fill(
+            &scene,
+            &s,
+            &device,
+            &mut held,
+            &mut crate::engine::pipeline::Silent,
+            &|| false,
+        )
+        .unwrap();
+        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
+        let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
+        assert!(detail > smear + 0.2, "own detail {detail:.2}, upscaled fill {smear:.2}");
+    }
+
+    #[test]
     fn the_native_step_stops_at_a_cancel_and_is_skipped_at_the_working_size() {
         let (scene, _) = fine_scene();
         let working = RgbF::new(128, 88);

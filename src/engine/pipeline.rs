@@ -288,14 +288,31 @@ pub fn run_fill(
     let cond = condition(&p);
     // The patch engine and the candidate score share one pyramid of sources.
     let ps = patch_settings(s)?;
-    let levels = if t.engine == EngineKind::Patch || s.score { Some(patch_levels(&p, &cond, &ps)?) } else { None };
+    let (cw, ch) = scene.canvas_size();
+    let adds_native = detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height));
+    let mut levels = if t.engine == EngineKind::Patch || s.score || adds_native {
+        Some(patch_levels(&p, &cond, &ps)?)
+    } else {
+        None
+    };
     let mut run = Run { device, held, progress, cancelled };
     let (out, matches) = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
-    let t3 = Instant::now();
     let fill = corrected_fill(&p, &out);
-    let (cw, ch) = scene.canvas_size();
+    // The candidate score, and for an engine without matches of its own (the scene model) the
+    // matches of its fill into the photo's known pixels, from one zero-noise patch pass.
+    let t4 = Instant::now();
+    let (agreement, matches) = match (levels.take(), matches) {
+        (Some(levels), None) if s.score || adds_native => {
+            let (a, m) = patch::agreement(levels, &fill.to_planar(), &ps, device)?;
+            (s.score.then_some(a), Some(m))
+        }
+        (Some(levels), m) if s.score => (Some(patch::agreement(levels, &fill.to_planar(), &ps, device)?.0), m),
+        (_, m) => (None, m),
+    };
+    t.score_s = t4.elapsed().as_secs_f32();
+    let t3 = Instant::now();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
-    if detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height)) {
+    if adds_native {
         run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
     }
     let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, canvas: &p.canvas, own: matches.as_ref() };
@@ -304,15 +321,6 @@ pub fn run_fill(
     let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
     let image = composite::composite(scene, &fill, part, feather);
     t.composite_s = t3.elapsed().as_secs_f32() - t.detail_s;
-    let agreement = match levels {
-        Some(levels) if s.score => {
-            let t4 = Instant::now();
-            let a = patch::agreement(levels, &fill.to_planar(), &ps, device)?;
-            t.score_s = t4.elapsed().as_secs_f32();
-            Some(a)
-        }
-        _ => None,
-    };
     t.total_s = t0.elapsed().as_secs_f32();
     // The app shows and edits results as photos; converting here keeps that work off its UI
     // thread (the command line only writes the image, so it skips the float copy).

@@ -216,8 +216,14 @@ pub fn fill(
 /// How well a filled image (planar, working size) is explained by source patches: matched
 /// coarse to fine at zero noise, the mean squared difference between each filled pixel's
 /// patch and its best source patch, as dB (higher = closer to the references). Used to rank
-/// candidates of either engine.
-pub fn agreement(mut levels: Vec<Level>, image: &[f32], ps: &PatchSettings, device: &Device) -> Result<f32> {
+/// candidates of either engine. Also returns where those best patches lie in the photo's known
+/// pixels (what the native step needs for an engine without matches of its own).
+pub fn agreement(
+    mut levels: Vec<Level>,
+    image: &[f32],
+    ps: &PatchSettings,
+    device: &Device,
+) -> Result<(f32, KnownMatches)> {
     // The image at every level, finest first.
     let mut images = vec![image.to_vec()];
     for l in 1..levels.len() {
@@ -245,7 +251,8 @@ pub fn agreement(mut levels: Vec<Level>, image: &[f32], ps: &PatchSettings, devi
         score = if n > 0 { (-10.0 * ((sum / n as f64).max(1e-10) / 4.0).log10()) as f32 } else { 99.0 };
         parent = Some((den.level, den.top));
     }
-    Ok(score)
+    let matches = parent.map(|(level, top)| KnownMatches::of(&level, &top)).unwrap_or_default();
+    Ok((score, matches))
 }
 
 #[cfg(test)]
