@@ -18,11 +18,10 @@
 //!   reference's low band (the engine put something else there: a moved object, parallax it
 //!   fixed, another plane), so a reference never imprints texture on content it does not show;
 //! - for the rest of that weight (no reference, or one that disagrees): the photo's own detail
-//!   from where the patch engine copied the pixel's patch from the known pixels (its matches at
-//!   the working size, blended bilinearly between neighbouring working pixels like patch
-//!   voting, so no block seams);
-//! - elsewhere no detail (the scene model has no matches: its fill stays as it made it where no
-//!   reference holds).
+//!   from where the fill's patch came from among the known pixels (the patch engine's matches
+//!   at the working size; for the scene model, the matches of its fill at zero noise), blended
+//!   bilinearly between neighbouring working pixels like patch voting, so no block seams;
+//! - elsewhere no detail.
 //!
 //! Cost grows with the hole, not the photo: every buffer here has the crop's size; the work is
 //! done in strips of rows, checking for cancellation between strips.
