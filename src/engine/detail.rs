@@ -625,10 +625,15 @@ mod tests {
             use_cache: false,
             ..Default::default()
         };
+        fill_with(scene, &s)
+    }
+
+    /// A fill of `scene` with `s`, and the result as floats.
+    fn fill_with(scene: &Scene, s: &crate::engine::FillSettings) -> (crate::engine::FillOutput, RgbF) {
         let (device, mut held) = (burn::prelude::Device::flex(), None);
         let mut out = crate::engine::pipeline::run_fill(
             scene,
-            &s,
+            s,
             &device,
             &mut held,
             &mut crate::engine::pipeline::Silent,
@@ -680,17 +685,7 @@ mod tests {
             ..Default::default()
         };
         (s.learn.steps, s.learn.batch, s.learn.crop) = (3, 2, 16);
-        let (device, mut held) = (burn::prelude::Device::flex(), None);
-        let out = crate::engine::pipeline::run_fill(
-            &scene,
-            &s,
-            &device,
-            &mut held,
-            &mut crate::engine::pipeline::Silent,
-            &|| false,
-        )
-        .unwrap();
-        let result = crate::scene::Photo::from_image("o.png".into(), out.image, None).rgb;
+        let (out, result) = fill_with(&scene, &s);
         let detail = crate::eval::detail_ratio(&result, &truth, &scene.mask);
         let smear = crate::eval::detail_ratio(&out.working.resized(384, 256), &truth, &scene.mask);
         assert!(detail > smear + 0.2, "own detail {detail:.2}, upscaled fill {smear:.2}");
