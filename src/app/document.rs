@@ -327,11 +327,6 @@ impl Document {
         !self.extension.is_zero() || !self.mask.is_empty()
     }
 
-    /// The scene a Fill job works on.
-    pub fn scene(&self) -> Result<Scene> {
-        scene_of(self.target.clone(), self.refs.clone(), &self.mask, self.extension)
-    }
-
     /// Replace the target with a fill result on the extended canvas: one undo step; the mask
     /// and the extension are used up.
     pub fn accept_fill(&mut self, result: Arc<Photo>) {
@@ -491,10 +486,11 @@ mod tests {
     #[test]
     fn extension_grows_the_canvas_and_counts_as_a_fill_region() {
         let mut d = Document::new(photo(100, 50));
-        assert!(!d.has_fill_region() && d.scene().is_err());
+        let scene = |d: &Document| scene_of(d.target.clone(), d.refs.clone(), &d.mask, d.extension);
+        assert!(!d.has_fill_region() && scene(&d).is_err());
         d.edit(|d| d.set_extension(extension_preset(100, 50, 1.5)));
         assert_eq!(d.canvas_size(), (150, 75));
-        let s = d.scene().unwrap();
+        let s = scene(&d).unwrap();
         assert_eq!(s.canvas_size(), (150, 75));
         assert!(d.undo() && d.canvas_size() == (100, 50));
     }

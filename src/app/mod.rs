@@ -119,8 +119,6 @@ pub struct RealfillApp {
     pending_tasks: usize,
     /// What panels and shortcuts asked for this frame; applied at its end.
     commands: Vec<Command>,
-    /// `has_fill_region` for (target, document revision).
-    fill_region: Option<((usize, u64), bool)>,
     /// Time the UI spent building the last frames (ms, exponential average).
     frame_ms: f32,
     settings_saved: AppSettings,
@@ -188,7 +186,6 @@ impl RealfillApp {
             tasks_rx,
             pending_tasks: 0,
             commands: Vec::new(),
-            fill_region: None,
             frame_ms: 0.0,
             show_before_toggle: false,
             repaint_handle: None,
@@ -383,19 +380,9 @@ impl RealfillApp {
         }
     }
 
-    /// Whether the document has anything to fill (cached per document revision: on a camera
-    /// photo the mask is tens of megabytes to scan, every frame).
-    pub fn has_fill_region(&mut self) -> bool {
-        let Some(doc) = &self.doc else { return false };
-        let key = (Arc::as_ptr(&doc.target) as usize, doc.revision);
-        match self.fill_region {
-            Some((k, v)) if k == key => v,
-            _ => {
-                let v = doc.has_fill_region();
-                self.fill_region = Some((key, v));
-                v
-            }
-        }
+    /// Whether the document has anything to fill (cheap: the mask keeps its painted count).
+    pub fn has_fill_region(&self) -> bool {
+        self.doc.as_ref().is_some_and(|d| d.has_fill_region())
     }
 
     fn cancel(&mut self) {

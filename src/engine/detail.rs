@@ -232,6 +232,14 @@ pub fn low_band(rgb: &RgbF, valid: &Mask, crop: Rect, scale: Scale) -> (RgbF, Ma
     (out, ovalid)
 }
 
+/// The photo over the crop: its pixels (holes and the extension blacked out), which are known,
+/// and which are to fill.
+struct PhotoCrop {
+    rgb: RgbF,
+    known: Mask,
+    hole: Mask,
+}
+
 /// One reference warped into the crop at its own resolution, exposure-matched to the photo's
 /// known pixels in the crop.
 fn native_warp(
@@ -240,8 +248,7 @@ fn native_warp(
     warp: &TargetWarp,
     crop: Rect,
     scale: Scale,
-    target: &RgbF,
-    known: &Mask,
+    photo: &PhotoCrop,
 ) -> (RgbF, Mask) {
     let reference = &scene.refs[warp.reference];
     let working = &working_refs[warp.reference];
@@ -263,9 +270,7 @@ fn native_warp(
             let Some((part, map)) = reference_part(&reference.rgb, &map, crop) else {
                 return (RgbF::new(crop.w, crop.h), Mask::new(crop.w, crop.h, 0.0));
             };
-            let fill =
-                Mask { width: known.width, height: known.height, data: known.data.iter().map(|v| 1.0 - v).collect() };
-            let map = refine::refine(target, &fill, &part, &map);
+            let map = refine::refine(&photo.rgb, &photo.hole, &part, &map);
             warp_cubic(&part, crop, |x, y| map.apply(x, y))
         }
         Some(field) => {
@@ -280,7 +285,7 @@ fn native_warp(
         }
     };
     let mut rgb = rgb;
-    align::match_exposure(&mut rgb, &valid, target, known);
+    align::match_exposure(&mut rgb, &valid, &photo.rgb, &photo.known);
     (rgb, valid)
 }
 
@@ -374,11 +379,13 @@ pub fn native_fill(
         height: crop.h,
         data: hole.data.iter().map(|&m| if m >= 0.5 { 0.0 } else { 1.0 }).collect(),
     };
+    let photo = PhotoCrop { rgb: target, known, hole };
+    let (target, known) = (&photo.rgb, &photo.known);
     if cancelled() {
         return Err(Error::Cancelled);
     }
     // The photo's own detail for known pixels.
-    let (target_low, target_low_ok) = low_band(&target, &known, crop, scale);
+    let (target_low, target_low_ok) = low_band(target, known, crop, scale);
     // The references' detail where they cover the hole, best-aligned first.
     let mut guide = RgbF::new(crop.w, crop.h);
     let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
@@ -386,7 +393,7 @@ pub fn native_fill(
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, &target, &known);
+        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, &photo);
         for i in 0..crop.w * crop.h {
             if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
                 guide_ok.data[i] = 1.0;
@@ -395,6 +402,14 @@ pub fn native_fill(
         }
     }
     let (guide_low, guide_low_ok) = low_band(&guide, &guide_ok, crop, scale);
+    // The working fill upscaled over the crop (the result's base, and what the reference's low
+    // band is compared with).
+    let mut up = RgbF::new(crop.w, crop.h);
+    up.data.par_chunks_mut(3 * crop.w).enumerate().for_each(|(y, row)| {
+        for x in 0..crop.w {
+            row[3 * x..3 * x + 3].copy_from_slice(&upscaled(fill, scale, crop.x0 + x, crop.y0 + y));
+        }
+    });
     // Confidence of the reference's detail: the fill and the reference's low band agree,
     // smoothed over about one working pixel so that it does not flicker pixel by pixel.
     let mut conf = vec![0.0f32; crop.w * crop.h];
@@ -404,7 +419,7 @@ pub fn native_fill(
             if guide_ok.data[i] < 0.5 || guide_low_ok.data[i] < 0.5 {
                 continue;
             }
-            let f = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
+            let f = up.get(x, y);
             let g = guide_low.get(x, y);
             let d = (0..3).map(|k| (f[k] - g[k]).abs()).sum::<f32>() / 3.0;
             *c = (-(d / AGREE_TAU).powi(2) * std::f32::consts::LN_2).exp();
@@ -430,7 +445,7 @@ pub fn native_fill(
                 let (mut used, mut holes) = (0.0f64, 0usize);
                 for x in 0..crop.w {
                     let i = y * crop.w + x;
-                    let base = upscaled(fill, scale, crop.x0 + x, crop.y0 + y);
+                    let base = up.get(x, y);
                     let detail = if known.data[i] >= 0.5 {
                         if target_low_ok.data[i] >= 0.5 {
                             sub(target.get(x, y), target_low.get(x, y), 1.0)

@@ -13,7 +13,8 @@ use crate::kernels::attention::{self, KeyPanels};
 
 /// Best matches kept per pixel for the next level.
 pub const TOP: usize = 4;
-const NULL: u32 = u32::MAX;
+/// No key (an empty slot of a best-matches list).
+pub(super) const NULL: u32 = u32::MAX;
 /// Bias of a key that must not be chosen.
 const NEVER: f32 = -1e9;
 

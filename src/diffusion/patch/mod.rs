@@ -139,7 +139,7 @@ impl KnownMatches {
         let at = (0..w * h)
             .map(|pix| {
                 let k = top[pix * TOP];
-                (k != u32::MAX && level.cond.mask[pix] >= 0.5)
+                (k != denoiser::NULL && level.cond.mask[pix] >= 0.5)
                     .then(|| level.locate(k))
                     .filter(|&(src, _, _)| src == 0)
                     .map(|(_, x, y)| (x as u32, y as u32))
