@@ -386,21 +386,8 @@ pub fn native_fill(
     }
     // The photo's own detail for known pixels.
     let (target_low, target_low_ok) = low_band(target, known, crop, scale);
-    // The references' detail where they cover the hole, best-aligned first.
-    let mut guide = RgbF::new(crop.w, crop.h);
-    let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
-    for warp in sources.warps {
-        if cancelled() {
-            return Err(Error::Cancelled);
-        }
-        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, &photo);
-        for i in 0..crop.w * crop.h {
-            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
-                guide_ok.data[i] = 1.0;
-                guide.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
-            }
-        }
-    }
+    // The references where they cover the crop, best-aligned first.
+    let (guide, guide_ok) = reference_guide(scene, sources, crop, scale, &photo, cancelled)?;
     let (guide_low, guide_low_ok) = low_band(&guide, &guide_ok, crop, scale);
     // The working fill upscaled over the crop (the result's base, and what the reference's low
     // band is compared with).
@@ -410,22 +397,7 @@ pub fn native_fill(
             row[3 * x..3 * x + 3].copy_from_slice(&upscaled(fill, scale, crop.x0 + x, crop.y0 + y));
         }
     });
-    // Confidence of the reference's detail: the fill and the reference's low band agree,
-    // smoothed over about one working pixel so that it does not flicker pixel by pixel.
-    let mut conf = vec![0.0f32; crop.w * crop.h];
-    conf.par_chunks_mut(crop.w).enumerate().for_each(|(y, row)| {
-        for (x, c) in row.iter_mut().enumerate() {
-            let i = y * crop.w + x;
-            if guide_ok.data[i] < 0.5 || guide_low_ok.data[i] < 0.5 {
-                continue;
-            }
-            let f = up.get(x, y);
-            let g = guide_low.get(x, y);
-            let d = (0..3).map(|k| (f[k] - g[k]).abs()).sum::<f32>() / 3.0;
-            *c = (-(d / AGREE_TAU).powi(2) * std::f32::consts::LN_2).exp();
-        }
-    });
-    blur(&mut conf, crop.w, crop.h, scale.sx.max(scale.sy) as f32 * 0.5);
+    let conf = reference_weight(&up, &guide_low, &guide_ok, &guide_low_ok, scale);
     if cancelled() {
         return Err(Error::Cancelled);
     }
@@ -454,7 +426,7 @@ pub fn native_fill(
                         }
                     } else {
                         holes += 1;
-                        let c = if guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5 { conf[i] } else { 0.0 };
+                        let c = conf[i];
                         used += c as f64;
                         let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
                         // Where the reference does not hold (or does not reach): the photo's own
@@ -478,6 +450,61 @@ pub fn native_fill(
     }
     let reference_detail = if holes > 0 { (used / holes as f64) as f32 } else { 0.0 };
     Ok(Some(NativeFill { x0: crop.x0, y0: crop.y0, rgb: out, reference_detail }))
+}
+
+/// The references warped into the crop at their own resolution, the best-aligned one where
+/// several cover a pixel, and where any does.
+fn reference_guide(
+    scene: &Scene,
+    sources: &Sources<'_>,
+    crop: Rect,
+    scale: Scale,
+    photo: &PhotoCrop,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(RgbF, Mask)> {
+    let mut guide = RgbF::new(crop.w, crop.h);
+    let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
+    for warp in sources.warps {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, photo);
+        for i in 0..crop.w * crop.h {
+            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
+                guide_ok.data[i] = 1.0;
+                guide.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
+            }
+        }
+    }
+    Ok((guide, guide_ok))
+}
+
+/// How much of the reference's detail each pixel takes: 1 where the upscaled fill `up` and the
+/// reference's low band agree, falling as they differ (the engine put something else there),
+/// smoothed over about one working pixel so that it does not flicker pixel by pixel; 0 where
+/// the reference or its low band is undefined.
+fn reference_weight(up: &RgbF, guide_low: &RgbF, guide_ok: &Mask, guide_low_ok: &Mask, scale: Scale) -> Vec<f32> {
+    let (w, h) = (up.width, up.height);
+    let defined = |i: usize| guide_ok.data[i] >= 0.5 && guide_low_ok.data[i] >= 0.5;
+    let mut conf = vec![0.0f32; w * h];
+    conf.par_chunks_mut(w).enumerate().for_each(|(y, row)| {
+        for (x, c) in row.iter_mut().enumerate() {
+            if !defined(y * w + x) {
+                continue;
+            }
+            let (f, g) = (up.get(x, y), guide_low.get(x, y));
+            let d = (0..3).map(|k| (f[k] - g[k]).abs()).sum::<f32>() / 3.0;
+            *c = (-(d / AGREE_TAU).powi(2) * std::f32::consts::LN_2).exp();
+        }
+    });
+    blur(&mut conf, w, h, scale.sx.max(scale.sy) as f32 * 0.5);
+    // The blur spreads weight into undefined pixels: none there.
+    for (i, c) in conf.iter_mut().enumerate() {
+        if !defined(i) {
+            *c = 0.0;
+        }
+    }
+    conf
 }
 
 /// The photo's own detail for canvas pixel (x, y) of the hole. The engine filled each working
