@@ -1,7 +1,7 @@
 //! What the person asked for this frame. Panels, menus and keyboard shortcuts push
 //! `Command`s; `RealfillApp::apply_commands` carries them out once, at the end of the frame,
 //! so every way of asking for a thing takes the same path. Shortcuts live in one table, and
-//! menus show their keys with egui's own formatting.
+//! menus show their keys with egui's own formatting (`Context::format_shortcut`).
 
 use egui::{Key, KeyboardShortcut, Modifiers};
 
@@ -74,11 +74,6 @@ pub fn pressed(ctx: &egui::Context) -> Vec<Command> {
         }
     }
     out
-}
-
-/// How a shortcut is written on this platform (e.g. "Ctrl+Z"), for menus and tooltips.
-pub fn label(ctx: &egui::Context, keys: &KeyboardShortcut) -> String {
-    ctx.format_shortcut(keys)
 }
 
 #[cfg(test)]

@@ -37,11 +37,11 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
             ui.menu_button("Edit", |ui| {
                 let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
                 let ctx = ui.ctx().clone();
-                let undo = egui::Button::new("Undo").shortcut_text(commands::label(&ctx, &commands::UNDO));
+                let undo = egui::Button::new("Undo").shortcut_text(ctx.format_shortcut(&commands::UNDO));
                 if ui.add_enabled(u, undo).clicked() {
                     app.push(Command::Undo);
                 }
-                let redo = egui::Button::new("Redo").shortcut_text(commands::label(&ctx, &commands::REDO));
+                let redo = egui::Button::new("Redo").shortcut_text(ctx.format_shortcut(&commands::REDO));
                 if ui.add_enabled(r, redo).clicked() {
                     app.push(Command::Redo);
                 }
@@ -55,7 +55,7 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
 fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
     let editable = app.doc.is_some() && !app.busy();
     let ctx = ui.ctx().clone();
-    let key = |k: &egui::KeyboardShortcut| commands::label(&ctx, k);
+    let key = |k: &egui::KeyboardShortcut| ctx.format_shortcut(k);
     ui.add_enabled_ui(editable, |ui| {
         let tool = app.canvas.tool;
         let brush = ui.selectable_label(tool == Some(Tool::Brush), "Brush");
@@ -272,7 +272,7 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
             {
                 app.push(Command::Fill);
             }
-            let esc = commands::label(ui.ctx(), &commands::CANCEL);
+            let esc = ui.ctx().format_shortcut(&commands::CANCEL);
             let cancel = egui::Button::new("Cancel");
             if ui.add_enabled(busy, cancel).on_hover_text(format!("Stop within one step ({esc})")).clicked() {
                 app.push(Command::Cancel);
