@@ -292,6 +292,11 @@ impl Driver {
                         b.finish();
                     }
                 }
+                Event::NativeTile(t) => {
+                    if !self.quiet && !tty && t.rows_done == t.rows {
+                        eprintln!("full-resolution detail done ({} rows)", t.rows);
+                    }
+                }
                 Event::Learned { cached } => {
                     if !self.quiet {
                         eprintln!(

@@ -188,6 +188,8 @@ pub struct Overlay<'a> {
     pub editable: bool,
     /// The newest preview (texture over the whole canvas of the job) and its step.
     pub preview: Option<(&'a TextureHandle, usize, usize)>,
+    /// Finished strips of the native-resolution fill, drawn over the preview.
+    pub native: &'a [NativeTexture],
     /// Show the photo as it was before the last fill.
     pub show_before: bool,
 }
@@ -439,7 +441,20 @@ impl Canvas {
             t.paint(&painter, &self.view, area, tx0, ty0);
             if let Some((tex, step, total)) = o.preview {
                 painter.image(tex.id(), canvas_rect, full_uv, Color32::WHITE);
-                label(&painter, area, &format!("denoising step {step} of {total}"));
+                for n in o.native {
+                    let [x, y] = n.pos.map(|v| v as f32);
+                    let [w, h] = n.tex.size().map(|v| v as f32);
+                    let r = Rect::from_min_max(
+                        self.view.to_screen(area, [x, y]),
+                        self.view.to_screen(area, [x + w, y + h]),
+                    );
+                    painter.image(n.tex.id(), r, full_uv, Color32::WHITE);
+                }
+                let what = match o.native.last() {
+                    Some(n) => format!("full-resolution detail: {} of {} rows", n.rows_done, n.rows),
+                    None => format!("denoising step {step} of {total}"),
+                };
+                label(&painter, area, &what);
             } else if let Some(ov) = &self.overlay {
                 painter.image(ov.id(), target_screen, full_uv, Color32::WHITE);
             }
@@ -590,6 +605,45 @@ pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) ->
     egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
 }
 
+/// A finished strip of the native-resolution fill as a texture at canvas position `pos`.
+pub struct NativeTexture {
+    pub pos: [usize; 2],
+    pub tex: TextureHandle,
+    /// Of the native crop's rows, done with this strip.
+    pub rows_done: usize,
+    pub rows: usize,
+}
+
+/// A strip of the native-resolution fill as texture images of at most `TILE` columns each, and
+/// their canvas positions: opaque in the fill region, transparent elsewhere (the feather band
+/// shows the photo until the composite arrives).
+pub fn native_tile_images(
+    tile: &crate::engine::detail::NativeTile,
+    fill: &crate::scene::Mask,
+) -> Vec<([usize; 2], egui::ColorImage)> {
+    let (w, h) = (tile.rgb.width, tile.rgb.height);
+    (0..w)
+        .step_by(TILE)
+        .map(|c0| {
+            let cw = TILE.min(w - c0);
+            let mut rgba = vec![0u8; cw * h * 4];
+            for y in 0..h {
+                for x in 0..cw {
+                    let o = 4 * (y * cw + x);
+                    let v = tile.rgb.get(c0 + x, y);
+                    for c in 0..3 {
+                        rgba[o + c] = (v[c].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
+                    }
+                    if fill.get(tile.x0 + c0 + x, tile.y0 + y) >= 0.5 {
+                        rgba[o + 3] = 255;
+                    }
+                }
+            }
+            ([tile.x0 + c0, tile.y0], egui::ColorImage::from_rgba_unmultiplied([cw, h], &rgba))
+        })
+        .collect()
+}
+
 /// The part of a preview image that covers the fill region (its bounding box with a margin),
 /// and where it sits. `fill_box` is the fill region's bounding box on a `canvas`-sized canvas
 /// (`Mask::bbox`, computed once per job: a camera photo's mask is too large to scan per frame).
@@ -646,6 +700,25 @@ mod tests {
         // Canvas box 30..50 × 10..20 is preview 15..25 × 5..10; one pixel of margin or more.
         assert!(x <= 14 && y <= 4 && x + part.size[0] >= 26 && y + part.size[1] >= 11, "{x},{y} {:?}", part.size);
         assert!(part.size[0] < 40 && part.size[1] < 20, "smaller than the whole preview");
+    }
+
+    #[test]
+    fn native_strips_are_cut_to_texture_tiles_opaque_only_in_the_fill_region() {
+        let (w, h) = (TILE + 300, 5);
+        let rgb = crate::scene::RgbF::from_fn(w, h, |x, _| [x as f32 / w as f32, 0.0, 1.0]);
+        let tile =
+            crate::engine::detail::NativeTile { x0: 10, y0: 20, rgb: std::sync::Arc::new(rgb), rows_done: 5, rows: 9 };
+        let mut fill = crate::scene::Mask::new(w + 20, 40, 0.0);
+        fill.set(10 + TILE + 1, 22, 1.0);
+        let parts = native_tile_images(&tile, &fill);
+        assert_eq!(
+            parts.iter().map(|(p, i)| (*p, i.size)).collect::<Vec<_>>(),
+            [([10, 20], [TILE, 5]), ([10 + TILE, 20], [300, 5])]
+        );
+        let second = &parts[1].1;
+        assert_eq!(second.pixels[2 * 300 + 1].a(), 255, "the fill region's pixel");
+        assert_eq!(second.pixels[2 * 300 + 2].a(), 0, "known pixels stay the photo's");
+        assert_eq!(parts[0].1.pixels.iter().filter(|p| p.a() > 0).count(), 0);
     }
 
     #[test]

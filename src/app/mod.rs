@@ -101,6 +101,10 @@ pub struct RealfillApp {
     running: Option<Running>,
     learning: LearnProgress,
     preview: Option<Preview>,
+    /// Finished strips of the native-resolution fill of the running job (after its previews):
+    /// uploaded, and still to upload (a few per frame, so frames stay short).
+    native_preview: Vec<canvas::NativeTexture>,
+    native_pending: std::collections::VecDeque<crate::engine::detail::NativeTile>,
     candidates: Vec<Candidate>,
     /// The candidate shown on the canvas, and the document revision it was applied at (a
     /// later edit makes picking another candidate a new undo step).
@@ -173,6 +177,8 @@ impl RealfillApp {
             running: None,
             learning: LearnProgress::default(),
             preview: None,
+            native_preview: Vec::new(),
+            native_pending: Default::default(),
             candidates: Vec::new(),
             selected: 0,
             applied_revision: None,
@@ -263,6 +269,10 @@ impl RealfillApp {
     }
     pub fn preview(&self) -> Option<&Preview> {
         self.preview.as_ref()
+    }
+    /// The running fill's finished native-resolution strips.
+    pub fn native_preview(&self) -> &[canvas::NativeTexture] {
+        &self.native_preview
     }
     pub fn learning(&self) -> &LearnProgress {
         &self.learning
@@ -420,7 +430,12 @@ impl RealfillApp {
                     self.learning.elapsed_s = elapsed_s;
                     self.learning.losses.push(loss);
                 }
-                Event::Preview { step, total, image } => newest_preview = Some((step, total, image)),
+                Event::Preview { step, total, image } => {
+                    newest_preview = Some((step, total, image));
+                    self.native_preview.clear();
+                    self.native_pending.clear();
+                }
+                Event::NativeTile(tile) => self.native_pending.push_back(tile),
                 Event::Learned { cached } => {
                     self.running = None;
                     self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
@@ -433,11 +448,15 @@ impl RealfillApp {
                 Event::Done(out) => {
                     newest_preview = None;
                     self.preview = None;
+                    self.native_preview.clear();
+                    self.native_pending.clear();
                     self.on_fill_done(ctx, *out);
                 }
                 Event::Failed(e) => {
                     newest_preview = None;
                     self.preview = None;
+                    self.native_preview.clear();
+                    self.native_pending.clear();
                     self.running = None;
                     self.status = "failed".into();
                     self.error(e);
@@ -445,6 +464,8 @@ impl RealfillApp {
                 Event::Cancelled { .. } => {
                     newest_preview = None;
                     self.preview = None;
+                    self.native_preview.clear();
+                    self.native_pending.clear();
                     self.running = None;
                     self.status = "cancelled; the canvas is as it was".into();
                 }
@@ -468,6 +489,36 @@ impl RealfillApp {
                 }
             }
             self.status = format!("denoising step {step} of {total}");
+        }
+        self.upload_native_strips(ctx);
+    }
+
+    /// Upload finished native-resolution strips, up to about a megabyte of texture per frame
+    /// (a camera photo's hole is tens of them, and all may arrive within one frame).
+    fn upload_native_strips(&mut self, ctx: &egui::Context) {
+        const PIXELS_PER_FRAME: usize = 1 << 18;
+        let Some(Running::Fill { scene, .. }) = &self.running else {
+            self.native_pending.clear();
+            return;
+        };
+        let mut budget = PIXELS_PER_FRAME;
+        while budget > 0
+            && let Some(tile) = self.native_pending.pop_front()
+        {
+            budget = budget.saturating_sub(tile.rgb.width * tile.rgb.height);
+            for (pos, img) in canvas::native_tile_images(&tile, &scene.mask) {
+                let tex = ctx.load_texture(format!("native-{}-{}", pos[0], pos[1]), img, egui::TextureOptions::LINEAR);
+                self.native_preview.push(canvas::NativeTexture {
+                    pos,
+                    tex,
+                    rows_done: tile.rows_done,
+                    rows: tile.rows,
+                });
+            }
+            self.status = format!("adding full-resolution detail: {} of {} rows", tile.rows_done, tile.rows);
+        }
+        if !self.native_pending.is_empty() {
+            ctx.request_repaint();
         }
     }
 
@@ -718,7 +769,12 @@ impl RealfillApp {
             let editable = self.running.is_none();
             match &mut self.doc {
                 Some(doc) => {
-                    let overlay = canvas::Overlay { editable, preview, show_before: self.show_before };
+                    let overlay = canvas::Overlay {
+                        editable,
+                        preview,
+                        native: &self.native_preview,
+                        show_before: self.show_before,
+                    };
                     self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
                 }
                 None => {

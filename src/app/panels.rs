@@ -294,12 +294,14 @@ fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
         loss_plot(ui, &l.losses);
     }
     if let (Some(Running::Fill { remaining, .. }), Some(p)) = (&app.running, &app.preview) {
-        ui.add(egui::ProgressBar::new(p.step as f32 / p.total.max(1) as f32).text(format!(
-            "denoising {}/{}{}",
-            p.step,
-            p.total,
-            if *remaining > 0 { format!(" · {remaining} more candidates") } else { String::new() }
-        )));
+        let more = if *remaining > 0 { format!(" · {remaining} more candidates") } else { String::new() };
+        let bar = match app.native_preview.last() {
+            Some(n) => egui::ProgressBar::new(n.rows_done as f32 / n.rows.max(1) as f32)
+                .text(format!("full-resolution detail {}/{} rows{more}", n.rows_done, n.rows)),
+            None => egui::ProgressBar::new(p.step as f32 / p.total.max(1) as f32)
+                .text(format!("denoising {}/{}{more}", p.step, p.total)),
+        };
+        ui.add(bar);
     }
 }
 

@@ -75,6 +75,21 @@ pub struct NativeFill {
     pub reference_detail: f32,
 }
 
+/// A finished strip of the native-resolution fill, for live previews: canvas pixels
+/// [x0, x0 + rgb.width) × [y0, y0 + rgb.height), before compositing; `rows_done` of the crop's
+/// `rows` rows are finished with it.
+#[derive(Clone)]
+pub struct NativeTile {
+    pub x0: usize,
+    pub y0: usize,
+    pub rgb: std::sync::Arc<RgbF>,
+    pub rows_done: usize,
+    pub rows: usize,
+}
+
+/// Rows of the crop computed between cancel checks and previews.
+const STRIP: usize = 64;
+
 /// A rectangle of the canvas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rect {
@@ -347,13 +362,15 @@ fn sample_field(f: &Field, u: f64, v: f64) -> (f64, f64) {
 
 /// The fill at the photo's resolution over the fill region's crop, or None when the photo is
 /// not much larger than the working size (the upscaled fill is then all there is). `fill`: the
-/// working-size fill.
+/// working-size fill; `tile` gets each strip as it is finished (cancel is checked between
+/// strips, so a cancel stops within one).
 pub fn native_fill(
     scene: &Scene,
     sources: &Sources<'_>,
     fill: &RgbF,
     feather: f32,
     cancelled: &dyn Fn() -> bool,
+    tile: &mut dyn FnMut(NativeTile),
 ) -> Result<Option<NativeFill>> {
     let (cw, ch) = scene.canvas_size();
     let scale = Scale { sx: cw as f64 / fill.width as f64, sy: ch as f64 / fill.height as f64 };
@@ -402,7 +419,6 @@ pub fn native_fill(
         return Err(Error::Cancelled);
     }
     // The result, in strips of rows (rows in parallel within a strip; cancel between strips).
-    const STRIP: usize = 64;
     let mut out = RgbF::new(crop.w, crop.h);
     let (mut used, mut holes) = (0.0f64, 0usize);
     for (si, strip) in out.data.chunks_mut(3 * crop.w * STRIP).enumerate() {
@@ -447,6 +463,15 @@ pub fn native_fill(
             used += u;
             holes += h;
         }
+        let rows_done = (si * STRIP + STRIP).min(crop.h);
+        let rgb = RgbF { width: crop.w, height: strip.len() / (3 * crop.w), data: strip.to_vec() };
+        tile(NativeTile {
+            x0: crop.x0,
+            y0: crop.y0 + si * STRIP,
+            rgb: std::sync::Arc::new(rgb),
+            rows_done,
+            rows: crop.h,
+        });
     }
     let reference_detail = if holes > 0 { (used / holes as f64) as f32 } else { 0.0 };
     Ok(Some(NativeFill { x0: crop.x0, y0: crop.y0, rgb: out, reference_detail }))
@@ -734,16 +759,34 @@ mod tests {
     }
 
     #[test]
-    fn the_native_step_stops_at_a_cancel_and_is_skipped_at_the_working_size() {
+    fn the_native_step_streams_its_strips_and_stops_within_one_at_a_cancel() {
         let (scene, _) = fine_scene();
         let working = RgbF::new(128, 88);
         let sources = Sources { warps: &[], working_refs: &[], canvas: &working, own: None };
-        let r = native_fill(&scene, &sources, &working, 6.0, &|| true);
-        assert!(matches!(r, Err(Error::Cancelled)));
+        // Whole: the strips tile the crop, top to bottom, and are the result's rows.
+        let mut tiles = Vec::new();
+        let whole = native_fill(&scene, &sources, &working, 6.0, &|| false, &mut |t| tiles.push(t)).unwrap().unwrap();
+        assert!(tiles.len() >= 2, "{} strips", tiles.len());
+        let mut y = whole.y0;
+        for t in &tiles {
+            assert_eq!((t.x0, t.y0, t.rgb.width), (whole.x0, y, whole.rgb.width));
+            assert_eq!(t.rgb.data[..], whole.rgb.data[3 * (y - whole.y0) * whole.rgb.width..][..t.rgb.data.len()]);
+            y += t.rgb.height;
+            assert_eq!(t.rows_done, y - whole.y0);
+        }
+        assert_eq!(y, whole.y0 + whole.rgb.height);
+        // A cancel raised once the first strip is out: no second strip.
+        let stop = std::cell::Cell::new(false);
+        let mut n = 0;
+        let r = native_fill(&scene, &sources, &working, 6.0, &|| stop.get(), &mut |_| {
+            n += 1;
+            stop.set(true);
+        });
+        assert!(matches!(r, Err(Error::Cancelled)) && n == 1, "{n} strips after the cancel");
         // A fill at (nearly) the photo's own size gets nothing added.
         let same = RgbF::new(384, 256);
         let sources = Sources { warps: &[], working_refs: &[], canvas: &same, own: None };
-        assert!(native_fill(&scene, &sources, &same, 2.0, &|| false).unwrap().is_none());
+        assert!(native_fill(&scene, &sources, &same, 2.0, &|| false, &mut |_| ()).unwrap().is_none());
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub enum Event {
         total: usize,
         image: Arc<RgbF>,
     },
+    /// A finished strip of the native-resolution fill of a photo much larger than the working
+    /// size, after the last `Preview` (`detail::NativeTile`: canvas position, pixels before
+    /// compositing, rows done). Not droppable: the strips together are the preview.
+    NativeTile(detail::NativeTile),
     Learned {
         cached: bool,
     },
@@ -119,6 +123,11 @@ impl pipeline::Progress for Reporter<'_> {
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>) {
         self.steps.fetch_add(1, Ordering::SeqCst);
         self.tx.send(Event::Preview { step, total, image });
+    }
+    fn native_tile(&mut self, tile: detail::NativeTile) {
+        // A strip is a step for cancelling: a cancel stops within one.
+        self.steps.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(Event::NativeTile(tile));
     }
 }
 
@@ -212,13 +221,18 @@ mod tests {
     use crate::scene::{Extension, Mask, Photo};
 
     fn tiny_scene() -> Scene {
-        let img = image::RgbImage::from_fn(48, 32, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
+        scene_of(48, 32, (10, 8, 30, 20))
+    }
+
+    /// A `w`×`h` gradient with a hole over [x0, x1) × [y0, y1).
+    fn scene_of(w: u32, h: u32, (x0, y0, x1, y1): (usize, usize, usize, usize)) -> Scene {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5 % 256) as u8, (y * 7 % 256) as u8, 90]));
         let original = image::DynamicImage::ImageRgb8(img);
-        let rgb = RgbF { width: 48, height: 32, data: original.to_rgb32f().into_raw() };
+        let rgb = RgbF { width: w as usize, height: h as usize, data: original.to_rgb32f().into_raw() };
         let target = Photo { path: "t.png".into(), original, rgb, transparent: None };
-        let mut m = Mask::new(48, 32, 0.0);
-        for y in 8..20 {
-            for x in 10..30 {
+        let mut m = Mask::new(w as usize, h as usize, 0.0);
+        for y in y0..y1 {
+            for x in x0..x1 {
                 m.set(x, y, 1.0);
             }
         }
@@ -314,5 +328,47 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn a_photo_larger_than_the_working_size_streams_native_strips_after_the_previews() {
+        // 256×192 filled at 48 px: the native step covers ≈ 170 rows, in strips of 64.
+        let settings = FillSettings {
+            engine: crate::settings::EngineKind::Patch,
+            size: 48,
+            use_cache: false,
+            ..Default::default()
+        };
+        let scene = Arc::new(scene_of(256, 192, (60, 40, 200, 150)));
+        let engine = Engine::start(BackendChoice::Cpu);
+        engine.submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
+        let (mut previews, mut strips) = (0, Vec::new());
+        loop {
+            match engine.events().recv().unwrap() {
+                Event::Preview { .. } => {
+                    assert!(strips.is_empty(), "every preview comes before the native strips");
+                    previews += 1;
+                }
+                Event::NativeTile(t) => strips.push(t.rows_done),
+                Event::Done(_) => break,
+                Event::Failed(e) => panic!("failed: {e}"),
+                Event::Cancelled { .. } => panic!("cancelled"),
+                _ => {}
+            }
+        }
+        assert!(previews > 0);
+        assert!(strips.len() >= 3 && strips.windows(2).all(|w| w[0] < w[1]), "rows done per strip: {strips:?}");
+        // A cancel at the first strip: the job stops within one more.
+        engine.submit(Job::Fill { scene, settings });
+        let (requested_after, stopped_after) = loop {
+            match engine.events().recv().unwrap() {
+                Event::NativeTile(_) => engine.cancel(),
+                Event::Cancelled { requested_after, stopped_after } => break (requested_after, stopped_after),
+                Event::Done(_) => panic!("finished despite cancel"),
+                Event::Failed(e) => panic!("failed: {e}"),
+                _ => {}
+            }
+        };
+        assert!(stopped_after <= requested_after + 1, "{} strips after the request", stopped_after - requested_after);
     }
 }

@@ -152,6 +152,8 @@ pub trait Progress {
     fn status(&mut self, msg: String);
     fn learning(&mut self, step: usize, total: usize, loss: f32);
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>);
+    /// A finished strip of the native-resolution fill (after the working-size previews).
+    fn native_tile(&mut self, _tile: detail::NativeTile) {}
 }
 
 /// Progress that goes nowhere (benchmarks, tests).
@@ -316,7 +318,7 @@ pub fn run_fill(
         run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
     }
     let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, canvas: &p.canvas, own: matches.as_ref() };
-    let native = detail::native_fill(scene, &sources, &fill, feather, cancelled)?;
+    let native = detail::native_fill(scene, &sources, &fill, feather, cancelled, &mut |t| run.progress.native_tile(t))?;
     t.detail_s = t3.elapsed().as_secs_f32();
     let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
     let image = composite::composite(scene, &fill, part, feather);
