@@ -8,9 +8,10 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::engine::budget;
 use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job};
 use crate::error::{Error, Result};
-use crate::scene::io::{load_mask, load_photo, same_file, save_atomic};
+use crate::scene::io::{image_size, load_mask, load_photo, load_reference, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
 use crate::settings::{EngineKind, RunSettings, SamplerKind, defaults};
 
@@ -57,7 +58,7 @@ pub struct SceneArgs {
     #[arg(long)]
     pub mask: Option<PathBuf>,
     /// Grow the canvas by L,T,R,B pixels (outpainting); the new border is filled.
-    #[arg(long, value_name = "L,T,R,B")]
+    #[arg(long, value_name = "L,T,R,B", allow_hyphen_values = true)]
     pub extend: Option<String>,
     /// Reference photos of the same scene (one or more; the flag may repeat).
     #[arg(long = "ref", num_args = 1.., value_name = "REF")]
@@ -115,7 +116,10 @@ pub struct SampleArgs {
 pub struct FillArgs {
     #[command(flatten)]
     pub scene: SceneArgs,
-    /// Where to write the result (PNG or JPEG by extension). Never one of the inputs.
+    /// Where to write the result, in the format its extension names (.png, .jpg, .webp, .tif,
+    /// .bmp, .gif, .ppm, .tga, .qoi, .ico). Never one of the inputs; an existing regular file
+    /// is replaced, a symbolic link is written through (the file it points to gets the result),
+    /// devices, pipes and sockets are refused.
     #[arg(long)]
     pub out: PathBuf,
     /// Sample K candidates (seeds S, S+1, …), ranked by how well their filled patches are
@@ -176,8 +180,34 @@ pub fn scene_paths(a: &SceneArgs) -> Result<ScenePaths> {
     Ok(ScenePaths { target, mask: a.mask.clone(), refs: a.refs.clone(), extension })
 }
 
-pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene> {
+/// Load the scene's files. `learning`: the job's batch, crop and working size when it learns
+/// the scene model.
+/// The job is checked against the memory budget (`engine::budget`) from the target and the
+/// references' headers before they are decoded; references are downscaled as they load.
+pub fn load_scene(
+    p: &ScenePaths,
+    learning: Option<(usize, usize, usize)>,
+    warn: &mut dyn FnMut(String),
+) -> Result<Scene> {
     let target = load_photo(&p.target)?;
+    let canvas = p.extension.canvas(target.width(), target.height());
+    if canvas.0 as u64 * canvas.1 as u64 > crate::scene::io::MAX_PIXELS {
+        // Scene::new says so with the numbers; say it before reading the references.
+        return Scene::new(target, None, p.extension, vec![]);
+    }
+    let mut ref_paths: Vec<&PathBuf> = Vec::new();
+    for (i, r) in p.refs.iter().enumerate() {
+        if same_file(r, &p.target) {
+            warn(format!("{}: this reference is the target itself; it adds nothing and is skipped", r.display()));
+        } else if p.refs[..i].iter().any(|q| same_file(q, r)) {
+            warn(format!("{}: given twice; using it once", r.display()));
+        } else {
+            ref_paths.push(r);
+        }
+    }
+    let refs_kept = ref_paths.iter().filter_map(|r| image_size(r)).map(|s| budget::reference_size(s, canvas)).collect();
+    let learning = learning.map(|(batch, crop, size)| budget::learning(batch, crop, canvas, size));
+    budget::check(&budget::Demand { canvas, refs: refs_kept, learning })?;
     let mask = match &p.mask {
         Some(m) => Some((load_mask(m)?, m.as_path())),
         None => None,
@@ -185,22 +215,18 @@ pub fn load_scene(p: &ScenePaths, warn: &mut dyn FnMut(String)) -> Result<Scene>
     if target.transparent.is_some() {
         warn(format!("{}: transparent pixels are treated as part of the fill region", p.target.display()));
     }
-    let mut refs = Vec::new();
-    for (i, r) in p.refs.iter().enumerate() {
-        if same_file(r, &p.target) {
-            warn(format!("{}: this reference is the target itself; it adds nothing and is skipped", r.display()));
-            continue;
-        }
-        if p.refs[..i].iter().any(|q| same_file(q, r)) {
-            warn(format!("{}: given twice; using it once", r.display()));
-            continue;
-        }
-        refs.push(Arc::new(load_photo(r)?));
-    }
+    let long_side = budget::reference_long_side(canvas);
+    let refs = ref_paths.iter().map(|r| load_reference(r, long_side).map(Arc::new)).collect::<Result<Vec<_>>>()?;
     if refs.is_empty() {
         warn("no reference photos: the fill learns only from the target's known pixels".into());
     }
     Scene::new(target, mask, p.extension, refs)
+}
+
+/// The learning batch, crop and working size when a job with these settings learns the scene
+/// model.
+fn learning_of(s: &FillSettings, learns: bool) -> Option<(usize, usize, usize)> {
+    (learns || s.engine.resolve() == EngineKind::SceneModel).then_some((s.learn.batch, s.learn.crop, s.size))
 }
 
 /// A job's settings from the flags (validated in `FillSettings::apply_run`).
@@ -292,6 +318,7 @@ impl Driver {
                         b.finish();
                     }
                 }
+                Event::Warning(w) => eprintln!("warning: {w}"),
                 Event::NativeTile(t) => {
                     if !self.quiet && !tty && t.rows_done == t.rows {
                         eprintln!("full-resolution detail done ({} rows)", t.rows);
@@ -328,13 +355,7 @@ fn check_output(out: &Path, p: &ScenePaths) -> Result<()> {
             ));
         }
     }
-    if out.is_dir() {
-        return Err(Error::output(out, "is a folder; give a file name such as result.png"));
-    }
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::output(out, format!("folder {} does not exist; create it first", dir.display())));
-    }
+    crate::scene::io::check_output_path(out)?;
     Ok(())
 }
 
@@ -355,7 +376,11 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
         check_output(&candidate_path(&a.out, rank), &paths)?;
     }
     let quiet = a.model.quiet;
-    let scene = Arc::new(load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?);
+    let scene = Arc::new(load_scene(&paths, learning_of(&s, false), &mut |w| eprintln!("warning: {w}"))?);
+    let (cw, ch) = scene.canvas_size();
+    for rank in 0..a.candidates {
+        crate::scene::io::check_output_size(&candidate_path(&a.out, rank), cw, ch)?;
+    }
     let driver = Driver::new(a.model.backend, quiet);
     let mut outs = Vec::new();
     for k in 0..a.candidates {
@@ -421,8 +446,8 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
         ));
     }
     let paths = scene_paths(&a.scene)?;
-    let scene = load_scene(&paths, &mut |w| eprintln!("warning: {w}"))?;
     let s = settings(&a.model, defaults::STEPS, SamplerKind::default(), defaults::CANDIDATES)?;
+    let scene = load_scene(&paths, learning_of(&s, true), &mut |w| eprintln!("warning: {w}"))?;
     let driver = Driver::new(a.model.backend, a.model.quiet);
     let t = Instant::now();
     driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;
@@ -460,64 +485,106 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     }
     let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, defaults::CANDIDATES)?;
     let driver = Driver::new(a.model.backend, a.model.quiet || a.json);
-    let mut rows = Vec::new();
+    let (mut rows, mut errors) = (Vec::new(), Vec::new());
+    // Every scene that can be scored is; a bad one is named with its reason and the run goes on.
     for d in dirs {
         let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let kind = name.rsplit('-').next().unwrap_or("").to_string();
-        let paths = ScenePaths {
-            target: d.join("target.png"),
-            mask: Some(d.join("mask.png")),
-            refs: crate::scene::demo::list_files(&d.join("refs")).unwrap_or_default(),
-            extension: Extension::default(),
-        };
-        let scene = load_scene(&paths, &mut |_| {})?;
-        let truth = load_photo(&d.join("truth.png"))?;
-        let mask = scene.mask.clone();
-        let t = Instant::now();
-        let out = driver
-            .run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?
-            .ok_or_else(|| Error::Engine("no result".into()))?;
-        let secs = t.elapsed().as_secs_f32();
-        let result = crate::scene::RgbF {
-            width: out.image.width() as usize,
-            height: out.image.height() as usize,
-            data: out.image.to_rgb32f().into_raw(),
-        };
-        if let Some(sdir) = &a.save {
-            save_atomic(&out.image, &sdir.join(format!("{name}.png")))?;
+        match eval_scene(&d, &name, &s, &driver, a.save.as_deref()) {
+            Ok(row) => {
+                if !a.json {
+                    eprintln!(
+                        "{:<22} PSNR {:6.2} dB  SSIM {:.3}  detail {:.2}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
+                        row.scene,
+                        row.psnr,
+                        row.ssim,
+                        row.detail,
+                        row.seconds,
+                        row.aligned_refs,
+                        100.0 * row.guide_coverage
+                    );
+                }
+                rows.push(row);
+            }
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => {
+                if !a.json {
+                    eprintln!("{name:<22} not scored: {e}");
+                }
+                errors.push(EvalError { scene: name, error: e.to_string() });
+            }
         }
-        let row = EvalRow {
-            psnr: crate::eval::psnr_masked(&result, &truth.rgb, &mask),
-            ssim: crate::eval::ssim_masked(&result, &truth.rgb, &mask),
-            detail: crate::eval::detail_ratio(&result, &truth.rgb, &mask),
-            scene: name,
-            kind,
-            engine: out.timings.engine,
-            seconds: secs,
-            learn_seconds: out.timings.learn_s,
-            aligned_refs: out.aligned_refs,
-            guide_coverage: out.guide_coverage,
-        };
-        if !a.json {
-            eprintln!(
-                "{:<22} PSNR {:6.2} dB  SSIM {:.3}  detail {:.2}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
-                row.scene,
-                row.psnr,
-                row.ssim,
-                row.detail,
-                row.seconds,
-                row.aligned_refs,
-                100.0 * row.guide_coverage
-            );
-        }
-        rows.push(row);
     }
-    print_eval(&rows, a.json);
+    print_eval(&rows, &errors, a.json);
+    if !errors.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} of {} scenes could not be scored: {}",
+            errors.len(),
+            errors.len() + rows.len(),
+            errors.iter().map(|e| e.scene.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
     Ok(())
 }
 
+#[derive(serde::Serialize)]
+struct EvalError {
+    scene: String,
+    error: String,
+}
+
+/// Fill one scene folder and score it against its truth.png.
+fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Option<&Path>) -> Result<EvalRow> {
+    let kind = name.rsplit('-').next().unwrap_or("").to_string();
+    let paths = ScenePaths {
+        target: d.join("target.png"),
+        mask: Some(d.join("mask.png")),
+        refs: crate::scene::demo::list_files(&d.join("refs")).unwrap_or_default(),
+        extension: Extension::default(),
+    };
+    let scene = load_scene(&paths, learning_of(s, false), &mut |_| {})?;
+    let truth_path = d.join("truth.png");
+    let truth = load_photo(&truth_path)?;
+    let (cw, ch) = scene.canvas_size();
+    if (truth.width(), truth.height()) != (cw, ch) {
+        return Err(Error::input(
+            &truth_path,
+            format!(
+                "truth is {}×{} but the target is {cw}×{ch}; the truth must have the target's size",
+                truth.width(),
+                truth.height()
+            ),
+        ));
+    }
+    let mask = scene.mask.clone();
+    let t = Instant::now();
+    let out = driver
+        .run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?
+        .ok_or_else(|| Error::Engine("no result".into()))?;
+    let secs = t.elapsed().as_secs_f32();
+    let result = crate::scene::RgbF {
+        width: out.image.width() as usize,
+        height: out.image.height() as usize,
+        data: out.image.to_rgb32f().into_raw(),
+    };
+    if let Some(sdir) = save {
+        save_atomic(&out.image, &sdir.join(format!("{name}.png")))?;
+    }
+    Ok(EvalRow {
+        psnr: crate::eval::psnr_masked(&result, &truth.rgb, &mask),
+        ssim: crate::eval::ssim_masked(&result, &truth.rgb, &mask),
+        detail: crate::eval::detail_ratio(&result, &truth.rgb, &mask),
+        scene: name.to_string(),
+        kind,
+        engine: out.timings.engine,
+        seconds: secs,
+        learn_seconds: out.timings.learn_s,
+        aligned_refs: out.aligned_refs,
+        guide_coverage: out.guide_coverage,
+    })
+}
+
 /// The eval table (or JSON): every case, then means per mask kind.
-fn print_eval(rows: &[EvalRow], json: bool) {
+fn print_eval(rows: &[EvalRow], errors: &[EvalError], json: bool) {
     let mut kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
     kinds.sort();
     kinds.dedup();
@@ -538,7 +605,8 @@ fn print_eval(rows: &[EvalRow], json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means })).unwrap_or_default()
+            serde_json::to_string_pretty(&serde_json::json!({ "cases": rows, "means": means, "errors": errors }))
+                .unwrap_or_default()
         );
         return;
     }

@@ -17,5 +17,6 @@ pub mod rng;
 pub mod scene;
 pub mod settings;
 pub mod switches;
+pub mod tempfiles;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = realfill::cli::Cli::parse();
+    realfill::tempfiles::cleanup_on_signals();
     if let Err(e) = realfill::switches::init() {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;

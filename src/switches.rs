@@ -11,6 +11,7 @@
 //! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
 //! | `REALFILL_DEBUG_PARALLAX=1` | print each guide's parallax check |
 //! | `REALFILL_FRAME_LOG=1` | the app prints every frame's time |
+//! | `REALFILL_MEMORY_GIB=6` | the memory budget a job must fit (default: ¾ of the machine's memory; `engine::budget`) |
 //! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; unknown fields are an error when a fill starts) |
 
 use std::sync::OnceLock;
@@ -25,6 +26,8 @@ pub struct Switches {
     pub profile: bool,
     pub debug_parallax: bool,
     pub frame_log: bool,
+    /// The memory budget in GiB, instead of ¾ of the machine's memory.
+    pub memory_gib: Option<f64>,
     /// Fields of `PatchSettings` to override.
     pub patch: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -56,7 +59,19 @@ impl Switches {
                 Err(e) => return Err(Error::Invalid(format!("REALFILL_PATCH={text:?}: not JSON ({e})"))),
             },
         };
+        let memory_gib = match get("REALFILL_MEMORY_GIB").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(g) if g.is_finite() && g > 0.0 => Some(g),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "REALFILL_MEMORY_GIB={v:?}: give the budget in GiB, a number above 0 such as 6"
+                    )));
+                }
+            },
+        };
         Ok(Switches {
+            memory_gib,
             burn_cpu: f("REALFILL_BURN_CPU")?,
             tensor_attention: f("REALFILL_TENSOR_ATTENTION")?,
             no_avx512: f("REALFILL_NO_AVX512")?,

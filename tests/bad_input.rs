@@ -89,18 +89,64 @@ fn write(s: &Scene, name: &str, bytes: &[u8]) -> PathBuf {
     f
 }
 
-/// A PNG header (signature + IHDR with a correct CRC) claiming `w`×`h`, and nothing else.
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    fn crc32(data: &[u8]) -> u32 {
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+/// PNG's chunk checksum.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A zlib stream that inflates to `n` zero bytes, written by hand (one fixed-Huffman block:
+/// a literal zero, then copies of 258 bytes at distance 1, 13 bits each).
+fn zlib_zeros(n: usize) -> Vec<u8> {
+    struct Bits(Vec<u8>, u32, u32);
+    impl Bits {
+        fn put(&mut self, value: u32, len: u32) {
+            for i in 0..len {
+                self.1 |= ((value >> i) & 1) << self.2;
+                self.2 += 1;
+                if self.2 == 8 {
+                    self.0.push(self.1 as u8);
+                    (self.1, self.2) = (0, 0);
+                }
             }
         }
-        !c
+        /// A Huffman code: most significant bit first.
+        fn code(&mut self, code: u32, len: u32) {
+            for i in (0..len).rev() {
+                self.put((code >> i) & 1, 1);
+            }
+        }
     }
+    let mut b = Bits(vec![0x78, 0x01], 0, 0);
+    b.put(1, 1); // last block
+    b.put(1, 2); // fixed Huffman codes
+    let (copies, rest) = ((n - 1) / 258, (n - 1) % 258);
+    b.code(0x30, 8); // literal 0
+    for _ in 0..copies {
+        b.code(0xC5, 8); // length 258 (symbol 285)
+        b.code(0, 5); // distance 1
+    }
+    for _ in 0..rest {
+        b.code(0x30, 8);
+    }
+    b.code(0, 7); // end of block
+    let mut out = b.0;
+    if b.2 > 0 {
+        out.push(b.1 as u8);
+    }
+    // Adler-32 of n zeros: a = 1, b = n (mod 65521).
+    out.extend(((((n % 65521) as u32) << 16) | 1).to_be_bytes());
+    out
+}
+
+/// A PNG header (signature + IHDR with a correct CRC) claiming `w`×`h`, and nothing else.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut chunk = b"IHDR".to_vec();
     chunk.extend(w.to_be_bytes());
@@ -323,7 +369,183 @@ fn rows() -> Vec<Row> {
             },
             expect: Expect::Error(&["out.png", "is a folder"]),
         },
+        // --- hostile input and limits (issue 16) ---
+        Row {
+            name: "output is a named pipe",
+            setup: |s| {
+                let fifo = s.dir.join("pipe.png");
+                assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+                args(s, &s.target, Some(&s.mask), &[&s.reference], &fifo)
+            },
+            expect: Expect::Error(&["pipe.png", "named pipe", "regular file"]),
+        },
+        Row {
+            name: "output is a socket",
+            setup: |s| {
+                let sock = s.dir.join("sock.png");
+                std::mem::forget(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+                args(s, &s.target, Some(&s.mask), &[&s.reference], &sock)
+            },
+            expect: Expect::Error(&["sock.png", "socket", "regular file"]),
+        },
+        Row {
+            name: "output is a dangling symbolic link",
+            setup: |s| {
+                let link = s.dir.join("link.png");
+                std::os::unix::fs::symlink(s.dir.join("gone/nothing.png"), &link).unwrap();
+                args(s, &s.target, Some(&s.mask), &[&s.reference], &link)
+            },
+            expect: Expect::Error(&["link.png", "symbolic link", "does not exist"]),
+        },
+        Row {
+            name: "output with an unknown extension",
+            setup: |s| args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("out.txt")),
+            expect: Expect::Error(&["out.txt", "does not write .txt", "PNG (.png)"]),
+        },
+        Row {
+            name: "output without an extension",
+            setup: |s| args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("out")),
+            expect: Expect::Error(&["out", "no extension", "PNG (.png)"]),
+        },
+        Row {
+            name: "output in a format this build cannot write (AVIF)",
+            setup: |s| args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("out.avif")),
+            expect: Expect::Error(&["out.avif", "does not write .avif"]),
+        },
+        Row {
+            name: "output in a format this build cannot write (OpenEXR)",
+            setup: |s| args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("out.exr")),
+            expect: Expect::Error(&["out.exr", "does not write .exr"]),
+        },
+        Row {
+            name: "ICO output wider than 256 pixels",
+            setup: |s| {
+                let mut a = args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("out.ico"));
+                a.extend(["--extend".into(), "0,0,200,0".into()]);
+                a
+            },
+            expect: Expect::Error(&["out.ico", "280×56", "at most 256×256"]),
+        },
+        Row {
+            name: "GIF output from a 16-bit target",
+            setup: |s| {
+                let t16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(80, 56, |x, y| {
+                    let p = pattern(x, y, 0).0;
+                    image::Rgb(p.map(|c| c as u16 * 257))
+                });
+                let f = s.dir.join("t16.png");
+                t16.save(&f).unwrap();
+                args(s, &f, Some(&s.mask), &[&s.reference], &s.dir.join("out.gif"))
+            },
+            expect: Expect::Ok(&[]),
+        },
+        Row {
+            name: "output name longer than file systems allow",
+            setup: |s| {
+                args(s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join(format!("{}.png", "n".repeat(296))))
+            },
+            expect: Expect::Error(&["300 bytes long", "shorter name"]),
+        },
+        Row {
+            name: "a leftover temporary file of a killed run is removed",
+            setup: |s| {
+                // Written by a process that no longer runs (above the kernel's pid_max).
+                write(s, ".out.png.tmp-4194400", b"half a png");
+                std_args(s)
+            },
+            expect: Expect::Ok(&[]),
+        },
+        Row {
+            name: "an extension whose canvas is above the pixel limit",
+            setup: |s| {
+                let mut a = std_args(s);
+                a.extend(["--extend".into(), "20000,20000,20000,20000".into()]);
+                a
+            },
+            expect: Expect::Error(&["40080×40056", "limit of 120 MP", "extend it less"]),
+        },
+        Row {
+            name: "a negative extension",
+            setup: |s| {
+                let mut a = std_args(s);
+                a.extend(["--extend".into(), "-10,0,0,0".into()]);
+                a
+            },
+            expect: Expect::Error(&["-10,0,0,0", "cannot be negative"]),
+        },
+        Row {
+            name: "a mask turned by its EXIF orientation",
+            setup: |s| {
+                let m = image::RgbImage::from_fn(80, 56, |x, y| {
+                    image::Rgb([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }; 3])
+                });
+                let f = write(s, "mask-rotated.jpg", &jpeg_rotated(&m));
+                args(s, &s.target, Some(&f), &[&s.reference], &s.dir.join("out.png"))
+            },
+            expect: Expect::Error(&["mask-rotated.jpg", "turned by 90°", "EXIF orientation"]),
+        },
+        Row {
+            name: "a mask painted red instead of white",
+            setup: |s| {
+                let m = image::RgbImage::from_fn(80, 56, |x, y| {
+                    image::Rgb(if (28..52).contains(&x) && (20..36).contains(&y) { [255, 0, 0] } else { [0, 0, 0] })
+                });
+                let f = s.dir.join("mask-red.png");
+                m.save(&f).unwrap();
+                args(s, &s.target, Some(&f), &[&s.reference], &s.dir.join("out.png"))
+            },
+            expect: Expect::Error(&["mask-red.png", "painted in colour", "in white"]),
+        },
+        Row {
+            name: "a device as a reference",
+            setup: |s| args(s, &s.target, Some(&s.mask), &[Path::new("/dev/zero")], &s.dir.join("out.png")),
+            expect: Expect::Error(&["/dev/zero", "is a device", "regular image file"]),
+        },
+        Row {
+            name: "a PNG whose ICC profile inflates to 256 MiB",
+            setup: |s| {
+                let f = s.dir.join("icc-bomb.png");
+                std::fs::write(&f, icc_bomb(&std::fs::read(&s.target).unwrap(), 256 << 20)).unwrap();
+                args(s, &f, Some(&s.mask), &[&s.reference], &s.dir.join("out.png"))
+            },
+            expect: Expect::Ok(&[]),
+        },
+        Row {
+            name: "a learning crop far above any image",
+            setup: |s| {
+                let mut a = std_args(s);
+                a.extend(["--crop".into(), "1000000".into()]);
+                a
+            },
+            expect: Expect::Error(&["--crop 1000000", "16 to 512"]),
+        },
+        Row {
+            name: "a learning batch of 2^64 − 1",
+            setup: |s| {
+                let mut a = std_args(s);
+                a.extend(["--batch".into(), "18446744073709551615".into()]);
+                a
+            },
+            expect: Expect::Error(&["--batch 18446744073709551615", "1 to 64"]),
+        },
     ]
+}
+
+/// `png` (a PNG file) with an iCCP chunk after its header whose profile inflates to `size`
+/// bytes of zeros (compressed, a thousandth of that).
+fn icc_bomb(png: &[u8], size: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zlib_zeros(size);
+    let mut data = b"icc\0\0".to_vec();
+    data.append(&mut z);
+    let mut chunk = b"iCCP".to_vec();
+    chunk.extend(&data);
+    let mut out = png[..33].to_vec(); // signature and IHDR
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(&chunk);
+    out.extend(crc32(&chunk).to_be_bytes());
+    out.write_all(&png[33..]).unwrap();
+    out
 }
 
 #[test]
@@ -336,7 +558,8 @@ fn every_mistake_gets_one_clear_message_and_nothing_is_lost() {
         let inputs: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&s.dir)
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
+            // Leftover temporary files are not inputs: they must go (checked below).
+            .filter(|p| p.is_file() && !p.to_string_lossy().contains(".tmp-"))
             .map(|p| {
                 let b = std::fs::read(&p).unwrap();
                 (p, b)
@@ -635,4 +858,199 @@ fn a_malformed_measuring_switch_is_named_before_any_work() {
     assert!(!o.status.success() && err.contains("REALFILL_PATCH: unknown field \"pach\""), "{err}");
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+// --- hostile input and limits (issue 16): what the table's harness cannot express ---
+
+/// Run `realfill ARGS` with the cache in the scene's folder; (success, stderr).
+fn run(s: &Scene, args: &[String], env: &[(&str, &str)]) -> (bool, String) {
+    let mut c = bin();
+    c.env("REALFILL_CACHE", s.dir.join("cache")).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_symbolic_link_as_output_is_written_through_and_stays_a_link() {
+    let s = scene("symlink");
+    let real = s.dir.join("real.png");
+    std::fs::write(&real, b"old").unwrap();
+    let link = s.dir.join("link.png");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut a = strings(&["fill", "--engine", "patch", "--size", "80", "--backend", "cpu", "--quiet"]);
+    a.extend(args(&s, &s.target, Some(&s.mask), &[&s.reference], &link));
+    let (ok, err) = run(&s, &a, &[]);
+    assert!(ok, "{err}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is still a link");
+    let img = image::open(&real).expect("the file it points to holds the result");
+    assert_eq!((img.width(), img.height()), (80, 56));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn output_problems_are_found_before_any_work() {
+    // The scene model with a learning run of minutes: a refusal after the work had started
+    // would show "working size" (and take minutes).
+    let s = scene("early");
+    let long = format!("{}.png", "n".repeat(296));
+    for (out, extra, says) in [
+        ("out.avif", "0,0,0,0", "does not write .avif"),
+        ("out.exr", "0,0,0,0", "does not write .exr"),
+        ("out.ico", "0,0,200,0", "at most 256×256"),
+        (long.as_str(), "0,0,0,0", "300 bytes long"),
+    ] {
+        let mut a = strings(&["fill", "--engine", "scene", "--learn-steps", "100000", "--backend", "cpu"]);
+        a.extend(args(&s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join(out)));
+        a.extend(["--extend".into(), extra.into()]);
+        let (ok, err) = run(&s, &a, &[]);
+        assert!(!ok && err.contains(says), "{out}: {err}");
+        assert!(!err.contains("working size"), "{out}: refused only after the work began: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn jobs_above_the_memory_budget_are_refused_with_what_to_lower() {
+    let s = scene("budget");
+    let budget = [("REALFILL_MEMORY_GIB", "0.5")];
+    // Learning at the largest batch and crop.
+    let mut a = strings(&["learn", "--batch", "64", "--crop", "512", "--size", "512", "--backend", "cpu"]);
+    a.extend(args(&s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("x.png"))[..6].to_vec());
+    let (ok, err) = run(&s, &a, &budget);
+    assert!(!ok && err.contains("memory budget of 0.5 GiB") && err.contains("lower --batch or --crop"), "{err}");
+    // A canvas extended to 100 MP.
+    let mut a = strings(&["fill", "--engine", "patch", "--backend", "cpu", "--extend", "5000,5000,5000,5000"]);
+    a.extend(std_args(&s));
+    let (ok, err) = run(&s, &a, &budget);
+    assert!(!ok && err.contains("extend the canvas less"), "{err}");
+    assert!(!s.dir.join("out.png").exists());
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_is_a_warning_and_old_leftovers_go() {
+    let s = scene("cache");
+    let mut a =
+        strings(&["learn", "--learn-steps", "2", "--batch", "1", "--crop", "16", "--size", "64", "--backend", "cpu"]);
+    a.extend(args(&s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("x.png"))[..6].to_vec());
+    // REALFILL_CACHE names a regular file: no folder can be made there.
+    let file = write(&s, "not-a-folder", b"x");
+    let (ok, err) = run(&s, &a, &[("REALFILL_CACHE", &p(&file))]);
+    assert!(ok, "learning still succeeds: {err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("could not be cached") && l.contains("not-a-folder")),
+        "{err}"
+    );
+    // A leftover of a killed run's cache write is removed by the next one that saves there.
+    let scenes = s.dir.join("cache/scenes");
+    std::fs::create_dir_all(&scenes).unwrap();
+    let stale = scenes.join("0123abcd.tmp-4194400.bpk");
+    std::fs::write(&stale, b"half a model").unwrap();
+    let (ok, err) = run(&s, &a, &[]);
+    assert!(ok, "{err}");
+    assert!(!stale.exists(), "the leftover was removed");
+    let names: Vec<String> =
+        std::fs::read_dir(&scenes).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.len() == 1 && names[0].ends_with(".bpk") && !names[0].contains(".tmp-"), "{names:?}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn eval_scores_every_scene_it_can_and_names_the_others() {
+    let s = scene("eval");
+    let root = s.dir.join("scenes");
+    let make = |name: &str, truth: Option<(u32, u32)>| {
+        let d = root.join(name);
+        std::fs::create_dir_all(d.join("refs")).unwrap();
+        std::fs::copy(&s.target, d.join("target.png")).unwrap();
+        std::fs::copy(&s.mask, d.join("mask.png")).unwrap();
+        std::fs::copy(&s.reference, d.join("refs/ref.png")).unwrap();
+        if let Some((w, h)) = truth {
+            image::RgbImage::from_fn(w, h, |x, y| pattern(x, y, 0)).save(d.join("truth.png")).unwrap();
+        }
+    };
+    make("a-good-rect", Some((80, 56)));
+    make("b-small-truth-rect", Some((8, 8)));
+    make("c-no-truth-rect", None);
+    let base = strings(&["eval", &p(&root), "--engine", "patch", "--size", "80", "--backend", "cpu"]);
+    let (ok, err) = run(&s, &base, &[]);
+    assert!(!ok, "a failed scene makes the run fail: {err}");
+    assert!(err.contains("a-good-rect") && err.contains("PSNR"), "{err}");
+    assert!(err.contains("truth is 8×8 but the target is 80×56"), "{err}");
+    assert!(err.contains("c-no-truth-rect") && err.contains("truth.png") && err.contains("not found"), "{err}");
+    assert!(err.contains("2 of 3 scenes could not be scored"), "{err}");
+    // --json: valid JSON on stdout with the scored case and an errors list.
+    let o = bin().env("REALFILL_CACHE", s.dir.join("cache")).args(&base).arg("--json").output().unwrap();
+    assert!(!o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("valid JSON");
+    assert_eq!(v["cases"].as_array().unwrap().len(), 1);
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["scene"], "b-small-truth-rect");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn bench_refuses_arguments_it_cannot_measure_with() {
+    let s = scene("bench");
+    for (arg, value, says) in [
+        ("--batch", "0", "--batch 0"),
+        ("--crop", "0", "--crop 0"),
+        ("--crop", "1000000", "--crop 1000000"),
+        ("--sizes", "100000", "--sizes 100000"),
+        ("--sizes", "0", "--sizes 0"),
+        ("--repeats", "0", "--repeats 0"),
+        ("--photo-mp", "5000", "--photo-mp 5000"),
+        ("--hole-mp", "0", "--hole-mp 0"),
+    ] {
+        let mut a = strings(&["bench", "--backend", "cpu", "--repeats", "1", "--sizes", "64", "--photo-mp", "1"]);
+        // clap refuses a repeated flag: replace the base value.
+        if let Some(i) = a.iter().position(|x| x == arg) {
+            a[i + 1] = value.into();
+        } else {
+            a.extend([arg.into(), value.into()]);
+        }
+        let (ok, err) = run(&s, &a, &[]);
+        assert!(!ok && !err.contains("panicked"), "{arg} {value}: {err}");
+        assert!(err.lines().any(|l| l.starts_with("error: ") && l.contains(says)), "{arg} {value}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_a_run_without_leftovers() {
+    for (sig, code) in [("TERM", 143), ("INT", 130)] {
+        let s = scene(&format!("signal-{sig}"));
+        let mut child = bin()
+            .env("REALFILL_CACHE", s.dir.join("cache"))
+            .args(["fill", "--engine", "scene", "--size", "80", "--backend", "cpu", "--learn-steps", "100000"])
+            .args(std_args(&s))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut lines = std::io::BufRead::lines(stderr).map_while(|l| l.ok());
+        assert!(lines.any(|l| l.contains("working size")), "the fill started");
+        assert!(Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{sig}: exit status 128 + the signal");
+        let rest: Vec<String> = lines.collect();
+        assert!(rest.iter().any(|l| l.contains("interrupted; nothing was written")), "{rest:?}");
+        let mut names = Vec::new();
+        for d in [s.dir.clone(), s.dir.join("cache/scenes")] {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                names.extend(rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()));
+            }
+        }
+        assert!(!names.iter().any(|n| n.contains(".tmp-") || n == "out.png"), "{names:?}");
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
 }

@@ -424,6 +424,7 @@ impl RealfillApp {
                     self.backend = Some(description);
                 }
                 Event::Status(s) => self.status = s,
+                Event::Warning(w) => self.warn(w),
                 Event::Learning { step, total, loss, elapsed_s } => {
                     self.learning.step = step;
                     self.learning.total = total;
@@ -687,7 +688,7 @@ impl RealfillApp {
         if let Some(project) = files.iter().find(|f| is_project(f)) {
             self.spawn(tasks::open_project(project.clone()));
         } else if on_refs {
-            self.spawn(tasks::load_refs(files));
+            self.spawn(tasks::load_refs(files, self.doc.as_ref().map(|d| d.canvas_size())));
         } else {
             let mut it = files.into_iter();
             if let Some(t) = it.next() {
@@ -695,7 +696,7 @@ impl RealfillApp {
             }
             let rest: Vec<PathBuf> = it.collect();
             if !rest.is_empty() {
-                self.spawn(tasks::load_refs(rest));
+                self.spawn(tasks::load_refs(rest, self.doc.as_ref().map(|d| d.canvas_size())));
             }
         }
     }

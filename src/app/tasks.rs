@@ -9,7 +9,7 @@ use super::RealfillApp;
 use super::document::{Document, PaintMask};
 use crate::error::{Error, Result};
 use crate::scene::Photo;
-use crate::scene::io::{load_photo, same_file, save_atomic};
+use crate::scene::io::{load_photo, load_reference, same_file, save_atomic};
 use crate::scene::project::Project;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +76,11 @@ pub fn load_target(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
     move || Task::Target(load_photo(&path))
 }
 
-pub fn load_refs(paths: Vec<PathBuf>) -> impl FnOnce() -> Task + Send + 'static {
-    move || Task::References(paths.iter().map(|p| load_photo(p)).collect())
+/// Load references, downscaled to what a fill of a `canvas`-sized photo uses
+/// (`budget::reference_long_side`; any size while no photo is open).
+pub fn load_refs(paths: Vec<PathBuf>, canvas: Option<(usize, usize)>) -> impl FnOnce() -> Task + Send + 'static {
+    let long_side = canvas.map(crate::engine::budget::reference_long_side).unwrap_or(usize::MAX);
+    move || Task::References(paths.iter().map(|p| load_reference(p, long_side)).collect())
 }
 
 pub fn open_project(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
@@ -110,7 +113,9 @@ pub fn open_project(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
                     ),
                 ));
             }
-            let refs = project.references.iter().map(|r| load_photo(r)).collect::<Result<Vec<_>>>()?;
+            let canvas = project.extension.canvas(target.width(), target.height());
+            let long_side = crate::engine::budget::reference_long_side(canvas);
+            let refs = project.references.iter().map(|r| load_reference(r, long_side)).collect::<Result<Vec<_>>>()?;
             Ok(OpenedProject { path: path.clone(), project, target, refs })
         })())
     }
@@ -191,7 +196,10 @@ impl RealfillApp {
                 let first = paths[0].clone();
                 match kind {
                     Dialog::OpenPhoto => self.spawn(load_target(first)),
-                    Dialog::AddReferences => self.spawn(load_refs(paths)),
+                    Dialog::AddReferences => {
+                        let canvas = self.doc.as_ref().map(|d| d.canvas_size());
+                        self.spawn(load_refs(paths, canvas))
+                    }
                     Dialog::OpenProject => self.spawn(open_project(first)),
                     Dialog::SaveProject => self.save_project(with_extension(first, crate::scene::project::EXTENSION)),
                     Dialog::Export => self.export(with_extension(first, "png")),

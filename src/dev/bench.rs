@@ -16,7 +16,7 @@ use crate::diffusion::schedule::Schedule;
 use crate::diffusion::train::{TrainingSource, make_batch};
 use crate::diffusion::unet::{IN_CHANNELS, TIME_FEATURES, UNet, UNetSpec, forward_macs};
 use crate::engine::device::{self, BackendChoice};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::scene::{Mask, RgbF};
 
@@ -47,6 +47,45 @@ pub struct BenchArgs {
     /// Megapixels of its hole.
     #[arg(long, default_value_t = 0.6)]
     pub hole_mp: f64,
+}
+
+impl BenchArgs {
+    /// Refuse values the measurements cannot run with (the same limits as a fill's flags, and
+    /// the memory budget), naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(1..=1000).contains(&self.repeats) {
+            return bad(format!("--repeats {}: give 1 to 1000", self.repeats));
+        }
+        if self.sizes.is_empty() {
+            return bad("--sizes: give at least one working size, such as 384".into());
+        }
+        for &size in &self.sizes {
+            let run = crate::settings::RunSettings {
+                size,
+                steps: self.steps,
+                learn_steps: self.learn_steps,
+                batch: self.batch,
+                crop: self.crop,
+                ..Default::default()
+            };
+            run.validate().map_err(|e| Error::Invalid(e.to_string().replace("--size ", "--sizes ")))?;
+        }
+        let max_mp = crate::scene::io::MAX_PIXELS as f64 / 1e6;
+        if !(self.photo_mp == 0.0 || (1.0..=max_mp).contains(&self.photo_mp)) {
+            return bad(format!("--photo-mp {}: give 0 (skip the large photo) or 1 to {max_mp}", self.photo_mp));
+        }
+        if self.photo_mp > 0.0 && !(self.hole_mp > 0.0 && self.hole_mp <= self.photo_mp / 2.0) {
+            return bad(format!("--hole-mp {}: give above 0 and at most half of --photo-mp", self.hole_mp));
+        }
+        let side = |mp: f64| ((mp * 1e6 / 12.0).sqrt() * 4.0) as usize;
+        let largest = self.sizes.iter().copied().max().unwrap_or(0);
+        crate::engine::budget::check(&crate::engine::budget::Demand {
+            canvas: (side(self.photo_mp).max(largest), (side(self.photo_mp) * 3 / 4).max(largest)),
+            refs: vec![(side(self.photo_mp), side(self.photo_mp) * 3 / 4)],
+            learning: Some((self.batch, self.crop)),
+        })
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -501,6 +540,7 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    a.validate()?;
     let mut backends: Vec<(Device, String)> =
         vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
     let gpus: Vec<_> = device::adapters();

@@ -75,18 +75,17 @@ pub fn load(path: &Path, spec: &UNetSpec, device: &Device) -> (Option<UNet>, Opt
     }
 }
 
-/// Save atomically (temporary file, then rename).
+/// Save atomically (temporary file, then rename); leftovers of killed runs are removed first.
 pub fn save(model: &UNet, path: &Path) -> Result<(), String> {
     let dir = path.parent().ok_or("bad checkpoint path")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp-{}.bpk", std::process::id()));
-    model.clone().save_file(&tmp).map_err(|e| format!("cannot save {}: {e}", tmp.display()))?;
-    // burnpack may append its extension; find what was written.
-    let written = if tmp.exists() { tmp.clone() } else { tmp.with_extension("bpk") };
-    std::fs::rename(&written, path).map_err(|e| {
-        let _ = std::fs::remove_file(&written);
-        format!("cannot save {}: {e}", path.display())
-    })
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+    crate::tempfiles::remove_stale_models(dir);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // Created (empty) here so that a signal's cleanup knows it; burn then writes it.
+    let (tmp, _) = crate::tempfiles::Temp::create(dir.join(format!("{stem}.tmp-{}.bpk", std::process::id())))
+        .map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
+    model.clone().save_file(tmp.path()).map_err(|e| format!("cannot save {}: {e}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| format!("cannot save {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! reported, so `Event::Cancelled` says how many steps ran after the request (at most one).
 //! A panic inside a job is caught and reported as `Event::Failed`; the worker keeps serving.
 
+pub mod budget;
 pub mod detail;
 pub mod device;
 pub mod pipeline;
@@ -38,6 +39,8 @@ pub enum Event {
         warning: Option<String>,
     },
     Status(String),
+    /// Something the person should know although the job goes on.
+    Warning(String),
     Learning {
         step: usize,
         total: usize,
@@ -123,6 +126,9 @@ impl pipeline::Progress for Reporter<'_> {
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>) {
         self.steps.fetch_add(1, Ordering::SeqCst);
         self.tx.send(Event::Preview { step, total, image });
+    }
+    fn warning(&mut self, msg: String) {
+        self.tx.send(Event::Warning(msg));
     }
     fn native_tile(&mut self, tile: detail::NativeTile) {
         // A strip is a step for cancelling: a cancel stops within one.

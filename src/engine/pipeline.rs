@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 
+use super::budget;
 use super::detail::{self, TargetWarp};
 pub use super::settings::FillSettings;
 use crate::align::parallax::Field;
@@ -154,6 +155,11 @@ pub trait Progress {
     fn preview(&mut self, step: usize, total: usize, image: Arc<RgbF>);
     /// A finished strip of the native-resolution fill (after the working-size previews).
     fn native_tile(&mut self, _tile: detail::NativeTile) {}
+    /// Something the person should know although the job goes on (a cache that could not be
+    /// written).
+    fn warning(&mut self, msg: String) {
+        self.status(msg)
+    }
 }
 
 /// Progress that goes nowhere (benchmarks, tests).
@@ -195,13 +201,17 @@ pub fn learn_or_load(
     // Weight initialisation draws from the backend's generator: seed it for reproducibility.
     ad.seed(s.learn.seed);
     let model = UNet::new(&s.spec, &ad);
+    let mut learn = s.learn.clone();
+    learn.crop = budget::learning_crop(learn.crop, (p.canvas.width, p.canvas.height));
     let model =
-        train::learn(model, &p.sources, &s.learn, &ad, &mut |st, tot, l| progress.learning(st, tot, l), cancelled)?;
+        train::learn(model, &p.sources, &learn, &ad, &mut |st, tot, l| progress.learning(st, tot, l), cancelled)?;
     let model = model.valid();
     if s.use_cache
         && let Err(e) = checkpoint::save(&model, &path)
     {
-        progress.status(format!("could not cache the scene model: {e}"));
+        progress.warning(format!(
+            "the scene model was learned but could not be cached, so the next fill learns again: {e}"
+        ));
     }
     *held = Some((p.key.clone(), model.clone()));
     Ok((model, false))
@@ -276,6 +286,7 @@ pub fn run_fill(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<FillOutput> {
     let t0 = Instant::now();
+    check_budget(scene, s, false)?;
     let p = prepare(scene, s)?;
     let aligned = p.alignments.iter().filter(|a| a.is_some()).count();
     let coverage = guide_cover_in_mask(&p);
@@ -440,6 +451,16 @@ fn guide_cover_in_mask(p: &Prepared) -> f32 {
     c as f32 / n.max(1) as f32
 }
 
+/// Refuse a job that would not fit the memory budget (`budget`), before any work.
+fn check_budget(scene: &Scene, s: &FillSettings, learns: bool) -> Result<()> {
+    let learns = learns || s.engine.resolve() == EngineKind::SceneModel;
+    budget::check(&budget::Demand {
+        canvas: scene.canvas_size(),
+        refs: scene.refs.iter().map(|r| (r.width(), r.height())).collect(),
+        learning: learns.then(|| budget::learning(s.learn.batch, s.learn.crop, scene.canvas_size(), s.size)),
+    })
+}
+
 pub fn run_learn(
     scene: &Scene,
     s: &FillSettings,
@@ -448,6 +469,7 @@ pub fn run_learn(
     progress: &mut dyn Progress,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<bool> {
+    check_budget(scene, s, true)?;
     let p = prepare(scene, s)?;
     let (_, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
     Ok(cached)

@@ -6,10 +6,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, Pixel};
 
 use super::raster::{Mask, RgbF};
 use crate::error::{Error, Result};
+use crate::tempfiles;
 
 /// Largest photo we accept, in pixels (a 12000×9000 photo is 108 MP). Above this the decoded
 /// float copies alone would pass several GiB; the message says to downscale first.
@@ -44,6 +45,20 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     if meta.is_dir() {
         return Err(Error::input(path, "is a folder, not an image file"));
     }
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let kind = if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_fifo() {
+            "a named pipe (FIFO)"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        };
+        return Err(Error::input(path, format!("is {kind}, not a regular image file")));
+    }
     if meta.len() == 0 {
         return Err(Error::input(path, "file is empty (0 bytes); export the image again"));
     }
@@ -75,7 +90,7 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     }
     let mut reader = reader;
     let mut limits = Limits::default();
-    limits.max_alloc = Some(4 << 30);
+    limits.max_alloc = Some(alloc_limit(path, sniffed));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| describe_decode_error(path, e))?;
     let (w, h) = decoder.dimensions();
@@ -96,6 +111,35 @@ fn decode(path: &Path) -> Result<DynamicImage> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| describe_decode_error(path, e))?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// What the decoder may allocate for `path`: for a PNG, eight times its pixels' size (from the
+/// header) and 64 MiB for metadata, so that a compressed metadata chunk (an ICC profile
+/// inflating to gigabytes) cannot take more; for other formats, what the largest accepted
+/// photo needs.
+fn alloc_limit(path: &Path, format: Option<image::ImageFormat>) -> u64 {
+    const METADATA: u64 = 64 << 20;
+    const LARGEST: u64 = MAX_PIXELS * 8 + METADATA;
+    if format != Some(image::ImageFormat::Png) {
+        return LARGEST;
+    }
+    let mut head = [0u8; 26];
+    let read = fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    if read.is_err() || &head[12..16] != b"IHDR" {
+        return LARGEST;
+    }
+    let (w, h) =
+        (u32::from_be_bytes(head[16..20].try_into().unwrap()), u32::from_be_bytes(head[20..24].try_into().unwrap()));
+    // Channels by colour type (grey, RGB, palette, grey+alpha, RGBA), bytes per sample by depth.
+    let channels: u64 = match head[25] {
+        2 => 3,
+        4 => 2,
+        6 => 4,
+        _ => 1,
+    };
+    let bytes = (w as u64 * h as u64).saturating_mul(channels * if head[24] == 16 { 2 } else { 1 });
+    // A palette or grey image may be expanded to RGB(A) by the decoder.
+    bytes.saturating_mul(8).min(LARGEST).saturating_add(METADATA)
 }
 
 fn describe_decode_error(path: &Path, e: image::ImageError) -> Error {
@@ -151,13 +195,53 @@ impl Photo {
     }
 }
 
+/// The size a photo file says it has (its header only; before EXIF orientation), if it can be
+/// read: to check a job against the memory budget before decoding anything.
+pub fn image_size(path: &Path) -> Option<(usize, usize)> {
+    if !fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let (w, h) = ImageReader::open(path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()?;
+    Some((w as usize, h as usize))
+}
+
+/// Load a reference photo, downscaled when its long side is above `long_side` (before its
+/// float copy is made: a 24 MP reference of a small target costs what the engines use).
+pub fn load_reference(path: &Path, long_side: usize) -> Result<Photo> {
+    let img = decode(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let img = if w.max(h) > long_side {
+        let s = long_side as f64 / w.max(h) as f64;
+        let (nw, nh) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
+        img.resize_exact(nw, nh, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    };
+    Ok(Photo::from_image(path.to_path_buf(), img, None))
+}
+
 /// Load a mask: white (≥ 128 of 255, after converting to grey) = fill, black = keep.
 /// Grey values are thresholded at 128; alpha, if any, is ignored.
+/// A mask painted in a colour rather than white (nothing reaches grey 128, but some pixel has
+/// a bright channel) is refused with a message saying so: pure red reads as grey 54.
 pub fn load_mask(path: &Path) -> Result<Mask> {
     let img = decode(path)?;
     let l = img.to_luma8();
     let (w, h) = (l.width() as usize, l.height() as usize);
-    let data = l.pixels().map(|p| if p[0] >= 128 { 1.0 } else { 0.0 }).collect();
+    let data: Vec<f32> = l.pixels().map(|p| if p[0] >= 128 { 1.0 } else { 0.0 }).collect();
+    if !data.contains(&1.0) && img.color().has_color() {
+        let rgb = img.to_rgb8();
+        if let Some(p) = rgb.pixels().find(|p| p.0.iter().any(|&c| c >= 128)) {
+            let grey = image::Rgb(p.0).to_luma().0[0];
+            return Err(Error::input(
+                path,
+                format!(
+                    "mask has nothing to fill: it is painted in colour (rgb {},{},{} reads as grey {grey}, and a mask fills where grey is 128 or more); paint the region to replace in white",
+                    p.0[0], p.0[1], p.0[2]
+                ),
+            ));
+        }
+    }
     Ok(Mask { width: w, height: h, data })
 }
 
@@ -177,35 +261,156 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Encode `img` in the format the path's extension names (PNG when unknown) and write it
-/// atomically: a temporary file in the same folder, synced, then renamed over the target.
-pub fn save_atomic(img: &DynamicImage, path: &Path) -> Result<()> {
-    let format = image::ImageFormat::from_path(path).unwrap_or(image::ImageFormat::Png);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+/// The formats results can be written in, by file name extension.
+pub const WRITABLE: &str = "PNG (.png), JPEG (.jpg), WebP (.webp), TIFF (.tif), BMP (.bmp), GIF (.gif), PNM (.ppm), \
+                            TGA (.tga), QOI (.qoi), ICO (.ico)";
+
+/// The format `path`'s extension names, if realfill writes it.
+pub fn output_format(path: &Path) -> Result<image::ImageFormat> {
+    use image::ImageFormat::*;
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    match image::ImageFormat::from_path(path) {
+        Ok(f @ (Png | Jpeg | WebP | Tiff | Bmp | Gif | Pnm | Tga | Qoi | Ico)) => Ok(f),
+        _ => Err(Error::output(
+            path,
+            match ext {
+                Some(e) => format!("realfill does not write .{e} files; use one of {WRITABLE}"),
+                None => format!("the name has no extension to say the format; use one of {WRITABLE}"),
+            },
+        )),
+    }
+}
+
+/// Whether the format keeps 16 bits per channel (the others get the 8-bit version).
+fn keeps_16_bits(f: image::ImageFormat) -> bool {
+    matches!(f, image::ImageFormat::Png | image::ImageFormat::Tiff | image::ImageFormat::Pnm)
+}
+
+/// The largest width and height the format can hold.
+fn max_side(f: image::ImageFormat) -> u64 {
+    use image::ImageFormat::*;
+    match f {
+        Ico => 256,
+        WebP => 16383,
+        Jpeg | Gif | Tga => 65535,
+        _ => u32::MAX as u64,
+    }
+}
+
+/// Whether a `width`×`height` result fits the format of `path`.
+pub fn check_output_size(path: &Path, width: usize, height: usize) -> Result<()> {
+    let f = output_format(path)?;
+    let m = max_side(f);
+    if width as u64 > m || height as u64 > m {
+        let name = f.extensions_str().first().unwrap_or(&"?").to_uppercase();
+        return Err(Error::output(
+            path,
+            format!("the result is {width}×{height}, and {name} holds at most {m}×{m}; choose PNG or TIFF"),
+        ));
+    }
+    Ok(())
+}
+
+/// File names longer than this many bytes are refused by the usual file systems.
+const NAME_MAX: usize = 255;
+
+/// What is wrong with `path` as an output before any work starts: its format, its name's
+/// length, what already exists there (only a regular file is replaced; a symbolic link is
+/// written through: the file it points to gets the result), its folder. The path to write:
+/// `path` itself, or the file its symbolic link points to.
+pub fn check_output_path(path: &Path) -> Result<PathBuf> {
+    // What is there first: a device named without an extension is refused as a device.
+    let real = check_regular(path)?;
+    output_format(path)?;
+    let name = path.file_name().map(|n| n.len()).unwrap_or(0);
+    if name + tempfiles::BESIDE_EXTRA > NAME_MAX {
+        return Err(Error::output(
+            path,
+            format!(
+                "the file name is {name} bytes long; file systems allow {NAME_MAX} (realfill needs {} of them for its temporary file); choose a shorter name",
+                tempfiles::BESIDE_EXTRA
+            ),
+        ));
+    }
+    let dir = real.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(Error::output(path, format!("folder {} does not exist; create it first", dir.display())));
     }
-    let mut bytes = Vec::new();
-    let img = if format == image::ImageFormat::Jpeg { DynamicImage::ImageRgb8(img.to_rgb8()) } else { img.clone() };
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
-        .map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
-    write_atomic(path, &bytes)
+    Ok(real)
 }
 
-/// Write bytes atomically (temporary file in the same folder, fsync, rename).
+/// Only a regular file may be replaced: a device, FIFO, socket or folder at `path` is refused
+/// (never replaced by a file), a symbolic link is followed (a dangling one is refused). The
+/// path to write.
+fn check_regular(path: &Path) -> Result<PathBuf> {
+    let Ok(link) = fs::symlink_metadata(path) else { return Ok(path.to_path_buf()) };
+    let real = if link.file_type().is_symlink() {
+        fs::canonicalize(path).map_err(|_| {
+            let to = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+            Error::output(
+                path,
+                format!("is a symbolic link to {to}, which does not exist; remove the link or choose another name"),
+            )
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    let meta = fs::metadata(&real).map_err(|e| Error::output(path, format!("cannot look at it: {e}")))?;
+    let kind = {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_file() {
+            return Ok(real);
+        } else if t.is_dir() {
+            "a folder; give a file name such as result.png"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device, not a regular file; realfill writes only regular files"
+        } else if t.is_fifo() {
+            "a named pipe (FIFO), not a regular file; realfill writes only regular files"
+        } else if t.is_socket() {
+            "a socket, not a regular file; realfill writes only regular files"
+        } else {
+            "not a regular file; realfill writes only regular files"
+        }
+    };
+    Err(Error::output(path, format!("is {kind}")))
+}
+
+/// Encode `img` in the format the path's extension names and write it atomically: a temporary
+/// file in the same folder, synced, then renamed over the target (through a symbolic link, to
+/// the file it points to). Formats without 16-bit channels get the 8-bit version.
+pub fn save_atomic(img: &DynamicImage, path: &Path) -> Result<()> {
+    let real = check_output_path(path)?;
+    let format = output_format(path)?;
+    check_output_size(path, img.width() as usize, img.height() as usize)?;
+    let mut bytes = Vec::new();
+    let img = if keeps_16_bits(format) {
+        img.clone()
+    } else if format == image::ImageFormat::Ico {
+        // An icon's embedded PNG is 32-bit RGBA by the format's rules (readers refuse others).
+        DynamicImage::ImageRgba8(img.to_rgba8())
+    } else {
+        DynamicImage::ImageRgb8(img.to_rgb8())
+    };
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
+    write_atomic(&real, &bytes)
+}
+
+/// Write bytes atomically (temporary file in the same folder, fsync, rename). Leftover
+/// temporary files of this path from killed runs are removed first (`tempfiles`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::output(path, "not a file path"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let path = &check_regular(path)?;
+    let tmp = tempfiles::beside(path).ok_or_else(|| Error::output(path, "not a file path"))?;
+    tempfiles::remove_stale(path);
     let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let (tmp, mut f) = tempfiles::Temp::create(tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path)
+        tmp.persist(path)
     })();
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
         let problem = match e.kind() {
             std::io::ErrorKind::PermissionDenied => "permission denied; choose a writable folder".to_string(),
             std::io::ErrorKind::StorageFull => "disk full; free some space".to_string(),
@@ -298,5 +503,56 @@ mod tests {
         let img = DynamicImage::ImageRgb8(image::RgbImage::new(2, 2));
         let e = save_atomic(&img, &d.join("no/such/dir/out.png")).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn devices_are_refused_as_outputs_without_being_touched() {
+        let e = check_output_path(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("a device") && e.contains("regular file"), "{e}");
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(2, 2));
+        let e = save_atomic(&img, Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("a device"), "{e}");
+        let meta = fs::metadata("/dev/null").unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()), "still a device");
+    }
+
+    #[test]
+    fn every_writable_format_reads_back_and_only_those_are_accepted() {
+        let d = tmpdir("formats");
+        let img16 = DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(20, 12, |x, y| {
+            image::Rgb([x as u16 * 3000, y as u16 * 5000, 40000])
+        }));
+        for ext in ["png", "jpg", "webp", "tif", "bmp", "gif", "ppm", "tga", "qoi", "ico"] {
+            let p = d.join(format!("o.{ext}"));
+            save_atomic(&img16, &p).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            let back = load_photo(&p).unwrap_or_else(|e| panic!("{ext}: {e}"));
+            assert_eq!((back.width(), back.height()), (20, 12), "{ext}");
+            let sixteen = matches!(back.original, DynamicImage::ImageRgb16(_));
+            assert_eq!(
+                sixteen,
+                ["png", "tif", "ppm"].contains(&ext),
+                "{ext}: 16 bits kept only where the format holds them"
+            );
+        }
+        for bad in ["o.txt", "o", "o.avif", "o.exr", "o.hdr"] {
+            let e = output_format(Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("PNG (.png)"), "{bad}: {e}");
+        }
+        let e = check_output_size(Path::new("o.ico"), 257, 10).unwrap_err().to_string();
+        assert!(e.contains("at most 256×256"), "{e}");
+        assert!(check_output_size(Path::new("o.webp"), 16383, 100).is_ok());
+        assert!(check_output_size(Path::new("o.webp"), 16384, 100).is_err());
+    }
+
+    #[test]
+    fn large_references_are_downscaled_as_they_load() {
+        let d = tmpdir("refsize");
+        let p = d.join("big.png");
+        image::RgbImage::from_fn(3000, 2000, |x, y| image::Rgb([x as u8, y as u8, 9])).save(&p).unwrap();
+        let r = load_reference(&p, 1024).unwrap();
+        assert_eq!((r.width(), r.height()), (1024, 683));
+        assert_eq!(image_size(&p), Some((3000, 2000)));
+        let r = load_reference(&p, 4000).unwrap();
+        assert_eq!((r.width(), r.height()), (3000, 2000), "not upscaled");
     }
 }

@@ -33,6 +33,11 @@ impl Extension {
         if parts.len() != 4 {
             return Err(bad());
         }
+        if parts.iter().any(|p| p.parse::<i64>().is_ok_and(|v| v < 0)) {
+            return Err(Error::Invalid(format!(
+                "--extend {s:?}: pixels to add on each side cannot be negative (0 leaves a side as it is; to crop, crop the photo first)"
+            )));
+        }
         let v: Vec<usize> = parts.iter().map(|p| p.parse::<usize>().map_err(|_| bad())).collect::<Result<_>>()?;
         let ext = Extension { left: v[0], top: v[1], right: v[2], bottom: v[3] };
         if v.iter().any(|&p| p > 20_000) {
@@ -71,13 +76,29 @@ impl Scene {
     ) -> Result<Scene> {
         let target = target.into();
         let (w, h) = (target.width(), target.height());
+        let (cw, ch) = extension.canvas(w, h);
+        if cw as u64 * ch as u64 > io::MAX_PIXELS {
+            return Err(Error::Invalid(format!(
+                "the canvas with the extension would be {cw}×{ch} ({:.0} MP), above realfill's limit of {} MP; extend it less",
+                cw as f64 * ch as f64 / 1e6,
+                io::MAX_PIXELS / 1_000_000
+            )));
+        }
         let mut inner = Mask::new(w, h, 0.0);
         if let Some((m, path)) = &user_mask {
             if (m.width, m.height) != (w, h) {
+                // A mask of the target's size turned by a quarter: an EXIF orientation tag
+                // (honoured, as photo viewers do) that the painting program did not mean.
+                let turned = if (m.height, m.width) == (w, h) {
+                    "; it is the target's size turned by 90°: if the mask file carries an EXIF orientation tag, \
+                     save it without one (realfill honours the tag, as photo viewers do)"
+                } else {
+                    "; the mask must have the target's size"
+                };
                 return Err(Error::input(
                     path,
                     format!(
-                        "mask is {}×{} but the target {} is {w}×{h}; the mask must have the target's size",
+                        "mask is {}×{} but the target {} is {w}×{h}{turned}",
                         m.width,
                         m.height,
                         target.path.display()
@@ -89,7 +110,6 @@ impl Scene {
         if let Some(t) = &target.transparent {
             inner.union(t);
         }
-        let (cw, ch) = extension.canvas(w, h);
         let mut mask = Mask::new(cw, ch, 1.0);
         for y in 0..h {
             for x in 0..w {
