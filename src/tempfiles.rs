@@ -125,7 +125,7 @@ pub fn cleanup_on_signals() {
                 for p in l.iter() {
                     let _ = fs::remove_file(p);
                 }
-                eprintln!("\ninterrupted; nothing was written");
+                eprintln!("\ninterrupted; unfinished files removed");
                 std::process::exit(128 + sig);
             }
         })

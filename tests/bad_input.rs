@@ -1043,7 +1043,7 @@ fn sigterm_and_ctrl_c_end_a_run_without_leftovers() {
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "SIG{sig}: exit status 128 + the signal");
         let rest: Vec<String> = lines.collect();
-        assert!(rest.iter().any(|l| l.contains("interrupted; nothing was written")), "{rest:?}");
+        assert!(rest.iter().any(|l| l.contains("interrupted; unfinished files removed")), "{rest:?}");
         let mut names = Vec::new();
         for d in [s.dir.clone(), s.dir.join("cache/scenes")] {
             if let Ok(rd) = std::fs::read_dir(&d) {
