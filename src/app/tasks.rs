@@ -148,9 +148,11 @@ impl RealfillApp {
             ));
             return;
         }
-        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if !["png", "jpg", "jpeg"].contains(&ext.as_str()) {
-            self.error(format!("{}: export as .png or .jpg", path.display()));
+        // The command line's formats and rules (special files, size limits of the format).
+        if let Err(e) = crate::scene::io::check_output_path(&path)
+            .and_then(|_| crate::scene::io::check_output_size(&path, doc.target.width(), doc.target.height()))
+        {
+            self.error(e.to_string());
             return;
         }
         let img = doc.target.original.clone();
