@@ -17,10 +17,10 @@
 //!   detail counts with a confidence that falls where the working fill disagrees with the
 //!   reference's low band (the engine put something else there: a moved object, parallax it
 //!   fixed, another plane), so a reference never imprints texture on content it does not show;
-//! - for the rest of that weight (no reference, or one that disagrees): the photo's own detail
-//!   from where the fill's patch came from among the known pixels (the patch engine's matches
-//!   at the working size; for the scene model, the matches of its fill at zero noise), blended
-//!   bilinearly between neighbouring working pixels like patch voting, so no block seams;
+//! - for the rest of that weight (no reference, or one that disagrees): the photo's own
+//!   texture, continued from where the fill's patches came from among the known pixels (the
+//!   patch engine's matches at the working size; for the scene model, the matches of its fill
+//!   at zero noise) level by level up to the photo's resolution (`own_texture`);
 //! - elsewhere no detail.
 //!
 //! Cost grows with the hole, not the photo: every buffer here has the crop's size; the work is
@@ -28,6 +28,7 @@
 
 use rayon::prelude::*;
 
+use super::own_texture;
 use crate::align::homography::Homography;
 use crate::align::parallax::Field;
 use crate::align::{self, refine};
@@ -58,9 +59,6 @@ pub struct Sources<'a> {
     pub warps: &'a [TargetWarp],
     /// The references at working size (the warps' coordinates).
     pub working_refs: &'a [RgbF],
-    /// The working canvas (known pixels, the photo taken down with the pipeline's filter): the
-    /// low band of the photo wherever it is known.
-    pub canvas: &'a RgbF,
     /// The patch engine's matches into the photo's known pixels (None for the scene model).
     pub own: Option<&'a KnownMatches>,
 }
@@ -418,6 +416,9 @@ pub fn native_fill(
     if cancelled() {
         return Err(Error::Cancelled);
     }
+    // The photo's own texture where the references do not hold, synthesised level by level
+    // over the part of the crop that needs it.
+    let own_layer = own_layer(scene, sources, fill, scale, crop, &photo.hole, &conf, cancelled)?;
     // The result, in strips of rows (rows in parallel within a strip; cancel between strips).
     let mut out = RgbF::new(crop.w, crop.h);
     let (mut used, mut holes) = (0.0f64, 0usize);
@@ -447,8 +448,7 @@ pub fn native_fill(
                         let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
                         // Where the reference does not hold (or does not reach): the photo's own
                         // detail from where the engine copied this pixel's patch.
-                        let own =
-                            if c < 1.0 { own_detail(scene, sources, scale, crop.x0 + x, crop.y0 + y) } else { None };
+                        let own = if c < 1.0 { own_layer.as_ref().and_then(|l| l.detail(x, y)) } else { None };
                         match own {
                             Some(d) => [0, 1, 2].map(|k| from_ref[k] + (1.0 - c) * d[k]),
                             None => from_ref,
@@ -532,57 +532,73 @@ fn reference_weight(up: &RgbF, guide_low: &RgbF, guide_ok: &Mask, guide_low_ok: 
     conf
 }
 
-/// The photo's own detail for canvas pixel (x, y) of the hole. The engine filled each working
-/// pixel from a patch of known pixels centred at some (mx, my); each of the four working pixels
-/// around (x, y) says its detail is that of the place at the same offset from its match, at the
-/// photo's resolution (the photo less its low band: the working canvas upscaled); their
-/// bilinear blend is the answer (as patch voting: where neighbouring matches agree, the texture
-/// comes through whole; where they disagree, there is no seam at the working-pixel border).
-/// None where no neighbour copied known pixels of the photo.
-fn own_detail(scene: &Scene, sources: &Sources<'_>, scale: Scale, x: usize, y: usize) -> Option<[f32; 3]> {
-    let own = sources.own?;
-    let (u, v) = scale.to_working(x as f64, y as f64);
-    let (u, v) = (u.clamp(0.0, (own.width - 1) as f64), v.clamp(0.0, (own.height - 1) as f64));
-    let (u0, v0) = (u.floor(), v.floor());
-    let (fu, fv) = (u - u0, v - v0);
-    let (mut acc, mut wsum) = ([0.0f32; 3], 0.0f64);
-    for (du, dv, wt) in [
-        (0.0, 0.0, (1.0 - fu) * (1.0 - fv)),
-        (1.0, 0.0, fu * (1.0 - fv)),
-        (0.0, 1.0, (1.0 - fu) * fv),
-        (1.0, 1.0, fu * fv),
-    ] {
-        let (pu, pv) = ((u0 + du).min((own.width - 1) as f64), (v0 + dv).min((own.height - 1) as f64));
-        if wt <= 0.0 {
-            continue;
-        }
-        let Some((mx, my)) = own.at[pv as usize * own.width + pu as usize] else { continue };
-        let (su, sv) = (mx as f64 + (u - pu), my as f64 + (v - pv));
-        if let Some(d) = known_detail(scene, sources, scale, su, sv) {
-            for k in 0..3 {
-                acc[k] += wt as f32 * d[k];
-            }
-            wsum += wt;
-        }
-    }
-    (wsum > 1e-6).then(|| acc.map(|a| a / wsum as f32))
+/// The photo's own texture over part of the crop (`own_texture`): its detail (the texture
+/// less its low band) where a texture was synthesised.
+struct OwnLayer {
+    /// Crop pixels [x0, x0 + rgb.width) × [y0, y0 + rgb.height).
+    x0: usize,
+    y0: usize,
+    rgb: RgbF,
+    low: RgbF,
+    got: Vec<bool>,
 }
 
-/// The photo's detail at working position (su, sv) (its nearest canvas pixel), if that pixel
-/// is a known pixel of the photo.
-fn known_detail(scene: &Scene, sources: &Sources<'_>, scale: Scale, su: f64, sv: f64) -> Option<[f32; 3]> {
-    let (sx, sy) = (((su + 0.5) * scale.sx - 0.5).round(), ((sv + 0.5) * scale.sy - 0.5).round());
-    let e = scene.extension;
-    let (tx, ty) = (sx - e.left as f64, sy - e.top as f64);
-    if tx < 0.0 || ty < 0.0 || tx >= scene.target.width() as f64 || ty >= scene.target.height() as f64 {
-        return None;
+impl OwnLayer {
+    /// The detail at crop pixel (x, y), if the layer has one there.
+    fn detail(&self, x: usize, y: usize) -> Option<[f32; 3]> {
+        let (u, v) = (x.checked_sub(self.x0)?, y.checked_sub(self.y0)?);
+        (u < self.rgb.width && v < self.rgb.height && self.got[v * self.rgb.width + u])
+            .then(|| sub(self.rgb.get(u, v), self.low.get(u, v), 1.0))
     }
-    if scene.mask.get(sx as usize, sy as usize) >= 0.5 {
-        return None;
+}
+
+/// The photo's own texture for the hole pixels whose reference weight `conf` is below 1 (all
+/// of them without references), over their bounding box with the filter's margin. None
+/// without the engine's matches (nothing says where to copy from) or without such pixels.
+#[allow(clippy::too_many_arguments)]
+fn own_layer(
+    scene: &Scene,
+    sources: &Sources<'_>,
+    fill: &RgbF,
+    scale: Scale,
+    crop: Rect,
+    hole: &Mask,
+    conf: &[f32],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<OwnLayer>> {
+    let Some(own) = sources.own else { return Ok(None) };
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..crop.h {
+        for x in 0..crop.w {
+            let i = y * crop.w + x;
+            if hole.data[i] >= 0.5 && conf[i] < 0.99 {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+            }
+        }
     }
-    let t = scene.target.rgb.get(tx as usize, ty as usize);
-    let (lu, lv) = scale.to_working(sx, sy);
-    Some(sub(t, sources.canvas.sample(lu as f32, lv as f32), 1.0))
+    if x1 == 0 {
+        return Ok(None);
+    }
+    let m = (2.0 * scale.sx.max(scale.sy)).ceil() as usize + 2;
+    let part = Rect {
+        x0: crop.x0 + x0.saturating_sub(m),
+        y0: crop.y0 + y0.saturating_sub(m),
+        w: (x1 + m).min(crop.w) - x0.saturating_sub(m),
+        h: (y1 + m).min(crop.h) - y0.saturating_sub(m),
+    };
+    let area = own_texture::Area {
+        x0: part.x0 as i64,
+        y0: part.y0 as i64,
+        x1: (part.x0 + part.w) as i64,
+        y1: (part.y0 + part.h) as i64,
+    };
+    let synthesised = own_texture::synthesise(scene, fill, own, (scale.sx, scale.sy), area, cancelled);
+    if cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let Some((rgb, got)) = synthesised else { return Ok(None) };
+    let (low, _) = low_band(&rgb, &Mask::new(part.w, part.h, 1.0), part, scale);
+    Ok(Some(OwnLayer { x0: part.x0 - crop.x0, y0: part.y0 - crop.y0, rgb, low, got }))
 }
 
 fn sub(a: [f32; 3], b: [f32; 3], weight: f32) -> [f32; 3] {
@@ -762,7 +778,7 @@ mod tests {
     fn the_native_step_streams_its_strips_and_stops_within_one_at_a_cancel() {
         let (scene, _) = fine_scene();
         let working = RgbF::new(128, 88);
-        let sources = Sources { warps: &[], working_refs: &[], canvas: &working, own: None };
+        let sources = Sources { warps: &[], working_refs: &[], own: None };
         // Whole: the strips tile the crop, top to bottom, and are the result's rows.
         let mut tiles = Vec::new();
         let whole = native_fill(&scene, &sources, &working, 6.0, &|| false, &mut |t| tiles.push(t)).unwrap().unwrap();
@@ -785,7 +801,7 @@ mod tests {
         assert!(matches!(r, Err(Error::Cancelled)) && n == 1, "{n} strips after the cancel");
         // A fill at (nearly) the photo's own size gets nothing added.
         let same = RgbF::new(384, 256);
-        let sources = Sources { warps: &[], working_refs: &[], canvas: &same, own: None };
+        let sources = Sources { warps: &[], working_refs: &[], own: None };
         assert!(native_fill(&scene, &sources, &same, 2.0, &|| false, &mut |_| ()).unwrap().is_none());
     }
 

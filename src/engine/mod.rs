@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod detail;
 pub mod device;
+pub mod own_texture;
 pub mod pipeline;
 pub mod settings;
 

@@ -328,7 +328,7 @@ pub fn run_fill(
     if adds_native {
         run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
     }
-    let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, canvas: &p.canvas, own: matches.as_ref() };
+    let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, own: matches.as_ref() };
     let native = detail::native_fill(scene, &sources, &fill, feather, cancelled, &mut |t| run.progress.native_tile(t))?;
     t.detail_s = t3.elapsed().as_secs_f32();
     let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
