@@ -303,11 +303,14 @@ impl RealfillApp {
         if p.transparent.is_some() {
             self.info(format!("{}: transparent pixels are part of the fill region (shown in red)", p.path.display()));
         }
-        let refs = self.doc.take().map(|d| d.refs).unwrap_or_default();
         let mut doc = Document::new(p);
-        doc.refs = refs;
+        if let Some(mut old) = self.doc.take() {
+            doc.refs = std::mem::take(&mut old.refs);
+            // The old photo and its undo history: freed off the UI thread.
+            std::thread::spawn(move || drop(old));
+        }
         self.doc = Some(doc);
-        self.candidates.clear();
+        self.drop_candidates();
         self.project_path = None;
         self.canvas.view.fit_pending = true;
     }
@@ -379,7 +382,7 @@ impl RealfillApp {
                 self.status = "learning the scene…".into();
             }
             JobKind::Fill => {
-                self.candidates.clear();
+                self.drop_candidates();
                 self.selected = 0;
                 self.applied_revision = None;
                 self.engine(&ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
@@ -566,6 +569,15 @@ impl RealfillApp {
             std::thread::spawn(move || drop(out));
         } else {
             std::thread::spawn(move || drop((out, scene)));
+        }
+    }
+
+    /// Forget the candidates, freeing their photos (hundreds of megabytes each on a camera
+    /// photo) off the UI thread.
+    pub(crate) fn drop_candidates(&mut self) {
+        let old = std::mem::take(&mut self.candidates);
+        if !old.is_empty() {
+            std::thread::spawn(move || drop(old));
         }
     }
 

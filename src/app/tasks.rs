@@ -234,7 +234,7 @@ impl RealfillApp {
                 doc.refs = o.refs.into_iter().map(Arc::new).collect();
                 self.settings.run = o.project.settings.clone();
                 self.doc = Some(doc);
-                self.candidates.clear();
+                self.drop_candidates();
                 self.canvas.view.fit_pending = true;
                 self.info(format!("opened project {}", o.path.display()));
                 self.project_path = Some(o.path);
