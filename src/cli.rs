@@ -122,6 +122,10 @@ pub struct FillArgs {
     /// devices, pipes and sockets are refused.
     #[arg(long)]
     pub out: PathBuf,
+    /// JPEG quality of a .jpg result, 1–100. Every format that holds them keeps the target's
+    /// colour profile and EXIF (camera, lens, date, location, copyright).
+    #[arg(long, default_value_t = crate::scene::io::JPEG_QUALITY, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
     /// Sample K candidates (seeds S, S+1, …), ranked by how well their filled patches are
     /// explained by the references: the best goes to --out, the others to NAME-2.png, ….
     #[arg(long, default_value_t = defaults::CANDIDATES)]
@@ -402,7 +406,7 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     outs.sort_by(|x, y| y.1.agreement.unwrap_or(0.0).total_cmp(&x.1.agreement.unwrap_or(0.0)));
     for (rank, (seed, out)) in outs.iter().enumerate() {
         let path = candidate_path(&a.out, rank);
-        save_atomic(&out.image, &path)?;
+        crate::scene::io::save_with(&out.image, &path, &scene.target.metadata, a.quality)?;
         if quiet {
             continue;
         }

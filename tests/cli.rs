@@ -202,3 +202,182 @@ fn bad_input_gives_one_clear_line_and_nonzero_exit() {
     assert!(!ok && e.contains("nothing to fill"), "{e}");
     assert!(!out.exists(), "no partial output");
 }
+
+// --- what a photographer's file keeps (issue 15) ---
+
+/// An EXIF block (TIFF, little endian): Orientation = `orientation`, ImageDescription = `text`.
+fn exif_block(orientation: u16, text: &str) -> Vec<u8> {
+    let mut desc = text.as_bytes().to_vec();
+    desc.push(0);
+    let ifd_len = 2 + 2 * 12 + 4;
+    let data_at = 8 + ifd_len as u32;
+    let mut t = b"II*\x00\x08\x00\x00\x00".to_vec();
+    t.extend(2u16.to_le_bytes());
+    // ImageDescription (0x010E), ASCII, count, offset.
+    t.extend(0x010Eu16.to_le_bytes());
+    t.extend(2u16.to_le_bytes());
+    t.extend((desc.len() as u32).to_le_bytes());
+    t.extend(data_at.to_le_bytes());
+    // Orientation (0x0112), SHORT, 1, value.
+    t.extend(0x0112u16.to_le_bytes());
+    t.extend(3u16.to_le_bytes());
+    t.extend(1u32.to_le_bytes());
+    t.extend(orientation.to_le_bytes());
+    t.extend([0, 0]);
+    t.extend(0u32.to_le_bytes());
+    t.extend(desc);
+    t
+}
+
+fn metadata_of(path: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    use image::ImageDecoder;
+    let mut d = image::ImageReader::open(path).unwrap().with_guessed_format().unwrap().into_decoder().unwrap();
+    (d.icc_profile().unwrap(), d.exif_metadata().unwrap())
+}
+
+#[test]
+fn a_fill_keeps_the_colour_profile_and_the_exif_and_its_colours_round_trip() {
+    use image::ImageEncoder;
+    let d = tmp("colour");
+    let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    let colour = realfill::scene::colour::Colour::from_icc(&p3).unwrap();
+    // One scene seen by two cameras: the target in Display P3 (saturated colours), the
+    // reference (shifted 7 px) in sRGB, holding the same colours as sRGB numbers. Coloured
+    // blocks for the alignment to lock onto.
+    let (w, h) = (192u32, 128u32);
+    let mut seed = 7u64;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as f32 / (1u64 << 31) as f32
+    };
+    let blocks: Vec<[f32; 7]> = (0..70)
+        .map(|_| {
+            // Saturated colours inside the sRGB gamut: each channel low or high (where P3 and
+            // sRGB numbers differ, and the sRGB reference can hold them).
+            let mut ch = || if rnd() < 0.5 { 0.25 + 0.1 * rnd() } else { 0.65 + 0.15 * rnd() };
+            let (r, g, b) = (ch(), ch(), ch());
+            [rnd() * 210.0, rnd() * 140.0, 4.0 + rnd() * 14.0, 4.0 + rnd() * 10.0, r, g, b]
+        })
+        .collect();
+    let p3_px = |x: u32, y: u32| {
+        let (x, y) = (x as f32, y as f32);
+        let mut c = [0.45, 0.5, 0.42];
+        for b in &blocks {
+            if (x - b[0]).abs() < b[2] && (y - b[1]).abs() < b[3] {
+                c = [b[4], b[5], b[6]];
+            }
+        }
+        c
+    };
+    let to_u8 = |v: &[f32]| v.iter().map(|c| (c * 255.0).round() as u8).collect::<Vec<u8>>();
+    let target: Vec<f32> = (0..h).flat_map(|y| (0..w).flat_map(move |x| p3_px(x, y))).collect();
+    let mut srgb = realfill::scene::RgbF {
+        width: w as usize,
+        height: h as usize,
+        data: (0..h).flat_map(|y| (0..w).flat_map(move |x| p3_px(x + 7, y))).collect(),
+    };
+    colour.to_srgb(&mut srgb);
+    // The target as PNG (exact pixels) with the profile and EXIF.
+    let tp = d.join("target.png");
+    let mut png = Vec::new();
+    let mut enc = image::codecs::png::PngEncoder::new(&mut png);
+    enc.set_icc_profile(p3.clone()).unwrap();
+    enc.set_exif_metadata(exif_block(1, "realfill test camera")).unwrap();
+    enc.write_image(&to_u8(&target), w, h, image::ExtendedColorType::Rgb8).unwrap();
+    std::fs::write(&tp, &png).unwrap();
+    let rp = d.join("ref.png");
+    image::RgbImage::from_raw(w, h, to_u8(&srgb.data)).unwrap().save(&rp).unwrap();
+    let mp = d.join("mask.png");
+    let hole = |x: u32, y: u32| (72..120).contains(&x) && (48..80).contains(&y);
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([if hole(x, y) { 255 } else { 0 }])).save(&mp).unwrap();
+    let decoded_target = image::open(&tp).unwrap().to_rgb8();
+    for out in ["out.png", "out.jpg", "out.webp"] {
+        let op = d.join(out);
+        let o = bin()
+            .args([
+                "fill",
+                "--target",
+                tp.to_str().unwrap(),
+                "--mask",
+                mp.to_str().unwrap(),
+                "--ref",
+                rp.to_str().unwrap(),
+            ])
+            .args(["--out", op.to_str().unwrap(), "--engine", "patch", "--size", "192", "--backend", "cpu"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && err.contains("1 of 1 references aligned"), "{out}: {err}");
+        let (icc, exif) = metadata_of(&op);
+        assert_eq!(icc.as_deref(), Some(&p3[..]), "{out}: the profile is written back");
+        let exif = exif.unwrap_or_else(|| panic!("{out}: EXIF kept"));
+        assert!(exif.windows(20).any(|w| w == b"realfill test camera"), "{out}: the EXIF's fields are kept");
+        if out == "out.png" {
+            // Colours: the hole holds the target's P3 numbers of what the reference shows
+            // (converted from the reference's sRGB), not the reference's sRGB numbers.
+            let result = image::open(&op).unwrap().to_rgb8();
+            let (mut to_p3, mut to_srgb, mut n) = (0.0, 0.0, 0.0);
+            for y in 52..76 {
+                for x in 76..116 {
+                    let r = result.get_pixel(x, y).0;
+                    let want = to_u8(&p3_px(x, y));
+                    let srgb_numbers = to_u8(&srgb.data[3 * (y * w + x - 7) as usize..][..3]);
+                    for k in 0..3 {
+                        to_p3 += (r[k] as f32 - want[k] as f32).abs();
+                        to_srgb += (r[k] as f32 - srgb_numbers[k] as f32).abs();
+                    }
+                    n += 3.0;
+                }
+            }
+            assert!(
+                to_p3 / n < 4.0 && to_srgb / n > 8.0,
+                "mean level difference: to P3 {:.1}, to sRGB numbers {:.1}",
+                to_p3 / n,
+                to_srgb / n
+            );
+            // Known pixels stay the original's, bit for bit.
+            assert_eq!(result.get_pixel(2, 2), decoded_target.get_pixel(2, 2));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn exif_orientation_is_reset_once_the_pixels_are_upright() {
+    let d = tmp("exif-out");
+    let (_, mp, rp) = scene(&d);
+    // The target stored turned (56 wide, 80 high) with orientation 6: upright it is 80×56.
+    let stored = image::RgbImage::from_fn(56, 80, |x, y| pattern(y, 55 - x, 0));
+    let tp = d.join("turned.jpg");
+    let mut jpg = Vec::new();
+    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 100);
+    image::ImageEncoder::set_exif_metadata(&mut enc, exif_block(6, "turned camera")).unwrap();
+    image::ImageEncoder::write_image(enc, stored.as_raw(), 56, 80, image::ExtendedColorType::Rgb8).unwrap();
+    std::fs::write(&tp, &jpg).unwrap();
+    let op = d.join("out.jpg");
+    let o = bin()
+        .args(["fill", "--target", tp.to_str().unwrap(), "--mask", mp.to_str().unwrap(), "--ref", rp.to_str().unwrap()])
+        .args([
+            "--out",
+            op.to_str().unwrap(),
+            "--engine",
+            "patch",
+            "--size",
+            "80",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--quality",
+            "90",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, exif) = metadata_of(&op);
+    let exif = exif.expect("EXIF kept");
+    assert_eq!(image::metadata::Orientation::from_exif_chunk(&exif), Some(image::metadata::Orientation::NoTransforms));
+    assert!(exif.windows(13).any(|w| w == b"turned camera"));
+    let out = image::open(&op).unwrap();
+    assert_eq!((out.width(), out.height()), (80, 56), "upright, and shown upright");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -542,7 +542,7 @@ impl RealfillApp {
             Some(p) => p,
             None => {
                 let image = std::mem::replace(&mut out.image, image::DynamicImage::new_rgb8(1, 1));
-                Arc::new(Photo::from_image(scene.target.path.clone(), image, None))
+                Arc::new(Photo::from_image_with(scene.target.path.clone(), image, None, scene.target.metadata.clone()))
             }
         };
         let first = self.candidates.is_empty();

@@ -9,7 +9,7 @@ use super::RealfillApp;
 use super::document::{Document, PaintMask};
 use crate::error::{Error, Result};
 use crate::scene::Photo;
-use crate::scene::io::{load_photo, load_reference, same_file, save_atomic};
+use crate::scene::io::{load_photo, load_reference, same_file, save_with};
 use crate::scene::project::Project;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,8 +155,9 @@ impl RealfillApp {
             self.error(e.to_string());
             return;
         }
-        let img = doc.target.original.clone();
-        self.spawn(move || Task::Saved("exported", save_atomic(&img, &path).map(|_| path)));
+        let (img, meta) = (doc.target.original.clone(), doc.target.metadata.clone());
+        let quality = crate::scene::io::JPEG_QUALITY;
+        self.spawn(move || Task::Saved("exported", save_with(&img, &path, &meta, quality).map(|_| path)));
     }
 
     pub fn save_project(&mut self, path: PathBuf) {
@@ -169,16 +170,16 @@ impl RealfillApp {
             settings: self.settings.run.clone(),
         };
         // A fill result lives only in memory: write it beside the project first.
-        let pixels = doc.target_file.is_none().then(|| doc.target.original.clone());
+        let pixels = doc.target_file.is_none().then(|| (doc.target.original.clone(), doc.target.metadata.clone()));
         self.spawn(move || {
             Task::ProjectSaved((|| {
                 let mut project = project;
                 let mut written = None;
-                if let Some(img) = pixels {
+                if let Some((img, meta)) = pixels {
                     let stem =
                         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into());
                     let t = path.with_file_name(format!("{stem}-target.png"));
-                    save_atomic(&img, &t)?;
+                    save_with(&img, &t, &meta, crate::scene::io::JPEG_QUALITY)?;
                     project.target = t.clone();
                     written = Some(t);
                 }

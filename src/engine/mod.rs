@@ -236,7 +236,7 @@ mod tests {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5 % 256) as u8, (y * 7 % 256) as u8, 90]));
         let original = image::DynamicImage::ImageRgb8(img);
         let rgb = RgbF { width: w as usize, height: h as usize, data: original.to_rgb32f().into_raw() };
-        let target = Photo { path: "t.png".into(), original, rgb, transparent: None };
+        let target = Photo { path: "t.png".into(), original, rgb, transparent: None, metadata: Default::default() };
         let mut m = Mask::new(w as usize, h as usize, 0.0);
         for y in y0..y1 {
             for x in x0..x1 {

@@ -337,9 +337,10 @@ pub fn run_fill(
     t.total_s = t0.elapsed().as_secs_f32();
     // The app shows and edits results as photos; converting here keeps that work off its UI
     // thread (the command line only writes the image, so it skips the float copy).
-    let photo = s
-        .result_photo
-        .then(|| Arc::new(crate::scene::Photo::from_image(scene.target.path.clone(), image.clone(), None)));
+    let photo = s.result_photo.then(|| {
+        let (path, meta) = (scene.target.path.clone(), scene.target.metadata.clone());
+        Arc::new(crate::scene::Photo::from_image_with(path, image.clone(), None, meta))
+    });
     let reference_detail = native.as_ref().map(|n| n.reference_detail);
     Ok(FillOutput {
         image,

@@ -148,8 +148,21 @@ pub struct NativePart<'a> {
 /// channel).
 pub fn composite(scene: &Scene, fill: &RgbF, native: Option<NativePart<'_>>, feather: f32) -> DynamicImage {
     let (cw, ch) = scene.canvas_size();
+    // The fill is in sRGB; the original pixels are in the photo's own profile: convert the fill.
+    let colour = scene.target.metadata.colour.clone();
+    let in_profile = |mut rgb: RgbF| {
+        if let Some(c) = &colour {
+            c.from_srgb(&mut rgb);
+        }
+        rgb
+    };
     // Only needed where no native part is given.
-    let up = if native.is_none() { fill.resized(cw, ch) } else { RgbF::new(0, 0) };
+    let up = if native.is_none() { in_profile(fill.resized(cw, ch)) } else { RgbF::new(0, 0) };
+    let native_rgb = match (&native, &colour) {
+        (Some(n), Some(_)) => Some(in_profile(n.rgb.clone())),
+        _ => None,
+    };
+    let native = native.map(|n| NativePart { x0: n.x0, y0: n.y0, rgb: native_rgb.as_ref().unwrap_or(n.rgb) });
     let alpha = match &native {
         // The blend weights are non-zero only inside the native part: compute them there.
         Some(n) => {
@@ -231,7 +244,7 @@ mod tests {
         });
         let original = DynamicImage::ImageRgb8(img);
         let rgb = RgbF { width: w as usize, height: h as usize, data: original.to_rgb32f().into_raw() };
-        Photo { path: "t.png".into(), original, rgb, transparent: None }
+        Photo { path: "t.png".into(), original, rgb, transparent: None, metadata: Default::default() }
     }
 
     #[test]

@@ -5,9 +5,11 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, Pixel};
 
+use super::colour::Metadata;
 use super::raster::{Mask, RgbF};
 use crate::error::{Error, Result};
 use crate::tempfiles;
@@ -25,6 +27,9 @@ pub struct Photo {
     pub rgb: RgbF,
     /// Fully or mostly transparent pixels (alpha < 50%): they become part of the fill region.
     pub transparent: Option<Mask>,
+    /// The file's ICC profile and EXIF (written back on export); `rgb` is in sRGB, `original`
+    /// in this profile.
+    pub metadata: Arc<Metadata>,
 }
 
 impl Photo {
@@ -36,7 +41,7 @@ impl Photo {
     }
 }
 
-fn decode(path: &Path) -> Result<DynamicImage> {
+fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::input(path, "file not found; check the path"),
         std::io::ErrorKind::PermissionDenied => Error::input(path, "permission denied; make the file readable"),
@@ -108,9 +113,11 @@ fn decode(path: &Path) -> Result<DynamicImage> {
         ));
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    // A malformed metadata block is dropped, not an error: the pixels are what matters.
+    let metadata = Metadata::new(decoder.icc_profile().ok().flatten(), decoder.exif_metadata().ok().flatten());
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| describe_decode_error(path, e))?;
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, metadata))
 }
 
 /// What the decoder may allocate for `path`: for a PNG, eight times its pixels' size (from the
@@ -158,7 +165,7 @@ fn describe_decode_error(path: &Path, e: image::ImageError) -> Error {
 
 /// Load a photo (target or reference).
 pub fn load_photo(path: &Path) -> Result<Photo> {
-    let img = decode(path)?;
+    let (img, metadata) = decode(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let transparent = if img.color().has_alpha() {
         let rgba = img.to_rgba32f();
@@ -168,13 +175,23 @@ pub fn load_photo(path: &Path) -> Result<Photo> {
     } else {
         None
     };
-    Ok(Photo::from_image(path.to_path_buf(), img, transparent))
+    Ok(Photo::from_image_with(path.to_path_buf(), img, transparent, Arc::new(metadata)))
 }
 
 impl Photo {
     /// A photo from decoded pixels (a file just read, or a fill result that lives only in
     /// memory until it is exported; `path` then names where it came from).
     pub fn from_image(path: PathBuf, img: DynamicImage, transparent: Option<Mask>) -> Photo {
+        Photo::from_image_with(path, img, transparent, Arc::default())
+    }
+
+    /// The same, for pixels in the profile `metadata` names (converted to sRGB for `rgb`).
+    pub fn from_image_with(
+        path: PathBuf,
+        img: DynamicImage,
+        transparent: Option<Mask>,
+        metadata: Arc<Metadata>,
+    ) -> Photo {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let sixteen = matches!(
             img.color(),
@@ -190,8 +207,11 @@ impl Photo {
             _ if sixteen => DynamicImage::ImageRgb16(img.to_rgb16()),
             _ => DynamicImage::ImageRgb8(img.to_rgb8()),
         };
-        let rgb = RgbF { width: w, height: h, data: original.to_rgb32f().into_raw() };
-        Photo { path, original, rgb, transparent }
+        let mut rgb = RgbF { width: w, height: h, data: original.to_rgb32f().into_raw() };
+        if let Some(c) = &metadata.colour {
+            c.to_srgb(&mut rgb);
+        }
+        Photo { path, original, rgb, transparent, metadata }
     }
 }
 
@@ -208,7 +228,7 @@ pub fn image_size(path: &Path) -> Option<(usize, usize)> {
 /// Load a reference photo, downscaled when its long side is above `long_side` (before its
 /// float copy is made: a 24 MP reference of a small target costs what the engines use).
 pub fn load_reference(path: &Path, long_side: usize) -> Result<Photo> {
-    let img = decode(path)?;
+    let (img, metadata) = decode(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let img = if w.max(h) > long_side {
         let s = long_side as f64 / w.max(h) as f64;
@@ -217,7 +237,7 @@ pub fn load_reference(path: &Path, long_side: usize) -> Result<Photo> {
     } else {
         img
     };
-    Ok(Photo::from_image(path.to_path_buf(), img, None))
+    Ok(Photo::from_image_with(path.to_path_buf(), img, None, Arc::new(metadata)))
 }
 
 /// Load a mask: white (≥ 128 of 255, after converting to grey) = fill, black = keep.
@@ -225,7 +245,7 @@ pub fn load_reference(path: &Path, long_side: usize) -> Result<Photo> {
 /// A mask painted in a colour rather than white (nothing reaches grey 128, but some pixel has
 /// a bright channel) is refused with a message saying so: pure red reads as grey 54.
 pub fn load_mask(path: &Path) -> Result<Mask> {
-    let img = decode(path)?;
+    let (img, _) = decode(path)?;
     let l = img.to_luma8();
     let (w, h) = (l.width() as usize, l.height() as usize);
     let data: Vec<f32> = l.pixels().map(|p| if p[0] >= 128 { 1.0 } else { 0.0 }).collect();
@@ -376,14 +396,25 @@ fn check_regular(path: &Path) -> Result<PathBuf> {
     Err(Error::output(path, format!("is {kind}")))
 }
 
+/// JPEG quality when none is chosen (the usual "high quality" of photo editors).
+pub const JPEG_QUALITY: u8 = 95;
+
 /// Encode `img` in the format the path's extension names and write it atomically: a temporary
 /// file in the same folder, synced, then renamed over the target (through a symbolic link, to
-/// the file it points to). Formats without 16-bit channels get the 8-bit version.
+/// the file it points to). Formats without 16-bit channels get the 8-bit version. No metadata;
+/// JPEG at `JPEG_QUALITY`.
 pub fn save_atomic(img: &DynamicImage, path: &Path) -> Result<()> {
+    save_with(img, path, &Metadata::default(), JPEG_QUALITY)
+}
+
+/// `save_atomic`, keeping the source's ICC profile and EXIF (orientation reset: the pixels are
+/// stored upright) where the format holds them — PNG, JPEG and WebP both, TIFF the profile —
+/// and writing JPEG at `jpeg_quality` (1–100).
+pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality: u8) -> Result<()> {
+    use image::ImageEncoder;
     let real = check_output_path(path)?;
     let format = output_format(path)?;
     check_output_size(path, img.width() as usize, img.height() as usize)?;
-    let mut bytes = Vec::new();
     let img = if keeps_16_bits(format) {
         img.clone()
     } else if format == image::ImageFormat::Ico {
@@ -392,8 +423,41 @@ pub fn save_atomic(img: &DynamicImage, path: &Path) -> Result<()> {
     } else {
         DynamicImage::ImageRgb8(img.to_rgb8())
     };
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
-        .map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
+    let (icc, exif) = (meta.icc.clone(), meta.exif_upright());
+    // Each encoder takes the metadata it can hold; one that refuses some is written without it.
+    fn tag(e: &mut impl ImageEncoder, icc: Option<Vec<u8>>, exif: Option<Vec<u8>>) {
+        if let Some(i) = icc {
+            let _ = e.set_icc_profile(i);
+        }
+        if let Some(x) = exif {
+            let _ = e.set_exif_metadata(x);
+        }
+    }
+    let mut bytes = Vec::new();
+    let encoded = match format {
+        image::ImageFormat::Png => {
+            let mut e = image::codecs::png::PngEncoder::new(&mut bytes);
+            tag(&mut e, icc, exif);
+            img.write_with_encoder(e)
+        }
+        image::ImageFormat::Jpeg => {
+            let mut e = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality.clamp(1, 100));
+            tag(&mut e, icc, exif);
+            img.write_with_encoder(e)
+        }
+        image::ImageFormat::WebP => {
+            let mut e = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
+            tag(&mut e, icc, exif);
+            img.write_with_encoder(e)
+        }
+        image::ImageFormat::Tiff => {
+            let mut e = image::codecs::tiff::TiffEncoder::new(std::io::Cursor::new(&mut bytes));
+            tag(&mut e, icc, None);
+            img.write_with_encoder(e)
+        }
+        _ => img.write_to(&mut std::io::Cursor::new(&mut bytes), format),
+    };
+    encoded.map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
     write_atomic(&real, &bytes)
 }
 

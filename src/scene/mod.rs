@@ -2,6 +2,7 @@
 //! reference photos; plus reading/writing files and compositing the result.
 
 pub mod blur;
+pub mod colour;
 pub mod composite;
 pub mod demo;
 pub mod io;
