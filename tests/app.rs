@@ -377,3 +377,95 @@ fn a_photo_wider_than_a_texture_is_tiled_at_full_resolution() {
     assert_eq!(tiles, want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// --- no lost work (issue 15) ---
+
+/// Paint one stroke on the canvas (a modification a project does not hold yet).
+fn paint_stroke(h: &mut Harness<'_, RealfillApp>) {
+    let c = canvas_centre(h);
+    h.drag_at(c);
+    h.step();
+    h.hover_at(c + egui::vec2(40.0, 10.0));
+    h.step();
+    h.drop_at(c + egui::vec2(60.0, 20.0));
+    h.run_steps(2);
+}
+
+fn ask_to_close(h: &mut Harness<'_, RealfillApp>) {
+    h.input_mut().viewports.entry(egui::ViewportId::ROOT).or_default().events.push(egui::ViewportEvent::Close);
+    h.run_steps(2);
+}
+
+#[test]
+fn closing_a_modified_document_asks_first_and_the_title_says_it_is_modified() {
+    let mut h = harness(demo_app(2, 1));
+    assert!(!h.state().is_modified() && !h.state().title().contains('•'), "{}", h.state().title());
+    // Unmodified: closing needs no answer.
+    ask_to_close(&mut h);
+    assert!(h.state().pending().is_none());
+    paint_stroke(&mut h);
+    assert!(h.state().is_modified() && h.state().title().contains('•'), "{}", h.state().title());
+    ask_to_close(&mut h);
+    assert!(matches!(h.state().pending(), Some(realfill::app::unsaved::Pending::Close)));
+    assert!(h.query_by_label_contains("Save changes to").is_some(), "the prompt is shown");
+    h.get_by_label("Keep editing").click();
+    h.run_steps(2);
+    assert!(h.state().pending().is_none() && !h.state().close_confirmed(), "Keep editing keeps the window open");
+    ask_to_close(&mut h);
+    h.get_by_label("Don't save").click();
+    h.run_steps(2);
+    assert!(h.state().close_confirmed(), "Don't save lets it close");
+}
+
+#[test]
+fn save_project_from_the_prompt_saves_then_closes() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-unsaved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("work.realfill");
+    let mut h = harness(demo_app(2, 1));
+    // A project that is then modified.
+    h.state_mut().save_project(path.clone());
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert!(!h.state().is_modified() && h.state().title().starts_with("work.realfill"), "{}", h.state().title());
+    paint_stroke(&mut h);
+    ask_to_close(&mut h);
+    h.get_by_label("Save project…").click();
+    h.run_steps(2);
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert!(!h.state().is_modified(), "saved");
+    assert!(h.state().close_confirmed(), "then closed");
+    let saved = realfill::scene::project::Project::load(&path).unwrap();
+    assert_eq!(saved.mask.map(|m| m.runs), Some(h.state().doc().unwrap().mask.rle().runs), "with the new stroke");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn opening_another_photo_over_a_modified_document_asks_first() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-replace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = dir.join("next.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90])).save(&photo).unwrap();
+    let mut h = harness(demo_app(2, 1));
+    paint_stroke(&mut h);
+    let drop_photo = |h: &mut Harness<'_, RealfillApp>| {
+        h.hover_at(canvas_centre(h));
+        h.input_mut().dropped_files.push(std::sync::Arc::new(Dropped(photo.clone())));
+        h.run_steps(2);
+        h.state_mut().wait_for_tasks();
+        h.run_steps(2);
+    };
+    drop_photo(&mut h);
+    assert!(matches!(h.state().pending(), Some(realfill::app::unsaved::Pending::Photo(_))));
+    h.get_by_label("Keep editing").click();
+    h.run_steps(2);
+    assert_ne!(h.state().doc().unwrap().target.path, photo, "Keep editing keeps the document");
+    drop_photo(&mut h);
+    h.get_by_label("Don't save").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().target.path, photo, "Don't save opens the photo");
+    assert!(!h.state().is_modified());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,6 +12,7 @@ pub mod document;
 mod panels;
 pub mod settings;
 mod tasks;
+pub mod unsaved;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -117,6 +118,14 @@ pub struct RealfillApp {
     show_before: bool,
     /// Project file of this document, if saved or opened as one.
     project_path: Option<PathBuf>,
+    /// The document revision a project last saved (documents start at 0, saved or fresh).
+    saved_revision: u64,
+    /// What waits for the answer to "save changes?", and what waits for a project save.
+    pending: Option<unsaved::Pending>,
+    after_save: Option<unsaved::Pending>,
+    /// The person chose to close without saving.
+    close_confirmed: bool,
+    last_title: String,
     tasks_tx: Sender<Task>,
     tasks_rx: Receiver<Task>,
     /// Background tasks (dialogs, loads, saves) not yet finished.
@@ -188,6 +197,11 @@ impl RealfillApp {
             canvas: Canvas::default(),
             show_before: false,
             project_path: None,
+            saved_revision: 0,
+            pending: None,
+            after_save: None,
+            close_confirmed: false,
+            last_title: String::new(),
             tasks_tx,
             tasks_rx,
             pending_tasks: 0,
@@ -309,6 +323,7 @@ impl RealfillApp {
             // The old photo and its undo history: freed off the UI thread.
             std::thread::spawn(move || drop(old));
         }
+        self.saved_revision = doc.revision;
         self.doc = Some(doc);
         self.drop_candidates();
         self.project_path = None;
@@ -798,7 +813,16 @@ impl RealfillApp {
             }
         });
         self.dropped_files(ui, refs_rect);
+        if ctx.input(|i| i.viewport().close_requested()) {
+            self.request_close(&ctx);
+        }
+        self.prompt(ui);
         self.apply_commands(&ctx);
+        let title = self.title();
+        if title != self.last_title {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Title(title.clone()));
+            self.last_title = title;
+        }
         // Keep polling while a background task (dialog, load) is out.
         if self.pending_tasks > 0 {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));

@@ -40,8 +40,9 @@ pub enum Task {
     Project(Result<OpenedProject>),
     /// A file was written (what, where) or not.
     Saved(&'static str, Result<PathBuf>),
-    /// A project was saved; the target had to be written beside it first (its new path).
-    ProjectSaved(Result<(PathBuf, Option<PathBuf>)>),
+    /// A project was saved (of the document at this revision); the target had to be written
+    /// beside it first (its new path).
+    ProjectSaved(Result<(PathBuf, Option<PathBuf>)>, u64),
     /// The scene for a Learn or Fill the person asked for (built off the UI thread: on a
     /// camera photo the full-resolution mask takes hundreds of milliseconds).
     Scene(super::JobKind, SceneResult),
@@ -122,6 +123,27 @@ pub fn open_project(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
 }
 
 impl RealfillApp {
+    /// Replace the document with an opened project (after `unsaved` asked, if it had to).
+    pub(super) fn open_project_now(&mut self, o: OpenedProject) {
+        let mut doc = Document::new(o.target);
+        if let Some(m) = &o.project.mask
+            && let Ok(pm) = PaintMask::from_rle(m)
+        {
+            doc.mask = pm;
+        }
+        doc.extension = o.project.extension;
+        doc.refs = o.refs.into_iter().map(Arc::new).collect();
+        self.settings.run = o.project.settings.clone();
+        self.saved_revision = doc.revision;
+        if let Some(old) = self.doc.replace(doc) {
+            std::thread::spawn(move || drop(old));
+        }
+        self.drop_candidates();
+        self.canvas.view.fit_pending = true;
+        self.info(format!("opened project {}", o.path.display()));
+        self.project_path = Some(o.path);
+    }
+
     pub fn open_dialog(&mut self, kind: Dialog) {
         let start = self.settings.last_dir.clone();
         let name = match kind {
@@ -171,26 +193,34 @@ impl RealfillApp {
         };
         // A fill result lives only in memory: write it beside the project first.
         let pixels = doc.target_file.is_none().then(|| (doc.target.original.clone(), doc.target.metadata.clone()));
+        let revision = doc.revision;
         self.spawn(move || {
-            Task::ProjectSaved((|| {
-                let mut project = project;
-                let mut written = None;
-                if let Some((img, meta)) = pixels {
-                    let stem =
-                        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "project".into());
-                    let t = path.with_file_name(format!("{stem}-target.png"));
-                    save_with(&img, &t, &meta, crate::scene::io::JPEG_QUALITY)?;
-                    project.target = t.clone();
-                    written = Some(t);
-                }
-                project.save(&path)?;
-                Ok((path, written))
-            })())
+            Task::ProjectSaved(
+                (|| {
+                    let mut project = project;
+                    let mut written = None;
+                    if let Some((img, meta)) = pixels {
+                        let stem = path
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "project".into());
+                        let t = path.with_file_name(format!("{stem}-target.png"));
+                        save_with(&img, &t, &meta, crate::scene::io::JPEG_QUALITY)?;
+                        project.target = t.clone();
+                        written = Some(t);
+                    }
+                    project.save(&path)?;
+                    Ok((path, written))
+                })(),
+                revision,
+            )
         });
     }
 
     pub(super) fn apply_task(&mut self, t: Task) {
         match t {
+            // A save dialog cancelled: what waited for the save waits no more.
+            Task::Dialog(Dialog::SaveProject, None) => self.after_save = None,
             Task::Dialog(_, None) => {}
             Task::Dialog(kind, Some(paths)) => {
                 if let Some(dir) = paths.first().and_then(|p| p.parent()) {
@@ -208,7 +238,7 @@ impl RealfillApp {
                     Dialog::Export => self.export(with_extension(first, "png")),
                 }
             }
-            Task::Target(Ok(p)) => self.open_target(p),
+            Task::Target(Ok(p)) => self.after_asking(super::unsaved::Pending::Photo(Box::new(p))),
             Task::Target(Err(e)) => self.error(e.to_string()),
             Task::References(results) => {
                 let mut photos = Vec::new();
@@ -224,34 +254,24 @@ impl RealfillApp {
                     }
                 }
             }
-            Task::Project(Ok(o)) => {
-                let mut doc = Document::new(o.target);
-                if let Some(m) = &o.project.mask
-                    && let Ok(pm) = PaintMask::from_rle(m)
-                {
-                    doc.mask = pm;
-                }
-                doc.extension = o.project.extension;
-                doc.refs = o.refs.into_iter().map(Arc::new).collect();
-                self.settings.run = o.project.settings.clone();
-                self.doc = Some(doc);
-                self.drop_candidates();
-                self.canvas.view.fit_pending = true;
-                self.info(format!("opened project {}", o.path.display()));
-                self.project_path = Some(o.path);
-            }
+            Task::Project(Ok(o)) => self.after_asking(super::unsaved::Pending::Project(Box::new(o))),
             Task::Project(Err(e)) => self.error(e.to_string()),
             Task::Saved(what, Ok(p)) => self.info(format!("{what} {}", p.display())),
             Task::Saved(_, Err(e)) => self.error(e.to_string()),
-            Task::ProjectSaved(Ok((path, written))) => {
+            Task::ProjectSaved(Ok((path, written)), revision) => {
                 if let (Some(doc), Some(t)) = (&mut self.doc, &written) {
                     doc.target_file = Some(t.clone());
                 }
                 let extra = written.map(|t| format!(" (the filled photo as {})", t.display())).unwrap_or_default();
                 self.info(format!("saved project {}{extra}", path.display()));
                 self.project_path = Some(path);
+                self.saved_at(revision);
             }
-            Task::ProjectSaved(Err(e)) => self.error(e.to_string()),
+            Task::ProjectSaved(Err(e), _) => {
+                // What waited for the save (closing, opening another) waits no more.
+                self.after_save = None;
+                self.error(e.to_string())
+            }
             Task::Scene(kind, scene) => self.scene_ready(kind, scene),
         }
     }
