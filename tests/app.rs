@@ -469,3 +469,40 @@ fn opening_another_photo_over_a_modified_document_asks_first() {
     assert!(!h.state().is_modified());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn standard_keys_work_and_f1_lists_them() {
+    let mut h = harness(demo_app(2, 1));
+    h.key_press(egui::Key::F1);
+    h.run_steps(2);
+    assert!(h.query_by_label("Keyboard shortcuts").is_some(), "the list opened");
+    assert!(h.query_by_label("Export the image").is_some() && h.query_by_label("Zoom out").is_some());
+    h.key_press(egui::Key::F1);
+    h.run_steps(2);
+    assert!(h.query_by_label("Export the image").is_none(), "F1 again closes it");
+    // + and − zoom about the centre; Ctrl+0 fits again.
+    let z0 = h.state().canvas().view.zoom;
+    h.key_press(egui::Key::Plus);
+    h.run_steps(2);
+    let z1 = h.state().canvas().view.zoom;
+    assert!((z1 / z0 - 1.25).abs() < 1e-3, "{z0} → {z1}");
+    h.key_press(egui::Key::Minus);
+    h.run_steps(2);
+    assert!((h.state().canvas().view.zoom - z0).abs() < 1e-3);
+    // Ctrl+S saves the project where it was saved.
+    let dir = std::env::temp_dir().join(format!("realfill-app-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("k.realfill");
+    h.state_mut().save_project(path.clone());
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    paint_stroke(&mut h);
+    assert!(h.state().is_modified());
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::S);
+    h.run_steps(2);
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert!(!h.state().is_modified(), "Ctrl+S saved");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,35 +30,69 @@ pub enum Command {
     SetExtension(Extension),
     ToggleBefore,
     DismissMessage(usize),
+    /// Save the project where it was saved (asks where the first time).
+    Save,
+    /// Zoom the view about the canvas's centre by this factor.
+    Zoom(f32),
+    /// Show or hide the list of keyboard shortcuts.
+    ToggleShortcuts,
+    /// Close the window (asking first about unsaved changes).
+    Quit,
 }
 
-/// A keyboard shortcut and the command it pushes.
+/// A keyboard shortcut, the command it pushes, and what it does in words (the shortcut list).
 pub struct Shortcut {
     pub keys: KeyboardShortcut,
     pub command: Command,
+    pub what: &'static str,
 }
 
 pub const UNDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Z);
 pub const REDO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::Z);
 pub const REDO_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Y);
+pub const OPEN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::O);
+pub const OPEN_PROJECT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::O);
+pub const SAVE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
+pub const SAVE_AS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::S);
+pub const EXPORT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::E);
 pub const BRUSH: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::B);
 pub const ERASER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::E);
 pub const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::F);
+pub const FIT_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Num0);
 pub const ACTUAL_PIXELS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Num1);
+pub const ACTUAL_PIXELS_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Num1);
+pub const ZOOM_IN: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Plus);
+pub const ZOOM_IN_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Equals);
+pub const ZOOM_OUT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Minus);
+pub const SHORTCUTS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::F1);
 pub const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+pub const QUIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Q);
 
 /// Every shortcut, most specific first (Ctrl+Shift+Z before Ctrl+Z: egui matches modifiers
 /// logically, so the shorter one would also match the longer).
 pub fn shortcuts() -> Vec<Shortcut> {
+    let s = |keys, command, what| Shortcut { keys, command, what };
     vec![
-        Shortcut { keys: REDO, command: Command::Redo },
-        Shortcut { keys: REDO_ALT, command: Command::Redo },
-        Shortcut { keys: UNDO, command: Command::Undo },
-        Shortcut { keys: BRUSH, command: Command::SetTool(Tool::Brush) },
-        Shortcut { keys: ERASER, command: Command::SetTool(Tool::Eraser) },
-        Shortcut { keys: FIT, command: Command::Fit },
-        Shortcut { keys: ACTUAL_PIXELS, command: Command::ActualPixels },
-        Shortcut { keys: CANCEL, command: Command::Cancel },
+        s(REDO, Command::Redo, "Redo"),
+        s(OPEN_PROJECT, Command::OpenDialog(Dialog::OpenProject), "Open a project"),
+        s(SAVE_AS, Command::OpenDialog(Dialog::SaveProject), "Save the project as…"),
+        s(EXPORT, Command::OpenDialog(Dialog::Export), "Export the image"),
+        s(REDO_ALT, Command::Redo, "Redo"),
+        s(UNDO, Command::Undo, "Undo"),
+        s(OPEN, Command::OpenDialog(Dialog::OpenPhoto), "Open a photo"),
+        s(SAVE, Command::Save, "Save the project"),
+        s(QUIT, Command::Quit, "Quit (asks about unsaved changes)"),
+        s(FIT_ALT, Command::Fit, "Fit the canvas to the window"),
+        s(ACTUAL_PIXELS_ALT, Command::ActualPixels, "100 %: one photo pixel per screen pixel"),
+        s(BRUSH, Command::SetTool(Tool::Brush), "Brush: paint what to replace"),
+        s(ERASER, Command::SetTool(Tool::Eraser), "Eraser"),
+        s(FIT, Command::Fit, "Fit the canvas to the window"),
+        s(ACTUAL_PIXELS, Command::ActualPixels, "100 %"),
+        s(ZOOM_IN, Command::Zoom(1.25), "Zoom in"),
+        s(ZOOM_IN_ALT, Command::Zoom(1.25), "Zoom in"),
+        s(ZOOM_OUT, Command::Zoom(0.8), "Zoom out"),
+        s(SHORTCUTS, Command::ToggleShortcuts, "This list of shortcuts"),
+        s(CANCEL, Command::Cancel, "Cancel the running job"),
     ]
 }
 

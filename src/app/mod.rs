@@ -125,6 +125,8 @@ pub struct RealfillApp {
     after_save: Option<unsaved::Pending>,
     /// The person chose to close without saving.
     close_confirmed: bool,
+    /// The keyboard shortcut list is open (F1, Help menu).
+    show_shortcuts: bool,
     last_title: String,
     tasks_tx: Sender<Task>,
     tasks_rx: Receiver<Task>,
@@ -201,6 +203,7 @@ impl RealfillApp {
             pending: None,
             after_save: None,
             close_confirmed: false,
+            show_shortcuts: false,
             last_title: String::new(),
             tasks_tx,
             tasks_rx,
@@ -688,6 +691,20 @@ impl RealfillApp {
                 self.canvas.view.offset -= shift * self.canvas.view.zoom;
             }
             Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
+            Command::Save => match self.project_path.clone() {
+                Some(p) if self.doc.is_some() => self.save_project(p),
+                _ => self.open_dialog(tasks::Dialog::SaveProject),
+            },
+            Command::Zoom(f) => {
+                let area = self.canvas.area;
+                self.canvas.view.zoom_at(area, area.center(), f);
+            }
+            Command::ToggleShortcuts => self.show_shortcuts = !self.show_shortcuts,
+            Command::Quit => {
+                if self.request_close(ctx) {
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            }
             Command::DismissMessage(i) => {
                 if i < self.messages.len() {
                     self.messages.remove(i);
@@ -817,6 +834,7 @@ impl RealfillApp {
             self.request_close(&ctx);
         }
         self.prompt(ui);
+        panels::shortcut_list(self, ui);
         self.apply_commands(&ctx);
         let title = self.title();
         if title != self.last_title {

@@ -15,7 +15,11 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
     egui::Panel::top("top").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
-                if ui.button("Open photo…").clicked() {
+                let ctx = ui.ctx().clone();
+                let item = |label: &str, keys: &egui::KeyboardShortcut| {
+                    egui::Button::new(label.to_string()).shortcut_text(ctx.format_shortcut(keys))
+                };
+                if ui.add(item("Open photo…", &commands::OPEN)).clicked() {
                     app.push(Command::OpenDialog(Dialog::OpenPhoto));
                 }
                 let has_doc = app.doc.is_some();
@@ -23,15 +27,22 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     app.push(Command::OpenDialog(Dialog::AddReferences));
                 }
                 ui.separator();
-                if ui.button("Open project…").clicked() {
+                if ui.add(item("Open project…", &commands::OPEN_PROJECT)).clicked() {
                     app.push(Command::OpenDialog(Dialog::OpenProject));
                 }
-                if ui.add_enabled(has_doc, egui::Button::new("Save project…")).clicked() {
+                if ui.add_enabled(has_doc, item("Save project", &commands::SAVE)).clicked() {
+                    app.push(Command::Save);
+                }
+                if ui.add_enabled(has_doc, item("Save project as…", &commands::SAVE_AS)).clicked() {
                     app.push(Command::OpenDialog(Dialog::SaveProject));
                 }
                 ui.separator();
-                if ui.add_enabled(has_doc, egui::Button::new("Export…")).clicked() {
+                if ui.add_enabled(has_doc, item("Export…", &commands::EXPORT)).clicked() {
                     app.push(Command::OpenDialog(Dialog::Export));
+                }
+                ui.separator();
+                if ui.add(item("Quit", &commands::QUIT)).clicked() {
+                    app.push(Command::Quit);
                 }
             });
             ui.menu_button("Edit", |ui| {
@@ -46,10 +57,42 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     app.push(Command::Redo);
                 }
             });
+            ui.menu_button("Help", |ui| {
+                let keys = ui.ctx().format_shortcut(&commands::SHORTCUTS);
+                if ui.add(egui::Button::new("Keyboard shortcuts").shortcut_text(keys)).clicked() {
+                    app.push(Command::ToggleShortcuts);
+                }
+            });
             ui.separator();
             tools(app, ui);
         });
     });
+}
+
+/// The keyboard shortcuts, from the one table that also handles them (F1, Help menu).
+pub fn shortcut_list(app: &mut RealfillApp, ui: &mut egui::Ui) {
+    let mut open = app.show_shortcuts;
+    egui::Window::new("Keyboard shortcuts").open(&mut open).collapsible(false).resizable(false).show(ui.ctx(), |ui| {
+        egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
+            let ctx = ui.ctx().clone();
+            for s in commands::shortcuts() {
+                ui.label(RichText::new(ctx.format_shortcut(&s.keys)).monospace());
+                ui.label(s.what);
+                ui.end_row();
+            }
+            for (keys, what) in [
+                ("[  ]", "Brush smaller / larger"),
+                ("Space + drag", "Move the view"),
+                ("Scroll", "Zoom about the pointer"),
+                ("\\ (held)", "Show the photo before the last fill"),
+            ] {
+                ui.label(RichText::new(keys).monospace());
+                ui.label(what);
+                ui.end_row();
+            }
+        });
+    });
+    app.show_shortcuts = open;
 }
 
 fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {

@@ -54,7 +54,8 @@ impl RealfillApp {
         }
     }
 
-    /// The window's close button (or the system's close request).
+    /// The window's close button, the system's close request or Quit: true when it may close
+    /// now, else the prompt asks first.
     pub fn request_close(&mut self, ctx: &egui::Context) -> bool {
         if self.is_modified() && !self.close_confirmed {
             ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
