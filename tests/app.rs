@@ -506,3 +506,90 @@ fn standard_keys_work_and_f1_lists_them() {
     assert!(!h.state().is_modified(), "Ctrl+S saved");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// --- selections and mask tools (issue 15) ---
+
+fn drag(h: &mut Harness<'_, RealfillApp>, path: &[egui::Pos2]) {
+    h.drag_at(path[0]);
+    h.step();
+    for p in &path[1..] {
+        h.hover_at(*p);
+        h.step();
+    }
+    h.drop_at(*path.last().unwrap());
+    h.run_steps(2);
+}
+
+#[test]
+fn rectangle_and_lasso_selections_add_and_take_away_as_one_undo_step_each() {
+    let mut app = demo_app(2, 1);
+    app.doc_mut().unwrap().mask.clear();
+    let mut h = harness(app);
+    let c = canvas_centre(&h);
+    let zoom = h.state().canvas().view.zoom;
+    h.key_press(egui::Key::M);
+    h.run_steps(1);
+    // A 100×60 screen-pixel rectangle: about (100/zoom)×(60/zoom) photo pixels.
+    drag(&mut h, &[c, c + egui::vec2(50.0, 30.0), c + egui::vec2(100.0, 60.0)]);
+    let n = h.state().doc().unwrap().mask.count() as f32;
+    let want = 100.0 * 60.0 / (zoom * zoom);
+    assert!((n / want - 1.0).abs() < 0.1, "rectangle: {n} pixels, expected about {want}");
+    // Alt: take a rectangle away from its middle.
+    h.key_press(egui::Key::L);
+    h.run_steps(1);
+    h.event(egui::Event::ModifiersChanged(egui::Modifiers::ALT));
+    // A lasso triangle inside the rectangle.
+    drag(
+        &mut h,
+        &[
+            c + egui::vec2(10.0, 10.0),
+            c + egui::vec2(60.0, 10.0),
+            c + egui::vec2(35.0, 50.0),
+            c + egui::vec2(11.0, 11.0),
+        ],
+    );
+    h.event(egui::Event::ModifiersChanged(egui::Modifiers::NONE));
+    h.run_steps(1);
+    let after = h.state().doc().unwrap().mask.count() as f32;
+    let tri = 0.5 * 50.0 * 40.0 / (zoom * zoom);
+    assert!((n - after - tri).abs() < 0.2 * tri, "lasso took {} pixels, expected about {tri}", n - after);
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().mask.count() as f32, n, "one undo step per selection");
+}
+
+#[test]
+fn the_mask_grows_shrinks_and_goes_out_and_back_in_as_a_png() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-mask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut h = harness(demo_app(2, 1));
+    let n0 = h.state().doc().unwrap().mask.count();
+    h.get_by_label("Grow").click();
+    h.run_steps(2);
+    let grown = h.state().doc().unwrap().mask.count();
+    assert!(grown > n0, "{n0} → {grown}");
+    h.get_by_label("Shrink").click();
+    h.run_steps(2);
+    h.get_by_label("Shrink").click();
+    h.run_steps(2);
+    assert!(h.state().doc().unwrap().mask.count() < n0);
+    let mask = h.state().doc().unwrap().mask.clone();
+    let png = dir.join("mask.png");
+    h.state_mut().export_mask(png.clone());
+    h.state_mut().wait_for_tasks();
+    h.get_by_label("Clear").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().mask.count(), 0);
+    let m = realfill::scene::io::load_mask(&png).unwrap();
+    h.state_mut().import_mask(&png, m);
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().mask, mask, "the PNG holds the mask exactly");
+    // A mask of another size is refused with a message.
+    let small = dir.join("small.png");
+    image::GrayImage::new(10, 10).save(&small).unwrap();
+    h.state_mut().import_mask(&small, realfill::scene::io::load_mask(&small).unwrap());
+    h.run_steps(2);
+    assert!(h.state().messages().iter().any(|m| m.text.contains("the mask is 10×10 but the photo is")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

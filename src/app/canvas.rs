@@ -26,6 +26,34 @@ const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
 pub enum Tool {
     Brush,
     Eraser,
+    /// Drag a rectangle to add to the mask (Alt: take away).
+    Rectangle,
+    /// Drag a free outline to add to the mask (Alt: take away).
+    Lasso,
+}
+
+impl Tool {
+    fn paints(self) -> bool {
+        matches!(self, Tool::Brush | Tool::Eraser)
+    }
+}
+
+/// A selection being dragged: canvas points (the rectangle's two corners, or the lasso's
+/// outline) and whether it takes away from the mask.
+struct Selection {
+    tool: Tool,
+    points: Vec<[f32; 2]>,
+    subtract: bool,
+}
+
+impl Selection {
+    /// The closed outline in canvas coordinates.
+    fn outline(&self) -> Vec<[f32; 2]> {
+        match (self.tool, self.points.as_slice()) {
+            (Tool::Rectangle, [a, .., b]) => vec![*a, [b[0], a[1]], *b, [a[0], b[1]]],
+            _ => self.points.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +236,7 @@ pub struct Canvas {
     checker: Option<TextureHandle>,
     last_paint: Option<[f32; 2]>,
     edge: Option<EdgeDrag>,
+    selection: Option<Selection>,
     /// The canvas area of the last frame (tests and fit buttons use it).
     pub area: Rect,
 }
@@ -225,6 +254,7 @@ impl Default for Canvas {
             before: None,
             checker: None,
             last_paint: None,
+            selection: None,
             edge: None,
             area: Rect::NOTHING,
         }
@@ -460,6 +490,12 @@ impl Canvas {
             }
         }
         painter.rect_stroke(canvas_rect, 0.0, Stroke::new(1.0, Color32::from_gray(200)), StrokeKind::Outside);
+        if let Some(sel) = &self.selection {
+            let pts: Vec<Pos2> = sel.outline().iter().map(|&p| self.view.to_screen(area, p)).collect();
+            let colour = if sel.subtract { Color32::LIGHT_BLUE } else { Color32::WHITE };
+            painter.add(egui::Shape::closed_line(pts.clone(), Stroke::new(2.5, Color32::BLACK)));
+            painter.add(egui::Shape::closed_line(pts, Stroke::new(1.0, colour)));
+        }
         if o.editable {
             // Edge handles at the middle of each side.
             let hs = Vec2::splat(8.0);
@@ -489,6 +525,8 @@ impl Canvas {
                     Side::Left | Side::Right => CursorIcon::ResizeHorizontal,
                     Side::Top | Side::Bottom => CursorIcon::ResizeVertical,
                 });
+            } else if o.editable && self.tool.is_some_and(|t| !t.paints()) && !space {
+                ctx.set_cursor_icon(CursorIcon::Crosshair);
             } else if o.editable && self.tool.is_some() && !space {
                 let colour = if self.tool == Some(Tool::Eraser) { Color32::LIGHT_BLUE } else { Color32::WHITE };
                 painter.circle_stroke(p, brush_radius * self.view.zoom, Stroke::new(1.5, Color32::BLACK));
@@ -514,6 +552,10 @@ impl Canvas {
             if let Some(side) = self.edge_under(area, doc, press) {
                 doc.begin_gesture();
                 self.edge = Some(EdgeDrag { side, start: doc.extension, pointer: press });
+            } else if let Some(tool) = self.tool.filter(|t| !t.paints()) {
+                let subtract = ctx.input(|i| i.modifiers.alt);
+                let (a, b) = (self.view.to_canvas(area, press), self.view.to_canvas(area, p));
+                self.selection = Some(Selection { tool, points: vec![a, b], subtract });
             } else if let Some(tool) = self.tool {
                 doc.begin_gesture();
                 let a = self.view.to_canvas(area, press);
@@ -537,13 +579,35 @@ impl Canvas {
                     Vec2::new(ext.left as f32 - doc.extension.left as f32, ext.top as f32 - doc.extension.top as f32);
                 self.view.offset -= shift * self.view.zoom;
                 doc.set_extension(ext);
+            } else if let Some(sel) = &mut self.selection {
+                let b = self.view.to_canvas(area, p);
+                match sel.tool {
+                    Tool::Rectangle => sel.points[1] = b,
+                    // Every pointer position of the frame (a slow frame must not cut corners),
+                    // one point per two screen pixels.
+                    _ => {
+                        let moves: Vec<Pos2> = ctx.input(|i| {
+                            i.events
+                                .iter()
+                                .filter_map(|e| if let egui::Event::PointerMoved(m) = e { Some(*m) } else { None })
+                                .collect()
+                        });
+                        for m in moves.into_iter().chain(std::iter::once(p)) {
+                            let b = self.view.to_canvas(area, m);
+                            let last = sel.points[sel.points.len() - 1];
+                            if (b[0] - last[0]).hypot(b[1] - last[1]) * self.view.zoom >= 2.0 {
+                                sel.points.push(b);
+                            }
+                        }
+                    }
+                }
             } else if let (Some(last), Some(tool)) = (self.last_paint, self.tool) {
                 let b = self.view.to_canvas(area, p);
                 self.paint(doc, last, b, radius, tool);
                 self.last_paint = Some(b);
             }
         } else if response.clicked_by(egui::PointerButton::Primary)
-            && let (Some(p), Some(tool)) = (pos, self.tool)
+            && let (Some(p), Some(tool)) = (pos, self.tool.filter(|t| t.paints()))
         {
             doc.begin_gesture();
             let a = self.view.to_canvas(area, p);
@@ -551,6 +615,12 @@ impl Canvas {
             doc.end_gesture();
         }
         if !primary && !response.drag_started() {
+            // A selection ends when the button is released: one undo step.
+            if let Some(sel) = self.selection.take() {
+                doc.begin_gesture();
+                doc.select(&sel.outline(), !sel.subtract);
+                doc.end_gesture();
+            }
             self.finish_gestures(doc);
         }
     }

@@ -26,6 +26,8 @@ pub enum Command {
     ActualPixels,
     InvertMask,
     ClearMask,
+    /// Grow the mask by this many pixels (shrink when negative).
+    GrowMask(f32),
     RemoveReference(usize),
     SetExtension(Extension),
     ToggleBefore,
@@ -57,6 +59,8 @@ pub const SAVE_AS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.p
 pub const EXPORT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::E);
 pub const BRUSH: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::B);
 pub const ERASER: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::E);
+pub const RECTANGLE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::M);
+pub const LASSO: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::L);
 pub const FIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::F);
 pub const FIT_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Num0);
 pub const ACTUAL_PIXELS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Num1);
@@ -86,6 +90,8 @@ pub fn shortcuts() -> Vec<Shortcut> {
         s(ACTUAL_PIXELS_ALT, Command::ActualPixels, "100 %: one photo pixel per screen pixel"),
         s(BRUSH, Command::SetTool(Tool::Brush), "Brush: paint what to replace"),
         s(ERASER, Command::SetTool(Tool::Eraser), "Eraser"),
+        s(RECTANGLE, Command::SetTool(Tool::Rectangle), "Rectangle selection (Alt: take away)"),
+        s(LASSO, Command::SetTool(Tool::Lasso), "Lasso selection (Alt: take away)"),
         s(FIT, Command::Fit, "Fit the canvas to the window"),
         s(ACTUAL_PIXELS, Command::ActualPixels, "100 %"),
         s(ZOOM_IN, Command::Zoom(1.25), "Zoom in"),

@@ -158,6 +158,73 @@ impl PaintMask {
         Arc::make_mut(&mut self.data).fill(0);
         self.painted = 0;
     }
+
+    /// Add (`fill`) or remove the inside of a closed polygon (pixel coordinates; a pixel is
+    /// inside when its centre is, by the even-odd rule): rectangle and lasso selections.
+    /// Returns the rectangle that may have changed.
+    pub fn polygon(&mut self, pts: &[[f32; 2]], fill: bool) -> Option<PixelRect> {
+        if pts.len() < 3 {
+            return None;
+        }
+        let (mut y0, mut y1, mut x0, mut x1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+        for p in pts {
+            (x0, x1, y0, y1) = (x0.min(p[0]), x1.max(p[0]), y0.min(p[1]), y1.max(p[1]));
+        }
+        let rect = PixelRect {
+            x0: (x0.floor().max(0.0) as usize).min(self.width),
+            y0: (y0.floor().max(0.0) as usize).min(self.height),
+            x1: (x1.ceil().max(0.0) as usize).min(self.width),
+            y1: (y1.ceil().max(0.0) as usize).min(self.height),
+        };
+        if rect.x0 >= rect.x1 || rect.y0 >= rect.y1 {
+            return None;
+        }
+        let value = u8::from(fill);
+        let data = Arc::make_mut(&mut self.data);
+        let mut xs = Vec::new();
+        for y in rect.y0..rect.y1 {
+            let cy = y as f32 + 0.5;
+            xs.clear();
+            for (i, a) in pts.iter().enumerate() {
+                let b = pts[(i + 1) % pts.len()];
+                // Edges crossing the scanline (half-open, so a vertex counts once).
+                if (a[1] <= cy) != (b[1] <= cy) {
+                    xs.push(a[0] + (cy - a[1]) / (b[1] - a[1]) * (b[0] - a[0]));
+                }
+            }
+            xs.sort_by(f32::total_cmp);
+            for span in xs.chunks_exact(2) {
+                // Pixels whose centre lies in [span0, span1).
+                let from = ((span[0] - 0.5).ceil().max(0.0) as usize).max(rect.x0);
+                let to = (((span[1] - 0.5).ceil().max(0.0)) as usize).min(rect.x1);
+                for x in from..to {
+                    let v = &mut data[y * self.width + x];
+                    if *v != value {
+                        if fill {
+                            self.painted += 1;
+                        } else {
+                            self.painted -= 1;
+                        }
+                        *v = value;
+                    }
+                }
+            }
+        }
+        Some(rect)
+    }
+
+    /// Grow the painted region by `px` pixels (an octagonal chamfer distance: nearly round), or
+    /// shrink it when `px` is negative.
+    pub fn grow(&mut self, px: f32) {
+        let m = self.to_mask();
+        let data: Vec<u8> = if px >= 0.0 {
+            m.distance_outside().iter().map(|&d| u8::from(d <= px)).collect()
+        } else {
+            // A painted pixel stays when the nearest unpainted one is farther than |px|.
+            m.distance_inside().iter().zip(self.data.iter()).map(|(&d, &v)| u8::from(v != 0 && d > -px)).collect()
+        };
+        *self = PaintMask::from_data(self.width, self.height, data);
+    }
 }
 
 /// Grow `e` so that the canvas is `factor` times the target in each direction, split evenly
@@ -314,6 +381,17 @@ impl Document {
     pub fn paint(&mut self, a: [f32; 2], b: [f32; 2], radius: f32, fill: bool) -> Option<PixelRect> {
         let (l, t) = (self.extension.left as f32, self.extension.top as f32);
         let r = self.mask.stroke([a[0] - l, a[1] - t], [b[0] - l, b[1] - t], radius, fill);
+        if r.is_some() {
+            self.revision += 1;
+        }
+        r
+    }
+
+    /// A rectangle or lasso selection (canvas coordinates) added to the mask or taken from it.
+    pub fn select(&mut self, pts: &[[f32; 2]], add: bool) -> Option<PixelRect> {
+        let (l, t) = (self.extension.left as f32, self.extension.top as f32);
+        let local: Vec<[f32; 2]> = pts.iter().map(|p| [p[0] - l, p[1] - t]).collect();
+        let r = self.mask.polygon(&local, add);
         if r.is_some() {
             self.revision += 1;
         }
@@ -519,5 +597,36 @@ mod tests {
     fn presets_split_growth_between_sides() {
         assert_eq!(extension_preset(100, 41, 2.0), Extension { left: 50, right: 50, top: 20, bottom: 21 });
         assert_eq!(extension_preset(10, 10, 1.0), Extension::default());
+    }
+
+    #[test]
+    fn polygons_add_and_remove_their_inside_and_grow_shrink_by_distance() {
+        let mut m = PaintMask::new(100, 80);
+        // A rectangle 10..50 × 20..40: 800 pixels.
+        let rect = [[10.0, 20.0], [50.0, 20.0], [50.0, 40.0], [10.0, 40.0]];
+        assert!(m.polygon(&rect, true).is_some());
+        assert_eq!(m.count(), 800);
+        assert!(m.get(10, 20) && m.get(49, 39) && !m.get(50, 20) && !m.get(9, 30));
+        // A triangle taken out of it: its half, 400 pixels (pixel centres on the diagonal are
+        // split by the half-open rule).
+        let tri = [[10.0, 20.0], [50.0, 20.0], [50.0, 40.0]];
+        m.polygon(&tri, false);
+        assert!((395..=405).contains(&m.count()), "{}", m.count());
+        assert_eq!(m.count(), m.data().iter().filter(|&&v| v != 0).count(), "the count follows");
+        // Outside the image: nothing, no panic.
+        assert!(m.polygon(&[[-30.0, -30.0], [-10.0, -30.0], [-10.0, -5.0]], true).is_none());
+        // Grow then shrink by the same amount: the rectangle again (a convex shape).
+        let mut r = PaintMask::new(100, 80);
+        r.polygon(&rect, true);
+        r.grow(5.0);
+        assert!(r.get(6, 30) && r.get(53, 30) && !r.get(3, 30), "grown by 5");
+        assert!(r.count() > 800 + 2 * 5 * (40 + 20));
+        r.grow(-5.0);
+        let diff = (0..100 * 80)
+            .filter(|&i| (r.data()[i] != 0) != (i % 100 >= 10 && i % 100 < 50 && i / 100 >= 20 && i / 100 < 40))
+            .count();
+        assert!(diff < 40, "{diff} pixels differ after growing and shrinking");
+        r.grow(-15.0);
+        assert_eq!(r.count(), 0, "a 20-pixel-high band shrunk by 15 from each side vanishes");
     }
 }

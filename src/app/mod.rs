@@ -675,6 +675,11 @@ impl RealfillApp {
                     d.edit(|d| d.mask.clear());
                 }
             }
+            Command::GrowMask(px) if editable => {
+                if let Some(d) = &mut self.doc {
+                    d.edit(|d| d.mask.grow(px));
+                }
+            }
             Command::RemoveReference(i) if editable => {
                 if let Some(d) = &mut self.doc
                     && i < d.refs.len()
@@ -714,6 +719,7 @@ impl RealfillApp {
             Command::PickCandidate(_)
             | Command::InvertMask
             | Command::ClearMask
+            | Command::GrowMask(_)
             | Command::RemoveReference(_)
             | Command::SetExtension(_) => {}
         }

@@ -40,6 +40,12 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 if ui.add_enabled(has_doc, item("Export…", &commands::EXPORT)).clicked() {
                     app.push(Command::OpenDialog(Dialog::Export));
                 }
+                if ui.add_enabled(has_doc, egui::Button::new("Import mask…")).clicked() {
+                    app.push(Command::OpenDialog(Dialog::ImportMask));
+                }
+                if ui.add_enabled(has_doc, egui::Button::new("Export mask…")).clicked() {
+                    app.push(Command::OpenDialog(Dialog::ExportMask));
+                }
                 ui.separator();
                 if ui.add(item("Quit", &commands::QUIT)).clicked() {
                     app.push(Command::Quit);
@@ -109,6 +115,16 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
         if eraser.on_hover_text(format!("Unpaint ({})", key(&commands::ERASER))).clicked() {
             app.push(Command::SetTool(Tool::Eraser));
         }
+        let rect = ui.selectable_label(tool == Some(Tool::Rectangle), "Rectangle");
+        let tip = format!("Drag a rectangle to add to the mask; hold Alt to take away ({})", key(&commands::RECTANGLE));
+        if rect.on_hover_text(tip).clicked() {
+            app.push(Command::SetTool(Tool::Rectangle));
+        }
+        let lasso = ui.selectable_label(tool == Some(Tool::Lasso), "Lasso");
+        let tip = format!("Draw an outline to add to the mask; hold Alt to take away ({})", key(&commands::LASSO));
+        if lasso.on_hover_text(tip).clicked() {
+            app.push(Command::SetTool(Tool::Lasso));
+        }
         let l = ui.label("Size");
         ui.add(egui::DragValue::new(&mut app.settings.brush_radius).range(1.0..=500.0).speed(0.5).suffix(" px"))
             .labelled_by(l.id)
@@ -120,6 +136,15 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
             if ui.button("Clear").on_hover_text("Remove the whole mask").clicked() {
                 app.push(Command::ClearMask);
             }
+            let step = app.settings.mask_step;
+            if ui.button("Grow").on_hover_text(format!("Grow the mask by {step} px")).clicked() {
+                app.push(Command::GrowMask(step));
+            }
+            if ui.button("Shrink").on_hover_text(format!("Shrink the mask by {step} px")).clicked() {
+                app.push(Command::GrowMask(-step));
+            }
+            ui.add(egui::DragValue::new(&mut app.settings.mask_step).range(1.0..=200.0).speed(0.5).suffix(" px"))
+                .on_hover_text("How far Grow and Shrink move the mask's edge");
         }
         ui.separator();
         let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));

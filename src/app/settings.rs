@@ -18,11 +18,19 @@ pub struct AppSettings {
     pub brush_radius: f32,
     pub backend: BackendChoice,
     pub last_dir: Option<PathBuf>,
+    /// Pixels the mask grows or shrinks by.
+    pub mask_step: f32,
 }
 
 impl Default for AppSettings {
     fn default() -> Self {
-        AppSettings { run: RunSettings::default(), brush_radius: 24.0, backend: BackendChoice::Auto, last_dir: None }
+        AppSettings {
+            run: RunSettings::default(),
+            brush_radius: 24.0,
+            backend: BackendChoice::Auto,
+            last_dir: None,
+            mask_step: 8.0,
+        }
     }
 }
 

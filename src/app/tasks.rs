@@ -9,7 +9,7 @@ use super::RealfillApp;
 use super::document::{Document, PaintMask};
 use crate::error::{Error, Result};
 use crate::scene::Photo;
-use crate::scene::io::{load_photo, load_reference, same_file, save_with};
+use crate::scene::io::{load_photo, load_reference, same_file, save_atomic, save_with};
 use crate::scene::project::Project;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub enum Dialog {
     OpenProject,
     SaveProject,
     Export,
+    /// A mask image (white = fill) of the photo's size.
+    ImportMask,
+    ExportMask,
 }
 
 pub struct OpenedProject {
@@ -40,6 +43,8 @@ pub enum Task {
     Project(Result<OpenedProject>),
     /// A file was written (what, where) or not.
     Saved(&'static str, Result<PathBuf>),
+    /// A mask image was read for the document.
+    Mask(PathBuf, Result<crate::scene::Mask>),
     /// A project was saved (of the document at this revision); the target had to be written
     /// beside it first (its new path).
     ProjectSaved(Result<(PathBuf, Option<PathBuf>)>, u64),
@@ -65,9 +70,15 @@ pub fn dialog(kind: Dialog, start: Option<PathBuf>, name: Option<String>) -> imp
             Dialog::AddReferences => d.add_filter("Photos", IMAGES).pick_files(),
             Dialog::OpenProject => d.add_filter("realfill project", &project).pick_file().map(|p| vec![p]),
             Dialog::SaveProject => d.add_filter("realfill project", &project).save_file().map(|p| vec![p]),
-            Dialog::Export => {
-                d.add_filter("PNG", &["png"]).add_filter("JPEG", &["jpg", "jpeg"]).save_file().map(|p| vec![p])
-            }
+            Dialog::Export => d
+                .add_filter("PNG", &["png"])
+                .add_filter("JPEG", &["jpg", "jpeg"])
+                .add_filter("TIFF", &["tif", "tiff"])
+                .add_filter("WebP", &["webp"])
+                .save_file()
+                .map(|p| vec![p]),
+            Dialog::ImportMask => d.add_filter("Mask images", IMAGES).pick_file().map(|p| vec![p]),
+            Dialog::ExportMask => d.add_filter("PNG", &["png"]).save_file().map(|p| vec![p]),
         };
         Task::Dialog(kind, paths)
     }
@@ -182,6 +193,29 @@ impl RealfillApp {
         self.spawn(move || Task::Saved("exported", save_with(&img, &path, &meta, quality).map(|_| path)));
     }
 
+    /// Replace the mask with an imported one (one undo step); it must have the photo's size.
+    pub fn import_mask(&mut self, path: &std::path::Path, m: crate::scene::Mask) {
+        let Some(doc) = &mut self.doc else { return };
+        let (w, h) = (doc.target.width(), doc.target.height());
+        if (m.width, m.height) != (w, h) {
+            self.error(format!("{}: the mask is {}×{} but the photo is {w}×{h}", path.display(), m.width, m.height));
+            return;
+        }
+        doc.edit(|d| d.mask = PaintMask::from_mask(&m));
+        self.info(format!("mask imported from {}", path.display()));
+    }
+
+    /// Write the mask as a PNG (white = fill), the command line's `--mask` format.
+    pub fn export_mask(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        let (w, h) = (doc.mask.width as u32, doc.mask.height as u32);
+        let data: Vec<u8> = doc.mask.data().iter().map(|&v| if v != 0 { 255 } else { 0 }).collect();
+        self.spawn(move || {
+            let img = image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, data).expect("mask size"));
+            Task::Saved("mask exported to", save_atomic(&img, &path).map(|_| path))
+        });
+    }
+
     pub fn save_project(&mut self, path: PathBuf) {
         let Some(doc) = &self.doc else { return };
         let project = Project {
@@ -236,10 +270,16 @@ impl RealfillApp {
                     Dialog::OpenProject => self.spawn(open_project(first)),
                     Dialog::SaveProject => self.save_project(with_extension(first, crate::scene::project::EXTENSION)),
                     Dialog::Export => self.export(with_extension(first, "png")),
+                    Dialog::ImportMask => {
+                        self.spawn(move || Task::Mask(first.clone(), crate::scene::io::load_mask(&first)))
+                    }
+                    Dialog::ExportMask => self.export_mask(with_extension(first, "png")),
                 }
             }
             Task::Target(Ok(p)) => self.after_asking(super::unsaved::Pending::Photo(Box::new(p))),
             Task::Target(Err(e)) => self.error(e.to_string()),
+            Task::Mask(path, Ok(m)) => self.import_mask(&path, m),
+            Task::Mask(_, Err(e)) => self.error(e.to_string()),
             Task::References(results) => {
                 let mut photos = Vec::new();
                 for r in results {
