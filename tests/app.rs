@@ -593,3 +593,26 @@ fn the_mask_grows_shrinks_and_goes_out_and_back_in_as_a_png() {
     assert!(h.state().messages().iter().any(|m| m.text.contains("the mask is 10×10 but the photo is")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn opened_and_saved_files_are_remembered_and_reopen_from_the_recent_list() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-recent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let photo = dir.join("beach.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90])).save(&photo).unwrap();
+    let mut h = harness(demo_app(2, 1));
+    let project = dir.join("cat.realfill");
+    h.state_mut().save_project(project.clone());
+    h.state_mut().wait_for_tasks();
+    h.state_mut().open_recent(photo.clone());
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().target.path, photo);
+    h.state_mut().open_recent(project.clone());
+    h.state_mut().wait_for_tasks();
+    h.run_steps(2);
+    assert_eq!(h.state().title(), "cat.realfill — realfill");
+    assert_eq!(h.state().settings().recent[..2], [project, photo]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,6 +40,8 @@ pub enum Command {
     ToggleShortcuts,
     /// Close the window (asking first about unsaved changes).
     Quit,
+    /// Open a recent photo or project.
+    OpenRecent(std::path::PathBuf),
 }
 
 /// A keyboard shortcut, the command it pushes, and what it does in words (the shortcut list).

@@ -327,6 +327,10 @@ impl RealfillApp {
             std::thread::spawn(move || drop(old));
         }
         self.saved_revision = doc.revision;
+        // A photo that exists on disk (not a fill result or the demo's scaled copy).
+        if doc.target.path.is_file() {
+            self.settings.remember(&doc.target.path);
+        }
         self.doc = Some(doc);
         self.drop_candidates();
         self.project_path = None;
@@ -705,6 +709,7 @@ impl RealfillApp {
                 self.canvas.view.zoom_at(area, area.center(), f);
             }
             Command::ToggleShortcuts => self.show_shortcuts = !self.show_shortcuts,
+            Command::OpenRecent(p) => self.open_recent(p),
             Command::Quit => {
                 if self.request_close(ctx) {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);

@@ -30,6 +30,16 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 if ui.add(item("Open project…", &commands::OPEN_PROJECT)).clicked() {
                     app.push(Command::OpenDialog(Dialog::OpenProject));
                 }
+                ui.add_enabled_ui(!app.settings.recent.is_empty(), |ui| {
+                    ui.menu_button("Open recent", |ui| {
+                        for p in app.settings.recent.clone() {
+                            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            if ui.button(name).on_hover_text(p.display().to_string()).clicked() {
+                                app.push(Command::OpenRecent(p));
+                            }
+                        }
+                    });
+                });
                 if ui.add_enabled(has_doc, item("Save project", &commands::SAVE)).clicked() {
                     app.push(Command::Save);
                 }
@@ -40,6 +50,10 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 if ui.add_enabled(has_doc, item("Export…", &commands::EXPORT)).clicked() {
                     app.push(Command::OpenDialog(Dialog::Export));
                 }
+                ui.horizontal(|ui| {
+                    let l = ui.label("JPEG quality");
+                    ui.add(egui::DragValue::new(&mut app.settings.jpeg_quality).range(1..=100)).labelled_by(l.id);
+                });
                 if ui.add_enabled(has_doc, egui::Button::new("Import mask…")).clicked() {
                     app.push(Command::OpenDialog(Dialog::ImportMask));
                 }

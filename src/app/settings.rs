@@ -20,6 +20,22 @@ pub struct AppSettings {
     pub last_dir: Option<PathBuf>,
     /// Pixels the mask grows or shrinks by.
     pub mask_step: f32,
+    /// JPEG quality of exports (1–100).
+    pub jpeg_quality: u8,
+    /// Photos and projects opened or saved, newest first (at most `RECENT`).
+    pub recent: Vec<PathBuf>,
+}
+
+/// How many recent files are kept.
+pub const RECENT: usize = 10;
+
+impl AppSettings {
+    /// Put `path` first among the recent files.
+    pub fn remember(&mut self, path: &std::path::Path) {
+        self.recent.retain(|p| p != path);
+        self.recent.insert(0, path.to_path_buf());
+        self.recent.truncate(RECENT);
+    }
 }
 
 impl Default for AppSettings {
@@ -30,6 +46,8 @@ impl Default for AppSettings {
             backend: BackendChoice::Auto,
             last_dir: None,
             mask_step: 8.0,
+            jpeg_quality: crate::scene::io::JPEG_QUALITY,
+            recent: Vec::new(),
         }
     }
 }
@@ -104,5 +122,21 @@ mod tests {
         let l = AppSettings::load_from(&path);
         assert_eq!((l.brush_radius, l.run.candidates), (500.0, *crate::settings::LIMITS.candidates.end()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recent_files_are_newest_first_without_repeats_and_at_most_ten() {
+        let mut s = AppSettings::default();
+        for i in 0..12 {
+            s.remember(std::path::Path::new(&format!("/p/{i}.jpg")));
+        }
+        s.remember(std::path::Path::new("/p/5.jpg"));
+        assert_eq!(s.recent.len(), RECENT);
+        assert_eq!(s.recent[0], PathBuf::from("/p/5.jpg"));
+        assert_eq!(s.recent[1], PathBuf::from("/p/11.jpg"));
+        assert_eq!(s.recent.iter().filter(|p| p.ends_with("5.jpg")).count(), 1);
+        // Older settings files without the new fields still load.
+        let old: AppSettings = serde_json::from_str(r#"{"brush_radius": 10.0}"#).unwrap();
+        assert!(old.recent.is_empty() && old.jpeg_quality == 95);
     }
 }

@@ -134,6 +134,15 @@ pub fn open_project(path: PathBuf) -> impl FnOnce() -> Task + Send + 'static {
 }
 
 impl RealfillApp {
+    /// Open a recent file: a project or a photo, by its extension.
+    pub fn open_recent(&mut self, path: PathBuf) {
+        if path.extension().is_some_and(|e| e == crate::scene::project::EXTENSION) {
+            self.spawn(open_project(path));
+        } else {
+            self.spawn(load_target(path));
+        }
+    }
+
     /// Replace the document with an opened project (after `unsaved` asked, if it had to).
     pub(super) fn open_project_now(&mut self, o: OpenedProject) {
         let mut doc = Document::new(o.target);
@@ -152,6 +161,7 @@ impl RealfillApp {
         self.drop_candidates();
         self.canvas.view.fit_pending = true;
         self.info(format!("opened project {}", o.path.display()));
+        self.settings.remember(&o.path);
         self.project_path = Some(o.path);
     }
 
@@ -189,7 +199,7 @@ impl RealfillApp {
             return;
         }
         let (img, meta) = (doc.target.original.clone(), doc.target.metadata.clone());
-        let quality = crate::scene::io::JPEG_QUALITY;
+        let quality = self.settings.jpeg_quality;
         self.spawn(move || Task::Saved("exported", save_with(&img, &path, &meta, quality).map(|_| path)));
     }
 
@@ -304,6 +314,7 @@ impl RealfillApp {
                 }
                 let extra = written.map(|t| format!(" (the filled photo as {})", t.display())).unwrap_or_default();
                 self.info(format!("saved project {}{extra}", path.display()));
+                self.settings.remember(&path);
                 self.project_path = Some(path);
                 self.saved_at(revision);
             }
