@@ -616,3 +616,33 @@ fn opened_and_saved_files_are_remembered_and_reopen_from_the_recent_list() {
     assert_eq!(h.state().settings().recent[..2], [project, photo]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_split_view_shows_before_and_after_and_its_line_drags_without_painting() {
+    let mut app = demo_app(2, 1);
+    // A "fill" accepted: the photo with its left half blackened.
+    let doc = app.doc_mut().unwrap();
+    let mut img = doc.target.original.to_rgb8();
+    for p in img.pixels_mut() {
+        *p = image::Rgb([0, 0, 0]);
+    }
+    let filled = realfill::scene::Photo::from_image(doc.target.path.clone(), image::DynamicImage::ImageRgb8(img), None);
+    doc.accept_fill(std::sync::Arc::new(filled));
+    // A mask edit after the fill does not hide the photo before it.
+    doc.edit(|d| d.mask.invert());
+    assert!(doc.before_last_fill().is_some());
+    let mut h = harness(app);
+    h.get_by_label("Split").click();
+    h.run_steps(3);
+    let count = h.state().doc().unwrap().mask.count();
+    let area = h.state().canvas().area;
+    let at0 = h.state().canvas().split_at;
+    let (cw, ch) = h.state().doc().unwrap().canvas_size();
+    // On the divider (the middle of the canvas at first).
+    let c = h.state().canvas().view.to_screen(area, [cw as f32 * at0, ch as f32 / 2.0]);
+    // Drag it 100 points to the right.
+    drag(&mut h, &[c, c + egui::vec2(50.0, 0.0), c + egui::vec2(100.0, 0.0)]);
+    let at1 = h.state().canvas().split_at;
+    assert!(at1 > at0 + 0.05, "divider moved: {at0} → {at1}");
+    assert_eq!(h.state().doc().unwrap().mask.count(), count, "dragging the line paints nothing");
+}

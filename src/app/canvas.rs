@@ -220,6 +220,8 @@ pub struct Overlay<'a> {
     pub native: &'a [NativeTexture],
     /// Show the photo as it was before the last fill.
     pub show_before: bool,
+    /// Before on the left of a draggable divider, after on the right.
+    pub split: bool,
 }
 
 pub struct Canvas {
@@ -237,6 +239,8 @@ pub struct Canvas {
     last_paint: Option<[f32; 2]>,
     edge: Option<EdgeDrag>,
     selection: Option<Selection>,
+    /// Where the before/after divider is, as a share of the canvas's width.
+    pub split_at: f32,
     /// The canvas area of the last frame (tests and fit buttons use it).
     pub area: Rect,
 }
@@ -255,6 +259,7 @@ impl Default for Canvas {
             checker: None,
             last_paint: None,
             selection: None,
+            split_at: 0.5,
             edge: None,
             area: Rect::NOTHING,
         }
@@ -378,8 +383,40 @@ impl Canvas {
         if self.view.fit_pending {
             self.view.fit(area, doc.canvas_size());
         }
+        if o.split && doc.before_last_fill().is_some() {
+            self.drag_divider(ui, doc);
+        }
         let space = self.input(ui, &response, doc, o.editable, brush_radius);
         self.draw(ui, &response, doc, &o, *brush_radius, space);
+    }
+
+    /// The canvas on screen.
+    fn canvas_rect(&self, doc: &Document) -> Rect {
+        let (cw, ch) = doc.canvas_size();
+        Rect::from_min_max(
+            self.view.to_screen(self.area, [0.0, 0.0]),
+            self.view.to_screen(self.area, [cw as f32, ch as f32]),
+        )
+    }
+
+    /// The before/after divider: dragged sideways (it takes the drag from the canvas beneath).
+    fn drag_divider(&mut self, ui: &egui::Ui, doc: &Document) {
+        let c = self.canvas_rect(doc);
+        let x = c.left() + self.split_at * c.width();
+        let handle =
+            Rect::from_min_max(Pos2::new(x - 6.0, c.top()), Pos2::new(x + 6.0, c.bottom())).intersect(self.area);
+        let r = ui.interact(handle, ui.scope_id().with("before-after divider"), Sense::drag());
+        // The line follows the pointer (not its deltas: a slow frame may hold the press and
+        // the first moves together).
+        if r.dragged()
+            && c.width() > 0.0
+            && let Some(p) = r.interact_pointer_pos()
+        {
+            self.split_at = ((p.x - c.left()) / c.width()).clamp(0.0, 1.0);
+        }
+        if r.hovered() || r.dragged() {
+            ui.ctx().set_cursor_icon(CursorIcon::ResizeHorizontal);
+        }
     }
 
     /// Zoom and pan (any time), edits and brush size (when editable). Returns whether Space
@@ -485,6 +522,20 @@ impl Canvas {
                     None => format!("denoising step {step} of {total}"),
                 };
                 label(&painter, area, &what);
+            } else if let Some((photo, ext)) = o.split.then(|| doc.before_last_fill()).flatten() {
+                // Before on the left of the divider, after (already drawn) on the right.
+                let x = canvas_rect.left() + self.split_at * canvas_rect.width();
+                let left = Rect::from_min_max(canvas_rect.min, Pos2::new(x, canvas_rect.bottom())).intersect(area);
+                let view = self.view;
+                let clipped = painter.with_clip_rect(left);
+                self.before_texture(&ctx, &photo).paint(&clipped, &view, area, ext.left as f32, ext.top as f32);
+                let line = [
+                    Pos2::new(x, canvas_rect.top().max(area.top())),
+                    Pos2::new(x, canvas_rect.bottom().min(area.bottom())),
+                ];
+                painter.line_segment(line, Stroke::new(3.0, Color32::BLACK));
+                painter.line_segment(line, Stroke::new(1.0, Color32::WHITE));
+                label(&painter, area, "before | after (drag the line)");
             } else if let Some(ov) = &self.overlay {
                 painter.image(ov.id(), target_screen, full_uv, Color32::WHITE);
             }

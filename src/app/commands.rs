@@ -31,6 +31,8 @@ pub enum Command {
     RemoveReference(usize),
     SetExtension(Extension),
     ToggleBefore,
+    /// Before and after side by side, split by a draggable line.
+    ToggleSplit,
     DismissMessage(usize),
     /// Save the project where it was saved (asks where the first time).
     Save,

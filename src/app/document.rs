@@ -430,8 +430,9 @@ impl Document {
     /// The photo (and its place on the current canvas) before the last accepted fill, for
     /// before/after comparison.
     pub fn before_last_fill(&self) -> Option<(Arc<Photo>, Extension)> {
-        let s = self.undo.last()?;
-        (!Arc::ptr_eq(&s.target, &self.target)).then(|| (s.target.clone(), s.extension))
+        // The newest state with another photo: mask edits after the fill do not hide it.
+        let s = self.undo.iter().rev().find(|s| !Arc::ptr_eq(&s.target, &self.target))?;
+        Some((s.target.clone(), s.extension))
     }
 
     /// Add references, skipping the target itself and duplicates; returns one note per

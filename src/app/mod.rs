@@ -140,6 +140,8 @@ pub struct RealfillApp {
     settings_saved_at: Option<Instant>,
     /// The "Before" toggle button (holding \\ also shows the photo before the last fill).
     show_before_toggle: bool,
+    /// Before/after side by side on the canvas.
+    split: bool,
     /// For waking the UI from background threads (set at the first frame).
     repaint_handle: Option<egui::Context>,
     ref_thumbs: ThumbCache,
@@ -211,6 +213,7 @@ impl RealfillApp {
             commands: Vec::new(),
             frame_ms: 0.0,
             show_before_toggle: false,
+            split: false,
             repaint_handle: None,
             ref_thumbs: ThumbCache::default(),
             show_frame_time: true,
@@ -554,8 +557,11 @@ impl RealfillApp {
         let seconds = out.timings.total_s;
         // From the working-size fill: the same picture at 160 px, without scanning a camera
         // photo on the UI thread.
-        let working = image::DynamicImage::ImageRgb32F(
-            image::ImageBuffer::from_raw(out.working.width as u32, out.working.height as u32, out.working.data.clone())
+        // As 8-bit values: the `image` crate takes 32-bit float images as linear light and
+        // would encode them to sRGB again (a washed-out thumbnail).
+        let bytes: Vec<u8> = out.working.data.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let working = image::DynamicImage::ImageRgb8(
+            image::ImageBuffer::from_raw(out.working.width as u32, out.working.height as u32, bytes)
                 .expect("raster size matches its data"),
         );
         let thumb =
@@ -700,6 +706,7 @@ impl RealfillApp {
                 self.canvas.view.offset -= shift * self.canvas.view.zoom;
             }
             Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
+            Command::ToggleSplit => self.split = !self.split,
             Command::Save => match self.project_path.clone() {
                 Some(p) if self.doc.is_some() => self.save_project(p),
                 _ => self.open_dialog(tasks::Dialog::SaveProject),
@@ -830,6 +837,7 @@ impl RealfillApp {
                         preview,
                         native: &self.native_preview,
                         show_before: self.show_before,
+                        split: self.split,
                     };
                     self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
                 }

@@ -185,6 +185,13 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
     {
         app.push(Command::ToggleBefore);
     }
+    if ui
+        .add_enabled(can_compare, egui::Button::new("Split").selected(app.split))
+        .on_hover_text("Before on the left of a line you drag, after on the right")
+        .clicked()
+    {
+        app.push(Command::ToggleSplit);
+    }
 }
 
 /// References: thumbnails with remove, add button, canvas extension. Returns the panel's
