@@ -646,3 +646,24 @@ fn the_split_view_shows_before_and_after_and_its_line_drags_without_painting() {
     assert!(at1 > at0 + 0.05, "divider moved: {at0} → {at1}");
     assert_eq!(h.state().doc().unwrap().mask.count(), count, "dragging the line paints nothing");
 }
+
+#[test]
+fn a_pasted_image_becomes_a_reference_or_with_no_photo_open_the_photo() {
+    let img = egui::ColorImage::from_rgba_unmultiplied([40, 30], &vec![120u8; 40 * 30 * 4]);
+    let paste = |h: &mut Harness<'_, RealfillApp>| {
+        h.event(egui::Event::PasteImage(std::sync::Arc::new(img.clone())));
+        h.run_steps(2);
+    };
+    let mut h = harness(demo_app(2, 1));
+    let refs = h.state().doc().unwrap().refs.len();
+    paste(&mut h);
+    let doc = h.state().doc().unwrap();
+    assert_eq!(doc.refs.len(), refs + 1, "messages: {:?}", h.state().messages());
+    assert_eq!((doc.refs[refs].width(), doc.refs[refs].height()), (40, 30));
+    // No photo open: the pasted image is the photo.
+    let mut h = harness(RealfillApp::new(None, AppSettings::default()).without_frame_time());
+    paste(&mut h);
+    let doc = h.state().doc().expect("the pasted image opened as the photo");
+    assert_eq!((doc.target.width(), doc.target.height()), (40, 30));
+    assert_eq!(doc.target.path, std::path::PathBuf::from(realfill::app::clipboard::PASTED));
+}

@@ -6,6 +6,7 @@
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use super::canvas::Tool;
+use super::clipboard::PasteAs;
 use super::tasks::Dialog;
 use crate::scene::Extension;
 
@@ -44,6 +45,10 @@ pub enum Command {
     Quit,
     /// Open a recent photo or project.
     OpenRecent(std::path::PathBuf),
+    /// Paste the clipboard's image (as a reference when a photo is open, else as the photo).
+    Paste(PasteAs),
+    /// Copy the current image to the clipboard.
+    CopyImage,
 }
 
 /// A keyboard shortcut, the command it pushes, and what it does in words (the shortcut list).
@@ -74,6 +79,10 @@ pub const ZOOM_IN_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE,
 pub const ZOOM_OUT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Minus);
 pub const SHORTCUTS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::F1);
 pub const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+/// Copy and paste reach the app as egui's Copy and PasteImage events (egui-winit turns these
+/// keys into them); the constants are for menus and the shortcut list.
+pub const COPY: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::C);
+pub const PASTE: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::V);
 pub const QUIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Q);
 
 /// Every shortcut, most specific first (Ctrl+Shift+Z before Ctrl+Z: egui matches modifiers

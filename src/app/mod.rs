@@ -7,6 +7,7 @@
 //! both channels, keeps only the newest preview, then draws.
 
 pub mod canvas;
+pub mod clipboard;
 pub mod commands;
 pub mod document;
 mod panels;
@@ -127,6 +128,7 @@ pub struct RealfillApp {
     close_confirmed: bool,
     /// The keyboard shortcut list is open (F1, Help menu).
     show_shortcuts: bool,
+    clipboard: clipboard::Clipboard,
     last_title: String,
     tasks_tx: Sender<Task>,
     tasks_rx: Receiver<Task>,
@@ -206,6 +208,7 @@ impl RealfillApp {
             after_save: None,
             close_confirmed: false,
             show_shortcuts: false,
+            clipboard: Default::default(),
             last_title: String::new(),
             tasks_tx,
             tasks_rx,
@@ -600,6 +603,49 @@ impl RealfillApp {
         }
     }
 
+    /// Ctrl+V with an image on the clipboard (egui hands it over as an event) and Ctrl+C.
+    fn clipboard_events(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let events = ctx.input(|i| i.events.clone());
+        for e in events {
+            match e {
+                egui::Event::PasteImage(img) => {
+                    let rgba: Vec<u8> = img.pixels.iter().flat_map(|c| c.to_srgba_unmultiplied()).collect();
+                    let photo = clipboard::photo_of(img.size[0], img.size[1], rgba);
+                    self.pasted(clipboard::PasteAs::Auto, photo);
+                }
+                egui::Event::Copy => self.push(Command::CopyImage),
+                _ => {}
+            }
+        }
+    }
+
+    /// A pasted image becomes the photo or a reference.
+    pub fn pasted(&mut self, kind: clipboard::PasteAs, photo: crate::error::Result<Photo>) {
+        let photo = match photo {
+            Ok(p) => p,
+            Err(e) => return self.error(e.to_string()),
+        };
+        let as_reference = match kind {
+            clipboard::PasteAs::Auto => self.doc.is_some(),
+            clipboard::PasteAs::Photo => false,
+            clipboard::PasteAs::Reference => true,
+        };
+        match (&mut self.doc, as_reference) {
+            (Some(doc), true) => {
+                let (w, h) = (photo.width(), photo.height());
+                for note in doc.add_refs(vec![photo]) {
+                    self.warn(note);
+                }
+                self.info(format!("pasted a {w}×{h} image as a reference"));
+            }
+            (None, true) => self.error("open a photo first: a reference belongs to a photo"),
+            (_, false) => self.photo_opened(photo),
+        }
+    }
+
     /// Forget the candidates, freeing their photos (hundreds of megabytes each on a camera
     /// photo) off the UI thread.
     pub(crate) fn drop_candidates(&mut self) {
@@ -717,6 +763,21 @@ impl RealfillApp {
             }
             Command::ToggleShortcuts => self.show_shortcuts = !self.show_shortcuts,
             Command::OpenRecent(p) => self.open_recent(p),
+            Command::Paste(kind) => {
+                let clip = self.clipboard.clone();
+                self.spawn(move || tasks::Task::Pasted(kind, clip.paste()));
+            }
+            Command::CopyImage => {
+                if let Some(d) = &self.doc {
+                    let (clip, img) = (self.clipboard.clone(), d.target.original.clone());
+                    self.spawn(move || {
+                        tasks::Task::Saved(
+                            "copied to the clipboard:",
+                            clip.copy(&img).map(|_| PathBuf::from("the image")),
+                        )
+                    });
+                }
+            }
             Command::Quit => {
                 if self.request_close(ctx) {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);
@@ -820,6 +881,7 @@ impl RealfillApp {
         self.drain_events(&ctx);
         let pressed = commands::pressed(&ctx);
         self.commands.extend(pressed);
+        self.clipboard_events(&ctx);
         // Holding \\ shows the photo before the last fill (a held key, not a command).
         let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));
         self.show_before = held || self.show_before_toggle;

@@ -4,6 +4,7 @@
 use egui::{Color32, RichText};
 
 use super::canvas::Tool;
+use super::clipboard;
 use super::commands::{self, Command};
 use super::document::extension_preset;
 use super::tasks::Dialog;
@@ -76,6 +77,22 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 if ui.add_enabled(r, redo).clicked() {
                     app.push(Command::Redo);
                 }
+                ui.separator();
+                let has_doc = app.doc.is_some();
+                let copy = egui::Button::new("Copy image").shortcut_text(ctx.format_shortcut(&commands::COPY));
+                if ui.add_enabled(has_doc, copy).clicked() {
+                    app.push(Command::CopyImage);
+                }
+                let paste = egui::Button::new("Paste").shortcut_text(ctx.format_shortcut(&commands::PASTE));
+                if ui.add(paste).on_hover_text("As a reference when a photo is open, else as the photo").clicked() {
+                    app.push(Command::Paste(clipboard::PasteAs::Auto));
+                }
+                if ui.button("Paste as photo").clicked() {
+                    app.push(Command::Paste(clipboard::PasteAs::Photo));
+                }
+                if ui.add_enabled(has_doc, egui::Button::new("Paste as reference")).clicked() {
+                    app.push(Command::Paste(clipboard::PasteAs::Reference));
+                }
             });
             ui.menu_button("Help", |ui| {
                 let keys = ui.ctx().format_shortcut(&commands::SHORTCUTS);
@@ -98,6 +115,14 @@ pub fn shortcut_list(app: &mut RealfillApp, ui: &mut egui::Ui) {
             for s in commands::shortcuts() {
                 ui.label(RichText::new(ctx.format_shortcut(&s.keys)).monospace());
                 ui.label(s.what);
+                ui.end_row();
+            }
+            for (keys, what) in [
+                (&commands::COPY, "Copy the image"),
+                (&commands::PASTE, "Paste an image: a reference, or the photo when none is open"),
+            ] {
+                ui.label(RichText::new(ctx.format_shortcut(keys)).monospace());
+                ui.label(what);
                 ui.end_row();
             }
             for (keys, what) in [

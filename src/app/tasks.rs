@@ -43,6 +43,8 @@ pub enum Task {
     Project(Result<OpenedProject>),
     /// A file was written (what, where) or not.
     Saved(&'static str, Result<PathBuf>),
+    /// The clipboard's image, read for a paste.
+    Pasted(super::clipboard::PasteAs, Result<Photo>),
     /// A mask image was read for the document.
     Mask(PathBuf, Result<crate::scene::Mask>),
     /// A project was saved (of the document at this revision); the target had to be written
@@ -286,8 +288,9 @@ impl RealfillApp {
                     Dialog::ExportMask => self.export_mask(with_extension(first, "png")),
                 }
             }
-            Task::Target(Ok(p)) => self.after_asking(super::unsaved::Pending::Photo(Box::new(p))),
+            Task::Target(Ok(p)) => self.photo_opened(p),
             Task::Target(Err(e)) => self.error(e.to_string()),
+            Task::Pasted(kind, photo) => self.pasted(kind, photo),
             Task::Mask(path, Ok(m)) => self.import_mask(&path, m),
             Task::Mask(_, Err(e)) => self.error(e.to_string()),
             Task::References(results) => {
@@ -304,7 +307,7 @@ impl RealfillApp {
                     }
                 }
             }
-            Task::Project(Ok(o)) => self.after_asking(super::unsaved::Pending::Project(Box::new(o))),
+            Task::Project(Ok(o)) => self.project_opened(o),
             Task::Project(Err(e)) => self.error(e.to_string()),
             Task::Saved(what, Ok(p)) => self.info(format!("{what} {}", p.display())),
             Task::Saved(_, Err(e)) => self.error(e.to_string()),

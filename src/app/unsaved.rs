@@ -45,6 +45,17 @@ impl RealfillApp {
         format!("{progress}{}{mark} — realfill", self.document_name())
     }
 
+    /// A photo was opened (file, drop, paste): it replaces the document, asking first if the
+    /// document has unsaved changes.
+    pub fn photo_opened(&mut self, p: Photo) {
+        self.after_asking(Pending::Photo(Box::new(p)));
+    }
+
+    /// A project was opened: the same.
+    pub fn project_opened(&mut self, o: OpenedProject) {
+        self.after_asking(Pending::Project(Box::new(o)));
+    }
+
     /// Carry out `p` now if nothing would be lost, else ask first.
     pub fn after_asking(&mut self, p: Pending) {
         if self.is_modified() && !self.close_confirmed {
