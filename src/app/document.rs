@@ -123,7 +123,6 @@ impl PaintMask {
         }
         let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
         let len2 = dx * dx + dy * dy;
-        let value = u8::from(fill);
         let data = Arc::make_mut(&mut self.data);
         for y in rect.y0..rect.y1 {
             for x in rect.x0..rect.x1 {
@@ -132,15 +131,7 @@ impl PaintMask {
                 let t = if len2 > 0.0 { (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
                 let (cx, cy) = (a[0] + t * dx - px, a[1] + t * dy - py);
                 if cx * cx + cy * cy <= r * r {
-                    let v = &mut data[y * self.width + x];
-                    if *v != value {
-                        if fill {
-                            self.painted += 1;
-                        } else {
-                            self.painted -= 1;
-                        }
-                        *v = value;
-                    }
+                    set(&mut data[y * self.width + x], &mut self.painted, fill);
                 }
             }
         }
@@ -179,7 +170,6 @@ impl PaintMask {
         if rect.x0 >= rect.x1 || rect.y0 >= rect.y1 {
             return None;
         }
-        let value = u8::from(fill);
         let data = Arc::make_mut(&mut self.data);
         let mut xs = Vec::new();
         for y in rect.y0..rect.y1 {
@@ -198,15 +188,7 @@ impl PaintMask {
                 let from = ((span[0] - 0.5).ceil().max(0.0) as usize).max(rect.x0);
                 let to = (((span[1] - 0.5).ceil().max(0.0)) as usize).min(rect.x1);
                 for x in from..to {
-                    let v = &mut data[y * self.width + x];
-                    if *v != value {
-                        if fill {
-                            self.painted += 1;
-                        } else {
-                            self.painted -= 1;
-                        }
-                        *v = value;
-                    }
+                    set(&mut data[y * self.width + x], &mut self.painted, fill);
                 }
             }
         }
@@ -224,6 +206,19 @@ impl PaintMask {
             m.distance_inside().iter().zip(self.data.iter()).map(|(&d, &v)| u8::from(v != 0 && d > -px)).collect()
         };
         *self = PaintMask::from_data(self.width, self.height, data);
+    }
+}
+
+/// Paint (`fill`) or unpaint one pixel, keeping the painted count.
+fn set(v: &mut u8, painted: &mut usize, fill: bool) {
+    let value = u8::from(fill);
+    if *v != value {
+        if fill {
+            *painted += 1;
+        } else {
+            *painted -= 1;
+        }
+        *v = value;
     }
 }
 

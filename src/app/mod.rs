@@ -608,7 +608,10 @@ impl RealfillApp {
         if ctx.egui_wants_keyboard_input() {
             return;
         }
-        let events = ctx.input(|i| i.events.clone());
+        // Only the two events this looks at (not a copy of the frame's every event).
+        let events: Vec<egui::Event> = ctx.input(|i| {
+            i.events.iter().filter(|e| matches!(e, egui::Event::PasteImage(_) | egui::Event::Copy)).cloned().collect()
+        });
         for e in events {
             match e {
                 egui::Event::PasteImage(img) => {
@@ -771,10 +774,7 @@ impl RealfillApp {
                 if let Some(d) = &self.doc {
                     let (clip, img) = (self.clipboard.clone(), d.target.original.clone());
                     self.spawn(move || {
-                        tasks::Task::Saved(
-                            "copied to the clipboard:",
-                            clip.copy(&img).map(|_| PathBuf::from("the image")),
-                        )
+                        tasks::Task::Note(clip.copy(&img).map(|_| "the image is on the clipboard".to_string()))
                     });
                 }
             }

@@ -41,6 +41,8 @@ pub enum Task {
     Target(Result<Photo>),
     References(Vec<Result<Photo>>),
     Project(Result<OpenedProject>),
+    /// Something done that the person is told of (or why not).
+    Note(Result<String>),
     /// A file was written (what, where) or not.
     Saved(&'static str, Result<PathBuf>),
     /// The clipboard's image, read for a paste.
@@ -309,6 +311,8 @@ impl RealfillApp {
             }
             Task::Project(Ok(o)) => self.project_opened(o),
             Task::Project(Err(e)) => self.error(e.to_string()),
+            Task::Note(Ok(text)) => self.info(text),
+            Task::Note(Err(e)) => self.error(e.to_string()),
             Task::Saved(what, Ok(p)) => self.info(format!("{what} {}", p.display())),
             Task::Saved(_, Err(e)) => self.error(e.to_string()),
             Task::ProjectSaved(Ok((path, written)), revision) => {

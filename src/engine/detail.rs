@@ -540,15 +540,21 @@ struct OwnLayer {
     y0: usize,
     rgb: RgbF,
     low: RgbF,
-    got: Vec<bool>,
+    /// How much of the texture each pixel takes: 1 where a source was found, fading to 0 over
+    /// about half a working pixel where none was (a hard edge there shows as a polygon of
+    /// texture in a smooth fill at 100 %).
+    weight: Vec<f32>,
 }
 
 impl OwnLayer {
     /// The detail at crop pixel (x, y), if the layer has one there.
     fn detail(&self, x: usize, y: usize) -> Option<[f32; 3]> {
         let (u, v) = (x.checked_sub(self.x0)?, y.checked_sub(self.y0)?);
-        (u < self.rgb.width && v < self.rgb.height && self.got[v * self.rgb.width + u])
-            .then(|| sub(self.rgb.get(u, v), self.low.get(u, v), 1.0))
+        if u >= self.rgb.width || v >= self.rgb.height {
+            return None;
+        }
+        let w = self.weight[v * self.rgb.width + u];
+        (w > 0.0).then(|| sub(self.rgb.get(u, v), self.low.get(u, v), w))
     }
 }
 
@@ -598,7 +604,15 @@ fn own_layer(
     }
     let Some((rgb, got)) = synthesised else { return Ok(None) };
     let (low, _) = low_band(&rgb, &Mask::new(part.w, part.h, 1.0), part, scale);
-    Ok(Some(OwnLayer { x0: part.x0 - crop.x0, y0: part.y0 - crop.y0, rgb, low, got }))
+    let mut weight: Vec<f32> = got.iter().map(|&g| f32::from(u8::from(g))).collect();
+    blur(&mut weight, part.w, part.h, 0.5 * scale.sx.max(scale.sy) as f32);
+    // Inside a found region the texture counts whole; the blur only softens its edges outward.
+    for (w, &g) in weight.iter_mut().zip(&got) {
+        if g {
+            *w = 1.0;
+        }
+    }
+    Ok(Some(OwnLayer { x0: part.x0 - crop.x0, y0: part.y0 - crop.y0, rgb, low, weight }))
 }
 
 fn sub(a: [f32; 3], b: [f32; 3], weight: f32) -> [f32; 3] {

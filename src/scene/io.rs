@@ -75,11 +75,10 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     // The format is guessed from the contents, else from the name. A name that promises a
     // format the contents do not start with means the file is not an image at all (TGA has
     // no signature, so it is exempt).
-    let sniffed = {
-        let mut head = [0u8; 64];
-        let n = fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
-        image::guess_format(&head[..n]).ok()
-    };
+    let mut head = [0u8; 64];
+    let n = fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let head = &head[..n];
+    let sniffed = image::guess_format(head).ok();
     match (reader.format(), sniffed) {
         (None, _) => return Err(Error::input(path, format!("not an image this build can read ({SUPPORTED})"))),
         (Some(f), None) if f != image::ImageFormat::Tga => {
@@ -95,7 +94,7 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     }
     let mut reader = reader;
     let mut limits = Limits::default();
-    limits.max_alloc = Some(alloc_limit(path, sniffed));
+    limits.max_alloc = Some(alloc_limit(head, sniffed));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| describe_decode_error(path, e))?;
     let (w, h) = decoder.dimensions();
@@ -120,19 +119,18 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     Ok((img, metadata))
 }
 
-/// What the decoder may allocate for `path`: for a PNG, eight times its pixels' size (from the
+/// What the decoder may allocate for a file starting with `head`: for a PNG, eight times its pixels' size (from the
 /// header) and 64 MiB for metadata, so that a compressed metadata chunk (an ICC profile
 /// inflating to gigabytes) cannot take more; for other formats, what the largest accepted
 /// photo needs.
-fn alloc_limit(path: &Path, format: Option<image::ImageFormat>) -> u64 {
+fn alloc_limit(head: &[u8], format: Option<image::ImageFormat>) -> u64 {
     const METADATA: u64 = 64 << 20;
     const LARGEST: u64 = MAX_PIXELS * 8 + METADATA;
     if format != Some(image::ImageFormat::Png) {
         return LARGEST;
     }
-    let mut head = [0u8; 26];
-    let read = fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
-    if read.is_err() || &head[12..16] != b"IHDR" {
+    // The file's first bytes (read once for the format): signature, then the IHDR chunk.
+    if head.len() < 26 || &head[12..16] != b"IHDR" {
         return LARGEST;
     }
     let (w, h) =
