@@ -10,6 +10,7 @@
 //! | `REALFILL_NO_AVX512=1` | the CPU kernels' AVX2/portable forms, as on a CPU without AVX-512 |
 //! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
 //! | `REALFILL_DEBUG_PARALLAX=1` | print each guide's parallax check |
+//! | `REALFILL_DEBUG_ALIGN=DIR` | write each candidate warp, its trust and the per-pixel choice as images into DIR (`engine::pipeline`) |
 //! | `REALFILL_FRAME_LOG=1` | the app prints every frame's time |
 //! | `REALFILL_MEMORY_GIB=6` | the memory budget a job must fit (default: ¾ of the machine's memory; `engine::budget`) |
 //! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; unknown fields are an error when a fill starts) |
@@ -25,6 +26,8 @@ pub struct Switches {
     pub no_avx512: bool,
     pub profile: bool,
     pub debug_parallax: bool,
+    /// Where to write the alignment's explanation images.
+    pub debug_align: Option<std::path::PathBuf>,
     pub frame_log: bool,
     /// The memory budget in GiB, instead of ¾ of the machine's memory.
     pub memory_gib: Option<f64>,
@@ -77,6 +80,7 @@ impl Switches {
             no_avx512: f("REALFILL_NO_AVX512")?,
             profile: f("REALFILL_PROFILE")?,
             debug_parallax: f("REALFILL_DEBUG_PARALLAX")?,
+            debug_align: get("REALFILL_DEBUG_ALIGN").filter(|v| !v.trim().is_empty()).map(std::path::PathBuf::from),
             frame_log: f("REALFILL_FRAME_LOG")?,
             patch,
         })

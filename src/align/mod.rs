@@ -2,12 +2,15 @@
 //! (features.rs) → RANSAC homography (homography.rs) → the reference warped into the target's
 //! frame with its exposure matched. The warped references ("guide") tell the scene model what
 //! the hole most likely contained; the model then fixes what one homography cannot (parallax,
-//! lighting, seams).
+//! lighting, seams). A scene that is several planes gets several homographies per reference
+//! (sequential RANSAC on the matches the earlier planes left unexplained), and `trust` decides
+//! per pixel which warped candidate, if any, the hole takes.
 
 pub mod features;
 pub mod homography;
 pub mod parallax;
 pub mod refine;
+pub mod trust;
 
 use crate::rng::Rng;
 use crate::scene::{Mask, RgbF};
@@ -20,12 +23,28 @@ pub struct Alignment {
     pub target_to_ref: Homography,
     pub inliers: usize,
     pub matches: usize,
+    /// Further planes, best supported first: homographies fitted to the matches the earlier
+    /// ones left unexplained (another book, the floor, the far wall), with their inlier counts.
+    pub planes: Vec<(Homography, usize)>,
+}
+
+impl Alignment {
+    /// Every plane model, the main one first.
+    pub fn models(&self) -> impl Iterator<Item = &Homography> {
+        std::iter::once(&self.target_to_ref).chain(self.planes.iter().map(|(h, _)| h))
+    }
 }
 
 const MIN_INLIERS: usize = 12;
+/// At most this many plane models per reference.
+const MAX_PLANES: usize = 4;
 
 /// Align `reference` to the known part of `target` (`fill` = 1 marks unknown pixels).
-pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64) -> Option<Alignment> {
+/// `still`: where the reference would show each target pixel had the camera not moved (same
+/// size photos: another moment from the same place); it joins the plane models when the
+/// matches bear it out. In a video or a burst the background is often the part with the
+/// fewest features (a bare wall), so the fitted planes follow the people instead.
+pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Option<Homography>) -> Option<Alignment> {
     let tg = Gray::new(target.width, target.height, target.gray());
     let rg = Gray::new(reference.width, reference.height, reference.gray());
     let tk = detect(&tg, &DetectOptions { max_points: 1500, clearance: Some(fill.distance_outside()) });
@@ -41,9 +60,70 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64) -> Option<
     if inl.len() < MIN_INLIERS || (inl.len() as f64) < 0.1 * m.len() as f64 {
         return None;
     }
+    // Further planes from the matches no earlier plane explains. A model must stand on its
+    // own (MIN_INLIERS) and put the remaining matches somewhere else than the earlier models do
+    // (else it is the same plane fitted to its outliers).
+    if crate::switches::get().debug_align.is_some() {
+        eprintln!("alignment: {} matches, main plane {} inliers", m.len(), inl.len());
+    }
+    let mut planes: Vec<(Homography, usize)> = Vec::new();
+    let mut explained: Vec<bool> = vec![false; m.len()];
+    inl.iter().for_each(|&i| explained[i] = true);
+    let mut rng = Rng::new(seed ^ 0x9e37);
+    while planes.len() + 1 < MAX_PLANES {
+        let rest: Vec<usize> = (0..m.len()).filter(|&i| !explained[i]).collect();
+        if rest.len() < MIN_INLIERS {
+            break;
+        }
+        let (s2, d2): (Vec<_>, Vec<_>) = rest.iter().map(|&i| (src[i], dst[i])).unzip();
+        let Some((h2, inl2)) = homography::ransac(&s2, &d2, thresh, 2000, &mut rng) else { break };
+        if inl2.len() < MIN_INLIERS {
+            break;
+        }
+        inl2.iter().for_each(|&k| explained[rest[k]] = true);
+        let new_place = |other: &Homography| {
+            let far = inl2.iter().filter(|&&k| {
+                let (x, y) = s2[k];
+                match (h2.apply(x, y), other.apply(x, y)) {
+                    (Some(a), Some(b)) => (a.0 - b.0).hypot(a.1 - b.1) > 2.0 * thresh,
+                    _ => true,
+                }
+            });
+            far.count() * 2 > inl2.len()
+        };
+        let fresh = new_place(&h) && planes.iter().all(|(p, _)| new_place(p));
+        if crate::switches::get().debug_align.is_some() {
+            eprintln!(
+                "alignment: another plane with {} of {} remaining matches ({})",
+                inl2.len(),
+                rest.len(),
+                if fresh { "kept" } else { "same place as an earlier one" }
+            );
+        }
+        if fresh {
+            planes.push((h2, inl2.len()));
+        }
+    }
+    if let Some(still) = still {
+        let near = (0..m.len())
+            .filter(|&i| {
+                still.apply(src[i].0, src[i].1).is_some_and(|(u, v)| (u - dst[i].0).hypot(v - dst[i].1) < thresh)
+            })
+            .count();
+        if crate::switches::get().debug_align.is_some() {
+            eprintln!("alignment: a still camera explains {near} of {} matches", m.len());
+        }
+        if near >= MIN_INLIERS {
+            planes.insert(0, (still, near));
+        }
+    }
     // Keypoints locate the map to a pixel or two; photometric refinement makes it sub-pixel.
+    // (Only the main plane: the refinement fits all known pixels, which are mostly its plane.)
     let h = refine::refine(target, fill, reference, &h);
-    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len() })
+    if crate::switches::get().debug_align.is_some() {
+        eprintln!("alignment: main plane {:?}", h.0.map(|v| (v * 1e4).round() / 1e4));
+    }
+    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes })
 }
 
 /// Warp `src` into a `width`×`height` frame: each output pixel p shows `src` at `map(p)`.
@@ -89,32 +169,57 @@ pub fn warp_shifted(
 }
 
 /// Match the warped image's exposure to `target` per channel (gain and offset, least squares
-/// over pixels valid in both); gains are kept within [0.5, 2].
+/// over pixels valid in both); gains are kept within [0.5, 2]. The fit is repeated on the
+/// pixels it explains (residual within three median deviations): pixels where the reference
+/// shows something else — a person who moved, another plane — would otherwise pull the gain
+/// toward zero (a least-squares slope shrinks with every mismatched pair), which dims the
+/// whole paste (basketball: gain 0.93, −4 dB on the wall behind).
 pub fn match_exposure(warped: &mut RgbF, valid: &Mask, target: &RgbF, target_known: &Mask) {
+    let both: Vec<usize> =
+        (0..valid.data.len()).filter(|&i| valid.data[i] >= 0.5 && target_known.data[i] >= 0.5).collect();
     for k in 0..3 {
-        let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
-        for i in 0..valid.data.len() {
-            if valid.data[i] >= 0.5 && target_known.data[i] >= 0.5 {
-                let (x, y) = (warped.data[3 * i + k] as f64, target.data[3 * i + k] as f64);
-                n += 1.0;
-                sx += x;
-                sy += y;
-                sxx += x * x;
-                sxy += x * y;
-            }
-        }
-        if n < 50.0 {
-            continue;
-        }
-        let var = sxx / n - (sx / n).powi(2);
-        let cov = sxy / n - (sx / n) * (sy / n);
-        let gain = if var > 1e-6 { (cov / var).clamp(0.5, 2.0) } else { 1.0 };
-        let off = sy / n - gain * sx / n;
+        let pairs: Vec<(f64, f64)> =
+            both.iter().map(|&i| (warped.data[3 * i + k] as f64, target.data[3 * i + k] as f64)).collect();
+        let Some((gain, off)) = robust_gain(&pairs) else { continue };
         for i in 0..valid.data.len() {
             let v = &mut warped.data[3 * i + k];
             *v = ((*v as f64) * gain + off).clamp(0.0, 1.0) as f32;
         }
     }
+}
+
+/// Gain and offset mapping x to y: least squares, then twice more on the pairs whose residual
+/// is within three median absolute residuals (at least 0.01). None with fewer than 50 pairs.
+fn robust_gain(pairs: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let fit = |keep: &dyn Fn(f64, f64) -> bool| {
+        let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0f64, 0.0, 0.0, 0.0, 0.0);
+        for &(x, y) in pairs.iter().filter(|&&(x, y)| keep(x, y)) {
+            n += 1.0;
+            sx += x;
+            sy += y;
+            sxx += x * x;
+            sxy += x * y;
+        }
+        if n < 50.0 {
+            return None;
+        }
+        let var = sxx / n - (sx / n).powi(2);
+        let cov = sxy / n - (sx / n) * (sy / n);
+        let gain = if var > 1e-6 { (cov / var).clamp(0.5, 2.0) } else { 1.0 };
+        Some((gain, sy / n - gain * sx / n))
+    };
+    let (mut gain, mut off) = fit(&|_, _| true)?;
+    for _ in 0..2 {
+        let mut res: Vec<f64> = pairs.iter().map(|&(x, y)| (y - gain * x - off).abs()).collect();
+        let mid = res.len() / 2;
+        let mad = *res.select_nth_unstable_by(mid, |a, b| a.total_cmp(b)).1;
+        let limit = (3.0 * mad).max(0.01);
+        match fit(&|x, y| (y - gain * x - off).abs() <= limit) {
+            Some(g) => (gain, off) = g,
+            None => break,
+        }
+    }
+    Some((gain, off))
 }
 
 /// What the references say each pixel of a frame should look like.
@@ -176,7 +281,7 @@ mod tests {
                 fill.set(x, y, 1.0);
             }
         }
-        let a = align(&target, &fill, &reference, 1).expect("alignment found");
+        let a = align(&target, &fill, &reference, 1, None).expect("alignment found");
         assert!(a.inliers >= 12);
         // Where the reference truly shows each target point (inverse of `texture`'s mapping).
         let (sa, ca) = 0.35f32.sin_cos();
@@ -206,5 +311,48 @@ mod tests {
         diffs.sort_by(|a, b| a.total_cmp(b));
         assert!(diffs.len() > 3000);
         assert!(diffs[diffs.len() / 2] < 0.02, "median red error {}", diffs[diffs.len() / 2]);
+    }
+
+    #[test]
+    fn exposure_gain_ignores_pixels_that_show_something_else() {
+        // 70 % of the pixels are the same scene 1.2× brighter plus 0.05; 30 % show something
+        // unrelated (a person who moved). Plain least squares would shrink the gain.
+        let mut rng = Rng::new(11);
+        let pairs: Vec<(f64, f64)> = (0..2000)
+            .map(|i| {
+                let x = rng.range_f32(0.05, 0.75) as f64;
+                if i % 10 < 7 { (x, 1.2 * x + 0.05) } else { (x, rng.range_f32(0.0, 1.0) as f64) }
+            })
+            .collect();
+        let (gain, off) = robust_gain(&pairs).unwrap();
+        assert!((gain - 1.2).abs() < 0.02 && (off - 0.05).abs() < 0.01, "gain {gain}, offset {off}");
+        assert!(robust_gain(&pairs[..40]).is_none(), "too few pairs to fit");
+    }
+
+    #[test]
+    fn a_second_plane_gets_its_own_model_and_a_still_camera_is_kept_when_matches_agree() {
+        // Left half of the reference: the target moved by (−9, 4); right half: not moved.
+        let (w, h) = (240, 180);
+        let target = texture(w, h, (0.0, 0.0), 0.0, 1.0);
+        let moved = texture(w, h, (-9.0, 4.0), 0.0, 1.0);
+        let reference = RgbF::from_fn(w, h, |x, y| if x < w / 2 { moved.get(x, y) } else { target.get(x, y) });
+        let mut fill = Mask::new(w, h, 0.0);
+        for y in 70..110 {
+            for x in 100..140 {
+                fill.set(x, y, 1.0);
+            }
+        }
+        let still = Homography([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+        let a = align(&target, &fill, &reference, 3, Some(still)).expect("aligned");
+        let models: Vec<Homography> = a.models().copied().collect();
+        assert!(models.len() >= 2, "two planes, got {}", models.len());
+        // One model maps a left-half point by the left half's motion, one is (near) identity.
+        let maps_to = |m: &Homography, (x, y): (f64, f64), (u, v): (f64, f64)| {
+            m.apply(x, y).is_some_and(|(a, b)| (a - u).hypot(b - v) < 1.5)
+        };
+        // texture(shift s) at pixel p shows the pattern at p + s: the target point p is where
+        // the reference shows it, at p − s, on the moved half.
+        assert!(models.iter().any(|m| maps_to(m, (40.0, 90.0), (49.0, 86.0))), "left plane: {models:?}");
+        assert!(models.iter().any(|m| maps_to(m, (200.0, 90.0), (200.0, 90.0))), "still plane: {models:?}");
     }
 }

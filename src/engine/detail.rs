@@ -50,6 +50,9 @@ pub struct TargetWarp {
     pub reference: usize,
     pub target_to_ref: Homography,
     pub field: Option<Field>,
+    /// The working canvas pixels this warp supplies (`align::trust`'s choice); None: all it
+    /// reaches.
+    pub covers: Option<Mask>,
 }
 
 /// What the native step draws detail from besides the photo: the references as the pipeline
@@ -262,6 +265,7 @@ fn native_warp(
     crop: Rect,
     scale: Scale,
     photo: &PhotoCrop,
+    covers: Option<&Mask>,
 ) -> (RgbF, Mask) {
     let reference = &scene.refs[warp.reference];
     let working = &working_refs[warp.reference];
@@ -283,7 +287,16 @@ fn native_warp(
             let Some((part, map)) = reference_part(&reference.rgb, &map, crop) else {
                 return (RgbF::new(crop.w, crop.h), Mask::new(crop.w, crop.h, 0.0));
             };
-            let map = refine::refine(&photo.rgb, &photo.hole, &part, &map);
+            // Against the known pixels this warp's plane covers only (another plane's pixels
+            // would pull it off its own).
+            let map = match covers {
+                None => refine::refine(&photo.rgb, &photo.hole, &part, &map),
+                Some(c) => {
+                    let mut off = photo.hole.clone();
+                    off.data.iter_mut().zip(&c.data).for_each(|(o, &c)| *o = if c >= 0.5 { *o } else { 1.0 });
+                    refine::refine(&photo.rgb, &off, &part, &map)
+                }
+            };
             warp_cubic(&part, crop, |x, y| map.apply(x, y))
         }
         Some(field) => {
@@ -479,6 +492,20 @@ pub fn native_fill(
 
 /// The references warped into the crop at their own resolution, the best-aligned one where
 /// several cover a pixel, and where any does.
+/// The crop pixels whose working pixel (nearest) `warp` covers, or None when it covers all.
+fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Option<Mask> {
+    let c = warp.covers.as_ref()?;
+    let data = (0..crop.w * crop.h)
+        .map(|i| {
+            let (u, v) = scale.to_working((crop.x0 + i % crop.w) as f64, (crop.y0 + i / crop.w) as f64);
+            let (x, y) =
+                ((u.round().max(0.0) as usize).min(c.width - 1), (v.round().max(0.0) as usize).min(c.height - 1));
+            c.get(x, y)
+        })
+        .collect();
+    Some(Mask { width: crop.w, height: crop.h, data })
+}
+
 fn reference_guide(
     scene: &Scene,
     sources: &Sources<'_>,
@@ -493,9 +520,11 @@ fn reference_guide(
         if cancelled() {
             return Err(Error::Cancelled);
         }
-        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, photo);
+        let covers = covered(warp, crop, scale);
+        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, photo, covers.as_ref());
         for i in 0..crop.w * crop.h {
-            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 {
+            let here = covers.as_ref().is_none_or(|c| c.data[i] >= 0.5);
+            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 && here {
                 guide_ok.data[i] = 1.0;
                 guide.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
             }

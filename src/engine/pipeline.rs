@@ -39,6 +39,8 @@ pub struct Prepared {
     pub prior: RgbF,
     pub sources: Vec<TrainingSource>,
     pub key: String,
+    /// The canvas reaches beyond the photo (outpainting).
+    pub extended: bool,
 }
 
 fn invert(m: &Mask) -> Mask {
@@ -77,6 +79,162 @@ fn build_guide(
     (g, fields)
 }
 
+/// The target's guide from every plane model of every aligned reference (`order`: best-aligned
+/// first): each model's warp, exposure-matched and corrected for parallax, is a candidate;
+/// `align::trust` keeps per pixel the candidate the surrounding known pixels agree with, or
+/// none. Returns the guide and the warps that contributed, each with the pixels it covers.
+fn target_guide(
+    canvas: &RgbF,
+    known: &Mask,
+    refs: &[RgbF],
+    alignments: &[Option<Alignment>],
+    order: &[usize],
+) -> (Guide, Vec<TargetWarp>) {
+    let (w, h) = (canvas.width, canvas.height);
+    let started = Instant::now();
+    let mut cands: Vec<(TargetWarp, RgbF, Mask)> = Vec::new();
+    for &i in order {
+        let Some(a) = &alignments[i] else { continue };
+        for map in a.models() {
+            // The plain warp, and the parallax-corrected one when the correction holds up: the
+            // field is fitted to everything around the hole, people who moved included, so it
+            // may be right on one side and wrong on another; trust decides per pixel.
+            let (mut rgb, valid) = align::warp(&refs[i], None, map, w, h);
+            align::match_exposure(&mut rgb, &valid, canvas, known);
+            let field = align::parallax::correction(canvas, known, &rgb, &valid);
+            cands.push((TargetWarp { reference: i, target_to_ref: *map, field: None, covers: None }, rgb, valid));
+            if let Some(field) = field {
+                let (mut rgb, valid) = align::warp_shifted(&refs[i], None, map, Some(&field), w, h);
+                align::match_exposure(&mut rgb, &valid, canvas, known);
+                cands.push((
+                    TargetWarp { reference: i, target_to_ref: *map, field: Some(field), covers: None },
+                    rgb,
+                    valid,
+                ));
+            }
+        }
+    }
+    // References keep their precedence (best-aligned first); their planes compete.
+    let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(usize::MAX);
+    let list: Vec<align::trust::Candidate<'_>> = cands
+        .iter()
+        .map(|(warp, rgb, valid)| align::trust::Candidate { rgb, valid, rank: rank_of(warp.reference) })
+        .collect();
+    let trust = align::trust::choose(canvas, known, &list);
+    let mut guide = Guide::empty(w, h);
+    for (i, c) in trust.choice.iter().enumerate() {
+        if let Some(c) = c {
+            let rgb = &cands[*c as usize].1;
+            guide.rgb.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
+            guide.valid.data[i] = 1.0;
+        }
+    }
+    if let Some(dir) = &crate::switches::get().debug_align {
+        explain(dir, canvas, known, &cands, &trust, &guide);
+    }
+    let warps: Vec<TargetWarp> = cands
+        .into_iter()
+        .enumerate()
+        .filter_map(|(c, (mut warp, _, _))| {
+            let covers = trust.chosen_mask(c);
+            (covers.fill_fraction() > 0.0).then(|| {
+                warp.covers = Some(covers);
+                warp
+            })
+        })
+        .collect();
+    if crate::switches::get().debug_align.is_some() {
+        eprintln!(
+            "alignment: {} warps in use for {} references ({:.0} ms)",
+            warps.len(),
+            order.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    (guide, warps)
+}
+
+/// `REALFILL_DEBUG_ALIGN=DIR`: each candidate warp, its trust, and which candidate every pixel
+/// took, as images, so that a person can see why a fill copied what it did.
+fn explain(
+    dir: &std::path::Path,
+    canvas: &RgbF,
+    known: &Mask,
+    cands: &[(TargetWarp, RgbF, Mask)],
+    trust: &align::trust::Trust,
+    guide: &Guide,
+) {
+    let (w, h) = (canvas.width, canvas.height);
+    let save = |name: &str, img: &RgbF| {
+        let path = dir.join(name);
+        if let Err(e) = crate::scene::io::save_atomic(&img.to_image8(), &path) {
+            eprintln!("REALFILL_DEBUG_ALIGN: {e}");
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("REALFILL_DEBUG_ALIGN: cannot create {}: {e}", dir.display());
+        return;
+    }
+    const COLOURS: [[f32; 3]; 8] = [
+        [0.9, 0.2, 0.2],
+        [0.2, 0.8, 0.2],
+        [0.2, 0.4, 1.0],
+        [0.9, 0.8, 0.1],
+        [0.8, 0.2, 0.9],
+        [0.1, 0.9, 0.9],
+        [1.0, 0.5, 0.1],
+        [0.6, 0.6, 0.6],
+    ];
+    for (c, (warp, rgb, valid)) in cands.iter().enumerate() {
+        let shown = RgbF::from_fn(w, h, |x, y| if valid.get(x, y) >= 0.5 { rgb.get(x, y) } else { [0.0; 3] });
+        save(&format!("warp-{c}-ref{}.png", warp.reference), &shown);
+        let t = &trust.trust[c];
+        save(&format!("trust-{c}-ref{}.png", warp.reference), &RgbF::from_fn(w, h, |x, y| [t[y * w + x]; 3]));
+    }
+    // The choice: known pixels dimmed, each pixel to fill in its candidate's colour (black: none).
+    let choice = RgbF::from_fn(w, h, |x, y| {
+        let i = y * w + x;
+        match trust.choice[i] {
+            _ if known.data[i] >= 0.5 => canvas.get(x, y).map(|v| 0.35 * v),
+            Some(c) => COLOURS[c as usize % COLOURS.len()],
+            None => [0.0; 3],
+        }
+    });
+    save("choice.png", &choice);
+    save(
+        "guide.png",
+        &RgbF::from_fn(w, h, |x, y| if guide.valid.get(x, y) >= 0.5 { guide.rgb.get(x, y) } else { [0.0; 3] }),
+    );
+    eprintln!(
+        "REALFILL_DEBUG_ALIGN: {} candidates written to {}; colours of choice.png: {}",
+        cands.len(),
+        dir.display(),
+        (0..cands.len().min(COLOURS.len()))
+            .map(|c| format!("{c}={:?}", COLOURS[c].map(|v| (v * 255.0) as u8)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+/// For a reference of the target's own size: the map from the working canvas to that
+/// reference at working size if the camera had not moved (the extension taken off, pixel
+/// centres kept), else None.
+fn still_camera(scene: &Scene, i: usize, working: (usize, usize), reference: &RgbF) -> Option<Homography> {
+    let (t, r) = (&scene.target, &scene.refs[i]);
+    if (t.width(), t.height()) != (r.width(), r.height()) {
+        return None;
+    }
+    let (cw, ch) = scene.canvas_size();
+    let (sx, sy) = (cw as f64 / working.0 as f64, ch as f64 / working.1 as f64);
+    let (rx, ry) = (reference.width as f64 / r.width() as f64, reference.height as f64 / r.height() as f64);
+    let e = scene.extension;
+    // working → canvas → target (= reference) pixels → reference at working size.
+    let to_canvas = Homography([sx, 0.0, 0.5 * sx - 0.5, 0.0, sy, 0.5 * sy - 0.5, 0.0, 0.0, 1.0]);
+    let to_target = Homography([1.0, 0.0, -(e.left as f64), 0.0, 1.0, -(e.top as f64), 0.0, 0.0, 1.0]);
+    let to_ref = Homography([rx, 0.0, 0.5 * rx - 0.5, 0.0, ry, 0.5 * ry - 0.5, 0.0, 0.0, 1.0]);
+    Some(to_ref.then_after(&to_target.then_after(&to_canvas)))
+}
+
 pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     let (cw, ch) = scene.canvas_size();
     let (ww, wh) = working_size(cw, ch, s.size);
@@ -96,24 +254,15 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
             r.rgb.resized(rw, rh)
         })
         .collect();
-    let alignments: Vec<Option<Alignment>> =
-        refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64)).collect();
+    let alignments: Vec<Option<Alignment>> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, still_camera(scene, i, (ww, wh), r)))
+        .collect();
     // Better-aligned references first.
     let mut order: Vec<usize> = (0..refs.len()).filter(|&i| alignments[i].is_some()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
-    let target_others: Vec<_> =
-        order.iter().map(|&i| (&refs[i], None, alignments[i].as_ref().unwrap().target_to_ref)).collect();
-    let (guide, fields) = build_guide(ww, wh, &target_others, &canvas, &known, true);
-    let warps: Vec<TargetWarp> = order
-        .iter()
-        .zip(fields)
-        .map(|(&i, field)| TargetWarp {
-            reference: i,
-            target_to_ref: alignments[i].as_ref().expect("ordered references are aligned").target_to_ref,
-            field,
-        })
-        .collect();
-
+    let (guide, warps) = target_guide(&canvas, &known, &refs, &alignments, &order);
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
         let all = Mask::new(r.width, r.height, 1.0);
@@ -145,7 +294,13 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     k.text(&serde_json::to_string(&s.spec).unwrap_or_default());
     k.text(&serde_json::to_string(&s.learn).unwrap_or_default());
     let prior = train::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
-    Ok(Prepared { canvas, fill, known, refs, alignments, guide, warps, prior, sources, key: k.finish() })
+    if let Some(dir) = &crate::switches::get().debug_align
+        && let Err(e) = crate::scene::io::save_atomic(&prior.to_image8(), &dir.join("prior.png"))
+    {
+        eprintln!("REALFILL_DEBUG_ALIGN: {e}");
+    }
+    let extended = !scene.extension.is_zero();
+    Ok(Prepared { canvas, fill, known, refs, alignments, guide, warps, prior, sources, key: k.finish(), extended })
 }
 
 /// Progress callbacks from the pipeline to whoever drives it.
@@ -420,7 +575,7 @@ fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput) -> RgbF {
     let raw = RgbF::from_planar(&out.raw, w, h);
     composite::match_colour(&mut fill, &raw, &p.canvas, &p.fill, 3.0);
     // σ: 8 working pixels (docs/BENCHMARKS.md, "Aero, session 4").
-    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 8.0);
+    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 8.0, p.extended);
     fill
 }
 

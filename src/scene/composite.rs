@@ -44,12 +44,22 @@ pub fn match_colour(fill: &mut RgbF, raw: &RgbF, known: &RgbF, mask: &Mask, ring
 /// fill of such a hole drifts towards flat patches of another colour (aero-rect: water-blue
 /// patches in a town). Regions that touch the image border (outpainting) are left alone:
 /// there the prior only smears the border outwards and is a worse colour estimate than the
-/// fill (both measured in docs/BENCHMARKS.md, "Aero, session 4").
+/// fill (both measured in docs/BENCHMARKS.md, "Aero, session 4") — but only when the canvas
+/// is `extended`: in a photo that is not, a hole reaching the border (a stroke brushed off the
+/// edge) is still surrounded by known pixels, and left alone it kept whatever colour the
+/// patches brought (books-strokes: a pale band across a dark wall, 2 dB).
 /// `fill_mask` and `covered` ≥ 0.5 mark pixels to fill and pixels a reference covers.
-pub fn follow_prior_colour(fill: &mut RgbF, prior: &RgbF, fill_mask: &Mask, covered: &Mask, sigma: f32) {
+pub fn follow_prior_colour(
+    fill: &mut RgbF,
+    prior: &RgbF,
+    fill_mask: &Mask,
+    covered: &Mask,
+    sigma: f32,
+    extended: bool,
+) {
     let (w, h) = (fill.width, fill.height);
     let open: Vec<bool> = (0..w * h).map(|i| fill_mask.data[i] >= 0.5 && covered.data[i] < 0.5).collect();
-    let region = interior(&open, w, h);
+    let region = if extended { interior(&open, w, h) } else { open };
     if !region.iter().any(|&r| r) {
         return;
     }
@@ -268,7 +278,8 @@ mod tests {
             }
         }
         let before = fill.clone();
-        follow_prior_colour(&mut fill, &prior, &mask, &Mask::new(w, h, 0.0), 4.0);
+        let mut not_extended = fill.clone();
+        follow_prior_colour(&mut fill, &prior, &mask, &Mask::new(w, h, 0.0), 4.0, true);
         // The hole's centre: mean colour now the prior's, texture amplitude unchanged.
         let (mut mean, mut n) = ([0.0f32; 3], 0.0f32);
         for y in 16..24 {
@@ -285,12 +296,16 @@ mod tests {
         for m in mean {
             assert!((m / n - 0.5).abs() < 0.03, "mean colour {}", m / n);
         }
-        // The band touching the border and the known pixels are untouched.
+        // On an extended canvas the band touching the border is untouched; known pixels always.
         assert_eq!(fill.get(2, 20), before.get(2, 20));
         assert_eq!(fill.get(10, 5), before.get(10, 5));
+        // On a canvas that is not extended, the band follows the prior too.
+        follow_prior_colour(&mut not_extended, &prior, &mask, &Mask::new(w, h, 0.0), 4.0, false);
+        assert_ne!(not_extended.get(2, 20), before.get(2, 20));
+        assert_eq!(not_extended.get(10, 5), before.get(10, 5));
         // A hole a reference covers is left to the reference.
         let mut fill2 = before.clone();
-        follow_prior_colour(&mut fill2, &prior, &mask, &Mask::new(w, h, 1.0), 4.0);
+        follow_prior_colour(&mut fill2, &prior, &mask, &Mask::new(w, h, 1.0), 4.0, false);
         assert_eq!(fill2.data, before.data);
     }
 

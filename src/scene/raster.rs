@@ -107,6 +107,14 @@ impl RgbF {
         self.data.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect()
     }
 
+    /// 8-bit image of these values as they are (no colour conversion), for debugging output.
+    pub fn to_image8(&self) -> image::DynamicImage {
+        let bytes = self.data.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let buf = ImageBuffer::<Rgb<u8>, Vec<u8>>::from_raw(self.width as u32, self.height as u32, bytes)
+            .expect("raster size matches its data");
+        image::DynamicImage::ImageRgb8(buf)
+    }
+
     /// Crop a rectangle (must lie inside).
     pub fn crop(&self, x0: usize, y0: usize, w: usize, h: usize) -> RgbF {
         RgbF::from_fn(w, h, |x, y| self.get(x0 + x, y0 + y))
