@@ -14,6 +14,8 @@
 //! person in the reference standing where the target shows wall disagrees along the hole's
 //! edge, and the part of the hole next to that edge does not take the person.
 
+use rayon::prelude::*;
+
 use crate::scene::blur::blur;
 use crate::scene::{Mask, RgbF};
 
@@ -74,12 +76,12 @@ pub struct Trust {
 fn blurred(img: &RgbF, sigma: f32) -> Vec<f32> {
     let (w, h) = (img.width, img.height);
     let mut out = vec![0.0f32; 3 * w * h];
+    // The cheap blur treats the outside as zero: divide by the blurred ones.
+    let mut ones = vec![1.0f32; w * h];
+    blur(&mut ones, w, h, sigma);
     for k in 0..3 {
         let mut ch: Vec<f32> = (0..w * h).map(|i| img.data[3 * i + k]).collect();
-        // The cheap blur treats the outside as zero: divide by the blurred ones.
-        let mut ones = vec![1.0f32; w * h];
         blur(&mut ch, w, h, sigma);
-        blur(&mut ones, w, h, sigma);
         for i in 0..w * h {
             out[3 * i + k] = ch[i] / ones[i].max(1e-6);
         }
@@ -87,30 +89,39 @@ fn blurred(img: &RgbF, sigma: f32) -> Vec<f32> {
     out
 }
 
-/// Box mean of `v` weighted by `wt` over a (2r+1)² window; 0 where no weight.
+/// Box mean of `v` weighted by `wt` over a (2r+1)² window (clipped at the border); 0 where
+/// no weight. Summed-area tables: cost independent of r.
 fn box_mean(v: &[f32], wt: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let (mut s, mut n) = (0.0f32, 0.0f32);
-            for yy in y.saturating_sub(r)..(y + r + 1).min(h) {
-                for xx in x.saturating_sub(r)..(x + r + 1).min(w) {
-                    let i = yy * w + xx;
-                    s += v[i] * wt[i];
-                    n += wt[i];
-                }
+    let sat = |f: &dyn Fn(usize) -> f64| {
+        let mut s = vec![0.0f64; (w + 1) * (h + 1)];
+        for y in 0..h {
+            let mut row = 0.0;
+            for x in 0..w {
+                row += f(y * w + x);
+                s[(y + 1) * (w + 1) + x + 1] = s[y * (w + 1) + x + 1] + row;
             }
-            out[y * w + x] = if n > 0.0 { s / n } else { 0.0 };
         }
-    }
-    out
+        s
+    };
+    let (sv, sw) = (sat(&|i| (v[i] * wt[i]) as f64), sat(&|i| wt[i] as f64));
+    let rect = |s: &[f64], x0: usize, y0: usize, x1: usize, y1: usize| {
+        s[y1 * (w + 1) + x1] - s[y0 * (w + 1) + x1] - s[y1 * (w + 1) + x0] + s[y0 * (w + 1) + x0]
+    };
+    (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            let (x0, y0, x1, y1) = (x.saturating_sub(r), y.saturating_sub(r), (x + r + 1).min(w), (y + r + 1).min(h));
+            let n = rect(&sw, x0, y0, x1, y1);
+            if n > 1e-9 { (rect(&sv, x0, y0, x1, y1) / n) as f32 } else { 0.0 }
+        })
+        .collect()
 }
 
 /// How far each known pixel's neighbourhood in `c` differs from the target's: 1 where they
 /// agree, falling to 0 as they differ; 0 where `c` does not cover the pixel.
-pub fn agreement(target: &RgbF, known: &Mask, c: &Candidate<'_>, slack: isize) -> Vec<f32> {
-    let (w, h) = (target.width, target.height);
-    let (t, g) = (blurred(target, COMPARE_SIGMA), blurred(c.rgb, COMPARE_SIGMA));
+/// `t`: the target after `blurred(target, COMPARE_SIGMA)`.
+pub fn agreement(t: &[f32], w: usize, h: usize, known: &Mask, c: &Candidate<'_>, slack: isize) -> Vec<f32> {
+    let g = blurred(c.rgb, COMPARE_SIGMA);
     let both: Vec<f32> =
         (0..w * h).map(|i| if known.data[i] >= 0.5 && c.valid.data[i] >= 0.5 { 1.0 } else { 0.0 }).collect();
     // With `slack`, a pixel is explained when the candidate shows it within that many pixels
@@ -181,7 +192,7 @@ fn propagate(agree: &[Vec<f32>], k: &[f32], e: &[f32], w: usize, h: usize) -> Ve
         let mut eb = e.to_vec();
         blur(&mut eb, w, h, sigma);
         let spread: Vec<Vec<f32>> = agree
-            .iter()
+            .par_iter()
             .map(|a| {
                 let mut b: Vec<f32> = a.iter().zip(e).map(|(a, e)| a * e).collect();
                 blur(&mut b, w, h, sigma);
@@ -211,10 +222,14 @@ pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trus
     let (w, h) = (target.width, target.height);
     let k: Vec<f32> = known.data.iter().map(|&v| if v >= 0.5 { 1.0 } else { 0.0 }).collect();
     let e = evidence(target, &k);
-    let loose: Vec<Vec<f32>> = candidates.iter().map(|c| agreement(target, known, c, SLACK)).collect();
-    let tight: Vec<Vec<f32>> = candidates.iter().map(|c| agreement(target, known, c, 0)).collect();
-    let trust = propagate(&loose, &k, &e, w, h);
-    let exact = propagate(&tight, &k, &e, w, h);
+    let t = blurred(target, COMPARE_SIGMA);
+    let (loose, tight): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        candidates.par_iter().map(|c| (agreement(&t, w, h, known, c, SLACK), agreement(&t, w, h, known, c, 0))).unzip();
+    // Both sets in one pass (the neighbourhood weights are shared).
+    let n = loose.len();
+    let mut both = propagate(&[loose, tight.clone()].concat(), &k, &e, w, h);
+    let exact = both.split_off(n);
+    let trust = both;
     // Preference where the surroundings cannot tell candidates apart: by rank, then by how
     // much of the known photo around the hole each explains exactly.
     let hole = Mask { width: w, height: h, data: k.iter().map(|v| 1.0 - v).collect() };
@@ -328,5 +343,26 @@ mod tests {
         assert_eq!(t.choice[32 * 96 + 32], Some(0));
         // Right of the hole's middle: A is not valid there at all.
         assert_eq!(t.choice[32 * 96 + 60], None);
+    }
+
+    #[test]
+    fn a_moved_object_crossing_the_hole_edge_is_not_copied_into_it() {
+        // The reference is the target's scene with a dark square (someone who walked in)
+        // over the hole's left edge; the target shows background there.
+        let (target, known, a, _) = two_planes();
+        let all = Mask::new(target.width, target.height, 1.0);
+        let mut moved = a.clone();
+        for y in 22..42 {
+            for x in 16..40 {
+                moved.set(x, y, [0.05, 0.05, 0.05]);
+            }
+        }
+        let t = choose(&target, &known, &[Candidate { rgb: &moved, valid: &all, rank: 0 }]);
+        // Inside the hole, where the square lies: not trusted, so not copied.
+        for x in 29..36 {
+            assert_eq!(t.choice[30 * 96 + x], None, "the moved square at x = {x} must not be copied");
+        }
+        // The square's own known part disagrees; the background left of it still agrees.
+        assert!(t.trust[0][30 * 96 + 20] < MIN_TRUST && t.trust[0][30 * 96 + 8] > 0.9);
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::prelude::*;
+use rayon::prelude::*;
 
 use super::budget;
 use super::detail::{self, TargetWarp};
@@ -92,35 +93,44 @@ fn target_guide(
 ) -> (Guide, Vec<TargetWarp>) {
     let (w, h) = (canvas.width, canvas.height);
     let started = Instant::now();
-    let mut cands: Vec<(TargetWarp, RgbF, Mask)> = Vec::new();
-    for &i in order {
-        let Some(a) = &alignments[i] else { continue };
-        for map in a.models() {
-            // The plain warp, and the parallax-corrected one when the correction holds up: the
-            // field is fitted to everything around the hole, people who moved included, so it
-            // may be right on one side and wrong on another; trust decides per pixel.
-            let (mut rgb, valid) = align::warp(&refs[i], None, map, w, h);
+    let models: Vec<(usize, Homography)> = order
+        .iter()
+        .filter_map(|&i| alignments[i].as_ref().map(|a| (i, a)))
+        .flat_map(|(i, a)| a.models().map(move |m| (i, *m)))
+        .collect();
+    // The plain warp, and the parallax-corrected one when the correction holds up: the field
+    // is fitted to everything around the hole, people who moved included, so it may be right
+    // on one side and wrong on another; trust decides per pixel.
+    let cands: Vec<(TargetWarp, RgbF, Mask)> = models
+        .par_iter()
+        .flat_map_iter(|&(i, map)| {
+            let (mut rgb, valid) = align::warp(&refs[i], None, &map, w, h);
             align::match_exposure(&mut rgb, &valid, canvas, known);
             let field = align::parallax::correction(canvas, known, &rgb, &valid);
-            cands.push((TargetWarp { reference: i, target_to_ref: *map, field: None, covers: None }, rgb, valid));
-            if let Some(field) = field {
-                let (mut rgb, valid) = align::warp_shifted(&refs[i], None, map, Some(&field), w, h);
+            let corrected = field.map(|field| {
+                let (mut rgb, valid) = align::warp_shifted(&refs[i], None, &map, Some(&field), w, h);
                 align::match_exposure(&mut rgb, &valid, canvas, known);
-                cands.push((
-                    TargetWarp { reference: i, target_to_ref: *map, field: Some(field), covers: None },
-                    rgb,
-                    valid,
-                ));
-            }
-        }
-    }
+                (TargetWarp { reference: i, target_to_ref: map, field: Some(field), covers: None }, rgb, valid)
+            });
+            std::iter::once((TargetWarp { reference: i, target_to_ref: map, field: None, covers: None }, rgb, valid))
+                .chain(corrected)
+        })
+        .collect();
     // References keep their precedence (best-aligned first); their planes compete.
     let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(usize::MAX);
     let list: Vec<align::trust::Candidate<'_>> = cands
         .iter()
         .map(|(warp, rgb, valid)| align::trust::Candidate { rgb, valid, rank: rank_of(warp.reference) })
         .collect();
+    let warped_s = started.elapsed().as_secs_f64();
     let trust = align::trust::choose(canvas, known, &list);
+    if crate::switches::get().debug_align.is_some() {
+        eprintln!(
+            "alignment: warps {:.0} ms, trust {:.0} ms",
+            warped_s * 1e3,
+            (started.elapsed().as_secs_f64() - warped_s) * 1e3
+        );
+    }
     let mut guide = Guide::empty(w, h);
     for (i, c) in trust.choice.iter().enumerate() {
         if let Some(c) = c {
@@ -254,11 +264,15 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
             r.rgb.resized(rw, rh)
         })
         .collect();
+    let started = Instant::now();
     let alignments: Vec<Option<Alignment>> = refs
         .iter()
         .enumerate()
         .map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, still_camera(scene, i, (ww, wh), r)))
         .collect();
+    if crate::switches::get().debug_align.is_some() {
+        eprintln!("alignment: matching and plane models {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+    }
     // Better-aligned references first.
     let mut order: Vec<usize> = (0..refs.len()).filter(|&i| alignments[i].is_some()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
