@@ -117,7 +117,7 @@ fn target_guide(
         })
         .collect();
     // References keep their precedence (best-aligned first); their planes compete.
-    let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(usize::MAX);
+    let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(order.len());
     let list: Vec<align::trust::Candidate<'_>> = cands
         .iter()
         .map(|(warp, rgb, valid)| align::trust::Candidate { rgb, valid, rank: rank_of(warp.reference) })
