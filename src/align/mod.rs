@@ -26,6 +26,8 @@ pub struct Alignment {
     /// Further planes, best supported first: homographies fitted to the matches the earlier
     /// ones left unexplained (another book, the floor, the far wall), with their inlier counts.
     pub planes: Vec<(Homography, usize)>,
+    /// The first of `planes` is the still camera (see `align`'s `still`).
+    pub still: bool,
 }
 
 impl Alignment {
@@ -117,13 +119,14 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
             planes.insert(0, (still, near));
         }
     }
+    let still = still.is_some() && planes.first().is_some_and(|(p, _)| Some(*p) == still);
     // Keypoints locate the map to a pixel or two; photometric refinement makes it sub-pixel.
     // (Only the main plane: the refinement fits all known pixels, which are mostly its plane.)
     let h = refine::refine(target, fill, reference, &h);
     if crate::switches::get().debug_align.is_some() {
         eprintln!("alignment: main plane {:?}", h.0.map(|v| (v * 1e4).round() / 1e4));
     }
-    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes })
+    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes, still })
 }
 
 /// Warp `src` into a `width`×`height` frame: each output pixel p shows `src` at `map(p)`.

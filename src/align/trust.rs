@@ -60,6 +60,10 @@ pub struct Candidate<'a> {
     /// (coffee-strokes 39.84 → 37.37 dB), while within one reference it picks the right
     /// plane and parallax (rubberwhale-rect 28.88 → 30.38 dB).
     pub rank: usize,
+    /// The plain warp of the still-camera model.
+    pub still: bool,
+    /// A parallax-corrected warp.
+    pub corrected: bool,
 }
 
 /// Per candidate, its trust at every pixel (known pixels: its local agreement; pixels to fill:
@@ -243,9 +247,28 @@ pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trus
             explained.iter().map(|e| (e / n * 1000.0).round() / 1000.0).collect::<Vec<_>>()
         );
     }
+    // A reference whose still-camera warp explains the hole's surroundings better than every
+    // other plain warp was taken from the same place: what its parallax fields correct is
+    // things that moved, not depth, and the field carries that motion into the hole (people
+    // who moved, extrapolated over the wall behind them). Its corrected warps rank after its
+    // plain ones there (basketball-rect 35.02 → 36.99 dB), so they win only where clearly
+    // better; elsewhere a corrected warp is true parallax and ranks by what it explains.
+    let same_place = |r: usize| {
+        let plain = |c: &usize| candidates[*c].rank == r && !candidates[*c].corrected;
+        let best_still = (0..candidates.len())
+            .filter(plain)
+            .filter(|&c| candidates[c].still)
+            .map(|c| explained[c])
+            .fold(f32::MIN, f32::max);
+        (0..candidates.len()).filter(plain).filter(|&c| !candidates[c].still).all(|c| explained[c] < best_still)
+    };
+    let demoted = |c: usize| candidates[c].corrected && same_place(candidates[c].rank);
     let mut preference: Vec<usize> = (0..candidates.len()).collect();
-    preference
-        .sort_by(|&a, &b| candidates[a].rank.cmp(&candidates[b].rank).then(explained[b].total_cmp(&explained[a])));
+    preference.sort_by(|&a, &b| {
+        (candidates[a].rank, demoted(a))
+            .cmp(&(candidates[b].rank, demoted(b)))
+            .then(explained[b].total_cmp(&explained[a]))
+    });
     // Per pixel: among the candidates trusted there, the one that explains its surroundings
     // most exactly (on a known pixel — the feather band, the guide's own patches — its own
     // neighbourhood); a less preferred one must beat a more preferred one by `PREFER`.
@@ -309,7 +332,10 @@ mod tests {
         let t = choose(
             &target,
             &known,
-            &[Candidate { rgb: &a, valid: &all, rank: 0 }, Candidate { rgb: &b, valid: &all, rank: 0 }],
+            &[
+                Candidate { rgb: &a, valid: &all, rank: 0, still: false, corrected: false },
+                Candidate { rgb: &b, valid: &all, rank: 0, still: false, corrected: false },
+            ],
         );
         // Well inside each half of the hole.
         assert_eq!(t.choice[32 * 96 + 32], Some(0), "left part takes the left plane");
@@ -324,7 +350,8 @@ mod tests {
         let (target, known, _, _) = two_planes();
         let wrong = RgbF::from_fn(target.width, target.height, |x, y| [((x * 7 + y * 3) % 11) as f32 / 11.0, 0.9, 0.1]);
         let all = Mask::new(target.width, target.height, 1.0);
-        let t = choose(&target, &known, &[Candidate { rgb: &wrong, valid: &all, rank: 0 }]);
+        let t =
+            choose(&target, &known, &[Candidate { rgb: &wrong, valid: &all, rank: 0, still: false, corrected: false }]);
         assert!(t.choice.iter().all(|c| c.is_none()), "a wrong plane must not be pasted");
         assert_eq!(t.covered(&Mask { width: 96, height: 64, data: known.data.iter().map(|v| 1.0 - v).collect() }), 0.0);
     }
@@ -339,7 +366,8 @@ mod tests {
                 half.set(x, y, 1.0);
             }
         }
-        let t = choose(&target, &known, &[Candidate { rgb: &a, valid: &half, rank: 0 }]);
+        let t =
+            choose(&target, &known, &[Candidate { rgb: &a, valid: &half, rank: 0, still: false, corrected: false }]);
         assert_eq!(t.choice[32 * 96 + 32], Some(0));
         // Right of the hole's middle: A is not valid there at all.
         assert_eq!(t.choice[32 * 96 + 60], None);
@@ -357,12 +385,43 @@ mod tests {
                 moved.set(x, y, [0.05, 0.05, 0.05]);
             }
         }
-        let t = choose(&target, &known, &[Candidate { rgb: &moved, valid: &all, rank: 0 }]);
+        let t =
+            choose(&target, &known, &[Candidate { rgb: &moved, valid: &all, rank: 0, still: false, corrected: false }]);
         // Inside the hole, where the square lies: not trusted, so not copied.
         for x in 29..36 {
             assert_eq!(t.choice[30 * 96 + x], None, "the moved square at x = {x} must not be copied");
         }
         // The square's own known part disagrees; the background left of it still agrees.
         assert!(t.trust[0][30 * 96 + 20] < MIN_TRUST && t.trust[0][30 * 96 + 8] > 0.9);
+    }
+
+    #[test]
+    fn from_the_same_place_a_corrected_warp_does_not_outrank_the_still_camera() {
+        // Candidate 0: the still camera's warp, right everywhere except a small known patch
+        // (someone who moved). Candidate 1: a "corrected" warp that matches that patch too (its
+        // field was fitted there) but carries the motion into the hole, where it is wrong.
+        let (target, known, a, _) = two_planes();
+        let all = Mask::new(target.width, target.height, 1.0);
+        let mut still = a.clone();
+        for y in 45..51 {
+            for x in 40..46 {
+                still.set(x, y, [0.0, 0.0, 0.0]);
+            }
+        }
+        let corrected = RgbF::from_fn(target.width, target.height, |x, y| {
+            if known.get(x, y) >= 0.5 { target.get(x, y) } else { a.get(x + 1, y) }
+        });
+        let cands = |still_flag: bool| {
+            [
+                Candidate { rgb: &still, valid: &all, rank: 0, still: still_flag, corrected: false },
+                Candidate { rgb: &corrected, valid: &all, rank: 0, still: false, corrected: true },
+            ]
+        };
+        // Inside the hole's left half, both are trusted alike; the still camera wins.
+        let t = choose(&target, &known, &cands(true));
+        assert_eq!(t.choice[24 * 96 + 30], Some(0));
+        // Without the still camera, the warp that explains more ranks first.
+        let t = choose(&target, &known, &cands(false));
+        assert_eq!(t.choice[24 * 96 + 30], Some(1));
     }
 }

@@ -93,34 +93,48 @@ fn target_guide(
 ) -> (Guide, Vec<TargetWarp>) {
     let (w, h) = (canvas.width, canvas.height);
     let started = Instant::now();
-    let models: Vec<(usize, Homography)> = order
+    let models: Vec<(usize, Homography, bool)> = order
         .iter()
         .filter_map(|&i| alignments[i].as_ref().map(|a| (i, a)))
-        .flat_map(|(i, a)| a.models().map(move |m| (i, *m)))
+        .flat_map(|(i, a)| a.models().enumerate().map(move |(k, m)| (i, *m, a.still && k == 1)))
         .collect();
     // The plain warp, and the parallax-corrected one when the correction holds up: the field
     // is fitted to everything around the hole, people who moved included, so it may be right
     // on one side and wrong on another; trust decides per pixel.
-    let cands: Vec<(TargetWarp, RgbF, Mask)> = models
+    let made: Vec<(TargetWarp, RgbF, Mask, bool)> = models
         .par_iter()
-        .flat_map_iter(|&(i, map)| {
+        .flat_map_iter(|&(i, map, still)| {
             let (mut rgb, valid) = align::warp(&refs[i], None, &map, w, h);
             align::match_exposure(&mut rgb, &valid, canvas, known);
             let field = align::parallax::correction(canvas, known, &rgb, &valid);
             let corrected = field.map(|field| {
                 let (mut rgb, valid) = align::warp_shifted(&refs[i], None, &map, Some(&field), w, h);
                 align::match_exposure(&mut rgb, &valid, canvas, known);
-                (TargetWarp { reference: i, target_to_ref: map, field: Some(field), covers: None }, rgb, valid)
+                (TargetWarp { reference: i, target_to_ref: map, field: Some(field), covers: None }, rgb, valid, false)
             });
-            std::iter::once((TargetWarp { reference: i, target_to_ref: map, field: None, covers: None }, rgb, valid))
-                .chain(corrected)
+            std::iter::once((
+                TargetWarp { reference: i, target_to_ref: map, field: None, covers: None },
+                rgb,
+                valid,
+                still,
+            ))
+            .chain(corrected)
         })
         .collect();
+    let stills: Vec<bool> = made.iter().map(|m| m.3).collect();
+    let cands: Vec<(TargetWarp, RgbF, Mask)> = made.into_iter().map(|(w, r, v, _)| (w, r, v)).collect();
     // References keep their precedence (best-aligned first); their planes compete.
     let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(order.len());
     let list: Vec<align::trust::Candidate<'_>> = cands
         .iter()
-        .map(|(warp, rgb, valid)| align::trust::Candidate { rgb, valid, rank: rank_of(warp.reference) })
+        .zip(&stills)
+        .map(|((warp, rgb, valid), &still)| align::trust::Candidate {
+            rgb,
+            valid,
+            rank: rank_of(warp.reference),
+            still,
+            corrected: warp.field.is_some(),
+        })
         .collect();
     let warped_s = started.elapsed().as_secs_f64();
     let trust = align::trust::choose(canvas, known, &list);
