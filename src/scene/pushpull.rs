@@ -16,6 +16,42 @@ pub fn push_pull(img: &RgbF, weight: &Mask) -> RgbF {
     RgbF { width: w, height: h, data: col }
 }
 
+/// Over-relaxation factor of `relax` (1 = Gauss-Seidel; below 2 it converges).
+const OMEGA: f32 = 1.9;
+
+/// `img` with its untrusted pixels (weight < 1) relaxed towards the membrane (harmonic) fill:
+/// `iterations` over-relaxed Gauss-Seidel sweeps of "each pixel is the mean of its four
+/// neighbours", over the untrusted pixels only, starting from `img` (the push-pull fill:
+/// already close, so a couple of hundred sweeps converge).
+pub fn relax(img: &RgbF, weight: &Mask, iterations: usize) -> RgbF {
+    let (w, h) = (img.width, img.height);
+    let mut out = img.clone();
+    let free: Vec<usize> = (0..w * h).filter(|&i| weight.data[i] < 1.0).collect();
+    for _ in 0..iterations {
+        for &i in &free {
+            let (x, y) = (i % w, i / w);
+            let mut acc = [0.0f32; 3];
+            let mut n = 0.0f32;
+            for (ok, j) in
+                [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
+            {
+                if ok {
+                    for k in 0..3 {
+                        acc[k] += out.data[3 * j + k];
+                    }
+                    n += 1.0;
+                }
+            }
+            // Successive over-relaxation: the same fixed point, reached in far fewer sweeps.
+            for k in 0..3 {
+                let v = &mut out.data[3 * i + k];
+                *v += OMEGA * (acc[k] / n - *v);
+            }
+        }
+    }
+    out
+}
+
 /// `col` holds premultiplied colours (colour × weight). Returns normalised colours.
 fn solve(col: Vec<f32>, wgt: Vec<f32>, w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
     if w <= 1 && h <= 1 {
@@ -93,5 +129,30 @@ mod tests {
         let img = RgbF::new(7, 5);
         let out = push_pull(&img, &Mask::new(7, 5, 0.0));
         assert!(out.data.iter().all(|&v| (v - 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn relaxing_reaches_the_membrane_between_two_fixed_sides() {
+        // Fixed columns 0 (black) and 15 (white), free in between: the membrane is the linear
+        // ramp; a rough start (all 0.5) must end on it.
+        let img = RgbF::from_fn(16, 4, |x, _| {
+            if x == 15 {
+                [1.0; 3]
+            } else if x == 0 {
+                [0.0; 3]
+            } else {
+                [0.5; 3]
+            }
+        });
+        let mut wgt = Mask::new(16, 4, 0.0);
+        for y in 0..4 {
+            wgt.set(0, y, 1.0);
+            wgt.set(15, y, 1.0);
+        }
+        let out = relax(&img, &wgt, 300);
+        for x in 0..16 {
+            assert!((out.get(x, 2)[0] - x as f32 / 15.0).abs() < 1e-3, "x = {x}: {:?}", out.get(x, 2));
+        }
+        assert_eq!(out.get(0, 1), [0.0; 3]);
     }
 }
