@@ -602,8 +602,10 @@ fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput) -> RgbF {
     let mut fill = RgbF::from_planar(&out.x0, w, h);
     let raw = RgbF::from_planar(&out.raw, w, h);
     composite::match_colour(&mut fill, &raw, &p.canvas, &p.fill, 3.0);
-    // σ: 8 working pixels (docs/BENCHMARKS.md, "Aero, session 4").
-    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 8.0, p.extended);
+    // σ: 4 working pixels since the prior is the membrane fill (docs/BENCHMARKS.md, session 7:
+    // 8 / 4 / 2 px give books-strokes 24.57 / 25.03 / 25.24 dB; 2 flattens the engine's texture
+    // between 2 and 4 px for a fraction of a dB; 8 was chosen in session 4 on push-pull).
+    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 4.0, p.extended);
     fill
 }
 
