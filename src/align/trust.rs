@@ -74,7 +74,7 @@ pub struct Trust {
     /// `trust[c][i]` in [0, 1].
     pub trust: Vec<Vec<f32>>,
     /// The candidate each pixel takes, if any is trusted there.
-    pub choice: Vec<Option<u8>>,
+    pub choice: Vec<Option<u32>>,
 }
 
 fn blurred(img: &RgbF, sigma: f32) -> Vec<f32> {
@@ -283,7 +283,7 @@ pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trus
                     best = Some(c);
                 }
             }
-            best.map(|c| c as u8)
+            best.map(|c| c as u32)
         })
         .collect();
     Trust { width: w, height: h, trust, choice }
@@ -292,7 +292,7 @@ pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trus
 impl Trust {
     /// The pixels that take candidate `c` (1) — the mask the guide and the native detail use.
     pub fn chosen_mask(&self, c: usize) -> Mask {
-        let data = self.choice.iter().map(|k| (*k == Some(c as u8)) as u8 as f32).collect();
+        let data = self.choice.iter().map(|k| (*k == Some(c as u32)) as u8 as f32).collect();
         Mask { width: self.width, height: self.height, data }
     }
 
