@@ -31,6 +31,11 @@ pub struct Alignment {
 }
 
 impl Alignment {
+    /// Whether model `k` of `models()` is the still camera.
+    pub fn is_still(&self, k: usize) -> bool {
+        self.still && k == 1
+    }
+
     /// Every plane model, the main one first.
     pub fn models(&self) -> impl Iterator<Item = &Homography> {
         std::iter::once(&self.target_to_ref).chain(self.planes.iter().map(|(h, _)| h))
@@ -106,6 +111,7 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
             planes.push((h2, inl2.len()));
         }
     }
+    let mut kept_still = false;
     if let Some(still) = still {
         let near = (0..m.len())
             .filter(|&i| {
@@ -117,16 +123,16 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
         }
         if near >= MIN_INLIERS {
             planes.insert(0, (still, near));
+            kept_still = true;
         }
     }
-    let still = still.is_some() && planes.first().is_some_and(|(p, _)| Some(*p) == still);
     // Keypoints locate the map to a pixel or two; photometric refinement makes it sub-pixel.
     // (Only the main plane: the refinement fits all known pixels, which are mostly its plane.)
     let h = refine::refine(target, fill, reference, &h);
     if crate::switches::get().debug_align.is_some() {
         eprintln!("alignment: main plane {:?}", h.0.map(|v| (v * 1e4).round() / 1e4));
     }
-    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes, still })
+    Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes, still: kept_still })
 }
 
 /// Warp `src` into a `width`×`height` frame: each output pixel p shows `src` at `map(p)`.

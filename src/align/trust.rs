@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::scene::blur::blur;
+use crate::scene::blur::{blur, box_filter};
 use crate::scene::{Mask, RgbF};
 
 /// Mean absolute difference per channel ([0, 1] units, after a light blur that forgives
@@ -94,38 +94,19 @@ fn blurred(img: &RgbF, sigma: f32) -> Vec<f32> {
 }
 
 /// Box mean of `v` weighted by `wt` over a (2r+1)² window (clipped at the border); 0 where
-/// no weight. Summed-area tables: cost independent of r.
+/// no weight.
 fn box_mean(v: &[f32], wt: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
-    let sat = |f: &dyn Fn(usize) -> f64| {
-        let mut s = vec![0.0f64; (w + 1) * (h + 1)];
-        for y in 0..h {
-            let mut row = 0.0;
-            for x in 0..w {
-                row += f(y * w + x);
-                s[(y + 1) * (w + 1) + x + 1] = s[y * (w + 1) + x + 1] + row;
-            }
-        }
-        s
-    };
-    let (sv, sw) = (sat(&|i| (v[i] * wt[i]) as f64), sat(&|i| wt[i] as f64));
-    let rect = |s: &[f64], x0: usize, y0: usize, x1: usize, y1: usize| {
-        s[y1 * (w + 1) + x1] - s[y0 * (w + 1) + x1] - s[y1 * (w + 1) + x0] + s[y0 * (w + 1) + x0]
-    };
-    (0..w * h)
-        .map(|i| {
-            let (x, y) = (i % w, i / w);
-            let (x0, y0, x1, y1) = (x.saturating_sub(r), y.saturating_sub(r), (x + r + 1).min(w), (y + r + 1).min(h));
-            let n = rect(&sw, x0, y0, x1, y1);
-            if n > 1e-9 { (rect(&sv, x0, y0, x1, y1) / n) as f32 } else { 0.0 }
-        })
-        .collect()
+    let mut num: Vec<f32> = v.iter().zip(wt).map(|(v, w)| v * w).collect();
+    let mut den = wt.to_vec();
+    box_filter(&mut num, w, h, r);
+    box_filter(&mut den, w, h, r);
+    num.iter().zip(&den).map(|(n, d)| if *d > 1e-9 { n / d } else { 0.0 }).collect()
 }
 
 /// How far each known pixel's neighbourhood in `c` differs from the target's: 1 where they
 /// agree, falling to 0 as they differ; 0 where `c` does not cover the pixel.
-/// `t`: the target after `blurred(target, COMPARE_SIGMA)`.
-pub fn agreement(t: &[f32], w: usize, h: usize, known: &Mask, c: &Candidate<'_>, slack: isize) -> Vec<f32> {
-    let g = blurred(c.rgb, COMPARE_SIGMA);
+/// `t` and `g`: the target and the candidate after `blurred(_, COMPARE_SIGMA)`.
+fn agreement(t: &[f32], g: &[f32], w: usize, h: usize, known: &Mask, c: &Candidate<'_>, slack: isize) -> Vec<f32> {
     let both: Vec<f32> =
         (0..w * h).map(|i| if known.data[i] >= 0.5 && c.valid.data[i] >= 0.5 { 1.0 } else { 0.0 }).collect();
     // With `slack`, a pixel is explained when the candidate shows it within that many pixels
@@ -158,14 +139,10 @@ pub fn agreement(t: &[f32], w: usize, h: usize, known: &Mask, c: &Candidate<'_>,
 
 /// How much a known pixel's agreement says: a flat pixel (a bare wall) is explained by
 /// almost any warp, an edge or texture only by the right one. `FLAT` plus the local gradient
-/// (of the lightly blurred target) up to 1; 0 on pixels to fill.
-fn evidence(target: &RgbF, known: &[f32]) -> Vec<f32> {
-    let (w, h) = (target.width, target.height);
-    let mut g = target.gray();
-    blur(&mut g, w, h, COMPARE_SIGMA);
-    let mut ones = vec![1.0f32; w * h];
-    blur(&mut ones, w, h, COMPARE_SIGMA);
-    g.iter_mut().zip(&ones).for_each(|(v, o)| *v /= o.max(1e-6));
+/// (of the lightly blurred target's grey) up to 1; 0 on pixels to fill.
+/// `t`: the target after `blurred(target, COMPARE_SIGMA)`.
+fn evidence(t: &[f32], known: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let g: Vec<f32> = t.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect();
     (0..w * h)
         .map(|i| {
             if known[i] <= 0.0 {
@@ -225,10 +202,15 @@ fn propagate(agree: &[Vec<f32>], k: &[f32], e: &[f32], w: usize, h: usize) -> Ve
 pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trust {
     let (w, h) = (target.width, target.height);
     let k: Vec<f32> = known.data.iter().map(|&v| if v >= 0.5 { 1.0 } else { 0.0 }).collect();
-    let e = evidence(target, &k);
     let t = blurred(target, COMPARE_SIGMA);
-    let (loose, tight): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
-        candidates.par_iter().map(|c| (agreement(&t, w, h, known, c, SLACK), agreement(&t, w, h, known, c, 0))).unzip();
+    let e = evidence(&t, &k, w, h);
+    let (loose, tight): (Vec<Vec<f32>>, Vec<Vec<f32>>) = candidates
+        .par_iter()
+        .map(|c| {
+            let g = blurred(c.rgb, COMPARE_SIGMA);
+            (agreement(&t, &g, w, h, known, c, SLACK), agreement(&t, &g, w, h, known, c, 0))
+        })
+        .unzip();
     // Both sets in one pass (the neighbourhood weights are shared).
     let n = loose.len();
     let mut both = propagate(&[loose, tight.clone()].concat(), &k, &e, w, h);
@@ -295,12 +277,6 @@ impl Trust {
         let data = self.choice.iter().map(|k| (*k == Some(c as u32)) as u8 as f32).collect();
         Mask { width: self.width, height: self.height, data }
     }
-
-    /// Share of the pixels to fill that some candidate was trusted for.
-    pub fn covered(&self, fill: &Mask) -> f32 {
-        let n = fill.data.iter().filter(|&&v| v >= 0.5).count().max(1);
-        self.choice.iter().zip(&fill.data).filter(|(c, f)| **f >= 0.5 && c.is_some()).count() as f32 / n as f32
-    }
 }
 
 #[cfg(test)]
@@ -353,7 +329,8 @@ mod tests {
         let t =
             choose(&target, &known, &[Candidate { rgb: &wrong, valid: &all, rank: 0, still: false, corrected: false }]);
         assert!(t.choice.iter().all(|c| c.is_none()), "a wrong plane must not be pasted");
-        assert_eq!(t.covered(&Mask { width: 96, height: 64, data: known.data.iter().map(|v| 1.0 - v).collect() }), 0.0);
+        let chosen_in_hole = (0..96 * 64).filter(|&i| known.data[i] < 0.5 && t.choice[i].is_some()).count();
+        assert_eq!(chosen_in_hole, 0);
     }
 
     #[test]

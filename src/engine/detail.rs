@@ -50,9 +50,8 @@ pub struct TargetWarp {
     pub reference: usize,
     pub target_to_ref: Homography,
     pub field: Option<Field>,
-    /// The working canvas pixels this warp supplies (`align::trust`'s choice); None: all it
-    /// reaches.
-    pub covers: Option<Mask>,
+    /// The working canvas pixels this warp supplies (`align::trust`'s choice).
+    pub covers: Mask,
 }
 
 /// What the native step draws detail from besides the photo: the references as the pipeline
@@ -265,7 +264,7 @@ fn native_warp(
     crop: Rect,
     scale: Scale,
     photo: &PhotoCrop,
-    covers: Option<&Mask>,
+    covers: &Mask,
 ) -> (RgbF, Mask) {
     let reference = &scene.refs[warp.reference];
     let working = &working_refs[warp.reference];
@@ -289,14 +288,9 @@ fn native_warp(
             };
             // Against the known pixels this warp's plane covers only (another plane's pixels
             // would pull it off its own).
-            let map = match covers {
-                None => refine::refine(&photo.rgb, &photo.hole, &part, &map),
-                Some(c) => {
-                    let mut off = photo.hole.clone();
-                    off.data.iter_mut().zip(&c.data).for_each(|(o, &c)| *o = if c >= 0.5 { *o } else { 1.0 });
-                    refine::refine(&photo.rgb, &off, &part, &map)
-                }
-            };
+            let mut off = photo.hole.clone();
+            off.data.iter_mut().zip(&covers.data).for_each(|(o, &c)| *o = if c >= 0.5 { *o } else { 1.0 });
+            let map = refine::refine(&photo.rgb, &off, &part, &map);
             warp_cubic(&part, crop, |x, y| map.apply(x, y))
         }
         Some(field) => {
@@ -492,9 +486,9 @@ pub fn native_fill(
 
 /// The references warped into the crop at their own resolution, the best-aligned one where
 /// several cover a pixel, and where any does.
-/// The crop pixels whose working pixel (nearest) `warp` covers, or None when it covers all.
-fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Option<Mask> {
-    let c = warp.covers.as_ref()?;
+/// The crop pixels whose working pixel (nearest) `warp` covers.
+fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Mask {
+    let c = &warp.covers;
     let data = (0..crop.w * crop.h)
         .map(|i| {
             let (u, v) = scale.to_working((crop.x0 + i % crop.w) as f64, (crop.y0 + i / crop.w) as f64);
@@ -503,7 +497,7 @@ fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Option<Mask> {
             c.get(x, y)
         })
         .collect();
-    Some(Mask { width: crop.w, height: crop.h, data })
+    Mask { width: crop.w, height: crop.h, data }
 }
 
 fn reference_guide(
@@ -521,10 +515,9 @@ fn reference_guide(
             return Err(Error::Cancelled);
         }
         let covers = covered(warp, crop, scale);
-        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, photo, covers.as_ref());
+        let (rgb, valid) = native_warp(scene, sources.working_refs, warp, crop, scale, photo, &covers);
         for i in 0..crop.w * crop.h {
-            let here = covers.as_ref().is_none_or(|c| c.data[i] >= 0.5);
-            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 && here {
+            if guide_ok.data[i] < 0.5 && valid.data[i] >= 0.5 && covers.data[i] >= 0.5 {
                 guide_ok.data[i] = 1.0;
                 guide.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
             }

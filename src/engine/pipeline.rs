@@ -49,35 +49,28 @@ fn invert(m: &Mask) -> Mask {
 }
 
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this
-/// image's pixels into theirs. Earlier entries take precedence. With `parallax`, each warp is
-/// corrected for parallax (align::parallax; it costs tens of milliseconds per reference,
-/// docs/BENCHMARKS.md, so only the target's guide, which fills use, gets it — the references'
-/// training guides keep the plain warp).
-/// Returns the guide and, per entry of `others`, the parallax field its warp used.
-fn build_guide(
-    w: usize,
-    h: usize,
-    others: &[(&RgbF, Option<&Mask>, Homography)],
-    me: &RgbF,
-    my_known: &Mask,
-    parallax: bool,
-) -> (Guide, Vec<Option<Field>>) {
+/// image's pixels into theirs; earlier entries take precedence. The references' training
+/// guides: plain warps (the target's guide, which fills use, is `target_guide`).
+fn build_guide(w: usize, h: usize, others: &[(&RgbF, Option<&Mask>, Homography)], me: &RgbF, my_known: &Mask) -> Guide {
     let mut g = Guide::empty(w, h);
-    let mut fields = Vec::with_capacity(others.len());
     for (img, known, map) in others {
-        let (mut rgb, mut valid) = align::warp(img, *known, map, w, h);
+        let (mut rgb, valid) = align::warp(img, *known, map, w, h);
         align::match_exposure(&mut rgb, &valid, me, my_known);
-        // One homography maps one plane; nearer and farther things are moved into place by
-        // the residual shifts measured around the hole (kept only when they generalise).
-        let field = parallax.then(|| align::parallax::correction(me, my_known, &rgb, &valid)).flatten();
-        if let Some(field) = &field {
-            (rgb, valid) = align::warp_shifted(img, *known, map, Some(field), w, h);
-            align::match_exposure(&mut rgb, &valid, me, my_known);
-        }
         g.fill_gaps_from(&rgb, &valid);
-        fields.push(field);
     }
-    (g, fields)
+    g
+}
+
+/// One candidate of the target's guide: a reference warped by one of its plane models (and a
+/// parallax field, if any), exposure-matched.
+struct Warped {
+    reference: usize,
+    map: Homography,
+    field: Option<Field>,
+    /// The plain warp of the still-camera model.
+    still: bool,
+    rgb: RgbF,
+    valid: Mask,
 }
 
 /// The target's guide from every plane model of every aligned reference (`order`: best-aligned
@@ -96,44 +89,35 @@ fn target_guide(
     let models: Vec<(usize, Homography, bool)> = order
         .iter()
         .filter_map(|&i| alignments[i].as_ref().map(|a| (i, a)))
-        .flat_map(|(i, a)| a.models().enumerate().map(move |(k, m)| (i, *m, a.still && k == 1)))
+        .flat_map(|(i, a)| a.models().enumerate().map(move |(k, m)| (i, *m, a.is_still(k))))
         .collect();
     // The plain warp, and the parallax-corrected one when the correction holds up: the field
     // is fitted to everything around the hole, people who moved included, so it may be right
     // on one side and wrong on another; trust decides per pixel.
-    let made: Vec<(TargetWarp, RgbF, Mask, bool)> = models
+    let cands: Vec<Warped> = models
         .par_iter()
-        .flat_map_iter(|&(i, map, still)| {
-            let (mut rgb, valid) = align::warp(&refs[i], None, &map, w, h);
+        .flat_map_iter(|&(reference, map, still)| {
+            let (mut rgb, valid) = align::warp(&refs[reference], None, &map, w, h);
             align::match_exposure(&mut rgb, &valid, canvas, known);
             let field = align::parallax::correction(canvas, known, &rgb, &valid);
             let corrected = field.map(|field| {
-                let (mut rgb, valid) = align::warp_shifted(&refs[i], None, &map, Some(&field), w, h);
+                let (mut rgb, valid) = align::warp_shifted(&refs[reference], None, &map, Some(&field), w, h);
                 align::match_exposure(&mut rgb, &valid, canvas, known);
-                (TargetWarp { reference: i, target_to_ref: map, field: Some(field), covers: None }, rgb, valid, false)
+                Warped { reference, map, field: Some(field), still: false, rgb, valid }
             });
-            std::iter::once((
-                TargetWarp { reference: i, target_to_ref: map, field: None, covers: None },
-                rgb,
-                valid,
-                still,
-            ))
-            .chain(corrected)
+            std::iter::once(Warped { reference, map, field: None, still, rgb, valid }).chain(corrected)
         })
         .collect();
-    let stills: Vec<bool> = made.iter().map(|m| m.3).collect();
-    let cands: Vec<(TargetWarp, RgbF, Mask)> = made.into_iter().map(|(w, r, v, _)| (w, r, v)).collect();
     // References keep their precedence (best-aligned first); their planes compete.
     let rank_of = |r: usize| order.iter().position(|&o| o == r).unwrap_or(order.len());
     let list: Vec<align::trust::Candidate<'_>> = cands
         .iter()
-        .zip(&stills)
-        .map(|((warp, rgb, valid), &still)| align::trust::Candidate {
-            rgb,
-            valid,
-            rank: rank_of(warp.reference),
-            still,
-            corrected: warp.field.is_some(),
+        .map(|c| align::trust::Candidate {
+            rgb: &c.rgb,
+            valid: &c.valid,
+            rank: rank_of(c.reference),
+            still: c.still,
+            corrected: c.field.is_some(),
         })
         .collect();
     let warped_s = started.elapsed().as_secs_f64();
@@ -148,7 +132,7 @@ fn target_guide(
     let mut guide = Guide::empty(w, h);
     for (i, c) in trust.choice.iter().enumerate() {
         if let Some(c) = c {
-            let rgb = &cands[*c as usize].1;
+            let rgb = &cands[*c as usize].rgb;
             guide.rgb.data[3 * i..3 * i + 3].copy_from_slice(&rgb.data[3 * i..3 * i + 3]);
             guide.valid.data[i] = 1.0;
         }
@@ -159,13 +143,13 @@ fn target_guide(
     let warps: Vec<TargetWarp> = cands
         .into_iter()
         .enumerate()
-        .filter_map(|(c, (mut warp, _, _))| {
-            let covers = trust.chosen_mask(c);
-            (covers.fill_fraction() > 0.0).then(|| {
-                warp.covers = Some(covers);
-                warp
-            })
+        .map(|(c, w)| TargetWarp {
+            reference: w.reference,
+            target_to_ref: w.map,
+            field: w.field,
+            covers: trust.chosen_mask(c),
         })
+        .filter(|w| w.covers.fill_fraction() > 0.0)
         .collect();
     if crate::switches::get().debug_align.is_some() {
         eprintln!(
@@ -184,7 +168,7 @@ fn explain(
     dir: &std::path::Path,
     canvas: &RgbF,
     known: &Mask,
-    cands: &[(TargetWarp, RgbF, Mask)],
+    cands: &[Warped],
     trust: &align::trust::Trust,
     guide: &Guide,
 ) {
@@ -209,11 +193,11 @@ fn explain(
         [1.0, 0.5, 0.1],
         [0.6, 0.6, 0.6],
     ];
-    for (c, (warp, rgb, valid)) in cands.iter().enumerate() {
-        let shown = RgbF::from_fn(w, h, |x, y| if valid.get(x, y) >= 0.5 { rgb.get(x, y) } else { [0.0; 3] });
-        save(&format!("warp-{c}-ref{}.png", warp.reference), &shown);
+    for (c, cand) in cands.iter().enumerate() {
+        let shown = RgbF::from_fn(w, h, |x, y| if cand.valid.get(x, y) >= 0.5 { cand.rgb.get(x, y) } else { [0.0; 3] });
+        save(&format!("warp-{c}-ref{}.png", cand.reference), &shown);
         let t = &trust.trust[c];
-        save(&format!("trust-{c}-ref{}.png", warp.reference), &RgbF::from_fn(w, h, |x, y| [t[y * w + x]; 3]));
+        save(&format!("trust-{c}-ref{}.png", cand.reference), &RgbF::from_fn(w, h, |x, y| [t[y * w + x]; 3]));
     }
     // The choice: known pixels dimmed, each pixel to fill in its candidate's colour (black: none).
     let choice = RgbF::from_fn(w, h, |x, y| {
@@ -305,7 +289,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
                         })
                         .collect();
                     others.push((&canvas, Some(&known), ref_to_target));
-                    build_guide(r.width, r.height, &others, r, &all, false).0
+                    build_guide(r.width, r.height, &others, r, &all)
                 }
                 None => Guide::empty(r.width, r.height),
             },

@@ -23,6 +23,26 @@ pub fn blur(v: &mut [f32], w: usize, h: usize, sigma: f32) {
     }
 }
 
+/// One box filter of radius `r` along rows then columns (the mean over a (2r+1)² window,
+/// zero outside the image), in place. A ratio of two such filters is a windowed weighted mean.
+pub fn box_filter(v: &mut [f32], w: usize, h: usize, r: usize) {
+    let mut line = Vec::new();
+    for y in 0..h {
+        line.clear();
+        line.extend_from_slice(&v[y * w..(y + 1) * w]);
+        box_line(&line, &mut v[y * w..(y + 1) * w], r);
+    }
+    let mut col = vec![0.0f32; h];
+    for x in 0..w {
+        line.clear();
+        line.extend((0..h).map(|y| v[y * w + x]));
+        box_line(&line, &mut col, r);
+        for y in 0..h {
+            v[y * w + x] = col[y];
+        }
+    }
+}
+
 /// out[i] = mean of src[i−r..=i+r] (zeros beyond the ends).
 fn box_line(src: &[f32], out: &mut [f32], r: usize) {
     let n = src.len();
@@ -54,5 +74,17 @@ mod tests {
         let total: f32 = point.iter().sum();
         assert!((total - 1.0).abs() < 1e-4, "mass kept: {total}");
         assert!(point[15 * w + 20] > point[15 * w + 24] && point[15 * w + 24] > point[15 * w + 29]);
+    }
+
+    #[test]
+    fn a_box_filter_averages_its_window() {
+        let (w, h) = (6, 5);
+        let mut v: Vec<f32> = (0..w * h).map(|i| i as f32).collect();
+        box_filter(&mut v, w, h, 1);
+        // Inside: the mean of the 3×3 window around (2, 2) is the centre value (linear ramp).
+        assert!((v[2 * w + 2] - (2 * w + 2) as f32).abs() < 1e-4);
+        // At a corner, the zeros beyond the border count: 4 of 9 cells are inside.
+        let corner = (0.0 + 1.0 + 6.0 + 7.0) / 9.0;
+        assert!((v[0] - corner).abs() < 1e-5, "{}", v[0]);
     }
 }

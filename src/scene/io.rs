@@ -41,6 +41,21 @@ impl Photo {
     }
 }
 
+/// What a file that is neither a regular file nor a folder is, for messages ("a device", …);
+/// None for a kind without a name here.
+fn special_file_kind(t: &fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_fifo() {
+        Some("a named pipe (FIFO)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
 fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::input(path, "file not found; check the path"),
@@ -51,17 +66,7 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
         return Err(Error::input(path, "is a folder, not an image file"));
     }
     if !meta.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        let kind = if t.is_char_device() || t.is_block_device() {
-            "a device"
-        } else if t.is_fifo() {
-            "a named pipe (FIFO)"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "a special file"
-        };
+        let kind = special_file_kind(&meta.file_type()).unwrap_or("a special file");
         return Err(Error::input(path, format!("is {kind}, not a regular image file")));
     }
     if meta.len() == 0 {
@@ -374,21 +379,15 @@ fn check_regular(path: &Path) -> Result<PathBuf> {
         path.to_path_buf()
     };
     let meta = fs::metadata(&real).map_err(|e| Error::output(path, format!("cannot look at it: {e}")))?;
-    let kind = {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        if t.is_file() {
-            return Ok(real);
-        } else if t.is_dir() {
-            "a folder; give a file name such as result.png"
-        } else if t.is_char_device() || t.is_block_device() {
-            "a device, not a regular file; realfill writes only regular files"
-        } else if t.is_fifo() {
-            "a named pipe (FIFO), not a regular file; realfill writes only regular files"
-        } else if t.is_socket() {
-            "a socket, not a regular file; realfill writes only regular files"
-        } else {
-            "not a regular file; realfill writes only regular files"
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(real);
+    } else if t.is_dir() {
+        "a folder; give a file name such as result.png".to_string()
+    } else {
+        match special_file_kind(&t) {
+            Some(k) => format!("{k}, not a regular file; realfill writes only regular files"),
+            None => "not a regular file; realfill writes only regular files".to_string(),
         }
     };
     Err(Error::output(path, format!("is {kind}")))
