@@ -65,12 +65,16 @@ pub fn prior(image: &RgbF, fill: &[f32], guide: &RgbF, guide_valid: &Mask) -> Rg
     // across edges (a white pole bled into a dark wall on books-strokes); relaxing it to the
     // membrane itself is what Telea's continuation approximates (docs/BENCHMARKS.md, session 7:
     // books-rect 16.60 → 17.0 dB, aero-strokes 19.63 → 19.9).
-    relax(&push_pull(&base, &trust), &trust, RELAX_SWEEPS)
+    relax(&push_pull(&base, &trust), &trust, relax_sweeps(image.width.max(image.height)))
 }
 
-/// Over-relaxed sweeps that take the push-pull prior to the membrane fill (100 already
-/// converge to the printed digit on the evaluation scenes).
-const RELAX_SWEEPS: usize = 200;
+/// Over-relaxed sweeps that take the push-pull prior to the membrane fill: about half the long
+/// side (information crosses the image in O(side) sweeps; at 384 px, 100 already converge to
+/// the printed digit on the evaluation scenes). Learning builds this prior for every crop of
+/// every batch, so a fixed 200 cost 64-px crops ≈ 50 ms a step (+20 %).
+fn relax_sweeps(side: usize) -> usize {
+    (side / 2).clamp(16, 200)
+}
 
 /// A training batch on the CPU, ready to upload.
 pub struct Batch {
