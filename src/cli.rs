@@ -47,6 +47,10 @@ pub enum Command {
     #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
     TorchCheck(crate::dev::torch_check::TorchCheckArgs),
+    /// Check realfill's Stable Diffusion networks against diffusers' outputs on the same
+    /// inputs (bench/diffusers_reference.py writes model and IO file).
+    #[cfg(feature = "dev-tools")]
+    SdCheck(crate::dev::sd_check::SdCheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -648,5 +652,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Bench(a) => crate::dev::bench::run(&a),
         #[cfg(feature = "dev-tools")]
         Command::TorchCheck(a) => crate::dev::torch_check::run(&a),
+        #[cfg(feature = "dev-tools")]
+        Command::SdCheck(a) => crate::dev::sd_check::run(&a),
     }
 }

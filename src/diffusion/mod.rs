@@ -1,5 +1,6 @@
 //! Diffusion: noise schedule, sampler (step loop with previews and cancellation), the scene
-//! model (UNet), its training and its on-disk cache, and the training-free patch denoiser.
+//! model (UNet), its training and its on-disk cache, the training-free patch denoiser, and
+//! Stable Diffusion 2 inpainting from the user's weights (`sd`).
 
 pub mod checkpoint;
 pub mod cpu_unet;
@@ -8,5 +9,6 @@ pub mod patch;
 pub mod sampler;
 pub mod scene_model;
 pub mod schedule;
+pub mod sd;
 pub mod train;
 pub mod unet;

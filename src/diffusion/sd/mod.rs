@@ -1,0 +1,97 @@
+//! Stable Diffusion (2) inpainting from the user's diffusers folder: the networks built from
+//! their `config.json` files on burn (wgpu on a GPU, the CPU backend otherwise), the CLIP
+//! tokenizer, the noise schedule. Nothing is downloaded; the README says what to fetch.
+//! Checked against diffusers on tiny random-weight models (`realfill sd-check`,
+//! bench/diffusers_reference.py, the committed fixture in tests/fixtures/sd-tiny).
+
+pub mod blocks;
+pub mod config;
+pub mod inpaint;
+pub mod scheduler;
+pub mod text;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// The five parts of a diffusers Stable Diffusion folder.
+pub struct StableDiffusion {
+    pub dir: PathBuf,
+    pub unet: unet::UNet,
+    pub unet_config: config::UNetConfig,
+    pub vae: vae::Vae,
+    pub vae_config: config::VaeConfig,
+    pub text: text::TextEncoder,
+    pub tokenizer: tokenizer::Tokenizer,
+    pub scheduler: scheduler::Scheduler,
+    pub device: Device,
+}
+
+/// The README section a wrong folder's message points to.
+pub const HELP: &str = "realfill needs the diffusers folder of stabilityai/stable-diffusion-2-inpainting \
+(README, \"Stable Diffusion\")";
+
+impl StableDiffusion {
+    pub fn load(dir: &Path, device: &Device) -> Result<StableDiffusion> {
+        if !dir.is_dir() {
+            return Err(Error::input(dir, format!("not a folder; {HELP}")));
+        }
+        let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device)?;
+        let (vae, vae_config) = vae::Vae::load(&dir.join("vae"), device)?;
+        if unet.in_channels != 2 * vae_config.latent_channels + 1 {
+            return Err(Error::input(
+                dir.join("unet").join("config.json"),
+                format!(
+                    "the UNet takes {} channels: realfill needs the {}-channel inpainting UNet (noisy latent, mask, \
+                     masked-image latent), as in stable-diffusion-2-inpainting — a text-to-image model cannot fill",
+                    unet.in_channels,
+                    2 * vae_config.latent_channels + 1
+                ),
+            ));
+        }
+        if unet.out_channels != vae_config.latent_channels {
+            return Err(Error::input(
+                dir.join("unet").join("config.json"),
+                "out_channels differs from the VAE's latent_channels: UNet and VAE are from different models",
+            ));
+        }
+        let (text, _) = text::TextEncoder::load(&dir.join("text_encoder"), device)?;
+        let cross = unet_config.levels()?.iter().map(|l| l.cross_dim).max().unwrap_or(0);
+        if text.width != cross {
+            return Err(Error::input(
+                dir.join("text_encoder").join("config.json"),
+                format!("hidden_size {} differs from the UNet's cross_attention_dim {cross}", text.width),
+            ));
+        }
+        let tokenizer = tokenizer::Tokenizer::load(&dir.join("tokenizer"))?;
+        if tokenizer.max_length > text.max_positions {
+            return Err(Error::input(
+                dir.join("tokenizer"),
+                "model_max_length exceeds the text encoder's max_position_embeddings",
+            ));
+        }
+        let scheduler = scheduler::Scheduler::load(&dir.join("scheduler").join("scheduler_config.json"))?;
+        Ok(StableDiffusion {
+            dir: dir.to_path_buf(),
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            text,
+            tokenizer,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.
+    pub fn pixel_stride(&self) -> usize {
+        self.vae_config.factor() * self.unet_config.stride()
+    }
+}

@@ -1,0 +1,321 @@
+//! The noise schedule of `scheduler/scheduler_config.json` and the two samplers realfill runs
+//! on it, as diffusers computes them: DDIM (η = 0) and DDPM (ancestral, "fixed_small"
+//! variance), on epsilon- or v-predicting models. The config's class names the sampler its
+//! authors used (PNDM for SD-2 inpainting); every scheduler of the same discrete beta family
+//! shares the schedule, so realfill samples it with DDIM or DDPM; other families are refused.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::config::read_json;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::settings::SamplerKind;
+
+fn d_t() -> usize {
+    1000
+}
+fn d_bs() -> f64 {
+    0.0001
+}
+fn d_be() -> f64 {
+    0.02
+}
+fn d_linear() -> String {
+    "linear".into()
+}
+fn d_eps() -> String {
+    "epsilon".into()
+}
+fn d_leading() -> String {
+    "leading".into()
+}
+fn d_one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SchedulerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: String,
+    #[serde(default = "d_t")]
+    pub num_train_timesteps: usize,
+    #[serde(default = "d_bs")]
+    pub beta_start: f64,
+    #[serde(default = "d_be")]
+    pub beta_end: f64,
+    #[serde(default = "d_linear")]
+    pub beta_schedule: String,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default = "d_eps")]
+    pub prediction_type: String,
+    #[serde(default)]
+    pub steps_offset: usize,
+    #[serde(default)]
+    pub set_alpha_to_one: Option<bool>,
+    #[serde(default = "d_leading")]
+    pub timestep_spacing: String,
+    #[serde(default)]
+    pub clip_sample: Option<bool>,
+    #[serde(default = "d_one")]
+    pub clip_sample_range: f64,
+    #[serde(default)]
+    pub thresholding: bool,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: bool,
+}
+
+/// Schedulers on diffusers' discrete beta schedule (the same ᾱ table; they differ in the
+/// solver only).
+const SAME_FAMILY: [&str; 11] = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    V,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+    /// ᾱ_t for t = 0 … T−1.
+    pub alphas_cumprod: Vec<f64>,
+    pub prediction: Prediction,
+}
+
+impl Scheduler {
+    pub fn load(path: &Path) -> Result<Scheduler> {
+        let c: SchedulerConfig = read_json(path)?;
+        Scheduler::new(c).map_err(|why| Error::input(path, why))
+    }
+
+    pub fn new(c: SchedulerConfig) -> std::result::Result<Scheduler, String> {
+        if !SAME_FAMILY.contains(&c.class_name.as_str()) {
+            return Err(format!(
+                "scheduler {:?} is not supported: realfill samples the discrete-beta family ({}) with DDIM or DDPM",
+                c.class_name,
+                SAME_FAMILY.join(", ")
+            ));
+        }
+        let prediction = match c.prediction_type.as_str() {
+            "epsilon" => Prediction::Epsilon,
+            "v_prediction" => Prediction::V,
+            p => return Err(format!("prediction_type {p:?} is not supported (epsilon or v_prediction)")),
+        };
+        if c.thresholding || c.rescale_betas_zero_snr {
+            return Err("thresholding and rescale_betas_zero_snr are not supported".into());
+        }
+        if !matches!(c.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
+            return Err(format!("timestep_spacing {:?} is not supported", c.timestep_spacing));
+        }
+        let t = c.num_train_timesteps;
+        if t < 2 {
+            return Err("num_train_timesteps must be at least 2".into());
+        }
+        let betas: Vec<f64> = if let Some(b) = &c.trained_betas {
+            if b.len() != t {
+                return Err("trained_betas must list num_train_timesteps values".into());
+            }
+            b.clone()
+        } else {
+            let lin = |a: f64, b: f64| (0..t).map(move |i| a + (b - a) * i as f64 / (t - 1) as f64);
+            match c.beta_schedule.as_str() {
+                "linear" => lin(c.beta_start, c.beta_end).collect(),
+                "scaled_linear" => lin(c.beta_start.sqrt(), c.beta_end.sqrt()).map(|b| b * b).collect(),
+                "squaredcos_cap_v2" => {
+                    let ab = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                    (0..t).map(|i| (1.0 - ab((i + 1) as f64 / t as f64) / ab(i as f64 / t as f64)).min(0.999)).collect()
+                }
+                s => return Err(format!("beta_schedule {s:?} is not supported")),
+            }
+        };
+        // Products in f32 steps like diffusers (torch.cumprod over float32 betas).
+        let mut acc = 1.0f32;
+        let alphas_cumprod = betas
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - *b as f32;
+                acc as f64
+            })
+            .collect();
+        Ok(Scheduler { config: c, alphas_cumprod, prediction })
+    }
+
+    /// The `n` timesteps of a sampling run, largest first (diffusers' `set_timesteps`).
+    pub fn timesteps(&self, n: usize) -> Vec<usize> {
+        let t = self.config.num_train_timesteps;
+        let n = n.clamp(1, t);
+        match self.config.timestep_spacing.as_str() {
+            "trailing" => {
+                let ratio = t as f64 / n as f64;
+                (0..n).map(|i| ((t as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+            }
+            "linspace" => {
+                (0..n).rev().map(|i| ((t - 1) as f64 * i as f64 / (n - 1).max(1) as f64).round() as usize).collect()
+            }
+            _ => {
+                let ratio = t / n;
+                (0..n).rev().map(|i| (i * ratio + self.config.steps_offset).min(t - 1)).collect()
+            }
+        }
+    }
+
+    /// ᾱ of the step after `t` in a run of `n` steps (diffusers: t − T/n; "final" ᾱ below 0).
+    fn alpha_prev(&self, t: usize, n: usize, sampler: SamplerKind) -> f64 {
+        let step = self.config.num_train_timesteps / n.max(1);
+        if t >= step {
+            self.alphas_cumprod[t - step]
+        } else if sampler == SamplerKind::Ddpm || self.config.set_alpha_to_one.unwrap_or(true) {
+            1.0
+        } else {
+            self.alphas_cumprod[0]
+        }
+    }
+
+    /// The clean-sample and noise estimates of the model's output `out` at `x_t`.
+    pub fn estimates(&self, x: &[f32], out: &[f32], t: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = self.alphas_cumprod[t];
+        let (sa, sb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+        let (mut x0, eps): (Vec<f32>, Vec<f32>) = match self.prediction {
+            Prediction::Epsilon => (x.iter().zip(out).map(|(x, e)| (x - sb * e) / sa).collect(), out.to_vec()),
+            Prediction::V => (
+                x.iter().zip(out).map(|(x, v)| sa * x - sb * v).collect(),
+                x.iter().zip(out).map(|(x, v)| sa * v + sb * x).collect(),
+            ),
+        };
+        // Clipping (the default of DDIM and DDPM; SD folders switch it off) limits the clean
+        // estimate only: diffusers keeps the unclipped noise estimate.
+        if self.config.clip_sample.unwrap_or(true) {
+            let r = self.config.clip_sample_range as f32;
+            x0.iter_mut().for_each(|v| *v = v.clamp(-r, r));
+        }
+        (x0, eps)
+    }
+
+    /// One step from `x` (the latent at timestep `t` of an `n`-step run) given the model's
+    /// output: the latent at the next timestep, and the clean-sample estimate (for previews).
+    pub fn step(
+        &self,
+        sampler: SamplerKind,
+        x: &[f32],
+        out: &[f32],
+        t: usize,
+        n: usize,
+        rng: &mut Rng,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (x0, eps) = self.estimates(x, out, t);
+        let a = self.alphas_cumprod[t];
+        let ap = self.alpha_prev(t, n, sampler);
+        let next = match sampler {
+            SamplerKind::Ddim => {
+                let (c0, c1) = (ap.sqrt() as f32, (1.0 - ap).sqrt() as f32);
+                x0.iter().zip(&eps).map(|(x0, e)| c0 * x0 + c1 * e).collect()
+            }
+            SamplerKind::Ddpm => {
+                let alpha_t = a / ap;
+                let beta_t = 1.0 - alpha_t;
+                let c0 = (ap.sqrt() * beta_t / (1.0 - a)) as f32;
+                let c1 = (alpha_t.sqrt() * (1.0 - ap) / (1.0 - a)) as f32;
+                let var = ((1.0 - ap) / (1.0 - a) * beta_t).max(1e-20);
+                let sd = if t > 0 { var.sqrt() as f32 } else { 0.0 };
+                let noise = rng.normals(x.len());
+                x0.iter().zip(x).zip(noise).map(|((x0, x), z)| c0 * x0 + c1 * x + sd * z).collect()
+            }
+        };
+        (next, x0)
+    }
+
+    /// `x0` noised to timestep `t` with `noise` (for learning and for starting a run part-way).
+    pub fn add_noise(&self, x0: &[f32], noise: &[f32], t: usize) -> Vec<f32> {
+        let a = self.alphas_cumprod[t];
+        let (sa, sb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
+        x0.iter().zip(noise).map(|(x, n)| sa * x + sb * n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd2() -> SchedulerConfig {
+        serde_json::from_str(
+            r#"{"_class_name":"DDIMScheduler","beta_end":0.012,"beta_schedule":"scaled_linear","beta_start":0.00085,
+                "clip_sample":false,"num_train_timesteps":1000,"set_alpha_to_one":false,"skip_prk_steps":true,
+                "steps_offset":1,"trained_betas":null}"#,
+        )
+        .unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.iter().zip(b).all(|(a, b)| (a - b).abs() < 2e-5)
+    }
+
+    /// Reference values printed by diffusers 0.35.2 (DDIMScheduler/DDPMScheduler with these
+    /// configs; bench/diffusers_reference.py's venv).
+    #[test]
+    fn schedule_timesteps_and_steps_match_diffusers() {
+        let s = Scheduler::new(sd2()).unwrap();
+        assert!((s.alphas_cumprod[0] - 0.9991499781608582).abs() < 1e-7);
+        assert!((s.alphas_cumprod[999] - 0.00466009508818388).abs() < 1e-7, "{}", s.alphas_cumprod[999]);
+        assert_eq!(&s.timesteps(50)[..3], &[981, 961, 941]);
+        assert_eq!(*s.timesteps(50).last().unwrap(), 1);
+        assert_eq!(s.timesteps(7), [853, 711, 569, 427, 285, 143, 1]);
+        let (x, e) = ([0.3f32, -0.7, 1.2], [0.5f32, 1.0, -0.2]);
+        let mut rng = Rng::new(0);
+        let (next, _) = s.step(SamplerKind::Ddim, &x, &e, 951, 20, &mut rng);
+        assert!(close(&next, &[0.237_069_2, -1.229_476, 1.634_996]), "{next:?}");
+        let (next, _) = s.step(SamplerKind::Ddpm, &x, &e, 1, 20, &mut rng);
+        assert!(close(&next, &[0.279_598_7, -0.741_911_6, 1.209_287]), "{next:?}");
+        let mut v = sd2();
+        v.prediction_type = "v_prediction".into();
+        let s = Scheduler::new(v).unwrap();
+        let (next, _) = s.step(SamplerKind::Ddim, &x, &e, 951, 20, &mut rng);
+        assert!(close(&next, &[0.285_786_7, -0.727_910_2, 1.205_161]), "{next:?}");
+        let (next, _) = s.step(SamplerKind::Ddim, &x, &e, 1, 20, &mut rng);
+        assert!(close(&next, &[0.293_912_2, -0.712_08, 1.202_338]), "{next:?}");
+        let mut cos = sd2();
+        cos.beta_schedule = "squaredcos_cap_v2".into();
+        cos.timestep_spacing = "trailing".into();
+        cos.steps_offset = 0;
+        let s = Scheduler::new(cos).unwrap();
+        assert_eq!(s.timesteps(7), [999, 856, 713, 570, 428, 285, 142]);
+        assert!((s.alphas_cumprod[500] - 0.4922850430011749).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_perfect_model_lands_on_its_sample() {
+        // With the true noise as the model's output, one DDIM step from t to 0 returns x0.
+        let s = Scheduler::new(sd2()).unwrap();
+        let x0 = vec![0.3f32, -0.7, 1.2];
+        let noise = vec![0.5f32, 1.0, -0.2];
+        let xt = s.add_noise(&x0, &noise, 501);
+        let (_, est) = s.step(SamplerKind::Ddim, &xt, &noise, 501, 2, &mut Rng::new(0));
+        for (a, b) in est.iter().zip(&x0) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn other_families_are_refused() {
+        let mut c = sd2();
+        c.class_name = "FlowMatchEulerDiscreteScheduler".into();
+        assert!(Scheduler::new(c).unwrap_err().contains("not supported"));
+        let mut c = sd2();
+        c.prediction_type = "sample".into();
+        assert!(Scheduler::new(c).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! transformers' `CLIPTextModel` (OpenCLIP ViT-H's text tower in Stable Diffusion 2), built
+//! from `text_encoder/config.json`: token and position embeddings, pre-norm transformer layers
+//! with causal self-attention, the final layer norm. Its `last_hidden_state` conditions the UNet.
+
+use std::path::Path;
+
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::blocks::{merge_heads, split_heads};
+use super::config::TextConfig;
+use super::weights::Weights;
+use crate::error::Result;
+
+#[derive(Module, Debug)]
+pub struct Layer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct TextEncoder {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+    heads: usize,
+    quick_gelu: bool,
+    pub max_positions: usize,
+    pub width: usize,
+}
+
+impl TextEncoder {
+    pub fn load(dir: &Path, device: &Device) -> Result<(TextEncoder, TextConfig)> {
+        let c = TextConfig::read(&dir.join("config.json"))?;
+        let w = Weights::open(dir, device)?;
+        Ok((TextEncoder::build(&c, &w)?, c))
+    }
+
+    pub fn build(c: &TextConfig, w: &Weights) -> Result<TextEncoder> {
+        let d = c.hidden_size;
+        let eps = c.layer_norm_eps;
+        let p = "text_model";
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let l = format!("{p}.encoder.layers.{i}");
+                Ok(Layer {
+                    layer_norm1: w.layer_norm(&format!("{l}.layer_norm1"), d, eps)?,
+                    q_proj: w.linear(&format!("{l}.self_attn.q_proj"), d, d)?,
+                    k_proj: w.linear(&format!("{l}.self_attn.k_proj"), d, d)?,
+                    v_proj: w.linear(&format!("{l}.self_attn.v_proj"), d, d)?,
+                    out_proj: w.linear(&format!("{l}.self_attn.out_proj"), d, d)?,
+                    layer_norm2: w.layer_norm(&format!("{l}.layer_norm2"), d, eps)?,
+                    fc1: w.linear(&format!("{l}.mlp.fc1"), d, c.intermediate_size)?,
+                    fc2: w.linear(&format!("{l}.mlp.fc2"), c.intermediate_size, d)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(TextEncoder {
+            token_embedding: w.embedding(&format!("{p}.embeddings.token_embedding.weight"), c.vocab_size, d)?,
+            position_embedding: w.embedding(
+                &format!("{p}.embeddings.position_embedding.weight"),
+                c.max_position_embeddings,
+                d,
+            )?,
+            layers,
+            final_layer_norm: w.layer_norm(&format!("{p}.final_layer_norm"), d, eps)?,
+            heads: c.num_attention_heads,
+            quick_gelu: c.hidden_act == "quick_gelu",
+            max_positions: c.max_position_embeddings,
+            width: d,
+        })
+    }
+
+    /// `ids`: B rows of token ids (at most `max_positions` each, all the same length).
+    /// Returns the last hidden state [B, N, width].
+    pub fn forward(&self, ids: &[Vec<i64>]) -> Tensor<3> {
+        let device = self.token_embedding.weight.device();
+        let b = ids.len();
+        let n = ids[0].len();
+        let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, n]), &device);
+        let positions = Tensor::<1, Int>::arange(0..n as i64, &device).reshape([1, n]);
+        let mut h = self.token_embedding.forward(tokens) + self.position_embedding.forward(positions);
+        let causal = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        for l in &self.layers {
+            let x = l.layer_norm1.forward(h.clone());
+            let q = split_heads(l.q_proj.forward(x.clone()), self.heads);
+            let k = split_heads(l.k_proj.forward(x.clone()), self.heads);
+            let v = split_heads(l.v_proj.forward(x), self.heads);
+            let a = attention(q, k, v, None, None, causal);
+            h = h + l.out_proj.forward(merge_heads(a));
+            let x = l.fc1.forward(l.layer_norm2.forward(h.clone()));
+            let x = if self.quick_gelu { x.clone() * sigmoid(x * 1.702) } else { gelu(x) };
+            h = h + l.fc2.forward(x);
+        }
+        self.final_layer_norm.forward(h)
+    }
+}

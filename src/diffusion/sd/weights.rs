@@ -1,0 +1,263 @@
+//! A network's `*.safetensors` files, memory-mapped, and the layers built from them. Every
+//! tensor is looked up by its diffusers/transformers name and checked against the shape the
+//! config implies, so a wrong folder fails with the file, the tensor and both shapes named.
+//! fp16 and bf16 files are widened to f32 as they load (the CPU backend computes in f32).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::prelude::*;
+use memmap2::Mmap;
+use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+pub struct Weights {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+    pub device: Device,
+}
+
+/// The weight files of one network folder: all `*.safetensors` of one precision (shards
+/// included). f32 files are preferred; `*.fp16.safetensors` are taken when they are all there is.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let list = std::fs::read_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::input(dir, "missing: a Stable Diffusion folder in diffusers layout has this folder (see README, \"Stable Diffusion\")")
+        } else {
+            Error::input(dir, format!("cannot read the folder: {e}"))
+        }
+    })?;
+    let mut all: Vec<PathBuf> = list.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    all.sort();
+    let st: Vec<PathBuf> = all.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).cloned().collect();
+    let is_half = |p: &PathBuf| p.file_name().is_some_and(|n| n.to_string_lossy().contains(".fp16."));
+    let full: Vec<PathBuf> = st.iter().filter(|p| !is_half(p)).cloned().collect();
+    let chosen = if full.is_empty() { st } else { full };
+    if chosen.is_empty() {
+        let bin = all.iter().any(|p| p.extension().is_some_and(|e| e == "bin" || e == "ckpt"));
+        return Err(Error::input(
+            dir,
+            if bin {
+                "holds PyTorch .bin/.ckpt weights only; realfill reads .safetensors (download the \
+                 .safetensors files of the model, or convert with diffusers' save_pretrained(..., safe_serialization=True))"
+            } else {
+                "no .safetensors weights in this folder"
+            },
+        ));
+    }
+    Ok(chosen)
+}
+
+impl Weights {
+    /// Maps the weight files of `dir` (see `weight_files`).
+    pub fn open(dir: &Path, device: &Device) -> Result<Weights> {
+        Weights::open_files(&weight_files(dir)?, device)
+    }
+
+    pub fn open_files(paths: &[PathBuf], device: &Device) -> Result<Weights> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for (fi, path) in paths.iter().enumerate() {
+            let f = std::fs::File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+            // SAFETY: the file is only read; a file changed underneath gives wrong numbers, not
+            // unsafety in our code (the bytes are copied out before use).
+            let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::input(path, format!("cannot map: {e}")))?;
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+                Error::input(
+                    path,
+                    format!("not a valid safetensors file ({e}); it may be truncated: download it again"),
+                )
+            })?;
+            let base = 8 + header;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                if base + e > map.len() {
+                    return Err(Error::input(
+                        path,
+                        "truncated: the file ends before its tensors do; download it again",
+                    ));
+                }
+                entries.insert(
+                    name,
+                    Entry { file: fi, dtype: info.dtype, shape: info.shape.clone(), start: base + s, end: base + e },
+                );
+            }
+            files.push((path.clone(), map));
+        }
+        Ok(Weights { files, entries, device: device.clone() })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The file a tensor would be reported against (the first file when it is missing).
+    fn file_of(&self, name: &str) -> &Path {
+        let i = self.entries.get(name).map_or(0, |e| e.file);
+        &self.files[i].0
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The tensor `name` as f32 values, checked against `shape`.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let Some(e) = self.entries.get(name) else {
+            return Err(Error::input(
+                self.file_of(name),
+                format!("has no tensor `{name}`: the weights do not match the folder's config.json"),
+            ));
+        };
+        if e.shape != shape {
+            return Err(Error::input(
+                self.file_of(name),
+                format!(
+                    "tensor `{name}` has shape {:?}, the folder's config.json implies {shape:?}: weights and config do not belong together",
+                    e.shape
+                ),
+            ));
+        }
+        let bytes = &self.files[e.file].1[e.start..e.end];
+        let n: usize = shape.iter().product();
+        let out: Vec<f32> = match e.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            d => {
+                return Err(Error::input(
+                    self.file_of(name),
+                    format!("tensor `{name}` is {d:?}; realfill reads f32, f16 and bf16 weights"),
+                ));
+            }
+        };
+        if out.len() != n {
+            return Err(Error::input(self.file_of(name), format!("tensor `{name}` has the wrong byte length")));
+        }
+        Ok(out)
+    }
+
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let v = self.values(name, &shape)?;
+        Ok(Tensor::<D>::from_data(TensorData::new(v, shape), &self.device))
+    }
+
+    fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+        Ok(Param::from_tensor(self.tensor(name, shape)?))
+    }
+
+    fn bias(&self, prefix: &str, n: usize) -> Result<Option<Param<Tensor<1>>>> {
+        let name = format!("{prefix}.bias");
+        if self.has(&name) { Ok(Some(self.param(&name, [n])?)) } else { Ok(None) }
+    }
+
+    /// A PyTorch `Linear(din, dout)` (weight [dout, din]); its bias when the file has one.
+    /// Also reads the 1×1-convolution layout old VAE attention weights were saved in.
+    pub fn linear(&self, prefix: &str, din: usize, dout: usize) -> Result<Linear> {
+        let name = format!("{prefix}.weight");
+        let w = if self.shape(&name).is_some_and(|s| s.len() == 4) {
+            self.tensor::<4>(&name, [dout, din, 1, 1])?.reshape([dout, din])
+        } else {
+            self.tensor::<2>(&name, [dout, din])?
+        };
+        Ok(Linear { weight: Param::from_tensor(w.transpose()), bias: self.bias(prefix, dout)? })
+    }
+
+    /// A square `k`×`k` convolution with `pad` on every side.
+    pub fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Conv2d> {
+        Ok(Conv2d {
+            weight: self.param(&format!("{prefix}.weight"), [cout, cin, k, k])?,
+            bias: self.bias(prefix, cout)?,
+            stride: [stride, stride],
+            kernel_size: [k, k],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
+        })
+    }
+
+    pub fn group_norm(&self, prefix: &str, groups: usize, c: usize, eps: f64) -> Result<GroupNorm> {
+        Ok(GroupNorm {
+            gamma: Some(self.param(&format!("{prefix}.weight"), [c])?),
+            beta: Some(self.param(&format!("{prefix}.bias"), [c])?),
+            num_groups: groups,
+            num_channels: c,
+            epsilon: eps,
+            affine: true,
+        })
+    }
+
+    pub fn layer_norm(&self, prefix: &str, d: usize, eps: f64) -> Result<LayerNorm> {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
+        ln.gamma = self.param(&format!("{prefix}.weight"), [d])?;
+        ln.beta = Some(self.param(&format!("{prefix}.bias"), [d])?);
+        Ok(ln)
+    }
+
+    pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding> {
+        Ok(Embedding { weight: self.param(name, [n, d])? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("realfill-sdw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn save(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn half_files_widen_and_shapes_are_checked() {
+        let d = dir("half");
+        let vals = [1.5f32, -2.0, 0.25, 3.0, 0.0, -1.0];
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        save(&d.join("model.fp16.safetensors"), &[("l.weight", Dtype::F16, vec![2, 3], bytes)]);
+        let w = Weights::open(&d, &Device::flex()).unwrap();
+        let lin = w.linear("l", 3, 2).unwrap();
+        assert!(lin.bias.is_none());
+        let y = lin.forward(Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 1.0], [1, 3]), &w.device));
+        assert_eq!(y.into_data().try_into_vec::<f32>().unwrap(), vec![-0.25, 2.0]);
+        let e = w.linear("l", 2, 3).unwrap_err().to_string();
+        assert!(e.contains("model.fp16.safetensors") && e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
+        let e = w.linear("missing", 2, 3).unwrap_err().to_string();
+        assert!(e.contains("`missing.weight`"), "{e}");
+    }
+
+    #[test]
+    fn truncated_files_and_bin_only_folders_are_named() {
+        let d = dir("trunc");
+        save(&d.join("a.safetensors"), &[("x", Dtype::F32, vec![4], vec![0u8; 16])]);
+        let bytes = std::fs::read(d.join("a.safetensors")).unwrap();
+        std::fs::write(d.join("a.safetensors"), &bytes[..bytes.len() - 5]).unwrap();
+        let e = Weights::open(&d, &Device::flex()).err().unwrap().to_string();
+        assert!(e.contains("a.safetensors") && e.contains("truncated"), "{e}");
+        let d = dir("bin");
+        std::fs::write(d.join("diffusion_pytorch_model.bin"), b"x").unwrap();
+        let e = Weights::open(&d, &Device::flex()).err().unwrap().to_string();
+        assert!(e.contains(".safetensors") && e.contains(".bin"), "{e}");
+    }
+}
