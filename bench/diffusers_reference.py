@@ -249,13 +249,48 @@ def rename_legacy_vae_attention(vae_dir):
             save_file(out, p, metadata={"format": "pt"})
 
 
+def sd2_random(out):
+    """A folder shaped exactly like stabilityai/stable-diffusion-2-inpainting (its published
+    configs) with random fp16 weights: for timing and memory (`realfill bench --sd-model`), not
+    for pictures. The real weights cannot be downloaded here."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    torch.manual_seed(0)
+    write_tokenizer(os.path.join(out, "tokenizer"), 40)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=9, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, layers_per_block=2,
+        attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True)
+    unet.half().save_pretrained(os.path.join(out, "unet"), variant="fp16")
+    del unet
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                        sample_size=512)
+    vae.half().save_pretrained(os.path.join(out, "vae"), variant="fp16")
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                                        num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
+                                        max_position_embeddings=77, projection_dim=512))
+    text.half().save_pretrained(os.path.join(out, "text_encoder"), variant="fp16")
+    os.makedirs(os.path.join(out, "scheduler"))
+    with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(dict(_class_name="PNDMScheduler", beta_start=0.00085, beta_end=0.012,
+                       beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                       num_train_timesteps=1000, skip_prk_steps=True), f, indent=1)
+    print(f"SD-2 inpainting shape, random fp16 weights: {out}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--realfill", default="target/release/realfill")
     ap.add_argument("--out", default="/var/tmp/realfill-sd-tiny")
     ap.add_argument("--fixture", help="write only tiny-a here (the committed test fixture)")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--sd2-random", metavar="DIR", help="write a random-weight SD-2-inpainting-shaped folder and stop")
     a = ap.parse_args()
+    if a.sd2_random:
+        sd2_random(a.sd2_random)
+        return
     torch.manual_seed(0)
     torch.set_num_threads(2)
     if a.fixture:

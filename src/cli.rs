@@ -13,7 +13,7 @@ use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job}
 use crate::error::{Error, Result};
 use crate::scene::io::{image_size, load_mask, load_photo, load_reference, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
-use crate::settings::{EngineKind, RunSettings, SamplerKind, defaults};
+use crate::settings::{EngineKind, RunSettings, SamplerKind, SdSettings, defaults};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -103,15 +103,26 @@ pub struct ModelArgs {
     /// refused (the patch engine has nothing to learn).
     #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
+    /// The Stable Diffusion folder for `--engine sd`: stabilityai/stable-diffusion-2-inpainting
+    /// in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/), as the person
+    /// downloaded it (README, "Stable Diffusion"). realfill downloads nothing.
+    #[arg(long = "model", value_name = "DIR")]
+    pub sd_model: Option<PathBuf>,
+    /// What Stable Diffusion should paint (default: empty — the fill follows the image).
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Stable Diffusion's classifier-free guidance scale (1 = no guidance, one pass per step).
+    #[arg(long, default_value_t = defaults::GUIDANCE)]
+    pub guidance: f32,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Denoising steps of the scene engine. Few is better for a scene model learned in
-    /// minutes: each step adds its small errors (measured in docs/BENCHMARKS.md). The patch
-    /// engine runs its own coarse-to-fine schedule.
-    #[arg(long, default_value_t = defaults::STEPS)]
-    pub steps: usize,
+    /// Denoising steps. Scene model: 3 by default — few is better for a model learned in
+    /// minutes, each step adds its small errors (docs/BENCHMARKS.md). Stable Diffusion: 50 by
+    /// default. The patch engine runs its own coarse-to-fine schedule.
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, value_enum, default_value_t = SamplerKind::default())]
     pub sampler: SamplerKind,
 }
@@ -238,17 +249,23 @@ fn learning_of(s: &FillSettings, learns: bool) -> Option<(usize, usize, usize)> 
 }
 
 /// A job's settings from the flags (validated in `FillSettings::apply_run`).
-fn settings(m: &ModelArgs, steps: usize, sampler: SamplerKind, candidates: usize) -> Result<FillSettings> {
+fn settings(m: &ModelArgs, steps: Option<usize>, sampler: SamplerKind, candidates: usize) -> Result<FillSettings> {
     let run = RunSettings {
         engine: m.engine,
         size: m.size,
-        steps,
+        steps: steps.unwrap_or(defaults::STEPS),
         seed: m.seed,
         candidates,
         learn_steps: m.learn_steps,
         batch: m.batch,
         crop: m.crop,
         sampler,
+        sd: SdSettings {
+            model: m.sd_model.clone(),
+            prompt: m.prompt.clone(),
+            guidance: m.guidance,
+            steps: steps.unwrap_or(defaults::SD_STEPS),
+        },
     };
     let mut s = FillSettings::from_run(&run)?;
     s.use_cache = !m.no_cache;
@@ -427,6 +444,12 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
         };
         let learned = match t.engine {
             EngineKind::Patch => "patch engine, no learning".to_string(),
+            EngineKind::StableDiffusion => {
+                format!(
+                    "Stable Diffusion {}",
+                    if t.model_cached { "already loaded".into() } else { format!("loaded in {:.1}s", t.learn_s) }
+                )
+            }
             _ => format!("{} {:.1}s", if t.model_cached { "cached scene model" } else { "learning" }, t.learn_s),
         };
         eprintln!(
@@ -446,6 +469,13 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
 }
 
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
+    if a.model.engine == EngineKind::StableDiffusion {
+        return Err(Error::Invalid(
+            "Stable Diffusion has nothing to learn yet: per-scene LoRA learning is not built (issue 19); \
+             `fill --engine sd --model DIR` fills with the model as it is"
+                .into(),
+        ));
+    }
     if a.model.engine == EngineKind::Patch {
         return Err(Error::Invalid(
             "the patch engine learns nothing: `learn` learns the scene model (leave out --engine, or \
@@ -454,7 +484,7 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
         ));
     }
     let paths = scene_paths(&a.scene)?;
-    let s = settings(&a.model, defaults::STEPS, SamplerKind::default(), defaults::CANDIDATES)?;
+    let s = settings(&a.model, None, SamplerKind::default(), defaults::CANDIDATES)?;
     let scene = load_scene(&paths, learning_of(&s, true), &mut |w| eprintln!("warning: {w}"))?;
     let driver = Driver::new(a.model.backend, a.model.quiet);
     let t = Instant::now();

@@ -23,6 +23,10 @@ pub enum EngineKind {
     #[value(name = "scene", alias = "scene-model")]
     #[serde(alias = "Scene")]
     SceneModel,
+    /// Stable Diffusion 2 inpainting from a diffusers folder the person points at
+    /// (`--model DIR`): imagines what no reference shows. Never the default; nothing downloads.
+    #[value(name = "sd", alias = "stable-diffusion")]
+    StableDiffusion,
 }
 
 impl EngineKind {
@@ -42,6 +46,7 @@ impl EngineKind {
             EngineKind::Auto => "auto",
             EngineKind::Patch => "patch engine",
             EngineKind::SceneModel => "scene model",
+            EngineKind::StableDiffusion => "Stable Diffusion",
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct Limits {
     pub batch: RangeInclusive<usize>,
     /// Also a multiple of 8.
     pub crop: RangeInclusive<usize>,
+    /// Classifier-free guidance scale of Stable Diffusion.
+    pub guidance: RangeInclusive<f32>,
 }
 
 pub const LIMITS: Limits = Limits {
@@ -75,6 +82,7 @@ pub const LIMITS: Limits = Limits {
     learn_steps: 1..=100_000,
     batch: 1..=64,
     crop: 16..=512,
+    guidance: 0.0..=30.0,
 };
 
 /// The defaults, for clap's `default_value_t` (and `RunSettings::default`).
@@ -88,6 +96,28 @@ pub mod defaults {
     pub const LEARN_STEPS: usize = 600;
     pub const BATCH: usize = 8;
     pub const CROP: usize = 64;
+    /// Stable Diffusion's denoising steps (diffusers' default).
+    pub const SD_STEPS: usize = 50;
+    /// Stable Diffusion's guidance scale (diffusers' inpainting default).
+    pub const GUIDANCE: f32 = 7.5;
+}
+
+/// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SdSettings {
+    /// The diffusers folder of stable-diffusion-2-inpainting (or a model of that family).
+    pub model: Option<std::path::PathBuf>,
+    /// Empty by default: the fill follows the image, not a description.
+    pub prompt: String,
+    pub guidance: f32,
+    pub steps: usize,
+}
+
+impl Default for SdSettings {
+    fn default() -> Self {
+        SdSettings { model: None, prompt: String::new(), guidance: defaults::GUIDANCE, steps: defaults::SD_STEPS }
+    }
 }
 
 /// Run settings as a person sets them (CLI flags, the app's Run panel, a project file). Every
@@ -111,6 +141,8 @@ pub struct RunSettings {
     /// Learning crop in pixels (multiple of 8).
     pub crop: usize,
     pub sampler: SamplerKind,
+    /// The Stable Diffusion engine's model and choices.
+    pub sd: SdSettings,
 }
 
 impl Default for RunSettings {
@@ -125,6 +157,7 @@ impl Default for RunSettings {
             batch: defaults::BATCH,
             crop: defaults::CROP,
             sampler: SamplerKind::Ddim,
+            sd: SdSettings::default(),
         }
     }
 }
@@ -146,6 +179,22 @@ impl RunSettings {
         if !self.crop.is_multiple_of(8) {
             return Err(Error::Invalid(format!("--crop {}: must be a multiple of 8", self.crop)));
         }
+        check("--steps", self.sd.steps, &l.steps)?;
+        if !l.guidance.contains(&self.sd.guidance) {
+            return Err(Error::Invalid(format!(
+                "--guidance {}: give {} to {}",
+                self.sd.guidance,
+                l.guidance.start(),
+                l.guidance.end()
+            )));
+        }
+        if self.engine == EngineKind::StableDiffusion && self.sd.model.is_none() {
+            return Err(Error::Invalid(
+                "--engine sd needs --model DIR: the diffusers folder of stable-diffusion-2-inpainting \
+                 (README, \"Stable Diffusion\"); realfill downloads nothing"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -160,6 +209,21 @@ impl RunSettings {
             learn_steps: clamp(self.learn_steps, &l.learn_steps),
             batch: clamp(self.batch, &l.batch),
             crop: clamp(self.crop, &l.crop) / 8 * 8,
+            sd: SdSettings {
+                steps: clamp(self.sd.steps, &l.steps),
+                guidance: if self.sd.guidance.is_finite() {
+                    self.sd.guidance.clamp(*l.guidance.start(), *l.guidance.end())
+                } else {
+                    defaults::GUIDANCE
+                },
+                ..self.sd.clone()
+            },
+            // Stable Diffusion without a model cannot run; a file asking for it falls back.
+            engine: if self.engine == EngineKind::StableDiffusion && self.sd.model.is_none() {
+                EngineKind::Auto
+            } else {
+                self.engine
+            },
             ..self.clone()
         }
     }

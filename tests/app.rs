@@ -667,3 +667,49 @@ fn a_pasted_image_becomes_a_reference_or_with_no_photo_open_the_photo() {
     assert_eq!((doc.target.width(), doc.target.height()), (40, 30));
     assert_eq!(doc.target.path, std::path::PathBuf::from(realfill::app::clipboard::PASTED));
 }
+
+/// The committed tiny Stable Diffusion model (random weights: it paints noise, through the
+/// real path).
+const SD_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny");
+
+#[test]
+fn a_stable_diffusion_folder_selects_the_engine_and_fills_with_previews() {
+    let mut app = demo_app(2, 1);
+    app.sd_model_chosen(std::path::PathBuf::from(SD_TINY));
+    app.settings_mut().run.sd.steps = 4;
+    app.settings_mut().run.sd.prompt = "a photo of sks".into();
+    let mut h = harness(app);
+    assert_eq!(h.state().settings().run.engine, realfill::settings::EngineKind::StableDiffusion);
+    assert!(h.query_all_by_label_contains("Stable Diffusion").count() >= 2, "the engine and its settings");
+    let original = h.state().doc().unwrap().target.clone();
+    h.get_by_label("Fill").click();
+    h.step();
+    let mut steps = Vec::new();
+    step_until(&mut h, |app| {
+        if let Some(p) = app.preview()
+            && steps.last() != Some(&p.step)
+        {
+            steps.push(p.step);
+        }
+        !app.busy()
+    });
+    let app = h.state();
+    assert!(app.messages().iter().all(|m| m.level != Level::Error), "{:?}", app.messages());
+    assert!(!steps.is_empty() && steps.windows(2).all(|w| w[0] < w[1]), "previews in order: {steps:?}");
+    assert_eq!(app.candidates().len(), 1);
+    assert!(!std::sync::Arc::ptr_eq(&app.doc().unwrap().target, &original), "the result is on the canvas");
+    h.run_steps(3);
+    h.snapshot("stable_diffusion_fill");
+}
+
+#[test]
+fn a_folder_that_is_not_stable_diffusion_is_named_and_not_kept() {
+    let mut app = demo_app(2, 1);
+    let dir = std::env::temp_dir().join(format!("realfill-not-sd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("unet")).unwrap();
+    app.sd_model_chosen(dir.clone());
+    let err = app.messages().iter().find(|m| m.level == Level::Error).expect("an error").text.clone();
+    assert!(err.contains(&dir.display().to_string()) && err.contains("vae, text_encoder"), "{err}");
+    assert!(app.settings().run.sd.model.is_none());
+    assert_ne!(app.settings().run.engine, realfill::settings::EngineKind::StableDiffusion);
+}

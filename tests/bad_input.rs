@@ -1054,3 +1054,167 @@ fn sigterm_and_ctrl_c_end_a_run_without_leftovers() {
         let _ = std::fs::remove_dir_all(&s.dir);
     }
 }
+
+// --- a wrong Stable Diffusion folder (issue 18) ---
+
+/// A copy of the committed tiny Stable Diffusion model to break.
+fn sd_copy(s: &Scene) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = s.dir.join("sd");
+    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny"), &dir);
+    dir
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+/// Rewrites the tensors of a safetensors file through `edit(name, dtype, shape, bytes)`.
+fn edit_tensors(path: &Path, edit: impl Fn(&str, &mut Vec<usize>, &mut Vec<u8>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    for (n, _, shape, data) in owned.iter_mut() {
+        edit(n, shape, data);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+type SdBreak = fn(&Path) -> PathBuf;
+
+#[test]
+fn a_wrong_stable_diffusion_folder_gets_one_clear_message() {
+    let rows: Vec<(&str, SdBreak, &[&str])> = vec![
+        ("not a folder", |m| m.join("nowhere"), &["nowhere", "not a folder", "stable-diffusion-2-inpainting"]),
+        (
+            "no UNet config",
+            |m| {
+                std::fs::remove_file(m.join("unet/config.json")).unwrap();
+                m.to_path_buf()
+            },
+            &["unet/config.json", "missing"],
+        ),
+        (
+            "no UNet weights",
+            |m| {
+                std::fs::remove_file(m.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+                m.to_path_buf()
+            },
+            &["unet", "no .safetensors weights"],
+        ),
+        (
+            "PyTorch .bin weights only",
+            |m| {
+                let w = m.join("vae/diffusion_pytorch_model.fp16.safetensors");
+                std::fs::rename(&w, m.join("vae/diffusion_pytorch_model.bin")).unwrap();
+                m.to_path_buf()
+            },
+            &["vae", ".bin", "realfill reads .safetensors"],
+        ),
+        (
+            "truncated weights",
+            |m| {
+                let w = m.join("vae/diffusion_pytorch_model.fp16.safetensors");
+                let b = std::fs::read(&w).unwrap();
+                std::fs::write(&w, &b[..b.len() * 2 / 3]).unwrap();
+                m.to_path_buf()
+            },
+            &["diffusion_pytorch_model.fp16.safetensors", "truncated", "download it again"],
+        ),
+        (
+            "weights of another size than the config",
+            |m| {
+                edit_json(&m.join("unet/config.json"), |v| v["cross_attention_dim"] = 24.into());
+                m.to_path_buf()
+            },
+            &["diffusion_pytorch_model.fp16.safetensors", "attn2.to_k.weight", "has shape", "config.json"],
+        ),
+        (
+            "a text-to-image (4-channel) UNet",
+            |m| {
+                edit_json(&m.join("unet/config.json"), |v| v["in_channels"] = 4.into());
+                edit_tensors(&m.join("unet/diffusion_pytorch_model.fp16.safetensors"), |n, shape, data| {
+                    if n == "conv_in.weight" {
+                        // [out, 9, 3, 3] → [out, 4, 3, 3]: keep the first four input channels.
+                        let (o, k) = (shape[0], 9 * 2);
+                        let kept: Vec<u8> = (0..o).flat_map(|i| data[i * 9 * k..i * 9 * k + 4 * k].to_vec()).collect();
+                        *data = kept;
+                        shape[1] = 4;
+                    }
+                });
+                m.to_path_buf()
+            },
+            &["unet/config.json", "needs the 9-channel inpainting UNet"],
+        ),
+        (
+            "an unsupported scheduler",
+            |m| {
+                edit_json(&m.join("scheduler/scheduler_config.json"), |v| {
+                    v["_class_name"] = "FlowMatchEulerDiscreteScheduler".into()
+                });
+                m.to_path_buf()
+            },
+            &["scheduler_config.json", "FlowMatchEulerDiscreteScheduler", "not supported"],
+        ),
+        (
+            "no tokenizer vocabulary",
+            |m| {
+                std::fs::remove_file(m.join("tokenizer/vocab.json")).unwrap();
+                m.to_path_buf()
+            },
+            &["tokenizer/vocab.json", "missing"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, breaks, words)) in rows.into_iter().enumerate() {
+        let s = scene(&format!("sd{i}"));
+        let model = breaks(&sd_copy(&s));
+        let out = s.dir.join("out.png");
+        let mut a = strings(&["fill", "--engine", "sd", "--steps", "2", "--size", "80", "--backend", "cpu", "--quiet"]);
+        a.extend(["--model".into(), p(&model)]);
+        a.extend(std_args(&s));
+        let (ok, err) = run(&s, &a, &[]);
+        let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or("");
+        let mut problems: Vec<String> =
+            words.iter().filter(|w| !line.contains(*w)).map(|w| format!("lacks {w:?}")).collect();
+        if ok {
+            problems.push("succeeded".into());
+        }
+        if out.exists() {
+            problems.push("wrote an output".into());
+        }
+        if err.contains("panicked") {
+            problems.push("panicked".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {} — stderr: {err}", problems.join(", ")));
+        }
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+    // And --engine sd without a folder is refused before anything is read.
+    let s = scene("sd-none");
+    let mut a = strings(&["fill", "--engine", "sd", "--backend", "cpu"]);
+    a.extend(std_args(&s));
+    let (ok, err) = run(&s, &a, &[]);
+    if ok || !err.contains("--engine sd needs --model DIR") {
+        failures.push(format!("no --model: {err}"));
+    }
+    assert!(failures.is_empty(), "{} of the rows failed:\n{}", failures.len(), failures.join("\n"));
+}

@@ -64,10 +64,14 @@ fn fill(dir: &Path, extra: &[&str], out: &Path) -> Output {
 
 #[test]
 fn fill_keeps_known_pixels_changes_the_hole_and_is_deterministic() {
-    for engine in ["patch", "scene"] {
+    for engine in ["patch", "scene", "sd"] {
         fill_is_sound(engine);
     }
 }
+
+/// The committed tiny Stable Diffusion model (random weights: it paints noise, but through the
+/// whole real path).
+const SD_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny");
 
 fn fill_is_sound(engine: &str) {
     let d = tmp(&format!("fill-{engine}"));
@@ -76,6 +80,9 @@ fn fill_is_sound(engine: &str) {
     let out1 = d.join("out1.png");
     let fill = |d: &Path, extra: &[&str], out: &Path| {
         let mut args = vec!["--engine", engine];
+        if engine == "sd" {
+            args.extend(["--model", SD_TINY]);
+        }
         args.extend_from_slice(extra);
         fill(d, &args, out)
     };
@@ -123,6 +130,19 @@ fn candidates_are_ranked_and_written_beside_the_output() {
     let a = image::open(d.join("best.png")).unwrap().to_rgb8();
     let b = image::open(d.join("best-2.png")).unwrap().to_rgb8();
     assert_ne!(a, b, "different seeds, different candidates");
+}
+
+#[test]
+fn stable_diffusion_candidates_are_ranked_and_learn_says_what_is_missing() {
+    let d = tmp("sd-candidates");
+    scene(&d);
+    let out = d.join("best.png");
+    let o = fill(&d, &["--candidates", "2", "--engine", "sd", "--model", SD_TINY, "--prompt", "a photo of sks"], &out);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.join("best.png").is_file() && d.join("best-2.png").is_file());
+    let o = scene_cmd(&d, "learn").args(["--engine", "sd", "--model", SD_TINY]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("issue 19"), "{err}");
 }
 
 #[test]

@@ -583,8 +583,11 @@ impl RealfillApp {
             self.applied_revision = Some(doc.revision);
             self.selected = 0;
         }
-        let engine = out.timings.engine.label();
-        self.status = format!("filled in {seconds:.1} s with the {engine} (seed {seed})");
+        let engine = match out.timings.engine {
+            EngineKind::StableDiffusion => "Stable Diffusion".to_string(),
+            e => format!("the {}", e.label()),
+        };
+        self.status = format!("filled in {seconds:.1} s with {engine} (seed {seed})");
         if remaining == 0 && self.candidates.len() > 1 {
             self.rank_candidates();
         }

@@ -328,13 +328,30 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                         .on_hover_text("Training-free: copies matching patches from the references, coarse to fine");
                     ui.selectable_value(&mut r.engine, EngineKind::SceneModel, name(EngineKind::SceneModel))
                         .on_hover_text("Learns this scene from the references (minutes the first time; cached after)");
+                    ui.add_enabled_ui(r.sd.model.is_some(), |ui| {
+                        ui.selectable_value(
+                            &mut r.engine,
+                            EngineKind::StableDiffusion,
+                            name(EngineKind::StableDiffusion),
+                        )
+                        .on_hover_text(
+                            "Stable Diffusion 2 inpainting from your model folder: imagines what no reference shows",
+                        )
+                        .on_disabled_hover_text("Choose a Stable Diffusion model folder below first");
+                    });
                 });
                 combo.response.labelled_by(l.id);
                 ui.end_row();
                 let l = ui.label("Steps");
-                ui.add(egui::DragValue::new(&mut r.steps).range(LIMITS.steps))
-                    .labelled_by(l.id)
-                    .on_hover_text("Denoising steps of the scene model (the patch engine runs its own schedule)");
+                if r.engine == EngineKind::StableDiffusion {
+                    ui.add(egui::DragValue::new(&mut r.sd.steps).range(LIMITS.steps))
+                        .labelled_by(l.id)
+                        .on_hover_text("Denoising steps of Stable Diffusion (50 by default)");
+                } else {
+                    ui.add(egui::DragValue::new(&mut r.steps).range(LIMITS.steps))
+                        .labelled_by(l.id)
+                        .on_hover_text("Denoising steps of the scene model (the patch engine runs its own schedule)");
+                }
                 ui.end_row();
                 let l = ui.label("Seed");
                 ui.horizontal(|ui| {
@@ -368,13 +385,19 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 ui.end_row();
             });
         });
+        sd_settings(app, ui, busy);
         ui.add_space(6.0);
         let can_run = app.has_fill_region() && !busy;
+        let sd = app.settings.run.engine == EngineKind::StableDiffusion;
         ui.horizontal(|ui| {
             if ui
-                .add_enabled(can_run, egui::Button::new("Learn"))
+                .add_enabled(can_run && !sd, egui::Button::new("Learn"))
                 .on_hover_text("Learn the scene model now (Fill does this when needed)")
-                .on_disabled_hover_text("Paint a region or extend the canvas first")
+                .on_disabled_hover_text(if sd {
+                    "Stable Diffusion learns nothing yet: per-scene learning (LoRA) is still to come"
+                } else {
+                    "Paint a region or extend the canvas first"
+                })
                 .clicked()
             {
                 app.push(Command::Learn);
@@ -393,6 +416,55 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
             }
         });
         progress(app, ui);
+    });
+}
+
+/// The Stable Diffusion model folder (the person's download; nothing is fetched), prompt and
+/// guidance.
+fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
+    egui::CollapsingHeader::new("Stable Diffusion").default_open(app.settings.run.sd.model.is_some()).show(ui, |ui| {
+        ui.add_enabled_ui(!busy, |ui| {
+            // The folder's name (a full path does not fit the panel); the path on hover.
+            match &app.settings.run.sd.model {
+                Some(p) => {
+                    let name = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
+                    ui.label(format!("Model: {name}")).on_hover_text(p.display().to_string());
+                }
+                None => {
+                    ui.label("No model folder")
+                        .on_hover_text("The diffusers folder of stabilityai/stable-diffusion-2-inpainting (README)");
+                }
+            }
+            let mut choose = false;
+            ui.horizontal(|ui| {
+                choose = ui
+                    .button("Model folder…")
+                    .on_hover_text("Point at the diffusers folder you downloaded (unet/, vae/, text_encoder/, …)")
+                    .clicked();
+                if app.settings.run.sd.model.is_some() && ui.button("Forget").clicked() {
+                    app.settings.run.sd.model = None;
+                    if app.settings.run.engine == EngineKind::StableDiffusion {
+                        app.settings.run.engine = EngineKind::Auto;
+                    }
+                }
+            });
+            if choose {
+                app.push(Command::OpenDialog(Dialog::SdModel));
+            }
+            let r = &mut app.settings.run.sd;
+            egui::Grid::new("sd-settings").num_columns(2).show(ui, |ui| {
+                let l = ui.label("Prompt");
+                ui.add(egui::TextEdit::singleline(&mut r.prompt).hint_text("(none)").desired_width(140.0))
+                    .labelled_by(l.id)
+                    .on_hover_text("What to paint; empty lets the photo decide");
+                ui.end_row();
+                let l = ui.label("Guidance");
+                ui.add(egui::DragValue::new(&mut r.guidance).range(LIMITS.guidance).speed(0.1))
+                    .labelled_by(l.id)
+                    .on_hover_text("How strongly the prompt steers (1 = not at all, one pass per step)");
+                ui.end_row();
+            });
+        });
     });
 }
 

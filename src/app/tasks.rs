@@ -22,6 +22,8 @@ pub enum Dialog {
     /// A mask image (white = fill) of the photo's size.
     ImportMask,
     ExportMask,
+    /// A Stable Diffusion model folder (diffusers layout).
+    SdModel,
 }
 
 pub struct OpenedProject {
@@ -83,6 +85,7 @@ pub fn dialog(kind: Dialog, start: Option<PathBuf>, name: Option<String>) -> imp
                 .map(|p| vec![p]),
             Dialog::ImportMask => d.add_filter("Mask images", IMAGES).pick_file().map(|p| vec![p]),
             Dialog::ExportMask => d.add_filter("PNG", &["png"]).save_file().map(|p| vec![p]),
+            Dialog::SdModel => d.pick_folder().map(|p| vec![p]),
         };
         Task::Dialog(kind, paths)
     }
@@ -265,6 +268,26 @@ impl RealfillApp {
         });
     }
 
+    /// A Stable Diffusion folder was chosen: kept and selected as the engine when it has the
+    /// diffusers layout (the networks themselves are read, and checked, at the first fill).
+    pub fn sd_model_chosen(&mut self, dir: PathBuf) {
+        let missing: Vec<&str> = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+            .into_iter()
+            .filter(|sub| !dir.join(sub).is_dir())
+            .collect();
+        if !missing.is_empty() {
+            return self.error(format!(
+                "{}: not a Stable Diffusion folder in diffusers layout (no {}); {}",
+                dir.display(),
+                missing.join(", "),
+                crate::diffusion::sd::HELP
+            ));
+        }
+        self.settings.run.sd.model = Some(dir);
+        self.settings.run.engine = crate::settings::EngineKind::StableDiffusion;
+        self.info("Fill now uses Stable Diffusion (Engine: Stable Diffusion)".to_string());
+    }
+
     pub(super) fn apply_task(&mut self, t: Task) {
         match t {
             // A save dialog cancelled: what waited for the save waits no more.
@@ -288,6 +311,7 @@ impl RealfillApp {
                         self.spawn(move || Task::Mask(first.clone(), crate::scene::io::load_mask(&first)))
                     }
                     Dialog::ExportMask => self.export_mask(with_extension(first, "png")),
+                    Dialog::SdModel => self.sd_model_chosen(first),
                 }
             }
             Task::Target(Ok(p)) => self.photo_opened(p),

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// Megapixels of its hole.
     #[arg(long, default_value_t = 0.6)]
     pub hole_mp: f64,
+    /// Measure Stable Diffusion from this diffusers folder instead (load, text encoder, VAE,
+    /// one UNet step alone and as the guided pair, the whole fill) and nothing else.
+    #[arg(long, value_name = "DIR")]
+    pub sd_model: Option<std::path::PathBuf>,
+    /// Image side of the Stable Diffusion figures.
+    #[arg(long, default_value_t = 512)]
+    pub sd_size: usize,
 }
 
 impl BenchArgs {
@@ -448,7 +455,8 @@ fn bench_large_photo(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<
     let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() };
     let (mut total, mut first, mut detail) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.repeats.clamp(1, 3) {
-        let t = run_fill(&scene, &s, device, &mut None, &mut crate::engine::pipeline::Silent, &|| false)?.timings;
+        let t = run_fill(&scene, &s, device, &mut Default::default(), &mut crate::engine::pipeline::Silent, &|| false)?
+            .timings;
         total.push(t.total_s as f64);
         first.push((t.prepare_s + t.first_preview_s) as f64);
         detail.push(t.detail_s as f64);
@@ -470,7 +478,8 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
         let (mut total, mut first) = (Vec::new(), Vec::new());
         let mut wh = (0, 0);
         for i in 0..a.repeats.clamp(1, 3) + 1 {
-            let out = run_fill(&scene, &s, device, &mut None, &mut crate::engine::pipeline::Silent, &|| false)?;
+            let out =
+                run_fill(&scene, &s, device, &mut Default::default(), &mut crate::engine::pipeline::Silent, &|| false)?;
             wh = (out.working.width, out.working.height);
             if i >= 1 {
                 total.push(out.timings.total_s as f64);
@@ -539,6 +548,77 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
     Ok(())
 }
 
+/// Stable Diffusion's parts at `a.sd_size`² on `device`, and a whole fill of
+/// `defaults::SD_STEPS` guided steps estimated from them and measured once.
+fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
+    use crate::diffusion::sd::StableDiffusion;
+    use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
+    let dir = a.sd_model.as_ref().expect("sd_model given");
+    let mut row = |what: String, secs: Vec<f64>| {
+        rows.push(Row { backend: name.into(), what, ms: median(secs) * 1e3, gflop: f64::NAN })
+    };
+    let t = Instant::now();
+    let sd = StableDiffusion::load(dir, device)?;
+    row("SD load (read + widen fp16, build)".into(), vec![t.elapsed().as_secs_f64()]);
+    let size = a.sd_size / sd.pixel_stride() * sd.pixel_stride();
+    let f = sd.vae_config.factor();
+    let (lat, c) = (size / f, sd.vae_config.latent_channels);
+    let sync = |t: Tensor<4>| t.into_data().bytes().len();
+    let time = |mut run: Box<dyn FnMut() -> usize + '_>| -> Vec<f64> {
+        (0..a.repeats + 1)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(run());
+                t.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect()
+    };
+    let ids = vec![sd.tokenizer.encode(""), sd.tokenizer.encode("a photo of sks")];
+    let context = sd.text.forward(&ids);
+    row("SD text encoder, 2 prompts".into(), time(Box::new(|| sd.text.forward(&ids).into_data().bytes().len())));
+    let mut rng = Rng::new(1);
+    let img = Tensor::<4>::from_data(TensorData::new(rng.normals(3 * size * size), [1, 3, size, size]), device);
+    row(format!("SD VAE encode {size}²"), time(Box::new(|| sync(sd.vae.encode_mean(img.clone())))));
+    let z = Tensor::<4>::from_data(TensorData::new(rng.normals(c * lat * lat), [1, c, lat, lat]), device);
+    row(format!("SD VAE decode {size}²"), time(Box::new(|| sync(sd.vae.decode(z.clone())))));
+    let cin = sd.unet.in_channels;
+    let x1 = Tensor::<4>::from_data(TensorData::new(rng.normals(cin * lat * lat), [1, cin, lat, lat]), device);
+    let ctx1 = context.clone().narrow(0, 1, 1);
+    row(
+        format!("SD UNet step {size}², batch 1"),
+        time(Box::new(|| sync(sd.unet.forward(x1.clone(), &[500.0], &ctx1)))),
+    );
+    let x2 = Tensor::cat(vec![x1.clone(), x1.clone()], 0);
+    row(
+        format!("SD UNet step {size}², guided pair (batch 2)"),
+        time(Box::new(|| sync(sd.unet.forward(x2.clone(), &[500.0, 500.0], &context)))),
+    );
+    // One whole fill, measured once (it is long on a CPU): 50 guided steps unless --steps says.
+    let steps = if a.steps == crate::settings::defaults::STEPS { crate::settings::defaults::SD_STEPS } else { a.steps };
+    let canvas = RgbF::from_fn(size, size, |x, y| [x as f32 / size as f32, y as f32 / size as f32, 0.5]);
+    let mut hole = Mask::new(size, size, 0.0);
+    for y in size / 4..size * 3 / 4 {
+        for x in size / 4..size * 3 / 4 {
+            hole.set(x, y, 1.0);
+        }
+    }
+    let o = InpaintOptions {
+        prompt: String::new(),
+        negative_prompt: String::new(),
+        guidance: crate::settings::defaults::GUIDANCE,
+        steps,
+        sampler: crate::settings::SamplerKind::Ddim,
+        seed: 0,
+        initial_noise: None,
+    };
+    let t = Instant::now();
+    inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
+    let (mw, mh) = model_size(&sd, size, size);
+    row(format!("SD fill at the model's {mw}×{mh}, {steps} guided steps (one run)"), vec![t.elapsed().as_secs_f64()]);
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     a.validate()?;
     let mut backends: Vec<(Device, String)> =
@@ -566,6 +646,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut large_peak = None;
     for (d, name) in &backends {
         eprintln!("measuring {name} …");
+        if a.sd_model.is_some() {
+            bench_sd(d, name, a, &mut rows)?;
+            continue;
+        }
         // First, so that the peak memory after it is the large fill's own.
         if a.photo_mp > 0.0 && large_peak.is_none() {
             large_peak = Some(bench_large_photo(d, name, a, &mut rows)?);

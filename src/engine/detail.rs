@@ -749,7 +749,7 @@ mod tests {
 
     /// A fill of `scene` with `s`, and the result as floats.
     fn fill_with(scene: &Scene, s: &crate::engine::FillSettings) -> (crate::engine::FillOutput, RgbF) {
-        let (device, mut held) = (burn::prelude::Device::flex(), None);
+        let (device, mut held) = (burn::prelude::Device::flex(), crate::engine::pipeline::Held::default());
         let mut out = crate::engine::pipeline::run_fill(
             scene,
             s,

@@ -9,6 +9,7 @@ pub mod detail;
 pub mod device;
 pub mod own_texture;
 pub mod pipeline;
+pub mod sd_fill;
 pub mod settings;
 
 use std::panic::AssertUnwindSafe;
@@ -190,7 +191,7 @@ impl Drop for Engine {
 fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<Control>) {
     let (device, description, warning) = device::pick(backend);
     tx.send(Event::Backend { description, warning });
-    let mut held = None;
+    let mut held = pipeline::Held::default();
     for job in jobs.iter() {
         control.steps.store(0, Ordering::SeqCst);
         let cancelled = || control.cancel.load(Ordering::SeqCst);
@@ -213,7 +214,7 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
             },
             Ok(Err(e)) => Event::Failed(e.to_string()),
             Err(p) => {
-                held = None;
+                held = pipeline::Held::default();
                 Event::Failed(format!("internal error in the engine: {}", device::panic_message(&p)))
             }
         };
@@ -377,5 +378,65 @@ mod tests {
         pipeline::Progress::native_tile(&mut rep, tile);
         assert_eq!(steps.load(Ordering::SeqCst), 1);
         assert!(matches!(rx.try_recv(), Ok(Event::NativeTile(t)) if t.rows_done == 2));
+    }
+    fn sd_settings(steps: usize) -> FillSettings {
+        let mut s = FillSettings {
+            engine: crate::settings::EngineKind::StableDiffusion,
+            size: 48,
+            use_cache: false,
+            ..Default::default()
+        };
+        s.sd.model = Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny"));
+        s.sd.steps = steps;
+        s
+    }
+
+    /// Stable Diffusion (the committed tiny model) through the same Job/Event path: a preview
+    /// per step with the photo's known pixels in place, a result of the canvas's size, the
+    /// model loaded once and kept for the next fill, and a cancel that stops within one step.
+    #[test]
+    fn stable_diffusion_fills_previews_keeps_its_model_and_cancels() {
+        let engine = Engine::start(BackendChoice::Cpu);
+        let scene = Arc::new(tiny_scene());
+        let known = scene.target.rgb.get(2, 2);
+        for round in 0..2 {
+            engine.submit(Job::Fill { scene: scene.clone(), settings: sd_settings(6) });
+            let mut previews = 0;
+            loop {
+                match engine.events().recv().unwrap() {
+                    Event::Preview { step, total, image } => {
+                        previews += 1;
+                        assert_eq!((step, total), (previews, 6));
+                        assert_eq!((image.width, image.height), (48, 32));
+                        let p = image.get(2, 2);
+                        assert!((0..3).all(|k| (p[k] - known[k]).abs() < 0.02), "known pixel {p:?} vs {known:?}");
+                    }
+                    Event::Done(out) => {
+                        assert_eq!((out.image.width(), out.image.height()), (48, 32));
+                        assert_eq!(out.timings.model_cached, round == 1, "loaded once, then kept");
+                        break;
+                    }
+                    Event::Failed(e) => panic!("failed: {e}"),
+                    Event::Cancelled { .. } => panic!("cancelled"),
+                    _ => {}
+                }
+            }
+            assert_eq!(previews, 6);
+        }
+        engine.submit(Job::Fill { scene, settings: sd_settings(40) });
+        let mut requested = false;
+        let (requested_after, stopped_after) = loop {
+            match engine.events().recv().unwrap() {
+                Event::Preview { step, .. } if !requested && step == 2 => {
+                    engine.cancel();
+                    requested = true;
+                }
+                Event::Cancelled { requested_after, stopped_after } => break (requested_after, stopped_after),
+                Event::Done(_) => panic!("finished despite cancel"),
+                Event::Failed(e) => panic!("failed: {e}"),
+                _ => {}
+            }
+        };
+        assert!(stopped_after <= requested_after + 1 && stopped_after < 40, "{requested_after} → {stopped_after}");
     }
 }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::budget;
 use super::detail::{self, TargetWarp};
+use super::sd_fill;
 pub use super::settings::FillSettings;
 use crate::align::parallax::Field;
 use crate::align::{self, Alignment, Guide, Homography};
@@ -338,16 +339,24 @@ impl Progress for Silent {
     fn preview(&mut self, _: usize, _: usize, _: Arc<RgbF>) {}
 }
 
+/// What the worker keeps between jobs: the last scene model (keyed by scene and settings) and
+/// the loaded Stable Diffusion model (keyed by its folder).
+#[derive(Default)]
+pub struct Held {
+    pub scene_model: Option<(String, UNet)>,
+    pub sd: sd_fill::HeldSd,
+}
+
 /// A learned model for a prepared scene: from memory, from the disk cache, or learned now.
 pub fn learn_or_load(
     p: &Prepared,
     s: &FillSettings,
     device: &Device,
-    held: &mut Option<(String, UNet)>,
+    held: &mut Held,
     progress: &mut dyn Progress,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<(UNet, bool)> {
-    if let Some((k, m)) = held
+    if let Some((k, m)) = &held.scene_model
         && *k == p.key
     {
         return Ok((m.clone(), true));
@@ -360,7 +369,7 @@ pub fn learn_or_load(
         }
         if let Some(m) = m {
             progress.status(format!("using the cached scene model {}", path.display()));
-            *held = Some((p.key.clone(), m.clone()));
+            held.scene_model = Some((p.key.clone(), m.clone()));
             return Ok((m, true));
         }
     }
@@ -380,7 +389,7 @@ pub fn learn_or_load(
             "the scene model was learned but could not be cached, so the next fill learns again: {e}"
         ));
     }
-    *held = Some((p.key.clone(), model.clone()));
+    held.scene_model = Some((p.key.clone(), model.clone()));
     Ok((model, false))
 }
 
@@ -439,7 +448,7 @@ pub struct FillOutput {
 /// progress and the cancel check.
 pub struct Run<'a> {
     pub device: &'a Device,
-    pub held: &'a mut Option<(String, UNet)>,
+    pub held: &'a mut Held,
     pub progress: &'a mut dyn Progress,
     pub cancelled: &'a dyn Fn() -> bool,
 }
@@ -448,7 +457,7 @@ pub fn run_fill(
     scene: &Scene,
     s: &FillSettings,
     device: &Device,
-    held: &mut Option<(String, UNet)>,
+    held: &mut Held,
     progress: &mut dyn Progress,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<FillOutput> {
@@ -477,7 +486,7 @@ pub fn run_fill(
     };
     let mut run = Run { device, held, progress, cancelled };
     let (out, matches) = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
-    let fill = corrected_fill(&p, &out);
+    let fill = corrected_fill(&p, &out, t.engine);
     // The candidate score, and for an engine without matches of its own (the scene model) the
     // matches of its fill into the photo's known pixels, from one zero-noise patch pass.
     let t4 = Instant::now();
@@ -552,6 +561,25 @@ fn sample_working(
             .map(|(out, matches)| (out, Some(matches)))?
         }
         (EngineKind::Patch, None) => return Err(Error::Engine("the patch engine needs its levels".into())),
+        (EngineKind::StableDiffusion, _) => {
+            let progress = &mut *run.progress;
+            let (sd, reused) = sd_fill::load_or_reuse(&mut run.held.sd, s, run.device, &mut |m| progress.status(m))?;
+            t.learn_s = started.elapsed().as_secs_f32();
+            t.model_cached = reused;
+            started = Instant::now();
+            sd_fill::sample(
+                &sd,
+                &p.canvas,
+                &p.fill,
+                s,
+                &mut |step, total, img| {
+                    first.get_or_insert_with(|| started.elapsed().as_secs_f32());
+                    progress.preview(step, total, Arc::new(img));
+                },
+                run.cancelled,
+            )
+            .map(|out| (out, None))?
+        }
         _ => {
             let (model, cached) = learn_or_load(p, s, run.device, run.held, run.progress, run.cancelled)?;
             t.learn_s = started.elapsed().as_secs_f32();
@@ -581,7 +609,7 @@ fn sample_working(
 /// The sampled working canvas with its colour corrected: the drift the denoiser introduced
 /// against the known pixels undone, and, in interior holes no reference covers, the local
 /// mean colour of the prior.
-fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput) -> RgbF {
+fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput, engine: EngineKind) -> RgbF {
     let (w, h) = (p.canvas.width, p.canvas.height);
     let mut fill = RgbF::from_planar(&out.x0, w, h);
     let raw = RgbF::from_planar(&out.raw, w, h);
@@ -589,7 +617,10 @@ fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput) -> RgbF {
     // σ: 4 working pixels since the prior is the membrane fill (docs/BENCHMARKS.md, session 7:
     // 8 / 4 / 2 px give books-strokes 24.57 / 25.03 / 25.24 dB; 2 flattens the engine's texture
     // between 2 and 4 px for a fraction of a dB; 8 was chosen in session 4 on push-pull).
-    composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 4.0, p.extended);
+    // Not for Stable Diffusion: what it imagines where no reference reaches is its colour too.
+    if engine != EngineKind::StableDiffusion {
+        composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 4.0, p.extended);
+    }
     fill
 }
 
@@ -635,10 +666,17 @@ pub fn run_learn(
     scene: &Scene,
     s: &FillSettings,
     device: &Device,
-    held: &mut Option<(String, UNet)>,
+    held: &mut Held,
     progress: &mut dyn Progress,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<bool> {
+    if s.engine == EngineKind::StableDiffusion {
+        return Err(Error::Invalid(
+            "Stable Diffusion has nothing to learn yet: per-scene LoRA learning is not built (issue 19); \
+             `fill --engine sd` fills with the model as it is"
+                .into(),
+        ));
+    }
     check_budget(scene, s, true)?;
     let p = prepare(scene, s)?;
     let (_, cached) = learn_or_load(&p, s, device, held, progress, cancelled)?;
@@ -721,7 +759,7 @@ mod tests {
     #[test]
     fn a_patch_fill_streams_previews_keeps_pixels_outside_the_band_and_restores_the_hole() {
         let scene = scene_with_reference();
-        let (device, mut held, mut sink) = (Device::flex(), None, Sink(0));
+        let (device, mut held, mut sink) = (Device::flex(), Held::default(), Sink(0));
         let out = run_fill(&scene, &settings(96), &device, &mut held, &mut sink, &|| false).unwrap();
         assert!(sink.0 > 0, "previews streamed");
         assert_eq!(out.timings.engine, EngineKind::Patch);
@@ -743,7 +781,7 @@ mod tests {
     #[test]
     fn a_cancelled_fill_stops_with_cancelled() {
         let scene = scene_with_reference();
-        let (device, mut held, mut sink) = (Device::flex(), None, Sink(0));
+        let (device, mut held, mut sink) = (Device::flex(), Held::default(), Sink(0));
         let r = run_fill(&scene, &settings(96), &device, &mut held, &mut sink, &|| true);
         assert!(matches!(r, Err(Error::Cancelled)));
         assert_eq!(sink.0, 0, "no step ran");

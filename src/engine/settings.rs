@@ -6,7 +6,7 @@ use crate::diffusion::patch::PatchSettings;
 use crate::diffusion::train::LearnSettings;
 use crate::diffusion::unet::UNetSpec;
 use crate::error::Result;
-use crate::settings::{EngineKind, RunSettings, SamplerKind};
+use crate::settings::{EngineKind, RunSettings, SamplerKind, SdSettings};
 
 /// Everything a Learn or Fill job needs to know besides the scene.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -27,6 +27,9 @@ pub struct FillSettings {
     /// Also return the result as a `Photo` (float copy made on the worker; the app needs it).
     #[serde(default)]
     pub result_photo: bool,
+    /// The Stable Diffusion engine's model folder, prompt, guidance and steps.
+    #[serde(default)]
+    pub sd: SdSettings,
 }
 
 impl Default for FillSettings {
@@ -43,6 +46,7 @@ impl Default for FillSettings {
             use_cache: true,
             score: false,
             result_photo: false,
+            sd: SdSettings::default(),
         };
         s.set_run(&RunSettings::default());
         s
@@ -76,6 +80,7 @@ impl FillSettings {
         self.learn.batch = r.batch;
         self.learn.crop = r.crop;
         self.learn.seed = r.seed;
+        self.sd = r.sd.clone();
     }
 }
 
