@@ -558,8 +558,9 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         rows.push(Row { backend: name.into(), what, ms: median(secs) * 1e3, gflop: f64::NAN })
     };
     let t = Instant::now();
-    let sd = StableDiffusion::load(dir, device)?;
-    row("SD load (read + widen fp16, build)".into(), vec![t.elapsed().as_secs_f64()]);
+    let dtype = crate::diffusion::sd::precision_for(device);
+    let sd = StableDiffusion::load(dir, device, dtype)?;
+    row(format!("SD load (read, build; UNet and text in {dtype:?})"), vec![t.elapsed().as_secs_f64()]);
     let size = a.sd_size / sd.pixel_stride() * sd.pixel_stride();
     let f = sd.vae_config.factor();
     let (lat, c) = (size / f, sd.vae_config.latent_channels);

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use clap::Args;
 
 use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
@@ -31,6 +32,10 @@ pub struct SdCheckArgs {
     pub tolerance: f32,
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
+    /// Build the UNet and text encoder in half precision (as on a GPU); the reference is f32,
+    /// so give a looser --tolerance (f16 keeps about 3 significant digits).
+    #[arg(long)]
+    pub f16: bool,
 }
 
 /// One compared output.
@@ -108,7 +113,7 @@ impl Io {
 }
 
 /// Runs every check FILE makes possible; errors only for unusable files.
-pub fn check(model: &Path, io_path: &Path, device: &Device) -> Result<Vec<Row>> {
+pub fn check(model: &Path, io_path: &Path, device: &Device, dtype: DType) -> Result<Vec<Row>> {
     let io = read_io(io_path)?;
     let mut rows = Vec::new();
     if let Some((shape, ids)) = io.ints.get("text.input_ids") {
@@ -124,12 +129,12 @@ pub fn check(model: &Path, io_path: &Path, device: &Device) -> Result<Vec<Row>> 
             });
         }
         if io.floats.contains_key("text.last_hidden_state") {
-            let (text, _) = TextEncoder::load(&model.join("text_encoder"), device)?;
+            let (text, _) = TextEncoder::load(&model.join("text_encoder"), device, dtype)?;
             rows.push(io.compare("text.last_hidden_state", text.forward(&rows_ids))?);
         }
     }
     if io.floats.contains_key("unet.out") {
-        let (unet, _) = UNet::load(&model.join("unet"), device)?;
+        let (unet, _) = UNet::load(&model.join("unet"), device, dtype)?;
         let sample = io.float::<4>("unet.sample", device)?;
         let context = io.float::<3>("unet.encoder_hidden_states", device)?;
         let ts = io.floats.get("unet.timestep").map(|(_, v)| v.clone());
@@ -160,7 +165,7 @@ pub fn check(model: &Path, io_path: &Path, device: &Device) -> Result<Vec<Row>> 
         }
     }
     if io.floats.contains_key("pipe.out") {
-        rows.push(pipeline(model, &io, device)?);
+        rows.push(pipeline(model, &io, device, dtype)?);
     }
     if rows.is_empty() {
         return Err(Error::input(io_path, "holds no output realfill knows how to check"));
@@ -170,7 +175,7 @@ pub fn check(model: &Path, io_path: &Path, device: &Device) -> Result<Vec<Row>> 
 
 /// The whole inpainting loop (tokenizer, text encoder, VAE, mask, guidance, DDIM) against
 /// diffusers' `StableDiffusionInpaintPipeline` from the same starting noise.
-fn pipeline(model: &Path, io: &Io, device: &Device) -> Result<Row> {
+fn pipeline(model: &Path, io: &Io, device: &Device, dtype: DType) -> Result<Row> {
     let need = |k: &str| io.floats.get(k).ok_or_else(|| Error::input(&io.path, format!("pipe.out needs {k}")));
     let meta = |k: &str| io.meta.get(k).ok_or_else(|| Error::input(&io.path, format!("pipe.out needs metadata {k}")));
     let (ishape, img) = need("pipe.image")?;
@@ -190,7 +195,7 @@ fn pipeline(model: &Path, io: &Io, device: &Device) -> Result<Row> {
         seed: 0,
         initial_noise: Some(noise.clone()),
     };
-    let sd = StableDiffusion::load(model, device)?;
+    let sd = StableDiffusion::load(model, device, dtype)?;
     if model_size(&sd, w, h) != (w, h) {
         return Err(Error::input(&io.path, "pipe.image must have the model's own size"));
     }
@@ -205,7 +210,7 @@ pub fn run(a: &SdCheckArgs) -> Result<()> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let rows = check(&a.model, &a.io, &device)?;
+    let rows = check(&a.model, &a.io, &device, if a.f16 { DType::F16 } else { DType::F32 })?;
     let mut worst = 0f32;
     for r in &rows {
         let ok = r.relative <= a.tolerance;
@@ -237,7 +242,7 @@ mod tests {
     /// whole guided 3-step DDIM inpainting run matches `StableDiffusionInpaintPipeline`.
     #[test]
     fn the_fixture_matches_diffusers() {
-        let rows = check(&fixture(), &fixture().join("io.safetensors"), &Device::flex()).unwrap();
+        let rows = check(&fixture(), &fixture().join("io.safetensors"), &Device::flex(), DType::F32).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
@@ -253,6 +258,23 @@ mod tests {
         for r in &rows {
             assert!(r.relative <= 1e-3, "{}: {:.2e}", r.name, r.relative);
         }
+    }
+
+    /// In half precision (as on a GPU) the networks stay within f16's few digits of the f32
+    /// reference, and the VAE (always f32) exactly as close as before.
+    #[test]
+    fn the_fixture_in_half_precision_matches_to_f16_accuracy() {
+        let rows = check(&fixture(), &fixture().join("io.safetensors"), &Device::flex(), DType::F16).unwrap();
+        for r in &rows {
+            let bound = match r.name.as_str() {
+                "pipe.out" => 5e-2,
+                n if n.starts_with("vae.") => 1e-5,
+                _ => 1e-2,
+            };
+            assert!(r.relative <= bound, "{}: {:.2e} > {bound:.0e}", r.name, r.relative);
+        }
+        let unet = rows.iter().find(|r| r.name == "unet.out").unwrap();
+        assert!(unet.relative > 1e-5, "the UNet did run in f16 ({:.2e})", unet.relative);
     }
 
     /// The check can fail: a reference off by 1 % in one value, or a tokenizer that reads
@@ -281,7 +303,7 @@ mod tests {
         std::fs::write(&path, safetensors::serialize(views, meta.metadata().clone()).unwrap()).unwrap();
         // The changed id also changes what the text encoder is given; the UNet and the VAE
         // encoder are untouched and still pass.
-        let rows = check(&fixture(), &path, &Device::flex()).unwrap();
+        let rows = check(&fixture(), &path, &Device::flex(), DType::F32).unwrap();
         let bad: Vec<&str> = rows.iter().filter(|r| r.relative > 1e-3).map(|r| r.name.as_str()).collect();
         assert_eq!(bad, ["tokenizer (3 prompts)", "text.last_hidden_state", "vae.decoded"]);
     }

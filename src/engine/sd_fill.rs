@@ -9,8 +9,8 @@ use burn::prelude::*;
 
 use super::settings::FillSettings;
 use crate::diffusion::sampler::SampleOutput;
-use crate::diffusion::sd::StableDiffusion;
 use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint};
+use crate::diffusion::sd::{StableDiffusion, precision_for};
 use crate::error::{Error, Result};
 use crate::scene::{Mask, RgbF};
 
@@ -35,7 +35,7 @@ pub fn load_or_reuse(
     // Free the old model before reading the new one: two SD-2 models do not fit many laptops.
     *held = None;
     status(format!("loading Stable Diffusion from {}", dir.display()));
-    let m = Arc::new(StableDiffusion::load(&dir, device)?);
+    let m = Arc::new(StableDiffusion::load(&dir, device, precision_for(device))?);
     *held = Some((dir, m.clone()));
     Ok((m, false))
 }

@@ -270,9 +270,9 @@ impl Downsample {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         if self.asymmetric {
             let [b, c, h, w] = x.dims();
-            let device = x.device();
-            let x = Tensor::cat(vec![x, Tensor::zeros([b, c, h, 1], &device)], 3);
-            let x = Tensor::cat(vec![x, Tensor::zeros([b, c, 1, w + 1], &device)], 2);
+            let (device, dtype) = (x.device(), x.dtype());
+            let x = Tensor::cat(vec![x, Tensor::zeros([b, c, h, 1], (&device, dtype))], 3);
+            let x = Tensor::cat(vec![x, Tensor::zeros([b, c, 1, w + 1], (&device, dtype))], 2);
             self.conv.forward(x)
         } else {
             self.conv.forward(x)

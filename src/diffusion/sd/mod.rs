@@ -17,6 +17,7 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::error::{Error, Result};
 
@@ -37,12 +38,20 @@ pub struct StableDiffusion {
 pub const HELP: &str = "realfill needs the diffusers folder of stabilityai/stable-diffusion-2-inpainting \
 (README, \"Stable Diffusion\")";
 
+/// The float type of the UNet and the text encoder on `device`: f16 on a GPU (half the memory
+/// and the GPU's fast path, as diffusers runs SD there), f32 on the CPU backend (which computes
+/// f16 by conversion). The VAE stays f32 (`vae::Vae::load`).
+pub fn precision_for(device: &Device) -> DType {
+    if *device == Device::flex() { DType::F32 } else { DType::F16 }
+}
+
 impl StableDiffusion {
-    pub fn load(dir: &Path, device: &Device) -> Result<StableDiffusion> {
+    /// Loads every part of `dir`; the UNet and text encoder in `dtype` (see `precision_for`).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion> {
         if !dir.is_dir() {
             return Err(Error::input(dir, format!("not a folder; {HELP}")));
         }
-        let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device)?;
+        let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
         let (vae, vae_config) = vae::Vae::load(&dir.join("vae"), device)?;
         if unet.in_channels != 2 * vae_config.latent_channels + 1 {
             return Err(Error::input(
@@ -61,7 +70,7 @@ impl StableDiffusion {
                 "out_channels differs from the VAE's latent_channels: UNet and VAE are from different models",
             ));
         }
-        let (text, _) = text::TextEncoder::load(&dir.join("text_encoder"), device)?;
+        let (text, _) = text::TextEncoder::load(&dir.join("text_encoder"), device, dtype)?;
         let cross = unet_config.levels()?.iter().map(|l| l.cross_dim).max().unwrap_or(0);
         if text.width != cross {
             return Err(Error::input(

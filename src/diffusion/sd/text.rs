@@ -6,6 +6,7 @@ use std::path::Path;
 
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -40,9 +41,9 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    pub fn load(dir: &Path, device: &Device) -> Result<(TextEncoder, TextConfig)> {
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(TextEncoder, TextConfig)> {
         let c = TextConfig::read(&dir.join("config.json"))?;
-        let w = Weights::open(dir, device)?;
+        let w = Weights::open(dir, device, dtype)?;
         Ok((TextEncoder::build(&c, &w)?, c))
     }
 
@@ -82,7 +83,7 @@ impl TextEncoder {
     }
 
     /// `ids`: B rows of token ids (at most `max_positions` each, all the same length).
-    /// Returns the last hidden state [B, N, width].
+    /// Returns the last hidden state [B, N, width] in f32.
     pub fn forward(&self, ids: &[Vec<i64>]) -> Tensor<3> {
         let device = self.token_embedding.weight.device();
         let b = ids.len();
@@ -103,6 +104,6 @@ impl TextEncoder {
             let x = if self.quick_gelu { x.clone() * sigmoid(x * 1.702) } else { gelu(x) };
             h = h + l.fc2.forward(x);
         }
-        self.final_layer_norm.forward(h)
+        self.final_layer_norm.forward(h).cast(DType::F32)
     }
 }

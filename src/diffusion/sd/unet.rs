@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use super::blocks::{Downsample, Resnet, Transformer2D, TransformerShape, Upsample};
@@ -57,10 +58,10 @@ fn shape(c: &UNetConfig, lv: &UNetLevel) -> TransformerShape {
 }
 
 impl UNet {
-    /// Builds the UNet of `dir` (`config.json` and its safetensors).
-    pub fn load(dir: &Path, device: &Device) -> Result<(UNet, UNetConfig)> {
+    /// Builds the UNet of `dir` (`config.json` and its safetensors) in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(UNet, UNetConfig)> {
         let c = UNetConfig::read(&dir.join("config.json"))?;
-        let w = Weights::open(dir, device)?;
+        let w = Weights::open(dir, device, dtype)?;
         Ok((UNet::build(&c, &w)?, c))
     }
 
@@ -152,13 +153,17 @@ impl UNet {
     }
 
     /// `sample`: [B, in, h, w] (h, w divisible by the config's stride); `timesteps`: B values;
-    /// `context`: [B, 77, cross_attention_dim]. Returns [B, out, h, w].
+    /// `context`: [B, 77, cross_attention_dim]. Returns [B, out, h, w] in f32 (computed in the
+    /// weights' float type).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
         let device = sample.device();
+        let dtype = self.conv_in.weight.val().dtype();
+        let context = &context.clone().cast(dtype);
         let feats = timestep_embedding(timesteps, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
-        let feats = Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), &device);
+        let feats =
+            Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), (&device, dtype));
         let temb = self.time_2.forward(silu(self.time_1.forward(feats)));
-        let mut h = self.conv_in.forward(sample);
+        let mut h = self.conv_in.forward(sample.cast(dtype));
         let mut skips = vec![h.clone()];
         for b in &self.down_blocks {
             for (j, r) in b.resnets.iter().enumerate() {
@@ -189,7 +194,7 @@ impl UNet {
                 h = u.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(silu(self.norm_out.forward(h))).cast(DType::F32)
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use super::blocks::{Downsample, Resnet, SpatialAttention, Upsample};
@@ -80,9 +81,10 @@ pub struct Vae {
 }
 
 impl Vae {
+    /// Always in f32, as diffusers upcasts Stable Diffusion's VAE (its decoder overflows f16).
     pub fn load(dir: &Path, device: &Device) -> Result<(Vae, VaeConfig)> {
         let c = VaeConfig::read(&dir.join("config.json"))?;
-        let w = Weights::open(dir, device)?;
+        let w = Weights::open(dir, device, DType::F32)?;
         Ok((Vae::build(&c, &w)?, c))
     }
 

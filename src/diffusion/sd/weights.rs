@@ -10,6 +10,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::DType;
 use memmap2::Mmap;
 use safetensors::Dtype;
 
@@ -27,6 +28,8 @@ pub struct Weights {
     files: Vec<(PathBuf, Mmap)>,
     entries: HashMap<String, Entry>,
     pub device: Device,
+    /// The float type the layers are built in (f16 keeps a GPU's copy at half the memory).
+    pub dtype: DType,
 }
 
 /// The weight files of one network folder: all `*.safetensors` of one precision (shards
@@ -61,12 +64,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Weights {
-    /// Maps the weight files of `dir` (see `weight_files`).
-    pub fn open(dir: &Path, device: &Device) -> Result<Weights> {
-        Weights::open_files(&weight_files(dir)?, device)
+    /// Maps the weight files of `dir` (see `weight_files`); layers are built in `dtype`.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Weights> {
+        Weights::open_files(&weight_files(dir)?, device, dtype)
     }
 
-    pub fn open_files(paths: &[PathBuf], device: &Device) -> Result<Weights> {
+    pub fn open_files(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Weights> {
         let mut files = Vec::new();
         let mut entries = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
@@ -96,7 +99,7 @@ impl Weights {
             }
             files.push((path.clone(), map));
         }
-        Ok(Weights { files, entries, device: device.clone() })
+        Ok(Weights { files, entries, device: device.clone(), dtype })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -151,7 +154,7 @@ impl Weights {
 
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let v = self.values(name, &shape)?;
-        Ok(Tensor::<D>::from_data(TensorData::new(v, shape), &self.device))
+        Ok(Tensor::<D>::from_data(TensorData::new(v, shape), (&self.device, self.dtype)))
     }
 
     fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
@@ -236,7 +239,7 @@ mod tests {
         let vals = [1.5f32, -2.0, 0.25, 3.0, 0.0, -1.0];
         let bytes: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
         save(&d.join("model.fp16.safetensors"), &[("l.weight", Dtype::F16, vec![2, 3], bytes)]);
-        let w = Weights::open(&d, &Device::flex()).unwrap();
+        let w = Weights::open(&d, &Device::flex(), DType::F32).unwrap();
         let lin = w.linear("l", 3, 2).unwrap();
         assert!(lin.bias.is_none());
         let y = lin.forward(Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 1.0], [1, 3]), &w.device));
@@ -253,11 +256,11 @@ mod tests {
         save(&d.join("a.safetensors"), &[("x", Dtype::F32, vec![4], vec![0u8; 16])]);
         let bytes = std::fs::read(d.join("a.safetensors")).unwrap();
         std::fs::write(d.join("a.safetensors"), &bytes[..bytes.len() - 5]).unwrap();
-        let e = Weights::open(&d, &Device::flex()).err().unwrap().to_string();
+        let e = Weights::open(&d, &Device::flex(), DType::F32).err().unwrap().to_string();
         assert!(e.contains("a.safetensors") && e.contains("truncated"), "{e}");
         let d = dir("bin");
         std::fs::write(d.join("diffusion_pytorch_model.bin"), b"x").unwrap();
-        let e = Weights::open(&d, &Device::flex()).err().unwrap().to_string();
+        let e = Weights::open(&d, &Device::flex(), DType::F32).err().unwrap().to_string();
         assert!(e.contains(".safetensors") && e.contains(".bin"), "{e}");
     }
 }
