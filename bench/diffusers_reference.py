@@ -193,8 +193,10 @@ def build(name, cfg, out, seed):
     with open(os.path.join(out, "scheduler", "scheduler_config.json"), "w") as f:
         json.dump(sched, f, indent=1)
     io.update(pipeline_check(text, tok, unet, vae, sched, cfg["size"], gen))
+    train = lora_step_check(text, tok, unet, vae, sched, cfg["size"], gen, out)
+    io.update(train.pop("tensors"))
     save_file({k: x.contiguous() for k, x in io.items()}, os.path.join(out, "io.safetensors"),
-              metadata={"text.prompts": json.dumps(PROMPTS), "config": name, **PIPE})
+              metadata={"text.prompts": json.dumps(PROMPTS), "config": name, **PIPE, **train})
     with open(os.path.join(out, "model_index.json"), "w") as f:
         json.dump({"_class_name": "StableDiffusionInpaintPipeline", "_diffusers_version": "0.35.2",
                    "realfill_test_model": name}, f, indent=1)
@@ -230,6 +232,76 @@ def pipeline_check(text, tok, unet, vae, sched, size, gen):
     return {"pipe.image": torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255,
             "pipe.mask": torch.from_numpy(hole)[None, None].float() / 255,
             "pipe.latents": latents, "pipe.out": out}
+
+
+LORA_RANK = 4
+
+
+def lora_step_check(text, tok, unet, vae, sched, size, gen, out):
+    """One RealFill LoRA learning step with PEFT adapters (rank 4; the up matrices made
+    non-zero so that every adapter gets a gradient): VAE latent means, random training masks,
+    loss weights zero on part of one image (the target's unknown pixels), noise, timesteps, the
+    prompt and an empty one; AdamW 2e-4 on the UNet's adapters, 4e-5 on the text encoder's.
+    Writes the adapters before and after in diffusers' LoRA layout; returns the batch and loss."""
+    import copy
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model_state_dict
+    unet, text = copy.deepcopy(unet), copy.deepcopy(text)
+    unet.requires_grad_(False)
+    text.requires_grad_(False)
+    vae.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights=True,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    text.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights=True,
+                                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    with torch.no_grad():
+        for m in (unet, text):
+            for n, p in m.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+    def lora_state():
+        d = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+        d.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text).items()})
+        return {k: v.detach().clone().contiguous() for k, v in d.items()}
+
+    save_file(lora_state(), os.path.join(out, "lora_init.safetensors"), metadata={"lora_alpha": str(LORA_RANK)})
+    b = 2
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    lat = size // f
+    images = torch.rand(b, 3, size, size, generator=gen) * 2 - 1
+    masks = torch.zeros(b, 1, size, size)
+    masks[0, :, size // 4: size // 2, size // 8: size // 2] = 1
+    masks[1, :, size // 2:, :] = 1
+    weights = torch.ones(b, 1, size, size)
+    weights[1, :, : size // 3, size // 2:] = 0
+    noise = torch.randn(b, 4, lat, lat, generator=gen)
+    timesteps = torch.tensor([700, 40])
+    ids = tok(["a photo of sks", ""], padding="max_length", max_length=77, truncation=True,
+              return_tensors="pt").input_ids
+    cfg = {k: v for k, v in sched.items() if not k.startswith("_") and k != "skip_prk_steps"}
+    scheduler = DDIMScheduler(**cfg)
+    lr_unet, lr_text = 2e-4, 4e-5
+    opt_u = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr_unet, eps=1e-8, weight_decay=1e-2)
+    opt_t = torch.optim.AdamW([p for p in text.parameters() if p.requires_grad], lr=lr_text, eps=1e-8, weight_decay=1e-2)
+    sf = vae.config.scaling_factor
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean * sf
+        masked = vae.encode(images * (masks < 0.5)).latent_dist.mean * sf
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    inp = torch.cat([noisy, F.interpolate(masks, size=(lat, lat)), masked], 1)
+    pred = unet(inp, timesteps, encoder_hidden_states=text(ids)[0]).sample
+    target = noise if cfg["prediction_type"] == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    loss = (F.interpolate(weights, size=(lat, lat)) * (pred.float() - target.float()) ** 2).mean()
+    loss.backward()
+    opt_u.step()
+    opt_t.step()
+    save_file(lora_state(), os.path.join(out, "lora_after.safetensors"), metadata={"lora_alpha": str(LORA_RANK)})
+    tensors = {"train.images": images, "train.masks": masks, "train.weights": weights, "train.noise": noise,
+               "train.timesteps": timesteps.to(torch.int64), "train.input_ids": ids.to(torch.int64),
+               "train.loss": loss.detach().reshape(1)}
+    return {"tensors": tensors, "train.lr_unet": str(lr_unet), "train.lr_text": str(lr_text),
+            "train.lora_init": "lora_init.safetensors", "train.lora_after": "lora_after.safetensors"}
 
 
 def rename_legacy_vae_attention(vae_dir):

@@ -3,11 +3,12 @@
 //! (self-attention, cross-attention, GEGLU feed-forward), `Downsample2D` and `Upsample2D`.
 //! Each is built from the weight names diffusers uses under a prefix.
 
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::module::attention;
+use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::weights::Weights;
@@ -61,13 +62,55 @@ impl Resnet {
     }
 }
 
+/// A linear projection that can carry a LoRA adapter (RealFill learns the scene into these):
+/// `base(x) + scale · (x·down)·up`, the base frozen while learning.
+#[derive(Module, Debug)]
+pub struct Proj {
+    pub base: Linear,
+    pub lora: Option<Lora>,
+    /// The diffusers/transformers name of the layer (`….attn1.to_q`), for LoRA files.
+    #[module(skip)]
+    pub name: String,
+}
+
+/// A rank-r adapter: `down` [in, r], `up` [r, out] (burn's layout; PEFT stores `lora_A`
+/// [r, in] and `lora_B` [out, r]), scaled by alpha / r.
+#[derive(Module, Debug)]
+pub struct Lora {
+    pub down: Param<Tensor<2>>,
+    pub up: Param<Tensor<2>>,
+    pub scale: f32,
+}
+
+impl Proj {
+    pub fn load(w: &Weights, name: &str, din: usize, dout: usize) -> Result<Self> {
+        Ok(Proj { base: w.linear(name, din, dout)?, lora: None, name: name.to_string() })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.lora {
+            None => self.base.forward(x),
+            Some(l) => {
+                let low = linear(linear(x.clone(), l.down.val(), None), l.up.val(), None);
+                self.base.forward(x) + low * l.scale
+            }
+        }
+    }
+
+    /// (in, out) widths.
+    pub fn dims(&self) -> (usize, usize) {
+        let [i, o] = self.base.weight.dims();
+        (i, o)
+    }
+}
+
 /// diffusers' `Attention`: multi-head scaled dot-product attention over [B, N, C] tokens.
 #[derive(Module, Debug)]
 pub struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: Proj,
+    to_k: Proj,
+    to_v: Proj,
+    to_out: Proj,
     heads: usize,
 }
 
@@ -78,12 +121,16 @@ impl Attention {
         let legacy = !w.has(&format!("{p}.to_q.weight")) && w.has(&format!("{p}.query.weight"));
         let n = |new: &str, old: &str| format!("{p}.{}", if legacy { old } else { new });
         Ok(Attention {
-            to_q: w.linear(&n("to_q", "query"), dim, inner)?,
-            to_k: w.linear(&n("to_k", "key"), context, inner)?,
-            to_v: w.linear(&n("to_v", "value"), context, inner)?,
-            to_out: w.linear(&n("to_out.0", "proj_attn"), inner, dim)?,
+            to_q: Proj::load(w, &n("to_q", "query"), dim, inner)?,
+            to_k: Proj::load(w, &n("to_k", "key"), context, inner)?,
+            to_v: Proj::load(w, &n("to_v", "value"), context, inner)?,
+            to_out: Proj::load(w, &n("to_out.0", "proj_attn"), inner, dim)?,
             heads,
         })
+    }
+
+    pub fn projs_mut(&mut self) -> [&mut Proj; 4] {
+        [&mut self.to_q, &mut self.to_k, &mut self.to_v, &mut self.to_out]
     }
 
     /// `x`: [B, N, C]; `context`: [B, M, D] or None for self-attention.
@@ -147,6 +194,12 @@ impl TransformerBlock {
         })
     }
 
+    fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        let [a, b, c, d] = self.attn1.projs_mut();
+        let [e, f, g, h] = self.attn2.projs_mut();
+        vec![a, b, c, d, e, f, g, h]
+    }
+
     fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
         let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
         let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
@@ -206,6 +259,11 @@ impl Transformer2D {
             proj_out_linear: pol,
             proj_out_conv: poc,
         })
+    }
+
+    /// The attention projections of every transformer block (LoRA's targets).
+    pub fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        self.blocks.iter_mut().flat_map(|b| b.projs_mut()).collect()
     }
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {

@@ -7,6 +7,8 @@
 pub mod blocks;
 pub mod config;
 pub mod inpaint;
+pub mod lora;
+pub mod lora_train;
 pub mod scheduler;
 pub mod text;
 pub mod tokenizer;

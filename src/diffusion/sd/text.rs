@@ -11,7 +11,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::blocks::{merge_heads, split_heads};
+use super::blocks::{Proj, merge_heads, split_heads};
 use super::config::TextConfig;
 use super::weights::Weights;
 use crate::error::Result;
@@ -19,10 +19,10 @@ use crate::error::Result;
 #[derive(Module, Debug)]
 pub struct Layer {
     layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    out_proj: Proj,
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
@@ -56,10 +56,10 @@ impl TextEncoder {
                 let l = format!("{p}.encoder.layers.{i}");
                 Ok(Layer {
                     layer_norm1: w.layer_norm(&format!("{l}.layer_norm1"), d, eps)?,
-                    q_proj: w.linear(&format!("{l}.self_attn.q_proj"), d, d)?,
-                    k_proj: w.linear(&format!("{l}.self_attn.k_proj"), d, d)?,
-                    v_proj: w.linear(&format!("{l}.self_attn.v_proj"), d, d)?,
-                    out_proj: w.linear(&format!("{l}.self_attn.out_proj"), d, d)?,
+                    q_proj: Proj::load(w, &format!("{l}.self_attn.q_proj"), d, d)?,
+                    k_proj: Proj::load(w, &format!("{l}.self_attn.k_proj"), d, d)?,
+                    v_proj: Proj::load(w, &format!("{l}.self_attn.v_proj"), d, d)?,
+                    out_proj: Proj::load(w, &format!("{l}.self_attn.out_proj"), d, d)?,
                     layer_norm2: w.layer_norm(&format!("{l}.layer_norm2"), d, eps)?,
                     fc1: w.linear(&format!("{l}.mlp.fc1"), d, c.intermediate_size)?,
                     fc2: w.linear(&format!("{l}.mlp.fc2"), c.intermediate_size, d)?,
@@ -80,6 +80,11 @@ impl TextEncoder {
             max_positions: c.max_position_embeddings,
             width: d,
         })
+    }
+
+    /// The self-attention projections of every layer (LoRA's targets in the text encoder).
+    pub fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        self.layers.iter_mut().flat_map(|l| [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj]).collect()
     }
 
     /// `ids`: B rows of token ids (at most `max_positions` each, all the same length).

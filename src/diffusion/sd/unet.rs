@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
-use super::blocks::{Downsample, Resnet, Transformer2D, TransformerShape, Upsample};
+use super::blocks::{Downsample, Proj, Resnet, Transformer2D, TransformerShape, Upsample};
 use super::config::{UNetConfig, UNetLevel};
 use super::weights::Weights;
 use crate::error::{Error, Result};
@@ -150,6 +150,15 @@ impl UNet {
             in_channels: c.in_channels,
             out_channels: c.out_channels,
         })
+    }
+
+    /// Every attention projection of the transformers (LoRA's targets in the UNet).
+    pub fn projs_mut(&mut self) -> Vec<&mut Proj> {
+        let blocks = self.down_blocks.iter_mut().chain(self.up_blocks.iter_mut());
+        let mut out: Vec<&mut Proj> =
+            blocks.flat_map(|b| b.attentions.iter_mut()).flat_map(|a| a.projs_mut()).collect();
+        out.extend(self.mid.attentions.iter_mut().flat_map(|a| a.projs_mut()));
+        out
     }
 
     /// `sample`: [B, in, h, w] (h, w divisible by the config's stride); `timesteps`: B values;
