@@ -352,6 +352,37 @@ def sd2_random(out):
     print(f"SD-2 inpainting shape, random fp16 weights: {out}")
 
 
+def check_lora(model, lora_file, realfill):
+    """A LoRA realfill wrote, loaded into diffusers: the text encoder and UNet outputs on the
+    model's own io inputs, which `realfill sd-check --lora` must reproduce with the same file."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from safetensors.torch import load_file
+    kw = dict(variant="fp16", torch_dtype=torch.float32)
+    pipe = StableDiffusionInpaintPipeline(
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw),
+        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw),
+        scheduler=DDIMScheduler.from_pretrained(model, subfolder="scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(lora_file)
+    io = load_file(os.path.join(model, "io.safetensors"))
+    with torch.no_grad():
+        out = {
+            "text.input_ids": io["text.input_ids"],
+            "text.last_hidden_state": pipe.text_encoder(io["text.input_ids"]).last_hidden_state,
+            "unet.sample": io["unet.sample"], "unet.timestep": io["unet.timestep"],
+            "unet.encoder_hidden_states": io["unet.encoder_hidden_states"],
+            "unet.out": pipe.unet(io["unet.sample"], io["unet.timestep"],
+                                  encoder_hidden_states=io["unet.encoder_hidden_states"]).sample,
+        }
+    import tempfile
+    path = os.path.join(tempfile.gettempdir(), f"realfill-lora-io-{os.getpid()}.safetensors")
+    save_file({k: v.contiguous() for k, v in out.items()}, path)
+    r = subprocess.run([realfill, "sd-check", "--model", model, "--io", path, "--lora", lora_file])
+    sys.exit(r.returncode)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--realfill", default="target/release/realfill")
@@ -359,7 +390,12 @@ def main():
     ap.add_argument("--fixture", help="write only tiny-a here (the committed test fixture)")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--sd2-random", metavar="DIR", help="write a random-weight SD-2-inpainting-shaped folder and stop")
+    ap.add_argument("--check-lora", nargs=2, metavar=("MODEL", "LORA"),
+                    help="load a LoRA realfill wrote into diffusers and check realfill computes the same with it")
     a = ap.parse_args()
+    if a.check_lora:
+        check_lora(*a.check_lora, a.realfill)
+        return
     if a.sd2_random:
         sd2_random(a.sd2_random)
         return

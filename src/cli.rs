@@ -13,7 +13,7 @@ use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job}
 use crate::error::{Error, Result};
 use crate::scene::io::{image_size, load_mask, load_photo, load_reference, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
-use crate::settings::{EngineKind, RunSettings, SamplerKind, SdSettings, defaults};
+use crate::settings::{EngineKind, LoraPreset, RunSettings, SamplerKind, SdSettings, defaults};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +51,10 @@ pub enum Command {
     /// inputs (bench/diffusers_reference.py writes model and IO file).
     #[cfg(feature = "dev-tools")]
     SdCheck(crate::dev::sd_check::SdCheckArgs),
+    /// Write a Stable Diffusion folder of SD-2-inpainting's shape with random weights (for
+    /// `bench --sd-model` where no weights can be downloaded; not for pictures).
+    #[cfg(feature = "dev-tools")]
+    SdRandom(crate::dev::sd_random::SdRandomArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,6 +118,21 @@ pub struct ModelArgs {
     /// Stable Diffusion's classifier-free guidance scale (1 = no guidance, one pass per step).
     #[arg(long, default_value_t = defaults::GUIDANCE)]
     pub guidance: f32,
+    /// Fill with this LoRA (diffusers/PEFT safetensors) instead of the scene's learned one.
+    #[arg(long, value_name = "FILE")]
+    pub lora: Option<PathBuf>,
+    /// LoRA rank when Stable Diffusion learns the scene.
+    #[arg(long, default_value_t = defaults::LORA_RANK)]
+    pub lora_rank: usize,
+    /// How long Stable Diffusion learns the scene: quick (200 steps of batch 4) or quality
+    /// (the paper's 2,000 steps of batch 16; an hour on a GPU, days on a CPU).
+    #[arg(long, value_enum, default_value_t = LoraPreset::Quick)]
+    pub lora_preset: LoraPreset,
+    /// Override the preset's learning steps / batch.
+    #[arg(long)]
+    pub lora_steps: Option<usize>,
+    #[arg(long)]
+    pub lora_batch: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -265,6 +284,11 @@ fn settings(m: &ModelArgs, steps: Option<usize>, sampler: SamplerKind, candidate
             prompt: m.prompt.clone(),
             guidance: m.guidance,
             steps: steps.unwrap_or(defaults::SD_STEPS),
+            lora: m.lora.clone(),
+            lora_rank: m.lora_rank,
+            lora_preset: m.lora_preset,
+            lora_steps: m.lora_steps,
+            lora_batch: m.lora_batch,
         },
     };
     let mut s = FillSettings::from_run(&run)?;
@@ -284,6 +308,10 @@ impl Driver {
     }
 
     pub fn run(&self, job: Job) -> Result<Option<FillOutput>> {
+        let learned = match &job {
+            Job::Learn { settings, .. } if settings.engine == EngineKind::StableDiffusion => "the scene's LoRA",
+            _ => "scene model",
+        };
         self.engine.submit(job);
         let style = ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -353,13 +381,18 @@ impl Driver {
                     if !self.quiet {
                         eprintln!(
                             "{}",
-                            if cached { "scene model already learned (cache)" } else { "scene model learned" }
+                            if cached {
+                                format!("{learned} already learned (cache)")
+                            } else {
+                                format!("{learned} learned")
+                            }
                         );
                     }
                     return Ok(None);
                 }
                 Event::Done(out) => return Ok(Some(*out)),
-                Event::Failed(msg) => return Err(Error::Engine(msg)),
+                // The worker's message is complete (it names the file, or says "engine:").
+                Event::Failed(msg) => return Err(Error::Invalid(msg)),
                 Event::Cancelled { .. } => return Err(Error::Cancelled),
             }
         }
@@ -469,13 +502,6 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
 }
 
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
-    if a.model.engine == EngineKind::StableDiffusion {
-        return Err(Error::Invalid(
-            "Stable Diffusion has nothing to learn yet: per-scene LoRA learning is not built (issue 19); \
-             `fill --engine sd --model DIR` fills with the model as it is"
-                .into(),
-        ));
-    }
     if a.model.engine == EngineKind::Patch {
         return Err(Error::Invalid(
             "the patch engine learns nothing: `learn` learns the scene model (leave out --engine, or \
@@ -684,5 +710,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::TorchCheck(a) => crate::dev::torch_check::run(&a),
         #[cfg(feature = "dev-tools")]
         Command::SdCheck(a) => crate::dev::sd_check::run(&a),
+        #[cfg(feature = "dev-tools")]
+        Command::SdRandom(a) => crate::dev::sd_random::run(&a),
     }
 }

@@ -100,23 +100,54 @@ pub mod defaults {
     pub const SD_STEPS: usize = 50;
     /// Stable Diffusion's guidance scale (diffusers' inpainting default).
     pub const GUIDANCE: f32 = 7.5;
+    /// RealFill's LoRA rank.
+    pub const LORA_RANK: usize = 8;
 }
 
-/// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps.
+/// How long Stable Diffusion learns a scene (RealFill's LoRA).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum LoraPreset {
+    /// 200 steps of batch 4: a fortieth of the paper's examples.
+    #[default]
+    Quick,
+    /// The paper's 2,000 steps of batch 16.
+    Quality,
+}
+
+/// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps,
+/// and how the scene is learned into it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SdSettings {
     /// The diffusers folder of stable-diffusion-2-inpainting (or a model of that family).
     pub model: Option<std::path::PathBuf>,
-    /// Empty by default: the fill follows the image, not a description.
+    /// Empty by default: the fill follows the image (or, with a learned LoRA, RealFill's
+    /// "a photo of sks").
     pub prompt: String,
     pub guidance: f32,
     pub steps: usize,
+    /// A LoRA file to fill with instead of the scene's learned one.
+    pub lora: Option<std::path::PathBuf>,
+    pub lora_rank: usize,
+    pub lora_preset: LoraPreset,
+    /// Override the preset's learning steps and batch.
+    pub lora_steps: Option<usize>,
+    pub lora_batch: Option<usize>,
 }
 
 impl Default for SdSettings {
     fn default() -> Self {
-        SdSettings { model: None, prompt: String::new(), guidance: defaults::GUIDANCE, steps: defaults::SD_STEPS }
+        SdSettings {
+            model: None,
+            prompt: String::new(),
+            guidance: defaults::GUIDANCE,
+            steps: defaults::SD_STEPS,
+            lora: None,
+            lora_rank: defaults::LORA_RANK,
+            lora_preset: LoraPreset::Quick,
+            lora_steps: None,
+            lora_batch: None,
+        }
     }
 }
 
@@ -180,6 +211,13 @@ impl RunSettings {
             return Err(Error::Invalid(format!("--crop {}: must be a multiple of 8", self.crop)));
         }
         check("--steps", self.sd.steps, &l.steps)?;
+        check("--lora-rank", self.sd.lora_rank, &(1..=128))?;
+        if let Some(n) = self.sd.lora_steps {
+            check("--lora-steps", n, &l.learn_steps)?;
+        }
+        if let Some(n) = self.sd.lora_batch {
+            check("--lora-batch", n, &l.batch)?;
+        }
         if !l.guidance.contains(&self.sd.guidance) {
             return Err(Error::Invalid(format!(
                 "--guidance {}: give {} to {}",
@@ -211,6 +249,9 @@ impl RunSettings {
             crop: clamp(self.crop, &l.crop) / 8 * 8,
             sd: SdSettings {
                 steps: clamp(self.sd.steps, &l.steps),
+                lora_rank: self.sd.lora_rank.clamp(1, 128),
+                lora_steps: self.sd.lora_steps.map(|n| clamp(n, &l.learn_steps)),
+                lora_batch: self.sd.lora_batch.map(|n| clamp(n, &l.batch)),
                 guidance: if self.sd.guidance.is_finite() {
                     self.sd.guidance.clamp(*l.guidance.start(), *l.guidance.end())
                 } else {

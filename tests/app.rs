@@ -46,6 +46,16 @@ fn step_until(h: &mut Harness<'_, RealfillApp>, mut done: impl FnMut(&RealfillAp
     }
 }
 
+/// Press `button`, which starts a job, and wait until the job is over without an error.
+fn press_and_wait(h: &mut Harness<'_, RealfillApp>, button: &str) {
+    h.get_by_label(button).click();
+    h.step();
+    assert!(h.state().busy(), "{button} started a job");
+    step_until(h, |app| !app.busy());
+    let app = h.state();
+    assert!(app.messages().iter().all(|m| m.level != Level::Error), "{:?}", app.messages());
+}
+
 fn canvas_centre(h: &Harness<'_, RealfillApp>) -> egui::Pos2 {
     h.state().canvas().area.center()
 }
@@ -252,12 +262,8 @@ fn learn_shows_progress_and_the_loss_curve() {
     let mut app = demo_app(2, 1);
     app.settings_mut().run.learn_steps = 4;
     let mut h = harness(app);
-    h.get_by_label("Learn").click();
-    h.step();
-    assert!(h.state().busy());
-    step_until(&mut h, |app| !app.busy());
+    press_and_wait(&mut h, "Learn");
     let app = h.state();
-    assert!(app.messages().iter().all(|m| m.level != Level::Error), "{:?}", app.messages());
     assert_eq!(app.learning().losses.len(), 4, "one loss per learning step");
     assert_eq!((app.learning().step, app.learning().total), (4, 4));
     assert_eq!(app.status(), "learned");
@@ -700,6 +706,26 @@ fn a_stable_diffusion_folder_selects_the_engine_and_fills_with_previews() {
     assert!(!std::sync::Arc::ptr_eq(&app.doc().unwrap().target, &original), "the result is on the canvas");
     h.run_steps(3);
     h.snapshot("stable_diffusion_fill");
+}
+
+#[test]
+fn learn_with_stable_diffusion_learns_the_scenes_lora_and_keeps_the_engine() {
+    let mut app = demo_app(2, 1);
+    app.sd_model_chosen(std::path::PathBuf::from(SD_TINY));
+    app.settings_mut().run.sd.steps = 3;
+    app.settings_mut().run.sd.lora_steps = Some(5);
+    app.settings_mut().run.sd.lora_batch = Some(2);
+    let mut h = harness(app);
+    press_and_wait(&mut h, "Learn");
+    let app = h.state();
+    assert_eq!(app.learning().losses.len(), 5, "one loss per learning step");
+    assert_eq!(app.status(), "learned the scene into Stable Diffusion (LoRA)");
+    assert_eq!(app.settings().run.engine, realfill::settings::EngineKind::StableDiffusion);
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("loss ").is_some(), "the loss is shown beside its plot");
+    h.snapshot("stable_diffusion_learned");
+    press_and_wait(&mut h, "Fill");
+    assert_eq!(h.state().candidates().len(), 1);
 }
 
 #[test]

@@ -133,16 +133,43 @@ fn candidates_are_ranked_and_written_beside_the_output() {
 }
 
 #[test]
-fn stable_diffusion_candidates_are_ranked_and_learn_says_what_is_missing() {
-    let d = tmp("sd-candidates");
+fn stable_diffusion_learns_the_scene_then_fills_with_its_lora_and_ranks_candidates() {
+    let d = tmp("sd-learn");
     scene(&d);
-    let out = d.join("best.png");
-    let o = fill(&d, &["--candidates", "2", "--engine", "sd", "--model", SD_TINY, "--prompt", "a photo of sks"], &out);
-    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
-    assert!(d.join("best.png").is_file() && d.join("best-2.png").is_file());
-    let o = scene_cmd(&d, "learn").args(["--engine", "sd", "--model", SD_TINY]).output().unwrap();
+    let sd = ["--engine", "sd", "--model", SD_TINY, "--lora-steps", "6", "--lora-batch", "2"];
+    // Not --quiet: what the fill used is on stderr.
+    let fill = |d: &Path, extra: &[&str], out: &Path| {
+        scene_cmd(d, "fill").arg("--out").arg(out).args(TINY).args(["--steps", "3"]).args(extra).output().unwrap()
+    };
+    let out = d.join("plain.png");
+    let o = fill(&d, &sd, &out);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("issue 19"), "{err}");
+    assert!(o.status.success() && err.contains("no LoRA learned for this scene"), "{err}");
+    let o = scene_cmd(&d, "learn").args(sd).args(["--backend", "cpu"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("learning 6/6") && err.contains("the scene's LoRA learned"), "{err}");
+    let lora = std::fs::read_dir(d.join("cache/sd-lora")).unwrap().next().unwrap().unwrap().path();
+    let o = scene_cmd(&d, "learn").args(sd).args(["--backend", "cpu"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already learned (cache)"));
+    let best = d.join("best.png");
+    let mut args = sd.to_vec();
+    args.extend(["--candidates", "2"]);
+    let o = fill(&d, &args, &best);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("filling with the LoRA"), "{err}");
+    assert!(best.is_file() && d.join("best-2.png").is_file());
+    assert_ne!(
+        image::open(&best).unwrap().to_rgb8(),
+        image::open(&out).unwrap().to_rgb8(),
+        "the LoRA changed the fill"
+    );
+    // A LoRA file named explicitly, and one that is not a LoRA.
+    let o = fill(&d, &["--engine", "sd", "--model", SD_TINY, "--lora", lora.to_str().unwrap()], &d.join("x.png"));
+    assert!(o.status.success());
+    let not = d.join("target.png");
+    let o = fill(&d, &["--engine", "sd", "--model", SD_TINY, "--lora", not.to_str().unwrap()], &d.join("y.png"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("target.png") && err.contains("not a LoRA"), "{err}");
 }
 
 #[test]

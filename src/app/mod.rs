@@ -471,8 +471,15 @@ impl RealfillApp {
                 Event::Learned { cached } => {
                     self.running = None;
                     self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
-                    // The user asked for the scene model: Fill uses it from now on.
-                    if self.settings.run.engine != EngineKind::SceneModel {
+                    if self.settings.run.engine == EngineKind::StableDiffusion {
+                        // Learned into Stable Diffusion's LoRA: Fill with Stable Diffusion uses it.
+                        self.status = if cached {
+                            "the scene's LoRA was already learned".into()
+                        } else {
+                            "learned the scene into Stable Diffusion (LoRA)".into()
+                        };
+                    } else if self.settings.run.engine != EngineKind::SceneModel {
+                        // The user asked for the scene model: Fill uses it from now on.
                         self.settings.run.engine = EngineKind::SceneModel;
                         self.info("Fill now uses the learned scene model (Engine: scene model)");
                     }

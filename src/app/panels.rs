@@ -10,7 +10,7 @@ use super::document::extension_preset;
 use super::tasks::Dialog;
 use super::{Level, RealfillApp, Running};
 use crate::scene::Extension;
-use crate::settings::{EngineKind, LIMITS};
+use crate::settings::{EngineKind, LIMITS, LoraPreset};
 
 pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
     egui::Panel::top("top").show(ui, |ui| {
@@ -379,10 +379,13 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     .labelled_by(l.id)
                     .on_hover_text("Fills with successive seeds, ranked by agreement with the references");
                 ui.end_row();
-                let l = ui.label("Learning steps");
-                ui.add(egui::DragValue::new(&mut r.learn_steps).range(LIMITS.learn_steps).speed(10.0))
-                    .labelled_by(l.id);
-                ui.end_row();
+                // The scene model's; Stable Diffusion's learning is set in its own section.
+                if r.engine != EngineKind::StableDiffusion {
+                    let l = ui.label("Learning steps");
+                    ui.add(egui::DragValue::new(&mut r.learn_steps).range(LIMITS.learn_steps).speed(10.0))
+                        .labelled_by(l.id);
+                    ui.end_row();
+                }
             });
         });
         sd_settings(app, ui, busy);
@@ -391,13 +394,14 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
         let sd = app.settings.run.engine == EngineKind::StableDiffusion;
         ui.horizontal(|ui| {
             if ui
-                .add_enabled(can_run && !sd, egui::Button::new("Learn"))
-                .on_hover_text("Learn the scene model now (Fill does this when needed)")
-                .on_disabled_hover_text(if sd {
-                    "Stable Diffusion learns nothing yet: per-scene learning (LoRA) is still to come"
+                .add_enabled(can_run, egui::Button::new("Learn"))
+                .on_hover_text(if sd {
+                    "Learn this scene into Stable Diffusion (RealFill's LoRA; cached, and used by every \
+                     Fill of this scene). Long on a CPU: see the preset below"
                 } else {
-                    "Paint a region or extend the canvas first"
+                    "Learn the scene model now (Fill does this when needed)"
                 })
+                .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
                 app.push(Command::Learn);
@@ -462,6 +466,21 @@ fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
                 ui.add(egui::DragValue::new(&mut r.guidance).range(LIMITS.guidance).speed(0.1))
                     .labelled_by(l.id)
                     .on_hover_text("How strongly the prompt steers (1 = not at all, one pass per step)");
+                ui.end_row();
+                let l = ui.label("Learning");
+                egui::ComboBox::from_id_salt("lora-preset")
+                    .selected_text(match r.lora_preset {
+                        LoraPreset::Quick => "quick",
+                        LoraPreset::Quality => "quality",
+                    })
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(&mut r.lora_preset, LoraPreset::Quick, "quick")
+                            .on_hover_text("200 steps of 4 examples");
+                        ui.selectable_value(&mut r.lora_preset, LoraPreset::Quality, "quality")
+                            .on_hover_text("The paper's 2,000 steps of 16 examples (an hour on a GPU)");
+                    })
+                    .response
+                    .labelled_by(l.id);
                 ui.end_row();
             });
         });

@@ -617,6 +617,32 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
     let (mw, mh) = model_size(&sd, size, size);
     row(format!("SD fill at the model's {mw}×{mh}, {steps} guided steps (one run)"), vec![t.elapsed().as_secs_f64()]);
+    drop(sd);
+    eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
+    // One LoRA learning step (RealFill's recipe) at the model's size, batch 1: the model on the
+    // autodiff device, base frozen, rank-8 adapters; the first step is the warm-up.
+    use crate::diffusion::sd::lora_train::{LearnImage, Learner, LoraLearnSettings, make_batch, step};
+    let ad = device.clone().autodiff();
+    let mut sd = StableDiffusion::load(dir, &ad, dtype)?;
+    sd.unet = sd.unet.clone().no_grad();
+    sd.text = sd.text.clone().no_grad();
+    sd.vae = sd.vae.clone().no_grad();
+    crate::diffusion::sd::lora::init(&mut sd, 8, 8.0, 0);
+    let ls = LoraLearnSettings { batch: 1, ..LoraLearnSettings::quality() };
+    let images = vec![LearnImage { rgb: canvas.clone(), known: Mask::new(size, size, 1.0) }];
+    let mut learner = Learner::new(ls.lr_unet, ls.lr_text);
+    let mut rng = Rng::new(2);
+    let mut secs = Vec::new();
+    for i in 0..a.repeats.min(2) + 1 {
+        let batch = make_batch(&sd, &images, &ls, mw, &mut rng);
+        let t = Instant::now();
+        step(&mut sd, &mut learner, &batch)?;
+        eprintln!("LoRA learning step {i}: {:.1} s", t.elapsed().as_secs_f64());
+        if i > 0 {
+            secs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    row(format!("SD LoRA learning step {mw}², batch 1 (rank 8)"), secs);
     Ok(())
 }
 

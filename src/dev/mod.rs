@@ -6,4 +6,5 @@
 
 pub mod bench;
 pub mod sd_check;
+pub mod sd_random;
 pub mod torch_check;

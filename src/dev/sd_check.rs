@@ -38,6 +38,10 @@ pub struct SdCheckArgs {
     /// so give a looser --tolerance (f16 keeps about 3 significant digits).
     #[arg(long)]
     pub f16: bool,
+    /// Put this LoRA on the UNet and text encoder first (the reference outputs were computed
+    /// with it loaded in diffusers: bench/diffusers_reference.py --check-lora).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
 }
 
 /// One compared output.
@@ -121,8 +125,36 @@ impl Io {
 }
 
 /// Runs every check FILE makes possible; errors only for unusable files.
+/// The UNet and text encoder of `model`, with `lora` on them when given.
+fn networks(model: &Path, device: &Device, dtype: DType, lora_file: Option<&Path>) -> Result<(UNet, TextEncoder)> {
+    match lora_file {
+        None => Ok((
+            UNet::load(&model.join("unet"), device, dtype)?.0,
+            TextEncoder::load(&model.join("text_encoder"), device, dtype)?.0,
+        )),
+        Some(f) => {
+            let mut sd = StableDiffusion::load(model, device, dtype)?;
+            lora::load(&mut sd, f)?;
+            Ok((sd.unet, sd.text))
+        }
+    }
+}
+
 pub fn check(model: &Path, io_path: &Path, device: &Device, dtype: DType) -> Result<Vec<Row>> {
+    check_with(model, io_path, device, dtype, None)
+}
+
+/// `check` with a LoRA on the networks (`--lora`).
+pub fn check_with(
+    model: &Path,
+    io_path: &Path,
+    device: &Device,
+    dtype: DType,
+    lora_file: Option<&Path>,
+) -> Result<Vec<Row>> {
     let io = read_io(io_path)?;
+    let needs_nets = io.floats.contains_key("text.last_hidden_state") || io.floats.contains_key("unet.out");
+    let nets = if needs_nets { Some(networks(model, device, dtype, lora_file)?) } else { None };
     let mut rows = Vec::new();
     if let Some((shape, ids)) = io.ints.get("text.input_ids") {
         let rows_ids: Vec<Vec<i64>> = ids.chunks(shape[1]).map(|r| r.to_vec()).collect();
@@ -137,13 +169,11 @@ pub fn check(model: &Path, io_path: &Path, device: &Device, dtype: DType) -> Res
                 informational: false,
             });
         }
-        if io.floats.contains_key("text.last_hidden_state") {
-            let (text, _) = TextEncoder::load(&model.join("text_encoder"), device, dtype)?;
+        if let (true, Some((_, text))) = (io.floats.contains_key("text.last_hidden_state"), &nets) {
             rows.push(io.compare("text.last_hidden_state", text.forward(&rows_ids))?);
         }
     }
-    if io.floats.contains_key("unet.out") {
-        let (unet, _) = UNet::load(&model.join("unet"), device, dtype)?;
+    if let (true, Some((unet, _))) = (io.floats.contains_key("unet.out"), &nets) {
         let sample = io.float::<4>("unet.sample", device)?;
         let context = io.float::<3>("unet.encoder_hidden_states", device)?;
         let ts = io.floats.get("unet.timestep").map(|(_, v)| v.clone());
@@ -302,7 +332,7 @@ pub fn run(a: &SdCheckArgs) -> Result<()> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let rows = check(&a.model, &a.io, &device, if a.f16 { DType::F16 } else { DType::F32 })?;
+    let rows = check_with(&a.model, &a.io, &device, if a.f16 { DType::F16 } else { DType::F32 }, a.lora.as_deref())?;
     let mut worst = 0f32;
     for r in &rows {
         let ok = r.relative <= a.tolerance;

@@ -447,6 +447,7 @@ pub struct FillOutput {
 /// What a running job reaches besides its inputs: the device, the model held between jobs,
 /// progress and the cancel check.
 pub struct Run<'a> {
+    pub scene: &'a Scene,
     pub device: &'a Device,
     pub held: &'a mut Held,
     pub progress: &'a mut dyn Progress,
@@ -484,7 +485,7 @@ pub fn run_fill(
     } else {
         None
     };
-    let mut run = Run { device, held, progress, cancelled };
+    let mut run = Run { scene, device, held, progress, cancelled };
     let (out, matches) = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
     let fill = corrected_fill(&p, &out, t.engine);
     // The candidate score, and for an engine without matches of its own (the scene model) the
@@ -563,12 +564,22 @@ fn sample_working(
         (EngineKind::Patch, None) => return Err(Error::Engine("the patch engine needs its levels".into())),
         (EngineKind::StableDiffusion, _) => {
             let progress = &mut *run.progress;
-            let (sd, reused) = sd_fill::load_or_reuse(&mut run.held.sd, s, run.device, &mut |m| progress.status(m))?;
+            let (held, reused) = sd_fill::load_or_reuse(&mut run.held.sd, s, run.device, &mut |m| progress.status(m))?;
+            let lora = sd_fill::choose_lora(held, run.scene, s)?;
+            match &lora {
+                Some(f) => progress.status(format!("filling with the LoRA {}", f.display())),
+                None => progress.status(
+                    "no LoRA learned for this scene: Stable Diffusion fills as downloaded (Learn, or \
+                     `realfill learn --engine sd`, learns the scene into it)"
+                        .into(),
+                ),
+            }
             t.learn_s = started.elapsed().as_secs_f32();
             t.model_cached = reused;
             started = Instant::now();
             sd_fill::sample(
-                &sd,
+                &held.sd,
+                lora.is_some(),
                 &p.canvas,
                 &p.fill,
                 s,
@@ -671,11 +682,17 @@ pub fn run_learn(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<bool> {
     if s.engine == EngineKind::StableDiffusion {
-        return Err(Error::Invalid(
-            "Stable Diffusion has nothing to learn yet: per-scene LoRA learning is not built (issue 19); \
-             `fill --engine sd` fills with the model as it is"
-                .into(),
-        ));
+        return sd_fill::learn(
+            scene,
+            s,
+            device,
+            &mut held.sd,
+            &mut |r| match r {
+                sd_fill::Report::Status(m) => progress.status(m),
+                sd_fill::Report::Step { step, total, loss } => progress.learning(step, total, loss),
+            },
+            cancelled,
+        );
     }
     check_budget(scene, s, true)?;
     let p = prepare(scene, s)?;

@@ -1,43 +1,196 @@
 //! The Stable Diffusion engine inside the fill pipeline: the model loaded once from the
-//! person's folder and kept between fills (loading SD-2 reads 5 GB), the working canvas sampled
-//! by `diffusion::sd::inpaint`, previews with the photo's known pixels in place.
+//! person's folder and kept between fills (loading SD-2 reads 2.6–5.2 GB), the scene learned
+//! into LoRA adapters (RealFill) and cached per scene, the working canvas sampled by
+//! `diffusion::sd::inpaint` with the scene's LoRA when there is one, previews with the photo's
+//! known pixels in place.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use burn::prelude::*;
 
 use super::settings::FillSettings;
+use crate::diffusion::checkpoint::{KeyHasher, cache_dir};
 use crate::diffusion::sampler::SampleOutput;
-use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint};
-use crate::diffusion::sd::{StableDiffusion, precision_for};
+use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
+use crate::diffusion::sd::lora_train::{self, LearnImage, LoraLearnSettings, PROMPT};
+use crate::diffusion::sd::{StableDiffusion, lora, precision_for};
 use crate::error::{Error, Result};
-use crate::scene::{Mask, RgbF};
+use crate::scene::{Mask, RgbF, Scene};
+use crate::settings::LoraPreset;
 
-/// The loaded model and the folder it came from.
-pub type HeldSd = Option<(PathBuf, Arc<StableDiffusion>)>;
+/// The loaded model, the folder it came from, and the LoRA file it carries (if any).
+pub struct HeldModel {
+    pub dir: PathBuf,
+    pub lora: Option<PathBuf>,
+    pub sd: StableDiffusion,
+}
+
+pub type HeldSd = Option<HeldModel>;
+
+fn model_dir(s: &FillSettings) -> Result<PathBuf> {
+    s.sd.model.clone().ok_or_else(|| {
+        Error::Invalid("the Stable Diffusion engine needs a model folder (README, \"Stable Diffusion\")".into())
+    })
+}
 
 /// The model of `s.sd.model`, from `held` when it is that folder's; `true` when reused.
-pub fn load_or_reuse(
-    held: &mut HeldSd,
+pub fn load_or_reuse<'a>(
+    held: &'a mut HeldSd,
     s: &FillSettings,
     device: &Device,
     status: &mut dyn FnMut(String),
-) -> Result<(Arc<StableDiffusion>, bool)> {
-    let dir = s.sd.model.clone().ok_or_else(|| {
-        Error::Invalid("the Stable Diffusion engine needs a model folder (README, \"Stable Diffusion\")".into())
-    })?;
-    if let Some((d, m)) = held
-        && *d == dir
-    {
-        return Ok((m.clone(), true));
+) -> Result<(&'a mut HeldModel, bool)> {
+    let dir = model_dir(s)?;
+    let reuse = held.as_ref().is_some_and(|h| h.dir == dir);
+    if !reuse {
+        // Free the old model before reading the new one: two SD-2 models do not fit many laptops.
+        *held = None;
+        status(format!("loading Stable Diffusion from {}", dir.display()));
+        let sd = StableDiffusion::load(&dir, device, precision_for(device))?;
+        *held = Some(HeldModel { dir, lora: None, sd });
     }
-    // Free the old model before reading the new one: two SD-2 models do not fit many laptops.
+    Ok((held.as_mut().expect("just set"), reuse))
+}
+
+/// The learning settings a job asks for (preset, then the person's overrides).
+pub fn learn_settings(s: &FillSettings) -> LoraLearnSettings {
+    let base = match s.sd.lora_preset {
+        LoraPreset::Quick => LoraLearnSettings::quick(),
+        LoraPreset::Quality => LoraLearnSettings::quality(),
+    };
+    LoraLearnSettings {
+        rank: s.sd.lora_rank,
+        steps: s.sd.lora_steps.unwrap_or(base.steps),
+        batch: s.sd.lora_batch.unwrap_or(base.batch),
+        seed: s.seed,
+        ..base
+    }
+}
+
+/// Where the scene's learned LoRA is cached: keyed by the scene's pixels (small copies), its
+/// fill region, the model folder and its UNet config, and the learning settings.
+pub fn lora_path(scene: &Scene, s: &FillSettings) -> Result<PathBuf> {
+    let dir = model_dir(s)?;
+    let mut k = KeyHasher::default();
+    k.text("sd-lora-v1");
+    let small = |rgb: &RgbF| {
+        let scale = 128.0 / rgb.width.max(rgb.height) as f32;
+        let (w, h) = (((rgb.width as f32 * scale) as usize).max(1), ((rgb.height as f32 * scale) as usize).max(1));
+        rgb.resized(w, h)
+    };
+    k.floats(&small(&scene.canvas_rgb()).data);
+    k.floats(&scene.mask.resized_soft(128, 128).data);
+    for r in &scene.refs {
+        k.text(&format!("{}x{}", r.width(), r.height())).floats(&small(&r.rgb).data);
+    }
+    let canonical = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
+    k.text(&canonical.display().to_string());
+    k.text(&std::fs::read_to_string(dir.join("unet").join("config.json")).unwrap_or_default());
+    k.text(&serde_json::to_string(&learn_settings(s)).unwrap_or_default());
+    Ok(cache_dir().join("sd-lora").join(format!("{}.safetensors", k.finish())))
+}
+
+/// The images RealFill learns from: the target (known outside the fill region) and every
+/// reference, each scaled so its short side is at most what the largest random resize needs.
+fn learn_images(scene: &Scene, size: usize) -> Vec<LearnImage> {
+    let cap = |rgb: &RgbF, known: &Mask| {
+        let short = rgb.width.min(rgb.height) as f32;
+        let scale = (size as f32 * 1.125 / short).min(1.0);
+        let (w, h) =
+            (((rgb.width as f32 * scale) as usize).max(size), ((rgb.height as f32 * scale) as usize).max(size));
+        LearnImage { rgb: rgb.resized(w, h), known: known.resized_soft(w, h) }
+    };
+    let mut known = scene.mask.clone();
+    known.data.iter_mut().for_each(|v| *v = 1.0 - *v);
+    let mut out = vec![cap(&scene.canvas_rgb(), &known)];
+    for r in &scene.refs {
+        out.push(cap(&r.rgb, &Mask::new(r.width(), r.height(), 1.0)));
+    }
+    out
+}
+
+/// What learning reports.
+pub enum Report {
+    Status(String),
+    Step { step: usize, total: usize, loss: f32 },
+}
+
+/// Learns the scene into LoRA adapters (or finds them in the cache); `true` when cached.
+/// The model is learned on the autodiff device and then kept, with its adapters, in `held`.
+pub fn learn(
+    scene: &Scene,
+    s: &FillSettings,
+    device: &Device,
+    held: &mut HeldSd,
+    report: &mut dyn FnMut(Report),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<bool> {
+    let mut status = |m: String| report(Report::Status(m));
+    let path = lora_path(scene, s)?;
+    if s.use_cache && path.is_file() {
+        status(format!("using the scene's learned LoRA {}", path.display()));
+        return Ok(true);
+    }
+    let dir = model_dir(s)?;
+    // The learning copy replaces the kept one (both would not fit beside each other).
     *held = None;
-    status(format!("loading Stable Diffusion from {}", dir.display()));
-    let m = Arc::new(StableDiffusion::load(&dir, device, precision_for(device))?);
-    *held = Some((dir, m.clone()));
-    Ok((m, false))
+    status(format!("loading Stable Diffusion from {} to learn the scene", dir.display()));
+    let ad = device.clone().autodiff();
+    let mut sd = StableDiffusion::load(&dir, &ad, precision_for(device))?;
+    let ls = learn_settings(s);
+    let (size, _) = model_size(&sd, 1, 1);
+    let images = learn_images(scene, size);
+    status(format!(
+        "learning the scene into Stable Diffusion: LoRA rank {}, {} steps of {} examples at {size} px",
+        ls.rank, ls.steps, ls.batch
+    ));
+    lora_train::learn(
+        &mut sd,
+        &images,
+        &ls,
+        &mut |step, total, loss| report(Report::Step { step, total, loss }),
+        cancelled,
+    )?;
+    let bytes = lora::to_bytes(&mut sd)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e.to_string()))?;
+    }
+    if s.use_cache {
+        crate::scene::io::write_atomic(&path, &bytes)?;
+    }
+    let sd = StableDiffusion {
+        unet: sd.unet.valid(),
+        text: sd.text.valid(),
+        vae: sd.vae.valid(),
+        device: device.clone(),
+        ..sd
+    };
+    // Kept with its adapters, under the scene's LoRA path (in memory even when not cached).
+    *held = Some(HeldModel { dir, lora: Some(path), sd });
+    Ok(false)
+}
+
+/// Puts the right adapters on the held model for this fill: the person's `--lora` file, else
+/// the scene's learned LoRA (in the cache, or just learned and still held), else none.
+/// Returns the LoRA used.
+pub fn choose_lora(h: &mut HeldModel, scene: &Scene, s: &FillSettings) -> Result<Option<PathBuf>> {
+    let want = match &s.sd.lora {
+        Some(f) => Some(f.clone()),
+        None => {
+            let own = lora_path(scene, s)?;
+            ((s.use_cache && own.is_file()) || h.lora.as_ref() == Some(&own)).then_some(own)
+        }
+    };
+    if h.lora != want {
+        match &want {
+            Some(f) => {
+                lora::load(&mut h.sd, f)?;
+            }
+            None => lora::clear(&mut h.sd),
+        }
+        h.lora = want.clone();
+    }
+    Ok(want)
 }
 
 /// `rgb` with the canvas's known pixels (fill < 0.5) put back.
@@ -51,16 +204,19 @@ fn with_known(mut rgb: RgbF, canvas: &RgbF, fill: &Mask) -> RgbF {
 }
 
 /// Samples the working canvas; `raw` is the model's own image, `x0` has the known pixels back.
+/// With a LoRA and no prompt of the person's, the prompt is RealFill's "a photo of sks".
 pub fn sample(
     sd: &StableDiffusion,
+    with_lora: bool,
     canvas: &RgbF,
     fill: &Mask,
     s: &FillSettings,
     on_preview: &mut dyn FnMut(usize, usize, RgbF),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<SampleOutput> {
+    let prompt = if s.sd.prompt.is_empty() && with_lora { PROMPT.to_string() } else { s.sd.prompt.clone() };
     let opts = InpaintOptions {
-        prompt: s.sd.prompt.clone(),
+        prompt,
         negative_prompt: String::new(),
         guidance: s.sd.guidance,
         steps: s.sd.steps,

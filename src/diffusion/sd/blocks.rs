@@ -91,8 +91,10 @@ impl Proj {
         match &self.lora {
             None => self.base.forward(x),
             Some(l) => {
-                let low = linear(linear(x.clone(), l.down.val(), None), l.up.val(), None);
-                self.base.forward(x) + low * l.scale
+                // The adapter stays f32 (it is what learns) beside an f16 base on a GPU.
+                let dtype = x.dtype();
+                let low = linear(linear(x.clone().cast(l.down.val().dtype()), l.down.val(), None), l.up.val(), None);
+                self.base.forward(x) + (low * l.scale).cast(dtype)
             }
         }
     }

@@ -30,6 +30,15 @@ pub struct Weights {
     pub device: Device,
     /// The float type the layers are built in (f16 keeps a GPU's copy at half the memory).
     pub dtype: DType,
+    /// Instead of files: random tensors, made (and recorded) as the networks ask for them.
+    synthetic: Option<std::cell::RefCell<Synthetic>>,
+}
+
+/// Random weights for timing a model of a given shape where no weights can be downloaded
+/// (`realfill sd-random`): N(0, 1/fan-in) matrices, unit norm scales, zero biases.
+struct Synthetic {
+    rng: crate::rng::Rng,
+    made: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
 /// The weight files of one network folder: all `*.safetensors` of one precision (shards
@@ -99,10 +108,34 @@ impl Weights {
             }
             files.push((path.clone(), map));
         }
-        Ok(Weights { files, entries, device: device.clone(), dtype })
+        Ok(Weights { files, entries, device: device.clone(), dtype, synthetic: None })
+    }
+
+    /// Random weights (see `Synthetic`), recorded for `made`.
+    pub fn synthetic(device: &Device, seed: u64) -> Weights {
+        let s = Synthetic { rng: crate::rng::Rng::new(seed), made: Vec::new() };
+        Weights {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            device: device.clone(),
+            dtype: DType::F32,
+            synthetic: Some(std::cell::RefCell::new(s)),
+        }
+    }
+
+    /// The tensors a synthetic source made, in the order they were asked for.
+    pub fn made(self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.synthetic.map(|s| s.into_inner().made).unwrap_or_default()
     }
 
     pub fn has(&self, name: &str) -> bool {
+        if self.synthetic.is_some() {
+            // diffusers' defaults: attention projections q/k/v without bias in the UNet's
+            // transformers, everything else with; current (not legacy) names.
+            let unbiased = [".to_q.", ".to_k.", ".to_v."].iter().any(|p| name.contains(p)) && name.contains(".attn");
+            let legacy = [".query.", ".key.", ".value.", ".proj_attn."].iter().any(|p| name.contains(p));
+            return !(legacy || (unbiased && name.ends_with(".bias")));
+        }
         self.entries.contains_key(name)
     }
 
@@ -118,6 +151,19 @@ impl Weights {
 
     /// The tensor `name` as f32 values, checked against `shape`.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(s) = &self.synthetic {
+            let mut s = s.borrow_mut();
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = if shape.len() == 1 {
+                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
+            } else {
+                let fan_in: usize = shape[1..].iter().product();
+                let sd = if name.contains("embedding") { 0.02 } else { 1.0 / (fan_in as f32).sqrt() };
+                s.rng.normals(n).into_iter().map(|x| x * sd).collect()
+            };
+            s.made.push((name.to_string(), shape.to_vec(), v.clone()));
+            return Ok(v);
+        }
         let Some(e) = self.entries.get(name) else {
             return Err(Error::input(
                 self.file_of(name),
