@@ -133,6 +133,10 @@ pub struct ModelArgs {
     pub lora_steps: Option<usize>,
     #[arg(long)]
     pub lora_batch: Option<usize>,
+    /// Examples per forward/backward pass when the batch does not fit in memory (gradients
+    /// are summed: the same step).
+    #[arg(long)]
+    pub lora_micro_batch: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -289,6 +293,7 @@ fn settings(m: &ModelArgs, steps: Option<usize>, sampler: SamplerKind, candidate
             lora_preset: m.lora_preset,
             lora_steps: m.lora_steps,
             lora_batch: m.lora_batch,
+            lora_micro_batch: m.lora_micro_batch,
         },
     };
     let mut s = FillSettings::from_run(&run)?;

@@ -133,6 +133,8 @@ pub struct SdSettings {
     /// Override the preset's learning steps and batch.
     pub lora_steps: Option<usize>,
     pub lora_batch: Option<usize>,
+    /// Examples per pass when memory does not hold the whole batch (the same step).
+    pub lora_micro_batch: Option<usize>,
 }
 
 impl Default for SdSettings {
@@ -147,6 +149,7 @@ impl Default for SdSettings {
             lora_preset: LoraPreset::Quick,
             lora_steps: None,
             lora_batch: None,
+            lora_micro_batch: None,
         }
     }
 }
@@ -218,6 +221,9 @@ impl RunSettings {
         if let Some(n) = self.sd.lora_batch {
             check("--lora-batch", n, &l.batch)?;
         }
+        if let Some(n) = self.sd.lora_micro_batch {
+            check("--lora-micro-batch", n, &l.batch)?;
+        }
         if !l.guidance.contains(&self.sd.guidance) {
             return Err(Error::Invalid(format!(
                 "--guidance {}: give {} to {}",
@@ -252,6 +258,7 @@ impl RunSettings {
                 lora_rank: self.sd.lora_rank.clamp(1, 128),
                 lora_steps: self.sd.lora_steps.map(|n| clamp(n, &l.learn_steps)),
                 lora_batch: self.sd.lora_batch.map(|n| clamp(n, &l.batch)),
+                lora_micro_batch: self.sd.lora_micro_batch.map(|n| clamp(n, &l.batch)),
                 guidance: if self.sd.guidance.is_finite() {
                     self.sd.guidance.clamp(*l.guidance.start(), *l.guidance.end())
                 } else {

@@ -62,6 +62,7 @@ pub fn learn_settings(s: &FillSettings) -> LoraLearnSettings {
         rank: s.sd.lora_rank,
         steps: s.sd.lora_steps.unwrap_or(base.steps),
         batch: s.sd.lora_batch.unwrap_or(base.batch),
+        micro_batch: s.sd.lora_micro_batch.unwrap_or(0),
         seed: s.seed,
         ..base
     }

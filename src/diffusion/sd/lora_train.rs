@@ -5,7 +5,7 @@
 //! taken only on what is known), averaged; AdamW on the adapters only — the UNet's at one
 //! learning rate, the text encoder's at another.
 
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use super::StableDiffusion;
@@ -67,6 +67,56 @@ fn nearest(v: &[f32], b: usize, h: usize, w: usize, f: usize) -> Vec<f32> {
 /// One step on `sd` (loaded on an autodiff device, base layers frozen, adapters trainable);
 /// returns the loss before the update.
 pub fn step(sd: &mut StableDiffusion, learner: &mut Learner, batch: &TrainBatch) -> Result<f32> {
+    let (loss, gu, gt) = gradients(sd, batch, 1.0)?;
+    apply(sd, learner, gu, gt);
+    Ok(loss)
+}
+
+/// One step whose batch is run in micro-batches of at most `micro` examples, their gradients
+/// summed (each loss weighted by its share of the batch): the same step as `step` in less
+/// memory.
+pub fn step_micro(sd: &mut StableDiffusion, learner: &mut Learner, batch: &TrainBatch, micro: usize) -> Result<f32> {
+    if micro >= batch.b {
+        return step(sd, learner, batch);
+    }
+    let mut acc_u = GradientsAccumulator::new();
+    let mut acc_t = GradientsAccumulator::new();
+    let mut total = 0.0;
+    let (px, lat) = (batch.h * batch.w, batch.noise.len() / batch.b);
+    for start in (0..batch.b).step_by(micro.max(1)) {
+        let n = micro.min(batch.b - start);
+        let part = TrainBatch {
+            b: n,
+            h: batch.h,
+            w: batch.w,
+            images: batch.images[3 * px * start..3 * px * (start + n)].to_vec(),
+            masks: batch.masks[px * start..px * (start + n)].to_vec(),
+            weights: batch.weights[px * start..px * (start + n)].to_vec(),
+            noise: batch.noise[lat * start..lat * (start + n)].to_vec(),
+            timesteps: batch.timesteps[start..start + n].to_vec(),
+            ids: batch.ids[start..start + n].to_vec(),
+        };
+        let share = n as f32 / batch.b as f32;
+        let (loss, gu, gt) = gradients(sd, &part, share)?;
+        acc_u.accumulate(&sd.unet, gu);
+        acc_t.accumulate(&sd.text, gt);
+        total += loss * share;
+    }
+    apply(sd, learner, acc_u.grads(), acc_t.grads());
+    Ok(total)
+}
+
+fn apply(sd: &mut StableDiffusion, learner: &mut Learner, gu: GradientsParams, gt: GradientsParams) {
+    sd.unet = learner.unet_opt.step(learner.lr_unet, sd.unet.clone(), gu);
+    sd.text = learner.text_opt.step(learner.lr_text, sd.text.clone(), gt);
+}
+
+/// The loss of `batch` and the adapters' gradients of `weight` × that loss.
+fn gradients(
+    sd: &mut StableDiffusion,
+    batch: &TrainBatch,
+    weight: f32,
+) -> Result<(f32, GradientsParams, GradientsParams)> {
     let device = sd.device.clone();
     let (b, h, w) = (batch.b, batch.h, batch.w);
     let f = sd.vae_config.factor();
@@ -114,12 +164,10 @@ pub fn step(sd: &mut StableDiffusion, learner: &mut Learner, batch: &TrainBatch)
     if !value.is_finite() {
         return Err(Error::Engine(format!("LoRA learning diverged (loss {value})")));
     }
-    let mut grads = loss.backward();
+    let mut grads = (loss * weight).backward();
     let gu = GradientsParams::from_module(&mut grads, &sd.unet);
     let gt = GradientsParams::from_module(&mut grads, &sd.text);
-    sd.unet = learner.unet_opt.step(learner.lr_unet, sd.unet.clone(), gu);
-    sd.text = learner.text_opt.step(learner.lr_text, sd.text.clone(), gt);
-    Ok(value)
+    Ok((value, gu, gt))
 }
 
 /// RealFill's prompt for the learned scene (the token "sks" stands for it).
@@ -136,6 +184,10 @@ pub struct LoraLearnSettings {
     /// Share of examples learned with the empty prompt (classifier-free guidance needs both).
     pub prompt_dropout: f32,
     pub seed: u64,
+    /// Examples per forward/backward pass (the batch's gradients are summed over them): less
+    /// memory, the same step (so not part of the LoRA cache key). 0 = the whole batch at once.
+    #[serde(skip)]
+    pub micro_batch: usize,
 }
 
 impl LoraLearnSettings {
@@ -149,6 +201,7 @@ impl LoraLearnSettings {
             lr_text: 4e-5,
             prompt_dropout: 0.1,
             seed: 0,
+            micro_batch: 0,
         }
     }
 
@@ -263,7 +316,8 @@ pub fn learn(
             return Err(Error::Cancelled);
         }
         let batch = make_batch(sd, images, s, size, &mut rng);
-        let loss = step(sd, &mut learner, &batch)?;
+        let micro = if s.micro_batch == 0 { s.batch } else { s.micro_batch };
+        let loss = step_micro(sd, &mut learner, &batch, micro)?;
         on_step(i + 1, s.steps, loss);
     }
     super::lora::set_trainable(sd, false);
@@ -328,6 +382,49 @@ mod tests {
         lora::set_trainable(&mut sd, true);
         let after = probe(&mut sd);
         assert!(after < 0.8 * before, "loss on a fixed batch {before} → {after}");
+    }
+
+    /// Micro-batches give the same step as the whole batch at once (loss and adapters).
+    #[test]
+    fn micro_batches_make_the_same_step() {
+        let ad = Device::flex().autodiff();
+        let images = scene_images();
+        let s = LoraLearnSettings { batch: 4, ..LoraLearnSettings::quick() };
+        let run = |micro: usize| {
+            let mut sd = tiny(&ad);
+            sd.unet = sd.unet.clone().no_grad();
+            sd.text = sd.text.clone().no_grad();
+            sd.vae = sd.vae.clone().no_grad();
+            lora::init(&mut sd, 4, 4.0, 5);
+            let batch = make_batch(&sd, &images, &s, 32, &mut Rng::new(4));
+            let mut learner = Learner::new(1e-2, 1e-3);
+            let loss = step_micro(&mut sd, &mut learner, &batch, micro).unwrap();
+            step_micro(&mut sd, &mut learner, &batch, micro).unwrap();
+            (loss, lora::to_bytes(&mut sd).unwrap())
+        };
+        let (whole, a) = run(4);
+        let (parts, b) = run(1);
+        assert!((whole - parts).abs() < 1e-5 * whole.abs(), "{whole} vs {parts}");
+        let floats = |v: &[u8]| -> Vec<f32> {
+            let st = safetensors::SafeTensors::deserialize(v).unwrap();
+            let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+            names.sort();
+            names
+                .iter()
+                .flat_map(|n| {
+                    st.tensor(n)
+                        .unwrap()
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let (fa, fb) = (floats(&a), floats(&b));
+        let scale = fa.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = fa.iter().zip(&fb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-3 * scale, "adapters differ by {diff} (scale {scale})");
     }
 
     #[test]
