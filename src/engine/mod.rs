@@ -439,4 +439,32 @@ mod tests {
         };
         assert!(stopped_after <= requested_after + 1 && stopped_after < 40, "{requested_after} → {stopped_after}");
     }
+    /// Learning a scene into Stable Diffusion streams one loss per step and stops within one
+    /// step of a cancel, like the scene model's learning.
+    #[test]
+    fn stable_diffusion_learning_streams_losses_and_cancels() {
+        let engine = Engine::start(BackendChoice::Cpu);
+        let mut s = sd_settings(2);
+        s.sd.lora_steps = Some(500);
+        s.sd.lora_batch = Some(1);
+        engine.submit(Job::Learn { scene: Arc::new(tiny_scene()), settings: s });
+        let mut losses = 0;
+        let (requested_after, stopped_after) = loop {
+            match engine.events().recv().unwrap() {
+                Event::Learning { step, total, loss, .. } => {
+                    losses += 1;
+                    assert_eq!((step, total), (losses, 500));
+                    assert!(loss.is_finite());
+                    if step == 3 {
+                        engine.cancel();
+                    }
+                }
+                Event::Cancelled { requested_after, stopped_after } => break (requested_after, stopped_after),
+                Event::Learned { .. } => panic!("finished despite cancel"),
+                Event::Failed(e) => panic!("failed: {e}"),
+                _ => {}
+            }
+        };
+        assert!(stopped_after <= requested_after + 1 && stopped_after < 500, "{requested_after} → {stopped_after}");
+    }
 }
