@@ -331,8 +331,38 @@ mod tests {
     use burn::tensor::DType;
 
     fn tiny(device: &Device) -> StableDiffusion {
+        tiny_in(device, DType::F32)
+    }
+
+    fn tiny_in(device: &Device, dtype: DType) -> StableDiffusion {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
-        StableDiffusion::load(&dir, device, DType::F32).unwrap()
+        StableDiffusion::load(&dir, device, dtype).unwrap()
+    }
+
+    /// With the base in half precision (as on a GPU) the f32 adapters still learn.
+    #[test]
+    fn adapters_learn_beside_a_half_precision_base() {
+        let ad = Device::flex().autodiff();
+        let mut sd = tiny_in(&ad, DType::F16);
+        let images = scene_images();
+        let s = LoraLearnSettings {
+            rank: 4,
+            steps: 30,
+            batch: 2,
+            lr_unet: 2e-3,
+            lr_text: 4e-4,
+            ..LoraLearnSettings::quick()
+        };
+        let fixed = make_batch(&sd, &images, &LoraLearnSettings { batch: 8, ..s.clone() }, 32, &mut Rng::new(9));
+        sd.unet = sd.unet.clone().no_grad();
+        sd.text = sd.text.clone().no_grad();
+        sd.vae = sd.vae.clone().no_grad();
+        lora::init(&mut sd, 4, 4.0, 0);
+        let before = step(&mut sd, &mut Learner::new(0.0, 0.0), &fixed).unwrap();
+        learn(&mut sd, &images, &s, &mut |_, _, _| {}, &|| false).unwrap();
+        lora::set_trainable(&mut sd, true);
+        let after = step(&mut sd, &mut Learner::new(0.0, 0.0), &fixed).unwrap();
+        assert!(after < 0.8 * before, "loss on a fixed batch {before} → {after}");
     }
 
     fn scene_images() -> Vec<LearnImage> {
