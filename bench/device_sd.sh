@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$BIN" sd-check --backend wgpu --f16 --tolerance 5e-2 --model tests/fixtures/sd-tiny --io tests/fixtures/sd-tiny/io.safetensors
 DIR="${TMPDIR:-/tmp}/realfill-sd2-random"
 [ -d "$DIR" ] || "$BIN" sd-random --out "$DIR"
-"$BIN" bench --backend wgpu --sd-model "$DIR" --repeats 5 --steps "$STEPS" &
+"$BIN" bench --backend wgpu --sd-model "$DIR" --repeats 5 --sd-steps "$STEPS" &
 PID=$!
 # GPU memory while it runs (peak of the samples).
 PEAK=0

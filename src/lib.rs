@@ -4,6 +4,7 @@
 //! model) → [`engine::Event`]s (progress, previews, result) → CLI or app.
 
 pub mod align;
+pub mod allocator;
 pub mod app;
 pub mod cli;
 #[cfg(feature = "dev-tools")]

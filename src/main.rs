@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    realfill::allocator::keep_freed_memory();
     let cli = realfill::cli::Cli::parse();
     realfill::tempfiles::cleanup_on_signals();
     if let Err(e) = realfill::switches::init() {

@@ -9,7 +9,7 @@ use std::path::Path;
 /// Layers, lowest first. A top-level module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["rng", "settings", "switches", "tempfiles"],
+    &["allocator", "rng", "settings", "switches", "tempfiles"],
     &["kernels"],
     &["scene"],
     &["align", "eval"],

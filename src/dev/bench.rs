@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Image side of the Stable Diffusion figures.
     #[arg(long, default_value_t = 512)]
     pub sd_size: usize,
+    /// Guided steps of the one measured Stable Diffusion fill.
+    #[arg(long, default_value_t = crate::settings::defaults::SD_STEPS)]
+    pub sd_steps: usize,
 }
 
 impl BenchArgs {
@@ -554,8 +557,11 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     use crate::diffusion::sd::StableDiffusion;
     use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
     let dir = a.sd_model.as_ref().expect("sd_model given");
+    // Each row also goes to stderr as it is measured: the whole run takes many minutes on a CPU.
     let mut row = |what: String, secs: Vec<f64>| {
-        rows.push(Row { backend: name.into(), what, ms: median(secs) * 1e3, gflop: f64::NAN })
+        let ms = median(secs) * 1e3;
+        eprintln!("{what}: {ms:.0} ms");
+        rows.push(Row { backend: name.into(), what, ms, gflop: f64::NAN })
     };
     let t = Instant::now();
     let dtype = crate::diffusion::sd::precision_for(device);
@@ -595,8 +601,8 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         format!("SD UNet step {size}², guided pair (batch 2)"),
         time(Box::new(|| sync(sd.unet.forward(x2.clone(), &[500.0, 500.0], &context)))),
     );
-    // One whole fill, measured once (it is long on a CPU): 50 guided steps unless --steps says.
-    let steps = if a.steps == crate::settings::defaults::STEPS { crate::settings::defaults::SD_STEPS } else { a.steps };
+    // One whole fill, measured once (it is long on a CPU).
+    let steps = a.sd_steps;
     let canvas = RgbF::from_fn(size, size, |x, y| [x as f32 / size as f32, y as f32 / size as f32, 0.5]);
     let mut hole = Mask::new(size, size, 0.0);
     for y in size / 4..size * 3 / 4 {
