@@ -2,7 +2,7 @@
 //! tensor. glibc serves blocks above 128 KB–32 MB from fresh `mmap`s and unmaps them on free, so
 //! each operation's output arrives as new pages the kernel must zero (12 % of a Stable Diffusion
 //! UNet step in `perf`: `clear_page_erms`). Serving them from the heap and keeping freed memory
-//! for reuse makes that step 27 % faster (docs/BENCHMARKS.md, session 8). The cost: the process
+//! for reuse makes that step 10–27 % faster (docs/BENCHMARKS.md, session 8). The cost: the process
 //! keeps its peak memory until it exits instead of returning it between jobs.
 
 /// Called once at start-up, before any thread exists. `REALFILL_DEFAULT_MALLOC=1` leaves
