@@ -630,9 +630,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     use crate::diffusion::sd::lora_train::{LearnImage, Learner, LoraLearnSettings, make_batch, step};
     let ad = device.clone().autodiff();
     let mut sd = StableDiffusion::load(dir, &ad, dtype)?;
-    sd.unet = sd.unet.clone().no_grad();
-    sd.text = sd.text.clone().no_grad();
-    sd.vae = sd.vae.clone().no_grad();
+    crate::diffusion::sd::lora::freeze_base(&mut sd);
     crate::diffusion::sd::lora::init(&mut sd, 8, 8.0, 0);
     let ls = LoraLearnSettings { batch: 1, ..LoraLearnSettings::quality() };
     let images = vec![LearnImage { rgb: canvas.clone(), known: Mask::new(size, size, 1.0) }];

@@ -268,9 +268,7 @@ fn lora_step(model: &Path, io: &Io, device: &Device) -> Result<Vec<Row>> {
     let lr = |k: &str| meta(k)?.parse::<f64>().map_err(|e| Error::input(&io.path, format!("{k}: {e}")));
     let ad = device.clone().autodiff();
     let mut sd = StableDiffusion::load(model, &ad, DType::F32)?;
-    sd.unet = sd.unet.no_grad();
-    sd.text = sd.text.no_grad();
-    sd.vae = sd.vae.no_grad();
+    lora::freeze_base(&mut sd);
     let init = dir.join(meta("train.lora_init")?);
     lora::load(&mut sd, &init)?;
     lora::set_trainable(&mut sd, true);

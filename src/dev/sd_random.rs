@@ -78,21 +78,7 @@ fn save_fp16(path: &Path, made: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<(
 
 /// CLIP's byte-level vocabulary without merges: every byte alone and at a word's end.
 fn byte_tokenizer(dir: &Path) -> Result<()> {
-    let chars: Vec<char> = {
-        let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-        let mut cs = printable.clone();
-        let mut n = 0;
-        for b in 0..256u32 {
-            if !printable.contains(&b) {
-                printable.push(b);
-                cs.push(256 + n);
-                n += 1;
-            }
-        }
-        let mut pairs: Vec<(u32, u32)> = printable.into_iter().zip(cs).collect();
-        pairs.sort();
-        pairs.into_iter().map(|(_, c)| char::from_u32(c).expect("valid")).collect()
-    };
+    let chars = crate::diffusion::sd::tokenizer::bytes_to_unicode();
     let mut vocab = serde_json::Map::new();
     let tokens = chars.iter().map(|c| c.to_string()).chain(chars.iter().map(|c| format!("{c}</w>")));
     for (i, t) in tokens.chain(["<|startoftext|>".to_string(), "<|endoftext|>".to_string()]).enumerate() {

@@ -143,6 +143,14 @@ pub fn to_bytes(sd: &mut StableDiffusion) -> Result<Vec<u8>> {
     safetensors::serialize(views, meta).map_err(|e| Error::Engine(format!("LoRA file: {e}")))
 }
 
+/// Freezes every weight the model has (before adapters are added for learning: the base
+/// layers never learn, the VAE is only run forward).
+pub fn freeze_base(sd: &mut StableDiffusion) {
+    sd.unet = sd.unet.clone().no_grad();
+    sd.text = sd.text.clone().no_grad();
+    sd.vae = sd.vae.clone().no_grad();
+}
+
 /// Every adapter frozen or trainable; the base layers always frozen.
 pub fn set_trainable(sd: &mut StableDiffusion, trainable: bool) {
     for (_, p) in all_projs(sd) {

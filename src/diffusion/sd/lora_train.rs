@@ -305,9 +305,7 @@ pub fn learn(
         return Err(Error::Invalid("nothing to learn from".into()));
     }
     let (size, _) = super::inpaint::model_size(sd, 1, 1);
-    sd.unet = sd.unet.clone().no_grad();
-    sd.text = sd.text.clone().no_grad();
-    sd.vae = sd.vae.clone().no_grad();
+    super::lora::freeze_base(sd);
     super::lora::init(sd, s.rank, s.rank as f32, s.seed);
     let mut rng = Rng::new(s.seed ^ 0x10AA);
     let mut learner = Learner::new(s.lr_unet, s.lr_text);
@@ -354,9 +352,7 @@ mod tests {
             ..LoraLearnSettings::quick()
         };
         let fixed = make_batch(&sd, &images, &LoraLearnSettings { batch: 8, ..s.clone() }, 32, &mut Rng::new(9));
-        sd.unet = sd.unet.clone().no_grad();
-        sd.text = sd.text.clone().no_grad();
-        sd.vae = sd.vae.clone().no_grad();
+        lora::freeze_base(&mut sd);
         lora::init(&mut sd, 4, 4.0, 0);
         let before = step(&mut sd, &mut Learner::new(0.0, 0.0), &fixed).unwrap();
         learn(&mut sd, &images, &s, &mut |_, _, _| {}, &|| false).unwrap();
@@ -403,9 +399,7 @@ mod tests {
         let mut rng = Rng::new(9);
         let fixed = make_batch(&sd, &images, &LoraLearnSettings { batch: 8, ..s.clone() }, 32, &mut rng);
         let probe = |sd: &mut StableDiffusion| step(sd, &mut Learner::new(0.0, 0.0), &fixed).unwrap();
-        sd.unet = sd.unet.clone().no_grad();
-        sd.text = sd.text.clone().no_grad();
-        sd.vae = sd.vae.clone().no_grad();
+        lora::freeze_base(&mut sd);
         lora::init(&mut sd, 4, 4.0, 0);
         let before = probe(&mut sd);
         learn(&mut sd, &images, &s, &mut |_, _, _| {}, &|| false).unwrap();
@@ -422,9 +416,7 @@ mod tests {
         let s = LoraLearnSettings { batch: 4, ..LoraLearnSettings::quick() };
         let run = |micro: usize| {
             let mut sd = tiny(&ad);
-            sd.unet = sd.unet.clone().no_grad();
-            sd.text = sd.text.clone().no_grad();
-            sd.vae = sd.vae.clone().no_grad();
+            lora::freeze_base(&mut sd);
             lora::init(&mut sd, 4, 4.0, 5);
             let batch = make_batch(&sd, &images, &s, 32, &mut Rng::new(4));
             let mut learner = Learner::new(1e-2, 1e-3);

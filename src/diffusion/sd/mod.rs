@@ -16,7 +16,7 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 
 /// The five parts of a diffusers Stable Diffusion folder.
 pub struct StableDiffusion {
-    pub dir: PathBuf,
     pub unet: unet::UNet,
     pub unet_config: config::UNetConfig,
     pub vae: vae::Vae,
@@ -88,17 +87,7 @@ impl StableDiffusion {
             ));
         }
         let scheduler = scheduler::Scheduler::load(&dir.join("scheduler").join("scheduler_config.json"))?;
-        Ok(StableDiffusion {
-            dir: dir.to_path_buf(),
-            unet,
-            unet_config,
-            vae,
-            vae_config,
-            text,
-            tokenizer,
-            scheduler,
-            device: device.clone(),
-        })
+        Ok(StableDiffusion { unet, unet_config, vae, vae_config, text, tokenizer, scheduler, device: device.clone() })
     }
 
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.

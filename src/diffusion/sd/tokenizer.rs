@@ -27,7 +27,7 @@ pub struct Tokenizer {
 }
 
 /// GPT-2's reversible map from bytes to printable characters.
-fn bytes_to_unicode() -> [char; 256] {
+pub fn bytes_to_unicode() -> [char; 256] {
     let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut n = 0;
