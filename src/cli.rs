@@ -47,6 +47,9 @@ pub enum Command {
     #[cfg(feature = "dev-tools")]
     #[command(hide = true)]
     TorchCheck(crate::dev::torch_check::TorchCheckArgs),
+    /// Serve this machine's GPU (or CPU) to realfill on other machines: burn's remote backend
+    /// over WebSocket, behind an access token (README, "GPU server").
+    Serve(ServeArgs),
     /// Check realfill's Stable Diffusion networks against diffusers' outputs on the same
     /// inputs (bench/diffusers_reference.py writes model and IO file).
     #[cfg(feature = "dev-tools")]
@@ -84,8 +87,14 @@ pub struct ModelArgs {
     /// Random seed (same seed, same backend → same output).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    /// Where burn computes: auto (a GPU here when there is one, else the CPU), wgpu, cpu, or
+    /// remote=ws://HOST:PORT — a GPU server started with `realfill serve` (README, "GPU server").
+    #[arg(long, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// The GPU server's access token, as `realfill serve` printed it (else from
+    /// $REALFILL_REMOTE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Learning steps for the scene model.
     #[arg(long, default_value_t = defaults::LEARN_STEPS)]
     pub learn_steps: usize,
@@ -201,6 +210,24 @@ pub struct EvalArgs {
     pub model: ModelArgs,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address and port to listen on. This machine only by default: from another machine, reach
+    /// it through an SSH tunnel (`ssh -L 7878:127.0.0.1:7878 gpu-machine`).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: std::net::SocketAddr,
+    /// Allow listening on an address other machines reach directly. The connection is not
+    /// encrypted (the token and the images travel readable): only on a network you trust.
+    #[arg(long)]
+    pub allow_network: bool,
+    /// What computes: auto (the GPU when there is one), wgpu, or cpu.
+    #[arg(long, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Read the access token from FILE instead of generating a fresh one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Resolved input paths.
 pub struct ScenePaths {
     pub target: PathBuf,
@@ -301,6 +328,55 @@ fn settings(m: &ModelArgs, steps: Option<usize>, sampler: SamplerKind, candidate
     Ok(s)
 }
 
+/// `realfill serve`: check the flags, pick the device, print how to reach it, serve until
+/// Ctrl-C.
+pub fn cmd_serve(a: &ServeArgs) -> Result<()> {
+    if matches!(a.backend, BackendChoice::Remote(_)) {
+        return Err(Error::Invalid("--backend: a server computes here: give auto, wgpu or cpu".into()));
+    }
+    if !a.listen.ip().is_loopback() && !a.allow_network {
+        return Err(Error::Invalid(format!(
+            "--listen {}: other machines could reach this server, and its connection is not encrypted; \
+             keep 127.0.0.1 and use an SSH tunnel (README, \"GPU server\"), or add --allow-network on a network you trust",
+            a.listen
+        )));
+    }
+    let token = match &a.token_file {
+        Some(f) => crate::remote::read_token_file(f)?,
+        None => crate::remote::new_token(),
+    };
+    let (device, mut description, warning) = crate::engine::device::pick_local(&a.backend);
+    if device == burn::prelude::Device::flex() {
+        // Clients' work arrives as burn operations: realfill's own CPU kernels serve local runs only.
+        description = format!("CPU (burn flex, {} threads)", crate::engine::device::cpu_threads());
+    }
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let gpu = device != burn::prelude::Device::flex();
+    let serve =
+        crate::remote::Serve { listen: a.listen, token: token.clone(), device, description: description.clone(), gpu };
+    let from_file = a.token_file.as_ref().map(|f| f.display().to_string());
+    crate::remote::serve(serve, |address| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "realfill {} GPU server (burn {})", crate::remote::VERSION, crate::remote::BURN_VERSION);
+        let _ = writeln!(out, "device: {description}");
+        let _ = writeln!(out, "listening on ws://{address}");
+        let _ = match &from_file {
+            Some(f) => writeln!(out, "token: the one in {f}"),
+            None => writeln!(out, "token: {token}"),
+        };
+        let _ = writeln!(
+            out,
+            "clients: --backend remote=ws://{address} with the token in --token-file FILE or ${}; Ctrl-C stops",
+            crate::remote::TOKEN_ENV
+        );
+        let _ = out.flush();
+    })
+    .map_err(Error::Invalid)
+}
+
 /// Drives one job and renders its events on stderr.
 pub struct Driver {
     engine: Engine,
@@ -308,8 +384,10 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(backend: BackendChoice, quiet: bool) -> Driver {
-        Driver { engine: Engine::start(backend), quiet }
+    /// An engine on `m`'s backend (a GPU server's token read here).
+    pub fn new(m: &ModelArgs, quiet: bool) -> Result<Driver> {
+        let backend = m.backend.clone().with_token(m.token_file.as_deref())?;
+        Ok(Driver { engine: Engine::start(backend), quiet })
     }
 
     pub fn run(&self, job: Job) -> Result<Option<FillOutput>> {
@@ -398,6 +476,7 @@ impl Driver {
                 Event::Done(out) => return Ok(Some(*out)),
                 // The worker's message is complete (it names the file, or says "engine:").
                 Event::Failed(msg) => return Err(Error::Invalid(msg)),
+                Event::ServerLost(msg) => return Err(Error::Server(msg)),
                 Event::Cancelled { .. } => return Err(Error::Cancelled),
             }
         }
@@ -444,7 +523,7 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     for rank in 0..a.candidates {
         crate::scene::io::check_output_size(&candidate_path(&a.out, rank), cw, ch)?;
     }
-    let driver = Driver::new(a.model.backend, quiet);
+    let driver = Driver::new(&a.model, quiet)?;
     let mut outs = Vec::new();
     for k in 0..a.candidates {
         let mut sk = s.clone();
@@ -517,7 +596,7 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
     let s = settings(&a.model, None, SamplerKind::default(), defaults::CANDIDATES)?;
     let scene = load_scene(&paths, learning_of(&s, true), &mut |w| eprintln!("warning: {w}"))?;
-    let driver = Driver::new(a.model.backend, a.model.quiet);
+    let driver = Driver::new(&a.model, a.model.quiet)?;
     let t = Instant::now();
     driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;
     if !a.model.quiet {
@@ -553,7 +632,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
         std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
     }
     let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, defaults::CANDIDATES)?;
-    let driver = Driver::new(a.model.backend, a.model.quiet || a.json);
+    let driver = Driver::new(&a.model, a.model.quiet || a.json)?;
     let (mut rows, mut errors) = (Vec::new(), Vec::new());
     // Every scene that can be scored is; a bad one is named with its reason and the run goes on.
     for d in dirs {
@@ -574,7 +653,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
                 }
                 rows.push(row);
             }
-            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e @ (Error::Cancelled | Error::Server(_))) => return Err(e),
             Err(e) => {
                 if !a.json {
                     eprintln!("{name:<22} not scored: {e}");
@@ -709,6 +788,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Fill(a) => cmd_fill(&a),
         Command::Learn(a) => cmd_learn(&a),
         Command::Eval(a) => cmd_eval(&a),
+        Command::Serve(a) => cmd_serve(&a),
         #[cfg(feature = "dev-tools")]
         Command::Bench(a) => crate::dev::bench::run(&a),
         #[cfg(feature = "dev-tools")]

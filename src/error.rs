@@ -20,6 +20,9 @@ pub enum Error {
     /// The model or the backend failed.
     #[error("engine: {0}")]
     Engine(String),
+    /// The GPU server cannot be used: not reached, refused, or lost during a job.
+    #[error("{0}")]
+    Server(String),
 }
 
 impl Error {

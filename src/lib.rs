@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod kernels;
+pub mod remote;
 pub mod rng;
 pub mod scene;
 pub mod settings;

@@ -739,3 +739,88 @@ fn a_folder_that_is_not_stable_diffusion_is_named_and_not_kept() {
     assert!(app.settings().run.sd.model.is_none());
     assert_ne!(app.settings().run.engine, realfill::settings::EngineKind::StableDiffusion);
 }
+
+mod common;
+
+/// The Run panel's GPU server: a fill computes there; when the server is gone the next job
+/// fails with a message saying so, "Use this computer" is offered, and the fill after it runs
+/// here. The document is never touched by the failure.
+#[test]
+fn the_gpu_server_fills_and_when_it_is_gone_this_computer_takes_over() {
+    let dir = std::env::temp_dir().join(format!("realfill-app-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "app-secret").unwrap();
+    let server = common::Server::start(&token);
+    let mut app = demo_app(2, 1);
+    app.settings_mut().gpu_server = realfill::remote::Server { url: server.url.clone(), token: "app-secret".into() };
+    let mut h = harness(app);
+    h.get_by_label("GPU server").click();
+    h.run_steps(2);
+    h.get_by_label("Use the GPU server").click();
+    h.step();
+    step_until(&mut h, |app| {
+        app.backend_description().is_some() || app.messages().iter().any(|m| m.level == Level::Error)
+    });
+    let described = h.state().backend_description().unwrap_or_default().to_string();
+    assert!(
+        described.starts_with(&format!("GPU server {}: CPU", server.url)),
+        "{described}; {:?}",
+        h.state().messages()
+    );
+    press_and_wait(&mut h, "Fill");
+    assert_eq!(h.state().candidates().len(), 1, "filled through the server");
+    // (No snapshot: the address's port differs per run. docs/screenshots/app-gpu-server-*.png
+    // are this test's frames here and after the server stops.)
+
+    server.stop();
+    // Undo brings the painted region back, to fill it again.
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    let before = h.state().doc().unwrap().target.clone();
+    h.get_by_label("Fill").click();
+    h.step();
+    assert!(h.state().busy(), "Fill started a job: {:?}", h.state().status());
+    step_until(&mut h, |app| !app.busy() && app.messages().iter().any(|m| m.text.contains("was lost")));
+    assert!(std::sync::Arc::ptr_eq(&h.state().doc().unwrap().target, &before), "the canvas is as it was");
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("Not available: the connection to the GPU server").is_some());
+    h.get_by_label("Use this computer").click();
+    h.step();
+    step_until(&mut h, |app| app.backend_description().is_some());
+    assert!(h.state().backend_description().unwrap().starts_with("CPU"), "{:?}", h.state().backend_description());
+    fill_without_new_errors(&mut h);
+    assert!(!std::sync::Arc::ptr_eq(&h.state().doc().unwrap().target, &before), "filled here");
+}
+
+#[test]
+fn an_unreachable_gpu_server_is_named_and_this_computer_offered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut app = demo_app(2, 1);
+    app.settings_mut().gpu_server =
+        realfill::remote::Server { url: format!("ws://127.0.0.1:{port}"), token: "t".into() };
+    let mut h = harness(app);
+    h.get_by_label("GPU server").click();
+    h.run_steps(2);
+    h.get_by_label("Use the GPU server").click();
+    h.step();
+    step_until(&mut h, |app| app.messages().iter().any(|m| m.level == Level::Error));
+    let err = h.state().messages().iter().find(|m| m.level == Level::Error).unwrap().text.clone();
+    assert!(err.contains(&format!("ws://127.0.0.1:{port}: no GPU server answers there")), "{err}");
+    h.run_steps(2);
+    h.get_by_label("Use this computer").click();
+    h.step();
+    step_until(&mut h, |app| app.backend_description().is_some());
+    fill_without_new_errors(&mut h);
+}
+
+/// Fill and wait; the errors shown before stay the only ones and a candidate arrives.
+fn fill_without_new_errors(h: &mut Harness<'_, RealfillApp>) {
+    let errors = |app: &RealfillApp| app.messages().iter().filter(|m| m.level == Level::Error).count();
+    let before = errors(h.state());
+    h.get_by_label("Fill").click();
+    h.step();
+    step_until(h, |app| !app.busy());
+    assert_eq!(errors(h.state()), before, "{:?}", h.state().messages());
+    assert!(!h.state().candidates().is_empty(), "the fill ran here");
+}

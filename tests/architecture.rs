@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error"],
     &["allocator", "rng", "settings", "switches", "tempfiles"],
-    &["kernels"],
+    &["kernels", "remote"],
     &["scene"],
     &["align", "eval"],
     &["diffusion"],

@@ -49,6 +49,10 @@ pub enum Command {
     Paste(PasteAs),
     /// Copy the current image to the clipboard.
     CopyImage,
+    /// Compute on the GPU server typed in the Run panel (connects at once).
+    UseGpuServer,
+    /// Compute on this computer again.
+    UseThisComputer,
 }
 
 /// A keyboard shortcut, the command it pushes, and what it does in words (the shortcut list).

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::engine::{Engine, Event, FillSettings, Job};
+use crate::engine::{BackendChoice, Engine, Event, FillSettings, Job};
 use crate::scene::{Photo, Scene};
 use crate::settings::EngineKind;
 use canvas::Canvas;
@@ -114,6 +114,8 @@ pub struct RealfillApp {
     applied_revision: Option<u64>,
     messages: Vec<Message>,
     backend: Option<String>,
+    /// Why the GPU server cannot be used (shown in the Run panel with "Use this computer").
+    server_lost: Option<String>,
     status: String,
     canvas: Canvas,
     show_before: bool,
@@ -147,7 +149,8 @@ pub struct RealfillApp {
     /// For waking the UI from background threads (set at the first frame).
     repaint_handle: Option<egui::Context>,
     ref_thumbs: ThumbCache,
-    /// Show the UI frame time in the status bar (off for snapshots, which must not vary).
+    /// Show times in the status bar: the UI frame time, a fill's seconds (off for snapshots,
+    /// which must not vary).
     show_frame_time: bool,
     /// The previous frame's CPU time as eframe measures it (UI, tessellation, rendering).
     frame_total_ms: f32,
@@ -199,6 +202,7 @@ impl RealfillApp {
             applied_revision: None,
             messages: Vec::new(),
             backend: None,
+            server_lost: None,
             status: String::new(),
             canvas: Canvas::default(),
             show_before: false,
@@ -262,7 +266,7 @@ impl RealfillApp {
         self
     }
 
-    /// Hide the frame time in the status bar (snapshots must not vary).
+    /// Hide the frame time and a fill's seconds in the status bar (snapshots must not vary).
     pub fn without_frame_time(mut self) -> RealfillApp {
         self.show_frame_time = false;
         self
@@ -303,6 +307,12 @@ impl RealfillApp {
     pub fn status(&self) -> &str {
         &self.status
     }
+    /// Where jobs compute, as the engine described it (None until it started, or when its GPU
+    /// server was lost).
+    pub fn backend_description(&self) -> Option<&str> {
+        self.backend.as_deref()
+    }
+
     pub fn messages(&self) -> &[Message] {
         &self.messages
     }
@@ -344,11 +354,40 @@ impl RealfillApp {
     }
 
     fn engine(&mut self, ctx: &egui::Context) -> &Engine {
-        let backend = self.settings.backend;
+        let backend = self.settings.backend.clone();
         self.engine.get_or_insert_with(|| {
             let ctx = ctx.clone();
             Engine::start_with_waker(backend, Some(Arc::new(move || ctx.request_repaint())))
         })
+    }
+
+    /// A job ended without a result (or none was running): the canvas keeps what it had.
+    fn job_failed(&mut self, message: String) {
+        self.preview = None;
+        self.native_preview.clear();
+        self.native_pending.clear();
+        if self.running.take().is_some() {
+            self.status = "failed".into();
+        }
+        self.error(message);
+    }
+
+    /// Compute on `backend` from the next job on; the engine restarts at once, so a GPU server
+    /// is connected (or found unreachable) now rather than at the next Fill. The old engine is
+    /// let go off the UI thread (a worker still connecting would hold the frame).
+    fn switch_backend(&mut self, ctx: &egui::Context, backend: BackendChoice) {
+        self.settings.backend = backend;
+        self.server_lost = None;
+        self.backend = None;
+        if let Some(old) = self.engine.take() {
+            std::thread::spawn(move || drop(old));
+        }
+        self.engine(ctx);
+    }
+
+    /// Whether jobs compute on a GPU server, and its trouble if it has any.
+    pub fn gpu_server_state(&self) -> (bool, Option<&str>) {
+        (matches!(self.settings.backend, BackendChoice::Remote(_)), self.server_lost.as_deref())
     }
 
     pub fn busy(&self) -> bool {
@@ -493,12 +532,13 @@ impl RealfillApp {
                 }
                 Event::Failed(e) => {
                     newest_preview = None;
-                    self.preview = None;
-                    self.native_preview.clear();
-                    self.native_pending.clear();
-                    self.running = None;
-                    self.status = "failed".into();
-                    self.error(e);
+                    self.job_failed(e);
+                }
+                Event::ServerLost(e) => {
+                    newest_preview = None;
+                    self.backend = None;
+                    self.server_lost = Some(e.clone());
+                    self.job_failed(format!("{e} (Run panel, GPU server: Use this computer)"));
                 }
                 Event::Cancelled { .. } => {
                     newest_preview = None;
@@ -594,7 +634,12 @@ impl RealfillApp {
             EngineKind::StableDiffusion => "Stable Diffusion".to_string(),
             e => format!("the {}", e.label()),
         };
-        self.status = format!("filled in {seconds:.1} s with {engine} (seed {seed})");
+        // (Snapshots must not vary: without times, the seconds are left out.)
+        self.status = if self.show_frame_time {
+            format!("filled in {seconds:.1} s with {engine} (seed {seed})")
+        } else {
+            format!("filled with {engine} (seed {seed})")
+        };
         if remaining == 0 && self.candidates.len() > 1 {
             self.rank_candidates();
         }
@@ -788,6 +833,18 @@ impl RealfillApp {
                     });
                 }
             }
+            Command::UseGpuServer if editable => {
+                let typed = self.settings.gpu_server.clone();
+                match crate::remote::parse_url(typed.url.trim()) {
+                    Ok(url) => {
+                        let server = crate::remote::Server { url, token: typed.token.trim().to_string() };
+                        self.settings.gpu_server = server.clone();
+                        self.switch_backend(ctx, BackendChoice::Remote(server));
+                    }
+                    Err(e) => self.error(e),
+                }
+            }
+            Command::UseThisComputer if editable => self.switch_backend(ctx, BackendChoice::Auto),
             Command::Quit => {
                 if self.request_close(ctx) {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);
@@ -804,7 +861,10 @@ impl RealfillApp {
             | Command::ClearMask
             | Command::GrowMask(_)
             | Command::RemoveReference(_)
-            | Command::SetExtension(_) => {}
+            | Command::SetExtension(_)
+            // The engine is not switched under a running job.
+            | Command::UseGpuServer
+            | Command::UseThisComputer => {}
         }
     }
 

@@ -389,6 +389,7 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
             });
         });
         sd_settings(app, ui, busy);
+        gpu_server(app, ui, busy);
         ui.add_space(6.0);
         let can_run = app.has_fill_region() && !busy;
         let sd = app.settings.run.engine == EngineKind::StableDiffusion;
@@ -483,6 +484,45 @@ fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
                     .labelled_by(l.id);
                 ui.end_row();
             });
+        });
+    });
+}
+
+/// A GPU server (`realfill serve` on another machine): address, token, and the switch between
+/// it and this computer. The token field hides what is typed.
+fn gpu_server(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
+    let (remote, lost) = app.gpu_server_state();
+    let lost = lost.map(str::to_string);
+    egui::CollapsingHeader::new("GPU server").default_open(remote).show(ui, |ui| {
+        ui.add_enabled_ui(!busy, |ui| {
+            let server = &mut app.settings.gpu_server;
+            egui::Grid::new("gpu-server").num_columns(2).show(ui, |ui| {
+                let l = ui.label("Address");
+                ui.add(
+                    egui::TextEdit::singleline(&mut server.url).hint_text("ws://127.0.0.1:7878").desired_width(140.0),
+                )
+                .labelled_by(l.id)
+                .on_hover_text("What `realfill serve` printed on the GPU machine (through an SSH tunnel: 127.0.0.1)");
+                ui.end_row();
+                let l = ui.label("Token");
+                ui.add(egui::TextEdit::singleline(&mut server.token).password(true).desired_width(140.0))
+                    .labelled_by(l.id)
+                    .on_hover_text("The token `realfill serve` printed");
+                ui.end_row();
+            });
+            ui.horizontal(|ui| {
+                let label = if remote { "Reconnect" } else { "Use the GPU server" };
+                if ui.button(label).on_hover_text("Learning and filling compute there; the canvas stays here").clicked()
+                {
+                    app.push(Command::UseGpuServer);
+                }
+                if remote && ui.button("Use this computer").clicked() {
+                    app.push(Command::UseThisComputer);
+                }
+            });
+            if let Some(why) = lost {
+                ui.label(egui::RichText::new(format!("Not available: {why}")).color(Color32::from_rgb(255, 110, 110)));
+            }
         });
     });
 }

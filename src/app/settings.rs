@@ -16,7 +16,10 @@ pub struct AppSettings {
     pub run: RunSettings,
     /// Brush radius in image pixels.
     pub brush_radius: f32,
+    /// Where jobs compute: this computer (auto) or the GPU server below once connected.
     pub backend: BackendChoice,
+    /// The GPU server as typed in the Run panel (kept when computing here, for next time).
+    pub gpu_server: crate::remote::Server,
     pub last_dir: Option<PathBuf>,
     /// Pixels the mask grows or shrinks by.
     pub mask_step: f32,
@@ -44,6 +47,7 @@ impl Default for AppSettings {
             run: RunSettings::default(),
             brush_radius: 24.0,
             backend: BackendChoice::Auto,
+            gpu_server: crate::remote::Server { url: "ws://127.0.0.1:7878".into(), token: String::new() },
             last_dir: None,
             mask_step: 8.0,
             jpeg_quality: crate::scene::io::JPEG_QUALITY,
@@ -96,7 +100,14 @@ impl AppSettings {
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d).map_err(|e| crate::Error::output(d, e.to_string()))?;
         }
-        crate::scene::io::write_atomic(p, serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())
+        crate::scene::io::write_atomic(p, serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())?;
+        // The GPU server's token is in there: readable by this user only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(())
     }
 }
 

@@ -22,9 +22,13 @@ use crate::scene::{Mask, RgbF};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Backends to measure: cpu, wgpu, or auto (cpu, plus wgpu when a real GPU exists).
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    /// Backends to measure: cpu, wgpu, auto (cpu, plus wgpu when a real GPU exists), or
+    /// remote=ws://HOST:PORT (cpu here, beside the same figures through that GPU server).
+    #[arg(long, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// The GPU server's access token (else from $REALFILL_REMOTE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Timed repetitions per figure (after one or two warm-up runs).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
@@ -551,6 +555,27 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
     Ok(())
 }
 
+/// The fixed cost of one computation whose result is read back: a one-element add and its
+/// read. On a GPU server this is the network's round trip, paid once per read (a sampling step
+/// reads its result once).
+fn bench_round_trip(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) {
+    let x = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), device);
+    let times: Vec<f64> = (0..a.repeats * 20 + 5)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box((x.clone() + 1.0).into_scalar::<f32>());
+            t.elapsed().as_secs_f64()
+        })
+        .skip(5)
+        .collect();
+    rows.push(Row {
+        backend: name.into(),
+        what: "round trip: one-element add, read back".into(),
+        ms: median(times) * 1e3,
+        gflop: f64::NAN,
+    });
+}
+
 /// Stable Diffusion's parts at `a.sd_size`² on `device`, and a whole fill of
 /// `defaults::SD_STEPS` guided steps estimated from them and measured once.
 fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
@@ -656,15 +681,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         vec![(Device::flex(), format!("cpu-flex ({} thr)", device::cpu_threads()))];
     let gpus: Vec<_> = device::adapters();
     let want_wgpu = match a.backend {
-        BackendChoice::Cpu => false,
+        BackendChoice::Cpu | BackendChoice::Remote(_) => false,
         BackendChoice::Wgpu => true,
         BackendChoice::Auto => gpus.iter().any(|g| g.is_real_gpu),
     };
     if a.backend == BackendChoice::Wgpu {
         backends.clear();
     }
+    if let BackendChoice::Remote(_) = &a.backend {
+        let choice = a.backend.clone().with_token(a.token_file.as_deref())?;
+        let (d, desc, _) = device::pick(&choice).map_err(Error::Server)?;
+        eprintln!("remote device: {desc}");
+        backends.push((d, "remote".into()));
+    }
     if want_wgpu {
-        let (d, desc, warn) = device::pick(BackendChoice::Wgpu);
+        let (d, desc, warn) = device::pick_local(&BackendChoice::Wgpu);
         match warn {
             Some(w) => eprintln!("wgpu skipped: {w}"),
             None => {
@@ -677,6 +708,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut large_peak = None;
     for (d, name) in &backends {
         eprintln!("measuring {name} …");
+        bench_round_trip(d, name, a, &mut rows);
         if a.sd_model.is_some() {
             bench_sd(d, name, a, &mut rows)?;
             continue;

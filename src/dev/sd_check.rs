@@ -32,7 +32,7 @@ pub struct SdCheckArgs {
     /// Largest relative difference accepted.
     #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f32,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    #[arg(long, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
     /// Build the UNet and text encoder in half precision (as on a GPU); the reference is f32,
     /// so give a looser --tolerance (f16 keeps about 3 significant digits).
@@ -325,7 +325,7 @@ fn lora_step(model: &Path, io: &Io, device: &Device) -> Result<Vec<Row>> {
 }
 
 pub fn run(a: &SdCheckArgs) -> Result<()> {
-    let (device, description, warning) = crate::engine::device::pick(a.backend);
+    let (device, description, warning) = crate::engine::device::pick_local(&a.backend);
     eprintln!("backend: {description}");
     if let Some(w) = warning {
         eprintln!("warning: {w}");

@@ -4,7 +4,11 @@
 use burn::prelude::*;
 use burn::tensor::DeviceKind;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+use crate::remote;
+
+/// Where burn's computations run. On the command line: `auto`, `wgpu`, `cpu` or
+/// `remote=ws://HOST:PORT` (the token comes separately: `--token-file`, `REALFILL_REMOTE_TOKEN`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendChoice {
     /// wgpu on a real GPU when there is one, else the CPU backend.
     Auto,
@@ -12,6 +16,49 @@ pub enum BackendChoice {
     Wgpu,
     /// burn's flex CPU backend.
     Cpu,
+    /// A GPU server (`realfill serve`) on another machine.
+    Remote(remote::Server),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "wgpu" => Ok(BackendChoice::Wgpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            _ => match s.strip_prefix("remote=") {
+                Some(url) => {
+                    Ok(BackendChoice::Remote(remote::Server { url: remote::parse_url(url)?, token: String::new() }))
+                }
+                None => Err(format!("{s}: the backend is auto, wgpu, cpu or remote=ws://HOST:PORT")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendChoice::Auto => f.write_str("auto"),
+            BackendChoice::Wgpu => f.write_str("wgpu"),
+            BackendChoice::Cpu => f.write_str("cpu"),
+            BackendChoice::Remote(s) => write!(f, "remote={}", s.url),
+        }
+    }
+}
+
+impl BackendChoice {
+    /// A remote choice takes its token from `file`, else from `REALFILL_REMOTE_TOKEN`
+    /// (`remote::connect` says so when there is none). Local choices are returned as they are.
+    pub fn with_token(self, file: Option<&std::path::Path>) -> crate::Result<BackendChoice> {
+        let BackendChoice::Remote(mut server) = self else { return Ok(self) };
+        server.token = match file {
+            Some(f) => remote::read_token_file(f)?,
+            None => std::env::var(remote::TOKEN_ENV).unwrap_or_default().trim().to_string(),
+        };
+        Ok(BackendChoice::Remote(server))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -62,7 +109,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Run one tiny computation to prove a device works (wgpu initialises lazily and panics on
 /// failure; we want a message and a fallback instead).
-fn probe(device: &Device) -> Result<(), String> {
+pub fn probe(device: &Device) -> Result<(), String> {
     let d = device.clone();
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -76,6 +123,25 @@ fn probe(device: &Device) -> Result<(), String> {
         Ok(v) => Err(format!("probe computed {v} instead of 6")),
         Err(p) => Err(panic_message(&p)),
     }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Panics on the calling thread are no longer printed (they are caught and reported as the
+/// job's failure); every other thread's still are.
+pub fn quiet_panics_on_this_thread() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -105,13 +171,24 @@ fn cpu_description() -> String {
     format!("CPU (burn flex, {} threads; realfill kernels: {kernels}, {:?})", cpu_threads(), plan.simd)
 }
 
-/// Pick a device. Returns it, a description, and a warning when we fell back.
-pub fn pick(choice: BackendChoice) -> (Device, String, Option<String>) {
+/// Pick a device. Returns it, a description, and a warning when we fell back; an error only
+/// for a GPU server that cannot be used (a local choice always has the CPU to fall back on).
+pub fn pick(choice: &BackendChoice) -> Result<(Device, String, Option<String>), String> {
+    if let BackendChoice::Remote(server) = choice {
+        let (device, info) = remote::connect(server)?;
+        let gpu = if info.gpu { "" } else { " — a CPU, not a GPU" };
+        return Ok((device, format!("GPU server {}: {}{gpu}", server.url, info.description), None));
+    }
+    Ok(pick_local(choice))
+}
+
+/// `pick` for the choices on this machine (a remote one counts as `Auto`).
+pub fn pick_local(choice: &BackendChoice) -> (Device, String, Option<String>) {
     let cpu = || (Device::flex(), cpu_description());
     let want_wgpu = match choice {
         BackendChoice::Cpu => false,
         BackendChoice::Wgpu => true,
-        BackendChoice::Auto => adapters().iter().any(|a| a.is_real_gpu),
+        BackendChoice::Auto | BackendChoice::Remote(_) => adapters().iter().any(|a| a.is_real_gpu),
     };
     if !want_wgpu {
         let (d, s) = cpu();

@@ -65,6 +65,11 @@ pub enum Event {
     },
     Done(Box<FillOutput>),
     Failed(String),
+    /// The GPU server cannot be used: it was not reached at the start (then every job fails
+    /// with this message), or the connection was lost during a job (which this event ends, in
+    /// place of `Failed`). Nothing else changes; an engine on a local backend can take the
+    /// next job.
+    ServerLost(String),
     /// The job stopped at a cancel request; nothing was produced. `requested_after`: the steps
     /// (learning and sampling) the job had reported when `Engine::cancel` was called;
     /// `stopped_after`: the steps it had reported when it stopped. The step under way when the
@@ -189,8 +194,26 @@ impl Drop for Engine {
 }
 
 fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<Control>) {
-    let (device, description, warning) = device::pick(backend);
+    let (device, description, warning) = match device::pick(&backend) {
+        Ok(picked) => picked,
+        Err(msg) => {
+            tx.send(Event::ServerLost(msg.clone()));
+            for _ in jobs.iter() {
+                tx.send(Event::Failed(msg.clone()));
+            }
+            return;
+        }
+    };
     tx.send(Event::Backend { description, warning });
+    let server = match &backend {
+        BackendChoice::Remote(s) => Some(s.url.clone()),
+        _ => None,
+    };
+    if server.is_some() {
+        // A lost connection surfaces as a panic inside burn; the job reports it, so the panic's
+        // own print (with a backtrace) would only bury the message.
+        device::quiet_panics_on_this_thread();
+    }
     let mut held = pipeline::Held::default();
     for job in jobs.iter() {
         control.steps.store(0, Ordering::SeqCst);
@@ -218,7 +241,24 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
                 Event::Failed(format!("internal error in the engine: {}", device::panic_message(&p)))
             }
         };
-        tx.send(event);
+        // A job that failed on a GPU server: if the server no longer answers, say so (the job's
+        // own error is often only "failed to read a tensor").
+        let lost = match (&event, &server) {
+            (Event::Failed(_), Some(url)) => device::probe(&device).err().map(|_| {
+                format!(
+                    "the connection to the GPU server at {url} was lost during the job; what you made is kept, and \
+                     the next job can run on this computer"
+                )
+            }),
+            _ => None,
+        };
+        match lost {
+            Some(msg) => {
+                held = pipeline::Held::default();
+                tx.send(Event::ServerLost(msg));
+            }
+            None => tx.send(event),
+        }
     }
 }
 

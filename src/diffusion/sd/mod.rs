@@ -42,8 +42,10 @@ pub const HELP: &str = "realfill needs the diffusers folder of stabilityai/stabl
 /// The float type of the UNet and the text encoder on `device`: f16 on a GPU (half the memory
 /// and the GPU's fast path, as diffusers runs SD there), f32 on the CPU backend (which computes
 /// f16 by conversion). The VAE stays f32 (`vae::Vae::load`).
+/// A GPU server counts by its own device (`remote::server_of`).
 pub fn precision_for(device: &Device) -> DType {
-    if *device == Device::flex() { DType::F32 } else { DType::F16 }
+    let cpu_server = crate::remote::server_of(device).is_some_and(|s| !s.gpu);
+    if *device == Device::flex() || cpu_server { DType::F32 } else { DType::F16 }
 }
 
 impl StableDiffusion {

@@ -1,0 +1,241 @@
+//! The GPU server over loopback: `realfill serve` on this machine's CPU and clients on
+//! `--backend remote=…`. Results must equal the local backend's; refusals and a server that
+//! stops must end the job with one clear message and nothing written.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{Server, bin};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("realfill-remote-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn pattern(x: u32, y: u32, dx: u32) -> image::Rgb<u8> {
+    let u = x + dx;
+    let c = ((u / 6 + y / 6) % 2) as u8;
+    image::Rgb([40 + 150 * c, (u * 3 % 200) as u8 + 30, (y * 4 % 200) as u8 + 20])
+}
+
+/// target 80×56 with a 24×16 hole, one reference shifted by 5 px.
+fn scene(dir: &Path) {
+    image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 0)).save(dir.join("target.png")).unwrap();
+    image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 5)).save(dir.join("ref.png")).unwrap();
+    image::GrayImage::from_fn(80, 56, |x, y| {
+        image::Luma([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }])
+    })
+    .save(dir.join("mask.png"))
+    .unwrap();
+}
+
+/// `realfill fill` on the scene in `dir` with tiny model settings and its own cache.
+fn fill(dir: &Path, backend: &[&str], extra: &[&str], out: &Path) -> Output {
+    fill_with(dir, backend, extra, out, &[])
+}
+
+fn fill_with(dir: &Path, backend: &[&str], extra: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
+    bin()
+        .envs(env.iter().copied())
+        .env("REALFILL_CACHE", dir.join("cache"))
+        .env_remove("REALFILL_REMOTE_TOKEN")
+        .args(["fill", "--target"])
+        .arg(dir.join("target.png"))
+        .arg("--mask")
+        .arg(dir.join("mask.png"))
+        .arg("--ref")
+        .arg(dir.join("ref.png"))
+        .arg("--out")
+        .arg(out)
+        .args(["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--no-cache", "--quiet"])
+        .args(backend)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn token_file(dir: &Path, token: &str) -> PathBuf {
+    let f = dir.join("token");
+    std::fs::write(&f, format!("{token}\n")).unwrap();
+    f
+}
+
+/// Largest and mean absolute difference of two 8-bit images, in levels.
+fn difference(a: &Path, b: &Path) -> (u8, f64) {
+    let (a, b) = (image::open(a).unwrap().to_rgb8(), image::open(b).unwrap().to_rgb8());
+    assert_eq!(a.dimensions(), b.dimensions());
+    let d: Vec<u8> = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).collect();
+    (*d.iter().max().unwrap(), d.iter().map(|&v| v as f64).sum::<f64>() / d.len() as f64)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Each engine through the server equals the same engine here (same seed). The server runs
+/// clients' work as burn operations on its CPU, so the local runs compared are on burn's CPU
+/// backend too (`REALFILL_BURN_CPU`, `REALFILL_TENSOR_ATTENTION`: realfill's own CPU kernels
+/// order their sums differently, which a few learning steps amplify to a few levels).
+#[test]
+fn every_engine_through_a_loopback_server_matches_the_local_backend() {
+    let dir = tmp("match");
+    scene(&dir);
+    let tf = token_file(&dir, "loopback-secret");
+    let server = Server::start(&tf);
+    assert!(server.banner.contains("device: CPU"), "{}", server.banner);
+    assert!(server.banner.contains("token: the one in"), "{}", server.banner);
+    let remote =
+        ["--backend".to_string(), format!("remote={}", server.url), "--token-file".into(), tf.display().to_string()];
+    let remote: Vec<&str> = remote.iter().map(String::as_str).collect();
+    let sd = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny");
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("patch", vec!["--engine", "patch"]),
+        ("scene", vec!["--engine", "scene", "--steps", "3"]),
+        ("sd", vec!["--engine", "sd", "--model", sd, "--steps", "3"]),
+    ];
+    for (name, extra) in cases {
+        let (here, there) = (dir.join(format!("{name}-local.png")), dir.join(format!("{name}-remote.png")));
+        let o = fill_with(
+            &dir,
+            &["--backend", "cpu"],
+            &extra,
+            &here,
+            &[("REALFILL_BURN_CPU", "1"), ("REALFILL_TENSOR_ATTENTION", "1")],
+        );
+        assert!(o.status.success(), "{name} local: {}", stderr(&o));
+        let o = fill(&dir, &remote, &extra, &there);
+        assert!(o.status.success(), "{name} remote: {}", stderr(&o));
+        let (max, mean) = difference(&here, &there);
+        eprintln!("{name}: remote vs local: max {max} levels, mean {mean:.4}");
+        assert!(max <= 1 && mean <= 0.01, "{name}: remote differs from local: max {max}, mean {mean}");
+    }
+    // Stable Diffusion's LoRA learning (two steps of two examples): the adapters learned through
+    // the server are the local ones, byte for byte.
+    let mut lora = Vec::new();
+    for (name, backend) in [("local", vec!["--backend", "cpu"]), ("remote", remote.clone())] {
+        let cache = dir.join(format!("lora-{name}"));
+        let o = bin()
+            .env("REALFILL_CACHE", &cache)
+            .args(["learn", "--target"])
+            .arg(dir.join("target.png"))
+            .arg("--mask")
+            .arg(dir.join("mask.png"))
+            .arg("--ref")
+            .arg(dir.join("ref.png"))
+            .args(["--engine", "sd", "--model", sd, "--lora-steps", "2", "--lora-batch", "2", "--quiet"])
+            .args(&backend)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name} learn: {}", stderr(&o));
+        let file = std::fs::read_dir(cache.join("sd-lora")).unwrap().next().unwrap().unwrap().path();
+        lora.push(std::fs::read(file).unwrap());
+    }
+    assert!(lora[0] == lora[1], "the LoRA learned through the server is the local one");
+    let log = server.stop();
+    assert!(log.contains("connected"), "the server logs its clients: {log}");
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused_on_both_sides() {
+    let dir = tmp("token");
+    scene(&dir);
+    let server = Server::start(&token_file(&dir, "the-right-one"));
+    let url = format!("remote={}", server.url);
+    let wrong = token_file(&dir, "not-it");
+    let out = dir.join("out.png");
+    let o = fill(&dir, &["--backend", &url, "--token-file", wrong.to_str().unwrap()], &[], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the server refused the token"), "{}", stderr(&o));
+    let o = fill(&dir, &["--backend", &url], &[], &out);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no token: give the token"), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing is written when the server refuses");
+    let log = server.stop();
+    assert!(log.contains("presented a wrong token"), "{log}");
+}
+
+#[test]
+fn an_unreachable_server_stops_the_command_at_once() {
+    let dir = tmp("unreachable");
+    scene(&dir);
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = dir.join("out.png");
+    let t = Instant::now();
+    let tf = token_file(&dir, "x");
+    let o2 = fill(
+        &dir,
+        &["--backend", &format!("remote=ws://127.0.0.1:{port}"), "--token-file", tf.to_str().unwrap()],
+        &[],
+        &out,
+    );
+    assert!(!o2.status.success());
+    let e = stderr(&o2);
+    assert!(e.contains(&format!("ws://127.0.0.1:{port}: no GPU server answers there")), "{e}");
+    assert_eq!(e.lines().filter(|l| l.starts_with("error")).count(), 1, "one message: {e}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(!out.exists());
+}
+
+/// The server stops while the scene model learns through it: the job ends with a message
+/// naming the lost connection, within seconds, and writes nothing.
+#[test]
+fn a_server_stopped_mid_job_fails_the_job_with_a_message() {
+    let dir = tmp("stopped");
+    scene(&dir);
+    let tf = token_file(&dir, "mid-job");
+    let server = Server::start(&tf);
+    let out = dir.join("out.png");
+    let mut client = bin()
+        .env("REALFILL_CACHE", dir.join("cache"))
+        .args(["fill", "--target"])
+        .arg(dir.join("target.png"))
+        .arg("--mask")
+        .arg(dir.join("mask.png"))
+        .arg("--ref")
+        .arg(dir.join("ref.png"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])
+        .args(["--no-cache", "--backend", &format!("remote={}", server.url), "--token-file", tf.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let learning get under way (its progress lines come every 10 %; wait on time instead).
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(client.try_wait().unwrap().is_none(), "the job was still running");
+    let stopped = Instant::now();
+    server.stop();
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(90), "the client did not notice the server stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut e = String::new();
+    client.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    eprintln!("{e}");
+    assert!(!status.success());
+    assert!(e.contains("the connection to the GPU server at ws://127.0.0.1:"), "{e}");
+    assert!(e.contains("was lost"), "{e}");
+    assert!(!out.exists(), "nothing is written");
+}
+
+#[test]
+fn a_server_open_to_the_network_needs_to_be_asked_for() {
+    let o = bin().args(["serve", "--listen", "0.0.0.0:0", "--backend", "cpu"]).output().unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--listen 0.0.0.0:0: other machines could reach this server"), "{e}");
+    assert!(e.contains("--allow-network"), "{e}");
+    let o = bin().args(["fill", "--demo", "--out", "/tmp/x.png", "--backend", "remote=gpu:7878"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("ws://HOST:PORT"), "{}", stderr(&o));
+}
