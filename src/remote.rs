@@ -107,10 +107,26 @@ pub fn server_of(device: &Device) -> Option<ServerInfo> {
     list.iter().find(|(d, _)| *d == inner).map(|(_, i)| i.clone())
 }
 
+/// Servers whose connection was lost in this process (`lost`).
+static LOST: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The connection to `url` was lost. burn keeps one session per address and token for the
+/// life of the process and does not reopen it, so `connect` refuses that address from now on
+/// with a message saying so, rather than handing back the dead session.
+pub fn lost(url: &str) {
+    LOST.lock().unwrap_or_else(|e| e.into_inner()).push(url.to_string());
+}
+
 /// Connect to `server`, check that it runs this realfill and burn, and return its device.
 /// Every error is one sentence naming the address.
 pub fn connect(server: &Server) -> Result<(Device, ServerInfo), String> {
     let url = &server.url;
+    if LOST.lock().unwrap_or_else(|e| e.into_inner()).contains(url) {
+        return Err(format!(
+            "{url}: the connection to this server was lost earlier, and burn cannot reopen it within one run: \
+             restart realfill to connect again (or use this computer)"
+        ));
+    }
     if server.token.is_empty() {
         return Err(format!(
             "{url}: no token: give the token `realfill serve` printed with --token-file FILE or {TOKEN_ENV}"
@@ -123,6 +139,13 @@ pub fn connect(server: &Server) -> Result<(Device, ServerInfo), String> {
             "{url}: the server did not answer realfill's greeting ({e}); is it `realfill serve` of realfill {VERSION}?"
         )
     })?;
+    same_versions(url, &info)?;
+    CONNECTED.lock().unwrap_or_else(|e| e.into_inner()).push((device.clone(), info.clone()));
+    Ok((device, info))
+}
+
+/// A server of another realfill (or burn) is refused, with both versions named.
+fn same_versions(url: &str, info: &ServerInfo) -> Result<(), String> {
     if info.realfill != VERSION || info.burn != BURN_VERSION {
         return Err(format!(
             "{url}: the server runs realfill {} (burn {}), this is realfill {VERSION} (burn {BURN_VERSION}): \
@@ -130,8 +153,7 @@ pub fn connect(server: &Server) -> Result<(Device, ServerInfo), String> {
             info.realfill, info.burn
         ));
     }
-    CONNECTED.lock().unwrap_or_else(|e| e.into_inner()).push((device.clone(), info.clone()));
-    Ok((device, info))
+    Ok(())
 }
 
 fn connect_error(url: &str, e: ConnectError) -> String {
@@ -303,6 +325,23 @@ mod tests {
         assert_eq!(ServerInfo::decode(&info.encode()), Some(info));
         assert_eq!(version_numbers("0.1.0"), [0, 1, 0]);
         assert_eq!(version_numbers("1.22.3-beta"), [1, 22, 3]);
+    }
+
+    #[test]
+    fn another_version_is_refused_with_both_named() {
+        let here = ServerInfo::here(true, "wgpu: X");
+        assert!(same_versions("ws://h:1", &here).is_ok());
+        let other = ServerInfo { realfill: "0.2.0".into(), ..here.clone() };
+        let e = same_versions("ws://h:1", &other).unwrap_err();
+        assert!(
+            e.contains("realfill 0.2.0 (burn 0.22.1)") && e.contains(&format!("this is realfill {VERSION}")),
+            "{e}"
+        );
+        let other = ServerInfo { burn: "0.23.0".into(), ..here };
+        assert!(same_versions("ws://h:1", &other).unwrap_err().contains("(burn 0.23.0)"));
+        let e = connect_error("ws://h:1", ConnectError::IncompatibleProtocol { client_version: 7, server_version: 8 });
+        assert!(e.contains("remote protocol 8") && e.contains("speaks 7"), "{e}");
+        assert!(connect_error("ws://h:1", ConnectError::Unauthorized).contains("refused the token"));
     }
 
     #[test]

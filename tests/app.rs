@@ -785,6 +785,10 @@ fn the_gpu_server_fills_and_when_it_is_gone_this_computer_takes_over() {
     assert!(std::sync::Arc::ptr_eq(&h.state().doc().unwrap().target, &before), "the canvas is as it was");
     h.run_steps(2);
     assert!(h.query_by_label_contains("Not available: the connection to the GPU server").is_some());
+    // Reconnecting in the same run is refused with the reason (burn keeps the dead session).
+    h.get_by_label("Reconnect").click();
+    h.step();
+    step_until(&mut h, |app| app.messages().iter().any(|m| m.text.contains("restart realfill to connect again")));
     h.get_by_label("Use this computer").click();
     h.step();
     step_until(&mut h, |app| app.backend_description().is_some());

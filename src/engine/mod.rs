@@ -255,6 +255,9 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
         match lost {
             Some(msg) => {
                 held = pipeline::Held::default();
+                if let Some(url) = &server {
+                    crate::remote::lost(url);
+                }
                 tx.send(Event::ServerLost(msg));
             }
             None => tx.send(event),
