@@ -124,8 +124,15 @@ mod tests {
         s.run.engine = crate::settings::EngineKind::SceneModel;
         s.brush_radius = 40.0;
         s.last_dir = Some(PathBuf::from("/photos"));
+        s.gpu_server.token = "secret".into();
         s.save_to(&path).unwrap();
         assert_eq!(AppSettings::load_from(&path), s);
+        #[cfg(unix)]
+        {
+            // The GPU server's token is in the file: this user's only.
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
         std::fs::write(&path, "{ not json").unwrap();
         assert_eq!(AppSettings::load_from(&path), AppSettings::default());
         // Out-of-range values from a hand-edited file are clamped.
