@@ -200,8 +200,9 @@ fn version_numbers(v: &str) -> [u64; 3] {
     n
 }
 
-/// burn's remote futures complete on burn's own runtime; polling is enough here.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Poll a future to completion. burn's remote futures complete on burn's own runtime and
+/// wgpu's native ones without a reactor (`engine::device::adapters`), so polling is enough.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);

@@ -2,54 +2,17 @@
 //! settings so that each run takes seconds).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_realfill"))
-}
+mod common;
+use common::{bin, pattern, scene, scene_cmd};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("realfill-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn pattern(x: u32, y: u32, dx: u32) -> image::Rgb<u8> {
-    let u = x + dx;
-    let c = ((u / 6 + y / 6) % 2) as u8;
-    image::Rgb([40 + 150 * c, (u * 3 % 200) as u8 + 30, (y * 4 % 200) as u8 + 20])
-}
-
-/// target 80×56 with a 24×16 hole, one reference shifted by 5 px.
-fn scene(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let t = image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 0));
-    let r = image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 5));
-    let m = image::GrayImage::from_fn(80, 56, |x, y| {
-        image::Luma([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }])
-    });
-    let (tp, mp, rp) = (dir.join("target.png"), dir.join("mask.png"), dir.join("ref.png"));
-    t.save(&tp).unwrap();
-    m.save(&mp).unwrap();
-    r.save(&rp).unwrap();
-    (tp, mp, rp)
+    common::tmp("cli", name)
 }
 
 /// Tiny model settings: each run takes seconds.
 const TINY: &[&str] = &["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--backend", "cpu"];
-
-/// `realfill SUB --target … --mask … --ref …` on the scene in `dir`, with its own cache.
-fn scene_cmd(dir: &Path, sub: &str) -> Command {
-    let mut c = bin();
-    c.env("REALFILL_CACHE", dir.join("cache"))
-        .args([sub, "--target"])
-        .arg(dir.join("target.png"))
-        .arg("--mask")
-        .arg(dir.join("mask.png"))
-        .arg("--ref")
-        .arg(dir.join("ref.png"));
-    c
-}
 
 fn fill(dir: &Path, extra: &[&str], out: &Path) -> Output {
     scene_cmd(dir, "fill")

@@ -8,30 +8,10 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Server, bin};
+use common::{Server, bin, scene, scene_cmd};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("realfill-remote-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn pattern(x: u32, y: u32, dx: u32) -> image::Rgb<u8> {
-    let u = x + dx;
-    let c = ((u / 6 + y / 6) % 2) as u8;
-    image::Rgb([40 + 150 * c, (u * 3 % 200) as u8 + 30, (y * 4 % 200) as u8 + 20])
-}
-
-/// target 80×56 with a 24×16 hole, one reference shifted by 5 px.
-fn scene(dir: &Path) {
-    image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 0)).save(dir.join("target.png")).unwrap();
-    image::RgbImage::from_fn(80, 56, |x, y| pattern(x, y, 5)).save(dir.join("ref.png")).unwrap();
-    image::GrayImage::from_fn(80, 56, |x, y| {
-        image::Luma([if (28..52).contains(&x) && (20..36).contains(&y) { 255 } else { 0 }])
-    })
-    .save(dir.join("mask.png"))
-    .unwrap();
+    common::tmp("remote", name)
 }
 
 /// `realfill fill` on the scene in `dir` with tiny model settings and its own cache.
@@ -40,16 +20,9 @@ fn fill(dir: &Path, backend: &[&str], extra: &[&str], out: &Path) -> Output {
 }
 
 fn fill_with(dir: &Path, backend: &[&str], extra: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
-    bin()
+    scene_cmd(dir, "fill")
         .envs(env.iter().copied())
-        .env("REALFILL_CACHE", dir.join("cache"))
         .env_remove("REALFILL_REMOTE_TOKEN")
-        .args(["fill", "--target"])
-        .arg(dir.join("target.png"))
-        .arg("--mask")
-        .arg(dir.join("mask.png"))
-        .arg("--ref")
-        .arg(dir.join("ref.png"))
         .arg("--out")
         .arg(out)
         .args(["--size", "80", "--learn-steps", "4", "--batch", "2", "--crop", "16", "--no-cache", "--quiet"])
@@ -119,14 +92,8 @@ fn every_engine_through_a_loopback_server_matches_the_local_backend() {
     let mut lora = Vec::new();
     for (name, backend) in [("local", vec!["--backend", "cpu"]), ("remote", remote.clone())] {
         let cache = dir.join(format!("lora-{name}"));
-        let o = bin()
+        let o = scene_cmd(&dir, "learn")
             .env("REALFILL_CACHE", &cache)
-            .args(["learn", "--target"])
-            .arg(dir.join("target.png"))
-            .arg("--mask")
-            .arg(dir.join("mask.png"))
-            .arg("--ref")
-            .arg(dir.join("ref.png"))
             .args(["--engine", "sd", "--model", sd, "--lora-steps", "2", "--lora-batch", "2", "--quiet"])
             .args(&backend)
             .output()
@@ -191,14 +158,7 @@ fn a_server_stopped_mid_job_fails_the_job_with_a_message() {
     let tf = token_file(&dir, "mid-job");
     let server = Server::start(&tf);
     let out = dir.join("out.png");
-    let mut client = bin()
-        .env("REALFILL_CACHE", dir.join("cache"))
-        .args(["fill", "--target"])
-        .arg(dir.join("target.png"))
-        .arg("--mask")
-        .arg(dir.join("mask.png"))
-        .arg("--ref")
-        .arg(dir.join("ref.png"))
+    let mut client = scene_cmd(&dir, "fill")
         .arg("--out")
         .arg(&out)
         .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])

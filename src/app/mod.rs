@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::engine::{BackendChoice, Engine, Event, FillSettings, Job};
+use crate::engine::{Engine, Event, FillSettings, Job};
 use crate::scene::{Photo, Scene};
 use crate::settings::EngineKind;
 use canvas::Canvas;
@@ -354,7 +354,7 @@ impl RealfillApp {
     }
 
     fn engine(&mut self, ctx: &egui::Context) -> &Engine {
-        let backend = self.settings.backend.clone();
+        let backend = self.settings.engine_backend();
         self.engine.get_or_insert_with(|| {
             let ctx = ctx.clone();
             Engine::start_with_waker(backend, Some(Arc::new(move || ctx.request_repaint())))
@@ -372,11 +372,12 @@ impl RealfillApp {
         self.error(message);
     }
 
-    /// Compute on `backend` from the next job on; the engine restarts at once, so a GPU server
-    /// is connected (or found unreachable) now rather than at the next Fill. The old engine is
-    /// let go off the UI thread (a worker still connecting would hold the frame).
-    fn switch_backend(&mut self, ctx: &egui::Context, backend: BackendChoice) {
-        self.settings.backend = backend;
+    /// Compute on the GPU server (or on this computer) from the next job on; the engine
+    /// restarts at once, so a GPU server is connected (or found unreachable) now rather than at
+    /// the next Fill. The old engine is let go off the UI thread (a worker still connecting
+    /// would hold the frame).
+    fn use_gpu_server(&mut self, ctx: &egui::Context, on: bool) {
+        self.settings.use_gpu_server = on;
         self.server_lost = None;
         self.backend = None;
         if let Some(old) = self.engine.take() {
@@ -387,7 +388,7 @@ impl RealfillApp {
 
     /// Whether jobs compute on a GPU server, and its trouble if it has any.
     pub fn gpu_server_state(&self) -> (bool, Option<&str>) {
-        (matches!(self.settings.backend, BackendChoice::Remote(_)), self.server_lost.as_deref())
+        (self.settings.use_gpu_server, self.server_lost.as_deref())
     }
 
     pub fn busy(&self) -> bool {
@@ -834,17 +835,17 @@ impl RealfillApp {
                 }
             }
             Command::UseGpuServer if editable => {
-                let typed = self.settings.gpu_server.clone();
+                let typed = &mut self.settings.gpu_server;
                 match crate::remote::parse_url(typed.url.trim()) {
                     Ok(url) => {
-                        let server = crate::remote::Server { url, token: typed.token.trim().to_string() };
-                        self.settings.gpu_server = server.clone();
-                        self.switch_backend(ctx, BackendChoice::Remote(server));
+                        typed.url = url;
+                        typed.token = typed.token.trim().to_string();
+                        self.use_gpu_server(ctx, true);
                     }
                     Err(e) => self.error(e),
                 }
             }
-            Command::UseThisComputer if editable => self.switch_backend(ctx, BackendChoice::Auto),
+            Command::UseThisComputer if editable => self.use_gpu_server(ctx, false),
             Command::Quit => {
                 if self.request_close(ctx) {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);

@@ -16,10 +16,12 @@ pub struct AppSettings {
     pub run: RunSettings,
     /// Brush radius in image pixels.
     pub brush_radius: f32,
-    /// Where jobs compute: this computer (auto) or the GPU server below once connected.
+    /// Where jobs compute on this computer (auto, cpu, wgpu).
     pub backend: BackendChoice,
     /// The GPU server as typed in the Run panel (kept when computing here, for next time).
     pub gpu_server: crate::remote::Server,
+    /// Jobs compute on `gpu_server` instead of `backend`.
+    pub use_gpu_server: bool,
     pub last_dir: Option<PathBuf>,
     /// Pixels the mask grows or shrinks by.
     pub mask_step: f32,
@@ -33,6 +35,11 @@ pub struct AppSettings {
 pub const RECENT: usize = 10;
 
 impl AppSettings {
+    /// Where the engine computes: the GPU server when it is in use, else this computer.
+    pub fn engine_backend(&self) -> BackendChoice {
+        if self.use_gpu_server { BackendChoice::Remote(self.gpu_server.clone()) } else { self.backend.clone() }
+    }
+
     /// Put `path` first among the recent files.
     pub fn remember(&mut self, path: &std::path::Path) {
         self.recent.retain(|p| p != path);
@@ -48,6 +55,7 @@ impl Default for AppSettings {
             brush_radius: 24.0,
             backend: BackendChoice::Auto,
             gpu_server: crate::remote::Server { url: "ws://127.0.0.1:7878".into(), token: String::new() },
+            use_gpu_server: false,
             last_dir: None,
             mask_step: 8.0,
             jpeg_quality: crate::scene::io::JPEG_QUALITY,

@@ -32,6 +32,7 @@ pub struct SdCheckArgs {
     /// Largest relative difference accepted.
     #[arg(long, default_value_t = 1e-3)]
     pub tolerance: f32,
+    /// cpu, wgpu, auto, or remote=ws://HOST:PORT (the token from $REALFILL_REMOTE_TOKEN).
     #[arg(long, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
     /// Build the UNet and text encoder in half precision (as on a GPU); the reference is f32,
@@ -325,7 +326,8 @@ fn lora_step(model: &Path, io: &Io, device: &Device) -> Result<Vec<Row>> {
 }
 
 pub fn run(a: &SdCheckArgs) -> Result<()> {
-    let (device, description, warning) = crate::engine::device::pick_local(&a.backend);
+    let (device, description, warning) =
+        crate::engine::device::pick(&a.backend.clone().with_token(None)?).map_err(Error::Server)?;
     eprintln!("backend: {description}");
     if let Some(w) = warning {
         eprintln!("warning: {w}");

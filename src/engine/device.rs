@@ -78,7 +78,7 @@ pub fn adapters() -> Vec<AdapterInfo> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     let instance = wgpu::Instance::new(desc);
-    let list = block_on(instance.enumerate_adapters(backends));
+    let list = remote::block_on(instance.enumerate_adapters(backends));
     list.iter()
         .map(|a| {
             let i = a.get_info();
@@ -95,29 +95,14 @@ pub fn adapters() -> Vec<AdapterInfo> {
         .collect()
 }
 
-/// wgpu's native futures complete without a reactor; poll to completion.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
-}
-
 /// Run one tiny computation to prove a device works (wgpu initialises lazily and panics on
 /// failure; we want a message and a fallback instead).
 pub fn probe(device: &Device) -> Result<(), String> {
     let d = device.clone();
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(move || {
+    let r = catch_quietly(move || {
         let t = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [3]), &d);
         t.sum().into_scalar::<f32>()
     });
-    std::panic::set_hook(prev);
     match r {
         Ok(v) if (v - 6.0).abs() < 1e-4 => Ok(()),
         Ok(v) => Err(format!("probe computed {v} instead of 6")),
@@ -129,9 +114,10 @@ thread_local! {
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Panics on the calling thread are no longer printed (they are caught and reported as the
-/// job's failure); every other thread's still are.
-pub fn quiet_panics_on_this_thread() {
+/// `catch_unwind` without the panic's print: the caller reports it (a lost GPU server, a
+/// wgpu device that fails to start). Other threads' panics still print: the hook is chained
+/// and silent only on this thread, only while `f` runs.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -141,7 +127,10 @@ pub fn quiet_panics_on_this_thread() {
             }
         }));
     });
-    QUIET_PANICS.with(|q| q.set(true));
+    let was = QUIET_PANICS.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(was));
+    r
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -209,17 +209,12 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
         BackendChoice::Remote(s) => Some(s.url.clone()),
         _ => None,
     };
-    if server.is_some() {
-        // A lost connection surfaces as a panic inside burn; the job reports it, so the panic's
-        // own print (with a backtrace) would only bury the message.
-        device::quiet_panics_on_this_thread();
-    }
     let mut held = pipeline::Held::default();
     for job in jobs.iter() {
         control.steps.store(0, Ordering::SeqCst);
         let cancelled = || control.cancel.load(Ordering::SeqCst);
         let mut rep = Reporter { tx: &tx, started: Instant::now(), steps: &control.steps };
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &job {
+        let run = || match &job {
             Job::Learn { scene, settings } => {
                 pipeline::run_learn(scene, settings, &device, &mut held, &mut rep, &cancelled)
                     .map(|cached| Event::Learned { cached })
@@ -228,7 +223,12 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
                 pipeline::run_fill(scene, settings, &device, &mut held, &mut rep, &cancelled)
                     .map(|out| Event::Done(Box::new(out)))
             }
-        }));
+        };
+        // On a GPU server a lost connection surfaces as a panic inside burn, which the job
+        // reports: its print (with a backtrace) would only bury the message. Locally a panic is
+        // a bug, and its print is kept.
+        let result =
+            if server.is_some() { device::catch_quietly(run) } else { std::panic::catch_unwind(AssertUnwindSafe(run)) };
         let event = match result {
             Ok(Ok(ev)) => ev,
             Ok(Err(Error::Cancelled)) => Event::Cancelled {
