@@ -353,9 +353,8 @@ pub fn cmd_serve(a: &ServeArgs) -> Result<()> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let gpu = device != burn::prelude::Device::flex();
     let serve =
-        crate::remote::Serve { listen: a.listen, token: token.clone(), device, description: description.clone(), gpu };
+        crate::remote::Serve { listen: a.listen, token: token.clone(), device, description: description.clone() };
     let from_file = a.token_file.as_ref().map(|f| f.display().to_string());
     crate::remote::serve(serve, |address| {
         use std::io::Write;

@@ -237,7 +237,6 @@ pub struct Serve {
     pub device: Device,
     /// The device as people read it ("wgpu: NVIDIA H200 …", "CPU (burn flex, …)").
     pub description: String,
-    pub gpu: bool,
 }
 
 /// Bind `listen` (before anything is printed, so a taken port fails first), print the address
@@ -268,9 +267,10 @@ pub fn serve(s: Serve, announce: impl FnOnce(SocketAddr)) -> Result<(), String> 
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .try_init();
-    let info = ServerInfo::here(s.gpu, &s.description);
+    let cpu = s.device == Device::flex();
+    let info = ServerInfo::here(!cpu, &s.description);
     let server = RemoteServer::new([s.device.clone()]).with_authorizer(authorize);
-    let server = if s.device == Device::flex() {
+    let server = if cpu {
         server.with_custom_op::<burn::backend::Flex, _>(HELLO, hello_handler::<burn::backend::Flex>(info))
     } else {
         server.with_custom_op::<burn::backend::Cube, _>(HELLO, hello_handler::<burn::backend::Cube>(info))

@@ -152,12 +152,11 @@ pub fn learn(
         &mut |step, total, loss| report(Report::Step { step, total, loss }),
         cancelled,
     )?;
-    let bytes = lora::to_bytes(&mut sd)?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e.to_string()))?;
-    }
     if s.use_cache {
-        crate::scene::io::write_atomic(&path, &bytes)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e.to_string()))?;
+        }
+        crate::scene::io::write_atomic(&path, &lora::to_bytes(&mut sd)?)?;
     }
     let sd = StableDiffusion {
         unet: sd.unet.valid(),
