@@ -70,6 +70,8 @@ struct Warped {
     field: Option<Field>,
     /// The plain warp of the still-camera model.
     still: bool,
+    /// Fitted to the matches near the hole only (`Alignment::local`).
+    local: bool,
     rgb: RgbF,
     valid: Mask,
 }
@@ -87,26 +89,40 @@ fn target_guide(
 ) -> (Guide, Vec<TargetWarp>) {
     let (w, h) = (canvas.width, canvas.height);
     let started = Instant::now();
-    let models: Vec<(usize, Homography, bool)> = order
+    let models: Vec<(usize, Homography, bool, Option<[usize; 4]>)> = order
         .iter()
         .filter_map(|&i| alignments[i].as_ref().map(|a| (i, a)))
-        .flat_map(|(i, a)| a.models().enumerate().map(move |(k, m)| (i, *m, a.is_still(k))))
+        .flat_map(|(i, a)| a.models().enumerate().map(move |(k, m)| (i, *m, a.is_still(k), a.local_box(k))))
         .collect();
     // The plain warp, and the parallax-corrected one when the correction holds up: the field
     // is fitted to everything around the hole, people who moved included, so it may be right
     // on one side and wrong on another; trust decides per pixel.
     let cands: Vec<Warped> = models
         .par_iter()
-        .flat_map_iter(|&(reference, map, still)| {
+        .flat_map_iter(|&(reference, map, still, local_box)| {
             let (mut rgb, valid) = align::warp(&refs[reference], None, &map, w, h);
+            // A local plane's exposure and parallax are fitted within its box: elsewhere the
+            // reference shows other planes (books-strokes: the cover's plane explained 0.05 of
+            // the known pixels near the hole, no more than the main plane; 0.10–0.12 so).
+            let local_known = local_box.map(|[x0, y0, x1, y1]| {
+                let mut k = Mask::new(w, h, 0.0);
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        k.set(x, y, known.get(x, y));
+                    }
+                }
+                k
+            });
+            let known = local_known.as_ref().unwrap_or(known);
             align::match_exposure(&mut rgb, &valid, canvas, known);
             let field = align::parallax::correction(canvas, known, &rgb, &valid);
             let corrected = field.map(|field| {
                 let (mut rgb, valid) = align::warp_shifted(&refs[reference], None, &map, Some(&field), w, h);
                 align::match_exposure(&mut rgb, &valid, canvas, known);
-                Warped { reference, map, field: Some(field), still: false, rgb, valid }
+                Warped { reference, map, field: Some(field), still: false, local: local_box.is_some(), rgb, valid }
             });
-            std::iter::once(Warped { reference, map, field: None, still, rgb, valid }).chain(corrected)
+            std::iter::once(Warped { reference, map, field: None, still, local: local_box.is_some(), rgb, valid })
+                .chain(corrected)
         })
         .collect();
     // References keep their precedence (best-aligned first); their planes compete.
@@ -119,6 +135,7 @@ fn target_guide(
             rank: rank_of(c.reference),
             still: c.still,
             corrected: c.field.is_some(),
+            local: c.local,
         })
         .collect();
     let warped_s = started.elapsed().as_secs_f64();
@@ -626,11 +643,23 @@ fn corrected_fill(p: &Prepared, out: &sampler::SampleOutput, engine: EngineKind)
     let raw = RgbF::from_planar(&out.raw, w, h);
     composite::match_colour(&mut fill, &raw, &p.canvas, &p.fill, 3.0);
     // σ: 4 working pixels since the prior is the membrane fill (docs/BENCHMARKS.md, session 7:
-    // 8 / 4 / 2 px give books-strokes 24.57 / 25.03 / 25.24 dB; 2 flattens the engine's texture
-    // between 2 and 4 px for a fraction of a dB; 8 was chosen in session 4 on push-pull).
+    // 8 / 4 / 2 px give books-strokes 24.57 / 25.03 / 25.24 dB; 2 everywhere flattens the
+    // engine's texture between 2 and 4 px for a fraction of a dB; 8 was chosen in session 4 on
+    // push-pull). Within a few pixels of the known ones the membrane is right at a finer scale
+    // (it interpolates the edge it starts from), so there the colour follows it at σ = 2,
+    // blending to 4 from 6 to 12 px deep (session 10: books-strokes 25.03 → 25.20 dB on its own,
+    // basketball-rect 37.20 → 37.36, chelsea-strokes 30.83 → 30.94, nothing lower).
     // Not for Stable Diffusion: what it imagines where no reference reaches is its colour too.
     if engine != EngineKind::StableDiffusion {
-        composite::follow_prior_colour(&mut fill, &p.prior, &p.fill, &p.guide.valid, 4.0, p.extended);
+        composite::follow_prior_colour_by_depth(
+            &mut fill,
+            &p.prior,
+            &p.fill,
+            &p.guide.valid,
+            p.extended,
+            (2.0, 4.0),
+            (6.0, 12.0),
+        );
     }
     fill
 }

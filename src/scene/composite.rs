@@ -77,6 +77,30 @@ pub fn follow_prior_colour(
     }
 }
 
+/// `follow_prior_colour` at σ `sigmas.0` where a pixel lies within `depths.0` pixels of the
+/// nearest known pixel and at `sigmas.1` beyond `depths.1`, blended linearly between: a
+/// narrow hole's colour is known from its edges at a finer scale than a wide one's middle.
+pub fn follow_prior_colour_by_depth(
+    fill: &mut RgbF,
+    prior: &RgbF,
+    fill_mask: &Mask,
+    covered: &Mask,
+    extended: bool,
+    sigmas: (f32, f32),
+    depths: (f32, f32),
+) {
+    let mut near = fill.clone();
+    follow_prior_colour(&mut near, prior, fill_mask, covered, sigmas.0, extended);
+    follow_prior_colour(fill, prior, fill_mask, covered, sigmas.1, extended);
+    for (i, d) in fill_mask.distance_inside().into_iter().enumerate() {
+        let t = ((d - depths.0) / (depths.1 - depths.0).max(1e-6)).clamp(0.0, 1.0);
+        for k in 0..3 {
+            let v = &mut fill.data[3 * i + k];
+            *v = near.data[3 * i + k] * (1.0 - t) + *v * t;
+        }
+    }
+}
+
 /// The pixels of `set` whose 4-connected component does not touch the image border.
 fn interior(set: &[bool], w: usize, h: usize) -> Vec<bool> {
     let mut out = set.to_vec();
@@ -307,6 +331,33 @@ mod tests {
         let mut fill2 = before.clone();
         follow_prior_colour(&mut fill2, &prior, &mask, &Mask::new(w, h, 1.0), 4.0, false);
         assert_eq!(fill2.data, before.data);
+    }
+
+    #[test]
+    fn near_the_known_pixels_the_colour_follows_the_prior_at_a_finer_scale() {
+        // Stripes 10 px apart over a flat prior, in a hole 40 px tall: σ = 2 takes about half
+        // of their amplitude, σ = 4 almost none.
+        let (w, h) = (80, 60);
+        let prior = RgbF::from_fn(w, h, |_, _| [0.5, 0.5, 0.5]);
+        let stripes = |x: usize| 0.2 * (x as f32 * std::f32::consts::TAU / 10.0).sin();
+        let before = RgbF::from_fn(w, h, |x, _| [0.5 + stripes(x), 0.5, 0.5]);
+        let mut mask = Mask::new(w, h, 0.0);
+        for y in 10..50 {
+            for x in 10..70 {
+                mask.set(x, y, 1.0);
+            }
+        }
+        let mut fill = before.clone();
+        follow_prior_colour_by_depth(&mut fill, &prior, &mask, &Mask::new(w, h, 0.0), false, (2.0, 4.0), (6.0, 12.0));
+        // Amplitude over one row, relative to the stripes'.
+        let amplitude = |y: usize| {
+            let dev = |img: &RgbF| (25..55).map(|x| (img.get(x, y)[0] - 0.5).abs()).sum::<f32>();
+            dev(&fill) / dev(&before)
+        };
+        let (edge, middle) = (amplitude(12), amplitude(30));
+        assert!(edge < 0.75, "two rows from the edge the stripes follow the prior: {edge}");
+        assert!(middle > 0.9, "deep in the hole they are kept: {middle}");
+        assert_eq!(fill.get(5, 5), before.get(5, 5), "known pixels untouched");
     }
 
     #[test]
