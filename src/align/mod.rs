@@ -71,10 +71,10 @@ const MAX_LOCAL: usize = 2;
 pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Option<Homography>) -> Option<Alignment> {
     // The hole's pixels are black in a loaded photo; the smooth fill keeps their edge out of
     // the descriptors of keypoints near the hole (books-strokes: 78 → 92 matches).
-    let known = Mask { width: fill.width, height: fill.height, data: fill.data.iter().map(|v| 1.0 - v).collect() };
-    let tg = Gray::new(target.width, target.height, crate::scene::pushpull::push_pull(target, &known).gray());
+    let tg = Gray::new(target.width, target.height, crate::scene::pushpull::push_pull(target, &fill.inverted()).gray());
     let rg = Gray::new(reference.width, reference.height, reference.gray());
-    let tk = detect(&tg, &DetectOptions { max_points: 1500, clearance: Some(fill.distance_outside()) });
+    let to_hole = fill.distance_outside();
+    let tk = detect(&tg, &DetectOptions { max_points: 1500, clearance: Some(to_hole.clone()) });
     let rk = detect(&rg, &DetectOptions { max_points: 1500, clearance: None });
     if tk.len() < 4 || rk.len() < 4 {
         return None;
@@ -131,14 +131,11 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
             planes.push((h2, inl2.len()));
         }
     }
-    let local = local_planes(fill, &src, &dst, thresh, &h, &planes, &mut rng);
+    let earlier: Vec<&Homography> = std::iter::once(&h).chain(planes.iter().map(|(p, _)| p)).collect();
+    let local = local_planes(fill, &to_hole, &src, &dst, thresh, &earlier, &mut rng);
     let mut kept_still = false;
     if let Some(still) = still {
-        let near = (0..m.len())
-            .filter(|&i| {
-                still.apply(src[i].0, src[i].1).is_some_and(|(u, v)| (u - dst[i].0).hypot(v - dst[i].1) < thresh)
-            })
-            .count();
+        let near = (0..m.len()).filter(|&i| agrees(&still, src[i], dst[i], thresh)).count();
         if crate::switches::get().debug_align.is_some() {
             eprintln!("alignment: a still camera explains {near} of {} matches", m.len());
         }
@@ -163,29 +160,25 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
 /// A local plane is kept when it is new: most of its inliers are explained by no earlier model,
 /// or, over the hole near its matches, it maps to a place more than `thresh` from every
 /// earlier model's on average (else it is the main plane again and only adds a competitor).
+/// `earlier`: the main plane and the further ones; `to_hole`: each target pixel's distance to
+/// the nearest pixel to fill (`Mask::distance_outside`).
 fn local_planes(
     fill: &Mask,
+    to_hole: &[f32],
     src: &[(f64, f64)],
     dst: &[(f64, f64)],
     thresh: f64,
-    main: &Homography,
-    planes: &[(Homography, usize)],
+    earlier: &[&Homography],
     rng: &mut Rng,
 ) -> Vec<(Homography, [usize; 4])> {
     let (w, h) = (fill.width, fill.height);
-    let dist = fill.distance_outside();
     let near: Vec<usize> = (0..src.len())
         .filter(|&i| {
             let (x, y) = (src[i].0.round() as usize, src[i].1.round() as usize);
-            x < w && y < h && (dist[y * w + x] as f64) <= LOCAL_RADIUS
+            x < w && y < h && (to_hole[y * w + x] as f64) <= LOCAL_RADIUS
         })
         .collect();
-    let earlier: Vec<&Homography> = std::iter::once(main).chain(planes.iter().map(|(p, _)| p)).collect();
-    let explained = |i: usize| {
-        earlier
-            .iter()
-            .any(|m| m.apply(src[i].0, src[i].1).is_some_and(|(u, v)| (u - dst[i].0).hypot(v - dst[i].1) < thresh))
-    };
+    let explained = |i: usize| earlier.iter().any(|m| agrees(m, src[i], dst[i], thresh));
     let debug = crate::switches::get().debug_align.is_some();
     let mut used = vec![false; near.len()];
     let mut out = Vec::new();
@@ -212,28 +205,12 @@ fn local_planes(
                 ((y1 + g) as usize).min(h),
             ]
         };
-        // Mean distance, over the hole near its matches, between where it and each earlier
-        // model put the reference.
-        let [bx0, by0, bx1, by1] = grown(LOCAL_RADIUS / 2.0);
-        let mut gaps = vec![(0.0f64, 0usize); earlier.len()];
-        for y in (by0..by1).step_by(2) {
-            for x in (bx0..bx1).step_by(2) {
-                if fill.get(x, y) < 0.5 {
-                    continue;
-                }
-                let Some(a) = model.apply(x as f64, y as f64) else { continue };
-                for (gap, m) in gaps.iter_mut().zip(&earlier) {
-                    if let Some(b) = m.apply(x as f64, y as f64) {
-                        gap.0 += (a.0 - b.0).hypot(a.1 - b.1);
-                        gap.1 += 1;
-                    }
-                }
-            }
-        }
-        let apart = gaps.iter().all(|&(s, n)| n > 0 && s / n as f64 > thresh);
+        let near_hole = grown(LOCAL_RADIUS / 2.0);
+        let gaps: Vec<Option<f64>> = earlier.iter().map(|m| mean_gap(&model, m, fill, near_hole)).collect();
+        let apart = gaps.iter().all(|g| g.is_some_and(|g| g > thresh));
         let kept = new * 2 > inl.len() || apart;
         if debug {
-            let gaps: Vec<f64> = gaps.iter().map(|&(s, n)| (s / n.max(1) as f64 * 10.0).round() / 10.0).collect();
+            let gaps: Vec<f64> = gaps.iter().map(|g| (g.unwrap_or(0.0) * 10.0).round() / 10.0).collect();
             eprintln!(
                 "alignment: local plane with {} of {} matches near the hole, {new} explained by no earlier model, \
                  mean distance from them in the hole {gaps:?} px ({})",
@@ -247,6 +224,27 @@ fn local_planes(
         }
     }
     out
+}
+
+/// Whether `m` maps the target point `s` within `thresh` pixels of the reference point `d`.
+fn agrees(m: &Homography, s: (f64, f64), d: (f64, f64), thresh: f64) -> bool {
+    m.apply(s.0, s.1).is_some_and(|(u, v)| (u - d.0).hypot(v - d.1) < thresh)
+}
+
+/// Mean distance between where `a` and `b` put the reference, over the pixels to fill in
+/// `area` (x0, y0, x1, y1; every second pixel each way); `None` where none is mapped by both.
+fn mean_gap(a: &Homography, b: &Homography, fill: &Mask, area: [usize; 4]) -> Option<f64> {
+    let [x0, y0, x1, y1] = area;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for y in (y0..y1).step_by(2) {
+        for x in (x0..x1).step_by(2).filter(|&x| fill.get(x, y) >= 0.5) {
+            if let (Some(p), Some(q)) = (a.apply(x as f64, y as f64), b.apply(x as f64, y as f64)) {
+                sum += (p.0 - q.0).hypot(p.1 - q.1);
+                n += 1;
+            }
+        }
+    }
+    (n > 0).then(|| sum / n as f64)
 }
 
 /// Warp `src` into a `width`×`height` frame: each output pixel p shows `src` at `map(p)`.
@@ -420,7 +418,7 @@ mod tests {
         }
         // Exposure matching undoes the brightness change on smooth parts.
         let (mut warped, valid) = warp(&reference, None, &a.target_to_ref, 200, 160);
-        let known = Mask { width: 200, height: 160, data: fill.data.iter().map(|v| 1.0 - v).collect() };
+        let known = fill.inverted();
         match_exposure(&mut warped, &valid, &target, &known);
         let mut diffs: Vec<f32> = Vec::new();
         for y in 55..105 {
@@ -511,7 +509,7 @@ mod tests {
             (s, d)
         };
         let (s, d) = matches(&other, true, &mut rng);
-        let local = local_planes(&fill, &s, &d, 4.0, &main, &[], &mut rng);
+        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng);
         assert_eq!(local.len(), 1, "one local plane");
         let (u, v) = local[0].0.apply(120.0, 90.0).unwrap();
         assert!((u - 108.0).abs() < 0.5 && (v - 96.0).abs() < 0.5, "maps the hole as the near matches do: {u}, {v}");
@@ -519,12 +517,12 @@ mod tests {
         assert!(x0 < 70 && y0 < 72 && x1 > 98 && y1 > 108 && x1 <= w && y1 <= h, "box {:?}", local[0].1);
         // Matches near the hole that the main plane explains give no local plane...
         let (s, d) = matches(&main, true, &mut rng);
-        assert!(local_planes(&fill, &s, &d, 4.0, &main, &[], &mut rng).is_empty());
+        assert!(local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng).is_empty());
         // ...unless the plane they fit puts the hole elsewhere: stretched about x = 84, it is
         // within 3.5 px of the main plane at the matches (x 70–98) and 4–9.5 px off in the hole.
         let stretched = Homography([1.25, 0.0, -16.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         let (s, d) = matches(&stretched, false, &mut rng);
-        let local = local_planes(&fill, &s, &d, 4.0, &main, &[], &mut rng);
+        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng);
         assert_eq!(local.len(), 1, "the stretched plane is kept");
         let (u, _) = local[0].0.apply(110.0, 90.0).unwrap();
         assert!((u - 121.5).abs() < 0.5, "maps the hole as the near matches do: {u}");

@@ -168,6 +168,11 @@ impl Mask {
         self.data[y * self.width + x] = v;
     }
 
+    /// The complement: known pixels become the ones to fill and back (soft values 1 − v).
+    pub fn inverted(&self) -> Mask {
+        Mask { width: self.width, height: self.height, data: self.data.iter().map(|v| 1.0 - v).collect() }
+    }
+
     pub fn fill_fraction(&self) -> f32 {
         self.data.iter().filter(|&&v| v >= 0.5).count() as f32 / self.data.len().max(1) as f32
     }
