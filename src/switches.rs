@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `REALFILL_BURN_CPU=1` | the scene model on burn's CPU backend instead of realfill's CPU network |
 //! | `REALFILL_TENSOR_ATTENTION=1` | the patch engine's attention through burn tensors, not the fused CPU kernel |
-//! | `REALFILL_NO_AVX512=1` | the CPU kernels' AVX2/portable forms, as on a CPU without AVX-512 |
+//! | `REALFILL_SIMD=avx2` | the widest vector form realfill's CPU kernels may use: `avx512`, `avx2` or `portable` (plain Rust), to test and measure each form on one machine; burn's and gemm's own kernels still follow the CPU |
 //! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
 //! | `REALFILL_DEBUG_PARALLAX=1` | print each guide's parallax check |
 //! | `REALFILL_DEBUG_ALIGN=DIR` | write each candidate warp, its trust and the per-pixel choice as images into DIR (`engine::pipeline`) |
@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 pub struct Switches {
     pub burn_cpu: bool,
     pub tensor_attention: bool,
-    pub no_avx512: bool,
+    /// The widest kernel form allowed, one of [`SIMD_FORMS`] (None: whatever the CPU has;
+    /// `kernels::simd` turns the name into its form).
+    pub simd: Option<String>,
     pub profile: bool,
     pub debug_parallax: bool,
     /// Where to write the alignment's explanation images.
@@ -34,6 +36,9 @@ pub struct Switches {
     /// Fields of `PatchSettings` to override.
     pub patch: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// The names `REALFILL_SIMD` takes, widest first.
+pub const SIMD_FORMS: [&str; 3] = ["avx512", "avx2", "portable"];
 
 static SWITCHES: OnceLock<Switches> = OnceLock::new();
 
@@ -77,7 +82,11 @@ impl Switches {
             memory_gib,
             burn_cpu: f("REALFILL_BURN_CPU")?,
             tensor_attention: f("REALFILL_TENSOR_ATTENTION")?,
-            no_avx512: f("REALFILL_NO_AVX512")?,
+            simd: match get("REALFILL_SIMD").map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()) {
+                None => None,
+                Some(v) if SIMD_FORMS.contains(&v.as_str()) => Some(v),
+                Some(v) => return Err(Error::Invalid(format!("REALFILL_SIMD={v:?}: give avx512, avx2 or portable"))),
+            },
             profile: f("REALFILL_PROFILE")?,
             debug_parallax: f("REALFILL_DEBUG_PARALLAX")?,
             debug_align: get("REALFILL_DEBUG_ALIGN").filter(|v| !v.trim().is_empty()).map(std::path::PathBuf::from),
@@ -116,9 +125,10 @@ mod tests {
     #[test]
     fn switches_parse_and_malformed_values_are_errors() {
         assert_eq!(parse(&[]).unwrap(), Switches::default());
-        let s =
-            parse(&[("REALFILL_PROFILE", "1"), ("REALFILL_NO_AVX512", "true"), ("REALFILL_BURN_CPU", "0")]).unwrap();
-        assert!(s.profile && s.no_avx512 && !s.burn_cpu);
+        let s = parse(&[("REALFILL_PROFILE", "1"), ("REALFILL_SIMD", "AVX2"), ("REALFILL_BURN_CPU", "0")]).unwrap();
+        assert!(s.profile && s.simd.as_deref() == Some("avx2") && !s.burn_cpu);
+        let e = parse(&[("REALFILL_SIMD", "sse")]).unwrap_err().to_string();
+        assert!(e.contains("REALFILL_SIMD=\"sse\"") && e.contains("avx512, avx2 or portable"), "{e}");
         let e = parse(&[("REALFILL_PROFILE", "maybe")]).unwrap_err().to_string();
         assert!(e.contains("REALFILL_PROFILE=\"maybe\""), "{e}");
         let p = parse(&[("REALFILL_PATCH", r#"{"patch":7}"#)]).unwrap().patch.unwrap();

@@ -72,11 +72,14 @@ pub struct View {
     pub offset: Vec2,
     /// Fit the canvas into the area at the next frame.
     pub fit_pending: bool,
+    /// The view is as `fit` left it (no zoom or pan since): it refits when the area changes
+    /// size, so a candidate strip or a message line never covers part of the photo.
+    pub fitted: bool,
 }
 
 impl Default for View {
     fn default() -> Self {
-        View { zoom: 1.0, offset: Vec2::ZERO, fit_pending: true }
+        View { zoom: 1.0, offset: Vec2::ZERO, fit_pending: true, fitted: false }
     }
 }
 
@@ -95,6 +98,7 @@ impl View {
         self.zoom = (0.95 * (area.width() / w).min(area.height() / h)).clamp(0.01, 32.0);
         self.offset = (area.size() - Vec2::new(w, h) * self.zoom) * 0.5;
         self.fit_pending = false;
+        self.fitted = true;
     }
 
     /// Zoom by `factor` keeping the canvas point under `anchor` (screen) in place.
@@ -103,12 +107,14 @@ impl View {
         self.zoom = (self.zoom * factor).clamp(0.01, 32.0);
         let after = self.to_screen(area, before);
         self.offset += anchor - after;
+        self.fitted = false;
     }
 
-    /// Show canvas pixels 1:1 (physical pixels), centred on the area's centre.
-    pub fn actual_pixels(&mut self, area: Rect, pixels_per_point: f32) {
+    /// Show canvas pixels 1:1 (physical pixels), keeping the canvas point under `anchor` in
+    /// place (the pointer where it is over the canvas, as photo editors do; else the centre).
+    pub fn actual_pixels(&mut self, area: Rect, anchor: Option<Pos2>, pixels_per_point: f32) {
         let factor = (1.0 / pixels_per_point) / self.zoom;
-        self.zoom_at(area, area.center(), factor);
+        self.zoom_at(area, anchor.filter(|p| area.contains(*p)).unwrap_or(area.center()), factor);
     }
 }
 
@@ -267,6 +273,12 @@ impl Default for Canvas {
 }
 
 impl Canvas {
+    /// Whether the photo on screen is the document's (a camera photo's tiles are made on
+    /// another thread: until they come, the previous photo is shown).
+    pub fn shows_target_of(&self, doc: &Document) -> bool {
+        self.target.as_ref().is_some_and(|t| Arc::ptr_eq(&t.photo, &doc.target))
+    }
+
     fn sync_textures(&mut self, ctx: &egui::Context, doc: &Document) {
         let stale = self.target.as_ref().is_none_or(|t| !Arc::ptr_eq(&t.photo, &doc.target));
         if stale {
@@ -282,6 +294,9 @@ impl Canvas {
                 tex.set_partial(pos, img, TextureOptions::NEAREST);
                 self.overlay_revision = Some(doc.revision);
             }
+            // A change the texture cannot take in part (the 1×1 stand-in of an empty mask, the
+            // first stroke after opening, a fill or Clear): make the whole overlay below.
+            (_, Some(_)) => self.overlay_revision = None,
             _ => {}
         }
         if self.overlay.is_none() || self.overlay_revision != Some(doc.revision) {
@@ -378,6 +393,9 @@ impl Canvas {
     /// Draw the canvas into the remaining space and handle its input.
     pub fn show(&mut self, ui: &mut egui::Ui, doc: &mut Document, o: Overlay<'_>, brush_radius: &mut f32) {
         let area = ui.available_rect_before_wrap();
+        if self.view.fitted && self.area.is_positive() && self.area.size() != area.size() {
+            self.view.fit_pending = true;
+        }
         self.area = area;
         let response = ui.allocate_rect(area, Sense::click_and_drag());
         if self.view.fit_pending {
@@ -443,6 +461,7 @@ impl Canvas {
             || (space && response.dragged_by(egui::PointerButton::Primary));
         if panning {
             self.view.offset += response.drag_delta();
+            self.view.fitted = false;
             ctx.set_cursor_icon(CursorIcon::Grabbing);
         } else if space && response.hovered() {
             ctx.set_cursor_icon(CursorIcon::Grab);
@@ -458,11 +477,12 @@ impl Canvas {
                 (i.modifiers.shift, i.key_pressed(egui::Key::OpenBracket), i.key_pressed(egui::Key::CloseBracket))
             });
             let step = if shift { 1.0 } else { (*brush_radius * 0.15).max(1.0) };
+            // Whole pixels: the size field shows what the brush is.
             if open {
-                *brush_radius = (*brush_radius - step).max(1.0);
+                *brush_radius = (*brush_radius - step).round().max(1.0);
             }
             if close {
-                *brush_radius = (*brush_radius + step).min(500.0);
+                *brush_radius = (*brush_radius + step).round().min(500.0);
             }
         }
         space
@@ -521,7 +541,10 @@ impl Canvas {
                     Some(n) => format!("full-resolution detail: {} of {} rows", n.rows_done, n.rows),
                     None => format!("denoising step {step} of {total}"),
                 };
-                label(&painter, area, &what);
+                // Once the job is over the preview only waits for the result's texture.
+                if !o.editable {
+                    label(&painter, area, &what);
+                }
             } else if let Some((photo, ext)) = o.split.then(|| doc.before_last_fill()).flatten() {
                 // Before on the left of the divider, after (already drawn) on the right.
                 let x = canvas_rect.left() + self.split_at * canvas_rect.width();
@@ -580,8 +603,17 @@ impl Canvas {
                 ctx.set_cursor_icon(CursorIcon::Crosshair);
             } else if o.editable && self.tool.is_some() && !space {
                 let colour = if self.tool == Some(Tool::Eraser) { Color32::LIGHT_BLUE } else { Color32::WHITE };
-                painter.circle_stroke(p, brush_radius * self.view.zoom, Stroke::new(1.5, Color32::BLACK));
-                painter.circle_stroke(p, brush_radius * self.view.zoom, Stroke::new(1.0, colour));
+                let r = brush_radius * self.view.zoom;
+                painter.circle_stroke(p, r.max(3.0), Stroke::new(1.5, Color32::BLACK));
+                painter.circle_stroke(p, r.max(3.0), Stroke::new(1.0, colour));
+                if r < 6.0 {
+                    // A brush a few screen pixels wide (a camera photo seen whole): a crosshair
+                    // shows where it is.
+                    for d in [Vec2::new(8.0, 0.0), Vec2::new(0.0, 8.0)] {
+                        painter.line_segment([p - d, p - d * 0.5], Stroke::new(1.0, colour));
+                        painter.line_segment([p + d * 0.5, p + d], Stroke::new(1.0, colour));
+                    }
+                }
             }
         }
     }
@@ -806,6 +838,17 @@ mod tests {
         v.zoom_at(area, anchor, 3.0);
         let after = v.to_canvas(area, anchor);
         assert!((under[0] - after[0]).abs() < 1e-3 && (under[1] - after[1]).abs() < 1e-3);
+        assert!(!v.fitted, "a zoom leaves the fitted view");
+        // 100 % keeps the point under the pointer; without a pointer on the canvas, the centre.
+        let under = v.to_canvas(area, anchor);
+        v.actual_pixels(area, Some(anchor), 1.0);
+        assert!((v.zoom - 1.0).abs() < 1e-6);
+        let after = v.to_canvas(area, anchor);
+        assert!((under[0] - after[0]).abs() < 1e-3 && (under[1] - after[1]).abs() < 1e-3);
+        let centre = v.to_canvas(area, area.center());
+        v.actual_pixels(area, Some(Pos2::new(0.0, 0.0)), 2.0);
+        let after = v.to_canvas(area, area.center());
+        assert!((centre[0] - after[0]).abs() < 1e-3 && (centre[1] - after[1]).abs() < 1e-3);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 
 use super::canvas::Tool;
 use super::clipboard::PasteAs;
-use super::tasks::Dialog;
+use super::dialogs::Dialog;
 use crate::scene::Extension;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +83,12 @@ pub const ZOOM_IN_ALT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE,
 pub const ZOOM_OUT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Minus);
 pub const SHORTCUTS: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::F1);
 pub const CANCEL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Escape);
+pub const FILL: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+/// Photoshop's keys for inverting and dropping a selection.
+pub const INVERT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.plus(Modifiers::SHIFT), Key::I);
+pub const CLEAR: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::D);
+/// Lightroom's key for before/after side by side.
+pub const SPLIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Y);
 /// Copy and paste reach the app as egui's Copy and PasteImage events (egui-winit turns these
 /// keys into them); the constants are for menus and the shortcut list.
 pub const COPY: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::C);
@@ -95,6 +101,7 @@ pub fn shortcuts() -> Vec<Shortcut> {
     let s = |keys, command, what| Shortcut { keys, command, what };
     vec![
         s(REDO, Command::Redo, "Redo"),
+        s(INVERT, Command::InvertMask, "Invert the mask"),
         s(OPEN_PROJECT, Command::OpenDialog(Dialog::OpenProject), "Open a project"),
         s(SAVE_AS, Command::OpenDialog(Dialog::SaveProject), "Save the project as…"),
         s(EXPORT, Command::OpenDialog(Dialog::Export), "Export the image"),
@@ -102,6 +109,8 @@ pub fn shortcuts() -> Vec<Shortcut> {
         s(UNDO, Command::Undo, "Undo"),
         s(OPEN, Command::OpenDialog(Dialog::OpenPhoto), "Open a photo"),
         s(SAVE, Command::Save, "Save the project"),
+        s(FILL, Command::Fill, "Fill"),
+        s(CLEAR, Command::ClearMask, "Clear the mask"),
         s(QUIT, Command::Quit, "Quit (asks about unsaved changes)"),
         s(FIT_ALT, Command::Fit, "Fit the canvas to the window"),
         s(ACTUAL_PIXELS_ALT, Command::ActualPixels, "100 %: one photo pixel per screen pixel"),
@@ -114,6 +123,7 @@ pub fn shortcuts() -> Vec<Shortcut> {
         s(ZOOM_IN, Command::Zoom(1.25), "Zoom in"),
         s(ZOOM_IN_ALT, Command::Zoom(1.25), "Zoom in"),
         s(ZOOM_OUT, Command::Zoom(0.8), "Zoom out"),
+        s(SPLIT, Command::ToggleSplit, "Before and after side by side"),
         s(SHORTCUTS, Command::ToggleShortcuts, "This list of shortcuts"),
         s(CANCEL, Command::Cancel, "Cancel the running job"),
     ]
@@ -126,7 +136,13 @@ pub fn pressed(ctx: &egui::Context) -> Vec<Command> {
     }
     let mut out = Vec::new();
     for s in shortcuts() {
-        if ctx.input_mut(|i| i.consume_shortcut(&s.keys)) {
+        if s.keys == CANCEL {
+            // Esc first closes an open menu or popup (egui's own handling, which a consumed key
+            // would never reach) and prompts (which read it too); only then does it cancel.
+            if !ctx.any_popup_open() && ctx.input(|i| i.key_pressed(Key::Escape) && i.modifiers.is_none()) {
+                out.push(s.command);
+            }
+        } else if ctx.input_mut(|i| i.consume_shortcut(&s.keys)) {
             out.push(s.command);
         }
     }

@@ -9,8 +9,11 @@
 pub mod canvas;
 pub mod clipboard;
 pub mod commands;
+pub mod dialogs;
 pub mod document;
+pub mod file_browser;
 mod panels;
+mod portal_log;
 pub mod settings;
 mod tasks;
 pub mod unsaved;
@@ -126,6 +129,9 @@ pub struct RealfillApp {
     /// What waits for the answer to "save changes?", and what waits for a project save.
     pending: Option<unsaved::Pending>,
     after_save: Option<unsaved::Pending>,
+    /// The last preview (and its strips) of a finished fill, drawn until the result's texture
+    /// is on screen.
+    handover: Option<(Preview, Vec<canvas::NativeTexture>)>,
     /// The person chose to close without saving.
     close_confirmed: bool,
     /// The keyboard shortcut list is open (F1, Help menu).
@@ -156,6 +162,14 @@ pub struct RealfillApp {
     frame_total_ms: f32,
     /// Print every frame's time to stderr (REALFILL_FRAME_LOG=1), for measuring.
     frame_log: bool,
+    /// Ask the system for file dialogs; off once it had none that answered (then, and in
+    /// tests, realfill's own dialog is used).
+    system_dialogs: bool,
+    /// realfill's own file dialog, while it is open.
+    file_browser: Option<file_browser::FileBrowser>,
+    /// The references of the photo open before this one, and that photo's name, while the
+    /// person is asked whether this photo keeps them.
+    refs_offer: Option<(Vec<Arc<Photo>>, String)>,
 }
 
 /// Thumbnails of reference photos, made once per photo.
@@ -226,6 +240,10 @@ impl RealfillApp {
             show_frame_time: true,
             frame_total_ms: 0.0,
             frame_log: crate::switches::get().frame_log,
+            system_dialogs: true,
+            file_browser: None,
+            refs_offer: None,
+            handover: None,
         }
     }
 
@@ -264,6 +282,17 @@ impl RealfillApp {
     pub fn with_job_template(mut self, f: impl FnOnce(&mut FillSettings)) -> RealfillApp {
         f(&mut self.job_template);
         self
+    }
+
+    /// Use realfill's own file dialog, never the system's (tests: no dialog outside the app).
+    pub fn with_builtin_file_dialogs(mut self) -> RealfillApp {
+        self.system_dialogs = false;
+        self
+    }
+
+    /// realfill's own file dialog, while it is open.
+    pub fn file_browser(&self) -> Option<&file_browser::FileBrowser> {
+        self.file_browser.as_ref()
     }
 
     /// Hide the frame time and a fill's seconds in the status bar (snapshots must not vary).
@@ -333,12 +362,18 @@ impl RealfillApp {
     }
 
     pub fn open_target(&mut self, p: Photo) {
+        self.forget_previous_notes();
         if p.transparent.is_some() {
             self.info(format!("{}: transparent pixels are part of the fill region (shown in red)", p.path.display()));
         }
-        let mut doc = Document::new(p);
+        let doc = Document::new(p);
         if let Some(mut old) = self.doc.take() {
-            doc.refs = std::mem::take(&mut old.refs);
+            // Another photo is another scene unless the person says otherwise (`refs_prompt`).
+            let refs = std::mem::take(&mut old.refs);
+            if !refs.is_empty() {
+                let from = old.target.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                self.refs_offer = Some((refs, from));
+            }
             // The old photo and its undo history: freed off the UI thread.
             std::thread::spawn(move || drop(old));
         }
@@ -351,6 +386,50 @@ impl RealfillApp {
         self.drop_candidates();
         self.project_path = None;
         self.canvas.view.fit_pending = true;
+    }
+
+    /// Another document opens: what was said about the previous one (the demo's hint, the
+    /// last fill's status) no longer applies. Errors stay until dismissed.
+    fn forget_previous_notes(&mut self) {
+        self.messages.retain(|m| m.level == Level::Error);
+        self.status.clear();
+    }
+
+    /// Whether the photo just opened is asked to keep the previous photo's references.
+    pub fn asks_to_keep_references(&self) -> bool {
+        self.refs_offer.is_some()
+    }
+
+    /// Asked once when another photo opens over one with references: they belong to the
+    /// previous scene, so the new photo starts without them unless the person keeps them.
+    fn refs_prompt(&mut self, ctx: &egui::Context) {
+        let Some((refs, from)) = &self.refs_offer else { return };
+        let mut keep = None;
+        egui::Modal::new(egui::Id::unique("keep-references")).show(ctx, |ui| {
+            let n = refs.len();
+            let photos = if n == 1 { "reference photo" } else { "reference photos" };
+            ui.heading(format!("Keep the {n} {photos} of {from}?"));
+            ui.label("References show the scene of the photo being filled. Keep them only if this photo shows the same scene.");
+            ui.horizontal(|ui| {
+                if ui.button("Keep references").clicked() {
+                    keep = Some(true);
+                }
+                if ui.button("New scene").clicked() || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+                    keep = Some(false);
+                }
+            });
+        });
+        let Some(keep) = keep else { return };
+        let Some((refs, _)) = self.refs_offer.take() else { return };
+        match (keep, &mut self.doc) {
+            (true, Some(doc)) => {
+                doc.refs = refs;
+                self.info("kept the references of the previous photo");
+            }
+            _ => {
+                std::thread::spawn(move || drop(refs));
+            }
+        }
     }
 
     fn engine(&mut self, ctx: &egui::Context) -> &Engine {
@@ -504,6 +583,7 @@ impl RealfillApp {
                 }
                 Event::Preview { step, total, image } => {
                     newest_preview = Some((step, total, image));
+                    self.handover = None;
                     self.native_preview.clear();
                     self.native_pending.clear();
                 }
@@ -525,8 +605,13 @@ impl RealfillApp {
                     }
                 }
                 Event::Done(out) => {
+                    // The last preview and the finished strips stay on screen until the
+                    // result's own texture is (`drop_handover_once_shown`): no flash of the
+                    // hole between them.
                     newest_preview = None;
-                    self.preview = None;
+                    if let Some(p) = self.preview.take() {
+                        self.handover = Some((p, std::mem::take(&mut self.native_preview)));
+                    }
                     self.native_preview.clear();
                     self.native_pending.clear();
                     self.on_fill_done(ctx, *out);
@@ -571,6 +656,19 @@ impl RealfillApp {
             self.status = format!("denoising step {step} of {total}");
         }
         self.upload_native_strips(ctx);
+    }
+
+    /// After a fill, the last preview goes in the frame the result's texture is drawn in.
+    fn drop_handover_once_shown(&mut self) {
+        if self.handover.is_some() && self.doc.as_ref().is_none_or(|d| self.canvas.shows_target_of(d)) {
+            self.handover = None;
+        }
+    }
+
+    /// Whether a preview is on the canvas: the running fill's, or the last one of a finished
+    /// fill while its result's texture is being made.
+    pub fn preview_on_canvas(&self) -> bool {
+        self.preview.is_some() || self.handover.is_some()
     }
 
     /// Upload finished native-resolution strips, up to about a megabyte of texture per frame
@@ -778,7 +876,8 @@ impl RealfillApp {
             Command::Fit => self.canvas.view.fit_pending = true,
             Command::ActualPixels => {
                 let area = self.canvas.area;
-                self.canvas.view.actual_pixels(area, ctx.pixels_per_point());
+                let pointer = ctx.input(|i| i.pointer.hover_pos());
+                self.canvas.view.actual_pixels(area, pointer, ctx.pixels_per_point());
             }
             Command::InvertMask if editable => {
                 if let Some(d) = &mut self.doc {
@@ -814,7 +913,7 @@ impl RealfillApp {
             Command::ToggleSplit => self.split = !self.split,
             Command::Save => match self.project_path.clone() {
                 Some(p) if self.doc.is_some() => self.save_project(p),
-                _ => self.open_dialog(tasks::Dialog::SaveProject),
+                _ => self.open_dialog(dialogs::Dialog::SaveProject),
             },
             Command::Zoom(f) => {
                 let area = self.canvas.area;
@@ -951,7 +1050,9 @@ impl RealfillApp {
         self.drain_tasks();
         self.drain_events(&ctx);
         let pressed = commands::pressed(&ctx);
-        self.commands.extend(pressed);
+        // Esc answers an open prompt or dialog; it cancels the job only when none is open.
+        let modal = self.pending.is_some() || self.refs_offer.is_some() || self.file_browser.is_some();
+        self.commands.extend(pressed.into_iter().filter(|c| !(modal && *c == Command::Cancel)));
         self.clipboard_events(&ctx);
         // Holding \\ shows the photo before the last fill (a held key, not a command).
         let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));
@@ -961,17 +1062,17 @@ impl RealfillApp {
         let refs_rect = panels::references_panel(self, ui);
         panels::run_panel(self, ui);
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
-            let preview = self.preview.as_ref().map(|p| (&p.tex, p.step, p.total));
+            let (preview, native) = match (&self.preview, &self.handover) {
+                (Some(p), _) => (Some(p), &self.native_preview),
+                (None, Some((p, native))) => (Some(p), native),
+                (None, None) => (None, &self.native_preview),
+            };
+            let preview = preview.map(|p| (&p.tex, p.step, p.total));
             let editable = self.running.is_none();
             match &mut self.doc {
                 Some(doc) => {
-                    let overlay = canvas::Overlay {
-                        editable,
-                        preview,
-                        native: &self.native_preview,
-                        show_before: self.show_before,
-                        split: self.split,
-                    };
+                    let overlay =
+                        canvas::Overlay { editable, preview, native, show_before: self.show_before, split: self.split };
                     self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
                 }
                 None => {
@@ -981,11 +1082,14 @@ impl RealfillApp {
                 }
             }
         });
+        self.drop_handover_once_shown();
         self.dropped_files(ui, refs_rect);
         if ctx.input(|i| i.viewport().close_requested()) {
             self.request_close(&ctx);
         }
         self.prompt(ui);
+        self.refs_prompt(&ctx);
+        self.show_file_browser(&ctx);
         panels::shortcut_list(self, ui);
         self.apply_commands(&ctx);
         let title = self.title();

@@ -6,8 +6,8 @@ use egui::{Color32, RichText};
 use super::canvas::Tool;
 use super::clipboard;
 use super::commands::{self, Command};
+use super::dialogs::Dialog;
 use super::document::extension_preset;
-use super::tasks::Dialog;
 use super::{Level, RealfillApp, Running};
 use crate::scene::Extension;
 use crate::settings::{EngineKind, LIMITS, LoraPreset};
@@ -33,8 +33,17 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 }
                 ui.add_enabled_ui(!app.settings.recent.is_empty(), |ui| {
                     ui.menu_button("Open recent", |ui| {
-                        for p in app.settings.recent.clone() {
-                            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        let recent = app.settings.recent.clone();
+                        let name_of = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+                        for p in &recent {
+                            let mut name = name_of(p).unwrap_or_default();
+                            // Two files of one name (every camera's IMG_0001.JPG): say which folder.
+                            if recent.iter().filter(|q| name_of(q) == name_of(p)).count() > 1
+                                && let Some(dir) = p.parent().and_then(name_of)
+                            {
+                                name = format!("{name} — {dir}");
+                            }
+                            let p = p.clone();
                             if ui.button(name).on_hover_text(p.display().to_string()).clicked() {
                                 app.push(Command::OpenRecent(p));
                             }
@@ -101,7 +110,8 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 }
             });
             ui.separator();
-            tools(app, ui);
+            // A narrow window wraps the tools onto a second row instead of cutting them off.
+            ui.horizontal_wrapped(|ui| tools(app, ui));
         });
     });
 }
@@ -165,14 +175,22 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
             app.push(Command::SetTool(Tool::Lasso));
         }
         let l = ui.label("Size");
-        ui.add(egui::DragValue::new(&mut app.settings.brush_radius).range(1.0..=500.0).speed(0.5).suffix(" px"))
-            .labelled_by(l.id)
-            .on_hover_text("Brush radius in photo pixels ([ and ])");
+        ui.add(
+            egui::DragValue::new(&mut app.settings.brush_radius)
+                .range(1.0..=500.0)
+                .speed(0.5)
+                .fixed_decimals(0)
+                .suffix(" px"),
+        )
+        .labelled_by(l.id)
+        .on_hover_text("Brush radius in photo pixels ([ and ])");
         if app.doc.is_some() {
-            if ui.button("Invert").on_hover_text("Fill what is kept, keep what is painted").clicked() {
+            let tip = format!("Fill what is kept, keep what is painted ({})", key(&commands::INVERT));
+            if ui.button("Invert").on_hover_text(tip).clicked() {
                 app.push(Command::InvertMask);
             }
-            if ui.button("Clear").on_hover_text("Remove the whole mask").clicked() {
+            if ui.button("Clear").on_hover_text(format!("Remove the whole mask ({})", key(&commands::CLEAR))).clicked()
+            {
                 app.push(Command::ClearMask);
             }
             let step = app.settings.mask_step;
@@ -212,7 +230,7 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
     }
     if ui
         .add_enabled(can_compare, egui::Button::new("Split").selected(app.split))
-        .on_hover_text("Before on the left of a line you drag, after on the right")
+        .on_hover_text(format!("Before on the left of a line you drag, after on the right ({})", key(&commands::SPLIT)))
         .clicked()
     {
         app.push(Command::ToggleSplit);
@@ -347,10 +365,16 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     ui.add(egui::DragValue::new(&mut r.sd.steps).range(LIMITS.steps))
                         .labelled_by(l.id)
                         .on_hover_text("Denoising steps of Stable Diffusion (50 by default)");
-                } else {
+                } else if r.engine.resolve() == EngineKind::SceneModel {
                     ui.add(egui::DragValue::new(&mut r.steps).range(LIMITS.steps))
                         .labelled_by(l.id)
-                        .on_hover_text("Denoising steps of the scene model (the patch engine runs its own schedule)");
+                        .on_hover_text("Denoising steps of the scene model");
+                } else {
+                    // The patch engine's steps follow from the photo's size (coarse to fine);
+                    // an editable field here would be ignored and contradict the progress.
+                    ui.label(egui::RichText::new("by image size").weak())
+                        .labelled_by(l.id)
+                        .on_hover_text("The patch engine denoises coarse to fine: a few steps per level, more levels for larger photos");
                 }
                 ui.end_row();
                 let l = ui.label("Seed");
@@ -409,6 +433,7 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
             }
             if ui
                 .add_enabled(can_run, egui::Button::new(RichText::new("Fill").strong()))
+                .on_hover_text(format!("Fill the painted region and the extension ({})", ui.ctx().format_shortcut(&commands::FILL)))
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
@@ -532,7 +557,8 @@ fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
     if app.running.is_some() && l.total > 0 && l.step < l.total {
         let frac = l.step as f32 / l.total as f32;
         let eta = if l.step > 0 { l.elapsed_s / l.step as f32 * (l.total - l.step) as f32 } else { 0.0 };
-        ui.add(egui::ProgressBar::new(frac).text(format!("learning {}/{} · ETA {}", l.step, l.total, clock(eta))));
+        let left = if l.step > 0 { format!(" · {} left", duration(eta)) } else { String::new() };
+        ui.add(egui::ProgressBar::new(frac).text(format!("learning {}/{}{left}", l.step, l.total)));
     }
     if l.losses.len() > 1 {
         ui.label(format!("loss {:.4}", l.losses.last().copied().unwrap_or(0.0)));
@@ -557,9 +583,14 @@ fn candidate_label(c: &super::Candidate) -> String {
     }
 }
 
-fn clock(s: f32) -> String {
+/// A time still to wait, as words ("about 3 min 20 s"), never like a time of day.
+fn duration(s: f32) -> String {
     let s = s.max(0.0).round() as u64;
-    format!("{}:{:02}", s / 60, s % 60)
+    match s {
+        0..60 => format!("about {s} s"),
+        60..3600 => format!("about {} min {} s", s / 60, s % 60),
+        _ => format!("about {} h {} min", s / 3600, (s % 3600) / 60),
+    }
 }
 
 /// Loss per learning step, log scale, drawn with the painter.
@@ -582,6 +613,19 @@ fn loss_plot(ui: &mut egui::Ui, losses: &[f32]) {
         })
         .collect();
     painter.line(points, egui::Stroke::new(1.5, Color32::from_rgb(120, 200, 255)));
+    // Axes in words: the loss at the top and bottom of the (log) scale, the steps below.
+    let font = egui::FontId::proportional(10.0);
+    let weak = Color32::from_gray(150);
+    let at = |y: f32| format!("{:.3}", 10f32.powf(y));
+    painter.text(rect.left_top() + egui::vec2(3.0, 2.0), egui::Align2::LEFT_TOP, at(hi), font.clone(), weak);
+    painter.text(rect.left_bottom() + egui::vec2(3.0, -2.0), egui::Align2::LEFT_BOTTOM, at(lo), font.clone(), weak);
+    painter.text(
+        rect.right_bottom() + egui::vec2(-3.0, -2.0),
+        egui::Align2::RIGHT_BOTTOM,
+        format!("step {n}"),
+        font,
+        weak,
+    );
 }
 
 pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {

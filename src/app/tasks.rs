@@ -6,25 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::RealfillApp;
+use super::dialogs::{Dialog, Pick};
 use super::document::{Document, PaintMask};
 use crate::error::{Error, Result};
 use crate::scene::Photo;
 use crate::scene::io::{load_photo, load_reference, same_file, save_atomic, save_with};
 use crate::scene::project::Project;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialog {
-    OpenPhoto,
-    AddReferences,
-    OpenProject,
-    SaveProject,
-    Export,
-    /// A mask image (white = fill) of the photo's size.
-    ImportMask,
-    ExportMask,
-    /// A Stable Diffusion model folder (diffusers layout).
-    SdModel,
-}
 
 pub struct OpenedProject {
     pub path: PathBuf,
@@ -40,6 +27,9 @@ pub type SceneResult = Result<(crate::scene::Scene, Option<(usize, usize, usize,
 pub enum Task {
     /// A dialog closed: the chosen paths (None = cancelled).
     Dialog(Dialog, Option<Vec<PathBuf>>),
+    /// The system has no file dialog that answered (why, as rfd said): the app shows its own,
+    /// from the same folder and with the same name.
+    DialogUnavailable(Dialog, Option<PathBuf>, Option<String>, String),
     Target(Result<Photo>),
     References(Vec<Result<Photo>>),
     Project(Result<OpenedProject>),
@@ -59,35 +49,31 @@ pub enum Task {
     Scene(super::JobKind, SceneResult),
 }
 
-const IMAGES: &[&str] = &["png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif", "pnm", "ppm", "tga", "qoi"];
-
+/// The system's file dialog (XDG desktop portal, else zenity). Where neither answers, rfd
+/// returns None as for a cancel: `portal_log` tells the two apart, and the app then opens its
+/// own dialog (`file_browser`).
 pub fn dialog(kind: Dialog, start: Option<PathBuf>, name: Option<String>) -> impl FnOnce() -> Task + Send + 'static {
     move || {
-        let mut d = rfd::FileDialog::new();
+        let mut d = rfd::FileDialog::new().set_title(kind.title());
         if let Some(s) = &start {
             d = d.set_directory(s);
         }
         if let Some(n) = &name {
             d = d.set_file_name(n);
         }
-        let project = [crate::scene::project::EXTENSION];
-        let paths = match kind {
-            Dialog::OpenPhoto => d.add_filter("Photos", IMAGES).pick_file().map(|p| vec![p]),
-            Dialog::AddReferences => d.add_filter("Photos", IMAGES).pick_files(),
-            Dialog::OpenProject => d.add_filter("realfill project", &project).pick_file().map(|p| vec![p]),
-            Dialog::SaveProject => d.add_filter("realfill project", &project).save_file().map(|p| vec![p]),
-            Dialog::Export => d
-                .add_filter("PNG", &["png"])
-                .add_filter("JPEG", &["jpg", "jpeg"])
-                .add_filter("TIFF", &["tif", "tiff"])
-                .add_filter("WebP", &["webp"])
-                .save_file()
-                .map(|p| vec![p]),
-            Dialog::ImportMask => d.add_filter("Mask images", IMAGES).pick_file().map(|p| vec![p]),
-            Dialog::ExportMask => d.add_filter("PNG", &["png"]).save_file().map(|p| vec![p]),
-            Dialog::SdModel => d.pick_folder().map(|p| vec![p]),
-        };
-        Task::Dialog(kind, paths)
+        for (label, exts) in kind.filters() {
+            d = d.add_filter(label, exts);
+        }
+        let (paths, failure) = super::portal_log::watch(|| match kind.pick() {
+            Pick::One => d.pick_file().map(|p| vec![p]),
+            Pick::Many => d.pick_files(),
+            Pick::Save => d.save_file().map(|p| vec![p]),
+            Pick::Folder => d.pick_folder().map(|p| vec![p]),
+        });
+        match (paths, failure) {
+            (None, Some(why)) => Task::DialogUnavailable(kind, start, name, why),
+            (paths, _) => Task::Dialog(kind, paths),
+        }
     }
 }
 
@@ -152,6 +138,7 @@ impl RealfillApp {
 
     /// Replace the document with an opened project (after `unsaved` asked, if it had to).
     pub(super) fn open_project_now(&mut self, o: OpenedProject) {
+        self.forget_previous_notes();
         let mut doc = Document::new(o.target);
         if let Some(m) = &o.project.mask
             && let Ok(pm) = PaintMask::from_rle(m)
@@ -182,7 +169,24 @@ impl RealfillApp {
             _ => None,
         }
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        self.spawn(dialog(kind, start, name));
+        if self.system_dialogs {
+            self.spawn(dialog(kind, start, name));
+        } else {
+            self.file_browser = Some(super::file_browser::FileBrowser::new(kind, start, name));
+        }
+    }
+
+    /// realfill's own dialog, while open; what it returns goes where the system's would.
+    pub(super) fn show_file_browser(&mut self, ctx: &egui::Context) {
+        let Some(b) = &mut self.file_browser else { return };
+        let kind = b.kind;
+        let paths = match b.show(ctx) {
+            super::file_browser::Outcome::Open => return,
+            super::file_browser::Outcome::Cancelled => None,
+            super::file_browser::Outcome::Chosen(p) => Some(p),
+        };
+        self.file_browser = None;
+        self.apply_task(Task::Dialog(kind, paths));
     }
 
     /// Export the current image to `path` (atomic; never over an input).
@@ -293,6 +297,13 @@ impl RealfillApp {
             // A save dialog cancelled: what waited for the save waits no more.
             Task::Dialog(Dialog::SaveProject, None) => self.after_save = None,
             Task::Dialog(_, None) => {}
+            Task::DialogUnavailable(kind, start, name, why) => {
+                self.system_dialogs = false;
+                self.info(format!(
+                    "this desktop has no file dialog that answered ({why}); realfill's own is shown instead"
+                ));
+                self.file_browser = Some(super::file_browser::FileBrowser::new(kind, start, name));
+            }
             Task::Dialog(kind, Some(paths)) => {
                 if let Some(dir) = paths.first().and_then(|p| p.parent()) {
                     self.settings.last_dir = Some(dir.to_path_buf());

@@ -5,7 +5,8 @@
 //! (the mask and the references live only in the project), as in other photo editors.
 
 use super::RealfillApp;
-use super::tasks::{Dialog, OpenedProject};
+use super::dialogs::Dialog;
+use super::tasks::OpenedProject;
 use crate::scene::Photo;
 
 /// What waits for the person's answer.

@@ -107,17 +107,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
-/// fp32 peak of this CPU: cores × FLOPs/cycle (2 FMA units × SIMD lanes × 2) × max clock.
+/// fp32 peak of this CPU for the vector form realfill's kernels run (`REALFILL_SIMD` caps it):
+/// cores × FLOPs/cycle (2 FMA units × SIMD lanes × 2) × max clock.
 pub fn cpu_peak_gflops() -> (f64, String) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or("");
-    let lanes = if flags.contains(" avx512f") {
-        16.0
-    } else if flags.contains(" avx2") && flags.contains(" fma") {
-        8.0
-    } else {
-        4.0
-    };
+    let form = crate::kernels::plan().simd;
+    let lanes = form.lanes() as f64;
     let mhz = info
         .lines()
         .filter(|l| l.starts_with("cpu MHz"))
@@ -132,17 +127,19 @@ pub fn cpu_peak_gflops() -> (f64, String) {
         .to_string();
     let cores = device::cpu_threads() as f64;
     let peak = cores * 2.0 * lanes * 2.0 * mhz / 1000.0;
-    (peak, format!("{model}, {cores} threads, {mhz:.0} MHz, {} fp32 lanes × 2 FMA units", lanes))
+    (peak, format!("{model}, {cores} threads, {mhz:.0} MHz, {} ({lanes} fp32 lanes) × 2 FMA units", form.name()))
 }
 
 /// fp32 FMA throughput actually reached on every thread at once (independent AVX-512, or
-/// AVX2, FMA chains in registers): what "peak" means on this (virtual) machine, where the
-/// nominal figure assumes two FMA units per core and a clock nobody guarantees.
+/// AVX2, FMA chains in registers, the form the kernels run): what "peak" means on this
+/// (virtual) machine, where the nominal figure assumes two FMA units per core and a clock
+/// nobody guarantees.
 pub fn measured_fma_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let wide = is_x86_feature_detected!("avx512f");
-        let mid = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        use crate::kernels::simd::Simd;
+        let form = crate::kernels::plan().simd;
+        let (wide, mid) = (form == Simd::Avx512, form == Simd::Avx2);
         if !(wide || mid) {
             return None;
         }
@@ -151,7 +148,7 @@ pub fn measured_fma_gflops() -> Option<f64> {
         let t = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..threads {
-                // SAFETY: the features were detected above.
+                // SAFETY: the plan says Avx512 / Avx2 only when the CPU has those features.
                 s.spawn(move || unsafe { if wide { fma_loop_avx512(iters) } else { fma_loop_avx2(iters) } });
             }
         });

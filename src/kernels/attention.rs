@@ -7,8 +7,10 @@
 //! Keys are stored in panels of [`PANEL`] keys, column-major within the panel, so that the
 //! inner product kernel loads two AVX-512 vectors of keys per column and broadcasts one query
 //! value per row: a register block of 8 queries × 32 keys, 16 accumulators, 2 FMAs per
-//! broadcast. On CPUs without AVX-512 the same blocking runs as plain Rust compiled for
-//! AVX2+FMA (or the baseline). `tests` check both against a direct computation, and
+//! broadcast. AVX2 has 16 registers of 8 lanes, so its kernel walks the same tile in blocks of
+//! 4 queries × 16 keys (8 accumulators, 2 key loads and 4 broadcasts per 8 FMAs), and its
+//! softmax update runs 8 lanes at a time with a vector exp like the AVX-512 one. CPUs with
+//! neither run plain Rust. `tests` check every form against a direct computation, and
 //! patch.rs's tests check the kernel against the burn tensor version.
 
 use rayon::prelude::*;
@@ -168,7 +170,7 @@ fn logits(kernel: Simd, q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; 
         Simd::Avx512 => unsafe { avx512::logits(q, cols, panel, tile) },
         // SAFETY: Avx2 only when the CPU has AVX2 and FMA; the slices as above.
         #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { logits_avx2(q, cols, panel, tile) },
+        Simd::Avx2 => unsafe { avx2::logits(q, cols, panel, tile) },
         _ => logits_portable(q, cols, panel, tile),
     }
 }
@@ -181,6 +183,9 @@ fn update(kernel: Simd, s: &mut RowState, logits: &[f32], valid: usize, cen: &[f
         // SAFETY: Avx512 only when the CPU has AVX-512F; `logits` and `cen` hold PANEL and
         // 3·PANEL values (asserted above); the state's sums and accumulators are [f32; 16].
         Simd::Avx512 => unsafe { avx512::update(s, logits, valid, cen, first_key) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 only when the CPU has AVX2 and FMA; the lengths as above.
+        Simd::Avx2 => unsafe { avx2::update(s, logits, valid, cen, first_key) },
         _ => update_portable(s, logits, valid, cen, first_key),
     }
 }
@@ -200,16 +205,6 @@ fn logits_portable(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS 
     for r in 0..ROWS {
         tile[r * PANEL..(r + 1) * PANEL].copy_from_slice(&acc[r]);
     }
-}
-
-/// The portable kernel compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn logits_avx2(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
-    logits_portable(q, cols, panel, tile)
 }
 
 fn update_portable(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
@@ -309,6 +304,115 @@ mod avx512 {
             let hits = (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(l0, fv) as u32)
                 | ((_mm512_cmp_ps_mask::<_CMP_GT_OQ>(l1, fv) as u32) << 16);
             let mut bits = hits;
+            while bits != 0 {
+                let j = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                s.offer(logits[j], first_key + j as u32);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{PANEL, ROWS, RowState};
+    use crate::kernels::simd::avx2::exp;
+    use std::arch::x86_64::*;
+
+    /// Queries and keys of one register block.
+    const BR: usize = 4;
+    const BK: usize = 16;
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `q` must hold ROWS·cols values and `panel` cols·PANEL.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn logits(q: &[f32], cols: usize, panel: &[f32], tile: &mut [f32; ROWS * PANEL]) {
+        let (qp, kp, out) = (q.as_ptr(), panel.as_ptr(), tile.as_mut_ptr());
+        for r0 in (0..ROWS).step_by(BR) {
+            for k0 in (0..PANEL).step_by(BK) {
+                let mut acc = [_mm256_setzero_ps(); 2 * BR];
+                for c in 0..cols {
+                    // SAFETY: c < cols, k0 + 16 ≤ PANEL and panel holds cols·PANEL values.
+                    let (a, b) = unsafe {
+                        let p = kp.add(c * PANEL + k0);
+                        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                    };
+                    for r in 0..BR {
+                        // SAFETY: r0 + r < ROWS, c < cols and q holds ROWS·cols values.
+                        let v = _mm256_set1_ps(unsafe { *qp.add((r0 + r) * cols + c) });
+                        acc[2 * r] = _mm256_fmadd_ps(v, a, acc[2 * r]);
+                        acc[2 * r + 1] = _mm256_fmadd_ps(v, b, acc[2 * r + 1]);
+                    }
+                }
+                for r in 0..BR {
+                    // SAFETY: (r0 + r)·PANEL + k0 + 16 ≤ ROWS·PANEL, the tile's length.
+                    unsafe {
+                        let o = out.add((r0 + r) * PANEL + k0);
+                        _mm256_storeu_ps(o, acc[2 * r]);
+                        _mm256_storeu_ps(o.add(8), acc[2 * r + 1]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `logits` must hold PANEL values, `cen` 3·PANEL and the
+    /// state's `sum` and `acc` rows 16 each.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn update(s: &mut RowState, logits: &[f32], valid: usize, cen: &[f32], first_key: u32) {
+        // Lanes past `valid` (the last panel's padding) count as −∞ and weigh nothing.
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut l = [ninf; 4];
+        let mut keep = [_mm256_setzero_ps(); 4];
+        for (v, (lv, kv)) in l.iter_mut().zip(keep.iter_mut()).enumerate() {
+            // Lane i of vector v is key 8v + i: valid when 8v + i < valid.
+            let live = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32 - 8 * v as i32), lanes);
+            *kv = _mm256_castsi256_ps(live);
+            // SAFETY: logits holds PANEL = 32 values.
+            *lv = _mm256_blendv_ps(ninf, unsafe { _mm256_loadu_ps(logits.as_ptr().add(8 * v)) }, *kv);
+        }
+        let m8 = _mm256_max_ps(_mm256_max_ps(l[0], l[1]), _mm256_max_ps(l[2], l[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps::<1>(m8));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps::<1>(m2, m2)));
+        if m > s.max {
+            let scale = if s.max == f32::NEG_INFINITY { 0.0 } else { (s.max - m).exp() };
+            s.sum.iter_mut().for_each(|v| *v *= scale);
+            s.acc.iter_mut().flatten().for_each(|v| *v *= scale);
+            s.max = m;
+        }
+        let mv = _mm256_set1_ps(s.max);
+        let mut e = [_mm256_setzero_ps(); 4];
+        for v in 0..4 {
+            e[v] = _mm256_and_ps(exp(_mm256_sub_ps(l[v], mv)), keep[v]);
+        }
+        // Keys j and j + 16 share state lane j % 16, as in the portable and AVX-512 forms.
+        let (lo, hi) = (_mm256_add_ps(e[0], e[2]), _mm256_add_ps(e[1], e[3]));
+        // SAFETY: sum and acc are [f32; 16] each; cen holds 3·PANEL values.
+        unsafe {
+            let sp = s.sum.as_mut_ptr();
+            _mm256_storeu_ps(sp, _mm256_add_ps(_mm256_loadu_ps(sp), lo));
+            _mm256_storeu_ps(sp.add(8), _mm256_add_ps(_mm256_loadu_ps(sp.add(8)), hi));
+            for ch in 0..3 {
+                let ap = s.acc[ch].as_mut_ptr();
+                let cp = cen.as_ptr().add(ch * PANEL);
+                for half in 0..2 {
+                    let a = _mm256_loadu_ps(ap.add(8 * half));
+                    let a = _mm256_fmadd_ps(e[half], _mm256_loadu_ps(cp.add(8 * half)), a);
+                    let a = _mm256_fmadd_ps(e[half + 2], _mm256_loadu_ps(cp.add(8 * half + 16)), a);
+                    _mm256_storeu_ps(ap.add(8 * half), a);
+                }
+            }
+        }
+        // Best keys: only logits above the current k-th best need the scalar insertion.
+        if let Some(&(floor, _)) = s.top.last() {
+            let fv = _mm256_set1_ps(floor);
+            let mut bits = 0u32;
+            for (v, lv) in l.iter().enumerate() {
+                bits |= (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(*lv, fv)) as u32) << (8 * v);
+            }
             while bits != 0 {
                 let j = bits.trailing_zeros() as usize;
                 bits &= bits - 1;

@@ -21,7 +21,7 @@ use simd::Simd;
 /// Which CPU kernels this process uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// The widest vector form the CPU runs (`REALFILL_NO_AVX512` caps it at AVX2).
+    /// The widest vector form the CPU runs (`REALFILL_SIMD` caps it).
     pub simd: Simd,
     /// The scene model runs on realfill's CPU network (`diffusion::cpu_unet`) when the device
     /// is the CPU: unless `REALFILL_BURN_CPU`, and only with a vector form (its plain-Rust loops
@@ -37,7 +37,67 @@ pub fn plan() -> Plan {
     static PLAN: OnceLock<Plan> = OnceLock::new();
     *PLAN.get_or_init(|| {
         let sw = crate::switches::get();
-        let simd = simd::detect(sw.no_avx512);
+        let simd = simd::detect(sw.simd.as_deref().and_then(Simd::parse));
         Plan { simd, cpu_network: !sw.burn_cpu && simd != Simd::Portable, fused_attention: !sw.tensor_attention }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simd::{self, Simd};
+
+    /// The tests of everything that runs on these kernels, filtered by module path.
+    const KERNEL_TESTS: [&str; 3] = ["kernels::", "diffusion::cpu_unet::", "diffusion::patch::"];
+
+    /// This process tests the widest form the CPU runs; each narrower one (AVX2 and the
+    /// portable form on an AVX-512 machine, the portable form on an AVX2 one) is tested by
+    /// running this test binary again on the kernels' tests with `REALFILL_SIMD` capping the
+    /// form, so every form any x86-64 CPU would pick is checked against the plain references
+    /// on whatever machine runs the suite.
+    #[test]
+    fn the_kernel_tests_pass_at_every_vector_form_this_cpu_runs() {
+        // A child of this test (or a run capped by hand) checks only its own form.
+        if std::env::var_os("REALFILL_SIMD").is_some() {
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let narrower: Vec<Simd> = simd::supported().into_iter().skip(1).collect();
+        assert_eq!(narrower.last(), Some(&Simd::Portable), "the portable form is always tested");
+        for form in narrower {
+            let out = std::process::Command::new(&exe)
+                .args(KERNEL_TESTS)
+                .args(["--skip", "every_vector_form", "--test-threads", "2"])
+                .env("REALFILL_SIMD", form.name())
+                .output()
+                .expect("the test binary runs again");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "REALFILL_SIMD={}:\n{text}\n{}",
+                form.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // A filter that matched nothing would pass too: count what ran.
+            let passed: usize = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("test result: ok. ")?.split(' ').next()?.parse::<usize>().ok())
+                .sum();
+            assert!(passed >= 10, "REALFILL_SIMD={}: only {passed} kernel tests ran:\n{text}", form.name());
+        }
+    }
+
+    #[test]
+    fn the_cap_narrows_the_form_and_names_round_trip() {
+        for name in crate::switches::SIMD_FORMS {
+            assert_eq!(Simd::parse(name).map(Simd::name), Some(name));
+        }
+        let widest = simd::supported()[0];
+        assert_eq!(simd::detect(None), widest);
+        assert_eq!(simd::detect(Some(Simd::Portable)), Simd::Portable);
+        // A cap wider than the CPU is no cap.
+        assert_eq!(simd::detect(Some(Simd::Avx512)), widest);
+        if widest != Simd::Portable {
+            assert_eq!(simd::detect(Some(Simd::Avx2)), Simd::Avx2);
+        }
+    }
 }
