@@ -299,9 +299,9 @@ impl RealfillApp {
             Task::Dialog(_, None) => {}
             Task::DialogUnavailable(kind, start, name, why) => {
                 self.system_dialogs = false;
-                self.info(format!(
-                    "this desktop has no file dialog that answered ({why}); realfill's own is shown instead"
-                ));
+                // rfd's reasons are D-Bus details: for the terminal, not the window.
+                eprintln!("realfill: no system file dialog: {why}");
+                self.info("no system file dialog answered (XDG desktop portal or zenity): realfill's own is used");
                 self.file_browser = Some(super::file_browser::FileBrowser::new(kind, start, name));
             }
             Task::Dialog(kind, Some(paths)) => {

@@ -87,7 +87,7 @@ mod wide {
     #[inline(always)]
     fn sigmoid(u: __m512) -> __m512 {
         // SAFETY: register-only AVX-512F arithmetic; only called (inlined) from this module's
-        // row functions, which run only when the CPU has AVX-512F (`wide_ok`).
+        // row functions, which run only when the plan has AVX-512F (`RowForm::Wide`).
         unsafe {
             let d = _mm512_add_ps(_mm512_set1_ps(1.0), exp(_mm512_sub_ps(_mm512_setzero_ps(), u)));
             let r = _mm512_rcp14_ps(d);
@@ -166,8 +166,110 @@ mod wide {
     }
 }
 
-fn wide_ok(c: usize) -> bool {
-    c.is_multiple_of(16) && crate::kernels::plan().simd == crate::kernels::simd::Simd::Avx512
+/// The same row functions for AVX2 + FMA (8 channels at a time; rcp_ps's 12 bits + one
+/// Newton step for the reciprocal). Used when the channel count is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+mod mid {
+    use crate::kernels::simd::avx2::exp;
+    use std::arch::x86_64::*;
+
+    /// 1 / (1 + e^−u).
+    #[inline(always)]
+    fn sigmoid(u: __m256) -> __m256 {
+        // SAFETY: register-only AVX2/FMA arithmetic; only called (inlined) from this module's
+        // row functions, which run only when the CPU has AVX2 and FMA (`RowForm::Mid`).
+        unsafe {
+            let d = _mm256_add_ps(_mm256_set1_ps(1.0), exp(_mm256_sub_ps(_mm256_setzero_ps(), u)));
+            let r = _mm256_rcp_ps(d);
+            // Newton: r·(2 − d·r).
+            _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0)))
+        }
+    }
+
+    /// du = dz·silu'(u) = dz·σ·(1 + u·(1 − σ)).
+    #[inline(always)]
+    fn dsilu(u: __m256, dz: __m256) -> __m256 {
+        // SAFETY: as for `sigmoid`.
+        unsafe {
+            let s = sigmoid(u);
+            let one = _mm256_set1_ps(1.0);
+            _mm256_mul_ps(_mm256_mul_ps(dz, s), _mm256_fmadd_ps(u, _mm256_sub_ps(one, s), one))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn apply(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]) {
+        assert!(
+            row.len() >= (w + 1) * c && out.len() >= (w + 1) * c && a.len() >= c && o.len() >= c && c.is_multiple_of(8)
+        );
+        for x in 1..=w {
+            for k in (0..c).step_by(8) {
+                // SAFETY: indices bounded by the assert above.
+                unsafe {
+                    let v = _mm256_loadu_ps(row.as_ptr().add(x * c + k));
+                    let u = _mm256_fmadd_ps(v, _mm256_loadu_ps(a.as_ptr().add(k)), _mm256_loadu_ps(o.as_ptr().add(k)));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(x * c + k), _mm256_mul_ps(u, sigmoid(u)));
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn du(
+        xr: &[f32],
+        dr: &[f32],
+        out: &mut [f32],
+        c: usize,
+        w: usize,
+        a: &[f32],
+        o: &[f32],
+        r: &[f32],
+        m: &[f32],
+        sdu: &mut [f32],
+        sdux: &mut [f32],
+    ) {
+        assert!(xr.len() >= (w + 1) * c && dr.len() >= (w + 1) * c && out.len() >= (w + 1) * c && c.is_multiple_of(8));
+        assert!(a.len() >= c && o.len() >= c && r.len() >= c && m.len() >= c && sdu.len() >= c && sdux.len() >= c);
+        for k in (0..c).step_by(8) {
+            // SAFETY: indices bounded by the asserts above.
+            unsafe {
+                let (av, ov) = (_mm256_loadu_ps(a.as_ptr().add(k)), _mm256_loadu_ps(o.as_ptr().add(k)));
+                let (rv, mv) = (_mm256_loadu_ps(r.as_ptr().add(k)), _mm256_loadu_ps(m.as_ptr().add(k)));
+                let (mut s1, mut s2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for x in 1..=w {
+                    let v = _mm256_loadu_ps(xr.as_ptr().add(x * c + k));
+                    let dz = _mm256_loadu_ps(dr.as_ptr().add(x * c + k));
+                    let d = dsilu(_mm256_fmadd_ps(v, av, ov), dz);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(x * c + k), d);
+                    s1 = _mm256_add_ps(s1, d);
+                    s2 = _mm256_fmadd_ps(d, _mm256_fmadd_ps(v, rv, mv), s2);
+                }
+                _mm256_storeu_ps(sdu.as_mut_ptr().add(k), _mm256_add_ps(_mm256_loadu_ps(sdu.as_ptr().add(k)), s1));
+                _mm256_storeu_ps(sdux.as_mut_ptr().add(k), _mm256_add_ps(_mm256_loadu_ps(sdux.as_ptr().add(k)), s2));
+            }
+        }
+    }
+}
+
+/// Which row functions with sigmoids a channel count gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowForm {
+    /// `wide`: AVX-512, 16 channels at a time.
+    Wide,
+    /// `mid`: AVX2 + FMA, 8 channels at a time.
+    Mid,
+    /// The plain rows (`multiversion!`).
+    Rows,
+}
+
+fn row_form(c: usize) -> RowForm {
+    use crate::kernels::simd::Simd;
+    match crate::kernels::plan().simd {
+        Simd::Avx512 if c.is_multiple_of(16) => RowForm::Wide,
+        Simd::Avx512 | Simd::Avx2 if c.is_multiple_of(8) => RowForm::Mid,
+        _ => RowForm::Rows,
+    }
 }
 
 /// Per-channel sums of x and x² over the interior pixels of one row.
@@ -347,7 +449,7 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
     let st = stats(x, groups);
     let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
     let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
-    let wide = wide_ok(c);
+    let form = row_form(c);
     let mut out = Grid::for_overwrite(x.n, x.h, x.w, c);
     out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
         let (b, y) = (row / hp, row % hp);
@@ -356,13 +458,15 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
         }
         let xr = &x.data[row * wp * c..(row + 1) * wp * c];
         let (ab, ob) = (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c]);
-        #[cfg(target_arch = "x86_64")]
-        if wide {
-            // SAFETY: wide_ok checked AVX-512F.
-            unsafe { wide::apply(xr, orow, c, w, ab, ob) };
-            return;
+        match form {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `row_form` says Wide only when the plan has AVX-512F.
+            RowForm::Wide => unsafe { wide::apply(xr, orow, c, w, ab, ob) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `row_form` says Mid only when the plan has AVX2 and FMA.
+            RowForm::Mid => unsafe { mid::apply(xr, orow, c, w, ab, ob) },
+            _ => row_apply(xr, orow, c, w, ab, ob),
         }
-        row_apply(xr, orow, c, w, ab, ob);
     });
     out.zero_side_borders();
     (out, st)
@@ -391,7 +495,7 @@ fn gn_silu_backward_inner(
     let (n, c, w, wp, hp) = (x.n, x.c, x.w, x.wp(), x.h + 2);
     let cpg = c / groups;
     let [a, o, r, m] = coefficients(st, gamma, beta, n, c, groups);
-    let wide = wide_ok(c);
+    let form = row_form(c);
     // Pass 1 stores du (then turned into dx in place by pass 2, which needs no sigmoid).
     let mut dx = Grid::for_overwrite(x.n, x.h, x.w, c);
     let per_channel = dx
@@ -410,18 +514,14 @@ fn gn_silu_backward_inner(
                 let (xr, dr) = (&x.data[row * wp * c..(row + 1) * wp * c], &dz.data[row * wp * c..(row + 1) * wp * c]);
                 let (ab, ob, rb, mb) =
                     (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c], &r[b * c..(b + 1) * c], &m[b * c..(b + 1) * c]);
-                #[cfg(target_arch = "x86_64")]
-                let done = if wide {
-                    // SAFETY: wide_ok checked AVX-512F.
-                    unsafe { wide::du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux) };
-                    true
-                } else {
-                    false
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let done = false;
-                if !done {
-                    row_du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux);
+                match form {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `row_form` says Wide only when the plan has AVX-512F.
+                    RowForm::Wide => unsafe { wide::du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `row_form` says Mid only when the plan has AVX2 and FMA.
+                    RowForm::Mid => unsafe { mid::du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux) },
+                    _ => row_du(xr, dr, out, c, w, ab, ob, rb, mb, &mut sdu, &mut sdux),
                 }
                 for ch in 0..c {
                     acc[(b * c + ch) * 2] += sdu[ch] as f64;
@@ -492,8 +592,11 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        // 8 channels: the portable rows; 32: the AVX-512 rows where the CPU has them.
+        // 4 channels: the plain rows; 8 and 24: the AVX2 rows where the plan has AVX2 or
+        // wider; 32: the AVX-512 rows where it has AVX-512 (else the AVX2 ones).
+        backward_check(4, 2);
         backward_check(8, 2);
+        backward_check(24, 4);
         backward_check(32, 8);
     }
 
@@ -514,7 +617,7 @@ mod tests {
         let (dx, dgamma, _) = gn_silu_backward(&x, &st, &gamma, &beta, groups, &rg);
         let dx = dx.to_nchw(c);
         let eps = 1e-3;
-        for probe in [0usize, 5, 40, 111] {
+        for probe in [0usize, 5, 40, 111].map(|p| p % src.len()) {
             let mut s2 = src.clone();
             s2[probe] += eps;
             let fd = (loss(&s2, &gamma) - loss(&src, &gamma)) / eps as f64;
