@@ -547,6 +547,14 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
         if quiet {
             continue;
         }
+        let left_out = crate::scene::io::metadata_left_out(&path, &scene.target.metadata);
+        if !left_out.is_empty() {
+            eprintln!(
+                "note: {}: written without the target's {}, which realfill cannot put in this format (PNG and JPEG keep it)",
+                path.display(),
+                left_out.join(" and ")
+            );
+        }
         let t = &out.timings;
         let ranked = if a.candidates > 1 {
             format!(

@@ -139,6 +139,8 @@ impl RealfillApp {
     /// Replace the document with an opened project (after `unsaved` asked, if it had to).
     pub(super) fn open_project_now(&mut self, o: OpenedProject) {
         self.forget_previous_notes();
+        // A project brings its own references.
+        self.refs_offer = None;
         let mut doc = Document::new(o.target);
         if let Some(m) = &o.project.mask
             && let Ok(pm) = PaintMask::from_rle(m)
@@ -210,6 +212,14 @@ impl RealfillApp {
             return;
         }
         let (img, meta) = (doc.target.original.clone(), doc.target.metadata.clone());
+        let left_out = crate::scene::io::metadata_left_out(&path, &meta);
+        if !left_out.is_empty() {
+            self.warn(format!(
+                "{}: written without the photo's {}, which realfill cannot put in this format (PNG and JPEG keep it)",
+                path.display(),
+                left_out.join(" and ")
+            ));
+        }
         let quality = self.settings.jpeg_quality;
         self.spawn(move || Task::Saved("exported", save_with(&img, &path, &meta, quality).map(|_| path)));
     }

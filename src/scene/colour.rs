@@ -81,12 +81,16 @@ pub struct Metadata {
     pub exif: Option<Vec<u8>>,
     /// Conversions for a profile that is not sRGB.
     pub colour: Option<Arc<Colour>>,
+    /// The XMP packet, as read (titles, keywords, rights; `scene::embed` writes it back).
+    pub xmp: Option<Vec<u8>>,
+    /// The IPTC records as a Photoshop resource block (`scene::embed::irb_from_decoder`).
+    pub irb: Option<Vec<u8>>,
 }
 
 impl Metadata {
     pub fn new(icc: Option<Vec<u8>>, exif: Option<Vec<u8>>) -> Metadata {
         let colour = icc.as_deref().and_then(Colour::from_icc).map(Arc::new);
-        Metadata { icc, exif, colour }
+        Metadata { icc, exif, colour, xmp: None, irb: None }
     }
 
     /// The EXIF block to write with upright pixels: orientation set to "as stored".

@@ -98,6 +98,7 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
         _ => {}
     }
     let mut reader = reader;
+    let format = reader.format();
     let mut limits = Limits::default();
     limits.max_alloc = Some(alloc_limit(head, sniffed));
     reader.limits(limits);
@@ -118,7 +119,9 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     // A malformed metadata block is dropped, not an error: the pixels are what matters.
-    let metadata = Metadata::new(decoder.icc_profile().ok().flatten(), decoder.exif_metadata().ok().flatten());
+    let mut metadata = Metadata::new(decoder.icc_profile().ok().flatten(), decoder.exif_metadata().ok().flatten());
+    metadata.xmp = decoder.xmp_metadata().ok().flatten();
+    metadata.irb = decoder.iptc_metadata().ok().flatten().and_then(|d| super::embed::irb_from_decoder(format, d));
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| describe_decode_error(path, e))?;
     img.apply_orientation(orientation);
     Ok((img, metadata))
@@ -404,9 +407,32 @@ pub fn save_atomic(img: &DynamicImage, path: &Path) -> Result<()> {
     save_with(img, path, &Metadata::default(), JPEG_QUALITY)
 }
 
+/// The longest EXIF block one JPEG segment holds (65,533 bytes less its "Exif\0\0" header).
+const JPEG_EXIF: usize = 65_527;
+
+/// What of the photo's metadata a file at `path` will be written without, in words ("EXIF",
+/// "XMP", "IPTC"): blocks realfill does not write into its format (WebP has no place for
+/// IPTC; TIFF could hold XMP and IPTC but realfill's TIFF writer does not yet), or too large
+/// for their segment.
+pub fn metadata_left_out(path: &Path, meta: &Metadata) -> Vec<&'static str> {
+    let Ok(format) = output_format(path) else { return Vec::new() };
+    let mut out = Vec::new();
+    let exif_fits = match format {
+        image::ImageFormat::Jpeg => meta.exif.as_ref().is_none_or(|e| e.len() <= JPEG_EXIF),
+        image::ImageFormat::Png | image::ImageFormat::WebP => true,
+        _ => meta.exif.is_none(),
+    };
+    if !exif_fits {
+        out.push("EXIF");
+    }
+    out.extend(super::embed::unkept(format, meta.xmp.as_deref(), meta.irb.as_deref()));
+    out
+}
+
 /// `save_atomic`, keeping the source's ICC profile and EXIF (orientation reset: the pixels are
 /// stored upright) where the format holds them — PNG, JPEG and WebP both, TIFF the profile —
-/// and writing JPEG at `jpeg_quality` (1–100).
+/// its XMP and IPTC (`scene::embed`: JPEG and PNG both, WebP the XMP), and writing JPEG at
+/// `jpeg_quality` (1–100). `metadata_left_out` says what a format cannot take.
 pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality: u8) -> Result<()> {
     use image::ImageEncoder;
     let real = check_output_path(path)?;
@@ -439,7 +465,8 @@ pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality:
         }
         image::ImageFormat::Jpeg => {
             let mut e = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, jpeg_quality.clamp(1, 100));
-            tag(&mut e, icc, exif);
+            // One segment's 16-bit length: a longer block would wrap it and corrupt the file.
+            tag(&mut e, icc, exif.filter(|x| x.len() <= JPEG_EXIF));
             img.write_with_encoder(e)
         }
         image::ImageFormat::WebP => {
@@ -455,6 +482,7 @@ pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality:
         _ => img.write_to(&mut std::io::Cursor::new(&mut bytes), format),
     };
     encoded.map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
+    let bytes = super::embed::embed(format, bytes, meta.xmp.as_deref(), meta.irb.as_deref());
     write_atomic(&real, &bytes)
 }
 
@@ -491,6 +519,39 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A photo's XMP and IPTC survive a fill's export in every format that has a place for
+    /// them, and the ones that have none are named.
+    #[test]
+    fn xmp_and_iptc_survive_export_where_the_format_holds_them() {
+        let d = tmpdir("xmp");
+        let img =
+            DynamicImage::ImageRgb8(image::RgbImage::from_fn(8, 6, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 60])));
+        let xmp = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>"#.to_vec();
+        let irb = b"8BIM\x04\x04\0\0\0\0\0\x06\x1c\x02\x05\0\x01W".to_vec();
+        let mut meta = Metadata::new(None, None);
+        meta.xmp = Some(xmp.clone());
+        meta.irb = Some(irb.clone());
+        for (name, keeps_iptc) in [("o.jpg", true), ("o.png", true), ("o.webp", false)] {
+            let p = d.join(name);
+            save_with(&img, &p, &meta, 90).unwrap();
+            let back = load_photo(&p).unwrap();
+            assert_eq!(back.metadata.xmp.as_deref(), Some(&xmp[..]), "{name}");
+            assert_eq!(back.metadata.irb.is_some(), keeps_iptc, "{name}");
+            assert_eq!(metadata_left_out(&p, &meta).is_empty(), keeps_iptc, "{name}");
+        }
+        assert_eq!(back_irb(&d.join("o.png")), Some(irb));
+        assert_eq!(metadata_left_out(&d.join("o.tif"), &meta), ["XMP", "IPTC"]);
+        // EXIF too long for one JPEG segment is left out, not written with a wrapped length.
+        let meta = Metadata::new(None, Some(vec![0u8; 70_000]));
+        assert_eq!(metadata_left_out(&d.join("big.jpg"), &meta), ["EXIF"]);
+        save_with(&img, &d.join("big.jpg"), &meta, 90).unwrap();
+        assert!(load_photo(&d.join("big.jpg")).is_ok(), "a readable JPEG");
+    }
+
+    fn back_irb(p: &Path) -> Option<Vec<u8>> {
+        load_photo(p).ok()?.metadata.irb.clone()
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod blur;
 pub mod colour;
 pub mod composite;
 pub mod demo;
+pub mod embed;
 pub mod io;
 pub mod project;
 pub mod pushpull;

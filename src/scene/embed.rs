@@ -1,0 +1,319 @@
+//! XMP and IPTC carried from the photo into the files realfill writes (titles, keywords,
+//! rights, captions). The `image` crate's encoders take an ICC profile and EXIF but not these,
+//! so they are spliced into the encoded bytes where each format keeps them:
+//!
+//! | format | XMP | IPTC (as a Photoshop resource block, 8BIM 0x0404) |
+//! |---|---|---|
+//! | JPEG | APP1 `http://ns.adobe.com/xap/1.0/` | APP13 `Photoshop 3.0` |
+//! | PNG | iTXt `XML:com.adobe.xmp` | tEXt `Raw profile type 8bim` (ImageMagick's and exiftool's convention) |
+//! | WebP | `XMP ` chunk (VP8X flag set) | — (the format has no place for it) |
+//!
+//! A block too large for its segment (64 KiB in JPEG) is left out rather than written
+//! corrupt; [`unkept`] names what a format cannot hold so the caller can say so.
+
+use image::ImageFormat;
+
+/// The largest payload of one JPEG segment (its 16-bit length counts itself).
+const JPEG_SEGMENT: usize = 65_533;
+const XMP_JPEG: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
+const IRB_JPEG: &[u8] = b"Photoshop 3.0\0";
+const XMP_PNG: &str = "XML:com.adobe.xmp";
+const IRB_PNG: &str = "Raw profile type 8bim";
+
+/// What of `xmp` and `irb` the format cannot hold, in words ("XMP", "IPTC").
+pub fn unkept(format: ImageFormat, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let (holds_xmp, holds_irb) = match format {
+        ImageFormat::Jpeg => (
+            xmp.is_none_or(|x| XMP_JPEG.len() + x.len() <= JPEG_SEGMENT),
+            irb.is_none_or(|b| IRB_JPEG.len() + b.len() <= JPEG_SEGMENT),
+        ),
+        ImageFormat::Png => (true, true),
+        ImageFormat::WebP => (true, false),
+        _ => (false, false),
+    };
+    if xmp.is_some() && !holds_xmp {
+        out.push("XMP");
+    }
+    if irb.is_some() && !holds_irb {
+        out.push("IPTC");
+    }
+    out
+}
+
+/// `bytes` (a whole encoded file of `format`) with `xmp` and `irb` (a Photoshop image
+/// resource block) added where the format keeps them; what it cannot hold is left out.
+pub fn embed(format: ImageFormat, bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Vec<u8> {
+    if xmp.is_none() && irb.is_none() {
+        return bytes;
+    }
+    match format {
+        ImageFormat::Jpeg => jpeg(bytes, xmp, irb),
+        ImageFormat::Png => png(bytes, xmp, irb),
+        ImageFormat::WebP => webp(bytes, xmp),
+        _ => bytes,
+    }
+}
+
+fn jpeg(bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Vec<u8> {
+    if bytes.len() < 4 || bytes[..2] != [0xFF, 0xD8] {
+        return bytes;
+    }
+    // After SOI and the APPn segments the encoder wrote (JFIF, EXIF, ICC).
+    let mut at = 2;
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF && (0xE0..=0xEF).contains(&bytes[at + 1]) {
+        at += 2 + u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+    }
+    let at = at.min(bytes.len());
+    let mut segments = Vec::new();
+    for (marker, head, body) in [(0xE1u8, XMP_JPEG, xmp), (0xED, IRB_JPEG, irb)] {
+        let Some(body) = body else { continue };
+        let len = head.len() + body.len();
+        if len > JPEG_SEGMENT {
+            continue;
+        }
+        segments.extend_from_slice(&[0xFF, marker]);
+        segments.extend_from_slice(&((len + 2) as u16).to_be_bytes());
+        segments.extend_from_slice(head);
+        segments.extend_from_slice(body);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + segments.len());
+    out.extend_from_slice(&bytes[..at]);
+    out.extend_from_slice(&segments);
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(data.len() + 12);
+    c.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    c.extend_from_slice(kind);
+    c.extend_from_slice(data);
+    let mut h = crc32fast::Hasher::new();
+    h.update(kind);
+    h.update(data);
+    c.extend_from_slice(&h.finalize().to_be_bytes());
+    c
+}
+
+/// The text ImageMagick and exiftool write for a raw profile: a blank line, the profile's
+/// name, its length, then its bytes in hex, 72 digits a line.
+fn raw_profile(name: &str, data: &[u8]) -> String {
+    let mut s = format!("\n{name}\n{:8}\n", data.len());
+    for line in data.chunks(36) {
+        for b in line {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn png(bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Vec<u8> {
+    const SIGNATURE: usize = 8;
+    // Before the first IDAT (readers that stop at the image data still see them).
+    let mut at = SIGNATURE;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if &bytes[at + 4..at + 8] == b"IDAT" {
+            break;
+        }
+        at += 12 + len;
+    }
+    if at > bytes.len() {
+        return bytes;
+    }
+    let mut chunks = Vec::new();
+    if let Some(x) = xmp.and_then(|x| std::str::from_utf8(x).ok()) {
+        // keyword, NUL, not compressed, method 0, no language, no translated keyword, text.
+        let mut d = Vec::from(XMP_PNG.as_bytes());
+        d.extend_from_slice(&[0, 0, 0, 0, 0]);
+        d.extend_from_slice(x.as_bytes());
+        chunks.extend(png_chunk(b"iTXt", &d));
+    }
+    if let Some(b) = irb {
+        let mut d = Vec::from(IRB_PNG.as_bytes());
+        d.push(0);
+        d.extend_from_slice(raw_profile("8bim", b).as_bytes());
+        chunks.extend(png_chunk(b"tEXt", &d));
+    }
+    let mut out = Vec::with_capacity(bytes.len() + chunks.len());
+    out.extend_from_slice(&bytes[..at]);
+    out.extend_from_slice(&chunks);
+    out.extend_from_slice(&bytes[at..]);
+    out
+}
+
+fn webp(bytes: Vec<u8>, xmp: Option<&[u8]>) -> Vec<u8> {
+    let Some(xmp) = xmp else { return bytes };
+    if bytes.len() < 20 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WEBP" {
+        return bytes;
+    }
+    let mut body = bytes[12..].to_vec();
+    match &body[..4] {
+        b"VP8X" => body[8] |= 0x04,
+        kind @ (b"VP8L" | b"VP8 ") => {
+            // A simple file: the extended header that allows metadata chunks goes first.
+            let Some((w, h, alpha)) = simple_webp_size(kind, &body[8..]) else { return bytes };
+            let mut x = vec![if alpha { 0x10 | 0x04 } else { 0x04 }, 0, 0, 0];
+            x.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+            x.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+            let mut head = Vec::from(&b"VP8X"[..]);
+            head.extend_from_slice(&(x.len() as u32).to_le_bytes());
+            head.extend_from_slice(&x);
+            head.extend_from_slice(&body);
+            body = head;
+        }
+        _ => return bytes,
+    }
+    body.extend_from_slice(b"XMP ");
+    body.extend_from_slice(&(xmp.len() as u32).to_le_bytes());
+    body.extend_from_slice(xmp);
+    if xmp.len() % 2 == 1 {
+        body.push(0);
+    }
+    let mut out = Vec::from(&b"RIFF"[..]);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Width, height and alpha of a simple (VP8L or VP8) WebP from its first chunk's data.
+fn simple_webp_size(kind: &[u8], d: &[u8]) -> Option<(u32, u32, bool)> {
+    if kind == b"VP8L" {
+        // Signature 0x2f, then 14 bits width−1, 14 bits height−1, 1 bit alpha.
+        if d.len() < 5 || d[0] != 0x2f {
+            return None;
+        }
+        let v = u32::from_le_bytes([d[1], d[2], d[3], d[4]]);
+        Some(((v & 0x3fff) + 1, ((v >> 14) & 0x3fff) + 1, (v >> 28) & 1 == 1))
+    } else {
+        // Frame tag (3 bytes), start code (3), then 14-bit width and height.
+        if d.len() < 10 || d[3..6] != [0x9d, 0x01, 0x2a] {
+            return None;
+        }
+        Some((
+            (u16::from_le_bytes([d[6], d[7]]) & 0x3fff) as u32,
+            (u16::from_le_bytes([d[8], d[9]]) & 0x3fff) as u32,
+            false,
+        ))
+    }
+}
+
+/// A photo's IPTC as a Photoshop resource block, from what the `image` crate's decoder gave:
+/// JPEG's APP13 is one already; PNG gives the text of a raw profile ("8bim": the block in hex;
+/// "iptc": the IPTC records in hex, wrapped here as resource 0x0404).
+pub fn irb_from_decoder(format: Option<ImageFormat>, data: Vec<u8>) -> Option<Vec<u8>> {
+    match format {
+        Some(ImageFormat::Jpeg) => Some(data),
+        Some(ImageFormat::Png) => {
+            let text = String::from_utf8(data).ok()?;
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let name = lines.next()?.trim().to_ascii_lowercase();
+            let len: usize = lines.next()?.trim().parse().ok()?;
+            let hex: String = lines.flat_map(|l| l.trim().chars()).collect();
+            if hex.len() < 2 * len {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> =
+                (0..len).map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+            let bytes = bytes?;
+            match name.as_str() {
+                "8bim" => Some(bytes),
+                "iptc" => Some(iptc_resource(&bytes)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// IPTC records as Photoshop image resource 0x0404 (empty name, even padding).
+fn iptc_resource(iptc: &[u8]) -> Vec<u8> {
+    let mut r = Vec::from(&b"8BIM"[..]);
+    r.extend_from_slice(&0x0404u16.to_be_bytes());
+    r.extend_from_slice(&[0, 0]);
+    r.extend_from_slice(&(iptc.len() as u32).to_be_bytes());
+    r.extend_from_slice(iptc);
+    if iptc.len() % 2 == 1 {
+        r.push(0);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageDecoder;
+
+    const XMP: &str = r#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Garden wall</dc:title></rdf:Description></rdf:RDF></x:xmpmeta>"#;
+
+    /// IPTC records: 2:05 title "Wall", 2:116 copyright "A. Photographer".
+    fn iim() -> Vec<u8> {
+        let mut v = Vec::new();
+        for (tag, text) in [(5u8, "Wall"), (116, "A. Photographer")] {
+            v.extend_from_slice(&[0x1c, 2, tag]);
+            v.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            v.extend_from_slice(text.as_bytes());
+        }
+        v
+    }
+
+    fn encode(format: ImageFormat) -> Vec<u8> {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(9, 7, |x, y| {
+            image::Rgb([x as u8 * 20, y as u8 * 30, 90])
+        }));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), format).unwrap();
+        bytes
+    }
+
+    fn read_back(format: ImageFormat, bytes: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>, image::RgbImage) {
+        let cursor = std::io::Cursor::new(bytes);
+        let mut d: Box<dyn ImageDecoder> = match format {
+            ImageFormat::Jpeg => Box::new(image::codecs::jpeg::JpegDecoder::new(cursor).unwrap()),
+            ImageFormat::Png => Box::new(image::codecs::png::PngDecoder::new(cursor).unwrap()),
+            _ => Box::new(image::codecs::webp::WebPDecoder::new(cursor).unwrap()),
+        };
+        let xmp = d.xmp_metadata().unwrap();
+        let iptc = d.iptc_metadata().unwrap().and_then(|i| irb_from_decoder(Some(format), i));
+        let img = image::DynamicImage::from_decoder(d).unwrap().to_rgb8();
+        (xmp, iptc, img)
+    }
+
+    #[test]
+    fn xmp_and_iptc_are_written_where_each_format_keeps_them_and_read_back() {
+        let irb = iptc_resource(&iim());
+        for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+            let plain = encode(format);
+            let (_, _, pixels) = read_back(format, &plain);
+            let tagged = embed(format, plain, Some(XMP.as_bytes()), Some(&irb));
+            let (xmp, iptc, again) = read_back(format, &tagged);
+            assert_eq!(xmp.as_deref(), Some(XMP.as_bytes()), "{format:?} keeps the XMP");
+            assert_eq!(again, pixels, "{format:?}: the image is unchanged");
+            if format == ImageFormat::WebP {
+                assert_eq!(unkept(format, Some(b"x"), Some(&irb)), ["IPTC"], "WebP has no place for IPTC");
+            } else {
+                assert_eq!(iptc.as_deref(), Some(&irb[..]), "{format:?} keeps the IPTC");
+                assert!(unkept(format, Some(b"x"), Some(&irb)).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_too_large_for_a_jpeg_segment_is_left_out_and_named() {
+        let big = vec![b'x'; 70_000];
+        let bytes = embed(ImageFormat::Jpeg, encode(ImageFormat::Jpeg), Some(&big), None);
+        let (xmp, _, _) = read_back(ImageFormat::Jpeg, &bytes);
+        assert_eq!(xmp, None);
+        assert_eq!(unkept(ImageFormat::Jpeg, Some(&big), None), ["XMP"]);
+    }
+
+    #[test]
+    fn png_raw_iptc_profiles_become_resource_blocks() {
+        let text = raw_profile("iptc", &iim());
+        assert_eq!(irb_from_decoder(Some(ImageFormat::Png), text.into_bytes()), Some(iptc_resource(&iim())));
+        assert_eq!(irb_from_decoder(Some(ImageFormat::Png), b"\n8bim\n  99\nzz\n".to_vec()), None, "damaged: left out");
+    }
+}
