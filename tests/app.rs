@@ -696,6 +696,22 @@ fn realfills_own_file_dialog_opens_adds_references_and_exports() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Esc first closes an open menu; the fill running under it goes on.
+#[test]
+fn esc_closes_a_menu_before_it_cancels_a_job() {
+    let mut h = harness(demo_app(2, 1));
+    h.get_by_label("Fill").click();
+    h.step();
+    assert!(h.state().busy(), "Fill started a job");
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.key_press(egui::Key::Escape);
+    h.step();
+    assert!(!h.state().status().contains("cancel"), "Esc cancelled the job: {}", h.state().status());
+    step_until(&mut h, |app| !app.busy());
+    assert_eq!(h.state().candidates().len(), 1, "the fill finished: {:?}", h.state().messages());
+}
+
 #[test]
 fn standard_keys_work_and_f1_lists_them() {
     let mut h = harness(demo_app(2, 1));

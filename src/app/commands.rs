@@ -139,7 +139,9 @@ pub fn pressed(ctx: &egui::Context) -> Vec<Command> {
         if s.keys == CANCEL {
             // Esc first closes an open menu or popup (egui's own handling, which a consumed key
             // would never reach) and prompts (which read it too); only then does it cancel.
-            if !ctx.any_popup_open() && ctx.input(|i| i.key_pressed(Key::Escape) && i.modifiers.is_none()) {
+            // (Popup memory persists between frames; `any_popup_open` is reset each pass,
+            // before the menus of this frame are drawn.)
+            if !egui::Popup::is_any_open(ctx) && ctx.input(|i| i.key_pressed(Key::Escape) && i.modifiers.is_none()) {
                 out.push(s.command);
             }
         } else if ctx.input_mut(|i| i.consume_shortcut(&s.keys)) {

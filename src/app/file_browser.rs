@@ -181,7 +181,9 @@ impl FileBrowser {
                         if r.clicked() && self.entries[i].is_dir {
                             // One click opens a folder (a folder dialog chooses the folder shown).
                             go_to = Some(self.folder.join(&self.entries[i].name));
-                        } else if r.double_clicked() {
+                        } else if r.double_clicked() && self.selected.contains(&i) {
+                            // (The first click selected it: a double click that began on a
+                            // folder row, which opened at the first click, is no choice.)
                             self.selected = vec![i];
                             if let Some(c) = self.choice() {
                                 outcome = Outcome::Chosen(c);

@@ -363,6 +363,7 @@ impl RealfillApp {
 
     pub fn open_target(&mut self, p: Photo) {
         self.forget_previous_notes();
+        self.handover = None;
         if p.transparent.is_some() {
             self.info(format!("{}: transparent pixels are part of the fill region (shown in red)", p.path.display()));
         }
@@ -1050,9 +1051,12 @@ impl RealfillApp {
         self.drain_tasks();
         self.drain_events(&ctx);
         let pressed = commands::pressed(&ctx);
-        // Esc answers an open prompt or dialog; it cancels the job only when none is open.
+        // While a prompt or dialog is open its keys are its own (Esc answers it; Ctrl+Enter
+        // must not start a fill under a question about the references).
         let modal = self.pending.is_some() || self.refs_offer.is_some() || self.file_browser.is_some();
-        self.commands.extend(pressed.into_iter().filter(|c| !(modal && *c == Command::Cancel)));
+        if !modal {
+            self.commands.extend(pressed);
+        }
         self.clipboard_events(&ctx);
         // Holding \\ shows the photo before the last fill (a held key, not a command).
         let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));

@@ -141,6 +141,7 @@ impl RealfillApp {
         self.forget_previous_notes();
         // A project brings its own references.
         self.refs_offer = None;
+        self.handover = None;
         let mut doc = Document::new(o.target);
         if let Some(m) = &o.project.mask
             && let Ok(pm) = PaintMask::from_rle(m)
@@ -162,7 +163,10 @@ impl RealfillApp {
     }
 
     pub fn open_dialog(&mut self, kind: Dialog) {
-        let start = self.settings.last_dir.clone();
+        // The folder last used, else the open photo's (a photo opened from the command line
+        // or the recent list: its references and exports are usually beside it).
+        let photo_dir = self.doc.as_ref().and_then(|d| d.target.path.parent()).filter(|p| p.is_dir());
+        let start = self.settings.last_dir.clone().or_else(|| photo_dir.map(|p| p.to_path_buf()));
         let name = match kind {
             Dialog::Export => self.doc.as_ref().map(|d| d.export_name()),
             Dialog::SaveProject => {

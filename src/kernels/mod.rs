@@ -86,6 +86,15 @@ mod tests {
         }
     }
 
+    /// In a child of the test above, the plan runs the form it was asked for (a malformed
+    /// other switch would make `switches::get` fall back to the defaults, widest form).
+    #[test]
+    fn the_plan_runs_the_form_realfill_simd_asks_for() {
+        if let Some(asked) = std::env::var("REALFILL_SIMD").ok().and_then(|v| Simd::parse(&v)) {
+            assert_eq!(crate::kernels::plan().simd, asked);
+        }
+    }
+
     #[test]
     fn the_cap_narrows_the_form_and_names_round_trip() {
         for name in crate::switches::SIMD_FORMS {

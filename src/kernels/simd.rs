@@ -24,8 +24,8 @@ impl Simd {
         }
     }
 
-    /// fp32 lanes in one vector of this form (1 for the portable form, which the compiler
-    /// vectorises for the baseline's 4-lane SSE2 at best).
+    /// fp32 lanes in one vector of this form (4 for the portable form: the compiler
+    /// vectorises it for the baseline's SSE2 at best).
     pub fn lanes(self) -> usize {
         match self {
             Simd::Avx512 => 16,
@@ -40,10 +40,12 @@ pub fn supported() -> Vec<Simd> {
     let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        // The AVX-512 form also runs AVX2 rows (channel counts not a multiple of 16).
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2 && is_x86_feature_detected!("avx512f") {
             v.push(Simd::Avx512);
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if avx2 {
             v.push(Simd::Avx2);
         }
     }

@@ -28,7 +28,7 @@ pub fn unkept(format: ImageFormat, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Ve
             xmp.is_none_or(|x| XMP_JPEG.len() + x.len() <= JPEG_SEGMENT),
             irb.is_none_or(|b| IRB_JPEG.len() + b.len() <= JPEG_SEGMENT),
         ),
-        ImageFormat::Png => (true, true),
+        ImageFormat::Png => (xmp.is_none_or(|x| std::str::from_utf8(x).is_ok()), true),
         ImageFormat::WebP => (true, false),
         _ => (false, false),
     };
@@ -205,7 +205,7 @@ fn simple_webp_size(kind: &[u8], d: &[u8]) -> Option<(u32, u32, bool)> {
 /// JPEG's APP13 is one already; PNG gives the text of a raw profile ("8bim": the block in hex;
 /// "iptc": the IPTC records in hex, wrapped here as resource 0x0404).
 pub fn irb_from_decoder(format: Option<ImageFormat>, data: Vec<u8>) -> Option<Vec<u8>> {
-    match format {
+    let irb = match format {
         Some(ImageFormat::Jpeg) => Some(data),
         Some(ImageFormat::Png) => {
             let text = String::from_utf8(data).ok()?;
@@ -213,7 +213,7 @@ pub fn irb_from_decoder(format: Option<ImageFormat>, data: Vec<u8>) -> Option<Ve
             let name = lines.next()?.trim().to_ascii_lowercase();
             let len: usize = lines.next()?.trim().parse().ok()?;
             let hex: String = lines.flat_map(|l| l.trim().chars()).collect();
-            if hex.len() < 2 * len {
+            if hex.len() < len.checked_mul(2)? {
                 return None;
             }
             let bytes: Option<Vec<u8>> =
@@ -226,7 +226,57 @@ pub fn irb_from_decoder(format: Option<ImageFormat>, data: Vec<u8>) -> Option<Ve
             }
         }
         _ => None,
+    };
+    iptc_only(&irb?)
+}
+
+/// The IPTC resources (0x0404) of a Photoshop resource block, and nothing else: the block
+/// may also hold a thumbnail of the photo before the fill (0x0409, 0x040C), which must not
+/// travel into the filled file. None when it holds no IPTC or is damaged.
+fn iptc_only(irb: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= irb.len() && &irb[at..at + 4] == b"8BIM" {
+        let id = u16::from_be_bytes([irb[at + 4], irb[at + 5]]);
+        // A Pascal name padded to an even length (its length byte included).
+        let name = 1 + irb[at + 6] as usize;
+        let name = name + name % 2;
+        let size_at = at + 6 + name;
+        let size = u32::from_be_bytes(irb.get(size_at..size_at + 4)?.try_into().ok()?) as usize;
+        let end = (size_at + 4).checked_add(size)?;
+        let padded = end + size % 2;
+        if end > irb.len() {
+            return None;
+        }
+        if id == 0x0404 {
+            out.extend_from_slice(&irb[at..padded.min(irb.len())]);
+            if padded > irb.len() {
+                out.push(0);
+            }
+        }
+        at = padded;
     }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The XMP packet with its orientation reset to "as stored", as the EXIF's is: the pixels are
+/// written upright, and a reader that honours `tiff:Orientation` would turn them again.
+pub fn xmp_upright(xmp: &[u8]) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(xmp) else { return xmp.to_vec() };
+    static ORIENTATION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = ORIENTATION.get_or_init(|| {
+        regex::Regex::new(
+            r#"(tiff:Orientation\s*=\s*["'])\s*\d+\s*(["'])|(<tiff:Orientation>)\s*\d+\s*(</tiff:Orientation>)"#,
+        )
+        .expect("a valid pattern")
+    });
+    re.replace_all(text, |c: &regex::Captures<'_>| match (c.get(1), c.get(3)) {
+        (Some(a), _) => format!("{}1{}", a.as_str(), &c[2]),
+        (None, Some(a)) => format!("{}1{}", a.as_str(), &c[4]),
+        _ => c[0].to_string(),
+    })
+    .into_owned()
+    .into_bytes()
 }
 
 /// IPTC records as Photoshop image resource 0x0404 (empty name, even padding).
@@ -311,9 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn only_the_iptc_of_a_resource_block_travels_and_the_xmp_is_turned_upright() {
+        // A thumbnail resource (0x040C, odd size, named) around the IPTC one.
+        let mut irb = Vec::from(&b"8BIM\x04\x0c\x03abc\0\0\0\x03xyz\0"[..]);
+        let iptc = iptc_resource(&iim());
+        irb.extend_from_slice(&iptc);
+        assert_eq!(iptc_only(&irb), Some(iptc.clone()));
+        assert_eq!(irb_from_decoder(Some(ImageFormat::Jpeg), irb[..12].to_vec()), None, "damaged");
+        assert_eq!(irb_from_decoder(Some(ImageFormat::Jpeg), b"8BIM\x04\x0c\0\0\0\0\0\0".to_vec()), None, "no IPTC");
+        let x = br#"<rdf:Description tiff:Orientation="6"/><tiff:Orientation> 8 </tiff:Orientation>"#;
+        assert_eq!(xmp_upright(x), br#"<rdf:Description tiff:Orientation="1"/><tiff:Orientation>1</tiff:Orientation>"#);
+    }
+
+    #[test]
     fn png_raw_iptc_profiles_become_resource_blocks() {
         let text = raw_profile("iptc", &iim());
         assert_eq!(irb_from_decoder(Some(ImageFormat::Png), text.into_bytes()), Some(iptc_resource(&iim())));
         assert_eq!(irb_from_decoder(Some(ImageFormat::Png), b"\n8bim\n  99\nzz\n".to_vec()), None, "damaged: left out");
+        let huge = format!("\niptc\n{}\n00\n", usize::MAX);
+        assert_eq!(irb_from_decoder(Some(ImageFormat::Png), huge.into_bytes()), None, "a length that overflows");
+        assert_eq!(unkept(ImageFormat::Png, Some(&[0xff, 0xfe]), None), ["XMP"], "XMP that is not UTF-8");
     }
 }

@@ -482,7 +482,8 @@ pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality:
         _ => img.write_to(&mut std::io::Cursor::new(&mut bytes), format),
     };
     encoded.map_err(|e| Error::output(path, format!("cannot encode as {format:?}: {e}")))?;
-    let bytes = super::embed::embed(format, bytes, meta.xmp.as_deref(), meta.irb.as_deref());
+    let xmp = meta.xmp.as_deref().map(super::embed::xmp_upright);
+    let bytes = super::embed::embed(format, bytes, xmp.as_deref(), meta.irb.as_deref());
     write_atomic(&real, &bytes)
 }
 
