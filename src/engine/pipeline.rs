@@ -544,6 +544,84 @@ pub fn run_fill(
     })
 }
 
+/// A preview's colours fitted to the photo's known pixels: an affine colour map (3×3 and an
+/// offset) by least squares. The patch engine's coarser levels work on their own pyramid's
+/// values, so their estimates, upsampled for the preview, came out as a grey wash until the
+/// finest level (issue 28); on the finest level the fit is the identity. Previews only: the
+/// fill itself is untouched.
+fn match_known_tones(x0: &mut [f32], cond: &Condition) {
+    let hw = cond.pixels();
+    let known: Vec<usize> = (0..hw).filter(|&i| cond.mask[i] < 0.5).collect();
+    if known.len() < 16 {
+        return;
+    }
+    // Normal equations of k = A·[x, 1] over the known pixels (4 unknowns per channel).
+    let mut m = [[0.0f64; 4]; 4];
+    let mut r = [[0.0f64; 4]; 3];
+    for &i in &known {
+        let v = [x0[i] as f64, x0[hw + i] as f64, x0[2 * hw + i] as f64, 1.0];
+        for a in 0..4 {
+            for b in 0..4 {
+                m[a][b] += v[a] * v[b];
+            }
+            for c in 0..3 {
+                r[c][a] += v[a] * cond.known[c * hw + i] as f64;
+            }
+        }
+    }
+    // A little ridge towards the identity keeps a flat estimate (the first steps) stable.
+    let lambda = 1e-5 * known.len() as f64;
+    for a in 0..3 {
+        m[a][a] += lambda;
+        for c in 0..3 {
+            if a == c {
+                r[c][a] += lambda;
+            }
+        }
+    }
+    let Some(coef) = solve4(m, r) else { return };
+    for i in 0..hw {
+        let v = [x0[i], x0[hw + i], x0[2 * hw + i]];
+        for c in 0..3 {
+            let k = &coef[c];
+            let y = k[0] * v[0] as f64 + k[1] * v[1] as f64 + k[2] * v[2] as f64 + k[3];
+            x0[c * hw + i] = (y as f32).clamp(-1.0, 1.0);
+        }
+    }
+}
+
+/// Solve m·x = r[c] for the three right-hand sides (Gaussian elimination, partial pivoting).
+fn solve4(mut m: [[f64; 4]; 4], mut r: [[f64; 4]; 3]) -> Option<[[f64; 4]; 3]> {
+    for col in 0..4 {
+        let piv = (col..4).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
+        if m[piv][col].abs() < 1e-12 {
+            return None;
+        }
+        m.swap(col, piv);
+        for rc in r.iter_mut() {
+            rc.swap(col, piv);
+        }
+        for row in 0..4 {
+            if row != col {
+                let f = m[row][col] / m[col][col];
+                for k in 0..4 {
+                    m[row][k] -= f * m[col][k];
+                }
+                for rc in r.iter_mut() {
+                    rc[row] -= f * rc[col];
+                }
+            }
+        }
+    }
+    let mut out = [[0.0; 4]; 3];
+    for c in 0..3 {
+        for k in 0..4 {
+            out[c][k] = r[c][k] / m[k][k];
+        }
+    }
+    Some(out)
+}
+
 /// Sample the working canvas with the job's engine (learning or loading the scene model
 /// first when it is that engine), streaming previews; learning and sampling times into `t`.
 fn sample_working(
@@ -568,7 +646,9 @@ fn sample_working(
                 run.device,
                 &mut |step, total, x0| {
                     first.get_or_insert_with(|| started.elapsed().as_secs_f32());
-                    progress.preview(step, total, Arc::new(RgbF::from_planar(x0, w, h)));
+                    let mut x0 = x0.to_vec();
+                    match_known_tones(&mut x0, cond);
+                    progress.preview(step, total, Arc::new(RgbF::from_planar(&x0, w, h)));
                 },
                 run.cancelled,
             )
@@ -818,6 +898,37 @@ mod tests {
         }
         // The reference shows exactly what the hole held: the fill is close to it.
         assert!(err / (n as f64) < 20.0, "mean error in the hole {:.1} of 255", err / n as f64);
+    }
+
+    /// The coarse levels' washed-out estimates get the photo's tones back for the preview;
+    /// an estimate that already matches the known pixels is left as it is.
+    #[test]
+    fn previews_take_the_tones_of_the_known_pixels() {
+        let (w, h) = (16, 12);
+        let hw = w * h;
+        let mut rng = crate::rng::Rng::new(3);
+        let truth: Vec<f32> = (0..3 * hw).map(|_| rng.range_f32(-0.8, 0.8)).collect();
+        let mask: Vec<f32> = (0..hw).map(|i| if (i % w) > 10 { 1.0 } else { 0.0 }).collect();
+        let known: Vec<f32> = (0..3 * hw).map(|j| truth[j] * (1.0 - mask[j % hw])).collect();
+        let cond = Condition {
+            width: w,
+            height: h,
+            known,
+            mask: mask.clone(),
+            prior: truth.clone(),
+            guide_valid: vec![0.0; hw],
+        };
+        // A wash: less contrast, a grey offset and a little channel mixing.
+        let mut x0: Vec<f32> = (0..3 * hw).map(|j| 0.3 * truth[j] + 0.05 * truth[(j + hw) % (3 * hw)] + 0.1).collect();
+        match_known_tones(&mut x0, &cond);
+        for i in (0..hw).filter(|&i| mask[i] < 0.5) {
+            for c in 0..3 {
+                assert!((x0[c * hw + i] - truth[c * hw + i]).abs() < 0.02, "known pixel {i} channel {c}");
+            }
+        }
+        let mut exact = truth.clone();
+        match_known_tones(&mut exact, &cond);
+        assert!(exact.iter().zip(&truth).all(|(a, b)| (a - b).abs() < 1e-4), "the identity stays");
     }
 
     #[test]
