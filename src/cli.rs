@@ -550,7 +550,7 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
         let left_out = crate::scene::io::metadata_left_out(&path, &scene.target.metadata);
         if !left_out.is_empty() {
             eprintln!(
-                "note: {}: written without the target's {}, which realfill cannot put in this format (PNG and JPEG keep it)",
+                "note: {}: written without the target's {}, which realfill cannot put in this format (PNG, JPEG and TIFF keep it)",
                 path.display(),
                 left_out.join(" and ")
             );

@@ -219,7 +219,7 @@ impl RealfillApp {
         let left_out = crate::scene::io::metadata_left_out(&path, &meta);
         if !left_out.is_empty() {
             self.warn(format!(
-                "{}: written without the photo's {}, which realfill cannot put in this format (PNG and JPEG keep it)",
+                "{}: written without the photo's {}, which realfill cannot put in this format (PNG, JPEG and TIFF keep it)",
                 path.display(),
                 left_out.join(" and ")
             ));

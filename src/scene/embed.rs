@@ -7,6 +7,7 @@
 //! | JPEG | APP1 `http://ns.adobe.com/xap/1.0/` | APP13 `Photoshop 3.0` |
 //! | PNG | iTXt `XML:com.adobe.xmp` | tEXt `Raw profile type 8bim` (ImageMagick's and exiftool's convention) |
 //! | WebP | `XMP ` chunk (VP8X flag set) | — (the format has no place for it) |
+//! | TIFF | tag 700 | tag 33723 (the IPTC records themselves) |
 //!
 //! A block too large for its segment (64 KiB in JPEG) is left out rather than written
 //! corrupt; [`unkept`] names what a format cannot hold so the caller can say so.
@@ -30,6 +31,7 @@ pub fn unkept(format: ImageFormat, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Ve
         ),
         ImageFormat::Png => (xmp.is_none_or(|x| std::str::from_utf8(x).is_ok()), true),
         ImageFormat::WebP => (true, false),
+        ImageFormat::Tiff => (true, irb.is_none_or(|b| iim_of(b).is_some())),
         _ => (false, false),
     };
     if xmp.is_some() && !holds_xmp {
@@ -51,8 +53,91 @@ pub fn embed(format: ImageFormat, bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Optio
         ImageFormat::Jpeg => jpeg(bytes, xmp, irb),
         ImageFormat::Png => png(bytes, xmp, irb),
         ImageFormat::WebP => webp(bytes, xmp),
+        ImageFormat::Tiff => tiff(bytes, xmp, irb.and_then(iim_of).as_deref()).unwrap_or_else(|b| b),
         _ => bytes,
     }
+}
+
+/// The IPTC records of a resource block's 0x0404 resources (what TIFF's tag 33723 holds).
+fn iim_of(irb: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= irb.len() && &irb[at..at + 4] == b"8BIM" {
+        let id = u16::from_be_bytes([irb[at + 4], irb[at + 5]]);
+        let name = 1 + irb[at + 6] as usize;
+        let size_at = at + 6 + name + name % 2;
+        let size = u32::from_be_bytes(irb.get(size_at..size_at + 4)?.try_into().ok()?) as usize;
+        let data = irb.get(size_at + 4..(size_at + 4).checked_add(size)?)?;
+        if id == 0x0404 {
+            out.extend_from_slice(data);
+        }
+        at = size_at + 4 + size + size % 2;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A classic TIFF with XMP (tag 700) and IPTC records (tag 33723) added to its first image:
+/// the directory is written again at the end of the file with the new entries in tag order
+/// and the header pointed at it (the old directory stays, unreferenced). Err(bytes) when the
+/// file is not one this can extend (BigTIFF, a damaged header).
+fn tiff(mut bytes: Vec<u8>, xmp: Option<&[u8]>, iim: Option<&[u8]>) -> Result<Vec<u8>, Vec<u8>> {
+    let le = match bytes.get(..4) {
+        Some([b'I', b'I', 0x2a, 0]) => true,
+        Some([b'M', b'M', 0, 0x2a]) => false,
+        _ => return Err(bytes),
+    };
+    let u16_at = |b: &[u8], i: usize| -> Option<u16> {
+        let v = b.get(i..i + 2)?.try_into().ok()?;
+        Some(if le { u16::from_le_bytes(v) } else { u16::from_be_bytes(v) })
+    };
+    let u32_at = |b: &[u8], i: usize| -> Option<u32> {
+        let v = b.get(i..i + 4)?.try_into().ok()?;
+        Some(if le { u32::from_le_bytes(v) } else { u32::from_be_bytes(v) })
+    };
+    let p16 = |v: u16| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+    let p32 = |v: u32| if le { v.to_le_bytes() } else { v.to_be_bytes() };
+    let Some(ifd) = u32_at(&bytes, 4).map(|v| v as usize) else { return Err(bytes) };
+    let Some(n) = u16_at(&bytes, ifd).map(|v| v as usize) else { return Err(bytes) };
+    let Some(entries) = bytes.get(ifd + 2..ifd + 2 + 12 * n).map(|e| e.to_vec()) else { return Err(bytes) };
+    let Some(next) = u32_at(&bytes, ifd + 2 + 12 * n) else { return Err(bytes) };
+    let mut all: Vec<[u8; 12]> = entries.chunks_exact(12).map(|c| c.try_into().expect("12 bytes")).collect();
+    // New values go after the file, each at an even offset; UNDEFINED (7) bytes.
+    for (tag, data) in [(700u16, xmp), (33723, iim)] {
+        let Some(data) = data else { continue };
+        let tag_of =
+            |e: &[u8; 12]| if le { u16::from_le_bytes([e[0], e[1]]) } else { u16::from_be_bytes([e[0], e[1]]) };
+        all.retain(|e| tag_of(e) != tag);
+        if bytes.len() % 2 == 1 {
+            bytes.push(0);
+        }
+        let mut e = [0u8; 12];
+        e[..2].copy_from_slice(&p16(tag));
+        e[2..4].copy_from_slice(&p16(7));
+        e[4..8].copy_from_slice(&p32(data.len() as u32));
+        if data.len() <= 4 {
+            e[8..8 + data.len()].copy_from_slice(data);
+        } else {
+            e[8..12].copy_from_slice(&p32(bytes.len() as u32));
+            bytes.extend_from_slice(data);
+        }
+        all.push(e);
+    }
+    all.sort_by_key(|e| if le { u16::from_le_bytes([e[0], e[1]]) } else { u16::from_be_bytes([e[0], e[1]]) });
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    let new_ifd = bytes.len();
+    if new_ifd > u32::MAX as usize - 12 * all.len() - 6 {
+        return Err(bytes);
+    }
+    bytes.extend_from_slice(&p16(all.len() as u16));
+    for e in &all {
+        bytes.extend_from_slice(e);
+    }
+    bytes.extend_from_slice(&p32(next));
+    let head = p32(new_ifd as u32);
+    bytes[4..8].copy_from_slice(&head);
+    Ok(bytes)
 }
 
 fn jpeg(bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Option<&[u8]>) -> Vec<u8> {
@@ -335,6 +420,15 @@ mod tests {
     #[test]
     fn xmp_and_iptc_are_written_where_each_format_keeps_them_and_read_back() {
         let irb = iptc_resource(&iim());
+        // TIFF: the image crate reads XMP back; the IPTC tag is checked by its bytes below.
+        let tiff = embed(ImageFormat::Tiff, encode(ImageFormat::Tiff), Some(XMP.as_bytes()), Some(&irb));
+        let mut d = image::codecs::tiff::TiffDecoder::new(std::io::Cursor::new(&tiff)).unwrap();
+        assert_eq!(d.xmp_metadata().unwrap().as_deref(), Some(XMP.as_bytes()), "TIFF keeps the XMP");
+        let pixels = image::DynamicImage::from_decoder(d).unwrap().to_rgb8();
+        let plain = image::load_from_memory(&encode(ImageFormat::Tiff)).unwrap().to_rgb8();
+        assert_eq!(pixels, plain, "TIFF: the image is unchanged");
+        assert!(tiff.windows(iim().len()).any(|w| w == iim()), "TIFF holds the IPTC records");
+        assert!(unkept(ImageFormat::Tiff, Some(b"x"), Some(&irb)).is_empty());
         for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
             let plain = encode(format);
             let (_, _, pixels) = read_back(format, &plain);

@@ -412,8 +412,7 @@ const JPEG_EXIF: usize = 65_527;
 
 /// What of the photo's metadata a file at `path` will be written without, in words ("EXIF",
 /// "XMP", "IPTC"): blocks realfill does not write into its format (WebP has no place for
-/// IPTC; TIFF could hold XMP and IPTC but realfill's TIFF writer does not yet), or too large
-/// for their segment.
+/// IPTC; BMP, GIF and the rest for none), or too large for their segment.
 pub fn metadata_left_out(path: &Path, meta: &Metadata) -> Vec<&'static str> {
     let Ok(format) = output_format(path) else { return Vec::new() };
     let mut out = Vec::new();
@@ -543,7 +542,8 @@ mod tests {
             assert_eq!(metadata_left_out(&p, &meta).is_empty(), keeps_iptc, "{name}");
         }
         assert_eq!(back_irb(&d.join("o.png")), Some(irb));
-        assert_eq!(metadata_left_out(&d.join("o.tif"), &meta), ["XMP", "IPTC"]);
+        assert!(metadata_left_out(&d.join("o.tif"), &meta).is_empty(), "TIFF holds both");
+        assert_eq!(metadata_left_out(&d.join("o.bmp"), &meta), ["XMP", "IPTC"]);
         // EXIF too long for one JPEG segment is left out, not written with a wrapped length.
         let meta = Metadata::new(None, Some(vec![0u8; 70_000]));
         assert_eq!(metadata_left_out(&d.join("big.jpg"), &meta), ["EXIF"]);
