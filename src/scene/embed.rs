@@ -60,19 +60,8 @@ pub fn embed(format: ImageFormat, bytes: Vec<u8>, xmp: Option<&[u8]>, irb: Optio
 
 /// The IPTC records of a resource block's 0x0404 resources (what TIFF's tag 33723 holds).
 fn iim_of(irb: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 12 <= irb.len() && &irb[at..at + 4] == b"8BIM" {
-        let id = u16::from_be_bytes([irb[at + 4], irb[at + 5]]);
-        let name = 1 + irb[at + 6] as usize;
-        let size_at = at + 6 + name + name % 2;
-        let size = u32::from_be_bytes(irb.get(size_at..size_at + 4)?.try_into().ok()?) as usize;
-        let data = irb.get(size_at + 4..(size_at + 4).checked_add(size)?)?;
-        if id == 0x0404 {
-            out.extend_from_slice(data);
-        }
-        at = size_at + 4 + size + size % 2;
-    }
+    let out: Vec<u8> =
+        resources(irb)?.into_iter().filter(|r| r.id == 0x0404).flat_map(|r| irb[r.data].to_vec()).collect();
     (!out.is_empty()).then_some(out)
 }
 
@@ -315,31 +304,46 @@ pub fn irb_from_decoder(format: Option<ImageFormat>, data: Vec<u8>) -> Option<Ve
     iptc_only(&irb?)
 }
 
+/// One resource of a Photoshop image resource block: its id, where it lies whole (padding
+/// included) and where its data lies.
+struct Resource {
+    id: u16,
+    whole: std::ops::Range<usize>,
+    data: std::ops::Range<usize>,
+}
+
+/// The resources of a block ("8BIM", id, Pascal name padded to even, size, data padded to
+/// even); None when one runs past the end.
+fn resources(irb: &[u8]) -> Option<Vec<Resource>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= irb.len() && &irb[at..at + 4] == b"8BIM" {
+        let id = u16::from_be_bytes([irb[at + 4], irb[at + 5]]);
+        let name = 1 + irb[at + 6] as usize;
+        let size_at = at + 6 + name + name % 2;
+        let size = u32::from_be_bytes(irb.get(size_at..size_at + 4)?.try_into().ok()?) as usize;
+        let data = size_at + 4..(size_at + 4).checked_add(size)?;
+        if data.end > irb.len() {
+            return None;
+        }
+        let whole = at..(data.end + size % 2).min(irb.len());
+        at = data.end + size % 2;
+        out.push(Resource { id, whole, data });
+    }
+    Some(out)
+}
+
 /// The IPTC resources (0x0404) of a Photoshop resource block, and nothing else: the block
 /// may also hold a thumbnail of the photo before the fill (0x0409, 0x040C), which must not
 /// travel into the filled file. None when it holds no IPTC or is damaged.
 fn iptc_only(irb: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while at + 12 <= irb.len() && &irb[at..at + 4] == b"8BIM" {
-        let id = u16::from_be_bytes([irb[at + 4], irb[at + 5]]);
-        // A Pascal name padded to an even length (its length byte included).
-        let name = 1 + irb[at + 6] as usize;
-        let name = name + name % 2;
-        let size_at = at + 6 + name;
-        let size = u32::from_be_bytes(irb.get(size_at..size_at + 4)?.try_into().ok()?) as usize;
-        let end = (size_at + 4).checked_add(size)?;
-        let padded = end + size % 2;
-        if end > irb.len() {
-            return None;
+    for r in resources(irb)?.into_iter().filter(|r| r.id == 0x0404) {
+        out.extend_from_slice(&irb[r.whole.clone()]);
+        // A last resource whose padding byte was cut off.
+        if (r.whole.end - r.whole.start) % 2 == 1 {
+            out.push(0);
         }
-        if id == 0x0404 {
-            out.extend_from_slice(&irb[at..padded.min(irb.len())]);
-            if padded > irb.len() {
-                out.push(0);
-            }
-        }
-        at = padded;
     }
     (!out.is_empty()).then_some(out)
 }
