@@ -620,6 +620,14 @@ fn another_photo_keeps_the_references_only_when_the_person_says_so() {
     h.run_steps(2);
     assert_eq!(h.state().doc().unwrap().refs.len(), 2);
     assert!(!h.state().asks_to_keep_references());
+    // Opening one of those references as the photo: kept, it is not its own reference.
+    let ref0 = h.state().doc().unwrap().refs[0].path.clone();
+    h.state_mut().open_target(realfill::scene::io::load_photo(&ref0).unwrap());
+    h.run_steps(2);
+    h.get_by_label("Keep references").click();
+    h.run_steps(2);
+    assert_eq!(h.state().doc().unwrap().refs.len(), 1, "{:?}", h.state().messages());
+    assert!(h.state().messages().iter().any(|m| m.text.contains("the target itself")), "{:?}", h.state().messages());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

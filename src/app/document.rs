@@ -433,6 +433,11 @@ impl Document {
     /// Add references, skipping the target itself and duplicates; returns one note per
     /// skipped file.
     pub fn add_refs(&mut self, photos: Vec<Photo>) -> Vec<String> {
+        self.add_shared_refs(photos.into_iter().map(Arc::new).collect())
+    }
+
+    /// `add_refs` for photos already shared (the previous photo's references, kept).
+    pub fn add_shared_refs(&mut self, photos: Vec<Arc<Photo>>) -> Vec<String> {
         let mut notes = Vec::new();
         for p in photos {
             if self.target_file.as_ref().is_some_and(|t| crate::scene::io::same_file(&p.path, t)) {
@@ -440,7 +445,7 @@ impl Document {
             } else if self.refs.iter().any(|r| crate::scene::io::same_file(&r.path, &p.path)) {
                 notes.push(format!("{}: already a reference", p.path.display()));
             } else {
-                self.refs.push(Arc::new(p));
+                self.refs.push(p);
             }
         }
         notes

@@ -81,8 +81,13 @@ impl FileBrowser {
                     if name.starts_with('.') {
                         continue;
                     }
-                    // Follows links: a linked folder is a folder.
-                    let is_dir = e.path().is_dir();
+                    // The listing's own file type (no stat per entry on the UI thread); a link
+                    // is followed, so a linked folder is a folder.
+                    let is_dir = match e.file_type() {
+                        Ok(t) if t.is_symlink() => e.path().is_dir(),
+                        Ok(t) => t.is_dir(),
+                        Err(_) => false,
+                    };
                     if is_dir || (self.kind.pick() != Pick::Folder && self.kind.accepts(Path::new(&name))) {
                         self.entries.push(Entry { name, is_dir });
                     }

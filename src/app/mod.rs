@@ -424,8 +424,12 @@ impl RealfillApp {
         let Some((refs, _)) = self.refs_offer.take() else { return };
         match (keep, &mut self.doc) {
             (true, Some(doc)) => {
-                doc.refs = refs;
+                // Through the same checks as added photos: the new photo may be one of them.
+                let notes = doc.add_shared_refs(refs);
                 self.info("kept the references of the previous photo");
+                for n in notes {
+                    self.warn(n);
+                }
             }
             _ => {
                 std::thread::spawn(move || drop(refs));

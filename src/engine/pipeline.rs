@@ -549,16 +549,15 @@ pub fn run_fill(
 /// values, so their estimates, upsampled for the preview, came out as a grey wash until the
 /// finest level (issue 28); on the finest level the fit is the identity. Previews only: the
 /// fill itself is untouched.
-fn match_known_tones(x0: &mut [f32], cond: &Condition) {
+fn match_known_tones(x0: &mut [f32], cond: &Condition, known: &[usize]) {
     let hw = cond.pixels();
-    let known: Vec<usize> = (0..hw).filter(|&i| cond.mask[i] < 0.5).collect();
     if known.len() < 16 {
         return;
     }
     // Normal equations of k = A·[x, 1] over the known pixels (4 unknowns per channel).
     let mut m = [[0.0f64; 4]; 4];
     let mut r = [[0.0f64; 4]; 3];
-    for &i in &known {
+    for &i in known {
         let v = [x0[i] as f64, x0[hw + i] as f64, x0[2 * hw + i] as f64, 1.0];
         for a in 0..4 {
             for b in 0..4 {
@@ -588,6 +587,11 @@ fn match_known_tones(x0: &mut [f32], cond: &Condition) {
             x0[c * hw + i] = (y as f32).clamp(-1.0, 1.0);
         }
     }
+}
+
+/// The pixels outside the fill region (what previews are fitted on), found once per fill.
+fn known_pixels(cond: &Condition) -> Vec<usize> {
+    (0..cond.pixels()).filter(|&i| cond.mask[i] < 0.5).collect()
 }
 
 /// Solve m·x = r[c] for the three right-hand sides (Gaussian elimination, partial pivoting).
@@ -639,6 +643,7 @@ fn sample_working(
     let out = match (t.engine, levels) {
         (EngineKind::Patch, Some(levels)) => {
             let progress = &mut *run.progress;
+            let known = known_pixels(cond);
             patch::fill(
                 levels.to_vec(),
                 ps,
@@ -647,7 +652,7 @@ fn sample_working(
                 &mut |step, total, x0| {
                     first.get_or_insert_with(|| started.elapsed().as_secs_f32());
                     let mut x0 = x0.to_vec();
-                    match_known_tones(&mut x0, cond);
+                    match_known_tones(&mut x0, cond, &known);
                     progress.preview(step, total, Arc::new(RgbF::from_planar(&x0, w, h)));
                 },
                 run.cancelled,
@@ -920,14 +925,14 @@ mod tests {
         };
         // A wash: less contrast, a grey offset and a little channel mixing.
         let mut x0: Vec<f32> = (0..3 * hw).map(|j| 0.3 * truth[j] + 0.05 * truth[(j + hw) % (3 * hw)] + 0.1).collect();
-        match_known_tones(&mut x0, &cond);
+        match_known_tones(&mut x0, &cond, &known_pixels(&cond));
         for i in (0..hw).filter(|&i| mask[i] < 0.5) {
             for c in 0..3 {
                 assert!((x0[c * hw + i] - truth[c * hw + i]).abs() < 0.02, "known pixel {i} channel {c}");
             }
         }
         let mut exact = truth.clone();
-        match_known_tones(&mut exact, &cond);
+        match_known_tones(&mut exact, &cond, &known_pixels(&cond));
         assert!(exact.iter().zip(&truth).all(|(a, b)| (a - b).abs() < 1e-4), "the identity stays");
     }
 
