@@ -203,7 +203,9 @@ pub struct EvalArgs {
     pub only: Option<String>,
     #[command(flatten)]
     pub sampling: SampleArgs,
-    /// Also write each fill as DIR_OUT/<scene>.png.
+    /// Also write each fill as DIR_OUT/<scene>.png, and DIR_OUT/<scene>-sources.png: the fill
+    /// tinted by where its pixels came from (blue, orange, green…: the references in the order
+    /// the table names them; magenta: invented)
     #[arg(long)]
     pub save: Option<PathBuf>,
     #[command(flatten)]
@@ -588,8 +590,18 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
             t.composite_s,
             t.total_s
         );
+        eprintln!("the fill came from: {}", out.sources.describe(&ref_names(&scene)));
     }
     Ok(())
+}
+
+/// The references' file names, as the source shares name them.
+fn ref_names(scene: &crate::scene::Scene) -> Vec<String> {
+    scene
+        .refs
+        .iter()
+        .map(|r| r.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
+        .collect()
 }
 
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
@@ -625,6 +637,8 @@ struct EvalRow {
     learn_seconds: f32,
     aligned_refs: usize,
     guide_coverage: f32,
+    /// Where the fill came from (`describe_sources`).
+    sources: String,
 }
 
 pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
@@ -648,14 +662,15 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
             Ok(row) => {
                 if !a.json {
                     eprintln!(
-                        "{:<22} PSNR {:6.2} dB  SSIM {:.3}  detail {:.2}  {:6.1}s (aligned refs {}, coverage {:.0}%)",
+                        "{:<22} PSNR {:6.2} dB  SSIM {:.3}  detail {:.2}  {:6.1}s (aligned refs {}, coverage {:.0}%; {})",
                         row.scene,
                         row.psnr,
                         row.ssim,
                         row.detail,
                         row.seconds,
                         row.aligned_refs,
-                        100.0 * row.guide_coverage
+                        100.0 * row.guide_coverage,
+                        row.sources
                     );
                 }
                 rows.push(row);
@@ -711,6 +726,7 @@ fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Opt
         ));
     }
     let mask = scene.mask.clone();
+    let scene_ref_names = ref_names(&scene);
     let t = Instant::now();
     let out = driver
         .run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?
@@ -723,6 +739,8 @@ fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Opt
     };
     if let Some(sdir) = save {
         save_atomic(&out.image, &sdir.join(format!("{name}.png")))?;
+        // The fill tinted by where its pixels came from (the app's "Tint by source").
+        save_atomic(&out.sources.tint(&result).to_image8(), &sdir.join(format!("{name}-sources.png")))?;
     }
     Ok(EvalRow {
         psnr: crate::eval::psnr_masked(&result, &truth.rgb, &mask),
@@ -735,6 +753,7 @@ fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Opt
         learn_seconds: out.timings.learn_s,
         aligned_refs: out.aligned_refs,
         guide_coverage: out.guide_coverage,
+        sources: out.sources.describe(&scene_ref_names),
     })
 }
 

@@ -7,7 +7,10 @@
 //! per pixel which warped candidate, if any, the hole takes.
 
 pub mod features;
+pub mod guide;
 pub mod homography;
+pub mod mincut;
+pub mod montage;
 pub mod parallax;
 pub mod refine;
 pub mod trust;

@@ -29,6 +29,7 @@
 use rayon::prelude::*;
 
 use super::own_texture;
+use crate::align::guide::TargetWarp;
 use crate::align::homography::Homography;
 use crate::align::parallax::Field;
 use crate::align::{self, refine};
@@ -42,17 +43,6 @@ const MIN_SCALE: f64 = 1.5;
 /// Mean absolute difference (per channel, [0, 1]) between the fill and a reference's low band
 /// at which the reference's detail counts half.
 const AGREE_TAU: f32 = 0.05;
-
-/// How one reference was warped into the target's working canvas: `target_to_ref` maps a
-/// working canvas pixel to the reference at working size, after `field`'s shift if any.
-pub struct TargetWarp {
-    /// Index into `Scene::refs`.
-    pub reference: usize,
-    pub target_to_ref: Homography,
-    pub field: Option<Field>,
-    /// The working canvas pixels this warp supplies (`align::trust`'s choice).
-    pub covers: Mask,
-}
 
 /// What the native step draws detail from besides the photo: the references as the pipeline
 /// warped them, and where the engine copied the photo's own known pixels.

@@ -11,6 +11,7 @@ pub mod own_texture;
 pub mod pipeline;
 pub mod sd_fill;
 pub mod settings;
+pub mod sources;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The document: the target photo, its fill mask, the canvas extension (outpainting) and the
 //! reference photos; plus reading/writing files and compositing the result.
 
+pub mod blend;
 pub mod blur;
 pub mod colour;
 pub mod composite;

@@ -1,0 +1,733 @@
+//! RealFill's own setting: a tight crop of a scene — most of the frame to fill — whose subject
+//! moved between the photos. The known pixels are then mostly the subject, so whatever motion
+//! explains them is the subject's, not the camera's; a guide built from the known pixels
+//! alone (`guide::target_guide`) either finds nothing or carries the subject's motion over the
+//! whole background (the candles scaled with a face that leaned in). Here the fill is a
+//! photomontage of two layers instead:
+//! - the **camera layer**: a reference as the camera saw it — for photos of the target's own
+//!   size (frames of one burst or video) the still camera — the one whose plain warp agrees
+//!   with most known pixels;
+//! - the **subject layer**: a reference under the similarity (scale and shift) that best
+//!   explains the known pixels, kept when it explains clearly more of them than the camera
+//!   layer does. It carries the rest of the subject's body from the reference.
+//!
+//! Which part of a reference is the subject is told by a second reference: warped onto the
+//! first by the homography of their matches (the dominant plane: the background), the two
+//! agree where nothing moved. The layers are joined by a minimum cut (`mincut`): each pixel
+//! prefers the subject layer where it shows a part of the reference that moved, the camera
+//! layer where it shows a part that did not, and the seam runs where the two layers agree; then
+//! they are blended band by band (`scene::blend`).
+
+use rayon::prelude::*;
+
+use super::guide::{Source, TargetWarp};
+use super::{Guide, Homography, mincut};
+use crate::scene::blend;
+use crate::scene::blur::blur;
+use crate::scene::{Mask, RgbF};
+
+/// The montage is used when at least this share of the canvas is to be filled: below it the
+/// known pixels around the hole show enough of the scene for `trust` to judge the warps.
+pub const SPARSE: f32 = 0.6;
+/// Mean absolute difference per channel (after a light blur) under which a known pixel agrees
+/// with a layer.
+const AGREE: f32 = 0.04;
+/// A subject layer must agree with this much larger a share of the known pixels than the
+/// camera layer (megamind: 0.19–0.20 where the face moved, 0.09 where the best similarity
+/// only fits a moved face half-way and carries the wrong body).
+const SUBJECT_GAIN: f32 = 0.12;
+/// Blurred difference between two references, aligned, above which a pixel counts as moved.
+const MOVED: f32 = 0.06;
+/// The known pixels' seeds must fall on the two sides of a moved mask this clearly (mean over
+/// the subject's seeds minus mean over the background's), each side with this many seeds.
+const MIN_CONTRAST: f32 = 0.3;
+const MIN_SEEDS: usize = 30;
+/// Without clear seeds, a mask is taken as it is when at most this share of the pixels the two
+/// references share moved.
+const MAX_MOVED_SHARE: f32 = 0.4;
+/// Octaves of the seam's blend: the low frequencies cross the seam over about 2^levels pixels,
+/// and beyond the reach of a layer's exposure difference that mixes two different contents
+/// (a shifted candle's glow).
+const BLEND_LEVELS: usize = 3;
+/// Weight of a layer's difference from the known pixel it meets at the hole's edge.
+const EDGE_WEIGHT: f32 = 4.0;
+/// Unary weight of "this layer shows a part of the reference that moved / did not".
+const LAMBDA: f32 = 0.1;
+/// The subject's similarity is searched over scales in [1/SCALE_RANGE, SCALE_RANGE]...
+const SCALE_RANGE: f64 = 1.15;
+/// ...and shifts up to this share of the canvas's long side.
+const SHIFT_RANGE: f64 = 0.2;
+
+/// The montage's guide and the warps it took, each with the pixels it covers.
+pub struct Montage {
+    pub guide: Guide,
+    pub warps: Vec<TargetWarp>,
+}
+
+/// One reference's two motions and the share of the known pixels each explains.
+struct Motions {
+    reference: usize,
+    camera: Homography,
+    camera_share: f32,
+    /// None when the search found no motion (`subject_motion`).
+    subject: Option<Homography>,
+    subject_share: f32,
+}
+
+/// A warped reference: colours and where the warp lands inside the reference.
+struct Layer {
+    reference: usize,
+    map: Homography,
+    rgb: RgbF,
+    valid: Mask,
+    /// Where the reference shows something that moved (`moved_parts`), at its own size.
+    moved: Option<Vec<f32>>,
+    ref_width: usize,
+    ref_height: usize,
+}
+
+impl Layer {
+    fn new(refs: &[RgbF], reference: usize, map: Homography, w: usize, h: usize) -> Layer {
+        let (rgb, valid) = super::warp(&refs[reference], None, &map, w, h);
+        let (ref_width, ref_height) = (refs[reference].width, refs[reference].height);
+        Layer { reference, map, rgb, valid, moved: None, ref_width, ref_height }
+    }
+
+    /// Whether canvas pixel `i` shows a part of the reference that moved: 1 yes, 0 no, 0.5
+    /// unknown.
+    fn moved_at(&self, i: usize, w: usize) -> f32 {
+        let Some(moved) = &self.moved else { return 0.5 };
+        let Some((u, v)) = self.map.apply((i % w) as f64, (i / w) as f64) else { return 0.5 };
+        let (x, y) = (u.round(), v.round());
+        if x < 0.0 || y < 0.0 || x >= self.ref_width as f64 || y >= self.ref_height as f64 {
+            return 0.5;
+        }
+        moved[y as usize * self.ref_width + x as usize]
+    }
+}
+
+/// The montage for a canvas whose `known` pixels are a small part (`SPARSE`), from references
+/// with a still-camera map (`stills[i]`: canvas → reference i at working size); None when no
+/// reference has one.
+pub fn compose(
+    canvas: &RgbF,
+    known: &Mask,
+    refs: &[RgbF],
+    stills: &[Option<Homography>],
+    seed: u64,
+) -> Option<Montage> {
+    let (w, h) = (canvas.width, canvas.height);
+    let debug = crate::switches::get().debug_align.is_some();
+    let soft = soften(canvas);
+    let known_px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
+    if known_px.len() < 64 {
+        return None;
+    }
+    let soft_refs: Vec<RgbF> = refs.iter().map(soften).collect();
+    // Per reference with a still map: the camera's map and the subject's, and the share of the
+    // known pixels each explains.
+    let motions: Vec<Motions> = stills
+        .iter()
+        .enumerate()
+        .filter_map(|(r, m)| {
+            let camera = (*m)?;
+            let subject = subject_motion(&soft, known, &known_px, &soft_refs[r], &camera);
+            let subject_share = subject.map_or(0.0, |s| agreement(&soft, &known_px, &soft_refs[r], &s));
+            Some(Motions {
+                reference: r,
+                camera,
+                camera_share: agreement(&soft, &known_px, &soft_refs[r], &camera),
+                subject,
+                subject_share,
+            })
+        })
+        .collect();
+    // The camera layer: the still reference that agrees with most known pixels; the subject
+    // layer: the similarity that does, when it explains clearly more of them.
+    let cam = motions.iter().max_by(|a, b| a.camera_share.total_cmp(&b.camera_share))?;
+    let sub = motions.iter().max_by(|a, b| a.subject_share.total_cmp(&b.subject_share))?;
+    if debug {
+        eprintln!(
+            "montage: camera layer ref{} explains {:.2} of the known pixels; best subject motion ref{} {:?} explains {:.2}",
+            cam.reference,
+            cam.camera_share,
+            sub.reference,
+            sub.subject.map(|m| m.0.map(|v| (v * 1e3).round() / 1e3)),
+            sub.subject_share
+        );
+    }
+    let mut camera = Layer::new(refs, cam.reference, cam.camera, w, h);
+    let (camera_ref, camera_map) = (cam.reference, cam.camera);
+    // Where each reference shows the subject: seeded by the known pixels its subject motion
+    // explains (without one, by nothing: the camera layer's subject is then unknown).
+    let moved = |m: &Motions| {
+        let (fg, bg) = match &m.subject {
+            Some(s) => seeds(&soft, &known_px, &soft_refs[m.reference], &m.camera, s),
+            None => (Vec::new(), Vec::new()),
+        };
+        moved_parts(refs, m.reference, seed, &fg, &bg)
+    };
+    let subject = sub.subject.filter(|_| sub.subject_share >= cam.camera_share + SUBJECT_GAIN).map(|map| {
+        let mut layer = Layer::new(refs, sub.reference, map, w, h);
+        layer.moved = moved(sub);
+        layer
+    });
+    let mut guide = Guide::empty(w, h);
+    let fill: Vec<bool> = known.data.iter().map(|&v| v < 0.5).collect();
+    let Some(subject) = subject else {
+        if debug {
+            eprintln!("montage: the camera layer alone");
+        }
+        let covers = only(&camera.valid, &fill);
+        guide.fill_gaps_from(&camera.rgb, &camera.valid);
+        return Some(Montage {
+            guide,
+            warps: vec![TargetWarp {
+                reference: camera_ref,
+                target_to_ref: camera_map,
+                field: None,
+                covers,
+                source: Source::Camera,
+            }],
+        });
+    };
+    camera.moved = if camera.reference == subject.reference { subject.moved.clone() } else { moved(cam) };
+    let label = cut(canvas, known, &camera, &subject);
+    // Each layer completed by the other where it leaves its reference, so that the pyramid
+    // sees no black.
+    let complete = |a: &Layer, b: &Layer| {
+        let mut rgb = a.rgb.clone();
+        for i in 0..w * h {
+            if a.valid.data[i] < 0.5 {
+                rgb.data[3 * i..3 * i + 3].copy_from_slice(&b.rgb.data[3 * i..3 * i + 3]);
+            }
+        }
+        rgb
+    };
+    let weight: Vec<f32> = label.iter().map(|&l| l as u8 as f32).collect();
+    if let Some(dir) = &crate::switches::get().debug_align {
+        // The cut (white: subject layer) over the known pixels dimmed, and each layer.
+        let cut = RgbF::from_fn(w, h, |x, y| {
+            let i = y * w + x;
+            let l = weight[i] * 0.8 + 0.1;
+            if fill[i] { [l, l, camera.moved_at(i, w)] } else { canvas.get(x, y).map(|v| 0.4 * v) }
+        });
+        for (name, img) in
+            [("montage-cut.png", &cut), ("montage-camera.png", &camera.rgb), ("montage-subject.png", &subject.rgb)]
+        {
+            if let Err(e) = crate::scene::io::save_atomic(&img.to_image8(), &dir.join(name)) {
+                eprintln!("REALFILL_DEBUG_ALIGN: {e}");
+            }
+        }
+    }
+    let blended = blend::multiband(&complete(&camera, &subject), &complete(&subject, &camera), &weight, BLEND_LEVELS);
+    let valid = Mask {
+        width: w,
+        height: h,
+        data: (0..w * h).map(|i| (camera.valid.data[i] >= 0.5 || subject.valid.data[i] >= 0.5) as u8 as f32).collect(),
+    };
+    guide.fill_gaps_from(&blended, &valid);
+    let side = |l: bool, layer: &Layer| Mask {
+        width: w,
+        height: h,
+        data: (0..w * h).map(|i| (fill[i] && label[i] == l && layer.valid.data[i] >= 0.5) as u8 as f32).collect(),
+    };
+    if debug {
+        let n = fill.iter().filter(|&&f| f).count().max(1) as f32;
+        let s = (0..w * h).filter(|&i| fill[i] && label[i]).count() as f32;
+        eprintln!("montage: subject layer ref{} takes {:.2} of the fill", subject.reference, s / n);
+    }
+    let warps = vec![
+        TargetWarp {
+            reference: camera.reference,
+            target_to_ref: camera.map,
+            field: None,
+            covers: side(false, &camera),
+            source: Source::Camera,
+        },
+        TargetWarp {
+            reference: subject.reference,
+            target_to_ref: subject.map,
+            field: None,
+            covers: side(true, &subject),
+            source: Source::Subject,
+        },
+    ];
+    Some(Montage { guide, warps })
+}
+
+/// `valid` restricted to the pixels to fill.
+fn only(valid: &Mask, fill: &[bool]) -> Mask {
+    Mask {
+        width: valid.width,
+        height: valid.height,
+        data: valid.data.iter().zip(fill).map(|(&v, &f)| (v >= 0.5 && f) as u8 as f32).collect(),
+    }
+}
+
+/// A light blur, so that comparisons forgive sub-pixel misregistration.
+fn soften(img: &RgbF) -> RgbF {
+    let (w, h) = (img.width, img.height);
+    let mut planes = img.to_planar();
+    for c in planes.chunks_mut(w * h) {
+        blur(c, w, h, 1.0);
+    }
+    RgbF::from_planar(&planes, w, h)
+}
+
+/// Mean absolute difference per channel between the canvas at `i` and the reference at
+/// `(u, v)`, or None outside the reference.
+#[inline]
+fn difference(canvas: &RgbF, i: usize, reference: &RgbF, u: f64, v: f64) -> Option<f32> {
+    if u < 0.0 || v < 0.0 || u > (reference.width - 1) as f64 || v > (reference.height - 1) as f64 {
+        return None;
+    }
+    let a = &canvas.data[3 * i..3 * i + 3];
+    let b = reference.sample(u as f32, v as f32);
+    Some(((a[0] - b[0]).abs() + (a[1] - b[1]).abs() + (a[2] - b[2]).abs()) / 3.0)
+}
+
+/// The share of the known pixels that `map` explains (difference under `AGREE`).
+fn agreement(canvas: &RgbF, known_px: &[usize], reference: &RgbF, map: &Homography) -> f32 {
+    let w = canvas.width;
+    let hits = known_px
+        .iter()
+        .filter(|&&i| {
+            map.apply((i % w) as f64, (i / w) as f64)
+                .and_then(|(u, v)| difference(canvas, i, reference, u, v))
+                .is_some_and(|d| d < AGREE)
+        })
+        .count();
+    hits as f32 / known_px.len().max(1) as f32
+}
+
+/// A similarity about the canvas centre, then `base`: p ↦ base(c + s·(p − c) + t).
+fn similarity(base: &Homography, s: f64, tx: f64, ty: f64, c: (f64, f64)) -> Homography {
+    let sim = Homography([s, 0.0, c.0 - s * c.0 + tx, 0.0, s, c.1 - s * c.1 + ty, 0.0, 0.0, 1.0]);
+    base.then_after(&sim)
+}
+
+/// The subject's motion: the similarity about `base` under which the reference best explains
+/// the known pixels (mean difference truncated at 0.1, so pixels of something else count the
+/// same however different). Exhaustive at a quarter of the size, then refined at full size.
+fn subject_motion(
+    canvas: &RgbF,
+    known: &Mask,
+    known_px: &[usize],
+    reference: &RgbF,
+    base: &Homography,
+) -> Option<Homography> {
+    let (w, h) = (canvas.width, canvas.height);
+    let c = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+    let cost = |img: &RgbF, px: &[usize], rf: &RgbF, m: &Homography| -> f64 {
+        let iw = img.width;
+        px.iter()
+            .map(|&i| {
+                m.apply((i % iw) as f64, (i / iw) as f64)
+                    .and_then(|(u, v)| difference(img, i, rf, u, v))
+                    .map_or(0.1, |d| d.min(0.1)) as f64
+            })
+            .sum::<f64>()
+            / px.len().max(1) as f64
+    };
+    // Quarter size: every pixel of the reduced canvas that is wholly known.
+    let q = 4.0;
+    let (qw, qh) = (w.div_ceil(4), h.div_ceil(4));
+    let small = canvas.resized(qw, qh);
+    let small_ref = reference.resized(reference.width.div_ceil(4), reference.height.div_ceil(4));
+    let small_known = known.resized_soft(qw, qh);
+    let small_px: Vec<usize> = (0..qw * qh).filter(|&i| small_known.data[i] >= 0.99).collect();
+    // Coordinates at quarter size: p_full = q·p + (q − 1)/2 (pixel centres).
+    let to_full = Homography([q, 0.0, (q - 1.0) / 2.0, 0.0, q, (q - 1.0) / 2.0, 0.0, 0.0, 1.0]);
+    let (rq, rqy) =
+        (reference.width as f64 / small_ref.width as f64, reference.height as f64 / small_ref.height as f64);
+    let from_full_ref = Homography([
+        1.0 / rq,
+        0.0,
+        -(rq - 1.0) / (2.0 * rq),
+        0.0,
+        1.0 / rqy,
+        -(rqy - 1.0) / (2.0 * rqy),
+        0.0,
+        0.0,
+        1.0,
+    ]);
+    let reach = (SHIFT_RANGE * w.max(h) as f64 / q).round() as i32;
+    let scales: Vec<f64> = (-3..=3).map(|k| SCALE_RANGE.powf(k as f64 / 3.0)).collect();
+    let mut best = (f64::MAX, 1.0, 0.0, 0.0);
+    if small_px.len() >= 16 {
+        let cands: Vec<(f64, f64, f64)> = scales
+            .iter()
+            .flat_map(|&s| {
+                (-reach..=reach).flat_map(move |dy| (-reach..=reach).map(move |dx| (s, dx as f64 * q, dy as f64 * q)))
+            })
+            .collect();
+        best = cands
+            .par_iter()
+            .map(|&(s, tx, ty)| {
+                let m = from_full_ref.then_after(&similarity(base, s, tx, ty, c).then_after(&to_full));
+                (cost(&small, &small_px, &small_ref, &m), s, tx, ty)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or(best);
+    }
+    // Full size: shifts within one quarter-size step, scales within one coarse step (a quarter
+    // of one), since at a quarter of the size a neighbouring scale may fit a little better.
+    let (_, s0, tx0, ty0) = best;
+    let step = SCALE_RANGE.powf(1.0 / 12.0);
+    let cands: Vec<(f64, f64, f64)> = (-4..=4)
+        .flat_map(|ks| {
+            (-4..=4).flat_map(move |dy| (-4..=4).map(move |dx| (s0 * step.powi(ks), tx0 + dx as f64, ty0 + dy as f64)))
+        })
+        .collect();
+    let fine = cands
+        .par_iter()
+        .map(|&(s, tx, ty)| (cost(canvas, known_px, reference, &similarity(base, s, tx, ty, c)), s, tx, ty))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or(best);
+    // An optimum on the edge of the searched range is not a found one: the motion lies beyond
+    // it, or nothing fits and the search ran to where flat dark parts match best
+    // (megamind-glass: a tilted head, "fitted" at the largest shift and the smallest scale,
+    // would carry a second person into the fill).
+    let (s, tx, ty) = (fine.1, fine.2, fine.3);
+    let limit = reach as f64 * q;
+    let on_edge = s.ln().abs() >= SCALE_RANGE.ln() - 1e-9 || tx.abs() >= limit || ty.abs() >= limit;
+    (!on_edge).then(|| similarity(base, s, tx, ty, c))
+}
+
+/// Pixels of the reference (indices at its size) that the known pixels say are the subject —
+/// the subject's motion explains the known pixel there and the camera's does not — and those
+/// that are the background (the other way round).
+fn seeds(
+    canvas: &RgbF,
+    known_px: &[usize],
+    reference: &RgbF,
+    camera: &Homography,
+    subject: &Homography,
+) -> (Vec<usize>, Vec<usize>) {
+    let w = canvas.width;
+    let (mut fg, mut bg) = (Vec::new(), Vec::new());
+    let at = |m: &Homography, i: usize| {
+        let (u, v) = m.apply((i % w) as f64, (i / w) as f64)?;
+        let d = difference(canvas, i, reference, u, v)?;
+        Some((d, v.round() as usize * reference.width + u.round() as usize))
+    };
+    for &i in known_px {
+        let (Some((dc, pc)), Some((ds, ps))) = (at(camera, i), at(subject, i)) else { continue };
+        if ds < AGREE && dc > 2.0 * AGREE {
+            fg.push(ps);
+        } else if dc < AGREE && ds > 2.0 * AGREE {
+            bg.push(pc);
+        }
+    }
+    (fg, bg)
+}
+
+/// Where reference `r` shows something that moved: another reference warped onto it by the
+/// homography of their matches (over the whole of both: mostly the background) disagrees there.
+/// 1 = moved, 0 = still, 0.5 = not seen by the other reference. None when no other reference
+/// aligns with it well enough to tell.
+fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -> Option<Vec<f32>> {
+    let (w, h) = (refs[r].width, refs[r].height);
+    let none = Mask::new(w, h, 0.0);
+    let debug = crate::switches::get().debug_align.is_some();
+    let soft_r = soften(&refs[r]);
+    let mut best: Option<(Vec<f32>, f32)> = None;
+    for (o, other) in refs.iter().enumerate().filter(|&(o, _)| o != r) {
+        let Some(a) = super::align(&refs[r], &none, other, seed ^ (o as u64) << 8, None) else { continue };
+        let (warped, valid) = super::warp(other, None, &a.target_to_ref, w, h);
+        let warped = soften(&warped);
+        let seen = valid.data.iter().filter(|&&v| v >= 0.5).count();
+        if seen < w * h / 3 {
+            continue;
+        }
+        let mut moved: Vec<f32> = (0..w * h)
+            .map(|i| {
+                if valid.data[i] < 0.5 {
+                    return 0.5;
+                }
+                let d: f32 = (0..3).map(|k| (soft_r.data[3 * i + k] - warped.data[3 * i + k]).abs()).sum::<f32>() / 3.0;
+                (d > MOVED) as u8 as f32
+            })
+            .collect();
+        // Close small gaps and drop specks: a wide blur, thresholded (the parts that moved are
+        // regions, a person, not single pixels).
+        blur(&mut moved, w, h, 3.0);
+        moved.iter_mut().for_each(|v| {
+            *v = if *v > 0.55 {
+                1.0
+            } else if *v < 0.45 {
+                0.0
+            } else {
+                0.5
+            }
+        });
+        // Which side is the subject: the seeds the known pixels gave. The references' mutual
+        // homography follows their dominant plane, which is the background in a wide view and
+        // the subject in a close-up (then what "moved" is the background: flip).
+        let mean = |px: &[usize]| {
+            let seen: Vec<f32> = px.iter().map(|&p| moved[p]).filter(|&m| m != 0.5).collect();
+            (seen.len() >= MIN_SEEDS).then(|| seen.iter().sum::<f32>() / seen.len() as f32)
+        };
+        let (mf, mb) = (mean(fg), mean(bg));
+        let contrast = match (mf, mb) {
+            (Some(f), Some(b)) => f - b,
+            (Some(f), None) => 2.0 * (f - 0.5),
+            (None, Some(b)) => 2.0 * (0.5 - b),
+            (None, None) => 0.0,
+        };
+        if debug {
+            eprintln!(
+                "montage: ref{o} onto ref{r}: {} inliers; moved share among the subject's seeds {mf:.2?}, the background's {mb:.2?}",
+                a.inliers
+            );
+        }
+        if let Some(dir) = &crate::switches::get().debug_align {
+            // Moved parts white, unseen grey; the subject's seeds red, the background's green.
+            let mut img = RgbF::from_fn(w, h, |x, y| [moved[y * w + x] * 0.7; 3]);
+            fg.iter().for_each(|&p| img.data[3 * p..3 * p + 3].copy_from_slice(&[1.0, 0.0, 0.0]));
+            bg.iter().for_each(|&p| img.data[3 * p..3 * p + 3].copy_from_slice(&[0.0, 1.0, 0.0]));
+            if let Err(e) = crate::scene::io::save_atomic(
+                &img.to_image8(),
+                &dir.join(format!("montage-moved-ref{r}-by-ref{o}.png")),
+            ) {
+                eprintln!("REALFILL_DEBUG_ALIGN: {e}");
+            }
+        }
+        // Where the seeds cannot tell (they all lie on the face, which moved little while the
+        // body moved), the majority decides: in a wide frame the dominant plane is the
+        // background, and then the moved parts are the minority.
+        let share = moved.iter().zip(&valid.data).filter(|&(&m, &v)| v >= 0.5 && m >= 1.0).count() as f32 / seen as f32;
+        let (flip, clarity) = if contrast.abs() >= MIN_CONTRAST {
+            (contrast < 0.0, contrast.abs())
+        } else if share <= MAX_MOVED_SHARE {
+            (false, 0.0)
+        } else {
+            continue;
+        };
+        if best.as_ref().is_some_and(|b| b.1 >= clarity) {
+            continue;
+        }
+        if flip {
+            moved.iter_mut().filter(|m| **m != 0.5).for_each(|m| *m = 1.0 - *m);
+        }
+        // The difference of two frames marks both poses: this reference's subject and, where
+        // the other reference has it, background. Only the parts that hold the subject's seeds
+        // are this reference's subject.
+        if fg.len() >= MIN_SEEDS {
+            keep_seeded(&mut moved, w, h, fg);
+        }
+        best = Some((moved, clarity));
+    }
+    best.map(|b| b.0)
+}
+
+/// Clear the moved regions (4-connected runs of 1) that hold none of the `seeds`.
+fn keep_seeded(moved: &mut [f32], w: usize, h: usize, seeds: &[usize]) {
+    let mut region = vec![u32::MAX; w * h];
+    let mut seeded: Vec<bool> = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if moved[start] < 1.0 || region[start] != u32::MAX {
+            continue;
+        }
+        let id = seeded.len() as u32;
+        seeded.push(false);
+        region[start] = id;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            for (ok, j) in
+                [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)]
+            {
+                if ok && moved[j] >= 1.0 && region[j] == u32::MAX {
+                    region[j] = id;
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    for &s in seeds {
+        if s < w * h && region[s] != u32::MAX {
+            seeded[region[s] as usize] = true;
+        }
+    }
+    for (m, r) in moved.iter_mut().zip(&region) {
+        if *r != u32::MAX && !seeded[*r as usize] {
+            *m = 0.0;
+        }
+    }
+}
+
+/// Label 1 (the subject layer) or 0 (the camera layer) for every canvas pixel, by minimum cut.
+fn cut(canvas: &RgbF, known: &Mask, camera: &Layer, subject: &Layer) -> Vec<bool> {
+    let (w, h) = (canvas.width, canvas.height);
+    let big = 1e4f32;
+    let diffs: Vec<f32> = (0..w * h)
+        .map(|i| {
+            if camera.valid.data[i] < 0.5 || subject.valid.data[i] < 0.5 {
+                return 1.0;
+            }
+            (0..3).map(|k| (camera.rgb.data[3 * i + k] - subject.rgb.data[3 * i + k]).abs()).sum::<f32>() / 3.0
+        })
+        .collect();
+    let mut c0 = vec![0.0f32; w * h];
+    let mut c1 = vec![0.0f32; w * h];
+    let is_known = |i: usize| known.data[i] >= 0.5;
+    for i in 0..w * h {
+        if is_known(i) {
+            // The photo itself: the seam along the hole's edge costs what a layer differs from
+            // the known pixel it meets (set on the known pixels next to the hole, whose pairs
+            // with the hole then carry the preference).
+            let (x, y) = (i % w, i / w);
+            let edge = (x > 0 && !is_known(i - 1))
+                || (x + 1 < w && !is_known(i + 1))
+                || (y > 0 && !is_known(i - w))
+                || (y + 1 < h && !is_known(i + w));
+            if edge {
+                let d = |l: &Layer| {
+                    if l.valid.data[i] < 0.5 {
+                        return big;
+                    }
+                    (0..3).map(|k| (l.rgb.data[3 * i + k] - canvas.data[3 * i + k]).abs()).sum::<f32>() / 3.0
+                };
+                c0[i] = EDGE_WEIGHT * d(camera);
+                c1[i] = EDGE_WEIGHT * d(subject);
+            }
+            continue;
+        }
+        // Where no mask tells, the camera layer is preferred a little: the background is most
+        // of a frame, and the subject layer then reaches only as far as a cheap seam from the
+        // known pixels it continues.
+        // The camera layer is wrong where it shows its reference's subject (in another pose),
+        // and also where the subject layer shows the subject: the subject, carried by its
+        // motion, stands in front of whatever background the camera layer has there.
+        let unknown = |m: f32, v: f32| if m == 0.5 { v } else { m };
+        let (mc, ms) = (unknown(camera.moved_at(i, w), 0.3), unknown(subject.moved_at(i, w), 0.3));
+        let subject_valid = subject.valid.data[i] >= 0.5;
+        c0[i] = if camera.valid.data[i] < 0.5 { big } else { LAMBDA * if subject_valid { mc.max(ms) } else { mc } };
+        c1[i] = match (subject_valid, camera.valid.data[i] >= 0.5) {
+            (true, _) => LAMBDA * (1.0 - ms),
+            (false, true) => big,
+            (false, false) => 0.0,
+        };
+    }
+    let pair = |i: usize, j: usize| {
+        if is_known(i) && is_known(j) { 0.0 } else { diffs[i] + diffs[j] + 0.002 }
+    };
+    mincut::label(w, h, [&c0, &c1], &pair)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of a still camera: a textured background (`align::tests::texture`) and a
+    /// subject — a head and the body under it, each with its own pattern — with the head's
+    /// top-left corner at `at`.
+    fn frame(w: usize, h: usize, at: (usize, usize)) -> RgbF {
+        let background = crate::align::tests::texture(w, h, (0.0, 0.0), 0.0, 1.0);
+        RgbF::from_fn(w, h, |x, y| {
+            let (u, v) = (x as isize - at.0 as isize, y as isize - at.1 as isize);
+            let head = (0..36).contains(&u) && (0..36).contains(&v);
+            let body = (-10..46).contains(&u) && (36..96).contains(&v);
+            if head {
+                [0.85, 0.55 + 0.3 * ((u / 6 + v / 9) % 2) as f32, 0.3 + 0.5 * ((u / 12 + v / 6) % 3) as f32 / 2.0]
+            } else if body {
+                [0.45 + 0.3 * ((u + 2 * v) / 6 % 2) as f32, 0.1, 0.6 - 0.3 * ((v / 4) % 2) as f32]
+            } else {
+                // (the texture reaches a little outside [0, 1]; a photo does not)
+                background.get(x, y).map(|v| v.clamp(0.0, 1.0))
+            }
+        })
+    }
+
+    #[test]
+    fn a_tight_crop_of_a_moved_subject_gets_the_background_from_the_camera_and_the_body_from_the_subject() {
+        let (w, h) = (192, 144);
+        // The subject's head at (78, 20) in the target, elsewhere in each reference.
+        let truth = frame(w, h, (78, 20));
+        let refs = vec![frame(w, h, (54, 26)), frame(w, h, (120, 16))];
+        // Known: a tight crop of the head (a tenth of the frame).
+        let mut known = Mask::new(w, h, 0.0);
+        for y in 12..62 {
+            for x in 72..120 {
+                known.set(x, y, 1.0);
+            }
+        }
+        let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
+        let stills = vec![Some(Homography::IDENTITY); 2];
+        let m = compose(&canvas, &known, &refs, &stills, 1).expect("a montage");
+        let error = |px: &mut dyn Iterator<Item = (usize, usize)>| {
+            let (mut sum, mut n) = (0.0f32, 0usize);
+            for (x, y) in px {
+                assert!(m.guide.valid.get(x, y) >= 0.5, "{x},{y} is covered");
+                let (a, b) = (m.guide.rgb.get(x, y), truth.get(x, y));
+                sum += (0..3).map(|k| (a[k] - b[k]).abs()).sum::<f32>() / 3.0;
+                n += 1;
+            }
+            sum / n as f32
+        };
+        // The target's body (below the crop), which no reference shows at that place: the
+        // subject layer moves it with the head.
+        let body = error(&mut (66..118).flat_map(|y| (72..120).map(move |x| (x, y))));
+        // Background far from every pose of the subject: the camera layer.
+        let background = error(&mut (0..144).flat_map(|y| (0..30).map(move |x| (x, y))));
+        assert!(body < 0.06, "body error {body}");
+        assert!(background < 0.02, "background error {background}");
+        // Both layers are named, with the pixels they give.
+        let share = |s: Source| m.warps.iter().filter(|t| t.source == s).map(|t| t.covers.fill_fraction()).sum::<f32>();
+        assert!(
+            share(Source::Subject) > 0.05 && share(Source::Camera) > 0.4,
+            "shares {m:?}",
+            m = (share(Source::Subject), share(Source::Camera))
+        );
+    }
+
+    #[test]
+    fn without_a_moved_subject_the_camera_layer_alone_fills() {
+        // The subject stands where it stood: the still camera explains the known pixels and no
+        // similarity explains clearly more.
+        let (w, h) = (192, 144);
+        let truth = frame(w, h, (78, 20));
+        let refs = vec![truth.clone()];
+        let mut known = Mask::new(w, h, 0.0);
+        for y in 8..62 {
+            for x in 62..130 {
+                known.set(x, y, 1.0);
+            }
+        }
+        let m = compose(&truth, &known, &refs, &[Some(Homography::IDENTITY)], 1).expect("a montage");
+        assert_eq!(m.warps.len(), 1);
+        assert_eq!(m.warps[0].source, Source::Camera);
+        let worst = (0..w * h)
+            .map(|i| (0..3).map(|k| (m.guide.rgb.data[3 * i + k] - truth.data[3 * i + k]).abs()).fold(0.0, f32::max))
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-4, "the reference pasted as it is: {worst}");
+        // No still map, no montage.
+        assert!(compose(&truth, &known, &refs, &[None], 1).is_none());
+    }
+
+    #[test]
+    fn a_motion_beyond_the_searched_range_gives_no_subject_layer() {
+        // The head moved 70 px of a 192 px frame (the search reaches 20 %, 38 px): no
+        // similarity within reach explains the crop better than the camera, so no subject layer
+        // is made (and none is made of a fit on the range's edge).
+        let (w, h) = (192, 144);
+        let truth = frame(w, h, (110, 20));
+        let mut known = Mask::new(w, h, 0.0);
+        for y in 12..62 {
+            for x in 104..152 {
+                known.set(x, y, 1.0);
+            }
+        }
+        let px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
+        let m = compose(&truth, &known, &[frame(w, h, (40, 20))], &[Some(Homography::IDENTITY)], 1).expect("a montage");
+        assert!(m.warps.iter().all(|t| t.source == Source::Camera), "camera layer only");
+        // Within reach (30 px), the motion is found exactly.
+        let (soft, near) = (soften(&truth), soften(&frame(w, h, (80, 20))));
+        let s = subject_motion(&soft, &known, &px, &near, &Homography::IDENTITY).expect("found");
+        let (u, v) = s.apply(120.0, 30.0).unwrap();
+        assert!((u - 90.0).abs() < 0.5 && (v - 30.0).abs() < 0.5, "maps the head: {u}, {v}");
+    }
+}
