@@ -1104,3 +1104,62 @@ fn fill_without_new_errors(h: &mut Harness<'_, RealfillApp>) {
     assert_eq!(errors(h.state()), before, "{:?}", h.state().messages());
     assert!(!h.state().candidates().is_empty(), "the fill ran here");
 }
+
+#[test]
+fn sources_tints_the_fill_by_where_its_pixels_came_from() {
+    let mut h = harness(demo_app(2, 1));
+    press_and_wait(&mut h, "Fill");
+    let c = &h.state().candidates()[0];
+    let taken: f32 = c.sources.shares.iter().map(|s| s.share).sum();
+    assert!((taken + c.sources.invented() - 1.0).abs() < 1e-4, "shares and the invented part make the fill");
+    // (the messages and the candidate strip take their place first)
+    h.run_steps(3);
+    // Pixels of the canvas only (the button's look and its tooltip change with the pointer).
+    let area = h.state().canvas().area.shrink(12.0);
+    let differ = |a: &image::RgbaImage, b: &image::RgbaImage| {
+        let (x0, x1) = (area.left().ceil() as u32, area.right().floor() as u32);
+        let (y0, y1) = (area.top().ceil() as u32, area.bottom().floor() as u32);
+        (y0..y1.min(a.height()))
+            .flat_map(|y| (x0..x1.min(a.width())).map(move |x| (x, y)))
+            .filter(|&(x, y)| a.get_pixel(x, y) != b.get_pixel(x, y))
+            .count()
+    };
+    let plain = h.render().expect("renders");
+    h.get_by_label("Sources").click();
+    h.run_steps(2);
+    assert!(h.state().source_tint());
+    let tinted = h.render().expect("renders");
+    let changed = differ(&plain, &tinted);
+    assert!(changed > 1000, "the fill is tinted ({changed} pixels changed)");
+    // T turns it off again: the canvas is as it was.
+    h.key_press(egui::Key::T);
+    h.run_steps(2);
+    assert!(!h.state().source_tint());
+    assert_eq!(differ(&plain, &h.render().expect("renders")), 0);
+}
+
+#[test]
+fn a_fill_mostly_invented_says_so_and_offers_stable_diffusion_when_its_folder_is_set() {
+    // Without references every pixel is invented.
+    let mut h = harness(demo_app(2, 1));
+    while !h.state().doc().unwrap().refs.is_empty() {
+        h.state_mut().push(realfill::app::commands::Command::RemoveReference(0));
+        h.run_steps(1);
+    }
+    press_and_wait(&mut h, "Fill");
+    let m = h.state().messages().iter().find(|m| m.text.contains("invented")).expect("the invented share is said");
+    assert!(m.text.contains("100 %"), "{}", m.text);
+    assert!(m.action.is_none(), "no Stable Diffusion folder: nothing to offer");
+    // With a folder set, the message carries the button.
+    let mut app = demo_app(2, 1);
+    app.settings_mut().run.sd.model = Some(std::env::temp_dir());
+    let mut h = harness(app);
+    while !h.state().doc().unwrap().refs.is_empty() {
+        h.state_mut().push(realfill::app::commands::Command::RemoveReference(0));
+        h.run_steps(1);
+    }
+    press_and_wait(&mut h, "Fill");
+    let m = h.state().messages().iter().find(|m| m.text.contains("invented")).expect("the invented share is said");
+    assert_eq!(m.action.as_ref().map(|a| a.0.as_str()), Some("Fill with Stable Diffusion"));
+    h.get_by_label("Fill with Stable Diffusion");
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use egui::{Color32, CursorIcon, Pos2, Rect, Sense, Stroke, StrokeKind, TextureHandle, TextureOptions, Vec2};
 
 use super::document::{Document, PixelRect};
+use crate::engine::sources::Sources;
 use crate::scene::{Extension, Photo};
 
 /// Longest side of the mask overlay's texture (it is shown downsampled on larger photos, and
@@ -228,6 +229,9 @@ pub struct Overlay<'a> {
     pub show_before: bool,
     /// Before on the left of a draggable divider, after on the right.
     pub split: bool,
+    /// Tint the fill by where its pixels came from (the shown result's sources and the
+    /// references' names, for the legend).
+    pub tint: Option<(&'a Arc<Sources>, &'a [String])>,
 }
 
 pub struct Canvas {
@@ -242,6 +246,8 @@ pub struct Canvas {
     pending: Option<PixelRect>,
     before: Option<PhotoTexture>,
     checker: Option<TextureHandle>,
+    /// The source tint of the result shown, and whose it is.
+    tint: Option<(Arc<Sources>, TextureHandle)>,
     last_paint: Option<[f32; 2]>,
     edge: Option<EdgeDrag>,
     selection: Option<Selection>,
@@ -263,6 +269,7 @@ impl Default for Canvas {
             pending: None,
             before: None,
             checker: None,
+            tint: None,
             last_paint: None,
             selection: None,
             split_at: 0.5,
@@ -490,6 +497,18 @@ impl Canvas {
 
     /// The canvas: checkerboard, photo (or the photo before the last fill), preview or mask
     /// overlay, border, edge handles, cursor.
+    /// The tint texture of `sources`, made once per result.
+    fn tint_texture(&mut self, ctx: &egui::Context, sources: &Arc<Sources>) -> TextureHandle {
+        match &self.tint {
+            Some((s, tex)) if Arc::ptr_eq(s, sources) => tex.clone(),
+            _ => {
+                let tex = ctx.load_texture("source tint", tint_image(sources), egui::TextureOptions::NEAREST);
+                self.tint = Some((sources.clone(), tex.clone()));
+                tex
+            }
+        }
+    }
+
     fn draw(
         &mut self,
         ui: &egui::Ui,
@@ -561,6 +580,11 @@ impl Canvas {
                 label(&painter, area, "before | after (drag the line)");
             } else if let Some(ov) = &self.overlay {
                 painter.image(ov.id(), target_screen, full_uv, Color32::WHITE);
+            }
+            if let Some((sources, names)) = o.tint.filter(|_| o.preview.is_none() && !o.split) {
+                let tex = self.tint_texture(&ctx, sources);
+                painter.image(tex.id(), canvas_rect, full_uv, Color32::WHITE);
+                legend(&painter, area, &sources.legend(names));
             }
         }
         painter.rect_stroke(canvas_rect, 0.0, Stroke::new(1.0, Color32::from_gray(200)), StrokeKind::Outside);
@@ -718,6 +742,42 @@ impl Canvas {
             }
         }
     }
+}
+
+/// The source tint's colours and what each stands for, at the canvas's bottom left.
+fn legend(painter: &egui::Painter, area: Rect, rows: &[([u8; 3], String)]) {
+    let font = egui::FontId::proportional(14.0);
+    let line = 20.0;
+    let mut pos = area.left_bottom() + Vec2::new(10.0, -10.0 - line * rows.len() as f32);
+    let width = rows
+        .iter()
+        .map(|(_, text)| painter.layout_no_wrap(text.clone(), font.clone(), Color32::WHITE).size().x)
+        .fold(0.0f32, f32::max);
+    let bg = Rect::from_min_size(pos, Vec2::new(width + 26.0, line * rows.len() as f32)).expand(4.0);
+    painter.rect_filled(bg, 3.0, Color32::from_black_alpha(170));
+    for ([r, g, b], text) in rows {
+        painter.rect_filled(
+            Rect::from_min_size(pos + Vec2::new(0.0, 3.0), Vec2::splat(14.0)),
+            2.0,
+            Color32::from_rgb(*r, *g, *b),
+        );
+        painter.text(pos + Vec2::new(22.0, 0.0), egui::Align2::LEFT_TOP, text, font.clone(), Color32::WHITE);
+        pos.y += line;
+    }
+}
+
+/// The source tint as a texture image: each filled pixel in its source's colour, half
+/// transparent; known pixels clear.
+pub fn tint_image(sources: &Sources) -> egui::ColorImage {
+    let (w, h) = (sources.width.max(1), sources.height.max(1));
+    let mut rgba = vec![0u8; 4 * w * h];
+    for (i, &s) in sources.map.iter().enumerate().take(w * h) {
+        if s != crate::engine::sources::KNOWN {
+            let [r, g, b] = crate::engine::sources::colour(s);
+            rgba[4 * i..4 * i + 4].copy_from_slice(&[r, g, b, 140]);
+        }
+    }
+    egui::ColorImage::from_rgba_unmultiplied([w, h], &rgba)
 }
 
 fn label(painter: &egui::Painter, area: Rect, text: &str) {

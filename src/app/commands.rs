@@ -34,6 +34,10 @@ pub enum Command {
     ToggleBefore,
     /// Before and after side by side, split by a draggable line.
     ToggleSplit,
+    /// Tint the shown fill by where its pixels came from.
+    ToggleSourceTint,
+    /// Switch the engine to Stable Diffusion and fill again.
+    FillWithStableDiffusion,
     DismissMessage(usize),
     /// Save the project where it was saved (asks where the first time).
     Save,
@@ -89,6 +93,7 @@ pub const INVERT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND.pl
 pub const CLEAR: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::D);
 /// Lightroom's key for before/after side by side.
 pub const SPLIT: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::Y);
+pub const SOURCES: KeyboardShortcut = KeyboardShortcut::new(Modifiers::NONE, Key::T);
 /// Copy and paste reach the app as egui's Copy and PasteImage events (egui-winit turns these
 /// keys into them); the constants are for menus and the shortcut list.
 pub const COPY: KeyboardShortcut = KeyboardShortcut::new(Modifiers::COMMAND, Key::C);
@@ -124,6 +129,7 @@ pub fn shortcuts() -> Vec<Shortcut> {
         s(ZOOM_IN_ALT, Command::Zoom(1.25), "Zoom in"),
         s(ZOOM_OUT, Command::Zoom(0.8), "Zoom out"),
         s(SPLIT, Command::ToggleSplit, "Before and after side by side"),
+        s(SOURCES, Command::ToggleSourceTint, "Tint the fill by where its pixels came from"),
         s(SHORTCUTS, Command::ToggleShortcuts, "This list of shortcuts"),
         s(CANCEL, Command::Cancel, "Cancel the running job"),
     ]

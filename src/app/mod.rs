@@ -44,7 +44,12 @@ pub enum Level {
 pub struct Message {
     pub level: Level,
     pub text: String,
+    /// A button beside the message, and what it does.
+    pub action: Option<(String, Command)>,
 }
+
+/// Above this invented share of a fill the app says so and offers Stable Diffusion.
+const INVENTED_OFFER: f32 = 0.3;
 
 /// A fill result to pick from.
 pub struct Candidate {
@@ -53,6 +58,10 @@ pub struct Candidate {
     pub agreement: Option<f32>,
     pub photo: Arc<Photo>,
     pub thumb: egui::TextureHandle,
+    /// Where its pixels came from (the source tint), and the names of the references it
+    /// was filled from.
+    pub sources: Arc<crate::engine::sources::Sources>,
+    pub ref_names: Vec<String>,
 }
 
 /// What the person asked the engine for.
@@ -152,6 +161,8 @@ pub struct RealfillApp {
     show_before_toggle: bool,
     /// Before/after side by side on the canvas.
     split: bool,
+    /// Tint the shown result by where its pixels came from.
+    source_tint: bool,
     /// For waking the UI from background threads (set at the first frame).
     repaint_handle: Option<egui::Context>,
     ref_thumbs: ThumbCache,
@@ -235,6 +246,7 @@ impl RealfillApp {
             frame_ms: 0.0,
             show_before_toggle: false,
             split: false,
+            source_tint: false,
             repaint_handle: None,
             ref_thumbs: ThumbCache::default(),
             show_frame_time: true,
@@ -310,6 +322,11 @@ impl RealfillApp {
     pub fn settings(&self) -> &AppSettings {
         &self.settings
     }
+    /// Whether the shown fill is tinted by source.
+    pub fn source_tint(&self) -> bool {
+        self.source_tint
+    }
+
     pub fn settings_mut(&mut self) -> &mut AppSettings {
         &mut self.settings
     }
@@ -352,13 +369,13 @@ impl RealfillApp {
     }
 
     pub fn info(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Info, text: text.into() });
+        self.messages.push(Message { level: Level::Info, text: text.into(), action: None });
     }
     pub fn warn(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Warning, text: text.into() });
+        self.messages.push(Message { level: Level::Warning, text: text.into(), action: None });
     }
     pub fn error(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Error, text: text.into() });
+        self.messages.push(Message { level: Level::Error, text: text.into(), action: None });
     }
 
     pub fn open_target(&mut self, p: Photo) {
@@ -728,7 +745,16 @@ impl RealfillApp {
             }
         };
         let first = self.candidates.is_empty();
-        self.candidates.push(Candidate { seed, agreement: out.agreement, photo, thumb });
+        let sources = Arc::new(std::mem::take(&mut out.sources));
+        if first {
+            self.offer_for_invented(&sources, out.timings.engine);
+        }
+        let ref_names = scene
+            .refs
+            .iter()
+            .map(|r| r.path.file_name().map_or_else(|| "reference".into(), |n| n.to_string_lossy().into_owned()))
+            .collect();
+        self.candidates.push(Candidate { seed, agreement: out.agreement, photo, thumb, sources, ref_names });
         if first && let Some(doc) = &mut self.doc {
             doc.accept_fill(self.candidates[0].photo.clone());
             self.applied_revision = Some(doc.revision);
@@ -814,6 +840,29 @@ impl RealfillApp {
         let old = std::mem::take(&mut self.candidates);
         if !old.is_empty() {
             std::thread::spawn(move || drop(old));
+        }
+    }
+
+    /// Much of the fill invented (no reference shows that part): say so, and offer Stable
+    /// Diffusion when its folder is set (it imagines what no reference shows; the patch engine
+    /// can only continue the photo's own texture there).
+    fn offer_for_invented(&mut self, sources: &crate::engine::sources::Sources, engine: EngineKind) {
+        let invented = sources.invented();
+        if invented < INVENTED_OFFER || engine == EngineKind::StableDiffusion {
+            return;
+        }
+        let share = format!("{:.0} % of the fill is invented: no reference shows that part", 100.0 * invented);
+        if self.settings.run.sd.model.is_some() {
+            self.messages.push(Message {
+                level: Level::Info,
+                text: format!("{share}. Stable Diffusion can imagine it."),
+                action: Some(("Fill with Stable Diffusion".into(), Command::FillWithStableDiffusion)),
+            });
+        } else {
+            self.info(format!(
+                "{share} (Sources shows which). A photo that shows it, added as a reference, or a Stable Diffusion \
+                 folder (Run panel) would fill it."
+            ));
         }
     }
 
@@ -916,6 +965,11 @@ impl RealfillApp {
             }
             Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
             Command::ToggleSplit => self.split = !self.split,
+            Command::ToggleSourceTint => self.source_tint = !self.source_tint,
+            Command::FillWithStableDiffusion => {
+                self.settings.run.engine = crate::settings::EngineKind::StableDiffusion;
+                self.push(Command::Fill);
+            }
             Command::Save => match self.project_path.clone() {
                 Some(p) if self.doc.is_some() => self.save_project(p),
                 _ => self.open_dialog(dialogs::Dialog::SaveProject),
@@ -1079,8 +1133,21 @@ impl RealfillApp {
             let editable = self.running.is_none();
             match &mut self.doc {
                 Some(doc) => {
-                    let overlay =
-                        canvas::Overlay { editable, preview, native, show_before: self.show_before, split: self.split };
+                    // The tint is of the result on screen, untouched since.
+                    let shows_result = self.applied_revision == Some(doc.revision);
+                    let tint = self
+                        .candidates
+                        .get(self.selected)
+                        .filter(|_| self.source_tint && shows_result)
+                        .map(|c| (&c.sources, c.ref_names.as_slice()));
+                    let overlay = canvas::Overlay {
+                        editable,
+                        preview,
+                        native,
+                        show_before: self.show_before,
+                        split: self.split,
+                        tint,
+                    };
                     self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
                 }
                 None => {

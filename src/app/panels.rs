@@ -235,6 +235,17 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
     {
         app.push(Command::ToggleSplit);
     }
+    let has_sources = can_compare && app.candidates.get(app.selected).is_some();
+    if ui
+        .add_enabled(has_sources, egui::Button::new("Sources").selected(app.source_tint))
+        .on_hover_text(format!(
+            "Tint the fill by where its pixels came from: each reference (and by which motion), or invented ({})",
+            key(&commands::SOURCES)
+        ))
+        .clicked()
+    {
+        app.push(Command::ToggleSourceTint);
+    }
 }
 
 /// References: thumbnails with remove, add button, canvas extension. Returns the panel's
@@ -652,6 +663,7 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
             ui.separator();
         }
         let mut dismiss = None;
+        let mut act = None;
         for (i, m) in app.messages.iter().enumerate().rev().take(3) {
             ui.horizontal(|ui| {
                 let colour = match m.level {
@@ -663,10 +675,20 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     dismiss = Some(i);
                 }
                 ui.label(RichText::new(&m.text).color(colour));
+                if let Some((label, command)) = &m.action
+                    && ui.button(label).clicked()
+                {
+                    act = Some((i, command.clone()));
+                }
             });
         }
         if let Some(i) = dismiss {
             app.push(Command::DismissMessage(i));
+        }
+        // A message's button does its thing once: the message goes with it.
+        if let Some((i, command)) = act {
+            app.push(Command::DismissMessage(i));
+            app.push(command);
         }
         ui.horizontal(|ui| {
             ui.label(RichText::new(&app.status).weak());
