@@ -126,6 +126,7 @@ pub fn compose(
     let soft_refs: Vec<RgbF> = refs.iter().map(soften).collect();
     // Per reference with a still map: the camera's map and the subject's, and the share of the
     // known pixels each explains.
+    let started = std::time::Instant::now();
     let motions: Vec<Motions> = stills
         .iter()
         .enumerate()
@@ -155,6 +156,9 @@ pub fn compose(
             sub.subject.map(|m| m.0.map(|v| (v * 1e3).round() / 1e3)),
             sub.subject_share
         );
+    }
+    if debug {
+        eprintln!("montage: motions searched in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     }
     let mut camera = Layer::new(refs, cam.reference, cam.camera, w, h);
     let (camera_ref, camera_map) = (cam.reference, cam.camera);
@@ -192,7 +196,15 @@ pub fn compose(
         });
     };
     camera.moved = if camera.reference == subject.reference { subject.moved.clone() } else { moved(cam) };
+    let masked = started.elapsed().as_secs_f64();
     let label = cut(canvas, known, &camera, &subject);
+    if debug {
+        eprintln!(
+            "montage: motions and masks {:.0} ms, cut {:.0} ms",
+            masked * 1e3,
+            (started.elapsed().as_secs_f64() - masked) * 1e3
+        );
+    }
     // Each layer completed by the other where it leaves its reference, so that the pyramid
     // sees no black.
     let complete = |a: &Layer, b: &Layer| {
@@ -309,7 +321,8 @@ fn similarity(base: &Homography, s: f64, tx: f64, ty: f64, c: (f64, f64)) -> Hom
 
 /// The subject's motion: the similarity about `base` under which the reference best explains
 /// the known pixels (mean difference truncated at 0.1, so pixels of something else count the
-/// same however different). Exhaustive at a quarter of the size, then refined at full size.
+/// same however different). Exhaustive at a quarter of the size, then refined at half size and
+/// at full size. None when the best fit lies on the searched range's edge.
 fn subject_motion(
     canvas: &RgbF,
     known: &Mask,
@@ -319,80 +332,115 @@ fn subject_motion(
 ) -> Option<Homography> {
     let (w, h) = (canvas.width, canvas.height);
     let c = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
-    let cost = |img: &RgbF, px: &[usize], rf: &RgbF, m: &Homography| -> f64 {
-        let iw = img.width;
-        px.iter()
-            .map(|&i| {
-                m.apply((i % iw) as f64, (i / iw) as f64)
-                    .and_then(|(u, v)| difference(img, i, rf, u, v))
-                    .map_or(0.1, |d| d.min(0.1)) as f64
-            })
-            .sum::<f64>()
-            / px.len().max(1) as f64
-    };
-    // Quarter size: every pixel of the reduced canvas that is wholly known.
-    let q = 4.0;
-    let (qw, qh) = (w.div_ceil(4), h.div_ceil(4));
-    let small = canvas.resized(qw, qh);
-    let small_ref = reference.resized(reference.width.div_ceil(4), reference.height.div_ceil(4));
-    let small_known = known.resized_soft(qw, qh);
-    let small_px: Vec<usize> = (0..qw * qh).filter(|&i| small_known.data[i] >= 0.99).collect();
-    // Coordinates at quarter size: p_full = q·p + (q − 1)/2 (pixel centres).
-    let to_full = Homography([q, 0.0, (q - 1.0) / 2.0, 0.0, q, (q - 1.0) / 2.0, 0.0, 0.0, 1.0]);
-    let (rq, rqy) =
-        (reference.width as f64 / small_ref.width as f64, reference.height as f64 / small_ref.height as f64);
-    let from_full_ref = Homography([
-        1.0 / rq,
-        0.0,
-        -(rq - 1.0) / (2.0 * rq),
-        0.0,
-        1.0 / rqy,
-        -(rqy - 1.0) / (2.0 * rqy),
-        0.0,
-        0.0,
-        1.0,
-    ]);
-    let reach = (SHIFT_RANGE * w.max(h) as f64 / q).round() as i32;
-    let scales: Vec<f64> = (-3..=3).map(|k| SCALE_RANGE.powf(k as f64 / 3.0)).collect();
-    let mut best = (f64::MAX, 1.0, 0.0, 0.0);
-    if small_px.len() >= 16 {
-        let cands: Vec<(f64, f64, f64)> = scales
-            .iter()
-            .flat_map(|&s| {
-                (-reach..=reach).flat_map(move |dy| (-reach..=reach).map(move |dx| (s, dx as f64 * q, dy as f64 * q)))
-            })
-            .collect();
-        best = cands
-            .par_iter()
-            .map(|&(s, tx, ty)| {
-                let m = from_full_ref.then_after(&similarity(base, s, tx, ty, c).then_after(&to_full));
-                (cost(&small, &small_px, &small_ref, &m), s, tx, ty)
-            })
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .unwrap_or(best);
-    }
-    // Full size: shifts within one quarter-size step, scales within one coarse step (a quarter
-    // of one), since at a quarter of the size a neighbouring scale may fit a little better.
-    let (_, s0, tx0, ty0) = best;
+    let reach = (SHIFT_RANGE * w.max(h) as f64 / 4.0).round() as i32;
     let step = SCALE_RANGE.powf(1.0 / 12.0);
-    let cands: Vec<(f64, f64, f64)> = (-4..=4)
-        .flat_map(|ks| {
-            (-4..=4).flat_map(move |dy| (-4..=4).map(move |dx| (s0 * step.powi(ks), tx0 + dx as f64, ty0 + dy as f64)))
+    // Quarter size: 7 scales, every shift in whole quarter pixels.
+    let quarter = Level::new(canvas, known, reference, 4);
+    let cands: Vec<(f64, f64, f64)> = (-3..=3)
+        .flat_map(|k| {
+            let s = SCALE_RANGE.powf(k as f64 / 3.0);
+            (-reach..=reach).flat_map(move |dy| (-reach..=reach).map(move |dx| (s, 4.0 * dx as f64, 4.0 * dy as f64)))
         })
         .collect();
-    let fine = cands
-        .par_iter()
-        .map(|&(s, tx, ty)| (cost(canvas, known_px, reference, &similarity(base, s, tx, ty, c)), s, tx, ty))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .unwrap_or(best);
+    let (s0, tx0, ty0) = quarter.best(&cands, base, c).unwrap_or((1.0, 0.0, 0.0));
+    // Half size: within one quarter-size step each way (a neighbouring scale may fit a little
+    // better once the detail shows), shifts in whole half pixels.
+    let half = Level::new(canvas, known, reference, 2);
+    let cands: Vec<(f64, f64, f64)> = (-4..=4)
+        .flat_map(|k| {
+            (-2..=2).flat_map(move |dy| {
+                (-2..=2).map(move |dx| (s0 * step.powi(k), tx0 + 2.0 * dx as f64, ty0 + 2.0 * dy as f64))
+            })
+        })
+        .collect();
+    let (s1, tx1, ty1) = half.best(&cands, base, c).unwrap_or((s0, tx0, ty0));
+    // Full size: one step each way.
+    let full = Level {
+        canvas: canvas.clone(),
+        px: known_px.to_vec(),
+        reference: reference.clone(),
+        factor: 1,
+        ref_scale: (1.0, 1.0),
+    };
+    let cands: Vec<(f64, f64, f64)> = (-1..=1)
+        .flat_map(|k| {
+            (-1..=1).flat_map(move |dy| (-1..=1).map(move |dx| (s1 * step.powi(k), tx1 + dx as f64, ty1 + dy as f64)))
+        })
+        .collect();
+    let (s, tx, ty) = full.best(&cands, base, c).unwrap_or((s1, tx1, ty1));
     // An optimum on the edge of the searched range is not a found one: the motion lies beyond
     // it, or nothing fits and the search ran to where flat dark parts match best
     // (megamind-glass: a tilted head, "fitted" at the largest shift and the smallest scale,
     // would carry a second person into the fill).
-    let (s, tx, ty) = (fine.1, fine.2, fine.3);
-    let limit = reach as f64 * q;
+    let limit = 4.0 * reach as f64;
     let on_edge = s.ln().abs() >= SCALE_RANGE.ln() - 1e-9 || tx.abs() >= limit || ty.abs() >= limit;
     (!on_edge).then(|| similarity(base, s, tx, ty, c))
+}
+
+/// The canvas, its wholly known pixels and a reference, reduced by `factor`, for the search.
+struct Level {
+    canvas: RgbF,
+    px: Vec<usize>,
+    reference: RgbF,
+    factor: usize,
+    /// Full-size reference pixels per pixel of `reference`, across and down.
+    ref_scale: (f64, f64),
+}
+
+impl Level {
+    fn new(canvas: &RgbF, known: &Mask, reference: &RgbF, factor: usize) -> Level {
+        let (w, h) = (canvas.width.div_ceil(factor), canvas.height.div_ceil(factor));
+        let small_known = known.resized_soft(w, h);
+        let (rw, rh) = (reference.width.div_ceil(factor), reference.height.div_ceil(factor));
+        Level {
+            canvas: canvas.resized(w, h),
+            px: (0..w * h).filter(|&i| small_known.data[i] >= 0.99).collect(),
+            reference: reference.resized(rw, rh),
+            factor,
+            ref_scale: (reference.width as f64 / rw as f64, reference.height as f64 / rh as f64),
+        }
+    }
+
+    /// Of similarities (s, tx, ty) in full-size pixels, the one with the lowest truncated
+    /// difference at this level; None with too few known pixels here.
+    fn best(&self, cands: &[(f64, f64, f64)], base: &Homography, c: (f64, f64)) -> Option<(f64, f64, f64)> {
+        if self.px.len() < 16 {
+            return None;
+        }
+        // Pixel centres: p_full = f·p + (f − 1)/2, and back in the reference at its reduction.
+        let f = self.factor as f64;
+        let to_full = Homography([f, 0.0, (f - 1.0) / 2.0, 0.0, f, (f - 1.0) / 2.0, 0.0, 0.0, 1.0]);
+        let (rx, ry) = self.ref_scale;
+        let from_full_ref = Homography([
+            1.0 / rx,
+            0.0,
+            -(rx - 1.0) / (2.0 * rx),
+            0.0,
+            1.0 / ry,
+            -(ry - 1.0) / (2.0 * ry),
+            0.0,
+            0.0,
+            1.0,
+        ]);
+        let w = self.canvas.width;
+        cands
+            .par_iter()
+            .map(|&(s, tx, ty)| {
+                let m = from_full_ref.then_after(&similarity(base, s, tx, ty, c).then_after(&to_full));
+                let cost = self
+                    .px
+                    .iter()
+                    .map(|&i| {
+                        m.apply((i % w) as f64, (i / w) as f64)
+                            .and_then(|(u, v)| difference(&self.canvas, i, &self.reference, u, v))
+                            .map_or(0.1, |d| d.min(0.1)) as f64
+                    })
+                    .sum::<f64>();
+                (cost, s, tx, ty)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|b| (b.1, b.2, b.3))
+    }
 }
 
 /// Pixels of the reference (indices at its size) that the known pixels say are the subject —

@@ -83,8 +83,10 @@ impl Weights {
         let mut entries = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
             let f = std::fs::File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
-            // SAFETY: the file is only read; a file changed underneath gives wrong numbers, not
-            // unsafety in our code (the bytes are copied out before use).
+            // SAFETY: the map is only read, and each tensor's bytes are copied out at load. A file
+            // rewritten underneath gives wrong numbers; one truncated while mapped makes the
+            // read fault (SIGBUS) — the process stops, no memory is misread. Weights are the
+            // person's own download, not expected to change while a fill loads them.
             let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::input(path, format!("cannot map: {e}")))?;
             let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
                 Error::input(
