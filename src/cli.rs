@@ -391,7 +391,10 @@ impl Driver {
         Ok(Driver { engine: Engine::start(backend), quiet })
     }
 
-    pub fn run(&self, job: Job) -> Result<Option<FillOutput>> {
+    /// Run a job to its end: a fill's candidates in the order they were done (none for
+    /// learning).
+    pub fn run(&self, job: Job) -> Result<Vec<FillOutput>> {
+        let mut done = Vec::new();
         let learned = match &job {
             Job::Learn { settings, .. } if settings.engine == EngineKind::StableDiffusion => "the scene's LoRA",
             _ => "scene model",
@@ -472,9 +475,15 @@ impl Driver {
                             }
                         );
                     }
-                    return Ok(None);
+                    return Ok(done);
                 }
-                Event::Done(out) => return Ok(Some(*out)),
+                Event::Done(out) => {
+                    let last = out.candidate + 1 >= out.candidates;
+                    done.push(*out);
+                    if last {
+                        return Ok(done);
+                    }
+                }
                 // The worker's message is complete (it names the file, or says "engine:").
                 Event::Failed(msg) => return Err(Error::Invalid(msg)),
                 Event::ServerLost(msg) => return Err(Error::Server(msg)),
@@ -525,22 +534,20 @@ pub fn cmd_fill(a: &FillArgs) -> Result<()> {
         crate::scene::io::check_output_size(&candidate_path(&a.out, rank), cw, ch)?;
     }
     let driver = Driver::new(&a.model, quiet)?;
-    let mut outs = Vec::new();
-    for k in 0..a.candidates {
-        let mut sk = s.clone();
-        sk.seed = s.seed.wrapping_add(k as u64);
-        let out = driver
-            .run(Job::Fill { scene: scene.clone(), settings: sk.clone() })?
-            .ok_or_else(|| Error::Engine("no result".into()))?;
-        if a.candidates > 1 && !quiet {
-            eprintln!(
-                "candidate seed {}: agreement with the references {:.2} dB",
-                sk.seed,
-                out.agreement.unwrap_or(0.0)
-            );
-        }
-        outs.push((sk.seed, out));
+    let outs: Vec<(u64, FillOutput)> = driver
+        .run(Job::Fill { scene: scene.clone(), settings: s.clone(), candidates: a.candidates })?
+        .into_iter()
+        .map(|out| (out.seed, out))
+        .collect();
+    if outs.is_empty() {
+        return Err(Error::Engine("no result".into()));
     }
+    if a.candidates > 1 && !quiet {
+        for (seed, out) in &outs {
+            eprintln!("candidate seed {seed}: agreement with the references {:.2} dB", out.agreement.unwrap_or(0.0));
+        }
+    }
+    let mut outs = outs;
     // Best agreement first (stable: equal scores keep seed order).
     outs.sort_by(|x, y| y.1.agreement.unwrap_or(0.0).total_cmp(&x.1.agreement.unwrap_or(0.0)));
     for (rank, (seed, out)) in outs.iter().enumerate() {
@@ -729,7 +736,8 @@ fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Opt
     let scene_ref_names = ref_names(&scene);
     let t = Instant::now();
     let out = driver
-        .run(Job::Fill { scene: Arc::new(scene), settings: s.clone() })?
+        .run(Job::Fill { scene: Arc::new(scene), settings: s.clone(), candidates: 1 })?
+        .pop()
         .ok_or_else(|| Error::Engine("no result".into()))?;
     let secs = t.elapsed().as_secs_f32();
     let result = crate::scene::RgbF {

@@ -764,7 +764,7 @@ fn the_engine_survives_a_job_that_panics() {
         use_cache: false,
         ..Default::default()
     };
-    engine.submit(Job::Fill { scene: sc, settings: good });
+    engine.submit(Job::Fill { scene: sc, settings: good, candidates: 1 });
     loop {
         match engine.events().recv().unwrap() {
             Event::Done(out) => {

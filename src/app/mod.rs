@@ -554,8 +554,9 @@ impl RealfillApp {
                 self.drop_candidates();
                 self.selected = 0;
                 self.applied_revision = None;
-                self.engine(&ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone() });
-                let remaining = self.settings.run.clamped().candidates - 1;
+                let candidates = self.settings.run.clamped().candidates;
+                self.engine(&ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone(), candidates });
+                let remaining = candidates - 1;
                 self.running = Some(Running::Fill { scene, fill_box, settings, remaining });
                 self.status = "filling…".into();
             }
@@ -724,7 +725,7 @@ impl RealfillApp {
 
     fn on_fill_done(&mut self, ctx: &egui::Context, mut out: crate::engine::FillOutput) {
         let Some(Running::Fill { scene, fill_box, settings, remaining }) = self.running.take() else { return };
-        let seed = settings.seed;
+        let seed = out.seed;
         let seconds = out.timings.total_s;
         // From the working-size fill: the same picture at 160 px, without scanning a camera
         // photo on the UI thread.
@@ -775,13 +776,9 @@ impl RealfillApp {
         }
         // The job's full-resolution buffers (the composite, and the scene's mask after the last
         // candidate) are freed off the UI thread: hundreds of megabytes on a camera photo.
+        // The job fills every candidate of one preparation; the next is already under way.
         if remaining > 0 {
-            let mut next = settings.clone();
-            next.seed = seed + 1;
-            if let Some(e) = &self.engine {
-                e.submit(Job::Fill { scene: scene.clone(), settings: next.clone() });
-            }
-            self.running = Some(Running::Fill { scene, fill_box, settings: next, remaining: remaining - 1 });
+            self.running = Some(Running::Fill { scene, fill_box, settings, remaining: remaining - 1 });
             std::thread::spawn(move || drop(out));
         } else {
             std::thread::spawn(move || drop((out, scene)));

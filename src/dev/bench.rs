@@ -504,6 +504,33 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
             gflop: f64::NAN,
         });
     }
+    // Four ranked candidates of the smallest size: one job (the scene prepared once) against
+    // four jobs of one candidate each, as the command line and the app ran them before.
+    if let Some(&size) = a.sizes.first() {
+        use crate::engine::pipeline::{Silent, run_fills};
+        let scene = demo_scene_at(size)?;
+        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, score: true, ..Default::default() };
+        let (mut one, mut four) = (Vec::new(), Vec::new());
+        for _ in 0..a.repeats.clamp(1, 3) {
+            let t = Instant::now();
+            run_fills(&scene, &s, 4, device, &mut Default::default(), &mut Silent, &|| false, &mut |_| {})?;
+            one.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for k in 0..4u64 {
+                let sk = FillSettings { seed: s.seed + k, ..s.clone() };
+                run_fill(&scene, &sk, device, &mut Default::default(), &mut Silent, &|| false)?;
+            }
+            four.push(t.elapsed().as_secs_f64());
+        }
+        for (label, v) in [("one job", one), ("four jobs", four)] {
+            rows.push(Row {
+                backend: name.into(),
+                what: format!("4 ranked candidates at {size} px, {label}"),
+                ms: median(v) * 1e3,
+                gflop: f64::NAN,
+            });
+        }
+    }
     // One tile of the coarsest level's attention: 512 queries over 20,000 keys, 5×5 patches.
     let (nq, nk) = (512, 20_000);
     let cols = 2 * 75 + 7;

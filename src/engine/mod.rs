@@ -31,8 +31,9 @@ use crate::scene::{RgbF, Scene};
 pub enum Job {
     /// Learn (or load) the scene model only.
     Learn { scene: Arc<Scene>, settings: FillSettings },
-    /// Learn if needed, then fill.
-    Fill { scene: Arc<Scene>, settings: FillSettings },
+    /// Learn if needed, then fill `candidates` times (seeds `settings.seed`, `+ 1`, …): one
+    /// `Event::Done` each, the job over after the last.
+    Fill { scene: Arc<Scene>, settings: FillSettings, candidates: usize },
 }
 
 pub enum Event {
@@ -220,8 +221,18 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
                 pipeline::run_learn(scene, settings, &device, &mut held, &mut rep, &cancelled)
                     .map(|cached| Event::Learned { cached })
             }
-            Job::Fill { scene, settings } => {
-                pipeline::run_fill(scene, settings, &device, &mut held, &mut rep, &cancelled)
+            Job::Fill { scene, settings, candidates } => {
+                // Every candidate goes out as it is done; the last is the job's end.
+                let mut last = None;
+                let mut emit = |out: FillOutput| {
+                    if out.candidate + 1 < out.candidates {
+                        tx.send(Event::Done(Box::new(out)));
+                    } else {
+                        last = Some(out);
+                    }
+                };
+                pipeline::run_fills(scene, settings, *candidates, &device, &mut held, &mut rep, &cancelled, &mut emit)
+                    .and_then(|()| last.ok_or_else(|| Error::Engine("no result".into())))
                     .map(|out| Event::Done(Box::new(out)))
             }
         };
@@ -307,9 +318,40 @@ mod tests {
     }
 
     #[test]
+    fn one_fill_job_gives_every_candidate_from_one_preparation() {
+        // Three candidates: three results in seed order, each with its index, each with its
+        // own previews; the scene is prepared (and the model learned) once.
+        let engine = Engine::start(BackendChoice::Cpu);
+        let mut s = tiny_settings();
+        s.steps = 4;
+        s.seed = 7;
+        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: s, candidates: 3 });
+        let (mut done, mut previews, mut learning, mut prepared) = (Vec::new(), 0, 0, 0);
+        loop {
+            match engine.events().recv().unwrap() {
+                Event::Preview { .. } => previews += 1,
+                Event::Learning { .. } => learning += 1,
+                Event::Status(m) if m.starts_with("working size") => prepared += 1,
+                Event::Done(out) => {
+                    done.push((out.seed, out.candidate, out.candidates));
+                    if out.candidate + 1 == out.candidates {
+                        break;
+                    }
+                }
+                Event::Failed(e) => panic!("failed: {e}"),
+                Event::Cancelled { .. } => panic!("cancelled"),
+                _ => {}
+            }
+        }
+        assert_eq!(done, vec![(7, 0, 3), (8, 1, 3), (9, 2, 3)]);
+        assert_eq!(previews, 12, "four previews per candidate");
+        assert_eq!((learning, prepared), (3, 1), "learned and prepared once");
+    }
+
+    #[test]
     fn fill_streams_previews_then_finishes() {
         let engine = Engine::start(BackendChoice::Cpu);
-        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings() });
+        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings(), candidates: 1 });
         let mut previews = 0;
         let mut learning = 0;
         loop {
@@ -340,7 +382,7 @@ mod tests {
         // cancel: on a loaded machine the worker may run ahead of this thread, and previews
         // sent before the request are still in the channel (issue 17).
         let engine = Engine::start(BackendChoice::Cpu);
-        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings() });
+        engine.submit(Job::Fill { scene: Arc::new(tiny_scene()), settings: tiny_settings(), candidates: 1 });
         let mut reported = 0;
         let mut requested = false;
         let (requested_after, stopped_after) = loop {
@@ -393,7 +435,7 @@ mod tests {
         };
         let scene = Arc::new(scene_of(256, 192, (60, 40, 200, 150)));
         let engine = Engine::start(BackendChoice::Cpu);
-        engine.submit(Job::Fill { scene, settings });
+        engine.submit(Job::Fill { scene, settings, candidates: 1 });
         let (mut previews, mut strips) = (0, Vec::new());
         loop {
             match engine.events().recv().unwrap() {
@@ -444,7 +486,7 @@ mod tests {
         let scene = Arc::new(tiny_scene());
         let known = scene.target.rgb.get(2, 2);
         for round in 0..2 {
-            engine.submit(Job::Fill { scene: scene.clone(), settings: sd_settings(6) });
+            engine.submit(Job::Fill { scene: scene.clone(), settings: sd_settings(6), candidates: 1 });
             let mut previews = 0;
             loop {
                 match engine.events().recv().unwrap() {
@@ -467,7 +509,7 @@ mod tests {
             }
             assert_eq!(previews, 6);
         }
-        engine.submit(Job::Fill { scene, settings: sd_settings(40) });
+        engine.submit(Job::Fill { scene, settings: sd_settings(40), candidates: 1 });
         let mut requested = false;
         let (requested_after, stopped_after) = loop {
             match engine.events().recv().unwrap() {

@@ -251,6 +251,11 @@ pub struct FillOutput {
     pub reference_detail: Option<f32>,
     /// Which reference, by which motion, gave how much of the fill region, and which pixels.
     pub sources: sources::Sources,
+    /// The seed it was sampled with, and which of the job's candidates it is (0-based, of
+    /// `candidates`).
+    pub seed: u64,
+    pub candidate: usize,
+    pub candidates: usize,
 }
 
 /// What a running job reaches besides its inputs: the device, the model held between jobs,
@@ -263,6 +268,7 @@ pub struct Run<'a> {
     pub cancelled: &'a dyn Fn() -> bool,
 }
 
+/// One fill (`run_fills` with one candidate).
 pub fn run_fill(
     scene: &Scene,
     s: &FillSettings,
@@ -271,6 +277,26 @@ pub fn run_fill(
     progress: &mut dyn Progress,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<FillOutput> {
+    let mut out = None;
+    run_fills(scene, s, 1, device, held, progress, cancelled, &mut |o| out = Some(o))?;
+    out.ok_or_else(|| Error::Engine("no result".into()))
+}
+
+/// `candidates` fills of one scene, seeds `s.seed`, `s.seed + 1`, …, each handed to `emit` as
+/// it is done. The scene is prepared once (alignment, the guide, the prior, the patch engine's
+/// pyramid: the alignment's random draws follow `s.seed`, so every candidate shares the first
+/// one's); only sampling, the native detail and the composite are per candidate.
+#[allow(clippy::too_many_arguments)]
+pub fn run_fills(
+    scene: &Scene,
+    s: &FillSettings,
+    candidates: usize,
+    device: &Device,
+    held: &mut Held,
+    progress: &mut dyn Progress,
+    cancelled: &dyn Fn() -> bool,
+    emit: &mut dyn FnMut(FillOutput),
+) -> Result<()> {
     let t0 = Instant::now();
     check_budget(scene, s, false)?;
     let p = prepare(scene, s)?;
@@ -284,62 +310,73 @@ pub fn run_fill(
         p.refs.len(),
         100.0 * coverage
     ));
-    let mut t = Timings { prepare_s: t0.elapsed().as_secs_f32(), engine: s.engine.resolve(), ..Default::default() };
+    let engine = s.engine.resolve();
     let cond = condition(&p);
     // The patch engine and the candidate score share one pyramid of sources.
     let ps = patch_settings(s)?;
     let (cw, ch) = scene.canvas_size();
     let adds_native = detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height));
-    let mut levels = if t.engine == EngineKind::Patch || s.score || adds_native {
-        Some(patch_levels(&p, &cond, &ps)?)
-    } else {
-        None
-    };
-    let mut run = Run { scene, device, held, progress, cancelled };
-    let (out, matches) = sample_working(&p, &cond, s, &ps, levels.as_deref(), &mut run, &mut t)?;
-    let fill = corrected_fill(&p, &out, t.engine);
-    // The candidate score, and for an engine without matches of its own (the scene model) the
-    // matches of its fill into the photo's known pixels, from one zero-noise patch pass.
-    let t4 = Instant::now();
-    let (agreement, matches) = match (levels.take(), matches) {
-        (Some(levels), None) if s.score || adds_native => {
-            let (a, m) = patch::agreement(levels, &fill.to_planar(), &ps, device)?;
-            (s.score.then_some(a), Some(m))
-        }
-        (Some(levels), m) if s.score => (Some(patch::agreement(levels, &fill.to_planar(), &ps, device)?.0), m),
-        (_, m) => (None, m),
-    };
-    t.score_s = t4.elapsed().as_secs_f32();
-    let t3 = Instant::now();
+    let levels =
+        if engine == EngineKind::Patch || s.score || adds_native { Some(patch_levels(&p, &cond, &ps)?) } else { None };
+    let prepare_s = t0.elapsed().as_secs_f32();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
-    if adds_native {
-        run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
+    let mut run = Run { scene, device, held, progress, cancelled };
+    for k in 0..candidates.max(1) {
+        let t1 = Instant::now();
+        let sk = FillSettings { seed: s.seed.wrapping_add(k as u64), ..s.clone() };
+        let mut t = Timings { prepare_s, engine, ..Default::default() };
+        let (out, matches) = sample_working(&p, &cond, &sk, &ps, levels.as_deref(), &mut run, &mut t)?;
+        let fill = corrected_fill(&p, &out, t.engine);
+        // The candidate score, and for an engine without matches of its own (the scene model)
+        // the matches of its fill into the photo's known pixels, from one zero-noise patch pass.
+        let t4 = Instant::now();
+        let (agreement, matches) = match (&levels, matches) {
+            (Some(levels), None) if s.score || adds_native => {
+                let (a, m) = patch::agreement(levels.clone(), &fill.to_planar(), &ps, device)?;
+                (s.score.then_some(a), Some(m))
+            }
+            (Some(levels), m) if s.score => {
+                (Some(patch::agreement(levels.clone(), &fill.to_planar(), &ps, device)?.0), m)
+            }
+            (_, m) => (None, m),
+        };
+        t.score_s = t4.elapsed().as_secs_f32();
+        let t3 = Instant::now();
+        if adds_native {
+            run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
+        }
+        let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, own: matches.as_ref() };
+        let native =
+            detail::native_fill(scene, &sources, &fill, feather, cancelled, &mut |t| run.progress.native_tile(t))?;
+        t.detail_s = t3.elapsed().as_secs_f32();
+        let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
+        let image = composite::composite(scene, &fill, part, feather);
+        t.composite_s = t3.elapsed().as_secs_f32() - t.detail_s;
+        // Each candidate's time: the shared preparation and its own work.
+        t.total_s = prepare_s + t1.elapsed().as_secs_f32();
+        // The app shows and edits results as photos; converting here keeps that work off its UI
+        // thread (the command line only writes the image, so it skips the float copy).
+        let photo = s.result_photo.then(|| {
+            let (path, meta) = (scene.target.path.clone(), scene.target.metadata.clone());
+            Arc::new(crate::scene::Photo::from_image_with(path, image.clone(), None, meta))
+        });
+        let reference_detail = native.as_ref().map(|n| n.reference_detail);
+        emit(FillOutput {
+            image,
+            photo,
+            working: fill,
+            timings: t,
+            aligned_refs: aligned,
+            guide_coverage: coverage,
+            agreement,
+            reference_detail,
+            sources: shares.clone(),
+            seed: sk.seed,
+            candidate: k,
+            candidates: candidates.max(1),
+        });
     }
-    let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, own: matches.as_ref() };
-    let native = detail::native_fill(scene, &sources, &fill, feather, cancelled, &mut |t| run.progress.native_tile(t))?;
-    t.detail_s = t3.elapsed().as_secs_f32();
-    let part = native.as_ref().map(|n| composite::NativePart { x0: n.x0, y0: n.y0, rgb: &n.rgb });
-    let image = composite::composite(scene, &fill, part, feather);
-    t.composite_s = t3.elapsed().as_secs_f32() - t.detail_s;
-    t.total_s = t0.elapsed().as_secs_f32();
-    // The app shows and edits results as photos; converting here keeps that work off its UI
-    // thread (the command line only writes the image, so it skips the float copy).
-    let photo = s.result_photo.then(|| {
-        let (path, meta) = (scene.target.path.clone(), scene.target.metadata.clone());
-        Arc::new(crate::scene::Photo::from_image_with(path, image.clone(), None, meta))
-    });
-    let reference_detail = native.as_ref().map(|n| n.reference_detail);
-    Ok(FillOutput {
-        image,
-        photo,
-        working: fill,
-        timings: t,
-        aligned_refs: aligned,
-        guide_coverage: coverage,
-        agreement,
-        reference_detail,
-        sources: shares,
-    })
+    Ok(())
 }
 
 /// A preview's colours fitted to the photo's known pixels: an affine colour map (3×3 and an
