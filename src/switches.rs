@@ -1,7 +1,13 @@
 //! Measuring and tuning switches (`REALFILL_*` environment variables), read once into a
 //! [`Switches`] at start-up: `main` calls [`init`], which refuses a malformed value with a
-//! message; library code asks [`get`] and never reads the environment itself. A program that
+//! message; library code asks [`get`] and never reads these variables itself. A program that
 //! embeds the library without calling `init` gets them read on first use.
+//!
+//! Other variables are not switches and are read where they are used: places
+//! (`REALFILL_CACHE`, `XDG_CACHE_HOME` and `HOME` in `diffusion::checkpoint`; `REALFILL_CONFIG`,
+//! `XDG_CONFIG_HOME` in `app::settings`; `HOME` in `app::file_browser`; `REALFILL_ASSETS` in
+//! `scene::demo`), the GPU server's token (`REALFILL_REMOTE_TOKEN`, `engine::device`), and
+//! `REALFILL_DEFAULT_MALLOC` (`allocator`, read before anything else runs).
 //!
 //! | variable | effect |
 //! |---|---|

@@ -1109,9 +1109,18 @@ fn fill_without_new_errors(h: &mut Harness<'_, RealfillApp>) {
 fn sources_tints_the_fill_by_where_its_pixels_came_from() {
     let mut h = harness(demo_app(2, 1));
     press_and_wait(&mut h, "Fill");
+    // The map and the shares tell the same story: every filled working pixel has a source, and
+    // each share is its pixels' part of the fill.
     let c = &h.state().candidates()[0];
-    let taken: f32 = c.sources.shares.iter().map(|s| s.share).sum();
-    assert!((taken + c.sources.invented() - 1.0).abs() < 1e-4, "shares and the invented part make the fill");
+    let s = &c.sources;
+    let filled = s.map.iter().filter(|&&m| m != realfill::engine::sources::KNOWN).count();
+    assert!(filled > 0, "the fill region is in the map");
+    let invented = s.map.iter().filter(|&&m| m == realfill::engine::sources::INVENTED).count();
+    assert!((invented as f32 / filled as f32 - s.invented()).abs() < 1e-4);
+    for (k, share) in s.shares.iter().enumerate() {
+        let n = s.map.iter().filter(|&&m| m == realfill::engine::sources::FIRST + k as u16).count();
+        assert!((n as f32 / filled as f32 - share.share).abs() < 1e-4, "share {k}");
+    }
     // (the messages and the candidate strip take their place first)
     h.run_steps(3);
     // Pixels of the canvas only (the button's look and its tooltip change with the pointer).
@@ -1158,8 +1167,20 @@ fn a_fill_mostly_invented_says_so_and_offers_stable_diffusion_when_its_folder_is
         h.state_mut().push(realfill::app::commands::Command::RemoveReference(0));
         h.run_steps(1);
     }
+    let before = h.state().doc().unwrap().target.clone();
     press_and_wait(&mut h, "Fill");
     let m = h.state().messages().iter().find(|m| m.text.contains("invented")).expect("the invented share is said");
     assert_eq!(m.action.as_ref().map(|a| a.0.as_str()), Some("Fill with Stable Diffusion"));
-    h.get_by_label("Fill with Stable Diffusion");
+    // Taking it: the fill is undone (the photo and its mask are back) and the same region is
+    // filled with Stable Diffusion (which then reports that this folder holds no model).
+    h.run_steps(3); // (the bottom panel grows to the new message line)
+    h.get_by_label("Fill with Stable Diffusion").click();
+    h.run_steps(2);
+    let app = h.state();
+    assert_eq!(app.settings().run.engine, realfill::settings::EngineKind::StableDiffusion);
+    assert!(std::sync::Arc::ptr_eq(&app.doc().unwrap().target, &before), "back to the photo the fill started from");
+    assert!(app.doc().unwrap().mask.count() > 0, "with its mask");
+    assert!(app.busy(), "and filling again");
+    step_until(&mut h, |app| !app.busy());
+    assert!(h.state().messages().iter().all(|m| !m.text.contains("invented") || m.action.is_none()), "the offer went");
 }

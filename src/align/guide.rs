@@ -20,7 +20,8 @@ pub struct TargetWarp {
     pub reference: usize,
     pub target_to_ref: Homography,
     pub field: Option<Field>,
-    /// The working canvas pixels this warp supplies (`align::trust`'s choice).
+    /// The working canvas pixels this warp supplies (`align::trust`'s choice, or the montage's
+    /// cut).
     pub covers: Mask,
     pub source: Source,
 }

@@ -44,7 +44,7 @@ const MIN_CONTRAST: f32 = 0.3;
 const MIN_SEEDS: usize = 30;
 /// Without clear seeds, a mask is taken as it is when at most this share of the pixels the two
 /// references share moved.
-const MAX_MOVED_SHARE: f32 = 0.4;
+const MAX_MOVED_SHARE: f32 = 0.5;
 /// Octaves of the seam's blend: the low frequencies cross the seam over about 2^levels pixels,
 /// and beyond the reach of a layer's exposure difference that mixes two different contents
 /// (a shifted candle's glow).
@@ -57,6 +57,12 @@ const LAMBDA: f32 = 0.1;
 const SCALE_RANGE: f64 = 1.15;
 /// ...and shifts up to this share of the canvas's long side.
 const SHIFT_RANGE: f64 = 0.2;
+/// The search weighs a known pixel by its structure: FLAT, plus its gradient (per 2 px) over
+/// EDGE, at most 1.
+const FLAT: f32 = 0.1;
+const EDGE: f32 = 0.1;
+/// The exhaustive stage of that search runs at a reduction whose long side is at most this.
+const COARSE_SIDE: usize = 128;
 
 /// The montage's guide and the warps it took, each with the pixels it covers.
 pub struct Montage {
@@ -118,12 +124,12 @@ pub fn compose(
 ) -> Option<Montage> {
     let (w, h) = (canvas.width, canvas.height);
     let debug = crate::switches::get().debug_align.is_some();
-    let soft = soften(canvas);
+    let soft = soften(canvas, Some(known));
     let known_px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
     if known_px.len() < 64 {
         return None;
     }
-    let soft_refs: Vec<RgbF> = refs.iter().map(soften).collect();
+    let soft_refs: Vec<RgbF> = refs.iter().map(|r| soften(r, None)).collect();
     // Per reference with a still map: the camera's map and the subject's, and the share of the
     // known pixels each explains.
     let started = std::time::Instant::now();
@@ -205,8 +211,7 @@ pub fn compose(
             (started.elapsed().as_secs_f64() - masked) * 1e3
         );
     }
-    // Each layer completed by the other where it leaves its reference, so that the pyramid
-    // sees no black.
+    // Each layer completed by the other where it leaves its reference.
     let complete = |a: &Layer, b: &Layer| {
         let mut rgb = a.rgb.clone();
         for i in 0..w * h {
@@ -216,6 +221,21 @@ pub fn compose(
         }
         rgb
     };
+    // Where neither layer reaches (an outpainting's margin beyond both references), both are
+    // continued smoothly, so that the pyramid carries no black into the pixels next to it.
+    let union = Mask {
+        width: w,
+        height: h,
+        data: (0..w * h).map(|i| (camera.valid.data[i] >= 0.5 || subject.valid.data[i] >= 0.5) as u8 as f32).collect(),
+    };
+    let (mut lower, mut upper) = (complete(&camera, &subject), complete(&subject, &camera));
+    if union.data.iter().any(|&v| v < 0.5) {
+        let smooth = crate::scene::pushpull::push_pull(&lower, &union);
+        for i in (0..w * h).filter(|&i| union.data[i] < 0.5) {
+            lower.data[3 * i..3 * i + 3].copy_from_slice(&smooth.data[3 * i..3 * i + 3]);
+            upper.data[3 * i..3 * i + 3].copy_from_slice(&smooth.data[3 * i..3 * i + 3]);
+        }
+    }
     let weight: Vec<f32> = label.iter().map(|&l| l as u8 as f32).collect();
     if let Some(dir) = &crate::switches::get().debug_align {
         // The cut (white: subject layer) over the known pixels dimmed, and each layer.
@@ -232,13 +252,8 @@ pub fn compose(
             }
         }
     }
-    let blended = blend::multiband(&complete(&camera, &subject), &complete(&subject, &camera), &weight, BLEND_LEVELS);
-    let valid = Mask {
-        width: w,
-        height: h,
-        data: (0..w * h).map(|i| (camera.valid.data[i] >= 0.5 || subject.valid.data[i] >= 0.5) as u8 as f32).collect(),
-    };
-    guide.fill_gaps_from(&blended, &valid);
+    let blended = blend::multiband(&lower, &upper, &weight, BLEND_LEVELS);
+    guide.fill_gaps_from(&blended, &union);
     let side = |l: bool, layer: &Layer| Mask {
         width: w,
         height: h,
@@ -277,12 +292,26 @@ fn only(valid: &Mask, fill: &[bool]) -> Mask {
     }
 }
 
-/// A light blur, so that comparisons forgive sub-pixel misregistration.
-fn soften(img: &RgbF) -> RgbF {
+/// A light blur, so that comparisons forgive sub-pixel misregistration. Normalised by the
+/// weight of what it averages (`valid`: the known pixels of a canvas, or where a warp landed;
+/// None: the whole image), so that neither the image's border nor a hole's black darkens the
+/// pixels next to it.
+fn soften(img: &RgbF, valid: Option<&Mask>) -> RgbF {
     let (w, h) = (img.width, img.height);
+    let mut weight: Vec<f32> = match valid {
+        Some(m) => m.data.iter().map(|&v| (v >= 0.5) as u8 as f32).collect(),
+        None => vec![1.0; w * h],
+    };
     let mut planes = img.to_planar();
     for c in planes.chunks_mut(w * h) {
+        c.iter_mut().zip(&weight).for_each(|(v, m)| *v *= m);
         blur(c, w, h, 1.0);
+    }
+    blur(&mut weight, w, h, 1.0);
+    for c in planes.chunks_mut(w * h) {
+        for (v, &m) in c.iter_mut().zip(&weight) {
+            *v = if m > 1e-3 { *v / m } else { 0.0 };
+        }
     }
     RgbF::from_planar(&planes, w, h)
 }
@@ -332,49 +361,85 @@ fn subject_motion(
 ) -> Option<Homography> {
     let (w, h) = (canvas.width, canvas.height);
     let c = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
-    let reach = (SHIFT_RANGE * w.max(h) as f64 / 4.0).round() as i32;
+    // The exhaustive stage at a reduction that keeps its long side at most COARSE_SIDE (a
+    // quarter of 384 px): its cost grows with the fourth power of the side it runs at.
+    let mut f = 4usize;
+    while w.max(h) / f > COARSE_SIDE {
+        f *= 2;
+    }
+    let coarse = f;
+    let reach = (SHIFT_RANGE * w.max(h) as f64 / f as f64).round() as i32;
     let step = SCALE_RANGE.powf(1.0 / 12.0);
-    // Quarter size: 7 scales, every shift in whole quarter pixels.
-    let quarter = Level::new(canvas, known, reference, 4);
     let cands: Vec<(f64, f64, f64)> = (-3..=3)
         .flat_map(|k| {
             let s = SCALE_RANGE.powf(k as f64 / 3.0);
-            (-reach..=reach).flat_map(move |dy| (-reach..=reach).map(move |dx| (s, 4.0 * dx as f64, 4.0 * dy as f64)))
+            (-reach..=reach)
+                .flat_map(move |dy| (-reach..=reach).map(move |dx| (s, (f as i32 * dx) as f64, (f as i32 * dy) as f64)))
         })
         .collect();
-    let (s0, tx0, ty0) = quarter.best(&cands, base, c).unwrap_or((1.0, 0.0, 0.0));
-    // Half size: within one quarter-size step each way (a neighbouring scale may fit a little
-    // better once the detail shows), shifts in whole half pixels.
-    let half = Level::new(canvas, known, reference, 2);
-    let cands: Vec<(f64, f64, f64)> = (-4..=4)
-        .flat_map(|k| {
-            (-2..=2).flat_map(move |dy| {
-                (-2..=2).map(move |dx| (s0 * step.powi(k), tx0 + 2.0 * dx as f64, ty0 + 2.0 * dy as f64))
+    let mut best = Level::new(canvas, known, reference, f).best(&cands, base, c).unwrap_or((1.0, 0.0, 0.0));
+    // Then each finer level: shifts within two of its pixels each way (one at full size),
+    // scales within one coarse step at the first (a neighbouring scale may fit a little better
+    // once the detail shows), one fine step after.
+    let mut scale_steps = 4;
+    while f > 1 {
+        f /= 2;
+        let level = if f == 1 {
+            Level {
+                weight: structure(canvas, known_px),
+                canvas: canvas.clone(),
+                px: known_px.to_vec(),
+                reference: reference.clone(),
+                canvas_scale: (1.0, 1.0),
+                ref_scale: (1.0, 1.0),
+            }
+        } else {
+            Level::new(canvas, known, reference, f)
+        };
+        let (s0, tx0, ty0) = best;
+        let fp = f as f64;
+        let reach = if f == 1 { 1 } else { 2 };
+        let cands: Vec<(f64, f64, f64)> = (-scale_steps..=scale_steps)
+            .flat_map(|k| {
+                (-reach..=reach).flat_map(move |dy| {
+                    (-reach..=reach).map(move |dx| (s0 * step.powi(k), tx0 + fp * dx as f64, ty0 + fp * dy as f64))
+                })
             })
-        })
-        .collect();
-    let (s1, tx1, ty1) = half.best(&cands, base, c).unwrap_or((s0, tx0, ty0));
-    // Full size: one step each way.
-    let full = Level {
-        canvas: canvas.clone(),
-        px: known_px.to_vec(),
-        reference: reference.clone(),
-        factor: 1,
-        ref_scale: (1.0, 1.0),
-    };
-    let cands: Vec<(f64, f64, f64)> = (-1..=1)
-        .flat_map(|k| {
-            (-1..=1).flat_map(move |dy| (-1..=1).map(move |dx| (s1 * step.powi(k), tx1 + dx as f64, ty1 + dy as f64)))
-        })
-        .collect();
-    let (s, tx, ty) = full.best(&cands, base, c).unwrap_or((s1, tx1, ty1));
+            .collect();
+        best = level.best(&cands, base, c).unwrap_or(best);
+        scale_steps = 1;
+    }
+    let (s, tx, ty) = best;
     // An optimum on the edge of the searched range is not a found one: the motion lies beyond
     // it, or nothing fits and the search ran to where flat dark parts match best
     // (megamind-glass: a tilted head, "fitted" at the largest shift and the smallest scale,
     // would carry a second person into the fill).
-    let limit = 4.0 * reach as f64;
+    let limit = (coarse as i32 * reach) as f64;
     let on_edge = s.ln().abs() >= SCALE_RANGE.ln() - 1e-9 || tx.abs() >= limit || ty.abs() >= limit;
     (!on_edge).then(|| similarity(base, s, tx, ty, c))
+}
+
+/// Per pixel of `px`: a flat pixel (shadowed hair, a dark wall) agrees with almost any motion,
+/// an edge (an eye, a strand) with the right one only — FLAT plus the local gradient over EDGE,
+/// at most 1 + FLAT. Pixels on the image's border count as flat.
+fn structure(img: &RgbF, px: &[usize]) -> Vec<f32> {
+    let (w, h) = (img.width, img.height);
+    px.iter()
+        .map(|&i| {
+            let (x, y) = (i % w, i / w);
+            if x == 0 || y == 0 || x + 1 >= w || y + 1 >= h {
+                return FLAT;
+            }
+            let g = (0..3)
+                .map(|k| {
+                    let d = |a: usize, b: usize| (img.data[3 * a + k] - img.data[3 * b + k]).abs();
+                    d(i + 1, i - 1) + d(i + w, i - w)
+                })
+                .sum::<f32>()
+                / 3.0;
+            FLAT + (g / EDGE).min(1.0)
+        })
+        .collect()
 }
 
 /// The canvas, its wholly known pixels and a reference, reduced by `factor`, for the search.
@@ -382,9 +447,12 @@ struct Level {
     canvas: RgbF,
     px: Vec<usize>,
     reference: RgbF,
-    factor: usize,
-    /// Full-size reference pixels per pixel of `reference`, across and down.
+    /// Full-size pixels per pixel of `canvas` and of `reference`, across and down (the sizes
+    /// are rounded up, so not exactly `factor`).
+    canvas_scale: (f64, f64),
     ref_scale: (f64, f64),
+    /// Per pixel of `px`, how much its difference counts (`structure`).
+    weight: Vec<f32>,
 }
 
 impl Level {
@@ -392,11 +460,14 @@ impl Level {
         let (w, h) = (canvas.width.div_ceil(factor), canvas.height.div_ceil(factor));
         let small_known = known.resized_soft(w, h);
         let (rw, rh) = (reference.width.div_ceil(factor), reference.height.div_ceil(factor));
+        let small = canvas.resized(w, h);
+        let px: Vec<usize> = (0..w * h).filter(|&i| small_known.data[i] >= 0.99).collect();
         Level {
-            canvas: canvas.resized(w, h),
-            px: (0..w * h).filter(|&i| small_known.data[i] >= 0.99).collect(),
+            weight: structure(&small, &px),
+            canvas: small,
+            px,
             reference: reference.resized(rw, rh),
-            factor,
+            canvas_scale: (canvas.width as f64 / w as f64, canvas.height as f64 / h as f64),
             ref_scale: (reference.width as f64 / rw as f64, reference.height as f64 / rh as f64),
         }
     }
@@ -407,9 +478,10 @@ impl Level {
         if self.px.len() < 16 {
             return None;
         }
-        // Pixel centres: p_full = f·p + (f − 1)/2, and back in the reference at its reduction.
-        let f = self.factor as f64;
-        let to_full = Homography([f, 0.0, (f - 1.0) / 2.0, 0.0, f, (f - 1.0) / 2.0, 0.0, 0.0, 1.0]);
+        // Pixel centres: p_full = s·p + (s − 1)/2 (s: the level's scale), and back in the
+        // reference at its reduction.
+        let (sx, sy) = self.canvas_scale;
+        let to_full = Homography([sx, 0.0, (sx - 1.0) / 2.0, 0.0, sy, (sy - 1.0) / 2.0, 0.0, 0.0, 1.0]);
         let (rx, ry) = self.ref_scale;
         let from_full_ref = Homography([
             1.0 / rx,
@@ -430,10 +502,12 @@ impl Level {
                 let cost = self
                     .px
                     .iter()
-                    .map(|&i| {
-                        m.apply((i % w) as f64, (i / w) as f64)
-                            .and_then(|(u, v)| difference(&self.canvas, i, &self.reference, u, v))
-                            .map_or(0.1, |d| d.min(0.1)) as f64
+                    .zip(&self.weight)
+                    .map(|(&i, &g)| {
+                        g as f64
+                            * m.apply((i % w) as f64, (i / w) as f64)
+                                .and_then(|(u, v)| difference(&self.canvas, i, &self.reference, u, v))
+                                .map_or(0.1, |d| d.min(0.1)) as f64
                     })
                     .sum::<f64>();
                 (cost, s, tx, ty)
@@ -479,12 +553,12 @@ fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -
     let (w, h) = (refs[r].width, refs[r].height);
     let none = Mask::new(w, h, 0.0);
     let debug = crate::switches::get().debug_align.is_some();
-    let soft_r = soften(&refs[r]);
+    let soft_r = soften(&refs[r], None);
     let mut best: Option<(Vec<f32>, f32)> = None;
     for (o, other) in refs.iter().enumerate().filter(|&(o, _)| o != r) {
         let Some(a) = super::align(&refs[r], &none, other, seed ^ (o as u64) << 8, None) else { continue };
         let (warped, valid) = super::warp(other, None, &a.target_to_ref, w, h);
-        let warped = soften(&warped);
+        let warped = soften(&warped, Some(&valid));
         let seen = valid.data.iter().filter(|&&v| v >= 0.5).count();
         if seen < w * h / 3 {
             continue;
@@ -500,7 +574,15 @@ fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -
             .collect();
         // Close small gaps and drop specks: a wide blur, thresholded (the parts that moved are
         // regions, a person, not single pixels).
+        // Normalised by the seen pixels' weight, so that the image's border and the edge of what
+        // the other reference shows do not read as "still" (nor, flipped, as the subject).
+        let mut seen_w: Vec<f32> = valid.data.iter().map(|&v| (v >= 0.5) as u8 as f32).collect();
+        moved.iter_mut().zip(&seen_w).for_each(|(m, s)| *m *= s);
         blur(&mut moved, w, h, 3.0);
+        blur(&mut seen_w, w, h, 3.0);
+        moved.iter_mut().zip(&seen_w).zip(&valid.data).for_each(|((m, &s), &v)| {
+            *m = if v < 0.5 || s < 1e-3 { 0.5 } else { *m / s };
+        });
         moved.iter_mut().for_each(|v| {
             *v = if *v > 0.55 {
                 1.0
@@ -524,12 +606,7 @@ fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -
             (None, Some(b)) => 2.0 * (0.5 - b),
             (None, None) => 0.0,
         };
-        if debug {
-            eprintln!(
-                "montage: ref{o} onto ref{r}: {} inliers; moved share among the subject's seeds {mf:.2?}, the background's {mb:.2?}",
-                a.inliers
-            );
-        }
+
         if let Some(dir) = &crate::switches::get().debug_align {
             // Moved parts white, unseen grey; the subject's seeds red, the background's green.
             let mut img = RgbF::from_fn(w, h, |x, y| [moved[y * w + x] * 0.7; 3]);
@@ -546,6 +623,13 @@ fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -
         // body moved), the majority decides: in a wide frame the dominant plane is the
         // background, and then the moved parts are the minority.
         let share = moved.iter().zip(&valid.data).filter(|&(&m, &v)| v >= 0.5 && m >= 1.0).count() as f32 / seen as f32;
+        if debug {
+            eprintln!(
+                "montage: ref{o} onto ref{r}: {} inliers, {share:.2} of the shared pixels moved; among the subject's \
+                 seeds {mf:.2?}, the background's {mb:.2?}",
+                a.inliers
+            );
+        }
         let (flip, clarity) = if contrast.abs() >= MIN_CONTRAST {
             (contrast < 0.0, contrast.abs())
         } else if share <= MAX_MOVED_SHARE {
@@ -773,7 +857,7 @@ mod tests {
         let m = compose(&truth, &known, &[frame(w, h, (40, 20))], &[Some(Homography::IDENTITY)], 1).expect("a montage");
         assert!(m.warps.iter().all(|t| t.source == Source::Camera), "camera layer only");
         // Within reach (30 px), the motion is found exactly.
-        let (soft, near) = (soften(&truth), soften(&frame(w, h, (80, 20))));
+        let (soft, near) = (soften(&truth, Some(&known)), soften(&frame(w, h, (80, 20)), None));
         let s = subject_motion(&soft, &known, &px, &near, &Homography::IDENTITY).expect("found");
         let (u, v) = s.apply(120.0, 30.0).unwrap();
         assert!((u - 90.0).abs() < 0.5 && (v - 30.0).abs() < 0.5, "maps the head: {u}, {v}");

@@ -848,7 +848,7 @@ impl RealfillApp {
         if invented < INVENTED_OFFER || engine == EngineKind::StableDiffusion {
             return;
         }
-        let share = format!("{:.0} % of the fill is invented: no reference shows that part", 100.0 * invented);
+        let share = format!("{:.0} % of the fill is invented: no reference aligns with that part", 100.0 * invented);
         if self.settings.run.sd.model.is_some() {
             self.messages.push(Message {
                 level: Level::Info,
@@ -860,6 +860,25 @@ impl RealfillApp {
                 "{share} (Sources shows which). A photo that shows it, added as a reference, or a Stable Diffusion \
                  folder (Run panel) would fill it."
             ));
+        }
+    }
+
+    /// The offer taken: the fill on the canvas is undone (its photo and mask come back) and the
+    /// same region filled with Stable Diffusion. After an edit there is no such region to go
+    /// back to: the engine is chosen and the person fills when ready.
+    fn fill_again_with_stable_diffusion(&mut self) {
+        if self.busy() {
+            return;
+        }
+        self.settings.run.engine = EngineKind::StableDiffusion;
+        let untouched = self.doc.as_ref().is_some_and(|d| Some(d.revision) == self.applied_revision);
+        if untouched {
+            self.undo();
+            self.start_job(JobKind::Fill);
+        } else {
+            self.info(
+                "Engine: Stable Diffusion. The photo changed since that fill: brush what to fill and press Fill.",
+            );
         }
     }
 
@@ -963,10 +982,7 @@ impl RealfillApp {
             Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
             Command::ToggleSplit => self.split = !self.split,
             Command::ToggleSourceTint => self.source_tint = !self.source_tint,
-            Command::FillWithStableDiffusion => {
-                self.settings.run.engine = crate::settings::EngineKind::StableDiffusion;
-                self.push(Command::Fill);
-            }
+            Command::FillWithStableDiffusion => self.fill_again_with_stable_diffusion(),
             Command::Save => match self.project_path.clone() {
                 Some(p) if self.doc.is_some() => self.save_project(p),
                 _ => self.open_dialog(dialogs::Dialog::SaveProject),

@@ -675,8 +675,9 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     dismiss = Some(i);
                 }
                 ui.label(RichText::new(&m.text).color(colour));
+                // (not while a job runs: it would start another)
                 if let Some((label, command)) = &m.action
-                    && ui.button(label).clicked()
+                    && ui.add_enabled(!app.busy(), egui::Button::new(label)).clicked()
                 {
                     act = Some((i, command.clone()));
                 }

@@ -11,7 +11,7 @@ use super::unet::{IN_CHANNELS, TIME_FEATURES, UNet, time_features};
 use crate::align::Guide;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::scene::pushpull::{push_pull, relax};
+use crate::scene::pushpull::prior;
 use crate::scene::{Mask, RgbF};
 
 /// One image the model learns from, with the other images warped into its frame.
@@ -47,33 +47,6 @@ pub fn lr_at(s: &LearnSettings, step: usize) -> f64 {
     }
     let p = (step - warm) as f64 / (s.steps - warm).max(1) as f64;
     s.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()))
-}
-
-/// The prior x0 estimate the scene model corrects: known pixels as they are, warped
-/// references where they cover the rest, and a smooth push-pull continuation of both
-/// elsewhere (push-pull relaxed to the membrane). `fill` is 1 where the pixel is not known.
-pub fn prior(image: &RgbF, fill: &[f32], guide: &RgbF, guide_valid: &Mask) -> RgbF {
-    let mut base = guide.clone();
-    let mut trust = guide_valid.clone();
-    for (p, &f) in fill.iter().enumerate() {
-        if f < 0.5 {
-            base.data[3 * p..3 * p + 3].copy_from_slice(&image.data[3 * p..3 * p + 3]);
-            trust.data[p] = 1.0;
-        }
-    }
-    // Push-pull is close to a membrane fill, but its coarse levels mix colours from far away
-    // across edges (a white pole bled into a dark wall on books-strokes); relaxing it to the
-    // membrane itself is what Telea's continuation approximates (docs/BENCHMARKS.md, session 7:
-    // books-rect 16.60 → 17.0 dB, aero-strokes 19.63 → 19.9).
-    relax(&push_pull(&base, &trust), &trust, relax_sweeps(image.width.max(image.height)))
-}
-
-/// Over-relaxed sweeps that take the push-pull prior to the membrane fill: about half the long
-/// side (information crosses the image in O(side) sweeps; at 384 px, 100 already converge to
-/// the printed digit on the evaluation scenes). Learning builds this prior for every crop of
-/// every batch, so a fixed 200 cost 64-px crops ≈ 50 ms a step (+20 %).
-fn relax_sweeps(side: usize) -> usize {
-    (side / 2).clamp(16, 200)
 }
 
 /// A training batch on the CPU, ready to upload.
@@ -247,27 +220,6 @@ mod tests {
         let _ = r.uniform();
         // No guide: the model has to learn the image itself.
         TrainingSource { image, known: Mask::new(w, h, 1.0), guide: Guide::empty(w, h) }
-    }
-
-    #[test]
-    fn prior_keeps_known_pixels_and_trusts_the_references() {
-        let image = RgbF::from_fn(16, 16, |_, _| [0.9, 0.1, 0.1]);
-        let guide = RgbF::from_fn(16, 16, |_, _| [0.1, 0.1, 0.9]);
-        let mut valid = Mask::new(16, 16, 0.0);
-        let mut fill = vec![0.0f32; 256];
-        for y in 4..12 {
-            for x in 4..12 {
-                fill[y * 16 + x] = 1.0;
-                if x < 8 {
-                    valid.set(x, y, 1.0);
-                }
-            }
-        }
-        let p = prior(&image, &fill, &guide, &valid);
-        assert_eq!(p.get(0, 0), [0.9, 0.1, 0.1], "known pixel kept");
-        assert_eq!(p.get(5, 6), [0.1, 0.1, 0.9], "reference used where it covers the hole");
-        let c = p.get(10, 8);
-        assert!(c[0] > 0.1 && c[0] < 0.9, "uncovered pixel continues its surroundings: {c:?}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The scene model: a compact inpainting UNet. Input = noisy image (3), fill mask (1), known
 //! pixels (3), the prior estimate (3: warped references, else a smooth continuation; see
-//! `train::prior`) and the references' coverage (1); output = the clean image minus the prior
+//! `scene::pushpull::prior`) and the references' coverage (1); output = the clean image minus the prior
 //! (a residual: zero where the prior is right). GroupNorm + SiLU
 //! residual blocks with a sinusoidal timestep embedding, strided-conv downsampling,
 //! nearest-neighbour upsampling and skip connections.

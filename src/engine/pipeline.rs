@@ -21,9 +21,9 @@ use crate::diffusion::schedule::Schedule;
 use crate::diffusion::train::{self, TrainingSource};
 use crate::diffusion::unet::UNet;
 use crate::error::{Error, Result};
-use crate::scene::composite;
 use crate::scene::raster::working_size;
 use crate::scene::{Mask, RgbF, Scene};
+use crate::scene::{composite, pushpull};
 pub use crate::settings::EngineKind;
 
 /// The scene at working size, aligned.
@@ -37,7 +37,7 @@ pub struct Prepared {
     pub guide: Guide,
     /// The warps the guide was made of, best-aligned reference first (it takes precedence).
     pub warps: Vec<TargetWarp>,
-    /// What the model corrects: known pixels, references, smooth continuation (train::prior).
+    /// What the engines correct: known pixels, references, smooth continuation (pushpull::prior).
     pub prior: RgbF,
     pub sources: Vec<TrainingSource>,
     pub key: String,
@@ -78,10 +78,22 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     let (mut guide, mut warps) = guide::target_guide(&canvas, &known, &refs, &alignments, &order);
     // Most of the frame missing: the known pixels are mostly the subject, and their motion is
     // not the camera's (align::montage).
+    // Where the montage reaches no pixel (beyond its references), the plane models' guide
+    // still may.
     if fill.fill_fraction() >= align::montage::SPARSE
         && let Some(m) = align::montage::compose(&canvas, &known, &refs, &stills, s.seed)
     {
-        (guide, warps) = (m.guide, m.warps);
+        let left: Vec<bool> = m.guide.valid.data.iter().map(|&v| v < 0.5).collect();
+        let mut montage = m.guide;
+        montage.fill_gaps_from(&guide.rgb, &guide.valid);
+        let mut all = m.warps;
+        for mut w in warps {
+            w.covers.data.iter_mut().zip(&left).filter(|(_, l)| !**l).for_each(|(c, _)| *c = 0.0);
+            if w.covers.fill_fraction() > 0.0 {
+                all.push(w);
+            }
+        }
+        (guide, warps) = (montage, all);
     }
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
@@ -111,9 +123,12 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     for r in &refs {
         k.text(&format!("{}x{}", r.width, r.height)).floats(&r.data);
     }
+    // The guide the scene model learns with (the montage or the plane models: the same pixels
+    // and settings may be prepared differently by another version).
+    k.floats(&guide.rgb.data).floats(&guide.valid.data);
     k.text(&serde_json::to_string(&s.spec).unwrap_or_default());
     k.text(&serde_json::to_string(&s.learn).unwrap_or_default());
-    let prior = train::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
+    let prior = pushpull::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
     if let Some(dir) = &crate::switches::get().debug_align
         && let Err(e) = crate::scene::io::save_atomic(&prior.to_image8(), &dir.join("prior.png"))
     {
@@ -316,7 +331,7 @@ pub fn run_fills(
     let ps = patch_settings(s)?;
     let (cw, ch) = scene.canvas_size();
     let adds_native = detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height));
-    let levels =
+    let mut levels =
         if engine == EngineKind::Patch || s.score || adds_native { Some(patch_levels(&p, &cond, &ps)?) } else { None };
     let prepare_s = t0.elapsed().as_secs_f32();
     let feather = composite::default_feather(cw.max(ch), p.canvas.width.max(p.canvas.height));
@@ -330,14 +345,14 @@ pub fn run_fills(
         // The candidate score, and for an engine without matches of its own (the scene model)
         // the matches of its fill into the photo's known pixels, from one zero-noise patch pass.
         let t4 = Instant::now();
-        let (agreement, matches) = match (&levels, matches) {
+        // (the last candidate hands the pyramid over; the others score on a copy)
+        let pyramid = if k + 1 == candidates.max(1) { levels.take() } else { levels.clone() };
+        let (agreement, matches) = match (pyramid, matches) {
             (Some(levels), None) if s.score || adds_native => {
-                let (a, m) = patch::agreement(levels.clone(), &fill.to_planar(), &ps, device)?;
+                let (a, m) = patch::agreement(levels, &fill.to_planar(), &ps, device)?;
                 (s.score.then_some(a), Some(m))
             }
-            (Some(levels), m) if s.score => {
-                (Some(patch::agreement(levels.clone(), &fill.to_planar(), &ps, device)?.0), m)
-            }
+            (Some(levels), m) if s.score => (Some(patch::agreement(levels, &fill.to_planar(), &ps, device)?.0), m),
             (_, m) => (None, m),
         };
         t.score_s = t4.elapsed().as_secs_f32();

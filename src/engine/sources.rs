@@ -1,7 +1,9 @@
 //! Where the pixels of a fill came from (issue 30): the share of the fill region each
 //! reference gave, by which motion (a plane aligned to the known pixels, the camera's, the
-//! subject's), and the share the engine invented because no reference reaches there. The
-//! command line prints the shares; the app tints the canvas by source.
+//! subject's), and the share "invented": pixels no aligned warp of a reference covers, which
+//! the engine fills from the photo's own texture and continuation (the patch engine still
+//! copies patches from the references there, but from no place the alignment vouches for).
+//! The command line prints the shares; the app tints the canvas by source.
 
 use crate::align::guide::{Source, TargetWarp};
 use crate::scene::{Mask, RgbF};
@@ -21,12 +23,14 @@ pub struct Sources {
     pub shares: Vec<SourceShare>,
     pub width: usize,
     pub height: usize,
-    pub map: Vec<u8>,
+    pub map: Vec<u16>,
 }
 
-pub const KNOWN: u8 = 0;
-pub const INVENTED: u8 = 1;
-pub const FIRST: u8 = 2;
+pub const KNOWN: u16 = 0;
+pub const INVENTED: u16 = 1;
+pub const FIRST: u16 = 2;
+/// Not yet assigned while the map is built.
+const UNSET: u16 = u16::MAX;
 
 /// The sources of a fill from the warps of its guide (each with the working pixels it covers)
 /// and the working fill mask; shares largest first.
@@ -56,21 +60,22 @@ pub fn of(warps: &[TargetWarp], fill: &Mask) -> Sources {
         map[i] = match warps.iter().position(|w| w.covers.data[i] >= 0.5) {
             Some(c) => {
                 count[group[c]] += 1;
-                group[c] as u8
+                group[c] as u16
             }
-            None => u8::MAX,
+            None => UNSET,
         };
     }
     // Largest first; renumber the map to match.
     let mut order: Vec<usize> = (0..shares.len()).filter(|&k| count[k] > 0).collect();
     order.sort_by(|&a, &b| count[b].cmp(&count[a]));
-    let mut rank = vec![u8::MAX; shares.len()];
+    // (a scene of more than 65,000 references would share the last number: not a real case)
+    let mut rank = vec![UNSET - 1; shares.len()];
     for (r, &k) in order.iter().enumerate() {
-        rank[k] = FIRST.saturating_add(r as u8);
+        rank[k] = (FIRST as usize + r).min(UNSET as usize - 1) as u16;
     }
     for (i, m) in map.iter_mut().enumerate() {
         if fill.data[i] >= 0.5 {
-            *m = if *m == u8::MAX { INVENTED } else { rank[*m as usize] };
+            *m = if *m == UNSET { INVENTED } else { rank[*m as usize] };
         }
     }
     let shares = order.iter().map(|&k| SourceShare { share: count[k] as f32 / to_fill, ..shares[k].clone() }).collect();
@@ -110,7 +115,7 @@ impl Sources {
             .enumerate()
             .map(|(k, s)| {
                 let name = names.get(s.reference).map_or("?", |n| n.as_str());
-                (colour(FIRST + k as u8), format!("{name} {:.0} % ({})", 100.0 * s.share, what(s.source)))
+                (colour(FIRST + k as u16), format!("{name} {:.0} % ({})", 100.0 * s.share, what(s.source)))
             })
             .collect();
         out.push((colour(INVENTED), format!("invented {:.0} %", 100.0 * self.invented())));
@@ -131,13 +136,14 @@ impl Sources {
         })
     }
 
-    /// The source of pixel (x, y) of a `w`×`h` image of the same canvas.
-    pub fn at(&self, x: usize, y: usize, w: usize, h: usize) -> u8 {
+    /// The source of pixel (x, y) of a `w`×`h` image of the same canvas (the map's pixel whose
+    /// area holds that pixel's centre).
+    pub fn at(&self, x: usize, y: usize, w: usize, h: usize) -> u16 {
         if self.map.is_empty() {
             return KNOWN;
         }
-        let sx = ((x * self.width) / w.max(1)).min(self.width - 1);
-        let sy = ((y * self.height) / h.max(1)).min(self.height - 1);
+        let sx = (((2 * x + 1) * self.width) / (2 * w.max(1))).min(self.width - 1);
+        let sy = (((2 * y + 1) * self.height) / (2 * h.max(1))).min(self.height - 1);
         self.map[sy * self.width + sx]
     }
 }
@@ -151,7 +157,7 @@ fn what(s: Source) -> &'static str {
 }
 
 /// Invented: magenta; the sources: blue, orange, green, cyan, yellow, then grey.
-pub fn colour(s: u8) -> [u8; 3] {
+pub fn colour(s: u16) -> [u8; 3] {
     const SOURCES: [[u8; 3]; 5] = [[40, 110, 255], [255, 140, 0], [40, 200, 60], [0, 210, 220], [240, 220, 0]];
     match s {
         INVENTED => [255, 0, 200],
