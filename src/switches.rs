@@ -20,6 +20,7 @@
 //! | `REALFILL_FRAME_LOG=1` | the app prints every frame's time |
 //! | `REALFILL_MEMORY_GIB=6` | the memory budget a job must fit (default: ¾ of the machine's memory; `engine::budget`) |
 //! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; unknown fields are an error when a fill starts) |
+//! | `REALFILL_SERVER_SILENCE=30` | seconds a GPU server may send nothing (not even an answer to a ping) before the client gives it up (`remote::watchdog`; tests shorten it) |
 
 use std::sync::OnceLock;
 
@@ -41,6 +42,8 @@ pub struct Switches {
     pub memory_gib: Option<f64>,
     /// Fields of `PatchSettings` to override.
     pub patch: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Seconds a GPU server may stay silent before the client gives it up (None: 30).
+    pub server_silence_s: Option<u64>,
 }
 
 /// The names `REALFILL_SIMD` takes, widest first.
@@ -84,8 +87,20 @@ impl Switches {
                 }
             },
         };
+        let server_silence_s = match get("REALFILL_SERVER_SILENCE").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if (2..=3600).contains(&n) => Some(n),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "REALFILL_SERVER_SILENCE={v:?}: give whole seconds from 2 to 3600, such as 30"
+                    )));
+                }
+            },
+        };
         Ok(Switches {
             memory_gib,
+            server_silence_s,
             burn_cpu: f("REALFILL_BURN_CPU")?,
             tensor_attention: f("REALFILL_TENSOR_ATTENTION")?,
             simd: match get("REALFILL_SIMD").map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()) {
@@ -135,6 +150,8 @@ mod tests {
         assert!(s.profile && s.simd.as_deref() == Some("avx2") && !s.burn_cpu);
         let e = parse(&[("REALFILL_SIMD", "sse")]).unwrap_err().to_string();
         assert!(e.contains("REALFILL_SIMD=\"sse\"") && e.contains("avx512, avx2 or portable"), "{e}");
+        assert_eq!(parse(&[("REALFILL_SERVER_SILENCE", "5")]).unwrap().server_silence_s, Some(5));
+        assert!(parse(&[("REALFILL_SERVER_SILENCE", "0")]).unwrap_err().to_string().contains("from 2 to 3600"));
         let e = parse(&[("REALFILL_PROFILE", "maybe")]).unwrap_err().to_string();
         assert!(e.contains("REALFILL_PROFILE=\"maybe\""), "{e}");
         let p = parse(&[("REALFILL_PATCH", r#"{"patch":7}"#)]).unwrap().patch.unwrap();

@@ -199,3 +199,189 @@ fn a_server_open_to_the_network_needs_to_be_asked_for() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("ws://HOST:PORT"), "{}", stderr(&o));
 }
+
+/// `VmPeak` (address space) and `VmHWM` (resident) of a process, in MB.
+fn memory_mb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    (field("VmPeak:"), field("VmHWM:"))
+}
+
+fn connect(url: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(url.trim_start_matches("ws://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+const OPENING: &[u8] = b"GET /session HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Issue 32: what anyone who reaches the port can send before a token: frame headers declaring
+/// 1 GiB, random bytes on burn's tensor route, connections that send nothing or half an opening.
+/// None of it reserves memory by the size it declares or holds the server; every refusal is
+/// logged; the real client fills through all of it.
+#[test]
+fn the_gate_holds_before_the_token_and_the_real_client_still_fills() {
+    use std::io::Write;
+    let dir = tmp("gate");
+    scene(&dir);
+    let tf = token_file(&dir, "gate");
+    let server = Server::start(&tf);
+    let before = memory_mb(server.pid());
+
+    // Seven openings, each followed by a 14-byte header declaring a 1 GiB frame: each is
+    // refused and closed by its header.
+    let huge = [0x82u8, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4];
+    for _ in 0..7 {
+        let mut s = connect(&server.url);
+        s.write_all(OPENING).unwrap();
+        let mut answer = [0u8; 256];
+        let n = s.read(&mut answer).unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&answer[..n]));
+        s.write_all(&huge).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest); // ends: the server closed it
+    }
+    // The connections' threads take malloc arenas (64 MB of address space each, at most 8 per
+    // core): far below the 7 GiB the headers declared.
+    let after = memory_mb(server.pid());
+    assert!(after.0 < before.0 + 2048, "address space {before:?} → {after:?} MB (7 GiB declared)");
+
+    // burn's unauthenticated tensor route, with random bytes behind the opening.
+    let mut s = connect(&server.url);
+    let mut data = OPENING.to_vec();
+    data.splice(4..12, b"/data".iter().copied());
+    data.extend((0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    s.write_all(&data).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // Forty silent connections and five half openings, held while the real client fills.
+    let mut held: Vec<_> = (0..40).map(|_| connect(&server.url)).collect();
+    for _ in 0..5 {
+        let mut s = connect(&server.url);
+        s.write_all(b"GET /session HTTP/1.1\r\nHost: x\r\n").unwrap();
+        held.push(s);
+    }
+    let out = dir.join("out.png");
+    let remote = format!("remote={}", server.url);
+    let o = fill(&dir, &["--backend", &remote, "--token-file", tf.to_str().unwrap()], &[], &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+    drop(held);
+    let peak = memory_mb(server.pid());
+    let log = server.stop();
+    assert!(log.contains("declared 1073741824 bytes"), "{log}");
+    assert!(log.contains("it asked for \"/data\""), "{log}");
+    assert!(log.contains("were waiting to be admitted"), "{log}");
+    assert!(log.contains("connected"), "{log}");
+    assert!(!log.contains("panicked") && !log.contains("WARN"), "{log}");
+    assert!(peak.1 < 1024, "resident peak {peak:?} MB");
+}
+
+/// A listener that accepts and then does `then` with each connection, on its own thread.
+fn fake_server(then: fn(std::net::TcpStream)) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || then(c));
+        }
+    });
+    url
+}
+
+/// Issue 32: the client does not wait for ever on a server that accepts and never answers,
+/// or answers the opening and then nothing: each ends with one message saying so.
+#[test]
+fn a_server_that_never_answers_is_given_up_with_a_message() {
+    let dir = tmp("silent");
+    scene(&dir);
+    let tf = token_file(&dir, "x");
+    let mute = fake_server(|c| {
+        std::thread::sleep(Duration::from_secs(60));
+        drop(c)
+    });
+    let opens_only = fake_server(|c| {
+        let mut c = c;
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let key = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap_or("").trim().to_string();
+        // Any accept key: the relay answers burn with the server's answer as it came.
+        let _ = key;
+        let _ = std::io::Write::write_all(
+            &mut c,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    for (url, says) in [(&mute, "did not answer it within 10 s"), (&opens_only, "")] {
+        let t = Instant::now();
+        let o = fill_with(
+            &dir,
+            &["--backend", &format!("remote={url}"), "--token-file", tf.to_str().unwrap()],
+            &[],
+            &dir.join("out.png"),
+            &[("REALFILL_SERVER_SILENCE", "2")],
+        );
+        let e = stderr(&o);
+        assert!(!o.status.success());
+        assert!(e.contains(url.as_str()) && e.contains(says), "{e}");
+        assert_eq!(e.lines().filter(|l| l.starts_with("error")).count(), 1, "one message: {e}");
+        assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
+    }
+    assert!(!dir.join("out.png").exists());
+}
+
+/// Issue 32: a real server stopped (SIGSTOP, as a hung machine) during a job: the client gives
+/// it up after the silence limit, with a message, though the server's socket stays open; and
+/// it does not give up a server that is busy learning (it answers the watchdog's pings).
+#[test]
+fn a_stopped_server_is_reported_not_waited_on() {
+    let dir = tmp("sigstop");
+    scene(&dir);
+    let tf = token_file(&dir, "stop");
+    let server = Server::start(&tf);
+    let out = dir.join("out.png");
+    let mut client = scene_cmd(&dir, "fill")
+        .arg("--out")
+        .arg(&out)
+        .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])
+        .args(["--no-cache", "--backend", &format!("remote={}", server.url), "--token-file", tf.to_str().unwrap()])
+        .env("REALFILL_SERVER_SILENCE", "3")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Learning for longer than the silence limit: the busy server must not be given up.
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(client.try_wait().unwrap().is_none(), "the job was still running");
+    let pid = server.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = client.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(60) {
+            let _ = client.kill();
+            panic!("the client kept waiting on the stopped server");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    let mut e = String::new();
+    client.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    server.stop();
+    assert!(!status.success());
+    assert!(e.contains("the GPU server did not answer within 3 s") && e.contains("what you made is kept"), "{e}");
+    assert!(!out.exists());
+}

@@ -256,12 +256,7 @@ fn worker(backend: BackendChoice, jobs: Receiver<Job>, tx: Events, control: Arc<
         // A job that failed on a GPU server: if the server no longer answers, say so (the job's
         // own error is often only "failed to read a tensor").
         let lost = match (&event, &server) {
-            (Event::Failed(_), Some(url)) => device::probe(&device).err().map(|_| {
-                format!(
-                    "the connection to the GPU server at {url} was lost during the job; what you made is kept, and \
-                     the next job can run on this computer"
-                )
-            }),
+            (Event::Failed(_), Some(url)) => device::probe(&device).err().map(|_| crate::remote::lost_message(url)),
             _ => None,
         };
         match lost {

@@ -87,6 +87,10 @@ impl Server {
         Server { child, url, banner }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stop it and return what it logged on stderr.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();

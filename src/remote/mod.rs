@@ -9,9 +9,19 @@
 //! GPU (a custom operation, `HELLO`, answered by the server), so a client refuses a server of
 //! another version with both versions named, and picks the float type the server's device
 //! wants (f16 on a GPU, f32 on a CPU).
+//!
+//! And what burn's WebSocket transport lacks against a hostile network and a stopped server:
+//! the server listens through a gate that checks openings, sizes and the token before burn
+//! sees a byte (`gate`); the client reaches the server through a watchdog relay with connect
+//! and silence deadlines (`watchdog`); both read WebSocket through `websocket`.
+
+mod gate;
+mod watchdog;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use burn::backend::ops::FloatTensorOps;
 use burn::prelude::*;
@@ -132,16 +142,53 @@ pub fn connect(server: &Server) -> Result<(Device, ServerInfo), String> {
             "{url}: no token: give the token `realfill serve` printed with --token-file FILE or {TOKEN_ENV}"
         ));
     }
-    let host = RemoteHost::websocket(url).with_credential(server.token.as_str());
-    let device = Device::remote_options(&host).init().map_err(|e| connect_error(url, e))?;
+    watchdog::forget(url);
+    let relay = relay_to(url)?;
+    let host = RemoteHost::websocket(&format!("ws://{relay}")).with_credential(server.token.as_str());
+    let device = Device::remote_options(&host)
+        .init()
+        .map_err(|e| watchdog::failure(url).unwrap_or_else(|| connect_error(url, e)))?;
     let info = hello(&device).map_err(|e| {
-        format!(
-            "{url}: the server did not answer realfill's greeting ({e}); is it `realfill serve` of realfill {VERSION}?"
-        )
+        lost(url);
+        match watchdog::failure(url) {
+            Some(why) => why,
+            None => format!(
+                "{url}: the server did not answer realfill's greeting ({e}); is it `realfill serve` of realfill {VERSION}?"
+            ),
+        }
     })?;
     same_versions(url, &info)?;
     CONNECTED.lock().unwrap_or_else(|e| e.into_inner()).push((device.clone(), info.clone()));
     Ok((device, info))
+}
+
+/// Relays to servers started in this process, by address: burn keeps one session per address
+/// it dials, so one server keeps one relay.
+static RELAYS: Mutex<Vec<(String, SocketAddr)>> = Mutex::new(Vec::new());
+
+/// The loopback address of the watchdog relay to `url`, started on first use.
+fn relay_to(url: &str) -> Result<SocketAddr, String> {
+    let mut relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, a)) = relays.iter().find(|(u, _)| u == url) {
+        return Ok(*a);
+    }
+    let a = watchdog::start(url, silence_limit())?;
+    relays.push((url.to_string(), a));
+    Ok(a)
+}
+
+/// How long a server may send nothing (not even a pong) before the client gives up on it.
+fn silence_limit() -> Duration {
+    Duration::from_secs(crate::switches::get().server_silence_s.unwrap_or(30))
+}
+
+/// What a job that failed on the GPU server at `url` says when the server no longer answers.
+pub fn lost_message(url: &str) -> String {
+    let kept = "what you made is kept, and the next job can run on this computer";
+    match watchdog::failure(url) {
+        Some(why) => format!("{why}; the job stopped: {kept}"),
+        None => format!("the connection to the GPU server at {url} was lost during the job; {kept}"),
+    }
 }
 
 /// A server of another realfill (or burn) is refused, with both versions named.
@@ -240,33 +287,40 @@ pub struct Serve {
 }
 
 /// Bind `listen` (before anything is printed, so a taken port fails first), print the address
-/// and serve until Ctrl-C. Sessions presenting another token are refused and logged.
+/// and serve until Ctrl-C. Clients reach burn's server (on loopback) only through the gate,
+/// which checks each one's opening and token first and logs every refusal.
 pub fn serve(s: Serve, announce: impl FnOnce(SocketAddr)) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(s.listen).map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let inner = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("cannot listen on loopback for burn's server: {e}"))?;
+    let inner_address = inner.local_addr().map_err(|e| e.to_string())?;
     announce(address);
     // Compared as digests: the time taken says nothing about the token.
     let digest = |b: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(b).into() };
     let expected = digest(s.token.as_bytes());
+    // The gate has checked and logged each client; burn checks the token again (its port is
+    // reachable from this machine), quietly.
     let authorize = move |r: AuthorizationRequest<'_>| {
-        if digest(r.credential.as_bytes()) == expected {
-            log(&format!("{} connected", r.client));
-            Ok(())
-        } else {
-            let why = if r.credential.is_empty() { "no token" } else { "a wrong token" };
-            log(&format!("refused {}: it presented {why}", r.client));
-            Err(why.to_string())
-        }
+        if digest(r.credential.as_bytes()) == expected { Ok(()) } else { Err("a wrong token".to_string()) }
     };
     // burn's sessions log through `tracing`; to stderr, beside realfill's own lines (burn
-    // would install a subscriber on stdout, which is the address's).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wgpu=warn"));
+    // would install a subscriber on stdout, which is the address's). burn's WebSocket server
+    // warns "rejected or failed" at the end of every session, the orderly ones too: the gate
+    // logs each session's start, end and every refusal instead.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wgpu=warn,burn_remote::transport::websocket::server=error")
+    });
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .try_init();
+    let gate = gate::Gate { token_digest: expected, inner: inner_address, log };
+    std::thread::Builder::new()
+        .name("realfill-gate".into())
+        .spawn(move || gate::run(gate, listener))
+        .map_err(|e| e.to_string())?;
     let cpu = s.device == Device::flex();
     let info = ServerInfo::here(!cpu, &s.description);
     let server = RemoteServer::new([s.device.clone()]).with_authorizer(authorize);
@@ -275,7 +329,7 @@ pub fn serve(s: Serve, announce: impl FnOnce(SocketAddr)) -> Result<(), String> 
     } else {
         server.with_custom_op::<burn::backend::Cube, _>(HELLO, hello_handler::<burn::backend::Cube>(info))
     };
-    server.serve(WebSocketTransport::from_listener(listener)).map_err(|e| format!("the server stopped: {e}"))
+    server.serve(WebSocketTransport::from_listener(inner)).map_err(|e| format!("the server stopped: {e}"))
 }
 
 /// The server's answer to `HELLO`: its versions, whether it is a GPU, its device.
