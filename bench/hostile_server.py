@@ -50,9 +50,12 @@ def start_server():
 def legit_fill(port, env=None, timeout=120):
     out = os.path.join(WORK, "o.png")
     t = time.time()
-    r = subprocess.run([BIN, "fill", "--demo", "--out", out, "--backend", f"remote=ws://127.0.0.1:{port}",
-                        "--token-file", TOKEN], capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, **(env or {})))
+    try:
+        r = subprocess.run([BIN, "fill", "--demo", "--out", out, "--backend", f"remote=ws://127.0.0.1:{port}",
+                            "--token-file", TOKEN], capture_output=True, text=True, timeout=timeout,
+                           env=dict(os.environ, **(env or {})))
+    except subprocess.TimeoutExpired:
+        return "none", time.time() - t, f"no answer in {timeout} s"
     return r.returncode, time.time() - t, (r.stderr.strip().splitlines() or [""])[-1]
 
 
@@ -90,8 +93,10 @@ def server_cases():
         try:
             s.settimeout(3)
             closed += s.recv(1) == b""
+        except socket.timeout:
+            pass  # still open, waiting for the 1 GiB
         except OSError:
-            closed += 1
+            closed += 1  # reset
     ROWS.append(("7 openings, each a 14-byte header declaring a 1 GiB frame", f"{closed} of 7 closed by the server",
                  mem(pid), ""))
 
@@ -154,10 +159,14 @@ def server_cases():
     # 5. A wrong token.
     bad = os.path.join(WORK, "bad")
     open(bad, "w").write("wrong")
-    r = subprocess.run([BIN, "fill", "--demo", "--out", os.path.join(WORK, "x.png"), "--backend",
-                        f"remote=ws://127.0.0.1:{port}", "--token-file", bad], capture_output=True, text=True, timeout=60)
-    ROWS.append(("a client with a wrong token", f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1][:110]}",
-                 mem(pid), ""))
+    try:
+        r = subprocess.run([BIN, "fill", "--demo", "--out", os.path.join(WORK, "x.png"), "--backend",
+                            f"remote=ws://127.0.0.1:{port}", "--token-file", bad], capture_output=True, text=True,
+                           timeout=60)
+        said = f"exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1][:110]}"
+    except subprocess.TimeoutExpired:
+        said = "no answer in 60 s"
+    ROWS.append(("a client with a wrong token", said, mem(pid), ""))
     rc, secs, last = legit_fill(port)
     ROWS.append(("after all of the above", "", mem(pid), f"exit {rc} in {secs:.1f} s"))
     log = open(os.path.join(WORK, "serve.log"), errors="replace").read()
