@@ -6,12 +6,16 @@
 #
 #   bench/hostile_files.sh [BINARY]      (default: target/release/realfill)
 #
+# Run a copy of it while the tree changes (bash reads a script as it runs).
+#
 # Needs python3 (standard library only: it writes the PNG, BigTIFF and JPEG-free images) and
 # mkfifo. Nothing outside the temporary folder is touched; a "victim" file stands in for the
 # file a planted link points at.
 set -u
 BIN=$(realpath "${1:-target/release/realfill}")
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The repository (its demo scene and tiny Stable Diffusion model); REALFILL_ROOT when the script
+# runs from a copy elsewhere.
+ROOT=${REALFILL_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 T=$(mktemp -d /tmp/realfill-hostile.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
@@ -26,7 +30,8 @@ echo "| case | exit | peak MiB | message (first line of stderr) |"
 echo "|---|---|---|---|"
 
 # run NAME CMD...: one row. The message is stderr's first line that says "error"/"warning"
-# (else its first line), trimmed to 150 characters; NOTE (if set) is appended.
+# (eval: "not scored"; else its first line), trimmed to 150 characters; NOTE (if set) is
+# appended.
 run() {
   local name=$1; shift
   local err="$T/err.txt" mem="$T/mem.txt"
@@ -39,7 +44,7 @@ run() {
   local rc=$?
   local kib; kib=$(tail -1 "$mem" 2>/dev/null | grep -E '^[0-9]+$' || echo "")
   local mib="?"; [ -n "$kib" ] && mib=$((kib / 1024))
-  local msg; msg=$(grep -m1 -E '^(error|warning)|memory allocation|panicked|Aborted' "$err" || head -1 "$err")
+  local msg; msg=$(grep -m1 -E 'not scored|^(error|warning)|memory allocation|panicked|Aborted' "$err" || head -1 "$err")
   msg=$(echo "$msg" | sed "s#$T/##g; s#$ROOT/##g" | tr -d '|' | cut -c1-150)
   echo "| $name | $rc | $mib | $msg${NOTE:+ — $NOTE} |"
   NOTE=""

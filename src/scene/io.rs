@@ -85,8 +85,7 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
         }
     }
     rewind(&mut file)?;
-    let reader = ImageReader::with_format(std::io::BufReader::new(file), format);
-    let mut reader = reader;
+    let mut reader = ImageReader::with_format(std::io::BufReader::new(file), format);
     let mut limits = Limits::default();
     limits.max_alloc = Some(alloc_limit(head, sniffed));
     reader.limits(limits);

@@ -206,13 +206,15 @@ impl Project {
     }
 
     /// Images the project points at that are not there any more, described for the user.
+    /// (Something there that is not a photo — a FIFO, a folder — is not "moved": loading it
+    /// says what it is.)
     pub fn missing_files(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.target.is_file() {
+        if !self.target.exists() {
             v.push(format!("target photo {}", self.target.display()));
         }
         for r in &self.references {
-            if !r.is_file() {
+            if !r.exists() {
                 v.push(format!("reference {}", r.display()));
             }
         }
