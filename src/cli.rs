@@ -248,6 +248,13 @@ pub fn scene_paths(a: &SceneArgs) -> Result<ScenePaths> {
         return Ok(ScenePaths { target: d.target, mask: Some(d.mask), refs: d.refs, extension });
     }
     let target = a.target.clone().ok_or_else(|| Error::Invalid("--target is required (or --demo)".into()))?;
+    if a.refs.len() > crate::settings::MAX_REFERENCES {
+        return Err(Error::Invalid(format!(
+            "{} references given; a scene takes at most {}: choose the ones that show the missing part",
+            a.refs.len(),
+            crate::settings::MAX_REFERENCES
+        )));
+    }
     Ok(ScenePaths { target, mask: a.mask.clone(), refs: a.refs.clone(), extension })
 }
 
@@ -709,13 +716,39 @@ struct EvalError {
     error: String,
 }
 
+/// A scene folder's references (`refs/`, none when it has no such folder). A score is only
+/// worth something when the references are not the answer: a `refs/` that is a symbolic link
+/// or a reference that is the scene's truth.png is refused.
+fn eval_refs(d: &Path) -> Result<Vec<PathBuf>> {
+    let dir = d.join("refs");
+    match std::fs::symlink_metadata(&dir) {
+        Err(_) => return Ok(Vec::new()),
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::input(
+                &dir,
+                "is a symbolic link; an evaluation scene's refs/ must be a folder of its own (it could lead to the truth)",
+            ));
+        }
+        Ok(_) => {}
+    }
+    let refs = crate::scene::demo::list_files(&dir)?;
+    let truth = d.join("truth.png");
+    if let Some(r) = refs.iter().find(|r| same_file(r, &truth)) {
+        return Err(Error::input(
+            r,
+            format!("is the scene's truth {}; a reference must be another photo", truth.display()),
+        ));
+    }
+    Ok(refs)
+}
+
 /// Fill one scene folder and score it against its truth.png.
 fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Option<&Path>) -> Result<EvalRow> {
     let kind = name.rsplit('-').next().unwrap_or("").to_string();
     let paths = ScenePaths {
         target: d.join("target.png"),
         mask: Some(d.join("mask.png")),
-        refs: crate::scene::demo::list_files(&d.join("refs")).unwrap_or_default(),
+        refs: eval_refs(d)?,
         extension: Extension::default(),
     };
     let scene = load_scene(&paths, learning_of(s, false), &mut |_| {})?;

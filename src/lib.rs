@@ -13,6 +13,7 @@ pub mod diffusion;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod input_file;
 pub mod kernels;
 pub mod remote;
 pub mod rng;

@@ -75,6 +75,10 @@ pub struct Limits {
     pub guidance: RangeInclusive<f32>,
 }
 
+/// The most reference photos one scene takes (RealFill's scenes have one to five; each costs
+/// memory and alignment time).
+pub const MAX_REFERENCES: usize = 100;
+
 pub const LIMITS: Limits = Limits {
     size: 32..=2048,
     steps: 1..=1000,

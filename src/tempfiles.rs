@@ -4,8 +4,14 @@
 //! - Ctrl-C, SIGTERM and SIGHUP (`cleanup_on_signals`) remove every recorded one and exit;
 //! - a SIGKILL cannot be caught: the next run that writes into the same folder removes the
 //!   leftovers of runs that are gone (`remove_stale`) — only names realfill itself makes,
-//!   `.NAME.tmp-PID` beside an output and `KEY.tmp-PID.bpk` in the model cache, and only when
-//!   process PID no longer runs.
+//!   `.NAME.tmp-PID-RAND` beside an output and `KEY.tmp-PID-RAND.bpk` in the model cache
+//!   (RAND: 8 hexadecimal digits; older builds wrote none), and only when process PID no
+//!   longer runs.
+//!
+//! A temporary file is always a new file (`O_EXCL`): in a folder others can write to, a
+//! symbolic link planted at the name realfill will use is never followed (it would make the
+//! result overwrite the file it points to), and the random part means a planted name cannot
+//! block the write either.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,13 +31,38 @@ pub struct Temp {
 }
 
 impl Temp {
-    /// Create (truncate) the file at `path` and record it. Creation happens under the record's
-    /// lock, so a signal's cleanup either sees the file or runs before it exists.
-    pub fn create(path: PathBuf) -> std::io::Result<(Temp, fs::File)> {
+    /// Create a new file in `dir` named `name(suffix)`, where the suffix is `PID-RAND`, and
+    /// record it. Never opens an existing file or follows a link there: a name already taken
+    /// is tried again with another random part. Creation happens under the record's lock, so
+    /// a signal's cleanup either sees the file or runs before it exists.
+    pub fn create_new(dir: &Path, name: impl Fn(&str) -> String) -> std::io::Result<(Temp, fs::File)> {
+        use std::hash::BuildHasher;
         let mut l = live();
-        let f = fs::File::create(&path)?;
-        l.push(path.clone());
-        Ok((Temp { path }, f))
+        let mut tries = 0u64;
+        loop {
+            // The standard library's hasher keys come from the OS's random source.
+            let rand = std::collections::hash_map::RandomState::new().hash_one(tries) as u32;
+            let path = dir.join(name(&format!("{}-{rand:08x}", std::process::id())));
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => {
+                    l.push(path.clone());
+                    return Ok((Temp { path }, f));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A new temporary file beside `dest` (`.NAME.tmp-PID-RAND`), where `dest` is written
+    /// before it is renamed into place.
+    pub fn beside(dest: &Path) -> std::io::Result<(Temp, fs::File)> {
+        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?
+            .to_string_lossy();
+        Temp::create_new(dir, |suffix| format!(".{name}.tmp-{suffix}"))
     }
 
     pub fn path(&self) -> &Path {
@@ -58,15 +89,9 @@ fn forget(path: &Path) {
     live().retain(|p| p != path);
 }
 
-/// `.NAME.tmp-PID` beside `dest`: where `dest` is written before it is renamed into place.
-pub fn beside(dest: &Path) -> Option<PathBuf> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name()?.to_string_lossy();
-    Some(dir.join(format!(".{name}.tmp-{}", std::process::id())))
-}
-
-/// Bytes `beside` adds to a file name (a dot, ".tmp-" and a process id of up to 10 digits).
-pub const BESIDE_EXTRA: usize = 16;
+/// Bytes `Temp::beside` adds to a file name (a dot, ".tmp-", a process id of up to 10 digits,
+/// "-" and 8 random digits).
+pub const BESIDE_EXTRA: usize = 25;
 
 /// Whether process `pid` still runs. Unknown (no /proc) counts as running: nothing is removed.
 fn running(pid: u32) -> bool {
@@ -74,13 +99,20 @@ fn running(pid: u32) -> bool {
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
-/// The process id in `name` if it has the form `prefix` + digits + `suffix`.
+/// The process id in `name` if it has the form `prefix` + digits + (`-` + 8 hexadecimal
+/// digits, or nothing) + `suffix`.
 fn pid_in(name: &str, prefix: &str, suffix: &str) -> Option<u32> {
-    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    let digits = match middle.split_once('-') {
+        Some((d, rand)) if rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_hexdigit()) => d,
+        Some(_) => return None,
+        None => middle,
+    };
     (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
-/// Remove leftovers of `dest`'s temporary files (`.NAME.tmp-PID`) from runs no longer running.
+/// Remove leftovers of `dest`'s temporary files (`.NAME.tmp-PID-RAND`) from runs no longer
+/// running.
 pub fn remove_stale(dest: &Path) {
     let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -88,7 +120,7 @@ pub fn remove_stale(dest: &Path) {
     remove_dead(dir, |n| pid_in(n, &prefix, ""));
 }
 
-/// Remove leftovers of cached models being written (`KEY.tmp-PID.bpk`, KEY hexadecimal) in
+/// Remove leftovers of cached models being written (`KEY.tmp-PID-RAND.bpk`, KEY hexadecimal) in
 /// `dir` from runs no longer running.
 pub fn remove_stale_models(dir: &Path) {
     remove_dead(dir, |n| {
@@ -146,13 +178,37 @@ mod tests {
     #[test]
     fn a_temp_file_is_removed_unless_persisted_and_recorded_while_it_exists() {
         let d = dir("life");
-        let (t, _) = Temp::create(d.join("a.tmp")).unwrap();
-        assert!(live().contains(&d.join("a.tmp")));
+        let (t, _) = Temp::beside(&d.join("a.png")).unwrap();
+        let p = t.path().to_path_buf();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let rand = name.strip_prefix(&format!(".a.png.tmp-{}-", std::process::id())).unwrap();
+        assert!(rand.len() == 8 && rand.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+        assert!(live().contains(&p));
         drop(t);
-        assert!(!d.join("a.tmp").exists() && !live().contains(&d.join("a.tmp")));
-        let (t, _) = Temp::create(d.join("b.tmp")).unwrap();
+        assert!(!p.exists() && !live().contains(&p));
+        let (t, _) = Temp::beside(&d.join("b.png")).unwrap();
+        let p = t.path().to_path_buf();
         t.persist(&d.join("b.png")).unwrap();
-        assert!(d.join("b.png").exists() && !d.join("b.tmp").exists() && !live().contains(&d.join("b.tmp")));
+        assert!(d.join("b.png").exists() && !p.exists() && !live().contains(&p));
+    }
+
+    #[test]
+    fn a_link_planted_at_a_temporary_name_is_never_followed() {
+        let d = dir("planted");
+        let victim = d.join("victim.txt");
+        fs::write(&victim, b"precious").unwrap();
+        // Links at every name this process could use with the old, predictable naming, and at
+        // a hundred more: none is opened.
+        let me = std::process::id();
+        for pid in me..me + 100 {
+            std::os::unix::fs::symlink(&victim, d.join(format!(".o.png.tmp-{pid}"))).unwrap();
+        }
+        let (t, mut f) = Temp::beside(&d.join("o.png")).unwrap();
+        std::io::Write::write_all(&mut f, b"result").unwrap();
+        t.persist(&d.join("o.png")).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(!fs::symlink_metadata(d.join("o.png")).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(d.join("o.png")).unwrap(), b"result");
     }
 
     #[test]
@@ -162,13 +218,16 @@ mod tests {
         let dead = 4_194_400u32;
         let me = std::process::id();
         let names = [
-            format!(".out.png.tmp-{dead}"),   // ours, dead: removed
-            format!(".out.png.tmp-{me}"),     // ours, running: kept
-            format!(".other.png.tmp-{dead}"), // another output's: kept (not asked about)
-            format!(".out.png.tmp-{dead}x"),  // not our pattern: kept
-            "out.png".to_string(),            // the output itself: kept
-            format!("0af3.tmp-{dead}.bpk"),   // a cached model's, dead
-            format!("notes.tmp-{dead}.bpk"),  // not hexadecimal: kept
+            format!(".out.png.tmp-{dead}"),          // ours (older builds), dead: removed
+            format!(".out.png.tmp-{me}"),            // ours, running: kept
+            format!(".out.png.tmp-{dead}-0a1b2c3d"), // ours, dead: removed
+            format!(".out.png.tmp-{dead}-xyz"),      // not our pattern: kept
+            format!(".other.png.tmp-{dead}"),        // another output's: kept (not asked about)
+            format!(".out.png.tmp-{dead}x"),         // not our pattern: kept
+            "out.png".to_string(),                   // the output itself: kept
+            format!("0af3.tmp-{dead}.bpk"),          // a cached model's, dead
+            format!("0af4.tmp-{dead}-89abcdef.bpk"), // a cached model's, dead
+            format!("notes.tmp-{dead}.bpk"),         // not hexadecimal: kept
         ];
         for n in &names {
             fs::write(d.join(n), b"x").unwrap();
@@ -176,6 +235,6 @@ mod tests {
         remove_stale(&d.join("out.png"));
         remove_stale_models(&d);
         let left: Vec<bool> = names.iter().map(|n| d.join(n).exists()).collect();
-        assert_eq!(left, [false, true, true, true, true, false, true]);
+        assert_eq!(left, [false, true, false, true, true, true, true, false, false, true]);
     }
 }

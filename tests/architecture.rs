@@ -9,7 +9,7 @@ use std::path::Path;
 /// Layers, lowest first. A top-level module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["allocator", "rng", "settings", "switches", "tempfiles"],
+    &["allocator", "input_file", "rng", "settings", "switches", "tempfiles"],
     &["kernels", "remote"],
     &["scene"],
     &["align", "eval"],

@@ -89,6 +89,37 @@ fn write(s: &Scene, name: &str, bytes: &[u8]) -> PathBuf {
     f
 }
 
+/// `img` as a BigTIFF (RGB, one uncompressed strip after the directory).
+fn bigtiff(img: &image::RgbImage) -> Vec<u8> {
+    let (w, h) = (img.width() as u64, img.height() as u64);
+    // (tag, type: 3 SHORT, 4 LONG, 16 LONG8; count; value), each value inline (8 bytes).
+    let entries: [(u16, u16, u64, u64); 9] = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 3, 0x0008_0008_0008), // bits per sample: 8, 8, 8
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 16, 1, 16 + 8 + 20 * 9 + 8),
+        (277, 3, 1, 3),
+        (278, 4, 1, h),
+        (279, 16, 1, w * h * 3),
+    ];
+    let mut b = b"II+\0".to_vec();
+    b.extend_from_slice(&8u16.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&16u64.to_le_bytes());
+    b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (tag, typ, count, value) in entries {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&typ.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&value.to_le_bytes());
+    }
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(img.as_raw());
+    b
+}
+
 /// PNG's chunk checksum.
 fn crc32(data: &[u8]) -> u32 {
     let mut c = 0xFFFF_FFFFu32;
@@ -204,6 +235,58 @@ fn rows() -> Vec<Row> {
             },
             expect: Expect::Error(&["cut.png", "truncated"]),
         },
+        // --- issue 32: files that are not what they say, outputs others cannot read ---
+        Row {
+            name: "truncated JPEG",
+            setup: |s| {
+                let mut jpeg = Vec::new();
+                image::open(&s.target)
+                    .unwrap()
+                    .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+                    .unwrap();
+                with_target(s, write(s, "half.jpg", &jpeg[..jpeg.len() / 2]))
+            },
+            expect: Expect::Error(&["half.jpg", "truncated"]),
+        },
+        Row {
+            name: "target a FIFO",
+            setup: |s| {
+                let f = s.dir.join("pipe.png");
+                mkfifo(&f);
+                with_target(s, f)
+            },
+            expect: Expect::Error(&["pipe.png", "named pipe (FIFO)"]),
+        },
+        Row {
+            name: "BigTIFF target",
+            setup: |s| {
+                let img = image::open(&s.target).unwrap().to_rgb8();
+                with_target(s, write(s, "big.tif", &bigtiff(&img)))
+            },
+            expect: Expect::Ok(&[]),
+        },
+        Row {
+            name: "read-only output",
+            setup: |s| {
+                use std::os::unix::fs::PermissionsExt;
+                let out = write(s, "out.png", b"kept");
+                std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o444)).unwrap();
+                std_args(s)
+            },
+            expect: Expect::Error(&["out.png", "read-only"]),
+        },
+        Row {
+            name: "JPEG wider than readers open",
+            setup: |s| {
+                let wide = s.dir.join("wide.png");
+                image::RgbImage::from_fn(65_501, 4, |x, y| pattern(x, y, 0)).save(&wide).unwrap();
+                args(s, &wide, None, &[&s.reference], &s.dir.join("out.jpg"))
+                    .into_iter()
+                    .chain(["--extend".into(), "0,0,0,4".into()])
+                    .collect()
+            },
+            expect: Expect::Error(&["out.jpg", "holds at most 65500×65500"]),
+        },
         Row {
             name: "not an image",
             setup: |s| with_target(s, write(s, "notes.png", b"these are my holiday notes, not a photo")),
@@ -217,7 +300,7 @@ fn rows() -> Vec<Row> {
         Row {
             name: "folder instead of a file",
             setup: |s| with_target(s, s.dir.clone()),
-            expect: Expect::Error(&["is a folder, not an image file"]),
+            expect: Expect::Error(&["is a folder, not a file"]),
         },
         Row {
             name: "zero-sized image",
@@ -499,7 +582,7 @@ fn rows() -> Vec<Row> {
         Row {
             name: "a device as a reference",
             setup: |s| args(s, &s.target, Some(&s.mask), &[Path::new("/dev/zero")], &s.dir.join("out.png")),
-            expect: Expect::Error(&["/dev/zero", "is a device", "regular image file"]),
+            expect: Expect::Error(&["/dev/zero", "is a device", "not a regular file"]),
         },
         Row {
             name: "a PNG whose ICC profile inflates to 256 MiB",
@@ -864,13 +947,23 @@ fn a_malformed_measuring_switch_is_named_before_any_work() {
 
 /// Run `realfill ARGS` with the cache in the scene's folder; (success, stderr).
 fn run(s: &Scene, args: &[String], env: &[(&str, &str)]) -> (bool, String) {
+    let (ok, _, err) = run_code(s, args, env);
+    (ok, err)
+}
+
+/// `run`, with the exit code (None: killed by a signal, as an abort is).
+fn run_code(s: &Scene, args: &[String], env: &[(&str, &str)]) -> (bool, Option<i32>, String) {
     let mut c = bin();
     c.env("REALFILL_CACHE", s.dir.join("cache")).args(args);
     for (k, v) in env {
         c.env(k, v);
     }
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (o.status.success(), o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn mkfifo(p: &Path) {
+    assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
 }
 
 fn strings(a: &[&str]) -> Vec<String> {
@@ -1174,6 +1267,82 @@ fn a_wrong_stable_diffusion_folder_gets_one_clear_message() {
             &["scheduler_config.json", "FlowMatchEulerDiscreteScheduler", "not supported"],
         ),
         (
+            "sample_size 100000",
+            |m| {
+                edit_json(&m.join("unet/config.json"), |v| v["sample_size"] = 100_000.into());
+                m.to_path_buf()
+            },
+            &["unet/config.json", "`sample_size` is 100000"],
+        ),
+        (
+            "sample_size 2^62",
+            |m| {
+                edit_json(&m.join("unet/config.json"), |v| v["sample_size"] = (1u64 << 62).into());
+                m.to_path_buf()
+            },
+            &["unet/config.json", "`sample_size` is 4611686018427387904"],
+        ),
+        (
+            "num_train_timesteps 10^12",
+            |m| {
+                edit_json(&m.join("scheduler/scheduler_config.json"), |v| {
+                    v["num_train_timesteps"] = 1_000_000_000_000u64.into()
+                });
+                m.to_path_buf()
+            },
+            &["scheduler_config.json", "`num_train_timesteps` is 1000000000000"],
+        ),
+        (
+            "VAE norm_num_groups 0",
+            |m| {
+                edit_json(&m.join("vae/config.json"), |v| v["norm_num_groups"] = 0.into());
+                m.to_path_buf()
+            },
+            &["vae/config.json", "`norm_num_groups` is 0"],
+        ),
+        (
+            "clip_sample_range -1",
+            |m| {
+                edit_json(&m.join("scheduler/scheduler_config.json"), |v| {
+                    v["clip_sample"] = true.into();
+                    v["clip_sample_range"] = (-1.0).into();
+                });
+                m.to_path_buf()
+            },
+            &["scheduler_config.json", "`clip_sample_range` is -1"],
+        ),
+        (
+            "betas above 1",
+            |m| {
+                edit_json(&m.join("scheduler/scheduler_config.json"), |v| {
+                    v["beta_schedule"] = "linear".into();
+                    v["beta_end"] = 2.0.into();
+                });
+                m.to_path_buf()
+            },
+            &["scheduler_config.json", "`beta_end` 2", "betas must lie in [0, 1)"],
+        ),
+        (
+            "weights file a FIFO",
+            |m| {
+                let w = m.join("unet/diffusion_pytorch_model.fp16.safetensors");
+                std::fs::remove_file(&w).unwrap();
+                mkfifo(&w);
+                m.to_path_buf()
+            },
+            &["diffusion_pytorch_model.fp16.safetensors", "named pipe (FIFO)"],
+        ),
+        (
+            "config.json a link to /dev/zero",
+            |m| {
+                let c = m.join("unet/config.json");
+                std::fs::remove_file(&c).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", &c).unwrap();
+                m.to_path_buf()
+            },
+            &["unet/config.json", "a device"],
+        ),
+        (
             "no tokenizer vocabulary",
             |m| {
                 std::fs::remove_file(m.join("tokenizer/vocab.json")).unwrap();
@@ -1190,12 +1359,15 @@ fn a_wrong_stable_diffusion_folder_gets_one_clear_message() {
         let mut a = strings(&["fill", "--engine", "sd", "--steps", "2", "--size", "80", "--backend", "cpu", "--quiet"]);
         a.extend(["--model".into(), p(&model)]);
         a.extend(std_args(&s));
-        let (ok, err) = run(&s, &a, &[]);
+        let (ok, code, err) = run_code(&s, &a, &[]);
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or("");
         let mut problems: Vec<String> =
             words.iter().filter(|w| !line.contains(*w)).map(|w| format!("lacks {w:?}")).collect();
         if ok {
             problems.push("succeeded".into());
+        }
+        if code != Some(1) {
+            problems.push(format!("exit code {code:?}, not 1"));
         }
         if out.exists() {
             problems.push("wrote an output".into());
@@ -1217,4 +1389,137 @@ fn a_wrong_stable_diffusion_folder_gets_one_clear_message() {
         failures.push(format!("no --model: {err}"));
     }
     assert!(failures.is_empty(), "{} of the rows failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+// --- hostile input, third round (issue 32): files that are not what they say ---
+
+/// Exit code and stderr of `realfill ARGS` with no display (the app's window cannot open).
+fn run_headless(args: &[&Path], env_remove: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut c = bin();
+    c.env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").args(args);
+    for k in env_remove {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A crafted project opened as `realfill PROJECT`: refused with the file named before the
+/// window (which cannot open here) is tried; no abort, no panic, no hang.
+#[test]
+fn crafted_projects_are_refused_by_name() {
+    let s = scene("projects");
+    let project = |name: &str, fields: &str| {
+        let t = format!(r#"{{"format":"realfill-project","version":1,"target":"{}",{fields}}}"#, p(&s.target));
+        write(&s, name, t.as_bytes())
+    };
+    let refs = vec![format!("\"{}\"", p(&s.reference)); 6000].join(",");
+    let fifo = s.dir.join("fifo.realfill");
+    mkfifo(&fifo);
+    let zero = s.dir.join("zero.realfill");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let cases = [
+        (
+            project("runs.realfill", r#""mask":{"width":100000,"height":100000,"runs":[10000000000]}"#),
+            "mask is 100000×100000",
+        ),
+        (project("refs.realfill", &format!(r#""references":[{refs}]"#)), "lists 6000 references"),
+        (fifo, "named pipe (FIFO)"),
+        (zero, "a device"),
+    ];
+    for (path, says) in cases {
+        let (code, err) = run_headless(&[&path], &[], &[("REALFILL_CACHE", &s.dir.join("cache"))]);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!matches!(code, Some(0) | Some(101) | Some(134) | None), "{name}: exit {code:?}: {err}");
+        let line = err.lines().find(|l| l.starts_with("error: ") && l.contains(&name)).unwrap_or("");
+        assert!(line.contains(says), "{name}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Links planted, in the output's folder, at every temporary name the next runs could use
+/// with predictable names: none is followed, the file they point to is untouched and the
+/// output is a file of its own.
+#[test]
+fn a_link_planted_at_the_temporary_name_is_never_followed() {
+    let s = scene("planted");
+    let victim = write(&s, "victim.txt", b"precious");
+    let next = std::process::id();
+    for pid in next..next + 2000 {
+        std::os::unix::fs::symlink(&victim, s.dir.join(format!(".out.png.tmp-{pid}"))).unwrap();
+    }
+    let mut a = strings(&["fill", "--engine", "patch", "--size", "80", "--backend", "cpu", "--quiet"]);
+    a.extend(std_args(&s));
+    let (ok, err) = run(&s, &a, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let out = s.dir.join("out.png");
+    assert!(!std::fs::symlink_metadata(&out).unwrap().file_type().is_symlink());
+    assert_eq!(image::open(&out).unwrap().width(), 80);
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// eval: a reference that is a FIFO is an error naming it (not skipped); a `refs/` that is a
+/// symbolic link (here to a folder holding the truth) is refused.
+#[test]
+fn eval_refuses_references_that_are_not_photos_of_their_own() {
+    let s = scene("eval-refs");
+    let root = s.dir.join("scenes");
+    for name in ["a-fifo-rect", "b-link-rect"] {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(&s.target, d.join("target.png")).unwrap();
+        std::fs::copy(&s.mask, d.join("mask.png")).unwrap();
+        std::fs::copy(&s.target, d.join("truth.png")).unwrap();
+    }
+    std::fs::create_dir_all(root.join("a-fifo-rect/refs")).unwrap();
+    std::fs::copy(&s.reference, root.join("a-fifo-rect/refs/ref.png")).unwrap();
+    mkfifo(&root.join("a-fifo-rect/refs/zz.png"));
+    std::os::unix::fs::symlink(root.join("b-link-rect"), root.join("b-link-rect/refs")).unwrap();
+    let a = strings(&["eval", &p(&root), "--engine", "patch", "--size", "80", "--backend", "cpu"]);
+    let (ok, code, err) = run_code(&s, &a, &[]);
+    assert!(!ok && code == Some(1), "{code:?}: {err}");
+    assert!(err.contains("zz.png") && err.contains("named pipe (FIFO)"), "{err}");
+    assert!(err.contains("b-link-rect/refs") && err.contains("symbolic link"), "{err}");
+    assert!(!err.contains("PSNR"), "nothing was scored: {err}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Without REALFILL_CACHE, XDG_CACHE_HOME and HOME nothing is cached (never a folder every
+/// user shares); a cached model that is a FIFO is dropped with a warning, not waited on.
+#[test]
+fn the_model_cache_is_per_user_and_never_waits_on_a_fifo() {
+    let s = scene("cache-fifo");
+    let mut a =
+        strings(&["learn", "--learn-steps", "2", "--batch", "1", "--crop", "16", "--size", "64", "--backend", "cpu"]);
+    a.extend(args(&s, &s.target, Some(&s.mask), &[&s.reference], &s.dir.join("x.png"))[..6].to_vec());
+    let a: Vec<&Path> = a.iter().map(Path::new).collect();
+    let (code, err) = run_headless(&a, &["HOME", "XDG_CACHE_HOME", "REALFILL_CACHE"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("no per-user cache folder") && !err.contains("realfill-cache"), "{err}");
+    // With a cache: learn once, then put a FIFO where the model is.
+    let cache = s.dir.join("cache");
+    let (code, err) = run_headless(&a, &[], &[("REALFILL_CACHE", &cache)]);
+    assert_eq!(code, Some(0), "{err}");
+    let model = std::fs::read_dir(cache.join("scenes")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&model).unwrap();
+    mkfifo(&model);
+    let (code, err) = run_headless(&a, &[], &[("REALFILL_CACHE", &cache)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("named pipe (FIFO)") && err.contains("relearning"), "{err}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+#[test]
+fn a_token_file_that_is_a_device_is_refused_by_name() {
+    let s = scene("token");
+    let mut a = strings(&["fill", "--backend", "remote=ws://127.0.0.1:9", "--token-file", "/dev/zero"]);
+    a.extend(std_args(&s));
+    let (ok, code, err) = run_code(&s, &a, &[]);
+    assert!(!ok && code == Some(1), "{code:?}: {err}");
+    assert!(err.contains("/dev/zero") && err.contains("a device"), "{err}");
+    let _ = std::fs::remove_dir_all(&s.dir);
 }

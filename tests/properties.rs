@@ -175,3 +175,138 @@ proptest! {
         prop_assert_eq!(PaintMask::from_rle(&m.rle()).unwrap(), m);
     }
 }
+
+// --- crafted numbers in project files and model configs (issue 32) ---
+
+/// A number a crafted file might hold: small, at a limit's edge, or anything at all.
+fn arb_count() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..70, Just(1 << 16), Just(120_000_000), Just(1 << 31), Just(1 << 62), any::<u64>()]
+}
+
+fn arb_float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        -2.0f64..2.0,
+        Just(0.0),
+        Just(-1.0),
+        Just(1e300),
+        any::<f64>().prop_filter("JSON has no NaN", |v| v.is_finite())
+    ]
+}
+
+fn config_cases() -> ProptestConfig {
+    ProptestConfig { cases: config().cases.min(2_000), ..config() }
+}
+
+/// Writes `v` as the config file of one case (a file per thread of the test binary).
+fn config_file(v: &serde_json::Value) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("realfill-prop-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{:?}.json", std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::write(&p, v.to_string()).unwrap();
+    p
+}
+
+proptest! {
+    #![proptest_config(config_cases())]
+
+    /// A project whose sizes, counts and run lengths are anything: refused naming the file,
+    /// or parsed within the limits; never an abort (the test process would die) or a panic.
+    #[test]
+    fn project_numbers_are_checked_before_allocating(
+        w in arb_count(), h in arb_count(),
+        runs in proptest::collection::vec(arb_count(), 0..8),
+        refs in prop_oneof![0usize..4, 95usize..110, Just(6000)],
+        side in arb_count(),
+    ) {
+        let refs = vec!["\"r.png\""; refs].join(",");
+        let text = format!(
+            r#"{{"format":"realfill-project","version":1,"target":"t.png","references":[{refs}],
+                "extension":{{"left":{side},"top":0,"right":0,"bottom":0}},
+                "mask":{{"width":{w},"height":{h},"runs":{runs:?}}}}}"#
+        );
+        match Project::parse(&text, Path::new("p.realfill")) {
+            Ok(p) => {
+                let m = p.mask.unwrap();
+                prop_assert!((m.width * m.height) as u64 <= realfill::scene::io::MAX_PIXELS);
+                prop_assert!(p.references.len() <= realfill::settings::MAX_REFERENCES);
+                prop_assert!(p.extension.left <= Extension::MAX_SIDE);
+            }
+            Err(e) => prop_assert!(e.to_string().starts_with("p.realfill: "), "{}", e),
+        }
+    }
+
+    /// A UNet, VAE and text encoder config with every number anything: refused naming the
+    /// file, or read with every number inside what realfill builds; never a panic.
+    #[test]
+    fn model_config_numbers_are_checked(
+        blocks in 0usize..10, channels in arb_count(), groups in arb_count(), heads in arb_count(),
+        layers in arb_count(), sample in arb_count(), kernel in arb_count(), eps in arb_float(),
+        hidden in arb_count(), positions in arb_count(),
+    ) {
+        use realfill::diffusion::sd::config::{UNetConfig, VaeConfig, TextConfig, bounds};
+        let unet = serde_json::json!({
+            "block_out_channels": vec![channels; blocks],
+            "down_block_types": vec!["CrossAttnDownBlock2D"; blocks],
+            "up_block_types": vec!["CrossAttnUpBlock2D"; blocks],
+            "layers_per_block": layers, "attention_head_dim": heads, "cross_attention_dim": hidden,
+            "norm_num_groups": groups, "sample_size": sample, "conv_in_kernel": kernel, "norm_eps": eps,
+        });
+        let p = config_file(&unet);
+        match UNetConfig::read(&p) {
+            Ok(c) => {
+                prop_assert!(bounds::SAMPLE_SIZE.contains(&c.sample_size.unwrap()));
+                for lv in c.levels().unwrap() {
+                    prop_assert!(bounds::WIDTH.contains(&lv.channels) && lv.channels % c.norm_num_groups == 0);
+                    prop_assert!(lv.channels % lv.heads == 0 && bounds::LAYERS.contains(&lv.layers));
+                }
+                prop_assert!(c.stride() >= 1);
+            }
+            Err(e) => prop_assert!(e.to_string().contains(&*p.to_string_lossy()), "{}", e),
+        }
+        let vae = serde_json::json!({
+            "block_out_channels": vec![channels; blocks],
+            "down_block_types": vec!["DownEncoderBlock2D"; blocks],
+            "up_block_types": vec!["UpDecoderBlock2D"; blocks],
+            "layers_per_block": layers, "norm_num_groups": groups, "latent_channels": kernel, "scaling_factor": eps,
+        });
+        let p = config_file(&vae);
+        match VaeConfig::read(&p) {
+            Ok(c) => prop_assert!(c.factor() >= 1 && c.block_out_channels.iter().all(|ch| ch % c.norm_num_groups == 0)),
+            Err(e) => prop_assert!(e.to_string().contains(&*p.to_string_lossy()), "{}", e),
+        }
+        let text = serde_json::json!({
+            "vocab_size": channels, "hidden_size": hidden, "intermediate_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "max_position_embeddings": positions, "layer_norm_eps": eps,
+        });
+        let p = config_file(&text);
+        match TextConfig::read(&p) {
+            Ok(c) => prop_assert!(c.num_attention_heads >= 1 && bounds::POSITIONS.contains(&c.max_position_embeddings)),
+            Err(e) => prop_assert!(e.to_string().contains(&*p.to_string_lossy()), "{}", e),
+        }
+    }
+
+    /// A noise schedule with any timesteps, betas, offsets and clipping range: refused, or a
+    /// schedule whose ᾱ fall from 1 towards 0 and whose steps run; never a panic or an abort.
+    #[test]
+    fn scheduler_numbers_are_checked(
+        t in arb_count(), start in arb_float(), end in arb_float(), offset in arb_count(), range in arb_float(),
+        schedule in prop_oneof![Just("linear"), Just("scaled_linear"), Just("squaredcos_cap_v2")],
+        trained in proptest::option::of(proptest::collection::vec(arb_float(), 0..6)),
+    ) {
+        use realfill::diffusion::sd::scheduler::{Scheduler, SchedulerConfig};
+        let c: SchedulerConfig = serde_json::from_value(serde_json::json!({
+            "_class_name": "DDIMScheduler", "num_train_timesteps": t, "beta_start": start, "beta_end": end,
+            "beta_schedule": schedule, "steps_offset": offset, "clip_sample": true, "clip_sample_range": range,
+            "trained_betas": trained,
+        })).unwrap();
+        if let Ok(s) = Scheduler::new(c) {
+            prop_assert!(s.alphas_cumprod.iter().all(|a| (0.0..=1.0).contains(a)));
+            let steps = s.timesteps(3);
+            let x = [0.5f32, -0.5];
+            for sampler in [realfill::settings::SamplerKind::Ddim, realfill::settings::SamplerKind::Ddpm] {
+                let (next, _) = s.step(sampler, &x, &x, steps[0], 3, &mut realfill::rng::Rng::new(0));
+                prop_assert_eq!(next.len(), 2);
+            }
+        }
+    }
+}

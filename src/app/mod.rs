@@ -1248,6 +1248,10 @@ pub fn run(photo: Option<PathBuf>) -> anyhow::Result<()> {
         None => RealfillApp::demo(settings),
     };
     app.persist = true;
+    // What could not be opened is said on the terminal too: the window may never appear.
+    for m in app.messages().iter().filter(|m| m.level == Level::Error) {
+        eprintln!("error: {}", m.text);
+    }
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("realfill")

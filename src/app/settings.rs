@@ -86,7 +86,7 @@ impl AppSettings {
     }
 
     pub fn load_from(p: &std::path::Path) -> AppSettings {
-        std::fs::read_to_string(p)
+        crate::input_file::read_text(p, crate::input_file::CONFIG)
             .ok()
             .and_then(|t| serde_json::from_str::<AppSettings>(&t).ok())
             .map(|mut s| {

@@ -64,7 +64,7 @@ struct Io {
 
 fn read_io(path: &Path) -> Result<Io> {
     let bad = |e: String| Error::input(path, e);
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let bytes = crate::input_file::read(path, crate::input_file::TENSORS)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut io = Io {

@@ -68,7 +68,7 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> Error {
 }
 
 fn read_check(path: &Path) -> Result<Checked> {
-    let bytes = std::fs::read(path).map_err(|e| bad(path, e))?;
+    let bytes = crate::input_file::read(path, crate::input_file::TENSORS)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, e))?;
     let meta = meta.metadata().clone().unwrap_or_default();

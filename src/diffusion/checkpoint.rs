@@ -12,18 +12,19 @@ use super::unet::{UNet, UNetSpec};
 /// Bump when training or the network changes meaning: old checkpoints are then ignored.
 pub const MODEL_VERSION: &str = "scene-unet-v2-x0-residual";
 
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("REALFILL_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("realfill");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".cache").join("realfill");
-    }
-    std::env::temp_dir().join("realfill-cache")
+/// The per-user cache folder: `$REALFILL_CACHE`, `$XDG_CACHE_HOME/realfill` or
+/// `$HOME/.cache/realfill`. None when none is set: a folder shared by every user (under /tmp)
+/// would let another user plant the models a fill loads, so nothing is cached then.
+pub fn cache_dir() -> Option<PathBuf> {
+    let set = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty()).map(PathBuf::from);
+    set("REALFILL_CACHE")
+        .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("realfill")))
+        .or_else(|| set("HOME").map(|h| h.join(".cache").join("realfill")))
 }
+
+/// What a job says when it would cache but `cache_dir` is None.
+pub const NO_CACHE: &str = "no per-user cache folder (none of REALFILL_CACHE, XDG_CACHE_HOME and HOME is set): \
+                            what is learned is not cached, so the next fill learns again";
 
 /// Incremental key builder.
 pub struct KeyHasher(Sha256);
@@ -55,15 +56,20 @@ impl KeyHasher {
     }
 }
 
-pub fn checkpoint_path(key: &str) -> PathBuf {
-    cache_dir().join("scenes").join(format!("{key}.bpk"))
+pub fn checkpoint_path(key: &str) -> Option<PathBuf> {
+    Some(cache_dir()?.join("scenes").join(format!("{key}.bpk")))
 }
 
 /// Load a cached model; a file that exists but does not load is deleted (it will be
 /// relearned) and reported through the returned message.
 pub fn load(path: &Path, spec: &UNetSpec, device: &Device) -> (Option<UNet>, Option<String>) {
-    if !path.exists() {
+    if std::fs::symlink_metadata(path).is_err() {
         return (None, None);
+    }
+    // burn opens the path itself: a FIFO or device there would block or never end.
+    if let Err(e) = crate::input_file::check(path) {
+        let _ = std::fs::remove_file(path);
+        return (None, Some(format!("cached scene model {e}; removed, relearning")));
     }
     let model = UNet::new(spec, device);
     match model.try_load_file(path) {
@@ -82,7 +88,7 @@ pub fn save(model: &UNet, path: &Path) -> Result<(), String> {
     crate::tempfiles::remove_stale_models(dir);
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     // Created (empty) here so that a signal's cleanup knows it; burn then writes it.
-    let (tmp, _) = crate::tempfiles::Temp::create(dir.join(format!("{stem}.tmp-{}.bpk", std::process::id())))
+    let (tmp, _) = crate::tempfiles::Temp::create_new(dir, |suffix| format!("{stem}.tmp-{suffix}.bpk"))
         .map_err(|e| format!("cannot write into {}: {e}", dir.display()))?;
     model.clone().save_file(tmp.path()).map_err(|e| format!("cannot save {}: {e}", tmp.path().display()))?;
     tmp.persist(path).map_err(|e| format!("cannot save {}: {e}", path.display()))

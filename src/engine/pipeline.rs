@@ -183,9 +183,12 @@ pub fn learn_or_load(
     {
         return Ok((m.clone(), true));
     }
-    let path = checkpoint::checkpoint_path(&p.key);
-    if s.use_cache {
-        let (m, warn) = checkpoint::load(&path, &s.spec, device);
+    let path = checkpoint::checkpoint_path(&p.key).filter(|_| s.use_cache);
+    if s.use_cache && path.is_none() {
+        progress.warning(checkpoint::NO_CACHE.into());
+    }
+    if let Some(path) = &path {
+        let (m, warn) = checkpoint::load(path, &s.spec, device);
         if let Some(w) = warn {
             progress.status(w);
         }
@@ -204,8 +207,8 @@ pub fn learn_or_load(
     let model =
         train::learn(model, &p.sources, &learn, &ad, &mut |st, tot, l| progress.learning(st, tot, l), cancelled)?;
     let model = model.valid();
-    if s.use_cache
-        && let Err(e) = checkpoint::save(&model, &path)
+    if let Some(path) = &path
+        && let Err(e) = checkpoint::save(&model, path)
     {
         progress.warning(format!(
             "the scene model was learned but could not be cached, so the next fill learns again: {e}"

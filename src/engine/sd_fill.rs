@@ -86,9 +86,19 @@ pub fn lora_path(scene: &Scene, s: &FillSettings) -> Result<PathBuf> {
     }
     let canonical = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
     k.text(&canonical.display().to_string());
-    k.text(&std::fs::read_to_string(dir.join("unet").join("config.json")).unwrap_or_default());
+    k.text(
+        &crate::input_file::read_text(&dir.join("unet").join("config.json"), crate::input_file::CONFIG)
+            .unwrap_or_default(),
+    );
     k.text(&serde_json::to_string(&learn_settings(s)).unwrap_or_default());
-    Ok(cache_dir().join("sd-lora").join(format!("{}.safetensors", k.finish())))
+    // Without a cache folder the path only names the adapters held in memory (`cached`).
+    let dir = cache_dir().unwrap_or_else(|| PathBuf::from("(not cached)"));
+    Ok(dir.join("sd-lora").join(format!("{}.safetensors", k.finish())))
+}
+
+/// Whether learned adapters are read from and written to the cache.
+fn cached(s: &FillSettings) -> bool {
+    s.use_cache && cache_dir().is_some()
 }
 
 /// The images RealFill learns from: the target (known outside the fill region) and every
@@ -128,7 +138,10 @@ pub fn learn(
 ) -> Result<bool> {
     let mut status = |m: String| report(Report::Status(m));
     let path = lora_path(scene, s)?;
-    if s.use_cache && path.is_file() {
+    if s.use_cache && cache_dir().is_none() {
+        status(crate::diffusion::checkpoint::NO_CACHE.into());
+    }
+    if cached(s) && path.is_file() {
         status(format!("using the scene's learned LoRA {}", path.display()));
         return Ok(true);
     }
@@ -152,7 +165,7 @@ pub fn learn(
         &mut |step, total, loss| report(Report::Step { step, total, loss }),
         cancelled,
     )?;
-    if s.use_cache {
+    if cached(s) {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e.to_string()))?;
         }
@@ -178,7 +191,7 @@ pub fn choose_lora(h: &mut HeldModel, scene: &Scene, s: &FillSettings) -> Result
         Some(f) => Some(f.clone()),
         None => {
             let own = lora_path(scene, s)?;
-            ((s.use_cache && own.is_file()) || h.lora.as_ref() == Some(&own)).then_some(own)
+            ((cached(s) && own.is_file()) || h.lora.as_ref() == Some(&own)).then_some(own)
         }
     };
     if h.lora != want {

@@ -263,7 +263,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// The token in `file` (surrounding whitespace dropped); an empty file is refused.
 pub fn read_token_file(file: &std::path::Path) -> crate::Result<String> {
-    let text = std::fs::read_to_string(file).map_err(|e| crate::Error::input(file, e.to_string()))?;
+    let text = crate::input_file::read_text(file, crate::input_file::TOKEN)?;
     let token = text.trim();
     if token.is_empty() {
         return Err(crate::Error::input(file, "the token file is empty"));

@@ -25,10 +25,18 @@ pub struct DemoFiles {
     pub refs: Vec<PathBuf>,
 }
 
-/// The regular files of a folder, sorted by name.
+/// The files of a folder, sorted by name (sub-folders left out). An entry that is not a
+/// regular file (a FIFO, a device, a dangling link) is an error naming it, not skipped: the
+/// person meant it as one of the photos.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
-    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    let mut v = Vec::new();
+    for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
+        if !p.is_dir() {
+            crate::input_file::check(&p)?;
+            v.push(p);
+        }
+    }
     v.sort();
     Ok(v)
 }

@@ -12,6 +12,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits, Pixel};
 use super::colour::Metadata;
 use super::raster::{Mask, RgbF};
 use crate::error::{Error, Result};
+use crate::input_file::{self, special_file_kind};
 use crate::tempfiles;
 
 /// Largest photo we accept, in pixels (a 12000×9000 photo is 108 MP). Above this the decoded
@@ -41,52 +42,25 @@ impl Photo {
     }
 }
 
-/// What a file that is neither a regular file nor a folder is, for messages ("a device", …);
-/// None for a kind without a name here.
-fn special_file_kind(t: &fs::FileType) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_char_device() || t.is_block_device() {
-        Some("a device")
-    } else if t.is_fifo() {
-        Some("a named pipe (FIFO)")
-    } else if t.is_socket() {
-        Some("a socket")
-    } else {
-        None
-    }
-}
-
 fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
-    let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::input(path, "file not found; check the path"),
-        std::io::ErrorKind::PermissionDenied => Error::input(path, "permission denied; make the file readable"),
-        _ => Error::input(path, format!("cannot read: {e}")),
-    })?;
-    if meta.is_dir() {
-        return Err(Error::input(path, "is a folder, not an image file"));
-    }
-    if !meta.is_file() {
-        let kind = special_file_kind(&meta.file_type()).unwrap_or("a special file");
-        return Err(Error::input(path, format!("is {kind}, not a regular image file")));
-    }
-    if meta.len() == 0 {
+    let mut file = input_file::open(path)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
         return Err(Error::input(path, "file is empty (0 bytes); export the image again"));
     }
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::input(path, format!("cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     const SUPPORTED: &str = "supported: PNG, JPEG, WebP, TIFF, BMP, GIF, PNM, TGA, QOI, HDR, ICO";
     // The format is guessed from the contents, else from the name. A name that promises a
     // format the contents do not start with means the file is not an image at all (TGA has
     // no signature, so it is exempt).
     let mut head = [0u8; 64];
-    let n = fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    let n = read_head(&mut file, &mut head).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     let head = &head[..n];
-    let sniffed = image::guess_format(head).ok();
-    match (reader.format(), sniffed) {
-        (None, _) => return Err(Error::input(path, format!("not an image this build can read ({SUPPORTED})"))),
-        (Some(f), None) if f != image::ImageFormat::Tga => {
+    let sniffed = sniff_format(head);
+    let named = image::ImageFormat::from_path(path).ok();
+    let format = match (sniffed, named) {
+        (Some(f), _) => f,
+        (None, Some(f)) if f == image::ImageFormat::Tga => f,
+        (None, Some(f)) => {
             return Err(Error::input(
                 path,
                 format!(
@@ -95,10 +69,23 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
                 ),
             ));
         }
-        _ => {}
+        (None, None) => return Err(Error::input(path, format!("not an image this build can read ({SUPPORTED})"))),
+    };
+    let rewind =
+        |f: &mut fs::File| std::io::Seek::rewind(f).map_err(|e| Error::input(path, format!("cannot read: {e}")));
+    if format == image::ImageFormat::Jpeg {
+        rewind(&mut file)?;
+        let complete = jpeg_complete(std::io::BufReader::new(&mut file))
+            .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+        if !complete {
+            return Err(Error::input(
+                path,
+                "JPEG file is truncated (it ends before its image data does); export the image again",
+            ));
+        }
     }
-    let mut reader = reader;
-    let format = reader.format();
+    rewind(&mut file)?;
+    let mut reader = ImageReader::with_format(std::io::BufReader::new(file), format);
     let mut limits = Limits::default();
     limits.max_alloc = Some(alloc_limit(head, sniffed));
     reader.limits(limits);
@@ -121,10 +108,83 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     // A malformed metadata block is dropped, not an error: the pixels are what matters.
     let mut metadata = Metadata::new(decoder.icc_profile().ok().flatten(), decoder.exif_metadata().ok().flatten());
     metadata.xmp = decoder.xmp_metadata().ok().flatten();
-    metadata.irb = decoder.iptc_metadata().ok().flatten().and_then(|d| super::embed::irb_from_decoder(format, d));
+    metadata.irb = decoder.iptc_metadata().ok().flatten().and_then(|d| super::embed::irb_from_decoder(Some(format), d));
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| describe_decode_error(path, e))?;
     img.apply_orientation(orientation);
     Ok((img, metadata))
+}
+
+/// Up to `buf.len()` bytes from the start of `f`; how many.
+fn read_head(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The format a file's first bytes say, BigTIFF included (the `image` crate's guess knows
+/// classic TIFF only; its TIFF decoder reads both).
+fn sniff_format(head: &[u8]) -> Option<image::ImageFormat> {
+    image::guess_format(head)
+        .ok()
+        .or_else(|| (head.starts_with(b"II+\0") || head.starts_with(b"MM\0+")).then_some(image::ImageFormat::Tiff))
+}
+
+/// Whether a JPEG file reaches its end-of-image marker. Segments are skipped by their lengths
+/// (an EXIF thumbnail's own markers lie inside one), entropy-coded data is scanned up to the
+/// next marker; a file cut short ends before the marker. (The decoder itself fills what is
+/// missing with grey and reports nothing.)
+fn jpeg_complete(mut r: impl std::io::Read) -> std::io::Result<bool> {
+    let mut b = Vec::new();
+    r.read_to_end(&mut b)?;
+    let mut i = 2; // after the start-of-image marker
+    loop {
+        // The next marker: 0xFF (fill bytes allowed) and its code; bytes between segments are
+        // skipped, as decoders do.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else { return Ok(false) };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(true),
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else {
+                    return Ok(false);
+                };
+                i += len;
+                if i > b.len() {
+                    return Ok(false);
+                }
+                if marker == 0xDA {
+                    // Scan data: a 0xFF followed by 0 (a stuffed byte) or a restart is data.
+                    loop {
+                        while i < b.len() && b[i] != 0xFF {
+                            i += 1;
+                        }
+                        let mut j = i + 1;
+                        while j < b.len() && b[j] == 0xFF {
+                            j += 1;
+                        }
+                        match b.get(j) {
+                            None => return Ok(false),
+                            Some(0x00 | 0xD0..=0xD7) => i = j + 1,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What the decoder may allocate for a file starting with `head`: for a PNG, eight times its pixels' size (from the
@@ -224,10 +284,12 @@ impl Photo {
 /// The size a photo file says it has (its header only; before EXIF orientation), if it can be
 /// read: to check a job against the memory budget before decoding anything.
 pub fn image_size(path: &Path) -> Option<(usize, usize)> {
-    if !fs::metadata(path).ok()?.is_file() {
-        return None;
-    }
-    let (w, h) = ImageReader::open(path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()?;
+    let mut f = input_file::open(path).ok()?;
+    let mut head = [0u8; 64];
+    let n = read_head(&mut f, &mut head).ok()?;
+    let format = sniff_format(&head[..n]).or_else(|| image::ImageFormat::from_path(path).ok())?;
+    std::io::Seek::rewind(&mut f).ok()?;
+    let (w, h) = ImageReader::with_format(std::io::BufReader::new(f), format).into_dimensions().ok()?;
     Some((w as usize, h as usize))
 }
 
@@ -312,13 +374,16 @@ fn keeps_16_bits(f: image::ImageFormat) -> bool {
     matches!(f, image::ImageFormat::Png | image::ImageFormat::Tiff | image::ImageFormat::Pnm)
 }
 
-/// The largest width and height the format can hold.
+/// The largest width and height the format can hold and common readers open (libjpeg, which
+/// most programs read JPEG through, refuses sides above 65,500 though the format's field
+/// holds 65,535).
 fn max_side(f: image::ImageFormat) -> u64 {
     use image::ImageFormat::*;
     match f {
         Ico => 256,
         WebP => 16383,
-        Jpeg | Gif | Tga => 65535,
+        Jpeg => 65500,
+        Gif | Tga => 65535,
         _ => u32::MAX as u64,
     }
 }
@@ -384,6 +449,12 @@ fn check_regular(path: &Path) -> Result<PathBuf> {
     let meta = fs::metadata(&real).map_err(|e| Error::output(path, format!("cannot look at it: {e}")))?;
     let t = meta.file_type();
     let kind = if t.is_file() {
+        if meta.permissions().readonly() {
+            return Err(Error::output(
+                path,
+                "the file there is read-only (someone protected it); make it writable or choose another name",
+            ));
+        }
         return Ok(real);
     } else if t.is_dir() {
         "a folder; give a file name such as result.png".to_string()
@@ -490,10 +561,14 @@ pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality:
 /// temporary files of this path from killed runs are removed first (`tempfiles`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let path = &check_regular(path)?;
-    let tmp = tempfiles::beside(path).ok_or_else(|| Error::output(path, "not a file path"))?;
     tempfiles::remove_stale(path);
+    // The file replaced keeps its permissions (a private 0600 file stays private).
+    let mode = fs::metadata(path).ok().map(|m| m.permissions());
     let result = (|| -> std::io::Result<()> {
-        let (tmp, mut f) = tempfiles::Temp::create(tmp)?;
+        let (tmp, mut f) = tempfiles::Temp::beside(path)?;
+        if let Some(mode) = mode {
+            f.set_permissions(mode)?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -569,7 +644,9 @@ mod tests {
         let mask = load_mask(&mp).unwrap();
         assert_eq!(mask.get(1, 0), 0.0);
         assert_eq!(mask.get(2, 0), 1.0);
-        assert!(!d.join(".a.png.tmp-".to_string() + &std::process::id().to_string()).exists());
+        let names: Vec<String> =
+            fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
     }
 
     #[test]
@@ -665,6 +742,92 @@ mod tests {
         assert!(e.contains("at most 256×256"), "{e}");
         assert!(check_output_size(Path::new("o.webp"), 16383, 100).is_ok());
         assert!(check_output_size(Path::new("o.webp"), 16384, 100).is_err());
+        // libjpeg's limit, below the format's field.
+        assert!(check_output_size(Path::new("o.jpg"), 65500, 8).is_ok());
+        let e = check_output_size(Path::new("o.jpg"), 65535, 8).unwrap_err().to_string();
+        assert!(e.contains("65500×65500"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_refused_and_a_complete_one_with_a_thumbnail_read() {
+        let d = tmpdir("truncated");
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        // An APP1 segment holding a whole JPEG (as an EXIF thumbnail does): its end marker is
+        // not the file's.
+        let mut with_thumb = jpeg[..2].to_vec();
+        with_thumb.extend_from_slice(&[0xFF, 0xE1]);
+        with_thumb.extend_from_slice(&((jpeg.len() + 2) as u16).to_be_bytes());
+        with_thumb.extend_from_slice(&jpeg);
+        with_thumb.extend_from_slice(&jpeg[2..]);
+        let p = d.join("whole.jpg");
+        fs::write(&p, &with_thumb).unwrap();
+        assert!(load_photo(&p).is_ok());
+        for cut in [with_thumb.len() - 2, with_thumb.len() / 2 + jpeg.len() / 2, jpeg.len() + 10] {
+            fs::write(&p, &with_thumb[..cut]).unwrap();
+            let e = load_photo(&p).unwrap_err().to_string();
+            assert!(e.contains("whole.jpg") && e.contains("truncated"), "cut at {cut}: {e}");
+        }
+    }
+
+    /// A 4×2 grey BigTIFF, one uncompressed strip after the directory (every value inline).
+    fn bigtiff() -> Vec<u8> {
+        let entries: [(u16, u16, u64); 8] = [
+            (256, 3, 4),
+            (257, 3, 2),
+            (258, 3, 8),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 16, 16 + 8 + 20 * 8 + 8),
+            (278, 3, 2),
+            (279, 16, 8),
+        ];
+        let mut b = b"II+\0".to_vec();
+        b.extend_from_slice(&[8, 0, 0, 0]);
+        b.extend_from_slice(&16u64.to_le_bytes());
+        b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (tag, typ, value) in entries {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&typ.to_le_bytes());
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.extend_from_slice(&value.to_le_bytes());
+        }
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend((0..8u8).map(|i| i * 30));
+        b
+    }
+
+    #[test]
+    fn bigtiff_is_read() {
+        let d = tmpdir("bigtiff");
+        for name in ["big.tif", "big.data"] {
+            let p = d.join(name);
+            fs::write(&p, bigtiff()).unwrap();
+            let photo = load_photo(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!((photo.width(), photo.height()), (4, 2));
+            assert_eq!(photo.original.to_rgb8().get_pixel(1, 0).0, [30; 3]);
+            assert_eq!(image_size(&p), Some((4, 2)), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_read_only_output_is_refused_and_a_replaced_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tmpdir("modes");
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(2, 2));
+        let ro = d.join("ro.png");
+        fs::write(&ro, b"mine").unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
+        let e = save_atomic(&img, &ro).unwrap_err().to_string();
+        assert!(e.contains("ro.png") && e.contains("read-only"), "{e}");
+        assert_eq!(fs::read(&ro).unwrap(), b"mine");
+        let private = d.join("private.png");
+        fs::write(&private, b"old").unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+        save_atomic(&img, &private).unwrap();
+        assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(load_photo(&private).is_ok());
     }
 
     #[test]

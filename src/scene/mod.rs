@@ -29,6 +29,9 @@ pub struct Extension {
 }
 
 impl Extension {
+    /// The most pixels added on one side.
+    pub const MAX_SIDE: usize = 20_000;
+
     /// Parse "L,T,R,B" (pixels, non-negative integers).
     pub fn parse(s: &str) -> Result<Extension> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
@@ -43,8 +46,8 @@ impl Extension {
         }
         let v: Vec<usize> = parts.iter().map(|p| p.parse::<usize>().map_err(|_| bad())).collect::<Result<_>>()?;
         let ext = Extension { left: v[0], top: v[1], right: v[2], bottom: v[3] };
-        if v.iter().any(|&p| p > 20_000) {
-            return Err(Error::Invalid(format!("--extend {s:?}: at most 20000 pixels per side")));
+        if v.iter().any(|&p| p > Extension::MAX_SIDE) {
+            return Err(Error::Invalid(format!("--extend {s:?}: at most {} pixels per side", Extension::MAX_SIDE)));
         }
         Ok(ext)
     }

@@ -65,8 +65,19 @@ impl RleMask {
     }
 
     /// Decode into one bool per pixel (true = fill), checking that the runs cover the image.
+    /// The size is checked against the largest photo realfill opens before anything is
+    /// allocated.
     pub fn decode(&self) -> std::result::Result<Vec<bool>, String> {
-        let n = self.width.checked_mul(self.height).ok_or("mask size overflows")?;
+        let n = self.width as u128 * self.height as u128;
+        if n == 0 || n > super::io::MAX_PIXELS as u128 {
+            return Err(format!(
+                "its mask is {}×{} pixels; a mask has the target's size, between 1 and {} MP",
+                self.width,
+                self.height,
+                super::io::MAX_PIXELS / 1_000_000
+            ));
+        }
+        let n = n as usize;
         let mut out = Vec::with_capacity(n);
         let mut fill = false;
         for &r in &self.runs {
@@ -159,6 +170,23 @@ impl Project {
         if let Some(m) = &f.mask {
             m.decode().map_err(|e| Error::input(path, format!("damaged project file: {e}")))?;
         }
+        if f.references.len() > crate::settings::MAX_REFERENCES {
+            return Err(Error::input(
+                path,
+                format!(
+                    "damaged project file: it lists {} references; a scene takes at most {}",
+                    f.references.len(),
+                    crate::settings::MAX_REFERENCES
+                ),
+            ));
+        }
+        let e = f.extension;
+        if [e.left, e.top, e.right, e.bottom].iter().any(|&side| side > Extension::MAX_SIDE) {
+            return Err(Error::input(
+                path,
+                format!("damaged project file: its extension adds more than {} pixels on a side", Extension::MAX_SIDE),
+            ));
+        }
         let base = folder_of(path);
         Ok(Project {
             target: resolve(base, &f.target),
@@ -170,22 +198,23 @@ impl Project {
     }
 
     pub fn load(path: &Path) -> Result<Project> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::input(path, "project file not found"),
-            std::io::ErrorKind::InvalidData => Error::input(path, "not a realfill project (not text)"),
-            _ => Error::input(path, format!("cannot read: {e}")),
-        })?;
+        if !path.exists() {
+            return Err(Error::input(path, "project file not found"));
+        }
+        let text = crate::input_file::read_text(path, crate::input_file::PROJECT)?;
         Project::parse(&text, path)
     }
 
     /// Images the project points at that are not there any more, described for the user.
+    /// (Something there that is not a photo — a FIFO, a folder — is not "moved": loading it
+    /// says what it is.)
     pub fn missing_files(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.target.is_file() {
+        if !self.target.exists() {
             v.push(format!("target photo {}", self.target.display()));
         }
         for r in &self.references {
-            if !r.is_file() {
+            if !r.exists() {
                 v.push(format!("reference {}", r.display()));
             }
         }
@@ -274,6 +303,46 @@ mod tests {
             r#"{"format":"realfill-project","version":1,"target":"t","mask":{"width":2,"height":2,"runs":[1]}}"#;
         assert!(msg(bad_mask).contains("cover 1 of"));
         assert!(msg(bad_mask).starts_with("p.realfill: "));
+    }
+
+    /// Numbers a crafted file can hold are checked before anything is sized by them.
+    #[test]
+    fn sizes_and_counts_beyond_what_a_project_holds_are_refused_before_allocating() {
+        let path = Path::new("p.realfill");
+        let msg = |fields: &str| {
+            let t = format!(r#"{{"format":"realfill-project","version":1,"target":"t.png",{fields}}}"#);
+            Project::parse(&t, path).unwrap_err().to_string()
+        };
+        for (w, h, run) in [(100_000u64, 100_000u64, 10_000_000_000u64), (1_000_000, 1_000_000, 1_000_000_000_000)] {
+            let e = msg(&format!(r#""mask":{{"width":{w},"height":{h},"runs":[{run}]}}"#));
+            assert!(e.starts_with("p.realfill: ") && e.contains(&format!("mask is {w}×{h}")), "{e}");
+        }
+        let e = msg(r#""mask":{"width":0,"height":5,"runs":[]}"#);
+        assert!(e.contains("mask is 0×5"), "{e}");
+        let refs = vec!["\"r.png\""; crate::settings::MAX_REFERENCES + 1].join(",");
+        let e = msg(&format!(r#""references":[{refs}]"#));
+        assert!(e.contains(&format!("lists {} references", crate::settings::MAX_REFERENCES + 1)), "{e}");
+        let e = msg(r#""extension":{"left":0,"top":0,"right":1000000000000,"bottom":0}"#);
+        assert!(e.contains("extension adds more than"), "{e}");
+    }
+
+    #[test]
+    fn a_project_that_is_not_a_regular_file_or_too_large_is_refused_by_name() {
+        let d = std::env::temp_dir().join(format!("realfill-project-special-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = d.join("pipe.realfill");
+        crate::input_file::tests::mkfifo(&fifo);
+        let e = Project::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("pipe.realfill") && e.contains("FIFO"), "{e}");
+        let zero = d.join("zero.realfill");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(Project::load(&zero).unwrap_err().to_string().contains("a device"));
+        let big = d.join("big.realfill");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(crate::input_file::PROJECT.max_bytes + 1).unwrap();
+        let e = Project::load(&big).unwrap_err().to_string();
+        assert!(e.contains("more than a project file can be"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,59 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// What realfill builds from a config, at most. Every number a config gives is checked
+/// against these before anything is allocated from it: a crafted config cannot ask for
+/// terabytes (Stable Diffusion 2's values are far inside: 4 blocks, 1280 channels, 23 text
+/// layers, 64 latent pixels a side).
+pub mod bounds {
+    use std::ops::RangeInclusive;
+    /// Blocks of a UNet or VAE (each halves the resolution).
+    pub const BLOCKS: RangeInclusive<usize> = 1..=8;
+    /// Channels, hidden and feed-forward widths, cross-attention widths.
+    pub const WIDTH: RangeInclusive<usize> = 1..=16_384;
+    /// Image and latent channels.
+    pub const CHANNELS: RangeInclusive<usize> = 1..=64;
+    /// Layers per block, transformer layers, text encoder layers.
+    pub const LAYERS: RangeInclusive<usize> = 1..=128;
+    /// Attention heads; norm groups.
+    pub const HEADS: RangeInclusive<usize> = 1..=1024;
+    /// Convolution kernels.
+    pub const KERNEL: RangeInclusive<usize> = 1..=15;
+    /// The UNet's latent sample size (4096 px at the VAE's usual factor 8).
+    pub const SAMPLE_SIZE: RangeInclusive<usize> = 1..=512;
+    /// Token vocabulary and positions of the text encoder.
+    pub const VOCAB: RangeInclusive<usize> = 1..=1_000_000;
+    pub const POSITIONS: RangeInclusive<usize> = 1..=4096;
+    /// Training timesteps of a noise schedule (diffusers' models use 1000).
+    pub const TIMESTEPS: RangeInclusive<usize> = 2..=100_000;
+}
+
+/// `value` of `field` within `range`, else a message naming the field.
+pub fn within<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> std::result::Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{field}` is {value}; realfill builds models with {field} from {} to {}: the config is damaged or not a Stable Diffusion model",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// `value` of `field` a finite number above 0 (epsilons, scales).
+fn positive(field: &str, value: f64) -> std::result::Result<(), String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("`{field}` is {value}; it must be a finite number above 0"))
+    }
+}
+
 /// A config field diffusers writes either as one number for every block or as a list.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
@@ -168,7 +221,46 @@ impl UNetConfig {
         Error::input(&self.file, format!("{what}: realfill does not implement this UNet variant"))
     }
 
+    /// Every number within `bounds` (before the rest of the checks use them).
+    fn check_numbers(&self) -> std::result::Result<(), String> {
+        use bounds::*;
+        within("block_out_channels (blocks)", self.block_out_channels.len(), BLOCKS)?;
+        for &c in &self.block_out_channels {
+            within("block_out_channels", c, WIDTH)?;
+        }
+        within("in_channels", self.in_channels, CHANNELS)?;
+        within("out_channels", self.out_channels, CHANNELS)?;
+        within("norm_num_groups", self.norm_num_groups, HEADS)?;
+        within("conv_in_kernel", self.conv_in_kernel, KERNEL)?;
+        within("conv_out_kernel", self.conv_out_kernel, KERNEL)?;
+        within("downsample_padding", self.downsample_padding, 0..=*KERNEL.end())?;
+        within("freq_shift", self.freq_shift, 0..=1)?;
+        positive("norm_eps", self.norm_eps)?;
+        if let Some(s) = self.sample_size {
+            within("sample_size", s, SAMPLE_SIZE)?;
+        }
+        let per_block = [
+            ("layers_per_block", Some(&self.layers_per_block), LAYERS),
+            ("transformer_layers_per_block", Some(&self.transformer_layers_per_block), LAYERS),
+            ("cross_attention_dim", Some(&self.cross_attention_dim), WIDTH),
+            ("attention_head_dim", self.attention_head_dim.as_ref(), HEADS),
+            ("num_attention_heads", self.num_attention_heads.as_ref(), HEADS),
+        ];
+        for (field, v, range) in per_block {
+            let values = match v {
+                Some(PerBlock::One(v)) => std::slice::from_ref(v),
+                Some(PerBlock::Each(v)) => v.as_slice(),
+                None => &[],
+            };
+            for &v in values {
+                within(field, v, range.clone())?;
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<()> {
+        self.check_numbers().map_err(|why| Error::input(&self.file, why))?;
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(Error::input(
@@ -302,6 +394,7 @@ impl VaeConfig {
     pub fn read(path: &Path) -> Result<VaeConfig> {
         let mut c: VaeConfig = read_json(path)?;
         c.file = path.to_path_buf();
+        c.check_numbers().map_err(|why| Error::input(path, why))?;
         let n = c.block_out_channels.len();
         if n == 0 || c.down_block_types.len() != n || c.up_block_types.len() != n {
             return Err(Error::input(path, "block_out_channels and the block type lists must have the same length"));
@@ -319,6 +412,26 @@ impl VaeConfig {
             return Err(Error::input(path, "block_out_channels must divide into norm_num_groups"));
         }
         Ok(c)
+    }
+
+    fn check_numbers(&self) -> std::result::Result<(), String> {
+        use bounds::*;
+        within("block_out_channels (blocks)", self.block_out_channels.len(), BLOCKS)?;
+        for &c in &self.block_out_channels {
+            within("block_out_channels", c, WIDTH)?;
+        }
+        within("in_channels", self.in_channels, CHANNELS)?;
+        within("out_channels", self.out_channels, CHANNELS)?;
+        within("latent_channels", self.latent_channels, CHANNELS)?;
+        within("layers_per_block", self.layers_per_block, LAYERS)?;
+        within("norm_num_groups", self.norm_num_groups, HEADS)?;
+        positive("scaling_factor", self.scaling_factor)?;
+        if let Some(s) = self.shift_factor
+            && !s.is_finite()
+        {
+            return Err(format!("`shift_factor` is {s}; it must be a finite number"));
+        }
+        Ok(())
     }
 
     /// Pixels per latent pixel.
@@ -359,6 +472,7 @@ impl TextConfig {
     pub fn read(path: &Path) -> Result<TextConfig> {
         let mut c: TextConfig = read_json(path)?;
         c.file = path.to_path_buf();
+        c.check_numbers().map_err(|why| Error::input(path, why))?;
         if !matches!(c.hidden_act.as_str(), "gelu" | "quick_gelu") {
             return Err(Error::input(
                 path,
@@ -370,17 +484,28 @@ impl TextConfig {
         }
         Ok(c)
     }
+
+    fn check_numbers(&self) -> std::result::Result<(), String> {
+        use bounds::*;
+        within("vocab_size", self.vocab_size, VOCAB)?;
+        within("hidden_size", self.hidden_size, WIDTH)?;
+        within("intermediate_size", self.intermediate_size, WIDTH)?;
+        within("num_hidden_layers", self.num_hidden_layers, LAYERS)?;
+        within("num_attention_heads", self.num_attention_heads, HEADS)?;
+        within("max_position_embeddings", self.max_position_embeddings, POSITIONS)?;
+        positive("layer_norm_eps", self.layer_norm_eps)
+    }
 }
 
 /// Reads a JSON file, naming the file in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::input(path, "missing: a Stable Diffusion folder in diffusers layout has this file (see README, \"Stable Diffusion\")")
-        } else {
-            Error::input(path, format!("cannot read: {e}"))
-        }
-    })?;
+    if !path.exists() {
+        return Err(Error::input(
+            path,
+            "missing: a Stable Diffusion folder in diffusers layout has this file (see README, \"Stable Diffusion\")",
+        ));
+    }
+    let text = crate::input_file::read_text(path, crate::input_file::CONFIG)?;
     serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a valid config: {e}")))
 }
 
@@ -413,6 +538,54 @@ mod tests {
         let lv = c.levels().unwrap();
         assert_eq!((lv[0].heads, lv[1].heads, lv[1].cross_dim, lv[0].layers), (2, 4, 48, 2));
         assert!(lv[0].cross_attention && !lv[1].cross_attention);
+    }
+
+    /// Every number is checked before anything is sized by it; zero groups or heads (a
+    /// division by zero further on) included.
+    #[test]
+    fn numbers_beyond_what_realfill_builds_are_refused_by_field() {
+        let dir = test_dir("sd-config-numbers");
+        let unet = |edit: &str| {
+            let p = write(
+                &dir,
+                &format!(
+                    r#"{{"block_out_channels":[32,64],"down_block_types":["CrossAttnDownBlock2D","DownBlock2D"],
+                        "up_block_types":["UpBlock2D","CrossAttnUpBlock2D"],"layers_per_block":2,
+                        "attention_head_dim":[2,4],"cross_attention_dim":48,"in_channels":9{edit}}}"#
+                ),
+            );
+            UNetConfig::read(&p).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(unet("").is_ok());
+        for (edit, field) in [
+            (r#","sample_size":100000"#, "`sample_size` is 100000"),
+            (r#","sample_size":4611686018427387904"#, "`sample_size` is 4611686018427387904"),
+            (r#","norm_num_groups":0"#, "`norm_num_groups` is 0"),
+            (r#","num_attention_heads":0"#, "`num_attention_heads` is 0"),
+            (r#","transformer_layers_per_block":1000000"#, "`transformer_layers_per_block` is 1000000"),
+            (r#","norm_eps":-1"#, "`norm_eps` is -1"),
+            (r#","conv_in_kernel":1000001"#, "`conv_in_kernel` is 1000001"),
+        ] {
+            let e = unet(edit).unwrap_err();
+            assert!(e.contains("config.json") && e.contains(field), "{edit}: {e}");
+        }
+        let p = write(
+            &dir,
+            r#"{"block_out_channels":[32],"down_block_types":["DownEncoderBlock2D"],"up_block_types":["UpDecoderBlock2D"],
+                "norm_num_groups":0}"#,
+        );
+        assert!(VaeConfig::read(&p).unwrap_err().to_string().contains("`norm_num_groups` is 0"));
+        let p = write(
+            &dir,
+            r#"{"vocab_size":100,"hidden_size":0,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":0}"#,
+        );
+        assert!(TextConfig::read(&p).unwrap_err().to_string().contains("`hidden_size` is 0"));
+        let p = write(
+            &dir,
+            r#"{"vocab_size":100,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,
+                "max_position_embeddings":1000000000000}"#,
+        );
+        assert!(TextConfig::read(&p).unwrap_err().to_string().contains("`max_position_embeddings`"));
     }
 
     #[test]

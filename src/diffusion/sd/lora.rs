@@ -49,7 +49,7 @@ pub fn init(sd: &mut StableDiffusion, rank: usize, alpha: f32, seed: u64) {
 /// must find its layer; layers the file does not name stay plain.
 pub fn load(sd: &mut StableDiffusion, path: &Path) -> Result<usize> {
     let bad = |m: String| Error::input(path, m);
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let bytes = crate::input_file::read(path, crate::input_file::TENSORS)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a LoRA safetensors file ({e}); it may be truncated")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::config::read_json;
+use super::config::{bounds, read_json, within};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::settings::SamplerKind;
@@ -122,9 +122,12 @@ impl Scheduler {
         if !matches!(c.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
             return Err(format!("timestep_spacing {:?} is not supported", c.timestep_spacing));
         }
+        // The numbers before anything is sized by them.
         let t = c.num_train_timesteps;
-        if t < 2 {
-            return Err("num_train_timesteps must be at least 2".into());
+        within("num_train_timesteps", t, bounds::TIMESTEPS)?;
+        within("steps_offset", c.steps_offset, 0..=t - 1)?;
+        if !(c.clip_sample_range.is_finite() && c.clip_sample_range > 0.0) {
+            return Err(format!("`clip_sample_range` is {}; it must be a finite number above 0", c.clip_sample_range));
         }
         let betas: Vec<f64> = if let Some(b) = &c.trained_betas {
             if b.len() != t {
@@ -143,6 +146,16 @@ impl Scheduler {
                 s => return Err(format!("beta_schedule {s:?} is not supported")),
             }
         };
+        // A beta is the noise a step adds: outside [0, 1) the schedule is no schedule (above
+        // 1 every ᾱ after it is negative and the fill comes out black).
+        if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(0.0..1.0).contains(*b)) {
+            let field = if c.trained_betas.is_some() {
+                format!("`trained_betas`[{i}] is {b}")
+            } else {
+                format!("`beta_start` {} and `beta_end` {} give a beta of {b} at step {i}", c.beta_start, c.beta_end)
+            };
+            return Err(format!("{field}; betas must lie in [0, 1): the config is damaged"));
+        }
         // Products in f32 steps like diffusers (torch.cumprod over float32 betas).
         let mut acc = 1.0f32;
         let alphas_cumprod = betas
@@ -307,6 +320,27 @@ mod tests {
         for (a, b) in est.iter().zip(&x0) {
             assert!((a - b).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn numbers_outside_a_schedule_are_refused_by_field() {
+        let with = |f: fn(&mut SchedulerConfig)| {
+            let mut c = sd2();
+            f(&mut c);
+            Scheduler::new(c).unwrap_err()
+        };
+        assert!(with(|c| c.num_train_timesteps = 1_000_000_000_000).contains("`num_train_timesteps` is 1000000000000"));
+        assert!(with(|c| c.num_train_timesteps = 1).contains("num_train_timesteps"));
+        assert!(with(|c| c.clip_sample_range = -1.0).contains("`clip_sample_range` is -1"));
+        assert!(with(|c| c.clip_sample_range = f64::NAN).contains("clip_sample_range"));
+        assert!(with(|c| c.beta_end = 2.0).contains("`beta_end` 2"));
+        assert!(with(|c| c.beta_start = -0.5).contains("betas must lie in [0, 1)"));
+        assert!(with(|c| c.steps_offset = 5000).contains("`steps_offset` is 5000"));
+        let e = with(|c| {
+            c.num_train_timesteps = 3;
+            c.trained_betas = Some(vec![0.1, 1.5, 0.2]);
+        });
+        assert!(e.contains("`trained_betas`[1] is 1.5"), "{e}");
     }
 
     #[test]

@@ -12,9 +12,15 @@ use serde_json::Value;
 use super::config::read_json;
 use crate::error::{Error, Result};
 
+/// Characters of one piece merged as a whole; a longer piece (no real word is) is merged in
+/// chunks of this many, so that merging costs at most this squared per chunk whatever the
+/// prompt or the merges.
+const MAX_WORD: usize = 256;
+
 pub struct Tokenizer {
     vocab: HashMap<String, i64>,
-    ranks: HashMap<(String, String), usize>,
+    /// Merge ranks by first symbol, then second (looked up without building a key).
+    ranks: HashMap<String, HashMap<String, usize>>,
     byte_chars: [char; 256],
     pattern: regex::Regex,
     pub bos: i64,
@@ -59,19 +65,17 @@ impl Tokenizer {
         let vocab_path = dir.join("vocab.json");
         let vocab: HashMap<String, i64> = read_json(&vocab_path)?;
         let merges_path = dir.join("merges.txt");
-        let merges = std::fs::read_to_string(&merges_path).map_err(|e| {
-            Error::input(
-                &merges_path,
-                if e.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { e.to_string() },
-            )
-        })?;
+        if !merges_path.exists() {
+            return Err(Error::input(&merges_path, "missing"));
+        }
+        let merges = crate::input_file::read_text(&merges_path, crate::input_file::CONFIG)?;
         // The first line is a version header; CLIP reads at most 49152 − 256 − 2 merges.
-        let mut ranks = HashMap::new();
+        let mut ranks: HashMap<String, HashMap<String, usize>> = HashMap::new();
         for (i, line) in merges.trim().lines().skip(1).take(49152 - 256 - 2).enumerate() {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) => {
-                    ranks.insert((a.to_string(), b.to_string()), i);
+                    ranks.entry(a.to_string()).or_default().entry(b.to_string()).or_insert(i);
                 }
                 _ => return Err(Error::input(&merges_path, format!("line {}: not a merge (`a b`)", i + 2))),
             }
@@ -122,17 +126,19 @@ impl Tokenizer {
         Ok(Tokenizer { vocab, ranks, byte_chars: bytes_to_unicode(), pattern, bos, eos, pad, max_length, added })
     }
 
-    /// BPE of one pre-tokenised piece (already mapped to byte characters).
-    fn bpe(&self, piece: &str) -> Vec<String> {
-        let chars: Vec<char> = piece.chars().collect();
+    fn rank(&self, a: &str, b: &str) -> Option<usize> {
+        self.ranks.get(a)?.get(b).copied()
+    }
+
+    /// BPE of one pre-tokenised piece (already mapped to byte characters); `end`: the piece
+    /// ends a word (its last symbol gets `</w>`).
+    fn bpe(&self, chars: &[char], end: bool) -> Vec<String> {
         let mut word: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
-        if let Some(last) = word.last_mut() {
+        if end && let Some(last) = word.last_mut() {
             last.push_str("</w>");
         }
         while word.len() > 1 {
-            let best = (0..word.len() - 1)
-                .filter_map(|i| self.ranks.get(&(word[i].clone(), word[i + 1].clone())).map(|r| (*r, i)))
-                .min();
+            let best = (0..word.len() - 1).filter_map(|i| self.rank(&word[i], &word[i + 1]).map(|r| (r, i))).min();
             let Some((_, i0)) = best else { break };
             let (a, b) = (word[i0].clone(), word[i0 + 1].clone());
             let mut merged = Vec::with_capacity(word.len());
@@ -142,7 +148,7 @@ impl Tokenizer {
                     merged.push(format!("{a}{b}"));
                     i += 2;
                 } else {
-                    merged.push(word[i].clone());
+                    merged.push(std::mem::take(&mut word[i]));
                     i += 1;
                 }
             }
@@ -153,26 +159,35 @@ impl Tokenizer {
 
     /// Token ids of `text` without the start/end tokens.
     pub fn tokens(&self, text: &str) -> Vec<i64> {
+        self.tokens_up_to(text, usize::MAX)
+    }
+
+    /// The first `limit` token ids of `text` (start and end tokens not counted): the work
+    /// stops there, so a prompt of any length costs what the text encoder can use.
+    fn tokens_up_to(&self, text: &str, limit: usize) -> Vec<i64> {
         let mut out = Vec::new();
         let mut rest = text;
-        let mut plain_start = 0;
         let mut i = 0;
-        while i < rest.len() {
+        while i < rest.len() && out.len() < limit {
             if let Some((t, id)) = self.added.iter().find(|(t, _)| rest[i..].starts_with(t.as_str())) {
-                out.extend(self.plain_tokens(&rest[plain_start..i]));
+                self.plain_tokens(&rest[..i], limit, &mut out);
                 out.push(*id);
                 rest = &rest[i + t.len()..];
                 i = 0;
-                plain_start = 0;
             } else {
                 i += rest[i..].chars().next().map_or(1, char::len_utf8);
             }
         }
-        out.extend(self.plain_tokens(rest));
+        self.plain_tokens(rest, limit, &mut out);
+        out.truncate(limit);
         out
     }
 
-    fn plain_tokens(&self, text: &str) -> Vec<i64> {
+    /// Appends the tokens of `text` (no added tokens in it) to `out`, up to `limit` in all.
+    fn plain_tokens(&self, text: &str, limit: usize, out: &mut Vec<i64>) {
+        if out.len() >= limit {
+            return;
+        }
         // transformers without ftfy: BasicTokenizer (whitespace-normalised, lower-cased, CJK
         // characters spaced out, no accent stripping or punctuation split).
         let mut clean = String::with_capacity(text.len());
@@ -190,21 +205,25 @@ impl Tokenizer {
         }
         let text = clean.split_whitespace().map(|w| w.to_lowercase()).collect::<Vec<_>>().join(" ");
         let unk = self.eos;
-        let mut out = Vec::new();
         for m in self.pattern.find_iter(&text) {
-            let piece: String = m.as_str().bytes().map(|b| self.byte_chars[b as usize]).collect();
-            for t in self.bpe(&piece) {
-                out.push(self.vocab.get(&t).copied().unwrap_or(unk));
+            let piece: Vec<char> = m.as_str().bytes().map(|b| self.byte_chars[b as usize]).collect();
+            let chunks = piece.len().div_ceil(MAX_WORD);
+            for (k, chunk) in piece.chunks(MAX_WORD).enumerate() {
+                for t in self.bpe(chunk, k + 1 == chunks) {
+                    out.push(self.vocab.get(&t).copied().unwrap_or(unk));
+                }
+                if out.len() >= limit {
+                    return;
+                }
             }
         }
-        out
     }
 
     /// What the pipeline feeds the text encoder: start, at most `max_length − 2` tokens, end,
     /// then padding to `max_length`.
     pub fn encode(&self, text: &str) -> Vec<i64> {
         let mut ids = vec![self.bos];
-        ids.extend(self.tokens(text).into_iter().take(self.max_length - 2));
+        ids.extend(self.tokens_up_to(text, self.max_length - 2));
         ids.push(self.eos);
         ids.resize(self.max_length, self.pad);
         ids
@@ -236,5 +255,34 @@ mod tests {
         assert_eq!(t.encode("ab"), vec![0, 5, 1, 2, 2, 2]);
         assert_eq!(t.encode("ab ab ab ab ab").len(), 6, "truncated to the model's length");
         assert_eq!(t.encode("ab ab ab ab ab")[5], 1, "the end token survives truncation");
+        assert_eq!(t.tokens("ab!c"), vec![5, 2, 9], "added tokens are matched in the raw text");
+    }
+
+    /// A crafted tokenizer whose merges chain ("b a" → "ba", "ba a" → "baa", …: each round
+    /// merges one pair, so one long word takes a round per letter, each scanning the word)
+    /// and a prompt of one 130,000-letter word: the work is bounded by what the encoder uses.
+    #[test]
+    fn a_long_prompt_over_chained_merges_costs_what_the_encoder_uses() {
+        let d = std::env::temp_dir().join(format!("realfill-tok-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in ["<|startoftext|>", "<|endoftext|>", "a", "b", "a</w>"].iter().enumerate() {
+            vocab.insert(t.to_string(), i.into());
+        }
+        let mut merges = String::from("#version: 0.2\n");
+        let mut sym = "b".to_string();
+        for i in 0..6000 {
+            merges.push_str(&format!("{sym} a\n"));
+            sym.push('a');
+            vocab.insert(sym.clone(), (i + 5).into());
+        }
+        std::fs::write(d.join("vocab.json"), serde_json::Value::Object(vocab).to_string()).unwrap();
+        std::fs::write(d.join("merges.txt"), merges).unwrap();
+        let t = Tokenizer::load(&d).unwrap();
+        let ids = t.encode(&format!("b{}", "a".repeat(130_000)));
+        assert_eq!(ids.len(), 77);
+        assert_eq!((ids[0], ids[1], ids[2], ids[76]), (0, 5 + 254, 2, 1), "b + 255 a merged, then single a's");
+        // 301 letters: one chunk of 256 merged whole, then 45 letters no merge joins.
+        assert_eq!(t.tokens(&format!("b{}", "a".repeat(300))).len(), 46);
     }
 }

@@ -82,7 +82,7 @@ impl Weights {
         let mut files = Vec::new();
         let mut entries = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
-            let f = std::fs::File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+            let f = crate::input_file::open(path)?;
             // SAFETY: the map is only read, and each tensor's bytes are copied out at load. A file
             // rewritten underneath gives wrong numbers; one truncated while mapped makes the
             // read fault (SIGBUS) — the process stops, no memory is misread. Weights are the
