@@ -50,10 +50,18 @@ impl TextEncoder {
     pub fn build(c: &TextConfig, w: &Weights) -> Result<TextEncoder> {
         let d = c.hidden_size;
         let eps = c.layer_norm_eps;
-        let p = "text_model";
+        // transformers 4 saves CLIPTextModel's tensors under `text_model.`; transformers 5
+        // saves them without it (`embeddings.…`, `encoder.layers.0.…`): both are read, as
+        // transformers itself does.
+        let p = if !w.has("text_model.embeddings.token_embedding.weight") && w.has("embeddings.token_embedding.weight")
+        {
+            ""
+        } else {
+            "text_model."
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let l = format!("{p}.encoder.layers.{i}");
+                let l = format!("{p}encoder.layers.{i}");
                 Ok(Layer {
                     layer_norm1: w.layer_norm(&format!("{l}.layer_norm1"), d, eps)?,
                     q_proj: Proj::load(w, &format!("{l}.self_attn.q_proj"), d, d)?,
@@ -67,14 +75,14 @@ impl TextEncoder {
             })
             .collect::<Result<_>>()?;
         Ok(TextEncoder {
-            token_embedding: w.embedding(&format!("{p}.embeddings.token_embedding.weight"), c.vocab_size, d)?,
+            token_embedding: w.embedding(&format!("{p}embeddings.token_embedding.weight"), c.vocab_size, d)?,
             position_embedding: w.embedding(
-                &format!("{p}.embeddings.position_embedding.weight"),
+                &format!("{p}embeddings.position_embedding.weight"),
                 c.max_position_embeddings,
                 d,
             )?,
             layers,
-            final_layer_norm: w.layer_norm(&format!("{p}.final_layer_norm"), d, eps)?,
+            final_layer_norm: w.layer_norm(&format!("{p}final_layer_norm"), d, eps)?,
             heads: c.num_attention_heads,
             quick_gelu: c.hidden_act == "quick_gelu",
             max_positions: c.max_position_embeddings,
@@ -110,5 +118,36 @@ impl TextEncoder {
             h = h + l.fc2.forward(x);
         }
         self.final_layer_norm.forward(h).cast(DType::F32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny fixture's text encoder saved as transformers 5 does (no `text_model.` prefix)
+    /// loads and encodes exactly as the fixture itself.
+    #[test]
+    fn a_text_encoder_saved_without_the_text_model_prefix_is_read() {
+        let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny/text_encoder"));
+        let dir = std::env::temp_dir().join(format!("realfill-text-prefix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture.join("config.json"), dir.join("config.json")).unwrap();
+        let bytes = std::fs::read(fixture.join("model.fp16.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let renamed: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name.strip_prefix("text_model.").unwrap_or(&name).to_string(), view))
+            .collect();
+        assert!(renamed.iter().all(|(n, _)| !n.starts_with("text_model.")));
+        safetensors::serialize_to_file(renamed, None, &dir.join("model.safetensors")).unwrap();
+        let device = Device::flex();
+        let (a, _) = TextEncoder::load(fixture, &device, DType::F32).unwrap();
+        let (b, _) = TextEncoder::load(&dir, &device, DType::F32).unwrap();
+        let ids = vec![vec![1i64, 20, 300, 2]];
+        let (ea, eb) = (a.forward(&ids).into_data(), b.forward(&ids).into_data());
+        assert_eq!(ea.try_to_vec::<f32>().unwrap(), eb.try_to_vec::<f32>().unwrap());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
