@@ -68,10 +68,19 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
 /// Open `path` for reading if it is a regular file (a symbolic link is followed); a FIFO,
 /// device, socket or folder is refused with the file named, without blocking on it.
 pub fn open(path: &Path) -> Result<fs::File> {
-    // O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; it changes
-    // nothing for a regular file, which is all that is read through the handle.
-    let f =
-        fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| open_error(path, e))?;
+    // Looked at before it is opened: opening some devices acts (a tape rewinds, a watchdog
+    // arms, a terminal could become ours).
+    if let Some(why) = fs::metadata(path).ok().as_ref().and_then(not_regular) {
+        return Err(Error::input(path, why));
+    }
+    // O_NONBLOCK: opening a FIFO swapped in since returns at once instead of waiting for a
+    // writer; it changes nothing for a regular file, which is all that is read through the
+    // handle. The handle is looked at again (fstat): no window between the look and the read.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
     let meta = f.metadata().map_err(|e| Error::input(path, format!("cannot look at it: {e}")))?;
     match not_regular(&meta) {
         Some(why) => Err(Error::input(path, why)),

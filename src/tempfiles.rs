@@ -209,6 +209,12 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert!(!fs::symlink_metadata(d.join("o.png")).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(d.join("o.png")).unwrap(), b"result");
+        // And a link at the very name chosen is not opened either (exclusive creation): with
+        // every try's name taken by a link, creation fails and the victim is untouched.
+        std::os::unix::fs::symlink(&victim, d.join("fixed")).unwrap();
+        let e = Temp::create_new(&d, |_| "fixed".into()).err().expect("a planted name is not opened");
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -444,6 +444,13 @@ impl Document {
                 notes.push(format!("{}: this is the target itself; not added as a reference", p.path.display()));
             } else if self.refs.iter().any(|r| crate::scene::io::same_file(&r.path, &p.path)) {
                 notes.push(format!("{}: already a reference", p.path.display()));
+            } else if self.refs.len() >= crate::settings::MAX_REFERENCES {
+                // What a project can hold (and open again).
+                notes.push(format!(
+                    "{}: not added; a scene takes at most {} references",
+                    p.path.display(),
+                    crate::settings::MAX_REFERENCES
+                ));
             } else {
                 self.refs.push(p);
             }
@@ -514,6 +521,24 @@ mod tests {
         let img =
             image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([9, 9, 9])));
         Photo::from_image(PathBuf::from("/tmp/t.png"), img, None)
+    }
+
+    /// A scene holds what a project can hold and open again: the reference past the limit is
+    /// left out with a note.
+    #[test]
+    fn references_stop_at_what_a_project_holds() {
+        let mut doc = Document::new(photo(8, 6));
+        let refs: Vec<Photo> = (0..=crate::settings::MAX_REFERENCES)
+            .map(|i| {
+                let mut p = photo(8, 6);
+                p.path = PathBuf::from(format!("/tmp/realfill-ref-{i}.png"));
+                p
+            })
+            .collect();
+        let notes = doc.add_refs(refs);
+        assert_eq!(doc.refs.len(), crate::settings::MAX_REFERENCES);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains(&format!("realfill-ref-{}.png", crate::settings::MAX_REFERENCES)), "{notes:?}");
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod sampler;
 pub mod scene_model;
 pub mod schedule;
 pub mod sd;
+pub mod solver;
 pub mod train;
 pub mod unet;

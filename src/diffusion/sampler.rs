@@ -33,6 +33,7 @@ pub trait Denoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>>;
 }
 
+use super::solver::{DpmSolver2M, sigma_of};
 pub use crate::settings::SamplerKind;
 
 #[derive(Clone, Debug)]
@@ -97,9 +98,12 @@ fn run_steps(
 ) -> Result<SampleOutput> {
     let hw = cond.pixels();
     let eta = match opts.kind {
-        SamplerKind::Ddim => 0.0f64,
+        SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => 0.0f64,
         SamplerKind::Ddpm => 1.0,
     };
+    // DPM-Solver++ on this schedule's own timesteps (Karras levels are Stable Diffusion's).
+    let mut solver =
+        matches!(opts.kind, SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras).then(DpmSolver2M::default);
     let mut x0 = vec![0.0f32; 3 * hw];
     let mut raw = vec![0.0f32; 3 * hw];
     for (i, &t) in ts.iter().enumerate() {
@@ -118,6 +122,10 @@ fn run_steps(
         let Some(&t_prev) = ts.get(i + 1) else { break };
         let ab = schedule.alpha_bar[t];
         let ab_prev = schedule.alpha_bar[t_prev];
+        if let Some(solver) = &mut solver {
+            x = solver.step(&x, &x0, sigma_of(ab), sigma_of(ab_prev));
+            continue;
+        }
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).max(0.0).sqrt();
         let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() as f32;
         let (ap, sigma) = (ab_prev.sqrt() as f32, sigma as f32);
@@ -166,7 +174,7 @@ mod tests {
         let (w, h) = (8, 6);
         let c = cond(w, h);
         let target: Vec<f32> = (0..3 * w * h).map(|j| ((j * 7) % 11) as f32 / 11.0 - 0.5).collect();
-        for kind in [SamplerKind::Ddim, SamplerKind::Ddpm] {
+        for kind in [SamplerKind::Ddim, SamplerKind::Ddpm, SamplerKind::DpmSolver] {
             let mut oracle = Oracle { target: target.clone(), schedule: Schedule::default(), calls: 0 };
             let mut previews = 0;
             let out = sample(

@@ -24,6 +24,8 @@ pub const ADMIT_WITHIN: Duration = Duration::from_secs(10);
 pub const WAITING_MAX: usize = 16;
 /// The largest first message (burn's session greeting: a few dozen bytes and the token).
 pub const GREETING_MAX: u64 = 16 * 1024;
+/// How long burn has to answer a refused greeting (it answers at once).
+const REFUSAL_WITHIN: Duration = Duration::from_secs(2);
 
 /// What the gate checks against and where it sends admitted clients.
 pub struct Gate {
@@ -32,6 +34,37 @@ pub struct Gate {
     /// burn's server, on loopback.
     pub inner: SocketAddr,
     pub log: fn(&str),
+}
+
+/// Refusal lines: at most this many a second; the rest are counted and the count logged.
+const REFUSALS_PER_SECOND: u32 = 20;
+
+/// The gate's log of refusals, rate-limited so that a flood neither fills the disk nor buries
+/// the lines that matter under its own (a summary says how many were left out).
+struct RefusalLog {
+    log: fn(&str),
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RefusalLog {
+    fn say(&self, msg: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, lines, left_out) = &mut *st;
+        if since.elapsed() >= Duration::from_secs(1) {
+            if *left_out > 0 {
+                (self.log)(&format!("… and {left_out} more refusals not logged one by one"));
+            }
+            *since = Instant::now();
+            *lines = 0;
+            *left_out = 0;
+        }
+        if *lines < REFUSALS_PER_SECOND {
+            *lines += 1;
+            (self.log)(msg);
+        } else {
+            *left_out += 1;
+        }
+    }
 }
 
 /// Connections waiting to be admitted: an id, when it connected, and a handle to close it.
@@ -43,6 +76,7 @@ struct Waiting {
 
 /// Accept on `listener` for ever, one thread per connection.
 pub fn run(gate: Gate, listener: TcpListener) {
+    let refusals = Arc::new(RefusalLog { log: gate.log, state: Mutex::new((Instant::now(), 0, 0)) });
     let gate = Arc::new(gate);
     let waiting = Arc::new(Mutex::new(Waiting::default()));
     let mut last_accept_error = None::<Instant>;
@@ -65,7 +99,7 @@ pub fn run(gate: Gate, listener: TcpListener) {
             if w.list.len() >= WAITING_MAX {
                 let (_, since, oldest) = w.list.remove(0);
                 let who = oldest.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "a client".into());
-                (gate.log)(&format!(
+                refusals.say(&format!(
                     "dropped {who}: {WAITING_MAX} connections were waiting to be admitted and it had waited longest ({:.1} s)",
                     since.elapsed().as_secs_f32()
                 ));
@@ -77,19 +111,20 @@ pub fn run(gate: Gate, listener: TcpListener) {
             w.list.push((id, Instant::now(), handle));
             id
         };
-        let (g, w) = (gate.clone(), waiting.clone());
+        let (g, w, r) = (gate.clone(), waiting.clone(), refusals.clone());
         let spawned = std::thread::Builder::new().name("realfill-gate".into()).spawn(move || {
             let off_list = || w.lock().unwrap_or_else(|e| e.into_inner()).list.retain(|(i, _, _)| *i != id);
-            let admitted = admit(&g, &stream, peer, off_list);
+            let admitted = admit(&g, &r, &stream, peer, off_list);
             off_list();
             match admitted {
                 Ok(Some(inner)) => serve_admitted(&g, stream, inner, peer),
                 Ok(None) => {}
-                Err(why) => (g.log)(&format!("refused {peer}: {why}")),
+                Err(why) => r.say(&format!("refused {peer}: {why}")),
             }
         });
         if let Err(e) = spawned {
-            (gate.log)(&format!("refused {peer}: no thread for it ({e})"));
+            refusals.say(&format!("refused {peer}: no thread for it ({e})"));
+            waiting.lock().unwrap_or_else(|e| e.into_inner()).list.retain(|(i, _, _)| *i != id);
         }
     }
 }
@@ -99,6 +134,7 @@ pub fn run(gate: Gate, listener: TcpListener) {
 /// the client); Err(why) for anything else. `admitted` runs once the client is off the list.
 fn admit(
     gate: &Gate,
+    refusals: &RefusalLog,
     stream: &TcpStream,
     peer: SocketAddr,
     admitted: impl FnOnce(),
@@ -139,26 +175,36 @@ fn admit(
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&token).into();
     let authorized = digest == gate.token_digest;
 
-    // The opening and greeting go to burn as they came (burn answers the greeting: admitted,
-    // or refused in the words its client understands).
+    // burn gets an opening the gate writes (nothing the client put around its own reaches
+    // burn) and the greeting as it came; burn answers it: admitted, or refused in the words
+    // its client understands.
     let inner = TcpStream::connect_timeout(&gate.inner, ADMIT_WITHIN).map_err(|e| format!("burn's server: {e}"))?;
     inner.set_write_timeout(Some(ADMIT_WITHIN)).map_err(|e| e.to_string())?;
-    (&inner).write_all(&head).map_err(|e| format!("burn's server: {e}"))?;
-    let mut from_burn = Reader { stream: &inner, pending: Vec::new(), deadline: Some(deadline) };
+    (&inner)
+        .write_all(websocket::session_request(&upgrade.key).as_bytes())
+        .map_err(|e| format!("burn's server: {e}"))?;
+    let mut from_burn = Reader { stream: &inner, pending: Vec::new(), deadline: Some(Instant::now() + ADMIT_WITHIN) };
     let answer = from_burn.head().map_err(|e| late("burn's server's answer", e))?;
     if websocket::response_status(&answer) != Some(101) {
         return Err("burn's server did not accept the opening".into());
     }
     (&inner).write_all(&header.raw).and_then(|()| (&inner).write_all(&payload)).map_err(|e| e.to_string())?;
-    admitted();
     if !authorized {
         let why = if token.is_empty() { "no token" } else { "a wrong token" };
-        (gate.log)(&format!("refused {peer}: it presented {why}"));
-        // burn's refusal goes back; nothing more from the client goes on.
-        inner.set_read_timeout(Some(ADMIT_WITHIN)).map_err(|e| e.to_string())?;
+        refusals.say(&format!("refused {peer}: it presented {why}"));
+        // burn's refusal goes back (it comes at once), nothing more from the client goes on,
+        // and until then the connection still counts as waiting.
+        let _ = inner.set_read_timeout(Some(REFUSAL_WITHIN));
+        let _ = stream.set_write_timeout(Some(REFUSAL_WITHIN));
         let _ = std::io::copy(&mut &inner, &mut &*stream);
         let _ = stream.shutdown(Shutdown::Both);
+        let _ = inner.shutdown(Shutdown::Both);
         return Ok(None);
+    }
+    admitted();
+    // Whatever the client sent right behind its greeting, and burn behind its answer.
+    if !reader.pending.is_empty() {
+        (&inner).write_all(&reader.pending).map_err(|e| e.to_string())?;
     }
     if !from_burn.pending.is_empty() {
         (&*stream).write_all(&from_burn.pending).map_err(|e| e.to_string())?;
@@ -177,25 +223,33 @@ fn serve_admitted(gate: &Gate, client: TcpStream, inner: TcpStream, peer: Socket
     }
     keep_alive(&client);
     let (Ok(client2), Ok(inner2)) = (client.try_clone(), inner.try_clone()) else { return };
-    let up = std::thread::spawn(move || {
+    let up = std::thread::Builder::new().name("realfill-gate-up".into()).spawn(move || {
         let _ = std::io::copy(&mut &client2, &mut &inner2);
         let _ = inner2.shutdown(Shutdown::Write);
     });
-    let _ = std::io::copy(&mut &inner, &mut &client);
+    if up.is_ok() {
+        let _ = std::io::copy(&mut &inner, &mut &client);
+    }
     let _ = client.shutdown(Shutdown::Both);
     let _ = inner.shutdown(Shutdown::Both);
-    let _ = up.join();
+    if let Ok(up) = up {
+        let _ = up.join();
+    }
     (gate.log)(&format!("{peer}'s session ended after {:.0} s", since.elapsed().as_secs_f32()));
 }
 
 /// A client that vanished (a crash, a dropped network, a sleeping laptop) is noticed within
-/// about 30 s even while its session is idle.
+/// about 30 s even while its session is idle, and one that stops taking what it is sent
+/// within a minute (`TCP_USER_TIMEOUT`: keep-alive probes alone are answered by its kernel).
 fn keep_alive(s: &TcpStream) {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(10))
         .with_interval(Duration::from_secs(5))
         .with_retries(4);
-    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(60)));
 }
 
 /// burn's session greeting, as its client writes it (MessagePack of `[Init(SessionInit)]`,

@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,11 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
     let done = Arc::new(AtomicBool::new(false));
     // Set when a write to the server made no progress for the silence limit.
     let stalled = Arc::new(AtomicBool::new(false));
+    // burn's client has sent its greeting (no ping may come before it: the server's gate
+    // takes the first message for the greeting); a ping is waiting for its pong.
+    let started = Arc::new(AtomicBool::new(false));
+    let ping_out = Arc::new(AtomicBool::new(false));
+    let ping_id = Arc::new(AtomicU32::new(0));
     let writer = Arc::new(Mutex::new(remote.try_clone().map_err(|e| e.to_string())?));
     // A write that makes no progress for the silence limit means the server stopped reading.
     remote.set_write_timeout(Some(silence)).map_err(|e| e.to_string())?;
@@ -138,6 +143,7 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
     let up = {
         let local = local.try_clone().map_err(|e| e.to_string())?;
         let (writer, heard, done, stalled) = (writer.clone(), heard.clone(), done.clone(), stalled.clone());
+        let started = started.clone();
         let pending = std::mem::take(&mut from_local.pending);
         std::thread::spawn(move || {
             let mut r = Reader { stream: &local, pending, deadline: None };
@@ -159,6 +165,7 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
                     }
                     break;
                 }
+                started.store(true, Ordering::Relaxed);
             }
             done.store(true, Ordering::Relaxed);
             if let Ok(w) = writer.lock() {
@@ -171,14 +178,18 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
     let ping_after = PING_AFTER.min(silence / 3);
     let pinger = {
         let (writer, heard, done) = (writer.clone(), heard.clone(), done.clone());
+        let (started, ping_out, ping_id) = (started.clone(), ping_out.clone(), ping_id.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 let quiet = now().saturating_sub(heard.load(Ordering::Relaxed));
-                if quiet >= ping_after.as_millis() as u64
+                if started.load(Ordering::Relaxed)
+                    && quiet >= ping_after.as_millis() as u64
                     && let Ok(w) = writer.try_lock()
                 {
-                    let _ = (&*w).write_all(&websocket::client_ping());
+                    let id = ping_id.fetch_add(1, Ordering::Relaxed) + 1;
+                    ping_out.store(true, Ordering::Relaxed);
+                    let _ = (&*w).write_all(&websocket::client_ping(id));
                     drop(w);
                     std::thread::sleep(ping_after);
                 }
@@ -213,33 +224,58 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
                     Err(e) => return Err(format!("{url}: the GPU server sent something unreadable ({e})")),
                 }
             };
-            heard.store(now(), Ordering::Relaxed);
+            let pong = header.opcode == OP_PONG;
+            // A pong is a sign of life only as the answer to the last ping, its id echoed
+            // (unsolicited ones would keep a hung server looking alive); any other frame is one.
+            if pong && header.len > 125 {
+                return Err(format!(
+                    "{url}: the GPU server sent something unreadable (a pong of {} bytes)",
+                    header.len
+                ));
+            }
+            if !pong {
+                heard.store(now(), Ordering::Relaxed);
+            }
+            let mut echoed = Vec::new();
             if header.len > FRAME_MAX {
                 return Err(format!(
                     "{url}: the GPU server announced a message of {} bytes, more than burn's limit of {FRAME_MAX}",
                     header.len
                 ));
             }
-            let pong = header.opcode == OP_PONG;
             if !pong {
                 (&*local).write_all(&header.raw).map_err(|_| String::new())?;
             }
-            // The payload, each read a sign of life; a pause longer than the limit ends it.
+            // The payload: each kibibyte a sign of life (a byte now and then is not: a server
+            // could drip one for ever); a pause longer than the limit ends it.
             let mut left = header.len;
+            let mut since_mark = 0usize;
             while left > 0 {
                 let want = left.min(buf.len() as u64) as usize;
                 match from_remote.read_some(&mut buf[..want]) {
                     Ok(n) => {
-                        if !pong {
+                        if pong {
+                            echoed.extend_from_slice(&buf[..n]);
+                        } else {
                             (&*local).write_all(&buf[..n]).map_err(|_| String::new())?;
                         }
                         left -= n as u64;
-                        heard.store(now(), Ordering::Relaxed);
+                        since_mark += n;
+                        if !pong && (since_mark >= 1024 || left == 0) {
+                            heard.store(now(), Ordering::Relaxed);
+                            since_mark = 0;
+                        }
                     }
                     Err(ReadError::Silent) if !quiet_too_long(&heard) && !stalled.load(Ordering::Relaxed) => continue,
                     Err(ReadError::Silent) => return Err(silent()),
                     Err(_) => return Ok(()),
                 }
+            }
+            if pong
+                && echoed == ping_id.load(Ordering::Relaxed).to_be_bytes()
+                && ping_out.swap(false, Ordering::Relaxed)
+            {
+                heard.store(now(), Ordering::Relaxed);
             }
         }
     })();

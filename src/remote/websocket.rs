@@ -102,9 +102,12 @@ impl Reader<'_> {
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
         loop {
-            let n = self.read_some(&mut buf)?;
+            let want = (HEAD_MAX + 1 - head.len()).min(buf.len());
+            let n = self.read_some(&mut buf[..want])?;
+            // Only the new bytes (and the three before them) can complete the blank line.
+            let from = head.len().saturating_sub(3);
             head.extend_from_slice(&buf[..n]);
-            if let Some(end) = find(&head, b"\r\n\r\n") {
+            if let Some(end) = find(&head[from..], b"\r\n\r\n").map(|e| e + from) {
                 let rest = head.split_off(end + 4);
                 self.pending.splice(0..0, rest);
                 return Ok(head);
@@ -185,10 +188,16 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// A ping from a client (clients mask every frame; an empty payload needs no mask bytes
-/// applied, only present).
-pub fn client_ping() -> [u8; 6] {
-    [0x80 | OP_PING, 0x80, 0x52, 0x46, 0x49, 0x4C]
+/// A client's ping carrying `id` (clients mask every frame): the server's pong echoes the id,
+/// so only the answer to this ping counts as one.
+pub fn client_ping(id: u32) -> [u8; 10] {
+    let mask = *b"RFIL";
+    let mut payload = id.to_be_bytes();
+    unmask(&mut payload, mask);
+    let mut f = [0x80 | OP_PING, 0x80 | 4, 0, 0, 0, 0, 0, 0, 0, 0];
+    f[2..6].copy_from_slice(&mask);
+    f[6..].copy_from_slice(&payload);
+    f
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -202,8 +211,20 @@ pub struct Upgrade {
     pub key: String,
 }
 
-/// Read a client's opening: `GET PATH HTTP/1.1` asking to become a WebSocket.
+/// Read a client's opening: `GET PATH HTTP/1.1` asking to become a WebSocket. Only plain
+/// ASCII lines ending in CR LF pass: a bare LF (which another parser would take for a line's
+/// end) or a control byte is refused, so what the gate read is what anyone reads.
 pub fn parse_upgrade(head: &[u8]) -> Result<Upgrade, String> {
+    let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
+    let stray = body.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || body[i - 1] != b'\r',
+        b'\t' => false,
+        b => !(0x20..0x7F).contains(&b),
+    });
+    if stray {
+        return Err("an opening with a bare line feed, a control byte or non-ASCII bytes".into());
+    }
     let text = std::str::from_utf8(head).map_err(|_| "an opening that is not text".to_string())?;
     let mut lines = text.split("\r\n");
     let request = lines.next().unwrap_or_default();
@@ -212,6 +233,7 @@ pub fn parse_upgrade(head: &[u8]) -> Result<Upgrade, String> {
     let (Some("GET"), Some(path), Some("HTTP/1.1")) = (method, path, version) else {
         return Err(format!("not a WebSocket opening ({:?})", request.chars().take(60).collect::<String>()));
     };
+    let path: String = path.chars().take(60).collect();
     let header = |name: &str| {
         text.split("\r\n").skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -219,7 +241,9 @@ pub fn parse_upgrade(head: &[u8]) -> Result<Upgrade, String> {
         })
     };
     let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = header("sec-websocket-key").filter(|k| !k.is_empty() && k.len() <= 64);
+    // 16 random bytes in base64 (RFC 6455, 4.1).
+    let key = header("sec-websocket-key")
+        .filter(|k| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k).is_ok_and(|b| b.len() == 16));
     match (upgrade, key) {
         (true, Some(key)) => Ok(Upgrade { path: path.to_string(), key }),
         _ => Err(format!("an HTTP request for {path:?} that is not a WebSocket opening")),
@@ -233,6 +257,15 @@ pub fn response_status(head: &[u8]) -> Option<u16> {
     let mut parts = line.split(' ');
     parts.next().filter(|v| v.starts_with("HTTP/1."))?;
     parts.next()?.parse().ok()
+}
+
+/// The opening the gate sends burn for a client's checked `key`: built, not replayed, so
+/// nothing the client wrote around it reaches burn.
+pub fn session_request(key: &str) -> String {
+    format!(
+        "GET /session HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
 }
 
 /// The server's answer accepting an opening with `key`.
@@ -266,8 +299,15 @@ mod tests {
 
     #[test]
     fn openings_are_read_as_they_are() {
-        let ok = b"GET /session HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: abc==\r\n\r\n";
-        assert_eq!(parse_upgrade(ok), Ok(Upgrade { path: "/session".into(), key: "abc==".into() }));
+        let ok = b"GET /session HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let key = "dGhlIHNhbXBsZSBub25jZQ==".to_string();
+        assert_eq!(parse_upgrade(ok), Ok(Upgrade { path: "/session".into(), key: key.clone() }));
+        assert_eq!(parse_upgrade(session_request(&key).as_bytes()), Ok(Upgrade { path: "/session".into(), key }));
+        // A bare LF ends the head for other parsers: what follows it would reach them as frames.
+        let smuggled = b"GET /session HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\n\x02\xC2\x80AAA\r\n\r\n";
+        assert!(parse_upgrade(smuggled).unwrap_err().contains("bare line feed"));
+        let short_key = b"GET /session HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc==\r\n\r\n";
+        assert!(parse_upgrade(short_key).is_err());
         assert!(parse_upgrade(b"GET /data HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err().contains("\"/data\""));
         assert!(parse_upgrade(b"\x16\x03\x01 tls").is_err());
         assert!(parse_upgrade(b"POST /session HTTP/1.1\r\n\r\n").is_err());
@@ -311,6 +351,10 @@ mod tests {
         assert_ne!(&p, b"realfill");
         unmask(&mut p, [9, 8, 7, 6]);
         assert_eq!(&p, b"realfill");
-        assert_eq!(client_ping()[1] & 0x80, 0x80, "a client's frame is masked");
+        let ping = client_ping(7);
+        assert_eq!((ping[0], ping[1]), (0x80 | OP_PING, 0x84), "a final, masked ping of 4 bytes");
+        let mut id = [ping[6], ping[7], ping[8], ping[9]];
+        unmask(&mut id, [ping[2], ping[3], ping[4], ping[5]]);
+        assert_eq!(u32::from_be_bytes(id), 7);
     }
 }

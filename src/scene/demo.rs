@@ -25,14 +25,16 @@ pub struct DemoFiles {
     pub refs: Vec<PathBuf>,
 }
 
-/// The files of a folder, sorted by name (sub-folders left out). An entry that is not a
-/// regular file (a FIFO, a device, a dangling link) is an error naming it, not skipped: the
-/// person meant it as one of the photos.
+/// The files of a folder, sorted by name (sub-folders and hidden files left out: an editor's
+/// lock file `.#name` is a dangling link). An entry that is not a regular file (a FIFO, a
+/// device, a dangling link) is an error naming it, not skipped: the person meant it as one
+/// of the photos.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot list folder: {e}")))?;
     let mut v = Vec::new();
     for p in rd.filter_map(|e| e.ok().map(|e| e.path())) {
-        if !p.is_dir() {
+        let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if !p.is_dir() && !hidden {
             crate::input_file::check(&p)?;
             v.push(p);
         }

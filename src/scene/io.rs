@@ -73,15 +73,17 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     };
     let rewind =
         |f: &mut fs::File| std::io::Seek::rewind(f).map_err(|e| Error::input(path, format!("cannot read: {e}")));
+    let truncated =
+        || Error::input(path, "JPEG file is truncated (it ends before its image data does); export the image again");
+    let mut jpeg_in_scan = false;
     if format == image::ImageFormat::Jpeg {
         rewind(&mut file)?;
-        let complete = jpeg_complete(std::io::BufReader::new(&mut file))
-            .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
-        if !complete {
-            return Err(Error::input(
-                path,
-                "JPEG file is truncated (it ends before its image data does); export the image again",
-            ));
+        match jpeg_end(std::io::BufReader::new(&mut file))
+            .map_err(|e| Error::input(path, format!("cannot read: {e}")))?
+        {
+            JpegEnd::Complete => {}
+            JpegEnd::InScan => jpeg_in_scan = true,
+            JpegEnd::Cut => return Err(truncated()),
         }
     }
     rewind(&mut file)?;
@@ -110,6 +112,9 @@ fn decode(path: &Path) -> Result<(DynamicImage, Metadata)> {
     metadata.xmp = decoder.xmp_metadata().ok().flatten();
     metadata.irb = decoder.iptc_metadata().ok().flatten().and_then(|d| super::embed::irb_from_decoder(Some(format), d));
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| describe_decode_error(path, e))?;
+    if jpeg_in_scan && ends_in_flat_rows(&img) {
+        return Err(truncated());
+    }
     img.apply_orientation(orientation);
     Ok((img, metadata))
 }
@@ -135,56 +140,99 @@ fn sniff_format(head: &[u8]) -> Option<image::ImageFormat> {
         .or_else(|| (head.starts_with(b"II+\0") || head.starts_with(b"MM\0+")).then_some(image::ImageFormat::Tiff))
 }
 
-/// Whether a JPEG file reaches its end-of-image marker. Segments are skipped by their lengths
-/// (an EXIF thumbnail's own markers lie inside one), entropy-coded data is scanned up to the
-/// next marker; a file cut short ends before the marker. (The decoder itself fills what is
-/// missing with grey and reports nothing.)
-fn jpeg_complete(mut r: impl std::io::Read) -> std::io::Result<bool> {
-    let mut b = Vec::new();
-    r.read_to_end(&mut b)?;
-    let mut i = 2; // after the start-of-image marker
+/// Where a JPEG file ends, as far as its structure says.
+#[derive(Debug, PartialEq, Eq)]
+enum JpegEnd {
+    /// At its end-of-image marker.
+    Complete,
+    /// Inside its scan data, without an end-of-image marker: cut short, or only the last two
+    /// bytes missing (some cameras and scanners write that); the decoded rows tell which.
+    InScan,
+    /// Before its scan data, or inside a segment: cut short.
+    Cut,
+}
+
+/// Where a JPEG file ends. Segments are skipped by their lengths (an EXIF thumbnail's own
+/// markers lie inside one), entropy-coded data is scanned up to the next marker; the file is
+/// streamed, never held whole. (The decoder itself fills what is missing with grey and
+/// reports nothing.)
+fn jpeg_end(mut r: impl std::io::BufRead) -> std::io::Result<JpegEnd> {
+    let mut next = || -> std::io::Result<Option<u8>> {
+        let buf = r.fill_buf()?;
+        let Some(&b) = buf.first() else { return Ok(None) };
+        r.consume(1);
+        Ok(Some(b))
+    };
+    // After the start-of-image marker.
+    for _ in 0..2 {
+        if next()?.is_none() {
+            return Ok(JpegEnd::Cut);
+        }
+    }
+    let mut pending: Option<u8> = None;
     loop {
-        // The next marker: 0xFF (fill bytes allowed) and its code; bytes between segments are
-        // skipped, as decoders do.
-        while i < b.len() && b[i] != 0xFF {
-            i += 1;
-        }
-        while i < b.len() && b[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&marker) = b.get(i) else { return Ok(false) };
-        i += 1;
+        let marker = match pending.take() {
+            Some(m) => m,
+            None => {
+                // The next marker: 0xFF (fill bytes allowed) and its code; bytes between
+                // segments are skipped, as decoders do.
+                let mut b = next()?;
+                while b.is_some_and(|b| b != 0xFF) {
+                    b = next()?;
+                }
+                while b == Some(0xFF) {
+                    b = next()?;
+                }
+                match b {
+                    Some(m) => m,
+                    None => return Ok(JpegEnd::Cut),
+                }
+            }
+        };
         match marker {
-            0xD9 => return Ok(true),
+            0xD9 => return Ok(JpegEnd::Complete),
             0x00 | 0x01 | 0xD0..=0xD7 => continue,
             _ => {
-                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else {
-                    return Ok(false);
-                };
-                i += len;
-                if i > b.len() {
-                    return Ok(false);
+                let (Some(hi), Some(lo)) = (next()?, next()?) else { return Ok(JpegEnd::Cut) };
+                let len = u16::from_be_bytes([hi, lo]) as usize;
+                for _ in 2..len {
+                    if next()?.is_none() {
+                        return Ok(JpegEnd::Cut);
+                    }
                 }
                 if marker == 0xDA {
                     // Scan data: a 0xFF followed by 0 (a stuffed byte) or a restart is data.
                     loop {
-                        while i < b.len() && b[i] != 0xFF {
-                            i += 1;
+                        let mut b = next()?;
+                        while b.is_some_and(|b| b != 0xFF) {
+                            b = next()?;
                         }
-                        let mut j = i + 1;
-                        while j < b.len() && b[j] == 0xFF {
-                            j += 1;
+                        while b == Some(0xFF) {
+                            b = next()?;
                         }
-                        match b.get(j) {
-                            None => return Ok(false),
-                            Some(0x00 | 0xD0..=0xD7) => i = j + 1,
-                            Some(_) => break,
+                        match b {
+                            None => return Ok(JpegEnd::InScan),
+                            Some(0x00 | 0xD0..=0xD7) => continue,
+                            Some(m) => {
+                                pending = Some(m);
+                                break;
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// Whether a decoded image's last rows are one flat colour across the whole width: what the
+/// decoder leaves where a cut JPEG's data stops (a photo's own last rows have texture).
+fn ends_in_flat_rows(img: &DynamicImage) -> bool {
+    use image::GenericImageView;
+    let (w, h) = img.dimensions();
+    let rows = 8.min(h);
+    let first = img.get_pixel(0, h - 1);
+    (h - rows..h).all(|y| (0..w).all(|x| img.get_pixel(x, y) == first))
 }
 
 /// What the decoder may allocate for a file starting with `head`: for a PNG, eight times its pixels' size (from the
@@ -562,12 +610,18 @@ pub fn save_with(img: &DynamicImage, path: &Path, meta: &Metadata, jpeg_quality:
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let path = &check_regular(path)?;
     tempfiles::remove_stale(path);
-    // The file replaced keeps its permissions (a private 0600 file stays private).
-    let mode = fs::metadata(path).ok().map(|m| m.permissions());
+    // The file replaced keeps its permission bits (a private 0600 file stays private; not
+    // set-user/group-ID or sticky) and, where this process may, its owner and group (a file
+    // of another account stays readable to it). Best effort: a folder that cannot take them
+    // (FAT, some network shares) still gets the picture.
+    let before = fs::metadata(path).ok();
     let result = (|| -> std::io::Result<()> {
         let (tmp, mut f) = tempfiles::Temp::beside(path)?;
-        if let Some(mode) = mode {
-            f.set_permissions(mode)?;
+        if let Some(m) = &before {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))
+                .or_else(|_| std::os::unix::fs::fchown(&f, None, Some(m.gid())));
+            let _ = f.set_permissions(fs::Permissions::from_mode(m.mode() & 0o777));
         }
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -763,8 +817,12 @@ mod tests {
         with_thumb.extend_from_slice(&jpeg[2..]);
         let p = d.join("whole.jpg");
         fs::write(&p, &with_thumb).unwrap();
-        assert!(load_photo(&p).is_ok());
-        for cut in [with_thumb.len() - 2, with_thumb.len() / 2 + jpeg.len() / 2, jpeg.len() + 10] {
+        let whole = load_photo(&p).unwrap().original;
+        // Only the end marker missing (some cameras write that): every row is there.
+        fs::write(&p, &with_thumb[..with_thumb.len() - 2]).unwrap();
+        let read = load_photo(&p).expect("a JPEG missing only its end marker is read").original;
+        assert_eq!(read.to_rgb8(), whole.to_rgb8());
+        for cut in [with_thumb.len() / 2 + jpeg.len() / 2, jpeg.len() + 10, 3] {
             fs::write(&p, &with_thumb[..cut]).unwrap();
             let e = load_photo(&p).unwrap_err().to_string();
             assert!(e.contains("whole.jpg") && e.contains("truncated"), "cut at {cut}: {e}");
@@ -828,6 +886,12 @@ mod tests {
         save_atomic(&img, &private).unwrap();
         assert_eq!(fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(load_photo(&private).is_ok());
+        // A set-user-ID bit is not carried onto the new picture.
+        let suid = d.join("suid.png");
+        fs::write(&suid, b"old").unwrap();
+        fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
+        save_atomic(&img, &suid).unwrap();
+        assert_eq!(fs::metadata(&suid).unwrap().permissions().mode() & 0o7777, 0o755);
     }
 
     #[test]

@@ -177,7 +177,17 @@ pub fn inpaint(
         Some(_) => return Err(Error::Invalid("initial noise of the wrong size".into())),
         None => rng.normals(c * lw * lh),
     };
-    let ts = sd.scheduler.timesteps(o.steps);
+    // DPM-Solver runs on its own timesteps and noise levels (σ, and 0 after the last).
+    let dpm = match o.sampler {
+        SamplerKind::DpmSolver => Some(sd.scheduler.dpm_plan(o.steps, false)),
+        SamplerKind::DpmSolverKarras => Some(sd.scheduler.dpm_plan(o.steps, true)),
+        SamplerKind::Ddim | SamplerKind::Ddpm => None,
+    };
+    let mut solver = crate::diffusion::solver::DpmSolver2M::default();
+    let ts = match &dpm {
+        Some((ts, _)) => ts.clone(),
+        None => sd.scheduler.timesteps(o.steps),
+    };
     let n = ts.len();
     for (i, &t) in ts.iter().enumerate() {
         if cancelled() {
@@ -193,7 +203,13 @@ pub fn inpaint(
         } else {
             out
         };
-        let (next, est) = sd.scheduler.step(o.sampler, &x, &eps, t, o.steps, &mut rng);
+        let (next, est) = match &dpm {
+            Some((_, sigmas)) => {
+                let est = sd.scheduler.estimate_at_sigma(&x, &eps, sigmas[i]);
+                (solver.step(&x, &est, sigmas[i], sigmas[i + 1]), est)
+            }
+            None => sd.scheduler.step(o.sampler, &x, &eps, t, o.steps, &mut rng),
+        };
         x = next;
         if i + 1 < n {
             let unscaled: Vec<f32> = est.iter().map(|v| v / scaling + shift).collect();

@@ -56,6 +56,20 @@ impl StableDiffusion {
         }
         let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
         let (vae, vae_config) = vae::Vae::load(&dir.join("vae"), device)?;
+        // Each is within its own bounds; their product is the size the model samples at.
+        let native = unet_config.sample_size.unwrap_or(64) * vae_config.factor();
+        let largest = *crate::settings::LIMITS.size.end();
+        if native > largest {
+            return Err(Error::input(
+                dir.join("unet").join("config.json"),
+                format!(
+                    "`sample_size` {} times the VAE's {} pixels per latent pixel is {native} px a side; realfill \
+                     samples at most {largest}",
+                    unet_config.sample_size.unwrap_or(64),
+                    vae_config.factor()
+                ),
+            ));
+        }
         if unet.in_channels != 2 * vae_config.latent_channels + 1 {
             return Err(Error::input(
                 dir.join("unet").join("config.json"),

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::config::{bounds, read_json, within};
+use crate::diffusion::solver;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::settings::SamplerKind;
@@ -27,9 +28,6 @@ fn d_linear() -> String {
 }
 fn d_eps() -> String {
     "epsilon".into()
-}
-fn d_leading() -> String {
-    "leading".into()
 }
 fn d_one() -> f64 {
     1.0
@@ -55,8 +53,10 @@ pub struct SchedulerConfig {
     pub steps_offset: usize,
     #[serde(default)]
     pub set_alpha_to_one: Option<bool>,
-    #[serde(default = "d_leading")]
-    pub timestep_spacing: String,
+    /// None: the sampler's own default, as diffusers reads a config without the key (DDIM and
+    /// DDPM "leading", DPM-Solver "linspace").
+    #[serde(default)]
+    pub timestep_spacing: Option<String>,
     #[serde(default)]
     pub clip_sample: Option<bool>,
     #[serde(default = "d_one")]
@@ -119,7 +119,7 @@ impl Scheduler {
         if c.thresholding || c.rescale_betas_zero_snr {
             return Err("thresholding and rescale_betas_zero_snr are not supported".into());
         }
-        if !matches!(c.timestep_spacing.as_str(), "leading" | "trailing" | "linspace") {
+        if !matches!(c.timestep_spacing.as_deref(), None | Some("leading" | "trailing" | "linspace")) {
             return Err(format!("timestep_spacing {:?} is not supported", c.timestep_spacing));
         }
         // The numbers before anything is sized by them.
@@ -172,7 +172,7 @@ impl Scheduler {
     pub fn timesteps(&self, n: usize) -> Vec<usize> {
         let t = self.config.num_train_timesteps;
         let n = n.clamp(1, t);
-        match self.config.timestep_spacing.as_str() {
+        match self.config.timestep_spacing.as_deref().unwrap_or("leading") {
             "trailing" => {
                 let ratio = t as f64 / n as f64;
                 (0..n).map(|i| ((t as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
@@ -184,6 +184,53 @@ impl Scheduler {
                 let ratio = t / n;
                 (0..n).rev().map(|i| (i * ratio + self.config.steps_offset).min(t - 1)).collect()
             }
+        }
+    }
+
+    /// DPM-Solver's run of `n` steps (diffusers' `DPMSolverMultistepScheduler.set_timesteps`):
+    /// the timestep the network is given at each step, the noise level σ of each, and a last
+    /// σ of 0. With `karras`, Karras et al.'s levels between the schedule's smallest and
+    /// largest, each given the timestep whose σ it is (interpolated in log σ, rounded).
+    pub fn dpm_plan(&self, n: usize, karras: bool) -> (Vec<usize>, Vec<f64>) {
+        let t = self.config.num_train_timesteps;
+        let n = n.clamp(1, t);
+        let table: Vec<f64> = self.alphas_cumprod.iter().map(|&a| solver::sigma_of(a)).collect();
+        let steps: Vec<usize> = match self.config.timestep_spacing.as_deref().unwrap_or("linspace") {
+            "leading" => {
+                let ratio = t / (n + 1);
+                (0..=n).rev().take(n).map(|i| (i * ratio + self.config.steps_offset).min(t - 1)).collect()
+            }
+            "trailing" => {
+                let ratio = t as f64 / n as f64;
+                (0..n).map(|i| ((t as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+            }
+            _ => (0..=n)
+                .rev()
+                .take(n)
+                .map(|i| ((t - 1) as f64 * i as f64 / n as f64).round_ties_even() as usize)
+                .collect(),
+        };
+        let (steps, mut sigmas) = if karras {
+            let sigmas = solver::karras_sigmas(n, table[0], table[t - 1]);
+            let log: Vec<f64> = table.iter().map(|s| s.ln()).collect();
+            let steps = sigmas.iter().map(|&s| timestep_of_log_sigma(&log, s.ln())).collect();
+            (steps, sigmas)
+        } else {
+            let sigmas = steps.iter().map(|&i| table[i]).collect();
+            (steps, sigmas)
+        };
+        sigmas.push(0.0);
+        (steps, sigmas)
+    }
+
+    /// The clean-sample estimate of the model's output `out` at `x`, at noise level `sigma`
+    /// (DPM-Solver's conversion; with Karras levels σ is not one of the table's).
+    pub fn estimate_at_sigma(&self, x: &[f32], out: &[f32], sigma: f64) -> Vec<f32> {
+        let (alpha, vp) = solver::alpha_sigma(sigma);
+        let (a, s) = (alpha as f32, vp as f32);
+        match self.prediction {
+            Prediction::Epsilon => x.iter().zip(out).map(|(x, e)| (x - s * e) / a).collect(),
+            Prediction::V => x.iter().zip(out).map(|(x, v)| a * x - s * v).collect(),
         }
     }
 
@@ -234,7 +281,9 @@ impl Scheduler {
         let a = self.alphas_cumprod[t];
         let ap = self.alpha_prev(t, n, sampler);
         let next = match sampler {
-            SamplerKind::Ddim => {
+            // DPM-Solver runs through `dpm_plan` and `solver`; asked for one step here, its
+            // first-order step is DDIM's.
+            SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => {
                 let (c0, c1) = (ap.sqrt() as f32, (1.0 - ap).sqrt() as f32);
                 x0.iter().zip(&eps).map(|(x0, e)| c0 * x0 + c1 * e).collect()
             }
@@ -258,6 +307,16 @@ impl Scheduler {
         let (sa, sb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
         x0.iter().zip(noise).map(|(x, n)| sa * x + sb * n).collect()
     }
+}
+
+/// The (rounded) timestep whose log σ is `log_sigma`, interpolated in the table `log`
+/// (ascending with t), as diffusers' `_sigma_to_t` (and numpy's rounding, half to even).
+fn timestep_of_log_sigma(log: &[f64], log_sigma: f64) -> usize {
+    let last = log.len() - 1;
+    let hi = log.iter().position(|&l| l >= log_sigma).unwrap_or(last).clamp(1, last);
+    let lo = hi - 1;
+    let w = ((log[lo] - log_sigma) / (log[lo] - log[hi])).clamp(0.0, 1.0);
+    ((1.0 - w) * lo as f64 + w * hi as f64).round_ties_even() as usize
 }
 
 #[cfg(test)]
@@ -302,11 +361,81 @@ mod tests {
         assert!(close(&next, &[0.293_912_2, -0.712_08, 1.202_338]), "{next:?}");
         let mut cos = sd2();
         cos.beta_schedule = "squaredcos_cap_v2".into();
-        cos.timestep_spacing = "trailing".into();
+        cos.timestep_spacing = Some("trailing".into());
         cos.steps_offset = 0;
         let s = Scheduler::new(cos).unwrap();
         assert_eq!(s.timesteps(7), [999, 856, 713, 570, 428, 285, 142]);
         assert!((s.alphas_cumprod[500] - 0.4922850430011749).abs() < 1e-6);
+    }
+
+    /// diffusers 0.42.1's DPMSolverMultistepScheduler.from_config(this config) — its own
+    /// default spacing (linspace), the folder's "leading" with v-prediction, and Karras
+    /// levels — four steps from x with fixed model outputs
+    /// (bench/dpm_solver_reference.py).
+    #[test]
+    #[allow(clippy::excessive_precision)] // diffusers' values as printed
+    fn dpm_solver_matches_diffusers() {
+        let outs = [[0.5f32, 1.0, -0.2], [0.1, -0.4, 0.3], [-0.2, 0.6, 0.05], [0.4, 0.2, -0.3]];
+        let run = |c: SchedulerConfig, karras: bool, want_ts: [usize; 4], want: [[f32; 3]; 4]| {
+            let s = Scheduler::new(c).unwrap();
+            let (ts, sigmas) = s.dpm_plan(4, karras);
+            assert_eq!(ts, want_ts);
+            let mut solver = solver::DpmSolver2M::default();
+            let mut x = vec![0.3f32, -0.7, 1.2];
+            for i in 0..4 {
+                let x0 = s.estimate_at_sigma(&x, &outs[i], sigmas[i]);
+                x = solver.step(&x, &x0, sigmas[i], sigmas[i + 1]);
+                for (a, b) in x.iter().zip(&want[i]) {
+                    assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "step {i}: {x:?} vs {:?}", want[i]);
+                }
+            }
+            s
+        };
+        let s = run(
+            sd2(),
+            false,
+            [999, 749, 500, 250],
+            [
+                [-0.2074536, -4.9464293, 4.6842198],
+                [-0.3999298, -9.7517357, 9.7246571],
+                [-0.2931504, -15.7602901, 15.1383762],
+                [-0.6354507, -19.3391571, 18.6510906],
+            ],
+        );
+        let ts20 = s.dpm_plan(20, false).0;
+        assert_eq!(&ts20[..4], &[999, 949, 899, 849]);
+        assert_eq!(&ts20[9..11], &[549, 500]);
+        assert_eq!(*ts20.last().unwrap(), 50);
+        let mut v = sd2();
+        v.prediction_type = "v_prediction".into();
+        v.timestep_spacing = Some("leading".into());
+        let s = run(
+            v,
+            false,
+            [801, 601, 401, 201],
+            [
+                [0.1842571, -0.900461, 1.214795],
+                [0.2023865, -0.5944875, 1.0453146],
+                [0.3277803, -0.9584864, 1.0683119],
+                [0.0851304, -0.9308292, 1.0758619],
+            ],
+        );
+        assert_eq!(&s.dpm_plan(20, false).0[..3], &[941, 894, 847]);
+        let s = run(
+            sd2(),
+            true,
+            [999, 687, 146, 0],
+            [
+                [-0.3997912, -6.5309668, 5.9794769],
+                [-0.824517, -16.5891685, 16.5973511],
+                [-0.2779219, -17.1152573, 17.6561165],
+                [-0.2897072, -17.1283703, 17.6723766],
+            ],
+        );
+        assert_eq!(
+            s.dpm_plan(20, true).0,
+            [999, 962, 921, 876, 827, 772, 710, 640, 561, 474, 380, 285, 197, 123, 69, 35, 15, 6, 2, 0]
+        );
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! DPM-Solver++ (2M): Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+//! Probabilistic Models" (2022), the multistep second-order solver in data-prediction form, as
+//! diffusers' `DPMSolverMultistepScheduler` runs it (algorithm `dpmsolver++`, order 2,
+//! midpoint, the last step to σ = 0 of first order). It reaches in about 20–25 steps what
+//! DDIM needs 50 for, so a fill costs half the network evaluations. Both samplers use it: the
+//! scene model's (`sampler`) and Stable Diffusion's (`sd::inpaint`).
+//!
+//! Noise levels are the variance-exploding σ = √((1 − ᾱ) / ᾱ): a latent at σ is
+//! α (x₀ + σ ε) with α = 1 / √(σ² + 1), and the solver's log-SNR is λ = −ln σ.
+
+/// α and the variance-preserving σ (α·σ) of a noise level σ.
+pub fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// σ of a cumulative ᾱ.
+pub fn sigma_of(alpha_bar: f64) -> f64 {
+    ((1.0 - alpha_bar) / alpha_bar).sqrt()
+}
+
+/// The solver's memory: the previous step's clean estimate and its σ.
+#[derive(Default)]
+pub struct DpmSolver2M {
+    previous: Option<(Vec<f32>, f64)>,
+}
+
+impl DpmSolver2M {
+    /// From `x` at noise level `sigma_s`, whose clean estimate is `x0`, to level `sigma_t`
+    /// (0: the end). First order on the first step and to σ = 0 (`last`), second order
+    /// (with the previous estimate) otherwise.
+    pub fn step(&mut self, x: &[f32], x0: &[f32], sigma_s: f64, sigma_t: f64) -> Vec<f32> {
+        let next = if sigma_t <= 0.0 {
+            // λ_t = ∞: the step lands on the clean estimate.
+            x0.to_vec()
+        } else {
+            let (alpha_t, vp_t) = alpha_sigma(sigma_t);
+            let (_, vp_s) = alpha_sigma(sigma_s);
+            let h = (sigma_s / sigma_t).ln();
+            let decay = (vp_t / vp_s) as f32;
+            let c = (-alpha_t * ((-h).exp() - 1.0)) as f32;
+            match &self.previous {
+                None => x.iter().zip(x0).map(|(&x, &d0)| decay * x + c * d0).collect(),
+                Some((m1, sigma_s1)) => {
+                    // D1 = (m0 − m1) / r0, r0 = h_0 / h: the estimate's change per unit of λ.
+                    let h0 = (sigma_s1 / sigma_s).ln();
+                    let r = (h / h0) as f32;
+                    x.iter()
+                        .zip(x0)
+                        .zip(m1)
+                        .map(|((&x, &d0), &m1)| decay * x + c * d0 + 0.5 * c * r * (d0 - m1))
+                        .collect()
+                }
+            }
+        };
+        self.previous = Some((x0.to_vec(), sigma_s));
+        next
+    }
+}
+
+/// Karras et al.'s noise levels (ρ = 7) from `sigma_max` down to `sigma_min`, `n` of them.
+pub fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    let rho = 7.0;
+    let (lo, hi) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
+    (0..n)
+        .map(|i| {
+            let ramp = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+            (hi + ramp * (lo - hi)).powf(rho)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a model that always knows the clean sample, every step stays on the line from the
+    /// sample to the noise, and the last lands on the sample.
+    #[test]
+    fn a_perfect_model_is_followed_to_its_sample() {
+        let (x0, noise) = (vec![0.3f32, -0.7, 1.2], vec![0.5f32, 1.0, -0.2]);
+        let sigmas = [14.6, 6.0, 2.1, 0.7, 0.2, 0.0];
+        let noised = |s: f64| -> Vec<f32> {
+            let (a, _) = alpha_sigma(s);
+            x0.iter().zip(&noise).map(|(x, n)| (a * (*x as f64 + s * *n as f64)) as f32).collect()
+        };
+        let mut solver = DpmSolver2M::default();
+        let mut x = noised(sigmas[0]);
+        for w in sigmas.windows(2) {
+            x = solver.step(&x, &x0, w[0], w[1]);
+            let want = if w[1] > 0.0 { noised(w[1]) } else { x0.clone() };
+            for (a, b) in x.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{x:?} vs {want:?} at σ {}", w[1]);
+            }
+        }
+    }
+
+    #[test]
+    fn karras_levels_span_the_range() {
+        let s = karras_sigmas(5, 0.03, 14.6);
+        assert!((s[0] - 14.6).abs() < 1e-9 && (s[4] - 0.03).abs() < 1e-9);
+        assert!(s.windows(2).all(|w| w[0] > w[1]));
+    }
+}
