@@ -73,6 +73,15 @@ def conn(port):
     return s
 
 
+def opened_with_huge_header(port):
+    """A connection that opened a session and sent a frame header declaring 1 GiB."""
+    s = conn(port)
+    s.sendall(opening())
+    s.recv(4096)
+    s.sendall(huge_header())
+    return s
+
+
 def server_cases():
     server, (_, port) = start_server()
     pid = server.pid
@@ -80,13 +89,7 @@ def server_cases():
     ROWS.append(("server idle", "", mem(pid), ""))
 
     # 1. Seven bare 14-byte headers declaring 1 GiB, after a valid opening (the issue: 7 abort it).
-    socks = []
-    for _ in range(7):
-        s = conn(port)
-        s.sendall(opening())
-        s.recv(4096)
-        s.sendall(huge_header())
-        socks.append(s)
+    socks = [opened_with_huge_header(port) for _ in range(7)]
     time.sleep(1)
     closed = 0
     for s in socks:
@@ -103,10 +106,7 @@ def server_cases():
     # 2. The 1 GiB actually sent on three connections.
     sent_mb = []
     for _ in range(3):
-        s = conn(port)
-        s.sendall(opening())
-        s.recv(4096)
-        s.sendall(huge_header())
+        s = opened_with_huge_header(port)
         chunk = b"\0" * (1 << 20)
         n = 0
         try:

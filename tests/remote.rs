@@ -149,6 +149,21 @@ fn an_unreachable_server_stops_the_command_at_once() {
     assert!(!out.exists());
 }
 
+/// `fill` of the scene in `dir` with the scene model learning (for as long as it is let) on
+/// `server`; its stderr piped.
+fn learning_through(dir: &Path, server: &Server, tf: &Path, out: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    scene_cmd(dir, "fill")
+        .arg("--out")
+        .arg(out)
+        .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])
+        .args(["--no-cache", "--backend", &format!("remote={}", server.url), "--token-file", tf.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The server stops while the scene model learns through it: the job ends with a message
 /// naming the lost connection, within seconds, and writes nothing.
 #[test]
@@ -158,15 +173,7 @@ fn a_server_stopped_mid_job_fails_the_job_with_a_message() {
     let tf = token_file(&dir, "mid-job");
     let server = Server::start(&tf);
     let out = dir.join("out.png");
-    let mut client = scene_cmd(&dir, "fill")
-        .arg("--out")
-        .arg(&out)
-        .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])
-        .args(["--no-cache", "--backend", &format!("remote={}", server.url), "--token-file", tf.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = learning_through(&dir, &server, &tf, &out, &[]);
     // Let learning get under way (its progress lines come every 10 %; wait on time instead).
     std::thread::sleep(Duration::from_secs(8));
     assert!(client.try_wait().unwrap().is_none(), "the job was still running");
@@ -351,16 +358,7 @@ fn a_stopped_server_is_reported_not_waited_on() {
     let tf = token_file(&dir, "stop");
     let server = Server::start(&tf);
     let out = dir.join("out.png");
-    let mut client = scene_cmd(&dir, "fill")
-        .arg("--out")
-        .arg(&out)
-        .args(["--engine", "scene", "--size", "80", "--learn-steps", "100000", "--batch", "2", "--crop", "16"])
-        .args(["--no-cache", "--backend", &format!("remote={}", server.url), "--token-file", tf.to_str().unwrap()])
-        .env("REALFILL_SERVER_SILENCE", "3")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = learning_through(&dir, &server, &tf, &out, &[("REALFILL_SERVER_SILENCE", "3")]);
     // Learning for longer than the silence limit: the busy server must not be given up.
     std::thread::sleep(Duration::from_secs(9));
     assert!(client.try_wait().unwrap().is_none(), "the job was still running");

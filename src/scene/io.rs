@@ -173,21 +173,11 @@ fn jpeg_end(mut r: impl std::io::BufRead) -> std::io::Result<JpegEnd> {
     loop {
         let marker = match pending.take() {
             Some(m) => m,
-            None => {
-                // The next marker: 0xFF (fill bytes allowed) and its code; bytes between
-                // segments are skipped, as decoders do.
-                let mut b = next()?;
-                while b.is_some_and(|b| b != 0xFF) {
-                    b = next()?;
-                }
-                while b == Some(0xFF) {
-                    b = next()?;
-                }
-                match b {
-                    Some(m) => m,
-                    None => return Ok(JpegEnd::Cut),
-                }
-            }
+            // Bytes between segments are skipped, as decoders do.
+            None => match marker_code(&mut next)? {
+                Some(m) => m,
+                None => return Ok(JpegEnd::Cut),
+            },
         };
         match marker {
             0xD9 => return Ok(JpegEnd::Complete),
@@ -203,14 +193,7 @@ fn jpeg_end(mut r: impl std::io::BufRead) -> std::io::Result<JpegEnd> {
                 if marker == 0xDA {
                     // Scan data: a 0xFF followed by 0 (a stuffed byte) or a restart is data.
                     loop {
-                        let mut b = next()?;
-                        while b.is_some_and(|b| b != 0xFF) {
-                            b = next()?;
-                        }
-                        while b == Some(0xFF) {
-                            b = next()?;
-                        }
-                        match b {
+                        match marker_code(&mut next)? {
                             None => return Ok(JpegEnd::InScan),
                             Some(0x00 | 0xD0..=0xD7) => continue,
                             Some(m) => {
@@ -223,6 +206,19 @@ fn jpeg_end(mut r: impl std::io::BufRead) -> std::io::Result<JpegEnd> {
             }
         }
     }
+}
+
+/// The code of the next marker: bytes up to a 0xFF skipped, then fill bytes (0xFF); None at
+/// the end of the file.
+fn marker_code(next: &mut impl FnMut() -> std::io::Result<Option<u8>>) -> std::io::Result<Option<u8>> {
+    let mut b = next()?;
+    while b.is_some_and(|b| b != 0xFF) {
+        b = next()?;
+    }
+    while b == Some(0xFF) {
+        b = next()?;
+    }
+    Ok(b)
 }
 
 /// Whether a decoded image's last rows are one flat colour across the whole width: what the

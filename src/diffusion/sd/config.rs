@@ -37,6 +37,18 @@ pub mod bounds {
     pub const TIMESTEPS: RangeInclusive<usize> = 2..=100_000;
 }
 
+/// The block widths and the channels in and out, within `bounds` (the UNet's and the VAE's
+/// configs share them).
+fn check_blocks(blocks: &[usize], in_channels: usize, out_channels: usize) -> std::result::Result<(), String> {
+    use bounds::*;
+    within("block_out_channels (blocks)", blocks.len(), BLOCKS)?;
+    for &c in blocks {
+        within("block_out_channels", c, WIDTH)?;
+    }
+    within("in_channels", in_channels, CHANNELS)?;
+    within("out_channels", out_channels, CHANNELS)
+}
+
 /// `value` of `field` within `range`, else a message naming the field.
 pub fn within<T: PartialOrd + std::fmt::Display>(
     field: &str,
@@ -224,12 +236,7 @@ impl UNetConfig {
     /// Every number within `bounds` (before the rest of the checks use them).
     fn check_numbers(&self) -> std::result::Result<(), String> {
         use bounds::*;
-        within("block_out_channels (blocks)", self.block_out_channels.len(), BLOCKS)?;
-        for &c in &self.block_out_channels {
-            within("block_out_channels", c, WIDTH)?;
-        }
-        within("in_channels", self.in_channels, CHANNELS)?;
-        within("out_channels", self.out_channels, CHANNELS)?;
+        check_blocks(&self.block_out_channels, self.in_channels, self.out_channels)?;
         within("norm_num_groups", self.norm_num_groups, HEADS)?;
         within("conv_in_kernel", self.conv_in_kernel, KERNEL)?;
         within("conv_out_kernel", self.conv_out_kernel, KERNEL)?;
@@ -416,12 +423,7 @@ impl VaeConfig {
 
     fn check_numbers(&self) -> std::result::Result<(), String> {
         use bounds::*;
-        within("block_out_channels (blocks)", self.block_out_channels.len(), BLOCKS)?;
-        for &c in &self.block_out_channels {
-            within("block_out_channels", c, WIDTH)?;
-        }
-        within("in_channels", self.in_channels, CHANNELS)?;
-        within("out_channels", self.out_channels, CHANNELS)?;
+        check_blocks(&self.block_out_channels, self.in_channels, self.out_channels)?;
         within("latent_channels", self.latent_channels, CHANNELS)?;
         within("layers_per_block", self.layers_per_block, LAYERS)?;
         within("norm_num_groups", self.norm_num_groups, HEADS)?;
