@@ -65,6 +65,12 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
+/// Whether nothing is at `path` (a folder on the way that cannot be searched is not
+/// "nothing": reading then says "permission denied").
+pub fn absent(path: &Path) -> bool {
+    matches!(fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Open `path` for reading if it is a regular file (a symbolic link is followed); a FIFO,
 /// device, socket or folder is refused with the file named, without blocking on it.
 pub fn open(path: &Path) -> Result<fs::File> {

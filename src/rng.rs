@@ -1,5 +1,21 @@
 //! A small deterministic random generator (SplitMix64). Ours rather than a crate's so that a
 //! seed gives the same masks, crops and noise on every platform and every dependency update.
+//! And `os_random`: bytes nobody can predict, for what must not be guessed.
+
+/// `buf` filled from the system's random source (`/dev/urandom`), for what must not be
+/// guessed (the GPU server's token, temporary file names); where there is none, from the
+/// standard library's OS-seeded hasher keys (128 bits of entropy in all).
+pub fn os_random(buf: &mut [u8]) {
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).is_ok() {
+        return;
+    }
+    use std::hash::BuildHasher;
+    let keys = std::collections::hash_map::RandomState::new();
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&keys.hash_one(i).to_le_bytes()[..chunk.len()]);
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Rng {

@@ -59,9 +59,10 @@ pub enum SamplerKind {
     Ddim,
     /// Stochastic (η = 1).
     Ddpm,
-    /// DPM-Solver++ (2M), deterministic: in 20–25 steps what DDIM needs 50 for.
+    /// DPM-Solver++ (2M), deterministic, second order: diffusers runs it at about 20 steps.
     DpmSolver,
-    /// DPM-Solver++ (2M) on Karras et al.'s noise levels (more steps at low noise).
+    /// DPM-Solver++ (2M) on Karras et al.'s noise levels, more steps at low noise (Stable
+    /// Diffusion; the scene model runs it as dpm-solver).
     DpmSolverKarras,
 }
 

@@ -36,12 +36,12 @@ impl Temp {
     /// is tried again with another random part. Creation happens under the record's lock, so
     /// a signal's cleanup either sees the file or runs before it exists.
     pub fn create_new(dir: &Path, name: impl Fn(&str) -> String) -> std::io::Result<(Temp, fs::File)> {
-        use std::hash::BuildHasher;
         let mut l = live();
         let mut tries = 0u64;
         loop {
-            // The standard library's hasher keys come from the OS's random source.
-            let rand = std::collections::hash_map::RandomState::new().hash_one(tries) as u32;
+            let mut r = [0u8; 4];
+            crate::rng::os_random(&mut r);
+            let rand = u32::from_le_bytes(r);
             let path = dir.join(name(&format!("{}-{rand:08x}", std::process::id())));
             match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => {

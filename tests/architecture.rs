@@ -8,8 +8,8 @@ use std::path::Path;
 
 /// Layers, lowest first. A top-level module may use modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
-    &["error"],
-    &["allocator", "input_file", "rng", "settings", "switches", "tempfiles"],
+    &["error", "rng"],
+    &["allocator", "input_file", "settings", "switches", "tempfiles"],
     &["kernels", "remote"],
     &["scene"],
     &["align", "eval"],

@@ -2,14 +2,16 @@
 //! WebSocket server reads a frame of up to 1 GiB before its token check, serves an
 //! unauthenticated tensor-transfer route, and keeps no deadline, so it listens on loopback
 //! only and every connection reaches it through here, checked first:
-//! - the opening must be a WebSocket request for `/session` (≤ 8 KiB), and the client's first
-//!   message (≤ 16 KiB) must arrive within [`ADMIT_WITHIN`] of connecting;
+//! - the opening must be a WebSocket request for `/session` (≤ 8 KiB, plain CRLF lines: what
+//!   the gate reads is what any parser reads), and the client's first message (≤ 16 KiB)
+//!   must arrive within [`ADMIT_WITHIN`] of connecting; burn gets an opening the gate writes;
 //! - at most [`WAITING_MAX`] connections wait to be admitted; a new one pushes out the oldest
 //!   (a real client is admitted within milliseconds; one that lingers is a probe);
 //! - the first message's token is checked here; only an admitted client's bytes reach burn,
 //!   and a refused one's greeting goes to burn alone so the client hears burn's own refusal.
 //!
-//! Nothing is allocated by a size a client declares. Every refusal is logged with its reason.
+//! Nothing is allocated by a size a client declares. Every refusal is logged with its reason
+//! (at most [`REFUSALS_PER_SECOND`] lines a second; the rest are counted).
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

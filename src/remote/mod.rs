@@ -271,17 +271,11 @@ pub fn read_token_file(file: &std::path::Path) -> crate::Result<String> {
     Ok(token.to_string())
 }
 
-/// A fresh access token: 256 bits from the system's random source (`/dev/urandom`); where
-/// there is none, the standard library's OS-seeded hasher keys (128 bits: its four values share
-/// one of the two keys).
+/// A fresh access token: 256 bits from the system's random source.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
-    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    if from_os.is_ok() {
-        return bytes.iter().map(|b| format!("{b:02x}")).collect();
-    }
-    use std::hash::BuildHasher;
-    (0..4u64).map(|i| format!("{:016x}", std::collections::hash_map::RandomState::new().hash_one(i))).collect()
+    crate::rng::os_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What `realfill serve` runs.

@@ -147,17 +147,20 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
         let pending = std::mem::take(&mut from_local.pending);
         std::thread::spawn(move || {
             let mut r = Reader { stream: &local, pending, deadline: None };
+            let mut chunk = vec![0u8; websocket::CHUNK];
             let _ = local.set_read_timeout(None);
             while let Ok(h) = r.frame_header() {
                 let w = writer.lock().unwrap_or_else(|e| e.into_inner());
                 let mut out = &*w;
                 let sent = out.write_all(&h.raw).map_err(|e| e.kind()).and_then(|()| {
-                    r.stream_payload(h.len, &mut out, || heard.store(now(), Ordering::Relaxed)).map_err(|e| match e {
-                        // burn's side is read without a deadline: only a write times out.
-                        ReadError::Silent => std::io::ErrorKind::TimedOut,
-                        ReadError::Io(e) => e.kind(),
-                        _ => std::io::ErrorKind::Other,
-                    })
+                    r.stream_payload(h.len, &mut out, &mut chunk, || heard.store(now(), Ordering::Relaxed)).map_err(
+                        |e| match e {
+                            // burn's side is read without a deadline: only a write times out.
+                            ReadError::Silent => std::io::ErrorKind::TimedOut,
+                            ReadError::Io(e) => e.kind(),
+                            _ => std::io::ErrorKind::Other,
+                        },
+                    )
                 });
                 if let Err(kind) = sent {
                     if matches!(kind, std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
@@ -201,7 +204,7 @@ fn relay(url: &str, hostport: &str, local: &TcpStream, silence: Duration) -> Res
     from_remote.deadline = None;
     remote.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
     heard.store(now(), Ordering::Relaxed);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; websocket::CHUNK];
     let result = (|| -> Result<(), String> {
         let quiet_too_long =
             |heard: &AtomicU64| now().saturating_sub(heard.load(Ordering::Relaxed)) > silence.as_millis() as u64;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub const HEAD_MAX: usize = 8 * 1024;
 
 /// Bytes moved per read or write when a frame is streamed through.
-const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
 pub const OP_BINARY: u8 = 0x2;
 pub const OP_PING: u8 = 0x9;
@@ -149,18 +149,19 @@ impl Reader<'_> {
         Ok(FrameHeader { fin, opcode, masked, len, mask, raw })
     }
 
-    /// Copy `len` payload bytes to `out` through a fixed buffer; `progress` is called after
-    /// each chunk written (the watchdog counts it as a sign of life).
+    /// Copy `len` payload bytes to `out` through `buf` (the caller's, kept across frames);
+    /// `progress` is called after each chunk written (the watchdog counts it as a sign of
+    /// life).
     pub fn stream_payload(
         &mut self,
         len: u64,
         out: &mut impl Write,
+        buf: &mut [u8],
         mut progress: impl FnMut(),
     ) -> Result<(), ReadError> {
-        let mut buf = vec![0u8; CHUNK];
         let mut left = len;
         while left > 0 {
-            let want = (left.min(CHUNK as u64)) as usize;
+            let want = left.min(buf.len() as u64) as usize;
             let n = self.read_some(&mut buf[..want])?;
             out.write_all(&buf[..n]).map_err(io_error)?;
             progress();
@@ -333,7 +334,7 @@ mod tests {
         assert_eq!(h.raw.len(), 14);
         // Its 1 GiB never comes: the deadline ends the wait, nothing was allocated for it.
         r.deadline = Some(Instant::now() + Duration::from_millis(100));
-        assert!(matches!(r.stream_payload(h.len, &mut io::sink(), || ()), Err(ReadError::Silent)));
+        assert!(matches!(r.stream_payload(h.len, &mut io::sink(), &mut [0u8; 16], || ()), Err(ReadError::Silent)));
         // A head that never ends is cut at the cap.
         a.write_all(&vec![b'a'; HEAD_MAX + 2048]).unwrap();
         r.deadline = Some(Instant::now() + Duration::from_secs(5));

@@ -198,7 +198,7 @@ impl Project {
     }
 
     pub fn load(path: &Path) -> Result<Project> {
-        if !path.exists() {
+        if crate::input_file::absent(path) {
             return Err(Error::input(path, "project file not found"));
         }
         let text = crate::input_file::read_text(path, crate::input_file::PROJECT)?;
@@ -210,11 +210,11 @@ impl Project {
     /// says what it is.)
     pub fn missing_files(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if !self.target.exists() {
+        if crate::input_file::absent(&self.target) {
             v.push(format!("target photo {}", self.target.display()));
         }
         for r in &self.references {
-            if !r.exists() {
+            if crate::input_file::absent(r) {
                 v.push(format!("reference {}", r.display()));
             }
         }

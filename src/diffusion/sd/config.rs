@@ -501,7 +501,7 @@ impl TextConfig {
 
 /// Reads a JSON file, naming the file in every error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    if !path.exists() {
+    if crate::input_file::absent(path) {
         return Err(Error::input(
             path,
             "missing: a Stable Diffusion folder in diffusers layout has this file (see README, \"Stable Diffusion\")",

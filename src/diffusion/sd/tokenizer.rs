@@ -65,7 +65,7 @@ impl Tokenizer {
         let vocab_path = dir.join("vocab.json");
         let vocab: HashMap<String, i64> = read_json(&vocab_path)?;
         let merges_path = dir.join("merges.txt");
-        if !merges_path.exists() {
+        if crate::input_file::absent(&merges_path) {
             return Err(Error::input(&merges_path, "missing"));
         }
         let merges = crate::input_file::read_text(&merges_path, crate::input_file::CONFIG)?;
@@ -75,7 +75,8 @@ impl Tokenizer {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) => {
-                    ranks.entry(a.to_string()).or_default().entry(b.to_string()).or_insert(i);
+                    // A repeated merge takes its last rank, as transformers' dict of merges does.
+                    ranks.entry(a.to_string()).or_default().insert(b.to_string(), i);
                 }
                 _ => return Err(Error::input(&merges_path, format!("line {}: not a merge (`a b`)", i + 2))),
             }
@@ -84,7 +85,7 @@ impl Tokenizer {
         let mut special: HashMap<String, Value> = HashMap::new();
         for f in ["tokenizer_config.json", "special_tokens_map.json"] {
             let p = dir.join(f);
-            if p.exists() {
+            if !crate::input_file::absent(&p) {
                 let v: HashMap<String, Value> = read_json(&p)?;
                 special.extend(v);
             }
