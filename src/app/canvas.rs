@@ -788,6 +788,12 @@ fn label(painter: &egui::Painter, area: Rect, text: &str) {
     painter.galley(pos, galley, Color32::WHITE);
 }
 
+/// A thumbnail of `img` (reference and candidate buttons) at most `side` pixels on a side.
+pub fn thumbnail(img: &image::DynamicImage, side: u32) -> egui::ColorImage {
+    let t = img.thumbnail(side, side).to_rgba8();
+    egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw())
+}
+
 /// The preview as a texture image over the job's canvas: the x0 estimate inside the fill
 /// region, transparent elsewhere (the full-resolution photo shows through).
 pub fn preview_image(preview: &crate::scene::RgbF, fill: &crate::scene::Mask) -> egui::ColorImage {

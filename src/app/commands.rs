@@ -1,6 +1,6 @@
 //! What the person asked for this frame. Panels, menus and keyboard shortcuts push
-//! `Command`s; `RealfillApp::apply_commands` carries them out once, at the end of the frame,
-//! so every way of asking for a thing takes the same path. Shortcuts live in one table, and
+//! `Command`s; the app (`apply_commands` in `app/mod.rs`) carries them out once, at the end of
+//! the frame, so every way of asking for a thing takes the same path. Shortcuts live in one table, and
 //! menus show their keys with egui's own formatting (`Context::format_shortcut`).
 
 use egui::{Key, KeyboardShortcut, Modifiers};

@@ -1,5 +1,5 @@
 //! The file dialogs the app asks for: what each picks (one file, several, a name to save
-//! under, a folder), its title and the files it lists. The system's dialog (`tasks::dialog`)
+//! under, a folder), its title and the files it lists. The system's dialog (`file_dialogs`)
 //! and realfill's own (`file_browser`) both follow them.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,257 +5,108 @@
 //! out; the worker wakes the UI after each event); file dialogs, decoding and encoding run on
 //! short-lived threads whose results arrive through `tasks`. Each frame starts by draining
 //! both channels, keeps only the newest preview, then draws.
+//!
+//! `RealfillApp` is made of parts, each in its own module with the methods that touch only it:
+//! the document (`document`) and how it is shown (`view`), the job and its previews (`jobs`),
+//! the fill's candidates (`candidates`), the project file and the "save changes?" prompt
+//! (`unsaved`), file dialogs (`file_dialogs`), background tasks (`tasks`), messages
+//! (`messages`), frame times (`frame_stats`), the settings and their autosave (`settings`).
+//! Panels (`panels`) draw parts and push `Command`s. This module applies the commands and does
+//! whatever needs several parts at once; no submodule sees `RealfillApp`.
 
+mod candidates;
 pub mod canvas;
 pub mod clipboard;
 pub mod commands;
 pub mod dialogs;
 pub mod document;
 pub mod file_browser;
+mod file_dialogs;
+mod frame_stats;
+mod jobs;
+mod messages;
 mod panels;
 mod portal_log;
+mod refs_offer;
 pub mod settings;
 mod tasks;
 pub mod unsaved;
+mod view;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
-
-use crate::engine::{Engine, Event, FillSettings, Job};
-use crate::scene::{Photo, Scene};
+use crate::engine::FillSettings;
+use crate::scene::Photo;
 use crate::settings::EngineKind;
+use candidates::Candidates;
 use canvas::Canvas;
 use commands::Command;
-use document::Document;
-use settings::AppSettings;
+use dialogs::Dialog;
+use document::{Document, PaintMask};
+use file_dialogs::FileDialogs;
+use frame_stats::FrameStats;
+use jobs::{Filled, JobView, Outcome};
+use messages::Messages;
+use refs_offer::RefsOffer;
+use settings::{AppSettings, Autosave};
+use tasks::{OpenedProject, Tasks};
+use unsaved::{Pending, Reply, Saving};
+use view::DocView;
+
+pub use candidates::Candidate;
+pub use jobs::{JobKind, LearnProgress, Preview, Running};
+pub use messages::{Level, Message};
 pub use tasks::Task;
+pub use view::ThumbCache;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warning,
-    Error,
-}
-
-#[derive(Clone, Debug)]
-pub struct Message {
-    pub level: Level,
-    pub text: String,
-    /// A button beside the message, and what it does.
-    pub action: Option<(String, Command)>,
-}
-
-/// Above this invented share of a fill the app says so and offers Stable Diffusion.
-const INVENTED_OFFER: f32 = 0.3;
-
-/// A fill result to pick from.
-pub struct Candidate {
-    pub seed: u64,
-    /// Patch agreement with the references (dB, higher = better), when scored.
-    pub agreement: Option<f32>,
-    pub photo: Arc<Photo>,
-    pub thumb: egui::TextureHandle,
-    /// Where its pixels came from (the source tint), and the names of the references it
-    /// was filled from.
-    pub sources: Arc<crate::engine::sources::Sources>,
-    pub ref_names: Vec<String>,
-}
-
-/// What the person asked the engine for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobKind {
-    Learn,
-    Fill,
-}
-
-/// The job the engine is working on.
-#[allow(clippy::large_enum_variant, reason = "one value per app, replaced once per job")]
-pub enum Running {
-    /// The job's scene is being built off the UI thread (`Task::Scene`).
-    Preparing(JobKind),
-    Learn,
-    Fill {
-        scene: Arc<Scene>,
-        /// The fill region's bounding box on the canvas (`Mask::bbox`).
-        fill_box: Option<(usize, usize, usize, usize)>,
-        settings: FillSettings,
-        /// Candidates still to sample after this one.
-        remaining: usize,
-    },
-}
-
-#[derive(Default)]
-pub struct LearnProgress {
-    pub step: usize,
-    pub total: usize,
-    pub elapsed_s: f32,
-    pub losses: Vec<f32>,
-}
-
-pub struct Preview {
-    pub step: usize,
-    pub total: usize,
-    pub tex: egui::TextureHandle,
-}
-
-/// The app's state. Fields are private to `app` (its panels read them directly); tests and
-/// `main` use the methods below.
+/// The app: its parts, and what panels and shortcuts asked for this frame. Tests and `main`
+/// use the methods below.
 pub struct RealfillApp {
+    /// The document being edited (none until a photo opens).
     doc: Option<Document>,
+    view: DocView,
+    job: JobView,
+    /// The last fill's candidates.
+    results: Candidates,
+    saving: Saving,
     settings: AppSettings,
-    /// Write settings to the config folder on exit (off in tests).
-    persist: bool,
-    /// Template for every job (network size, cache use); its run settings come from
-    /// `settings.run` at each job. Tests make it tiny (`with_job_template`).
-    job_template: FillSettings,
-    engine: Option<Engine>,
-    running: Option<Running>,
-    learning: LearnProgress,
-    preview: Option<Preview>,
-    /// Finished strips of the native-resolution fill of the running job (after its previews):
-    /// uploaded, and still to upload (a few per frame, so frames stay short).
-    native_preview: Vec<canvas::NativeTexture>,
-    native_pending: std::collections::VecDeque<crate::engine::detail::NativeTile>,
-    candidates: Vec<Candidate>,
-    /// The candidate shown on the canvas, and the document revision it was applied at (a
-    /// later edit makes picking another candidate a new undo step).
-    selected: usize,
-    applied_revision: Option<u64>,
-    messages: Vec<Message>,
-    backend: Option<String>,
-    /// Why the GPU server cannot be used (shown in the Run panel with "Use this computer").
-    server_lost: Option<String>,
-    status: String,
-    canvas: Canvas,
-    show_before: bool,
-    /// Project file of this document, if saved or opened as one.
-    project_path: Option<PathBuf>,
-    /// The document revision a project last saved (documents start at 0, saved or fresh).
-    saved_revision: u64,
-    /// What waits for the answer to "save changes?", and what waits for a project save.
-    pending: Option<unsaved::Pending>,
-    after_save: Option<unsaved::Pending>,
-    /// The last preview (and its strips) of a finished fill, drawn until the result's texture
-    /// is on screen.
-    handover: Option<(Preview, Vec<canvas::NativeTexture>)>,
-    /// The person chose to close without saving.
-    close_confirmed: bool,
+    autosave: Autosave,
+    dialogs: FileDialogs,
+    tasks: Tasks,
+    messages: Messages,
+    frame: FrameStats,
+    /// The previous photo's references, while the person is asked whether this photo keeps
+    /// them.
+    refs_offer: Option<RefsOffer>,
     /// The keyboard shortcut list is open (F1, Help menu).
     show_shortcuts: bool,
     clipboard: clipboard::Clipboard,
     last_title: String,
-    tasks_tx: Sender<Task>,
-    tasks_rx: Receiver<Task>,
-    /// Background tasks (dialogs, loads, saves) not yet finished.
-    pending_tasks: usize,
     /// What panels and shortcuts asked for this frame; applied at its end.
     commands: Vec<Command>,
-    /// Time the UI spent building the last frames (ms, exponential average).
-    frame_ms: f32,
-    settings_saved: AppSettings,
-    settings_saved_at: Option<Instant>,
-    /// The "Before" toggle button (holding \\ also shows the photo before the last fill).
-    show_before_toggle: bool,
-    /// Before/after side by side on the canvas.
-    split: bool,
-    /// Tint the shown result by where its pixels came from.
-    source_tint: bool,
-    /// For waking the UI from background threads (set at the first frame).
-    repaint_handle: Option<egui::Context>,
-    ref_thumbs: ThumbCache,
-    /// Show times in the status bar: the UI frame time, a fill's seconds (off for snapshots,
-    /// which must not vary).
-    show_frame_time: bool,
-    /// The previous frame's CPU time as eframe measures it (UI, tessellation, rendering).
-    frame_total_ms: f32,
-    /// Print every frame's time to stderr (REALFILL_FRAME_LOG=1), for measuring.
-    frame_log: bool,
-    /// Ask the system for file dialogs; off once it had none that answered (then, and in
-    /// tests, realfill's own dialog is used).
-    system_dialogs: bool,
-    /// realfill's own file dialog, while it is open.
-    file_browser: Option<file_browser::FileBrowser>,
-    /// The references of the photo open before this one, and that photo's name, while the
-    /// person is asked whether this photo keeps them.
-    refs_offer: Option<(Vec<Arc<Photo>>, String)>,
-}
-
-/// Thumbnails of reference photos, made once per photo.
-#[derive(Default)]
-pub struct ThumbCache {
-    items: Vec<(Arc<Photo>, egui::TextureHandle)>,
-}
-
-impl ThumbCache {
-    pub fn get(&mut self, ctx: &egui::Context, p: &Arc<Photo>) -> egui::TextureHandle {
-        if let Some((_, t)) = self.items.iter().find(|(q, _)| Arc::ptr_eq(q, p)) {
-            return t.clone();
-        }
-        let tex = ctx.load_texture(
-            format!("ref-{}", self.items.len()),
-            thumbnail(&p.original, 160),
-            egui::TextureOptions::LINEAR,
-        );
-        // Forget thumbnails of removed references.
-        self.items.retain(|(q, _)| Arc::strong_count(q) > 1);
-        self.items.push((p.clone(), tex.clone()));
-        tex
-    }
 }
 
 impl RealfillApp {
     pub fn new(doc: Option<Document>, settings: AppSettings) -> RealfillApp {
-        let (tasks_tx, tasks_rx) = unbounded();
         RealfillApp {
             doc,
-            settings_saved: settings.clone(),
-            settings_saved_at: None,
+            view: DocView::default(),
+            job: JobView::default(),
+            results: Candidates::default(),
+            saving: Saving::default(),
+            autosave: Autosave::new(&settings),
             settings,
-            persist: false,
-            job_template: FillSettings::default(),
-            engine: None,
-            running: None,
-            learning: LearnProgress::default(),
-            preview: None,
-            native_preview: Vec::new(),
-            native_pending: Default::default(),
-            candidates: Vec::new(),
-            selected: 0,
-            applied_revision: None,
-            messages: Vec::new(),
-            backend: None,
-            server_lost: None,
-            status: String::new(),
-            canvas: Canvas::default(),
-            show_before: false,
-            project_path: None,
-            saved_revision: 0,
-            pending: None,
-            after_save: None,
-            close_confirmed: false,
+            dialogs: FileDialogs::default(),
+            tasks: Tasks::default(),
+            messages: Messages::default(),
+            frame: FrameStats::default(),
+            refs_offer: None,
             show_shortcuts: false,
             clipboard: Default::default(),
             last_title: String::new(),
-            tasks_tx,
-            tasks_rx,
-            pending_tasks: 0,
             commands: Vec::new(),
-            frame_ms: 0.0,
-            show_before_toggle: false,
-            split: false,
-            source_tint: false,
-            repaint_handle: None,
-            ref_thumbs: ThumbCache::default(),
-            show_frame_time: true,
-            frame_total_ms: 0.0,
-            frame_log: crate::switches::get().frame_log,
-            system_dialogs: true,
-            file_browser: None,
-            refs_offer: None,
-            handover: None,
         }
     }
 
@@ -292,24 +143,24 @@ impl RealfillApp {
 
     /// Every job starts from `f` applied to the default template (tests use tiny networks).
     pub fn with_job_template(mut self, f: impl FnOnce(&mut FillSettings)) -> RealfillApp {
-        f(&mut self.job_template);
+        f(&mut self.job.template);
         self
     }
 
     /// Use realfill's own file dialog, never the system's (tests: no dialog outside the app).
     pub fn with_builtin_file_dialogs(mut self) -> RealfillApp {
-        self.system_dialogs = false;
+        self.dialogs.system = false;
         self
     }
 
     /// realfill's own file dialog, while it is open.
     pub fn file_browser(&self) -> Option<&file_browser::FileBrowser> {
-        self.file_browser.as_ref()
+        self.dialogs.browser.as_ref()
     }
 
     /// Hide the frame time and a fill's seconds in the status bar (snapshots must not vary).
     pub fn without_frame_time(mut self) -> RealfillApp {
-        self.show_frame_time = false;
+        self.frame.show = false;
         self
     }
 
@@ -324,43 +175,43 @@ impl RealfillApp {
     }
     /// Whether the shown fill is tinted by source.
     pub fn source_tint(&self) -> bool {
-        self.source_tint
+        self.view.source_tint
     }
 
     pub fn settings_mut(&mut self) -> &mut AppSettings {
         &mut self.settings
     }
     pub fn canvas(&self) -> &Canvas {
-        &self.canvas
+        &self.view.canvas
     }
     pub fn candidates(&self) -> &[Candidate] {
-        &self.candidates
+        &self.results.list
     }
     /// The candidate shown on the canvas.
     pub fn selected(&self) -> usize {
-        self.selected
+        self.results.selected
     }
     pub fn preview(&self) -> Option<&Preview> {
-        self.preview.as_ref()
+        self.job.preview.as_ref()
     }
     /// The running fill's finished native-resolution strips.
     pub fn native_preview(&self) -> &[canvas::NativeTexture] {
-        &self.native_preview
+        &self.job.native_preview
     }
     pub fn learning(&self) -> &LearnProgress {
-        &self.learning
+        &self.job.learning
     }
     pub fn status(&self) -> &str {
-        &self.status
+        &self.job.status
     }
     /// Where jobs compute, as the engine described it (None until it started, or when its GPU
     /// server was lost).
     pub fn backend_description(&self) -> Option<&str> {
-        self.backend.as_deref()
+        self.job.backend.as_deref()
     }
 
     pub fn messages(&self) -> &[Message] {
-        &self.messages
+        self.messages.all()
     }
 
     /// Ask for `c`; it is carried out at the end of the frame.
@@ -369,48 +220,74 @@ impl RealfillApp {
     }
 
     pub fn info(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Info, text: text.into(), action: None });
+        self.messages.info(text);
     }
     pub fn warn(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Warning, text: text.into(), action: None });
+        self.messages.warn(text);
     }
     pub fn error(&mut self, text: impl Into<String>) {
-        self.messages.push(Message { level: Level::Error, text: text.into(), action: None });
+        self.messages.error(text);
     }
 
     pub fn open_target(&mut self, p: Photo) {
         self.forget_previous_notes();
-        self.handover = None;
+        self.job.handover = None;
         if p.transparent.is_some() {
             self.info(format!("{}: transparent pixels are part of the fill region (shown in red)", p.path.display()));
         }
         let doc = Document::new(p);
         if let Some(mut old) = self.doc.take() {
-            // Another photo is another scene unless the person says otherwise (`refs_prompt`).
+            // Another photo is another scene unless the person says otherwise (`refs_offer`).
             let refs = std::mem::take(&mut old.refs);
             if !refs.is_empty() {
                 let from = old.target.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                self.refs_offer = Some((refs, from));
+                self.refs_offer = Some(RefsOffer::new(refs, from));
             }
             // The old photo and its undo history: freed off the UI thread.
             std::thread::spawn(move || drop(old));
         }
-        self.saved_revision = doc.revision;
+        self.saving.opened(doc.revision, None);
         // A photo that exists on disk (not a fill result or the demo's scaled copy).
         if doc.target.path.is_file() {
             self.settings.remember(&doc.target.path);
         }
         self.doc = Some(doc);
-        self.drop_candidates();
-        self.project_path = None;
-        self.canvas.view.fit_pending = true;
+        self.results.clear();
+        self.view.fit();
+    }
+
+    /// Replace the document with an opened project (after asking about unsaved changes, if
+    /// there were any).
+    fn open_project_now(&mut self, o: OpenedProject) {
+        self.forget_previous_notes();
+        // A project brings its own references.
+        self.refs_offer = None;
+        self.job.handover = None;
+        let mut doc = Document::new(o.target);
+        if let Some(m) = &o.project.mask
+            && let Ok(pm) = PaintMask::from_rle(m)
+        {
+            doc.mask = pm;
+        }
+        doc.extension = o.project.extension;
+        doc.refs = o.refs.into_iter().map(Arc::new).collect();
+        self.settings.run = o.project.settings.clone();
+        let revision = doc.revision;
+        if let Some(old) = self.doc.replace(doc) {
+            std::thread::spawn(move || drop(old));
+        }
+        self.results.clear();
+        self.view.fit();
+        self.info(format!("opened project {}", o.path.display()));
+        self.settings.remember(&o.path);
+        self.saving.opened(revision, Some(o.path));
     }
 
     /// Another document opens: what was said about the previous one (the demo's hint, the
     /// last fill's status) no longer applies. Errors stay until dismissed.
     fn forget_previous_notes(&mut self) {
-        self.messages.retain(|m| m.level == Level::Error);
-        self.status.clear();
+        self.messages.forget_notes();
+        self.job.status.clear();
     }
 
     /// Whether the photo just opened is asked to keep the previous photo's references.
@@ -418,92 +295,39 @@ impl RealfillApp {
         self.refs_offer.is_some()
     }
 
-    /// Asked once when another photo opens over one with references: they belong to the
-    /// previous scene, so the new photo starts without them unless the person keeps them.
+    /// The question whether the photo just opened keeps the previous photo's references.
     fn refs_prompt(&mut self, ctx: &egui::Context) {
-        let Some((refs, from)) = &self.refs_offer else { return };
-        let mut keep = None;
-        egui::Modal::new(egui::Id::unique("keep-references")).show(ctx, |ui| {
-            let n = refs.len();
-            let photos = if n == 1 { "reference photo" } else { "reference photos" };
-            ui.heading(format!("Keep the {n} {photos} of {from}?"));
-            ui.label("References show the scene of the photo being filled. Keep them only if this photo shows the same scene.");
-            ui.horizontal(|ui| {
-                if ui.button("Keep references").clicked() {
-                    keep = Some(true);
-                }
-                if ui.button("New scene").clicked() || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
-                    keep = Some(false);
-                }
-            });
-        });
-        let Some(keep) = keep else { return };
-        let Some((refs, _)) = self.refs_offer.take() else { return };
+        let Some(keep) = self.refs_offer.as_ref().and_then(|o| o.ask(ctx)) else { return };
+        let Some(offer) = self.refs_offer.take() else { return };
         match (keep, &mut self.doc) {
             (true, Some(doc)) => {
                 // Through the same checks as added photos: the new photo may be one of them.
-                let notes = doc.add_shared_refs(refs);
+                let notes = doc.add_shared_refs(offer.refs);
                 self.info("kept the references of the previous photo");
                 for n in notes {
                     self.warn(n);
                 }
             }
             _ => {
-                std::thread::spawn(move || drop(refs));
+                std::thread::spawn(move || drop(offer));
             }
         }
     }
 
-    fn engine(&mut self, ctx: &egui::Context) -> &Engine {
-        let backend = self.settings.engine_backend();
-        self.engine.get_or_insert_with(|| {
-            let ctx = ctx.clone();
-            Engine::start_with_waker(backend, Some(Arc::new(move || ctx.request_repaint())))
-        })
-    }
-
-    /// A job ended without a result (or none was running): the canvas keeps what it had.
-    fn job_failed(&mut self, message: String) {
-        self.preview = None;
-        self.native_preview.clear();
-        self.native_pending.clear();
-        if self.running.take().is_some() {
-            self.status = "failed".into();
-        }
-        self.error(message);
-    }
-
     /// Compute on the GPU server (or on this computer) from the next job on; the engine
-    /// restarts at once, so a GPU server is connected (or found unreachable) now rather than at
-    /// the next Fill. The old engine is let go off the UI thread (a worker still connecting
-    /// would hold the frame).
+    /// restarts at once.
     fn use_gpu_server(&mut self, ctx: &egui::Context, on: bool) {
         self.settings.use_gpu_server = on;
-        self.server_lost = None;
-        self.backend = None;
-        if let Some(old) = self.engine.take() {
-            std::thread::spawn(move || drop(old));
-        }
-        self.engine(ctx);
+        self.job.restart_engine(ctx, &self.settings);
     }
 
     /// Whether jobs compute on a GPU server, and its trouble if it has any.
     pub fn gpu_server_state(&self) -> (bool, Option<&str>) {
-        (self.settings.use_gpu_server, self.server_lost.as_deref())
+        (self.settings.use_gpu_server, self.job.server_lost.as_deref())
     }
 
     pub fn busy(&self) -> bool {
-        self.running.is_some()
-    }
-
-    /// The run panel's settings on the job template; `seed` is this candidate's (the learned
-    /// model keeps the run's seed, so candidates share it).
-    fn job_settings(&self, seed: u64) -> crate::Result<FillSettings> {
-        let mut s = self.job_template.clone();
-        s.apply_run(&self.settings.run.clamped())?;
-        s.seed = seed;
-        s.result_photo = true;
-        Ok(s)
+        self.job.busy()
     }
 
     /// Start building the scene for a Learn or Fill off the UI thread; the job is submitted
@@ -514,10 +338,8 @@ impl RealfillApp {
         }
         let Some(doc) = &self.doc else { return };
         let (target, refs, mask, extension) = (doc.target.clone(), doc.refs.clone(), doc.mask.clone(), doc.extension);
-        self.learning = LearnProgress::default();
-        self.running = Some(Running::Preparing(kind));
-        self.status = "preparing…".into();
-        self.spawn(move || {
+        self.job.preparing(kind);
+        self.tasks.spawn(move || {
             let scene = document::scene_of(target, refs, &mask, extension).map(|s| {
                 let fill_box = s.mask.bbox();
                 (s, fill_box)
@@ -526,40 +348,12 @@ impl RealfillApp {
         });
     }
 
-    /// The scene for the job asked for has been built: submit it (unless it was cancelled).
-    pub(crate) fn scene_ready(&mut self, kind: JobKind, scene: tasks::SceneResult) {
-        if !matches!(self.running, Some(Running::Preparing(k)) if k == kind) {
-            return;
-        }
-        self.running = None;
-        let (scene, fill_box) = match scene {
-            Ok((s, b)) => (Arc::new(s), b),
-            Err(e) => {
-                self.status.clear();
-                return self.error(e.to_string());
-            }
-        };
-        let settings = match self.job_settings(self.settings.run.seed) {
-            Ok(s) => s,
-            Err(e) => return self.error(e.to_string()),
-        };
-        let Some(ctx) = self.repaint_handle.clone() else { return };
-        match kind {
-            JobKind::Learn => {
-                self.engine(&ctx).submit(Job::Learn { scene, settings });
-                self.running = Some(Running::Learn);
-                self.status = "learning the scene…".into();
-            }
-            JobKind::Fill => {
-                self.drop_candidates();
-                self.selected = 0;
-                self.applied_revision = None;
-                let candidates = self.settings.run.clamped().candidates;
-                self.engine(&ctx).submit(Job::Fill { scene: scene.clone(), settings: settings.clone(), candidates });
-                let remaining = candidates - 1;
-                self.running = Some(Running::Fill { scene, fill_box, settings, remaining });
-                self.status = "filling…".into();
-            }
+    /// The scene for the job asked for has been built: the job goes to the engine (a fill's
+    /// candidates replace the last fill's).
+    fn scene_ready(&mut self, kind: JobKind, scene: jobs::SceneResult) {
+        let ctx = self.tasks.waker().cloned();
+        if self.job.scene_ready(kind, scene, &self.settings, ctx, &mut self.messages) {
+            self.results.restart();
         }
     }
 
@@ -568,221 +362,65 @@ impl RealfillApp {
         self.doc.as_ref().is_some_and(|d| d.has_fill_region())
     }
 
-    fn cancel(&mut self) {
-        if matches!(self.running, Some(Running::Preparing(_))) {
-            // The scene being built is dropped when it arrives.
-            self.running = None;
-            self.status = "cancelled; the canvas is as it was".into();
-            return;
+    /// Apply the engine's events, in order; only the newest preview is uploaded.
+    fn drain_events(&mut self, ctx: &egui::Context) {
+        let Some(events) = self.job.take_events() else { return };
+        for ev in events {
+            match self.job.apply(ctx, ev, &mut self.messages, self.frame.show) {
+                Some(Outcome::Learned { cached }) => self.learned(cached),
+                Some(Outcome::Filled(f)) => self.filled(f),
+                None => {}
+            }
         }
-        if let Some(e) = &self.engine
-            && self.running.is_some()
-        {
-            e.cancel();
-            self.status = "cancelling…".into();
+        self.job.upload(ctx);
+    }
+
+    /// Learning ended: Fill uses what was learned.
+    fn learned(&mut self, cached: bool) {
+        if self.settings.run.engine == EngineKind::StableDiffusion {
+            // Learned into Stable Diffusion's LoRA: Fill with Stable Diffusion uses it.
+            self.job.status = if cached {
+                "the scene's LoRA was already learned".into()
+            } else {
+                "learned the scene into Stable Diffusion (LoRA)".into()
+            };
+        } else if self.settings.run.engine != EngineKind::SceneModel {
+            // The user asked for the scene model: Fill uses it from now on.
+            self.settings.run.engine = EngineKind::SceneModel;
+            self.info("Fill now uses the learned scene model (Engine: scene model)");
         }
     }
 
-    /// Apply the engine's events; only the newest preview is uploaded.
-    fn drain_events(&mut self, ctx: &egui::Context) {
-        let Some(engine) = &self.engine else { return };
-        let events: Vec<Event> = engine.events().try_iter().collect();
-        let mut newest_preview = None;
-        for ev in events {
-            match ev {
-                Event::Backend { description, warning } => {
-                    if let Some(w) = warning {
-                        self.warn(w);
-                    }
-                    self.backend = Some(description);
-                }
-                Event::Status(s) => self.status = s,
-                Event::Warning(w) => self.warn(w),
-                Event::Learning { step, total, loss, elapsed_s } => {
-                    self.learning.step = step;
-                    self.learning.total = total;
-                    self.learning.elapsed_s = elapsed_s;
-                    self.learning.losses.push(loss);
-                }
-                Event::Preview { step, total, image } => {
-                    newest_preview = Some((step, total, image));
-                    self.handover = None;
-                    self.native_preview.clear();
-                    self.native_pending.clear();
-                }
-                Event::NativeTile(tile) => self.native_pending.push_back(tile),
-                Event::Learned { cached } => {
-                    self.running = None;
-                    self.status = if cached { "the scene model was already learned".into() } else { "learned".into() };
-                    if self.settings.run.engine == EngineKind::StableDiffusion {
-                        // Learned into Stable Diffusion's LoRA: Fill with Stable Diffusion uses it.
-                        self.status = if cached {
-                            "the scene's LoRA was already learned".into()
-                        } else {
-                            "learned the scene into Stable Diffusion (LoRA)".into()
-                        };
-                    } else if self.settings.run.engine != EngineKind::SceneModel {
-                        // The user asked for the scene model: Fill uses it from now on.
-                        self.settings.run.engine = EngineKind::SceneModel;
-                        self.info("Fill now uses the learned scene model (Engine: scene model)");
-                    }
-                }
-                Event::Done(out) => {
-                    // The last preview and the finished strips stay on screen until the
-                    // result's own texture is (`drop_handover_once_shown`): no flash of the
-                    // hole between them.
-                    newest_preview = None;
-                    if let Some(p) = self.preview.take() {
-                        self.handover = Some((p, std::mem::take(&mut self.native_preview)));
-                    }
-                    self.native_preview.clear();
-                    self.native_pending.clear();
-                    self.on_fill_done(ctx, *out);
-                }
-                Event::Failed(e) => {
-                    newest_preview = None;
-                    self.job_failed(e);
-                }
-                Event::ServerLost(e) => {
-                    newest_preview = None;
-                    self.backend = None;
-                    self.server_lost = Some(e.clone());
-                    self.job_failed(format!("{e} (Run panel, GPU server: Use this computer)"));
-                }
-                Event::Cancelled { .. } => {
-                    newest_preview = None;
-                    self.preview = None;
-                    self.native_preview.clear();
-                    self.native_pending.clear();
-                    self.running = None;
-                    self.status = "cancelled; the canvas is as it was".into();
-                }
-            }
-        }
-        if let (Some((step, total, image)), Some(Running::Fill { scene, fill_box, .. })) =
-            (newest_preview, &self.running)
+    /// A candidate is done: the first goes on the canvas (saying so when much of it is
+    /// invented); after the last, the best is shown.
+    fn filled(&mut self, f: Filled) {
+        let first = self.results.list.is_empty();
+        if first
+            && let Some(m) =
+                candidates::invented_note(&f.candidate.sources, f.engine, self.settings.run.sd.model.is_some())
         {
-            let img = canvas::preview_image(&image, &scene.mask);
-            match &mut self.preview {
-                Some(p) if p.tex.size() == img.size => {
-                    // Only the fill region changes between steps: upload just its rectangle.
-                    let (pos, part) = canvas::fill_region_of(&img, *fill_box, scene.canvas_size());
-                    p.tex.set_partial(pos, part, egui::TextureOptions::LINEAR);
-                    p.step = step;
-                    p.total = total;
-                }
-                _ => {
-                    let tex = ctx.load_texture("preview", img, egui::TextureOptions::LINEAR);
-                    self.preview = Some(Preview { step, total, tex });
-                }
-            }
-            self.status = format!("denoising step {step} of {total}");
+            self.messages.push(m);
         }
-        self.upload_native_strips(ctx);
+        self.results.push(f.candidate);
+        if first && let Some(doc) = &mut self.doc {
+            self.results.accept_first(doc);
+        }
+        if f.last && self.results.list.len() > 1 {
+            self.results.rank(self.doc.as_mut());
+        }
     }
 
     /// After a fill, the last preview goes in the frame the result's texture is drawn in.
     fn drop_handover_once_shown(&mut self) {
-        if self.handover.is_some() && self.doc.as_ref().is_none_or(|d| self.canvas.shows_target_of(d)) {
-            self.handover = None;
+        if self.job.handover.is_some() && self.doc.as_ref().is_none_or(|d| self.view.canvas.shows_target_of(d)) {
+            self.job.handover = None;
         }
     }
 
     /// Whether a preview is on the canvas: the running fill's, or the last one of a finished
     /// fill while its result's texture is being made.
     pub fn preview_on_canvas(&self) -> bool {
-        self.preview.is_some() || self.handover.is_some()
-    }
-
-    /// Upload finished native-resolution strips, up to about a megabyte of texture per frame
-    /// (a camera photo's hole is tens of them, and all may arrive within one frame).
-    fn upload_native_strips(&mut self, ctx: &egui::Context) {
-        const PIXELS_PER_FRAME: usize = 1 << 18;
-        let Some(Running::Fill { scene, .. }) = &self.running else {
-            self.native_pending.clear();
-            return;
-        };
-        let mut budget = PIXELS_PER_FRAME;
-        while budget > 0
-            && let Some(tile) = self.native_pending.pop_front()
-        {
-            budget = budget.saturating_sub(tile.rgb.width * tile.rgb.height);
-            for (pos, img) in canvas::native_tile_images(&tile, &scene.mask) {
-                let tex = ctx.load_texture(format!("native-{}-{}", pos[0], pos[1]), img, egui::TextureOptions::LINEAR);
-                self.native_preview.push(canvas::NativeTexture {
-                    pos,
-                    tex,
-                    rows_done: tile.rows_done,
-                    rows: tile.rows,
-                });
-            }
-            self.status = format!("adding full-resolution detail: {} of {} rows", tile.rows_done, tile.rows);
-        }
-        if !self.native_pending.is_empty() {
-            ctx.request_repaint();
-        }
-    }
-
-    fn on_fill_done(&mut self, ctx: &egui::Context, mut out: crate::engine::FillOutput) {
-        let Some(Running::Fill { scene, fill_box, settings, remaining }) = self.running.take() else { return };
-        let seed = out.seed;
-        let seconds = out.timings.total_s;
-        // From the working-size fill: the same picture at 160 px, without scanning a camera
-        // photo on the UI thread.
-        // As 8-bit values: the `image` crate takes 32-bit float images as linear light and
-        // would encode them to sRGB again (a washed-out thumbnail).
-        let bytes: Vec<u8> = out.working.data.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-        let working = image::DynamicImage::ImageRgb8(
-            image::ImageBuffer::from_raw(out.working.width as u32, out.working.height as u32, bytes)
-                .expect("raster size matches its data"),
-        );
-        let thumb =
-            ctx.load_texture(format!("candidate-{seed}"), thumbnail(&working, 160), egui::TextureOptions::LINEAR);
-        let photo = match out.photo.take() {
-            Some(p) => p,
-            None => {
-                let image = std::mem::replace(&mut out.image, image::DynamicImage::new_rgb8(1, 1));
-                Arc::new(Photo::from_image_with(scene.target.path.clone(), image, None, scene.target.metadata.clone()))
-            }
-        };
-        let first = self.candidates.is_empty();
-        let sources = Arc::new(std::mem::take(&mut out.sources));
-        if first {
-            self.offer_for_invented(&sources, out.timings.engine);
-        }
-        let ref_names = scene
-            .refs
-            .iter()
-            .map(|r| r.path.file_name().map_or_else(|| "reference".into(), |n| n.to_string_lossy().into_owned()))
-            .collect();
-        self.candidates.push(Candidate { seed, agreement: out.agreement, photo, thumb, sources, ref_names });
-        if first && let Some(doc) = &mut self.doc {
-            doc.accept_fill(self.candidates[0].photo.clone());
-            self.applied_revision = Some(doc.revision);
-            self.selected = 0;
-        }
-        let engine = match out.timings.engine {
-            EngineKind::StableDiffusion => "Stable Diffusion".to_string(),
-            e => format!("the {}", e.label()),
-        };
-        // (Snapshots must not vary: without times, the seconds are left out.)
-        self.status = if self.show_frame_time {
-            format!("filled in {seconds:.1} s with {engine} (seed {seed})")
-        } else {
-            format!("filled with {engine} (seed {seed})")
-        };
-        if remaining == 0 && self.candidates.len() > 1 {
-            self.rank_candidates();
-        }
-        // The job's full-resolution buffers (the composite, and the scene's mask after the last
-        // candidate) are freed off the UI thread: hundreds of megabytes on a camera photo.
-        // The job fills every candidate of one preparation; the next is already under way.
-        if remaining > 0 {
-            self.running = Some(Running::Fill { scene, fill_box, settings, remaining: remaining - 1 });
-            std::thread::spawn(move || drop(out));
-        } else {
-            std::thread::spawn(move || drop((out, scene)));
-        }
+        self.job.preview_on_canvas()
     }
 
     /// Ctrl+V with an image on the clipboard (egui hands it over as an event) and Ctrl+C.
@@ -822,44 +460,12 @@ impl RealfillApp {
             (Some(doc), true) => {
                 let (w, h) = (photo.width(), photo.height());
                 for note in doc.add_refs(vec![photo]) {
-                    self.warn(note);
+                    self.messages.warn(note);
                 }
                 self.info(format!("pasted a {w}×{h} image as a reference"));
             }
             (None, true) => self.error("open a photo first: a reference belongs to a photo"),
             (_, false) => self.photo_opened(photo),
-        }
-    }
-
-    /// Forget the candidates, freeing their photos (hundreds of megabytes each on a camera
-    /// photo) off the UI thread.
-    pub(crate) fn drop_candidates(&mut self) {
-        let old = std::mem::take(&mut self.candidates);
-        if !old.is_empty() {
-            std::thread::spawn(move || drop(old));
-        }
-    }
-
-    /// Much of the fill invented (no reference shows that part): say so, and offer Stable
-    /// Diffusion when its folder is set (it imagines what no reference shows; the patch engine
-    /// can only continue the photo's own texture there).
-    fn offer_for_invented(&mut self, sources: &crate::engine::sources::Sources, engine: EngineKind) {
-        let invented = sources.invented();
-        if invented < INVENTED_OFFER || engine == EngineKind::StableDiffusion {
-            return;
-        }
-        let share = format!("{:.0} % of the fill is invented: no reference aligns with that part", 100.0 * invented);
-        if self.settings.run.sd.model.is_some() {
-            self.messages.push(Message {
-                level: Level::Info,
-                text: format!("{share}. Stable Diffusion can imagine it."),
-                action: Some(("Fill with Stable Diffusion".into(), Command::FillWithStableDiffusion)),
-            });
-        } else {
-            self.info(format!(
-                "{share} (Sources shows which). A photo that shows it, added as a reference, or a Stable Diffusion \
-                 folder (Run panel) would fill it."
-            ));
         }
     }
 
@@ -871,7 +477,7 @@ impl RealfillApp {
             return;
         }
         self.settings.run.engine = EngineKind::StableDiffusion;
-        let untouched = self.doc.as_ref().is_some_and(|d| Some(d.revision) == self.applied_revision);
+        let untouched = self.doc.as_ref().is_some_and(|d| self.results.shown_on(d));
         if untouched {
             self.undo();
             self.start_job(JobKind::Fill);
@@ -880,33 +486,6 @@ impl RealfillApp {
                 "Engine: Stable Diffusion. The photo changed since that fill: brush what to fill and press Fill.",
             );
         }
-    }
-
-    /// Order candidates best first; show the best unless the user picked or edited meanwhile.
-    fn rank_candidates(&mut self) {
-        let shown_seed = self.candidates.get(self.selected).map(|c| c.seed);
-        let untouched = self.selected == 0 && self.doc.as_ref().map(|d| d.revision) == self.applied_revision;
-        self.candidates.sort_by(|a, b| b.agreement.unwrap_or(0.0).total_cmp(&a.agreement.unwrap_or(0.0)));
-        if untouched {
-            if self.candidates[0].seed != shown_seed.unwrap_or(u64::MAX) {
-                self.pick_candidate(0);
-            }
-            self.selected = 0;
-        } else {
-            self.selected = self.candidates.iter().position(|c| Some(c.seed) == shown_seed).unwrap_or(0);
-        }
-    }
-
-    /// Show candidate `i` on the canvas.
-    fn pick_candidate(&mut self, i: usize) {
-        let (Some(doc), Some(c)) = (&mut self.doc, self.candidates.get(i)) else { return };
-        if self.applied_revision == Some(doc.revision) {
-            doc.replace_target(c.photo.clone());
-        } else {
-            doc.accept_fill(c.photo.clone());
-        }
-        self.applied_revision = Some(doc.revision);
-        self.selected = i;
     }
 
     fn undo(&mut self) {
@@ -940,15 +519,15 @@ impl RealfillApp {
             Command::Redo => self.redo(),
             Command::Learn => self.start_job(JobKind::Learn),
             Command::Fill => self.start_job(JobKind::Fill),
-            Command::Cancel => self.cancel(),
-            Command::PickCandidate(i) if editable => self.pick_candidate(i),
-            Command::SetTool(t) => self.canvas.tool = Some(t),
-            Command::Fit => self.canvas.view.fit_pending = true,
-            Command::ActualPixels => {
-                let area = self.canvas.area;
-                let pointer = ctx.input(|i| i.pointer.hover_pos());
-                self.canvas.view.actual_pixels(area, pointer, ctx.pixels_per_point());
+            Command::Cancel => self.job.cancel(),
+            Command::PickCandidate(i) if editable => {
+                if let Some(doc) = &mut self.doc {
+                    self.results.pick(i, doc);
+                }
             }
+            Command::SetTool(t) => self.view.canvas.tool = Some(t),
+            Command::Fit => self.view.fit(),
+            Command::ActualPixels => self.view.actual_pixels(ctx),
             Command::InvertMask if editable => {
                 if let Some(d) = &mut self.doc {
                     d.edit(|d| d.mask.invert());
@@ -975,33 +554,28 @@ impl RealfillApp {
                 let Some(doc) = &mut self.doc else { return };
                 let old = doc.extension;
                 doc.edit(|d| d.set_extension(e));
-                // Keep the photo still on screen when the canvas grows left or up.
-                let shift = egui::vec2(e.left as f32 - old.left as f32, e.top as f32 - old.top as f32);
-                self.canvas.view.offset -= shift * self.canvas.view.zoom;
+                self.view.extension_changed(old, e);
             }
-            Command::ToggleBefore => self.show_before_toggle = !self.show_before_toggle,
-            Command::ToggleSplit => self.split = !self.split,
-            Command::ToggleSourceTint => self.source_tint = !self.source_tint,
+            Command::ToggleBefore => self.view.before_toggle = !self.view.before_toggle,
+            Command::ToggleSplit => self.view.split = !self.view.split,
+            Command::ToggleSourceTint => self.view.source_tint = !self.view.source_tint,
             Command::FillWithStableDiffusion => self.fill_again_with_stable_diffusion(),
-            Command::Save => match self.project_path.clone() {
+            Command::Save => match self.saving.project_path.clone() {
                 Some(p) if self.doc.is_some() => self.save_project(p),
-                _ => self.open_dialog(dialogs::Dialog::SaveProject),
+                _ => self.open_dialog(Dialog::SaveProject),
             },
-            Command::Zoom(f) => {
-                let area = self.canvas.area;
-                self.canvas.view.zoom_at(area, area.center(), f);
-            }
+            Command::Zoom(f) => self.view.zoom(f),
             Command::ToggleShortcuts => self.show_shortcuts = !self.show_shortcuts,
             Command::OpenRecent(p) => self.open_recent(p),
             Command::Paste(kind) => {
                 let clip = self.clipboard.clone();
-                self.spawn(move || tasks::Task::Pasted(kind, clip.paste()));
+                self.tasks.spawn(move || Task::Pasted(kind, clip.paste()));
             }
             Command::CopyImage => {
                 if let Some(d) = &self.doc {
                     let (clip, img) = (self.clipboard.clone(), d.target.original.clone());
-                    self.spawn(move || {
-                        tasks::Task::Note(clip.copy(&img).map(|_| "the image is on the clipboard".to_string()))
+                    self.tasks.spawn(move || {
+                        Task::Note(clip.copy(&img).map(|_| "the image is on the clipboard".to_string()))
                     });
                 }
             }
@@ -1022,11 +596,7 @@ impl RealfillApp {
                     ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             }
-            Command::DismissMessage(i) => {
-                if i < self.messages.len() {
-                    self.messages.remove(i);
-                }
-            }
+            Command::DismissMessage(i) => self.messages.dismiss(i),
             // Edits asked for while a job runs are dropped (the controls are disabled then).
             Command::PickCandidate(_)
             | Command::InvertMask
@@ -1050,118 +620,298 @@ impl RealfillApp {
             return;
         }
         let on_refs = pos.is_some_and(|p| refs_panel.contains(p)) && self.doc.is_some();
+        let canvas = self.doc.as_ref().map(|d| d.canvas_size());
         if let Some(project) = files.iter().find(|f| is_project(f)) {
-            self.spawn(tasks::open_project(project.clone()));
+            self.tasks.spawn(tasks::open_project(project.clone()));
         } else if on_refs {
-            self.spawn(tasks::load_refs(files, self.doc.as_ref().map(|d| d.canvas_size())));
+            self.tasks.spawn(tasks::load_refs(files, canvas));
         } else {
             let mut it = files.into_iter();
             if let Some(t) = it.next() {
-                self.spawn(tasks::load_target(t));
+                self.tasks.spawn(tasks::load_target(t));
             }
             let rest: Vec<PathBuf> = it.collect();
             if !rest.is_empty() {
-                self.spawn(tasks::load_refs(rest, self.doc.as_ref().map(|d| d.canvas_size())));
+                self.tasks.spawn(tasks::load_refs(rest, canvas));
             }
         }
     }
 
     /// Run a background task; its result arrives as a `Task` in a later frame.
     pub fn spawn(&mut self, work: impl FnOnce() -> Task + Send + 'static) {
-        let tx = self.tasks_tx.clone();
-        let ctx = self.repaint_handle.clone();
-        self.pending_tasks += 1;
-        std::thread::spawn(move || {
-            let _ = tx.send(work());
-            if let Some(c) = ctx {
-                c.request_repaint();
-            }
-        });
+        self.tasks.spawn(work);
     }
 
     /// Wait (in tests) until background tasks have reported.
     pub fn wait_for_tasks(&mut self) {
-        while self.pending_tasks > 0 {
-            match self.tasks_rx.recv_timeout(std::time::Duration::from_secs(60)) {
-                Ok(t) => {
-                    self.pending_tasks -= 1;
-                    self.apply_task(t);
-                }
-                Err(_) => break,
-            }
-        }
-    }
-
-    fn drain_tasks(&mut self) {
-        while let Ok(t) = self.tasks_rx.try_recv() {
-            self.pending_tasks = self.pending_tasks.saturating_sub(1);
+        while let Some(t) = self.tasks.wait_next() {
             self.apply_task(t);
         }
     }
 
-    /// Write changed settings at most every two seconds (a dragged value changes every
-    /// frame), and on exit.
-    fn save_settings_if_changed(&mut self) {
-        let due = self.settings_saved_at.is_none_or(|t| t.elapsed().as_secs_f32() > 2.0);
-        if self.persist && due && self.settings != self.settings_saved {
-            self.settings_saved_at = Some(Instant::now());
-            if let Err(e) = self.settings.save() {
-                self.warn(format!("settings not saved: {e}"));
-            }
-            self.settings_saved = self.settings.clone();
+    fn drain_tasks(&mut self) {
+        while let Some(t) = self.tasks.try_next() {
+            self.apply_task(t);
         }
     }
 
-    /// The whole window.
-    pub fn show(&mut self, ui: &mut egui::Ui) {
-        let t0 = Instant::now();
-        let ctx = ui.ctx().clone();
-        if self.repaint_handle.is_none() {
-            self.repaint_handle = Some(ctx.clone());
+    /// Write changed settings now and then (`Autosave`), and on exit.
+    fn save_settings_if_changed(&mut self) {
+        if let Err(e) = self.autosave.save_if_changed(&self.settings) {
+            self.warn(format!("settings not saved: {e}"));
         }
-        self.drain_tasks();
-        self.drain_events(&ctx);
-        let pressed = commands::pressed(&ctx);
-        // While a prompt or dialog is open its keys are its own (Esc answers it; Ctrl+Enter
-        // must not start a fill under a question about the references).
-        let modal = self.pending.is_some() || self.refs_offer.is_some() || self.file_browser.is_some();
-        if !modal {
-            self.commands.extend(pressed);
+    }
+
+    /// Open a recent file: a project or a photo, by its extension.
+    pub fn open_recent(&mut self, path: PathBuf) {
+        self.tasks.spawn(tasks::open_file(path));
+    }
+
+    pub fn open_dialog(&mut self, kind: Dialog) {
+        // The folder last used, else the open photo's (a photo opened from the command line
+        // or the recent list: its references and exports are usually beside it).
+        let photo_dir = self.doc.as_ref().and_then(|d| d.target.path.parent()).filter(|p| p.is_dir());
+        let start = self.settings.last_dir.clone().or_else(|| photo_dir.map(|p| p.to_path_buf()));
+        let name = match kind {
+            Dialog::Export => self.doc.as_ref().map(|d| d.export_name()),
+            Dialog::SaveProject => {
+                self.doc.as_ref().map(|d| d.target.path.with_extension(crate::scene::project::EXTENSION))
+            }
+            _ => None,
         }
-        self.clipboard_events(&ctx);
-        // Holding \\ shows the photo before the last fill (a held key, not a command).
-        let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));
-        self.show_before = held || self.show_before_toggle;
-        panels::top_bar(self, ui);
-        panels::bottom_bar(self, ui);
-        let refs_rect = panels::references_panel(self, ui);
-        panels::run_panel(self, ui);
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        self.dialogs.open(kind, start, name, &mut self.tasks);
+    }
+
+    /// realfill's own dialog, while open; what it returns goes where the system's would.
+    fn show_file_browser(&mut self, ctx: &egui::Context) {
+        if let Some(t) = self.dialogs.show(ctx) {
+            self.apply_task(t);
+        }
+    }
+
+    /// Export the current image to `path` (atomic; never over an input).
+    pub fn export(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        if let Some(task) = tasks::export(doc, path, self.settings.jpeg_quality, &mut self.messages) {
+            self.tasks.spawn(task);
+        }
+    }
+
+    /// Replace the mask with an imported one (one undo step); it must have the photo's size.
+    pub fn import_mask(&mut self, path: &Path, m: crate::scene::Mask) {
+        let Some(doc) = &mut self.doc else { return };
+        let (w, h) = (doc.target.width(), doc.target.height());
+        if (m.width, m.height) != (w, h) {
+            self.error(format!("{}: the mask is {}×{} but the photo is {w}×{h}", path.display(), m.width, m.height));
+            return;
+        }
+        doc.edit(|d| d.mask = PaintMask::from_mask(&m));
+        self.info(format!("mask imported from {}", path.display()));
+    }
+
+    /// Write the mask as a PNG (white = fill), the command line's `--mask` format.
+    pub fn export_mask(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        self.tasks.spawn(tasks::export_mask(doc, path));
+    }
+
+    pub fn save_project(&mut self, path: PathBuf) {
+        let Some(doc) = &self.doc else { return };
+        self.tasks.spawn(tasks::save_project(doc, &self.settings.run, path));
+    }
+
+    /// A Stable Diffusion folder was chosen: kept and selected as the engine when it has the
+    /// diffusers layout (the networks themselves are read, and checked, at the first fill).
+    pub fn sd_model_chosen(&mut self, dir: PathBuf) {
+        let missing: Vec<&str> = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+            .into_iter()
+            .filter(|sub| !dir.join(sub).is_dir())
+            .collect();
+        if !missing.is_empty() {
+            return self.error(format!(
+                "{}: not a Stable Diffusion folder in diffusers layout (no {}); {}",
+                dir.display(),
+                missing.join(", "),
+                crate::diffusion::sd::HELP
+            ));
+        }
+        self.settings.run.sd.model = Some(dir);
+        self.settings.run.engine = EngineKind::StableDiffusion;
+        self.info("Fill now uses Stable Diffusion (Engine: Stable Diffusion)".to_string());
+    }
+
+    /// A background task is done: what it brought goes where it belongs.
+    fn apply_task(&mut self, t: Task) {
+        match t {
+            // A save dialog cancelled: what waited for the save waits no more.
+            Task::Dialog(Dialog::SaveProject, None) => self.saving.after_save = None,
+            Task::Dialog(_, None) => {}
+            Task::DialogUnavailable(kind, start, name, why) => {
+                // rfd's reasons are D-Bus details: for the terminal, not the window.
+                eprintln!("realfill: no system file dialog: {why}");
+                self.info("no system file dialog answered (XDG desktop portal or zenity): realfill's own is used");
+                self.dialogs.fall_back(kind, start, name);
+            }
+            Task::Dialog(kind, Some(paths)) => {
+                if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+                    self.settings.last_dir = Some(dir.to_path_buf());
+                }
+                let first = paths[0].clone();
+                match kind {
+                    Dialog::OpenPhoto => self.tasks.spawn(tasks::load_target(first)),
+                    Dialog::AddReferences => {
+                        let canvas = self.doc.as_ref().map(|d| d.canvas_size());
+                        self.tasks.spawn(tasks::load_refs(paths, canvas))
+                    }
+                    Dialog::OpenProject => self.tasks.spawn(tasks::open_project(first)),
+                    Dialog::SaveProject => self.save_project(with_extension(first, crate::scene::project::EXTENSION)),
+                    Dialog::Export => self.export(with_extension(first, "png")),
+                    Dialog::ImportMask => {
+                        self.tasks.spawn(move || Task::Mask(first.clone(), crate::scene::io::load_mask(&first)))
+                    }
+                    Dialog::ExportMask => self.export_mask(with_extension(first, "png")),
+                    Dialog::SdModel => self.sd_model_chosen(first),
+                }
+            }
+            Task::Target(Ok(p)) => self.photo_opened(p),
+            Task::Target(Err(e)) => self.error(e.to_string()),
+            Task::Pasted(kind, photo) => self.pasted(kind, photo),
+            Task::Mask(path, Ok(m)) => self.import_mask(&path, m),
+            Task::Mask(_, Err(e)) => self.error(e.to_string()),
+            Task::References(results) => {
+                let mut photos = Vec::new();
+                for r in results {
+                    match r {
+                        Ok(p) => photos.push(p),
+                        Err(e) => self.error(e.to_string()),
+                    }
+                }
+                if let Some(doc) = &mut self.doc {
+                    for note in doc.add_refs(photos) {
+                        self.messages.warn(note);
+                    }
+                }
+            }
+            Task::Project(Ok(o)) => self.project_opened(o),
+            Task::Project(Err(e)) => self.error(e.to_string()),
+            Task::Note(Ok(text)) => self.info(text),
+            Task::Note(Err(e)) => self.error(e.to_string()),
+            Task::Saved(what, Ok(p)) => self.info(format!("{what} {}", p.display())),
+            Task::Saved(_, Err(e)) => self.error(e.to_string()),
+            Task::ProjectSaved(Ok((path, written)), revision) => {
+                if let (Some(doc), Some(t)) = (&mut self.doc, &written) {
+                    doc.target_file = Some(t.clone());
+                }
+                let extra = written.map(|t| format!(" (the filled photo as {})", t.display())).unwrap_or_default();
+                self.info(format!("saved project {}{extra}", path.display()));
+                self.settings.remember(&path);
+                self.saving.project_path = Some(path);
+                self.saved_at(revision);
+            }
+            Task::ProjectSaved(Err(e), _) => {
+                // What waited for the save (closing, opening another) waits no more.
+                self.saving.after_save = None;
+                self.error(e.to_string())
+            }
+            Task::Scene(kind, scene) => self.scene_ready(kind, scene),
+        }
+    }
+
+    /// Whether the document has changes no project holds.
+    pub fn is_modified(&self) -> bool {
+        self.saving.is_modified(self.doc.as_ref())
+    }
+
+    /// The window title: "NAME • — realfill" when modified, learning progress first.
+    pub fn title(&self) -> String {
+        self.saving.title(self.doc.as_ref(), &self.job.title_progress())
+    }
+
+    /// A photo was opened (file, drop, paste): it replaces the document, asking first if the
+    /// document has unsaved changes.
+    pub fn photo_opened(&mut self, p: Photo) {
+        self.after_asking(Pending::Photo(Box::new(p)));
+    }
+
+    /// A project was opened: the same.
+    pub fn project_opened(&mut self, o: OpenedProject) {
+        self.after_asking(Pending::Project(Box::new(o)));
+    }
+
+    /// Carry out `p` now if nothing would be lost, else ask first.
+    pub fn after_asking(&mut self, p: Pending) {
+        if self.saving.must_ask(self.doc.as_ref()) {
+            self.saving.pending = Some(p);
+        } else {
+            self.carry_out(p);
+        }
+    }
+
+    /// The window's close button, the system's close request or Quit: true when it may close
+    /// now, else the prompt asks first.
+    pub fn request_close(&mut self, ctx: &egui::Context) -> bool {
+        self.saving.request_close(ctx, self.doc.as_ref())
+    }
+
+    fn carry_out(&mut self, p: Pending) {
+        match p {
+            Pending::Close => {
+                self.saving.close_confirmed = true;
+                if let Some(ctx) = self.tasks.waker() {
+                    ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            }
+            Pending::Photo(photo) => self.open_target(*photo),
+            Pending::Project(o) => self.open_project_now(*o),
+        }
+    }
+
+    /// The person chose to close without saving (or saved first): the window may close.
+    pub fn close_confirmed(&self) -> bool {
+        self.saving.close_confirmed
+    }
+
+    /// What waits for an answer, if anything (for tests and the prompt).
+    pub fn pending(&self) -> Option<&Pending> {
+        self.saving.pending.as_ref()
+    }
+
+    /// A project was saved at `revision`: carry out what waited for it.
+    fn saved_at(&mut self, revision: u64) {
+        if let Some(p) = self.saving.saved_at(revision) {
+            self.carry_out(p);
+        }
+    }
+
+    /// The "save changes?" prompt, while something waits for an answer.
+    fn prompt(&mut self, ui: &mut egui::Ui) {
+        match self.saving.prompt(ui, self.doc.as_ref()) {
+            Some(Reply::Save) => match self.saving.project_path.clone() {
+                Some(path) => self.save_project(path),
+                None => self.open_dialog(Dialog::SaveProject),
+            },
+            Some(Reply::Discard(p)) => self.carry_out(p),
+            None => {}
+        }
+    }
+
+    /// The canvas with the document, the job's preview over it and the source tint.
+    fn central_panel(&mut self, ui: &mut egui::Ui) {
         egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
-            let (preview, native) = match (&self.preview, &self.handover) {
-                (Some(p), _) => (Some(p), &self.native_preview),
-                (None, Some((p, native))) => (Some(p), native),
-                (None, None) => (None, &self.native_preview),
-            };
-            let preview = preview.map(|p| (&p.tex, p.step, p.total));
-            let editable = self.running.is_none();
+            let (preview, native) = self.job.on_canvas();
+            let editable = !self.job.busy();
             match &mut self.doc {
                 Some(doc) => {
-                    // The tint is of the result on screen, untouched since.
-                    let shows_result = self.applied_revision == Some(doc.revision);
-                    let tint = self
-                        .candidates
-                        .get(self.selected)
-                        .filter(|_| self.source_tint && shows_result)
-                        .map(|c| (&c.sources, c.ref_names.as_slice()));
                     let overlay = canvas::Overlay {
                         editable,
                         preview,
                         native,
-                        show_before: self.show_before,
-                        split: self.split,
-                        tint,
+                        show_before: self.view.show_before,
+                        split: self.view.split,
+                        tint: self.results.tint(doc, self.view.source_tint),
                     };
-                    self.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
+                    self.view.canvas.show(ui, doc, overlay, &mut self.settings.brush_radius);
                 }
                 None => {
                     ui.centered_and_justified(|ui| {
@@ -1170,6 +920,36 @@ impl RealfillApp {
                 }
             }
         });
+    }
+
+    /// The whole window.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let t0 = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.tasks.set_waker(&ctx);
+        self.drain_tasks();
+        self.drain_events(&ctx);
+        let pressed = commands::pressed(&ctx);
+        // While a prompt or dialog is open its keys are its own (Esc answers it; Ctrl+Enter
+        // must not start a fill under a question about the references).
+        let modal = self.saving.pending.is_some() || self.refs_offer.is_some() || self.dialogs.browser.is_some();
+        if !modal {
+            self.commands.extend(pressed);
+        }
+        self.clipboard_events(&ctx);
+        // Holding \\ shows the photo before the last fill (a held key, not a command).
+        let held = !ctx.egui_wants_keyboard_input() && ui.input(|i| i.key_down(egui::Key::Backslash));
+        self.view.show_before = held || self.view.before_toggle;
+        let busy = self.busy();
+        let doc = self.doc.as_ref();
+        let out = &mut self.commands;
+        panels::top_bar(ui, doc, &mut self.settings, &self.view, &self.results, busy, out);
+        let zoom = self.view.canvas.view.zoom;
+        panels::bottom_bar(ui, &self.results, &self.messages, &self.job, &self.frame, zoom, out);
+        let refs_rect = panels::references_panel(ui, doc, &mut self.view.ref_thumbs, busy, out);
+        let has_fill_region = doc.is_some_and(|d| d.has_fill_region());
+        panels::run_panel(ui, &mut self.settings, &self.job, has_fill_region, out);
+        self.central_panel(ui);
         self.drop_handover_once_shown();
         self.dropped_files(ui, refs_rect);
         if ctx.input(|i| i.viewport().close_requested()) {
@@ -1178,7 +958,7 @@ impl RealfillApp {
         self.prompt(ui);
         self.refs_prompt(&ctx);
         self.show_file_browser(&ctx);
-        panels::shortcut_list(self, ui);
+        panels::shortcut_list(ui, &mut self.show_shortcuts);
         self.apply_commands(&ctx);
         let title = self.title();
         if title != self.last_title {
@@ -1186,11 +966,10 @@ impl RealfillApp {
             self.last_title = title;
         }
         // Keep polling while a background task (dialog, load) is out.
-        if self.pending_tasks > 0 {
+        if self.tasks.any_pending() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
-        let ms = t0.elapsed().as_secs_f32() * 1000.0;
-        self.frame_ms = if self.frame_ms == 0.0 { ms } else { 0.9 * self.frame_ms + 0.1 * ms };
+        self.frame.ui_built(t0);
     }
 }
 
@@ -1198,44 +977,31 @@ fn is_project(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == crate::scene::project::EXTENSION)
 }
 
+/// Add `ext` when the name has no extension (dialogs return what the user typed).
+fn with_extension(p: PathBuf, ext: &str) -> PathBuf {
+    if p.extension().is_none() { p.with_extension(ext) } else { p }
+}
+
 fn load_demo() -> crate::Result<Document> {
     let (target, mask, refs) = crate::scene::demo::load()?;
     let mut doc = Document::new(target);
     if (mask.width, mask.height) == (doc.mask.width, doc.mask.height) {
-        doc.mask = document::PaintMask::from_mask(&mask);
+        doc.mask = PaintMask::from_mask(&mask);
     }
     doc.add_refs(refs);
     Ok(doc)
 }
 
-fn thumbnail(img: &image::DynamicImage, side: u32) -> egui::ColorImage {
-    let t = img.thumbnail(side, side).to_rgba8();
-    egui::ColorImage::from_rgba_unmultiplied([t.width() as usize, t.height() as usize], t.as_raw())
-}
-
 impl eframe::App for RealfillApp {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         // eframe's measure of the previous frame: UI code plus tessellation and rendering.
-        if let Some(cpu) = frame.info().cpu_usage {
-            self.frame_total_ms = cpu * 1000.0;
-            if self.frame_log {
-                eprintln!("frame {:.2} ms busy={}", self.frame_total_ms, self.busy());
-            }
-        }
+        self.frame.measured(frame.info().cpu_usage, self.busy());
         self.show(ui);
         self.save_settings_if_changed();
     }
 
     fn on_exit(&mut self) {
-        self.persist_now();
-    }
-}
-
-impl RealfillApp {
-    fn persist_now(&mut self) {
-        if self.persist {
-            let _ = self.settings.save();
-        }
+        self.autosave.save_now(&self.settings);
     }
 }
 
@@ -1247,7 +1013,7 @@ pub fn run(photo: Option<PathBuf>) -> anyhow::Result<()> {
         Some(p) => RealfillApp::with_photo(p, settings),
         None => RealfillApp::demo(settings),
     };
-    app.persist = true;
+    app.autosave.persist = true;
     // What could not be opened is said on the terminal too: the window may never appear.
     for m in app.messages().iter().filter(|m| m.level == Level::Error) {
         eprintln!("error: {}", m.text);

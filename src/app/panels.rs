@@ -1,18 +1,35 @@
 //! The panels around the canvas: menu and tools on top, references on the left, the run
-//! panel on the right, candidates, messages and status at the bottom.
+//! panel on the right, candidates, messages and status at the bottom. Each gets the parts of
+//! the app it draws; what the person asks for goes into `out` as `Command`s, carried out at the
+//! end of the frame (settings edited in place are the exception: they are the panel's own).
 
 use egui::{Color32, RichText};
 
+use super::candidates::{Candidate, Candidates};
 use super::canvas::Tool;
 use super::clipboard;
 use super::commands::{self, Command};
 use super::dialogs::Dialog;
-use super::document::extension_preset;
-use super::{Level, RealfillApp, Running};
+use super::document::{Document, extension_preset};
+use super::frame_stats::FrameStats;
+use super::jobs::{JobView, Running};
+use super::messages::{Level, Messages};
+use super::settings::AppSettings;
+use super::view::{DocView, ThumbCache};
 use crate::scene::Extension;
 use crate::settings::{EngineKind, LIMITS, LoraPreset};
 
-pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
+/// The menus and the tools. `results`: the last fill's candidates (the Sources switch needs
+/// one on the canvas).
+pub fn top_bar(
+    ui: &mut egui::Ui,
+    doc: Option<&Document>,
+    settings: &mut AppSettings,
+    view: &DocView,
+    results: &Candidates,
+    busy: bool,
+    out: &mut Vec<Command>,
+) {
     egui::Panel::top("top").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
@@ -21,19 +38,19 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                     egui::Button::new(label.to_string()).shortcut_text(ctx.format_shortcut(keys))
                 };
                 if ui.add(item("Open photo…", &commands::OPEN)).clicked() {
-                    app.push(Command::OpenDialog(Dialog::OpenPhoto));
+                    out.push(Command::OpenDialog(Dialog::OpenPhoto));
                 }
-                let has_doc = app.doc.is_some();
+                let has_doc = doc.is_some();
                 if ui.add_enabled(has_doc, egui::Button::new("Add references…")).clicked() {
-                    app.push(Command::OpenDialog(Dialog::AddReferences));
+                    out.push(Command::OpenDialog(Dialog::AddReferences));
                 }
                 ui.separator();
                 if ui.add(item("Open project…", &commands::OPEN_PROJECT)).clicked() {
-                    app.push(Command::OpenDialog(Dialog::OpenProject));
+                    out.push(Command::OpenDialog(Dialog::OpenProject));
                 }
-                ui.add_enabled_ui(!app.settings.recent.is_empty(), |ui| {
+                ui.add_enabled_ui(!settings.recent.is_empty(), |ui| {
                     ui.menu_button("Open recent", |ui| {
-                        let recent = app.settings.recent.clone();
+                        let recent = settings.recent.clone();
                         let name_of = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
                         for p in &recent {
                             let mut name = name_of(p).unwrap_or_default();
@@ -45,81 +62,80 @@ pub fn top_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                             }
                             let p = p.clone();
                             if ui.button(name).on_hover_text(p.display().to_string()).clicked() {
-                                app.push(Command::OpenRecent(p));
+                                out.push(Command::OpenRecent(p));
                             }
                         }
                     });
                 });
                 if ui.add_enabled(has_doc, item("Save project", &commands::SAVE)).clicked() {
-                    app.push(Command::Save);
+                    out.push(Command::Save);
                 }
                 if ui.add_enabled(has_doc, item("Save project as…", &commands::SAVE_AS)).clicked() {
-                    app.push(Command::OpenDialog(Dialog::SaveProject));
+                    out.push(Command::OpenDialog(Dialog::SaveProject));
                 }
                 ui.separator();
                 if ui.add_enabled(has_doc, item("Export…", &commands::EXPORT)).clicked() {
-                    app.push(Command::OpenDialog(Dialog::Export));
+                    out.push(Command::OpenDialog(Dialog::Export));
                 }
                 ui.horizontal(|ui| {
                     let l = ui.label("JPEG quality");
-                    ui.add(egui::DragValue::new(&mut app.settings.jpeg_quality).range(1..=100)).labelled_by(l.id);
+                    ui.add(egui::DragValue::new(&mut settings.jpeg_quality).range(1..=100)).labelled_by(l.id);
                 });
                 if ui.add_enabled(has_doc, egui::Button::new("Import mask…")).clicked() {
-                    app.push(Command::OpenDialog(Dialog::ImportMask));
+                    out.push(Command::OpenDialog(Dialog::ImportMask));
                 }
                 if ui.add_enabled(has_doc, egui::Button::new("Export mask…")).clicked() {
-                    app.push(Command::OpenDialog(Dialog::ExportMask));
+                    out.push(Command::OpenDialog(Dialog::ExportMask));
                 }
                 ui.separator();
                 if ui.add(item("Quit", &commands::QUIT)).clicked() {
-                    app.push(Command::Quit);
+                    out.push(Command::Quit);
                 }
             });
             ui.menu_button("Edit", |ui| {
-                let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
+                let (u, r) = doc.map_or((false, false), |d| (d.can_undo(), d.can_redo()));
                 let ctx = ui.ctx().clone();
                 let undo = egui::Button::new("Undo").shortcut_text(ctx.format_shortcut(&commands::UNDO));
                 if ui.add_enabled(u, undo).clicked() {
-                    app.push(Command::Undo);
+                    out.push(Command::Undo);
                 }
                 let redo = egui::Button::new("Redo").shortcut_text(ctx.format_shortcut(&commands::REDO));
                 if ui.add_enabled(r, redo).clicked() {
-                    app.push(Command::Redo);
+                    out.push(Command::Redo);
                 }
                 ui.separator();
-                let has_doc = app.doc.is_some();
+                let has_doc = doc.is_some();
                 let copy = egui::Button::new("Copy image").shortcut_text(ctx.format_shortcut(&commands::COPY));
                 if ui.add_enabled(has_doc, copy).clicked() {
-                    app.push(Command::CopyImage);
+                    out.push(Command::CopyImage);
                 }
                 let paste = egui::Button::new("Paste").shortcut_text(ctx.format_shortcut(&commands::PASTE));
                 if ui.add(paste).on_hover_text("As a reference when a photo is open, else as the photo").clicked() {
-                    app.push(Command::Paste(clipboard::PasteAs::Auto));
+                    out.push(Command::Paste(clipboard::PasteAs::Auto));
                 }
                 if ui.button("Paste as photo").clicked() {
-                    app.push(Command::Paste(clipboard::PasteAs::Photo));
+                    out.push(Command::Paste(clipboard::PasteAs::Photo));
                 }
                 if ui.add_enabled(has_doc, egui::Button::new("Paste as reference")).clicked() {
-                    app.push(Command::Paste(clipboard::PasteAs::Reference));
+                    out.push(Command::Paste(clipboard::PasteAs::Reference));
                 }
             });
             ui.menu_button("Help", |ui| {
                 let keys = ui.ctx().format_shortcut(&commands::SHORTCUTS);
                 if ui.add(egui::Button::new("Keyboard shortcuts").shortcut_text(keys)).clicked() {
-                    app.push(Command::ToggleShortcuts);
+                    out.push(Command::ToggleShortcuts);
                 }
             });
             ui.separator();
             // A narrow window wraps the tools onto a second row instead of cutting them off.
-            ui.horizontal_wrapped(|ui| tools(app, ui));
+            ui.horizontal_wrapped(|ui| tools(ui, doc, settings, view, results, busy, out));
         });
     });
 }
 
 /// The keyboard shortcuts, from the one table that also handles them (F1, Help menu).
-pub fn shortcut_list(app: &mut RealfillApp, ui: &mut egui::Ui) {
-    let mut open = app.show_shortcuts;
-    egui::Window::new("Keyboard shortcuts").open(&mut open).collapsible(false).resizable(false).show(ui.ctx(), |ui| {
+pub fn shortcut_list(ui: &mut egui::Ui, open: &mut bool) {
+    egui::Window::new("Keyboard shortcuts").open(open).collapsible(false).resizable(false).show(ui.ctx(), |ui| {
         egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
             let ctx = ui.ctx().clone();
             for s in commands::shortcuts() {
@@ -147,36 +163,43 @@ pub fn shortcut_list(app: &mut RealfillApp, ui: &mut egui::Ui) {
             }
         });
     });
-    app.show_shortcuts = open;
 }
 
-fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
-    let editable = app.doc.is_some() && !app.busy();
+fn tools(
+    ui: &mut egui::Ui,
+    doc: Option<&Document>,
+    settings: &mut AppSettings,
+    view: &DocView,
+    results: &Candidates,
+    busy: bool,
+    out: &mut Vec<Command>,
+) {
+    let editable = doc.is_some() && !busy;
     let ctx = ui.ctx().clone();
     let key = |k: &egui::KeyboardShortcut| ctx.format_shortcut(k);
     ui.add_enabled_ui(editable, |ui| {
-        let tool = app.canvas.tool;
+        let tool = view.canvas.tool;
         let brush = ui.selectable_label(tool == Some(Tool::Brush), "Brush");
         if brush.on_hover_text(format!("Paint what to replace ({})", key(&commands::BRUSH))).clicked() {
-            app.push(Command::SetTool(Tool::Brush));
+            out.push(Command::SetTool(Tool::Brush));
         }
         let eraser = ui.selectable_label(tool == Some(Tool::Eraser), "Eraser");
         if eraser.on_hover_text(format!("Unpaint ({})", key(&commands::ERASER))).clicked() {
-            app.push(Command::SetTool(Tool::Eraser));
+            out.push(Command::SetTool(Tool::Eraser));
         }
         let rect = ui.selectable_label(tool == Some(Tool::Rectangle), "Rectangle");
         let tip = format!("Drag a rectangle to add to the mask; hold Alt to take away ({})", key(&commands::RECTANGLE));
         if rect.on_hover_text(tip).clicked() {
-            app.push(Command::SetTool(Tool::Rectangle));
+            out.push(Command::SetTool(Tool::Rectangle));
         }
         let lasso = ui.selectable_label(tool == Some(Tool::Lasso), "Lasso");
         let tip = format!("Draw an outline to add to the mask; hold Alt to take away ({})", key(&commands::LASSO));
         if lasso.on_hover_text(tip).clicked() {
-            app.push(Command::SetTool(Tool::Lasso));
+            out.push(Command::SetTool(Tool::Lasso));
         }
         let l = ui.label("Size");
         ui.add(
-            egui::DragValue::new(&mut app.settings.brush_radius)
+            egui::DragValue::new(&mut settings.brush_radius)
                 .range(1.0..=500.0)
                 .speed(0.5)
                 .fixed_decimals(0)
@@ -184,79 +207,85 @@ fn tools(app: &mut RealfillApp, ui: &mut egui::Ui) {
         )
         .labelled_by(l.id)
         .on_hover_text("Brush radius in photo pixels ([ and ])");
-        if app.doc.is_some() {
+        if doc.is_some() {
             let tip = format!("Fill what is kept, keep what is painted ({})", key(&commands::INVERT));
             if ui.button("Invert").on_hover_text(tip).clicked() {
-                app.push(Command::InvertMask);
+                out.push(Command::InvertMask);
             }
             if ui.button("Clear").on_hover_text(format!("Remove the whole mask ({})", key(&commands::CLEAR))).clicked()
             {
-                app.push(Command::ClearMask);
+                out.push(Command::ClearMask);
             }
-            let step = app.settings.mask_step;
+            let step = settings.mask_step;
             if ui.button("Grow").on_hover_text(format!("Grow the mask by {step} px")).clicked() {
-                app.push(Command::GrowMask(step));
+                out.push(Command::GrowMask(step));
             }
             if ui.button("Shrink").on_hover_text(format!("Shrink the mask by {step} px")).clicked() {
-                app.push(Command::GrowMask(-step));
+                out.push(Command::GrowMask(-step));
             }
-            ui.add(egui::DragValue::new(&mut app.settings.mask_step).range(1.0..=200.0).speed(0.5).suffix(" px"))
+            ui.add(egui::DragValue::new(&mut settings.mask_step).range(1.0..=200.0).speed(0.5).suffix(" px"))
                 .on_hover_text("How far Grow and Shrink move the mask's edge");
         }
         ui.separator();
-        let (u, r) = app.doc.as_ref().map_or((false, false), |d| (d.can_undo(), d.can_redo()));
+        let (u, r) = doc.map_or((false, false), |d| (d.can_undo(), d.can_redo()));
         if ui.add_enabled(u, egui::Button::new("Undo")).on_hover_text(key(&commands::UNDO)).clicked() {
-            app.push(Command::Undo);
+            out.push(Command::Undo);
         }
         if ui.add_enabled(r, egui::Button::new("Redo")).on_hover_text(key(&commands::REDO)).clicked() {
-            app.push(Command::Redo);
+            out.push(Command::Redo);
         }
     });
     ui.separator();
     if ui.button("Fit").on_hover_text(format!("Fit the canvas to the window ({})", key(&commands::FIT))).clicked() {
-        app.push(Command::Fit);
+        out.push(Command::Fit);
     }
     let actual = format!("One photo pixel per screen pixel ({})", key(&commands::ACTUAL_PIXELS));
     if ui.button("100%").on_hover_text(actual).clicked() {
-        app.push(Command::ActualPixels);
+        out.push(Command::ActualPixels);
     }
-    let can_compare = app.doc.as_ref().is_some_and(|d| d.before_last_fill().is_some());
+    let can_compare = doc.is_some_and(|d| d.before_last_fill().is_some());
     if ui
-        .add_enabled(can_compare, egui::Button::new("Before").selected(app.show_before_toggle))
+        .add_enabled(can_compare, egui::Button::new("Before").selected(view.before_toggle))
         .on_hover_text("Show the photo before the last fill (or hold \\)")
         .clicked()
     {
-        app.push(Command::ToggleBefore);
+        out.push(Command::ToggleBefore);
     }
     if ui
-        .add_enabled(can_compare, egui::Button::new("Split").selected(app.split))
+        .add_enabled(can_compare, egui::Button::new("Split").selected(view.split))
         .on_hover_text(format!("Before on the left of a line you drag, after on the right ({})", key(&commands::SPLIT)))
         .clicked()
     {
-        app.push(Command::ToggleSplit);
+        out.push(Command::ToggleSplit);
     }
-    let has_sources = can_compare && app.candidates.get(app.selected).is_some();
+    let has_sources = can_compare && results.list.get(results.selected).is_some();
     if ui
-        .add_enabled(has_sources, egui::Button::new("Sources").selected(app.source_tint))
+        .add_enabled(has_sources, egui::Button::new("Sources").selected(view.source_tint))
         .on_hover_text(format!(
             "Tint the fill by where its pixels came from: each reference (and by which motion), or invented ({})",
             key(&commands::SOURCES)
         ))
         .clicked()
     {
-        app.push(Command::ToggleSourceTint);
+        out.push(Command::ToggleSourceTint);
     }
 }
 
 /// References: thumbnails with remove, add button, canvas extension. Returns the panel's
 /// rectangle (files dropped on it become references).
-pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect {
+pub fn references_panel(
+    ui: &mut egui::Ui,
+    doc: Option<&Document>,
+    thumbs: &mut ThumbCache,
+    busy: bool,
+    out: &mut Vec<Command>,
+) -> egui::Rect {
     egui::Panel::left("references")
         .resizable(true)
         .default_size(220.0)
         .show(ui, |ui| {
             ui.heading("References");
-            let Some(doc) = &app.doc else {
+            let Some(doc) = doc else {
                 ui.label("Open a photo first.");
                 return;
             };
@@ -270,7 +299,7 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
             egui::ScrollArea::vertical().max_height(ui.available_height() * 0.55).show(ui, |ui| {
                 for (i, r) in doc.refs.iter().enumerate() {
                     let name = r.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let tex = app.ref_thumbs.get(ui.ctx(), r);
+                    let tex = thumbs.get(ui.ctx(), r);
                     ui.horizontal(|ui| {
                         ui.add(egui::Image::from_texture(egui::load::SizedTexture::new(tex.id(), tex.size_vec2())).max_size(egui::vec2(120.0, 90.0)));
                         ui.vertical(|ui| {
@@ -284,22 +313,20 @@ pub fn references_panel(app: &mut RealfillApp, ui: &mut egui::Ui) -> egui::Rect 
                 }
             });
             if let Some(i) = remove {
-                app.push(Command::RemoveReference(i));
+                out.push(Command::RemoveReference(i));
             }
             if ui.button("Add references…").clicked() {
-                app.push(Command::OpenDialog(Dialog::AddReferences));
+                out.push(Command::OpenDialog(Dialog::AddReferences));
             }
             ui.label(RichText::new("or drop photos here").weak());
             ui.separator();
-            extension_controls(app, ui);
+            extension_controls(ui, doc, busy, out);
         })
         .response
         .rect
 }
 
-fn extension_controls(app: &mut RealfillApp, ui: &mut egui::Ui) {
-    let busy = app.busy();
-    let Some(doc) = &app.doc else { return };
+fn extension_controls(ui: &mut egui::Ui, doc: &Document, busy: bool, out: &mut Vec<Command>) {
     ui.heading("Extend canvas");
     ui.label(RichText::new("Drag the canvas edges outward, or type pixels per side.").weak());
     let mut e = doc.extension;
@@ -334,16 +361,23 @@ fn extension_controls(app: &mut RealfillApp, ui: &mut egui::Ui) {
     let (cw, ch) = doc.canvas_size();
     ui.label(format!("canvas {cw}×{ch}"));
     if changed {
-        app.push(Command::SetExtension(e));
+        out.push(Command::SetExtension(e));
     }
 }
 
-pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
+/// The engine's settings, Learn, Fill and Cancel, and the running job's progress.
+pub fn run_panel(
+    ui: &mut egui::Ui,
+    settings: &mut AppSettings,
+    job: &JobView,
+    has_fill_region: bool,
+    out: &mut Vec<Command>,
+) {
     egui::Panel::right("run").resizable(false).default_size(240.0).show(ui, |ui| {
         ui.heading("Run");
-        let busy = app.busy();
+        let busy = job.busy();
         ui.add_enabled_ui(!busy, |ui| {
-            let r = &mut app.settings.run;
+            let r = &mut settings.run;
             egui::Grid::new("run-settings").num_columns(2).show(ui, |ui| {
                 let l = ui.label("Engine");
                 let name = |e: EngineKind| match e {
@@ -423,11 +457,11 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 }
             });
         });
-        sd_settings(app, ui, busy);
-        gpu_server(app, ui, busy);
+        sd_settings(ui, settings, busy, out);
+        gpu_server(ui, settings, job.server_lost.as_deref(), busy, out);
         ui.add_space(6.0);
-        let can_run = app.has_fill_region() && !busy;
-        let sd = app.settings.run.engine == EngineKind::StableDiffusion;
+        let can_run = has_fill_region && !busy;
+        let sd = settings.run.engine == EngineKind::StableDiffusion;
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(can_run, egui::Button::new("Learn"))
@@ -440,7 +474,7 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
-                app.push(Command::Learn);
+                out.push(Command::Learn);
             }
             if ui
                 .add_enabled(can_run, egui::Button::new(RichText::new("Fill").strong()))
@@ -448,25 +482,25 @@ pub fn run_panel(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
-                app.push(Command::Fill);
+                out.push(Command::Fill);
             }
             let esc = ui.ctx().format_shortcut(&commands::CANCEL);
             let cancel = egui::Button::new("Cancel");
             if ui.add_enabled(busy, cancel).on_hover_text(format!("Stop within one step ({esc})")).clicked() {
-                app.push(Command::Cancel);
+                out.push(Command::Cancel);
             }
         });
-        progress(app, ui);
+        progress(ui, job);
     });
 }
 
 /// The Stable Diffusion model folder (the person's download; nothing is fetched), prompt and
 /// guidance.
-fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
-    egui::CollapsingHeader::new("Stable Diffusion").default_open(app.settings.run.sd.model.is_some()).show(ui, |ui| {
+fn sd_settings(ui: &mut egui::Ui, settings: &mut AppSettings, busy: bool, out: &mut Vec<Command>) {
+    egui::CollapsingHeader::new("Stable Diffusion").default_open(settings.run.sd.model.is_some()).show(ui, |ui| {
         ui.add_enabled_ui(!busy, |ui| {
             // The folder's name (a full path does not fit the panel); the path on hover.
-            match &app.settings.run.sd.model {
+            match &settings.run.sd.model {
                 Some(p) => {
                     let name = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into());
                     ui.label(format!("Model: {name}")).on_hover_text(p.display().to_string());
@@ -482,17 +516,17 @@ fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
                     .button("Model folder…")
                     .on_hover_text("Point at the diffusers folder you downloaded (unet/, vae/, text_encoder/, …)")
                     .clicked();
-                if app.settings.run.sd.model.is_some() && ui.button("Forget").clicked() {
-                    app.settings.run.sd.model = None;
-                    if app.settings.run.engine == EngineKind::StableDiffusion {
-                        app.settings.run.engine = EngineKind::Auto;
+                if settings.run.sd.model.is_some() && ui.button("Forget").clicked() {
+                    settings.run.sd.model = None;
+                    if settings.run.engine == EngineKind::StableDiffusion {
+                        settings.run.engine = EngineKind::Auto;
                     }
                 }
             });
             if choose {
-                app.push(Command::OpenDialog(Dialog::SdModel));
+                out.push(Command::OpenDialog(Dialog::SdModel));
             }
-            let r = &mut app.settings.run.sd;
+            let r = &mut settings.run.sd;
             egui::Grid::new("sd-settings").num_columns(2).show(ui, |ui| {
                 let l = ui.label("Prompt");
                 ui.add(egui::TextEdit::singleline(&mut r.prompt).hint_text("(none)").desired_width(140.0))
@@ -526,12 +560,11 @@ fn sd_settings(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
 
 /// A GPU server (`realfill serve` on another machine): address, token, and the switch between
 /// it and this computer. The token field hides what is typed.
-fn gpu_server(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
-    let (remote, lost) = app.gpu_server_state();
-    let lost = lost.map(str::to_string);
+fn gpu_server(ui: &mut egui::Ui, settings: &mut AppSettings, lost: Option<&str>, busy: bool, out: &mut Vec<Command>) {
+    let remote = settings.use_gpu_server;
     egui::CollapsingHeader::new("GPU server").default_open(remote).show(ui, |ui| {
         ui.add_enabled_ui(!busy, |ui| {
-            let server = &mut app.settings.gpu_server;
+            let server = &mut settings.gpu_server;
             egui::Grid::new("gpu-server").num_columns(2).show(ui, |ui| {
                 let l = ui.label("Address");
                 ui.add(
@@ -550,10 +583,10 @@ fn gpu_server(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
                 let label = if remote { "Reconnect" } else { "Use the GPU server" };
                 if ui.button(label).on_hover_text("Learning and filling compute there; the canvas stays here").clicked()
                 {
-                    app.push(Command::UseGpuServer);
+                    out.push(Command::UseGpuServer);
                 }
                 if remote && ui.button("Use this computer").clicked() {
-                    app.push(Command::UseThisComputer);
+                    out.push(Command::UseThisComputer);
                 }
             });
             if let Some(why) = lost {
@@ -563,9 +596,9 @@ fn gpu_server(app: &mut RealfillApp, ui: &mut egui::Ui, busy: bool) {
     });
 }
 
-fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
-    let l = &app.learning;
-    if app.running.is_some() && l.total > 0 && l.step < l.total {
+fn progress(ui: &mut egui::Ui, job: &JobView) {
+    let l = &job.learning;
+    if job.running.is_some() && l.total > 0 && l.step < l.total {
         let frac = l.step as f32 / l.total as f32;
         let eta = if l.step > 0 { l.elapsed_s / l.step as f32 * (l.total - l.step) as f32 } else { 0.0 };
         let left = if l.step > 0 { format!(" · {} left", duration(eta)) } else { String::new() };
@@ -575,9 +608,9 @@ fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
         ui.label(format!("loss {:.4}", l.losses.last().copied().unwrap_or(0.0)));
         loss_plot(ui, &l.losses);
     }
-    if let (Some(Running::Fill { remaining, .. }), Some(p)) = (&app.running, &app.preview) {
+    if let (Some(Running::Fill { remaining, .. }), Some(p)) = (&job.running, &job.preview) {
         let more = if *remaining > 0 { format!(" · {remaining} more candidates") } else { String::new() };
-        let bar = match app.native_preview.last() {
+        let bar = match job.native_preview.last() {
             Some(n) => egui::ProgressBar::new(n.rows_done as f32 / n.rows.max(1) as f32)
                 .text(format!("full-resolution detail {}/{} rows{more}", n.rows_done, n.rows)),
             None => egui::ProgressBar::new(p.step as f32 / p.total.max(1) as f32)
@@ -587,7 +620,7 @@ fn progress(app: &mut RealfillApp, ui: &mut egui::Ui) {
     }
 }
 
-fn candidate_label(c: &super::Candidate) -> String {
+fn candidate_label(c: &Candidate) -> String {
     match c.agreement {
         Some(a) => format!("seed {} · {a:.1} dB", c.seed),
         None => format!("seed {}", c.seed),
@@ -639,32 +672,41 @@ fn loss_plot(ui: &mut egui::Ui, losses: &[f32]) {
     );
 }
 
-pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
+/// Candidates, messages, the status line (the job's), frame times, the backend and the zoom.
+pub fn bottom_bar(
+    ui: &mut egui::Ui,
+    results: &Candidates,
+    messages: &Messages,
+    job: &JobView,
+    frame: &FrameStats,
+    zoom: f32,
+    out: &mut Vec<Command>,
+) {
     egui::Panel::bottom("status").show(ui, |ui| {
-        if !app.candidates.is_empty() {
+        if !results.list.is_empty() {
             ui.horizontal(|ui| {
                 ui.label("Candidates:");
                 let mut pick = None;
-                for (i, c) in app.candidates.iter().enumerate() {
+                for (i, c) in results.list.iter().enumerate() {
                     let img =
                         egui::Image::from_texture(egui::load::SizedTexture::new(c.thumb.id(), c.thumb.size_vec2()))
                             .max_size(egui::vec2(96.0, 72.0));
                     let b = ui
-                        .add(egui::Button::image_and_text(img, candidate_label(c)).selected(i == app.selected))
+                        .add(egui::Button::image_and_text(img, candidate_label(c)).selected(i == results.selected))
                         .on_hover_text("Show this candidate");
                     if b.clicked() {
                         pick = Some(i);
                     }
                 }
                 if let Some(i) = pick {
-                    app.push(Command::PickCandidate(i));
+                    out.push(Command::PickCandidate(i));
                 }
             });
             ui.separator();
         }
         let mut dismiss = None;
         let mut act = None;
-        for (i, m) in app.messages.iter().enumerate().rev().take(3) {
+        for (i, m) in messages.all().iter().enumerate().rev().take(3) {
             ui.horizontal(|ui| {
                 let colour = match m.level {
                     Level::Info => ui.visuals().text_color(),
@@ -677,33 +719,31 @@ pub fn bottom_bar(app: &mut RealfillApp, ui: &mut egui::Ui) {
                 ui.label(RichText::new(&m.text).color(colour));
                 // (not while a job runs: it would start another)
                 if let Some((label, command)) = &m.action
-                    && ui.add_enabled(!app.busy(), egui::Button::new(label)).clicked()
+                    && ui.add_enabled(!job.busy(), egui::Button::new(label)).clicked()
                 {
                     act = Some((i, command.clone()));
                 }
             });
         }
         if let Some(i) = dismiss {
-            app.push(Command::DismissMessage(i));
+            out.push(Command::DismissMessage(i));
         }
         // A message's button does its thing once: the message goes with it.
         if let Some((i, command)) = act {
-            app.push(Command::DismissMessage(i));
-            app.push(command);
+            out.push(Command::DismissMessage(i));
+            out.push(command);
         }
         ui.horizontal(|ui| {
-            ui.label(RichText::new(&app.status).weak());
+            ui.label(RichText::new(&job.status).weak());
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if app.show_frame_time {
-                    ui.label(
-                        RichText::new(format!("frame {:.1} ms (UI {:.1})", app.frame_total_ms, app.frame_ms)).weak(),
-                    )
-                    .on_hover_text("CPU time of the last frame: all of it, and the part spent building the UI");
+                if let Some(times) = frame.label() {
+                    ui.label(RichText::new(times).weak())
+                        .on_hover_text("CPU time of the last frame: all of it, and the part spent building the UI");
                 }
-                if let Some(b) = &app.backend {
+                if let Some(b) = &job.backend {
                     ui.label(RichText::new(b).weak());
                 }
-                ui.label(RichText::new(format!("zoom {:.0}%", app.canvas.view.zoom * 100.0)).weak());
+                ui.label(RichText::new(format!("zoom {:.0}%", zoom * 100.0)).weak());
             });
         });
     });

@@ -119,6 +119,41 @@ impl AppSettings {
     }
 }
 
+/// Writing the settings to the config folder as they change (the app only; tests keep theirs
+/// in memory).
+pub struct Autosave {
+    pub(super) persist: bool,
+    /// The settings as last written, and when.
+    saved: AppSettings,
+    saved_at: Option<std::time::Instant>,
+}
+
+impl Autosave {
+    /// Nothing is written until `persist` is set; `s` is what the file holds now.
+    pub fn new(s: &AppSettings) -> Autosave {
+        Autosave { persist: false, saved: s.clone(), saved_at: None }
+    }
+
+    /// Write `s` if it changed, at most every two seconds (a dragged value changes every
+    /// frame).
+    pub fn save_if_changed(&mut self, s: &AppSettings) -> crate::Result<()> {
+        let due = self.saved_at.is_none_or(|t| t.elapsed().as_secs_f32() > 2.0);
+        if !(self.persist && due && *s != self.saved) {
+            return Ok(());
+        }
+        self.saved_at = Some(std::time::Instant::now());
+        self.saved = s.clone();
+        s.save()
+    }
+
+    /// On exit: write `s` whatever the time.
+    pub fn save_now(&self, s: &AppSettings) {
+        if self.persist {
+            let _ = s.save();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,9 @@
 //! project… (then goes on once saved), Don't save, Keep editing. Export does not count as saving
 //! (the mask and the references live only in the project), as in other photo editors.
 
-use super::RealfillApp;
-use super::dialogs::Dialog;
+use std::path::PathBuf;
+
+use super::document::Document;
 use super::tasks::OpenedProject;
 use crate::scene::Photo;
 
@@ -19,57 +20,70 @@ pub enum Pending {
     Project(Box<OpenedProject>),
 }
 
-impl RealfillApp {
-    /// Whether the document has changes no project holds.
-    pub fn is_modified(&self) -> bool {
-        self.doc.as_ref().is_some_and(|d| d.revision != self.saved_revision)
+/// The prompt's answer that the app carries out.
+pub enum Reply {
+    /// Save the project (where it was saved, else ask where); what waited goes on once saved.
+    Save,
+    /// Go on without saving.
+    Discard(Pending),
+}
+
+/// The document's project file and whether it holds every change.
+#[derive(Default)]
+pub struct Saving {
+    /// Project file of this document, if saved or opened as one.
+    pub(super) project_path: Option<PathBuf>,
+    /// The document revision a project last saved (documents start at 0, saved or fresh).
+    pub(super) saved_revision: u64,
+    /// What waits for the answer to "save changes?", and what waits for a project save.
+    pub(super) pending: Option<Pending>,
+    pub(super) after_save: Option<Pending>,
+    /// The person chose to close without saving.
+    pub(super) close_confirmed: bool,
+}
+
+impl Saving {
+    /// Whether `doc` has changes no project holds.
+    pub fn is_modified(&self, doc: Option<&Document>) -> bool {
+        doc.is_some_and(|d| d.revision != self.saved_revision)
+    }
+
+    /// Whether replacing or closing `doc` must ask first.
+    pub fn must_ask(&self, doc: Option<&Document>) -> bool {
+        self.is_modified(doc) && !self.close_confirmed
+    }
+
+    /// A document was opened at `revision`, from the project `path` if it is one.
+    pub fn opened(&mut self, revision: u64, path: Option<PathBuf>) {
+        self.saved_revision = revision;
+        self.project_path = path;
+    }
+
+    /// A project was saved at `revision`: what waited for the save, to carry out now.
+    pub fn saved_at(&mut self, revision: u64) -> Option<Pending> {
+        self.saved_revision = revision;
+        self.after_save.take()
     }
 
     /// The name the title and the prompt use: the project's, else the photo's.
-    fn document_name(&self) -> String {
-        let path = self.project_path.clone().or_else(|| self.doc.as_ref().map(|d| d.target.path.clone()));
+    fn document_name(&self, doc: Option<&Document>) -> String {
+        let path = self.project_path.clone().or_else(|| doc.map(|d| d.target.path.clone()));
         path.and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "untitled".into())
     }
 
-    /// The window title: "NAME • — realfill" when modified, learning progress first.
-    pub fn title(&self) -> String {
-        if self.doc.is_none() {
+    /// The window title: "NAME • — realfill" when modified, `progress` (a job's) first.
+    pub fn title(&self, doc: Option<&Document>, progress: &str) -> String {
+        if doc.is_none() {
             return "realfill".into();
         }
-        let mark = if self.is_modified() { " •" } else { "" };
-        let l = &self.learning;
-        let progress = match &self.running {
-            Some(super::Running::Learn) if l.total > 0 => format!("learning {}/{} — ", l.step, l.total),
-            Some(super::Running::Fill { .. }) => "filling — ".into(),
-            _ => String::new(),
-        };
-        format!("{progress}{}{mark} — realfill", self.document_name())
-    }
-
-    /// A photo was opened (file, drop, paste): it replaces the document, asking first if the
-    /// document has unsaved changes.
-    pub fn photo_opened(&mut self, p: Photo) {
-        self.after_asking(Pending::Photo(Box::new(p)));
-    }
-
-    /// A project was opened: the same.
-    pub fn project_opened(&mut self, o: OpenedProject) {
-        self.after_asking(Pending::Project(Box::new(o)));
-    }
-
-    /// Carry out `p` now if nothing would be lost, else ask first.
-    pub fn after_asking(&mut self, p: Pending) {
-        if self.is_modified() && !self.close_confirmed {
-            self.pending = Some(p);
-        } else {
-            self.carry_out(p);
-        }
+        let mark = if self.is_modified(doc) { " •" } else { "" };
+        format!("{progress}{}{mark} — realfill", self.document_name(doc))
     }
 
     /// The window's close button, the system's close request or Quit: true when it may close
     /// now, else the prompt asks first.
-    pub fn request_close(&mut self, ctx: &egui::Context) -> bool {
-        if self.is_modified() && !self.close_confirmed {
+    pub fn request_close(&mut self, ctx: &egui::Context, doc: Option<&Document>) -> bool {
+        if self.must_ask(doc) {
             ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
             self.pending = Some(Pending::Close);
             return false;
@@ -77,45 +91,15 @@ impl RealfillApp {
         true
     }
 
-    fn carry_out(&mut self, p: Pending) {
-        match p {
-            Pending::Close => {
-                self.close_confirmed = true;
-                if let Some(ctx) = &self.repaint_handle {
-                    ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-                }
-            }
-            Pending::Photo(photo) => self.open_target(*photo),
-            Pending::Project(o) => self.open_project_now(*o),
-        }
-    }
-
-    /// The person chose to close without saving (or saved first): the window may close.
-    pub fn close_confirmed(&self) -> bool {
-        self.close_confirmed
-    }
-
-    /// What waits for an answer, if anything (for tests and the prompt).
-    pub fn pending(&self) -> Option<&Pending> {
-        self.pending.as_ref()
-    }
-
-    /// A project was saved at `revision`: carry out what waited for it.
-    pub(super) fn saved_at(&mut self, revision: u64) {
-        self.saved_revision = revision;
-        if let Some(p) = self.after_save.take() {
-            self.carry_out(p);
-        }
-    }
-
-    /// The prompt, while something waits for an answer.
-    pub fn prompt(&mut self, ui: &mut egui::Ui) {
-        let Some(p) = &self.pending else { return };
+    /// The prompt, while something waits for an answer; the answer, once given, if the app
+    /// has something to do.
+    pub fn prompt(&mut self, ui: &mut egui::Ui, doc: Option<&Document>) -> Option<Reply> {
+        let p = self.pending.as_ref()?;
         let what = match p {
             Pending::Close => "before closing",
             Pending::Photo(_) | Pending::Project(_) => "before opening another",
         };
-        let name = self.document_name();
+        let name = self.document_name(doc);
         let mut answer = None;
         egui::Modal::new(egui::Id::unique("unsaved-changes")).show(ui.ctx(), |ui| {
             ui.heading(format!("Save changes to {name} {what}?"));
@@ -132,25 +116,23 @@ impl RealfillApp {
                 }
             });
         });
-        let Some(answer) = answer else { return };
-        let Some(p) = self.pending.take() else { return };
+        let answer = answer?;
+        let p = self.pending.take()?;
         match answer {
             Answer::Save => {
                 self.after_save = Some(p);
-                match self.project_path.clone() {
-                    Some(path) => self.save_project(path),
-                    None => self.open_dialog(Dialog::SaveProject),
-                }
+                Some(Reply::Save)
             }
             Answer::Discard => {
                 if matches!(p, Pending::Close) {
                     self.close_confirmed = true;
                 }
-                self.carry_out(p);
+                Some(Reply::Discard(p))
             }
             Answer::Cancel => {
                 // A photo or project loaded for nothing: freed off the UI thread.
                 std::thread::spawn(move || drop(p));
+                None
             }
         }
     }
