@@ -13,7 +13,7 @@ use crate::engine::{BackendChoice, Engine, Event, FillOutput, FillSettings, Job}
 use crate::error::{Error, Result};
 use crate::scene::io::{image_size, load_mask, load_photo, load_reference, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
-use crate::settings::{EngineKind, LoraPreset, RunSettings, SamplerKind, SdSettings, defaults};
+use crate::settings::{EngineKind, RunSettings, SamplerKind, defaults};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,73 +79,27 @@ pub struct SceneArgs {
     pub demo: bool,
 }
 
+/// The run settings (clap reads `RunSettings` itself: its fields declare their flags) and how
+/// this run reaches the engine. `display_order`: the flags below sit between the run settings'
+/// in `--help`, where they always were.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Long side of the working size in pixels (rounded to a multiple of 8).
-    #[arg(long, default_value_t = defaults::SIZE)]
-    pub size: usize,
-    /// Random seed (same seed, same backend → same output).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub run: RunSettings,
     /// Where burn computes: auto (a GPU here when there is one, else the CPU), wgpu, cpu, or
     /// remote=ws://HOST:PORT — a GPU server started with `realfill serve` (README, "GPU server").
-    #[arg(long, default_value_t = BackendChoice::Auto)]
+    #[arg(long, default_value_t = BackendChoice::Auto, display_order = 102)]
     pub backend: BackendChoice,
     /// The GPU server's access token, as `realfill serve` printed it (else from
     /// $REALFILL_REMOTE_TOKEN).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", display_order = 103)]
     pub token_file: Option<PathBuf>,
-    /// Learning steps for the scene model.
-    #[arg(long, default_value_t = defaults::LEARN_STEPS)]
-    pub learn_steps: usize,
-    /// Learning batch size.
-    #[arg(long, default_value_t = defaults::BATCH)]
-    pub batch: usize,
-    /// Learning crop size in pixels (multiple of 8).
-    #[arg(long, default_value_t = defaults::CROP)]
-    pub crop: usize,
     /// Do not read or write the scene-model cache.
-    #[arg(long)]
+    #[arg(long, display_order = 107)]
     pub no_cache: bool,
     /// No progress output.
-    #[arg(long, short)]
+    #[arg(long, short, display_order = 108)]
     pub quiet: bool,
-    /// Which denoiser fills: `patch` (training-free, seconds), `scene` (learned per scene,
-    /// minutes the first time, then cached), `auto` (the patch engine: it won on the evaluation
-    /// scenes, docs/BENCHMARKS.md). `learn` learns the scene model; `--engine patch` there is
-    /// refused (the patch engine has nothing to learn).
-    #[arg(long, value_enum, default_value_t = EngineKind::Auto)]
-    pub engine: EngineKind,
-    /// The Stable Diffusion folder for `--engine sd`: stabilityai/stable-diffusion-2-inpainting
-    /// in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/), as the person
-    /// downloaded it (README, "Stable Diffusion"). realfill downloads nothing.
-    #[arg(long = "model", value_name = "DIR")]
-    pub sd_model: Option<PathBuf>,
-    /// What Stable Diffusion should paint (default: empty — the fill follows the image).
-    #[arg(long, default_value = "")]
-    pub prompt: String,
-    /// Stable Diffusion's classifier-free guidance scale (1 = no guidance, one pass per step).
-    #[arg(long, default_value_t = defaults::GUIDANCE)]
-    pub guidance: f32,
-    /// Fill with this LoRA (diffusers/PEFT safetensors) instead of the scene's learned one.
-    #[arg(long, value_name = "FILE")]
-    pub lora: Option<PathBuf>,
-    /// LoRA rank when Stable Diffusion learns the scene.
-    #[arg(long, default_value_t = defaults::LORA_RANK)]
-    pub lora_rank: usize,
-    /// How long Stable Diffusion learns the scene: quick (200 steps of batch 4) or quality
-    /// (the paper's 2,000 steps of batch 16; an hour on a GPU, days on a CPU).
-    #[arg(long, value_enum, default_value_t = LoraPreset::Quick)]
-    pub lora_preset: LoraPreset,
-    /// Override the preset's learning steps / batch.
-    #[arg(long)]
-    pub lora_steps: Option<usize>,
-    #[arg(long)]
-    pub lora_batch: Option<usize>,
-    /// Examples per forward/backward pass when the batch does not fit in memory (gradients
-    /// are summed: the same step).
-    #[arg(long)]
-    pub lora_micro_batch: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,6 +111,18 @@ pub struct SampleArgs {
     pub steps: Option<usize>,
     #[arg(long, value_enum, default_value_t = SamplerKind::default())]
     pub sampler: SamplerKind,
+}
+
+impl SampleArgs {
+    /// Set the sampling flags on `run`: one `--steps` for every engine, each with its own
+    /// default when it is left out.
+    fn apply(&self, run: &mut RunSettings) {
+        if let Some(n) = self.steps {
+            run.steps = n;
+            run.sd.steps = n;
+        }
+        run.sampler = self.sampler;
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -307,31 +273,14 @@ fn learning_of(s: &FillSettings, learns: bool) -> Option<(usize, usize, usize)> 
     (learns || s.engine.resolve() == EngineKind::SceneModel).then_some((s.learn.batch, s.learn.crop, s.size))
 }
 
-/// A job's settings from the flags (validated in `FillSettings::apply_run`).
-fn settings(m: &ModelArgs, steps: Option<usize>, sampler: SamplerKind, candidates: usize) -> Result<FillSettings> {
-    let run = RunSettings {
-        engine: m.engine,
-        size: m.size,
-        steps: steps.unwrap_or(defaults::STEPS),
-        seed: m.seed,
-        candidates,
-        learn_steps: m.learn_steps,
-        batch: m.batch,
-        crop: m.crop,
-        sampler,
-        sd: SdSettings {
-            model: m.sd_model.clone(),
-            prompt: m.prompt.clone(),
-            guidance: m.guidance,
-            steps: steps.unwrap_or(defaults::SD_STEPS),
-            lora: m.lora.clone(),
-            lora_rank: m.lora_rank,
-            lora_preset: m.lora_preset,
-            lora_steps: m.lora_steps,
-            lora_batch: m.lora_batch,
-            lora_micro_batch: m.lora_micro_batch,
-        },
-    };
+/// A job's settings: the run settings as clap read them, with the command's own sampling
+/// flags and candidates (validated in `FillSettings::apply_run`).
+fn settings(m: &ModelArgs, sampling: Option<&SampleArgs>, candidates: usize) -> Result<FillSettings> {
+    let mut run = m.run.clone();
+    if let Some(a) = sampling {
+        a.apply(&mut run);
+    }
+    run.candidates = candidates;
     let mut s = FillSettings::from_run(&run)?;
     s.use_cache = !m.no_cache;
     Ok(s)
@@ -530,7 +479,7 @@ pub fn candidate_path(out: &Path, rank: usize) -> PathBuf {
 
 pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
-    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, a.candidates)?;
+    let s = settings(&a.model, Some(&a.sampling), a.candidates)?;
     for rank in 0..a.candidates {
         check_output(&candidate_path(&a.out, rank), &paths)?;
     }
@@ -619,7 +568,7 @@ fn ref_names(scene: &crate::scene::Scene) -> Vec<String> {
 }
 
 pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
-    if a.model.engine == EngineKind::Patch {
+    if a.model.run.engine == EngineKind::Patch {
         return Err(Error::Invalid(
             "the patch engine learns nothing: `learn` learns the scene model (leave out --engine, or \
              use --engine scene); `fill --engine patch` fills without learning"
@@ -627,7 +576,7 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
         ));
     }
     let paths = scene_paths(&a.scene)?;
-    let s = settings(&a.model, None, SamplerKind::default(), defaults::CANDIDATES)?;
+    let s = settings(&a.model, None, defaults::CANDIDATES)?;
     let scene = load_scene(&paths, learning_of(&s, true), &mut |w| eprintln!("warning: {w}"))?;
     let driver = Driver::new(&a.model, a.model.quiet)?;
     let t = Instant::now();
@@ -666,7 +615,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     if let Some(s) = &a.save {
         std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
     }
-    let s = settings(&a.model, a.sampling.steps, a.sampling.sampler, defaults::CANDIDATES)?;
+    let s = settings(&a.model, Some(&a.sampling), defaults::CANDIDATES)?;
     let driver = Driver::new(&a.model, a.model.quiet || a.json)?;
     let (mut rows, mut errors) = (Vec::new(), Vec::new());
     // Every scene that can be scored is; a bad one is named with its reason and the run goes on.
@@ -864,5 +813,60 @@ pub fn run(command: Command) -> Result<()> {
         Command::SdCheck(a) => crate::dev::sd_check::run(&a),
         #[cfg(feature = "dev-tools")]
         Command::SdRandom(a) => crate::dev::sd_random::run(&a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill_args(flags: &[&str]) -> FillArgs {
+        let argv = ["realfill", "fill", "--demo", "--out", "x.png"].iter().chain(flags);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Fill(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_left_out_are_the_run_settings_defaults() {
+        // clap's defaults (on RunSettings' fields) and RunSettings::default must agree: the app
+        // and project files start from the latter.
+        assert_eq!(fill_args(&[]).model.run, RunSettings::default());
+        let s = settings(&fill_args(&[]).model, None, defaults::CANDIDATES).unwrap();
+        let d = FillSettings::from_run(&RunSettings::default()).unwrap();
+        assert_eq!((s.steps, s.sd.steps, s.sampler), (d.steps, d.sd.steps, d.sampler));
+    }
+
+    #[test]
+    fn flags_land_in_the_run_settings_and_steps_serves_every_engine() {
+        let a = fill_args(&[
+            "--engine",
+            "scene",
+            "--size",
+            "256",
+            "--seed",
+            "7",
+            "--batch",
+            "2",
+            "--prompt",
+            "a dog",
+            "--lora-steps",
+            "5",
+            "--steps",
+            "9",
+            "--sampler",
+            "ddpm",
+            "--candidates",
+            "3",
+        ]);
+        let r = &a.model.run;
+        assert_eq!((r.engine, r.size, r.seed, r.batch), (EngineKind::SceneModel, 256, 7, 2));
+        assert_eq!((r.sd.prompt.as_str(), r.sd.lora_steps), ("a dog", Some(5)));
+        let s = settings(&a.model, Some(&a.sampling), a.candidates).unwrap();
+        assert_eq!((s.steps, s.sd.steps, s.sampler, s.score), (9, 9, SamplerKind::Ddpm, true));
+        // Without --steps, each engine keeps its own default.
+        let s = settings(&fill_args(&[]).model, Some(&fill_args(&[]).sampling), 1).unwrap();
+        assert_eq!((s.steps, s.sd.steps), (defaults::STEPS, defaults::SD_STEPS));
     }
 }

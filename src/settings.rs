@@ -1,8 +1,9 @@
 //! What a person chooses for a run — engine, working size, steps, seed, candidates, learning
-//! length — with its defaults and limits in one place. The CLI (clap reads its defaults from
-//! here), the app's settings and project files hold a [`RunSettings`];
-//! `engine::FillSettings::from_run` is the one way from it to a job's settings. It sits below
-//! the document and the engine so that both can hold it.
+//! length — with its defaults and limits in one place. One value from the command line to the
+//! engine: clap reads [`RunSettings`] itself (`cli::ModelArgs` flattens it; each flag's name,
+//! help and default are on its field here), the app's settings and project files hold it as
+//! JSON, and `engine::FillSettings::from_run` is the one way from it to a job's settings. It
+//! sits below the document and the engine so that both can hold it.
 
 use std::ops::RangeInclusive;
 
@@ -124,25 +125,45 @@ pub enum LoraPreset {
 }
 
 /// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps,
-/// and how the scene is learned into it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// and how the scene is learned into it. (Doc comments on these fields, and on
+/// `RunSettings`'s, are the command line's help; `display_order` keeps `--help` listing the
+/// flags as it always has, with `cli::ModelArgs`' own between them.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct SdSettings {
-    /// The diffusers folder of stable-diffusion-2-inpainting (or a model of that family).
+    /// The Stable Diffusion folder for `--engine sd`: stabilityai/stable-diffusion-2-inpainting
+    /// in diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/), as the person
+    /// downloaded it (README, "Stable Diffusion"). realfill downloads nothing.
+    #[arg(long, value_name = "DIR", display_order = 111)]
     pub model: Option<std::path::PathBuf>,
-    /// Empty by default: the fill follows the image (or, with a learned LoRA, RealFill's
-    /// "a photo of sks").
+    /// What Stable Diffusion should paint (default: empty — the fill follows the image).
+    // With a learned LoRA and no prompt, RealFill's "a photo of sks".
+    #[arg(long, default_value = "", display_order = 112)]
     pub prompt: String,
+    /// Stable Diffusion's classifier-free guidance scale (1 = no guidance, one pass per step).
+    #[arg(long, default_value_t = defaults::GUIDANCE, display_order = 113)]
     pub guidance: f32,
+    /// Denoising steps: `--steps` (`cli::SampleArgs`) sets these and the scene model's.
+    #[arg(skip = defaults::SD_STEPS)]
     pub steps: usize,
-    /// A LoRA file to fill with instead of the scene's learned one.
+    /// Fill with this LoRA (diffusers/PEFT safetensors) instead of the scene's learned one.
+    #[arg(long, value_name = "FILE", display_order = 114)]
     pub lora: Option<std::path::PathBuf>,
+    /// LoRA rank when Stable Diffusion learns the scene.
+    #[arg(long, default_value_t = defaults::LORA_RANK, display_order = 115)]
     pub lora_rank: usize,
+    /// How long Stable Diffusion learns the scene: quick (200 steps of batch 4) or quality
+    /// (the paper's 2,000 steps of batch 16; an hour on a GPU, days on a CPU).
+    #[arg(long, value_enum, default_value_t = LoraPreset::Quick, display_order = 116)]
     pub lora_preset: LoraPreset,
-    /// Override the preset's learning steps and batch.
+    /// Override the preset's learning steps / batch.
+    #[arg(long, display_order = 117)]
     pub lora_steps: Option<usize>,
+    #[arg(long, display_order = 118)]
     pub lora_batch: Option<usize>,
-    /// Examples per pass when memory does not hold the whole batch (the same step).
+    /// Examples per forward/backward pass when the batch does not fit in memory (gradients
+    /// are summed: the same step).
+    #[arg(long, display_order = 119)]
     pub lora_micro_batch: Option<usize>,
 }
 
@@ -163,28 +184,44 @@ impl Default for SdSettings {
     }
 }
 
-/// Run settings as a person sets them (CLI flags, the app's Run panel, a project file). Every
-/// field has a default, so files from older versions still load.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Run settings as a person sets them: command-line flags (this struct is clap's), the app's
+/// Run panel, a project file. Every field has a default, so files from older versions still
+/// load. The flags only some commands take (`--steps`, `--sampler`, `--candidates`) are
+/// declared by those commands (`cli::SampleArgs`, `cli::FillArgs`) and skipped here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
 pub struct RunSettings {
-    /// Which denoiser fills (auto: the patch engine, by measurement).
+    /// Which denoiser fills: `patch` (training-free, seconds), `scene` (learned per scene,
+    /// minutes the first time, then cached), `auto` (the patch engine: it won on the evaluation
+    /// scenes, docs/BENCHMARKS.md). `learn` learns the scene model; `--engine patch` there is
+    /// refused (the patch engine has nothing to learn).
+    #[arg(long, value_enum, default_value_t = EngineKind::Auto, display_order = 110)]
     pub engine: EngineKind,
-    /// Long side of the working size (rounded down to a multiple of 8).
+    /// Long side of the working size in pixels (rounded to a multiple of 8).
+    #[arg(long, default_value_t = defaults::SIZE, display_order = 100)]
     pub size: usize,
     /// Denoising steps of the scene model (the patch engine runs its own schedule).
+    #[arg(skip = defaults::STEPS)]
     pub steps: usize,
+    /// Random seed (same seed, same backend → same output).
+    #[arg(long, default_value_t = 0, display_order = 101)]
     pub seed: u64,
     /// Fills per press of Fill (successive seeds), ranked by agreement with the references.
+    #[arg(skip = defaults::CANDIDATES)]
     pub candidates: usize,
-    /// Learning steps of the scene model.
+    /// Learning steps for the scene model.
+    #[arg(long, default_value_t = defaults::LEARN_STEPS, display_order = 104)]
     pub learn_steps: usize,
     /// Learning batch size.
+    #[arg(long, default_value_t = defaults::BATCH, display_order = 105)]
     pub batch: usize,
-    /// Learning crop in pixels (multiple of 8).
+    /// Learning crop size in pixels (multiple of 8).
+    #[arg(long, default_value_t = defaults::CROP, display_order = 106)]
     pub crop: usize,
+    #[arg(skip)]
     pub sampler: SamplerKind,
     /// The Stable Diffusion engine's model and choices.
+    #[command(flatten)]
     pub sd: SdSettings,
 }
 
