@@ -299,15 +299,27 @@ pub fn warp_shifted(
 /// toward zero (a least-squares slope shrinks with every mismatched pair), which dims the
 /// whole paste (basketball: gain 0.93, −4 dB on the wall behind).
 pub fn match_exposure(warped: &mut RgbF, valid: &Mask, target: &RgbF, target_known: &Mask) {
+    let fit = exposure_fit(warped, valid, target, target_known);
+    apply_exposure(warped, &fit);
+}
+
+/// `match_exposure`'s fit: per channel, the gain and offset (None: too few pixels to fit).
+pub(crate) fn exposure_fit(warped: &RgbF, valid: &Mask, target: &RgbF, target_known: &Mask) -> [Option<(f64, f64)>; 3] {
     let both: Vec<usize> =
         (0..valid.data.len()).filter(|&i| valid.data[i] >= 0.5 && target_known.data[i] >= 0.5).collect();
-    for k in 0..3 {
+    std::array::from_fn(|k| {
         let pairs: Vec<(f64, f64)> =
             both.iter().map(|&i| (warped.data[3 * i + k] as f64, target.data[3 * i + k] as f64)).collect();
-        let Some((gain, off)) = robust_gain(&pairs) else { continue };
-        for i in 0..valid.data.len() {
-            let v = &mut warped.data[3 * i + k];
-            *v = ((*v as f64) * gain + off).clamp(0.0, 1.0) as f32;
+        robust_gain(&pairs)
+    })
+}
+
+/// Apply per-channel gains and offsets (`exposure_fit`), clamped to [0, 1].
+pub(crate) fn apply_exposure(img: &mut RgbF, fit: &[Option<(f64, f64)>; 3]) {
+    for (k, f) in fit.iter().enumerate() {
+        let Some((gain, off)) = *f else { continue };
+        for px in img.data.chunks_exact_mut(3) {
+            px[k] = ((px[k] as f64) * gain + off).clamp(0.0, 1.0) as f32;
         }
     }
 }

@@ -266,6 +266,109 @@ fn attend_listed(
     Ok((to_vec(out)?, to_ints(top)?.into_iter().map(|i| i as usize).collect()))
 }
 
+/// `attend_listed` on the CPU in one pass per query: each candidate's logit is taken
+/// straight from its source pixels, without the n·c key rows (157 floats per candidate for
+/// 5×5 patches) that the tensor form writes and reads back, then the softmax, the weighted
+/// centre and the best TOP. Same maths as `key_rows` + `attend_listed`, summed in another
+/// order (differences at float rounding).
+fn attend_listed_fused(
+    level: &Level,
+    a: &[f32],
+    cands: &[u32],
+    n: usize,
+    c: usize,
+    s: f32,
+    p: usize,
+) -> (Vec<f32>, Vec<usize>) {
+    use rayon::prelude::*;
+    let d = 3 * p * p;
+    let pp = p * p;
+    let r = p / 2;
+    let cols = cols(d);
+    let kk = TOP.min(c);
+    let mut out = vec![0.0f32; n * 3];
+    let mut top = vec![0usize; n * kk];
+    out.par_chunks_mut(3).zip(top.par_chunks_mut(kk)).enumerate().for_each_init(
+        || (vec![0.0f32; d], vec![0.0f32; c], vec![[0.0f32; 3]; c]),
+        |(patch, logits, centres), (qi, (o, t))| {
+            let row = &a[qi * cols..(qi + 1) * cols];
+            for k in 0..c {
+                let key = cands[qi * c + k];
+                if key == NULL || !level.usable(key) {
+                    logits[k] = NEVER * row[cols - 1];
+                    centres[k] = [0.0; 3];
+                    continue;
+                }
+                let (src, x, y) = level.locate(key);
+                let sr = &level.sources[src];
+                let (w, h) = (sr.width, sr.height);
+                // Σ π·q·(s·k) − ½·π·(s·k)², with s taken out of the sums; a patch wholly inside
+                // its source is read in place (rows of p pixels), one at the border clamped.
+                let (mut linear, mut square) = (0.0f32, 0.0f32);
+                let mut sums = [0.0f32; 3];
+                if x >= r && y >= r && x + r < w && y + r < h {
+                    for (ch, sum) in sums.iter_mut().enumerate() {
+                        let plane = &sr.rgb[ch * w * h..(ch + 1) * w * h];
+                        for dy in 0..p {
+                            let at = (y + dy - r) * w + x - r;
+                            let i = ch * pp + dy * p;
+                            for ((&v, &q), &pi) in plane[at..at + p].iter().zip(&row[i..i + p]).zip(&row[d + i..d + i + p]) {
+                                linear += q * v;
+                                square += pi * v * v;
+                                *sum += v;
+                            }
+                        }
+                    }
+                    let mid = |ch: usize| sr.rgb[ch * w * h + y * w + x];
+                    centres[k] = [mid(0), mid(1), mid(2)];
+                } else {
+                    patch_of(&sr.rgb, w, h, x, y, p, patch);
+                    for ((&v, &q), &pi) in patch.iter().zip(&row[..d]).zip(&row[d..2 * d]) {
+                        linear += q * v;
+                        square += pi * v * v;
+                    }
+                    for (ch, sum) in sums.iter_mut().enumerate() {
+                        *sum = patch[ch * pp..(ch + 1) * pp].iter().sum::<f32>();
+                    }
+                    centres[k] = [patch[pp / 2], patch[pp + pp / 2], patch[2 * pp + pp / 2]];
+                }
+                let mut l = s * linear - 0.5 * s * s * square;
+                for (ch, sum) in sums.iter().enumerate() {
+                    let mean = sum / pp as f32;
+                    l += row[2 * d + ch] * (s * mean) + row[2 * d + 3 + ch] * (-0.5 * s * s * mean * mean);
+                }
+                logits[k] = l;
+            }
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let (mut z, mut acc) = (0.0f32, [0.0f32; 3]);
+            for k in 0..c {
+                let e = (logits[k] - max).exp();
+                z += e;
+                for ch in 0..3 {
+                    acc[ch] += e * centres[k][ch];
+                }
+            }
+            for ch in 0..3 {
+                o[ch] = acc[ch] / z;
+            }
+            // The best kk, best first; ties to the earlier candidate.
+            for r in 0..kk {
+                let mut best = usize::MAX;
+                for k in 0..c {
+                    if t[..r].contains(&k) {
+                        continue;
+                    }
+                    if best == usize::MAX || logits[k] > logits[best] {
+                        best = k;
+                    }
+                }
+                t[r] = best;
+            }
+        },
+    );
+    (out, top)
+}
+
 /// The coarsest level's keys: burn tensors (GPU), or panels for the fused CPU kernel
 /// (`kernels::attention`), which on the CPU backend is far faster than the tensor version
 /// (docs/BENCHMARKS.md).
@@ -430,8 +533,12 @@ impl PatchDenoiser {
                     self.candidates(pix, &mut cands);
                 }
                 let a = query_rows(&self.level, x_t, chunk, s, var, &self.settings);
-                let (b, centres) = key_rows(&self.level, &cands, s, p);
-                let (out, top) = attend_listed(&a, b, centres, chunk.len(), cpp, &self.device)?;
+                let (out, top) = if use_cpu_kernel(&self.device) {
+                    attend_listed_fused(&self.level, &a, &cands, chunk.len(), cpp, s, p)
+                } else {
+                    let (b, centres) = key_rows(&self.level, &cands, s, p);
+                    attend_listed(&a, b, centres, chunk.len(), cpp, &self.device)?
+                };
                 let kk = TOP.min(cpp);
                 for (qi, &pix) in chunk.iter().enumerate() {
                     for ch in 0..3 {
@@ -671,5 +778,47 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-3, "{g} vs {w}");
         }
+    }
+
+    #[test]
+    fn the_fused_shortlist_attention_equals_the_tensor_form() {
+        // Two sources (one with unusable centres), 5×5 patches, candidates inside, on the
+        // border (clamped patches), repeated and NULL; queries with known, noisy and
+        // mean-only terms: the one-pass CPU form gives the tensor form's estimates and best keys.
+        let (w, h, p) = (13, 11, 5);
+        let usable_a = usable_centres(&vec![1.0; w * h], w, h, p);
+        let mut usable_b = vec![true; 9 * 7];
+        usable_b[10] = false;
+        let sources = vec![
+            Source { width: w, height: h, rgb: noise_image(w, h, 4), usable: usable_a },
+            Source { width: 9, height: 7, rgb: noise_image(9, 7, 5), usable: usable_b },
+        ];
+        let level = level_with(noise_image(w, h, 6), vec![1.0; w * h], w, h, sources);
+        let (n, c) = (37, 12);
+        let mut rng = crate::rng::Rng::new(8);
+        let keys = level.keys() as u32;
+        let cands: Vec<u32> = (0..n * c)
+            .map(|i| match i % 7 {
+                0 => NULL,
+                1 => 0,                  // a corner: its patch is clamped (and unusable in source 0)
+                2 => (w * h) as u32 + 10, // the unusable centre of source 1
+                _ => (rng.range_f32(0.0, keys as f32) as u32).min(keys - 1),
+            })
+            .collect();
+        let d = 3 * p * p;
+        let a: Vec<f32> = (0..n * cols(d))
+            .map(|i| {
+                let col = i % cols(d);
+                if col == cols(d) - 1 { 1.0 } else if (d..2 * d).contains(&col) { rng.range_f32(0.0, 3.0) } else { rng.range_f32(-2.0, 2.0) }
+            })
+            .collect();
+        let s = 0.7;
+        let (b, centres) = key_rows(&level, &cands, s, p);
+        let (want, want_top) = attend_listed(&a, b, centres, n, c, &device()).unwrap();
+        let (got, got_top) = attend_listed_fused(&level, &a, &cands, n, c, s, p);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+        }
+        assert_eq!(got_top, want_top);
     }
 }
