@@ -251,7 +251,7 @@ pub fn load_scene(
     }
     let refs_kept = ref_paths.iter().filter_map(|r| image_size(r)).map(|s| budget::reference_size(s, canvas)).collect();
     let learning = learning.map(|(batch, crop, size)| budget::learning(batch, crop, canvas, size));
-    budget::check(&budget::Demand { canvas, refs: refs_kept, learning })?;
+    budget::check(&budget::Demand { canvas, refs: refs_kept, learning }, crate::switches::get().memory_gib)?;
     let mask = match &p.mask {
         Some(m) => Some((load_mask(m)?, m.as_path())),
         None => None,
@@ -281,7 +281,7 @@ fn settings(m: &ModelArgs, sampling: Option<&SampleArgs>, candidates: usize) -> 
         a.apply(&mut run);
     }
     run.candidates = candidates;
-    let mut s = FillSettings::from_run(&run)?;
+    let mut s = FillSettings::from_run(&run)?.with_switches(crate::switches::get())?;
     s.use_cache = !m.no_cache;
     Ok(s)
 }

@@ -1,7 +1,15 @@
 //! Measuring and tuning switches (`REALFILL_*` environment variables), read once into a
 //! [`Switches`] at start-up: `main` calls [`init`], which refuses a malformed value with a
-//! message; library code asks [`get`] and never reads these variables itself. A program that
-//! embeds the library without calling `init` gets them read on first use.
+//! message; no code reads these variables itself. A program that embeds the library without
+//! calling `init` gets them read on first use.
+//!
+//! The switches that change a job are passed into it as values: whoever makes the job (the
+//! command line, the app, the bench) calls `engine::FillSettings::with_switches`, and the
+//! alignment's diagnostics, the memory budget and the patch engine's overrides travel in the
+//! job's settings (tests make jobs without them). The process-wide ones are asked with [`get`]
+//! by the one module each concerns: the kernels' forms and profile (`kernels`), burn's CPU
+//! backend and the tensor attention (`kernels::plan`), the frame log (`app::frame_stats`) and
+//! the server's silence (`remote`).
 //!
 //! Other variables are not switches and are read where they are used: places
 //! (`REALFILL_CACHE`, `XDG_CACHE_HOME` and `HOME` in `diffusion::checkpoint`; `REALFILL_CONFIG`,
@@ -16,10 +24,10 @@
 //! | `REALFILL_SIMD=avx2` | the widest vector form realfill's CPU kernels may use: `avx512`, `avx2` or `portable` (plain Rust), to test and measure each form on one machine; burn's and gemm's own kernels still follow the CPU |
 //! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
 //! | `REALFILL_DEBUG_PARALLAX=1` | print each guide's parallax check |
-//! | `REALFILL_DEBUG_ALIGN=DIR` | write each candidate warp, its trust and the per-pixel choice as images into DIR (`engine::pipeline`) |
+//! | `REALFILL_DEBUG_ALIGN=DIR` | print the alignment's steps and write each candidate warp, its trust and the per-pixel choice as images into DIR (`align::Diagnostics`) |
 //! | `REALFILL_FRAME_LOG=1` | the app prints every frame's time |
 //! | `REALFILL_MEMORY_GIB=6` | the memory budget a job must fit (default: ¾ of the machine's memory; `engine::budget`) |
-//! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; unknown fields are an error when a fill starts) |
+//! | `REALFILL_PATCH='{"patch":5,…}'` | override patch engine settings (a JSON object; an unknown field is an error when a job is made) |
 //! | `REALFILL_SERVER_SILENCE=30` | seconds a GPU server may send nothing (not even an answer to a ping) before the client gives it up (`remote::watchdog`; tests shorten it) |
 
 use std::sync::OnceLock;

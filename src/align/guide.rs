@@ -80,6 +80,7 @@ pub fn target_guide(
     refs: &[RgbF],
     alignments: &[Option<Alignment>],
     order: &[usize],
+    dbg: &align::Diagnostics,
 ) -> (Guide, Vec<TargetWarp>) {
     let (w, h) = (canvas.width, canvas.height);
     let started = Instant::now();
@@ -109,7 +110,7 @@ pub fn target_guide(
             });
             let known = local_known.as_ref().unwrap_or(known);
             align::match_exposure(&mut rgb, &valid, canvas, known);
-            let field = align::parallax::correction(canvas, known, &rgb, &valid);
+            let field = align::parallax::correction(canvas, known, &rgb, &valid, dbg);
             let corrected = field.map(|field| {
                 let (mut rgb, valid) = align::warp_shifted(&refs[reference], None, &map, Some(&field), w, h);
                 align::match_exposure(&mut rgb, &valid, canvas, known);
@@ -133,8 +134,8 @@ pub fn target_guide(
         })
         .collect();
     let warped_s = started.elapsed().as_secs_f64();
-    let trust = align::trust::choose(canvas, known, &list);
-    if crate::switches::get().debug_align.is_some() {
+    let trust = align::trust::choose(canvas, known, &list, dbg);
+    if dbg.on() {
         eprintln!(
             "alignment: warps {:.0} ms, trust {:.0} ms",
             warped_s * 1e3,
@@ -149,7 +150,7 @@ pub fn target_guide(
             guide.valid.data[i] = 1.0;
         }
     }
-    if let Some(dir) = &crate::switches::get().debug_align {
+    if let Some(dir) = &dbg.dir {
         explain(dir, canvas, known, &cands, &trust, &guide);
     }
     let warps: Vec<TargetWarp> = cands
@@ -164,7 +165,7 @@ pub fn target_guide(
         })
         .filter(|w| w.covers.fill_fraction() > 0.0)
         .collect();
-    if crate::switches::get().debug_align.is_some() {
+    if dbg.on() {
         eprintln!(
             "alignment: {} warps in use for {} references ({:.0} ms)",
             warps.len(),

@@ -55,6 +55,25 @@ impl Alignment {
     }
 }
 
+/// What the alignment explains as it works, for whoever tunes it (`REALFILL_DEBUG_ALIGN`,
+/// `REALFILL_DEBUG_PARALLAX`: the switches are read at the top, where a job's settings are
+/// made, and passed down as this value).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diagnostics {
+    /// Print each step and write each candidate warp, its trust and the per-pixel choice as
+    /// images into this folder.
+    pub dir: Option<std::path::PathBuf>,
+    /// Print each guide's parallax check.
+    pub parallax: bool,
+}
+
+impl Diagnostics {
+    /// Whether the steps are printed.
+    pub fn on(&self) -> bool {
+        self.dir.is_some()
+    }
+}
+
 const MIN_INLIERS: usize = 12;
 /// At most this many plane models per reference.
 const MAX_PLANES: usize = 4;
@@ -71,7 +90,14 @@ const MAX_LOCAL: usize = 2;
 /// size photos: another moment from the same place); it joins the plane models when the
 /// matches bear it out. In a video or a burst the background is often the part with the
 /// fewest features (a bare wall), so the fitted planes follow the people instead.
-pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Option<Homography>) -> Option<Alignment> {
+pub fn align(
+    target: &RgbF,
+    fill: &Mask,
+    reference: &RgbF,
+    seed: u64,
+    still: Option<Homography>,
+    dbg: &Diagnostics,
+) -> Option<Alignment> {
     // The hole's pixels are black in a loaded photo; the smooth fill keeps their edge out of
     // the descriptors of keypoints near the hole (books-strokes: 78 → 92 matches).
     let tg = Gray::new(target.width, target.height, crate::scene::pushpull::push_pull(target, &fill.inverted()).gray());
@@ -93,7 +119,7 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
     // Further planes from the matches no earlier plane explains. A model must stand on its
     // own (MIN_INLIERS) and put the remaining matches somewhere else than the earlier models do
     // (else it is the same plane fitted to its outliers).
-    if crate::switches::get().debug_align.is_some() {
+    if dbg.on() {
         eprintln!("alignment: {} matches, main plane {} inliers", m.len(), inl.len());
     }
     let mut planes: Vec<(Homography, usize)> = Vec::new();
@@ -122,7 +148,7 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
             far.count() * 2 > inl2.len()
         };
         let fresh = new_place(&h) && planes.iter().all(|(p, _)| new_place(p));
-        if crate::switches::get().debug_align.is_some() {
+        if dbg.on() {
             eprintln!(
                 "alignment: another plane with {} of {} remaining matches ({})",
                 inl2.len(),
@@ -135,11 +161,11 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
         }
     }
     let earlier: Vec<&Homography> = std::iter::once(&h).chain(planes.iter().map(|(p, _)| p)).collect();
-    let local = local_planes(fill, &to_hole, &src, &dst, thresh, &earlier, &mut rng);
+    let local = local_planes(fill, &to_hole, &src, &dst, thresh, &earlier, &mut rng, dbg);
     let mut kept_still = false;
     if let Some(still) = still {
         let near = (0..m.len()).filter(|&i| agrees(&still, src[i], dst[i], thresh)).count();
-        if crate::switches::get().debug_align.is_some() {
+        if dbg.on() {
             eprintln!("alignment: a still camera explains {near} of {} matches", m.len());
         }
         if near >= MIN_INLIERS {
@@ -150,7 +176,7 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
     // Keypoints locate the map to a pixel or two; photometric refinement makes it sub-pixel.
     // (Only the main plane: the refinement fits all known pixels, which are mostly its plane.)
     let h = refine::refine(target, fill, reference, &h);
-    if crate::switches::get().debug_align.is_some() {
+    if dbg.on() {
         eprintln!("alignment: main plane {:?}", h.0.map(|v| (v * 1e4).round() / 1e4));
     }
     Some(Alignment { target_to_ref: h, inliers: inl.len(), matches: m.len(), planes, still: kept_still, local })
@@ -165,6 +191,7 @@ pub fn align(target: &RgbF, fill: &Mask, reference: &RgbF, seed: u64, still: Opt
 /// earlier model's on average (else it is the main plane again and only adds a competitor).
 /// `earlier`: the main plane and the further ones; `to_hole`: each target pixel's distance to
 /// the nearest pixel to fill (`Mask::distance_outside`).
+#[allow(clippy::too_many_arguments, reason = "the matches and what align has found so far, each read once")]
 fn local_planes(
     fill: &Mask,
     to_hole: &[f32],
@@ -173,6 +200,7 @@ fn local_planes(
     thresh: f64,
     earlier: &[&Homography],
     rng: &mut Rng,
+    dbg: &Diagnostics,
 ) -> Vec<(Homography, [usize; 4])> {
     let (w, h) = (fill.width, fill.height);
     let near: Vec<usize> = (0..src.len())
@@ -182,7 +210,7 @@ fn local_planes(
         })
         .collect();
     let explained = |i: usize| earlier.iter().any(|m| agrees(m, src[i], dst[i], thresh));
-    let debug = crate::switches::get().debug_align.is_some();
+    let debug = dbg.on();
     let mut used = vec![false; near.len()];
     let mut out = Vec::new();
     while out.len() < MAX_LOCAL {
@@ -417,7 +445,7 @@ mod tests {
                 fill.set(x, y, 1.0);
             }
         }
-        let a = align(&target, &fill, &reference, 1, None).expect("alignment found");
+        let a = align(&target, &fill, &reference, 1, None, &Diagnostics::default()).expect("alignment found");
         assert!(a.inliers >= 12);
         // Where the reference truly shows each target point (inverse of `texture`'s mapping).
         let (sa, ca) = 0.35f32.sin_cos();
@@ -479,7 +507,7 @@ mod tests {
             }
         }
         let still = Homography([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
-        let a = align(&target, &fill, &reference, 3, Some(still)).expect("aligned");
+        let a = align(&target, &fill, &reference, 3, Some(still), &Diagnostics::default()).expect("aligned");
         let models: Vec<Homography> = a.models().copied().collect();
         assert!(models.len() >= 2, "two planes, got {}", models.len());
         // One model maps a left-half point by the left half's motion, one is (near) identity.
@@ -524,7 +552,7 @@ mod tests {
             (s, d)
         };
         let (s, d) = matches(&other, true, &mut rng);
-        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng);
+        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng, &Diagnostics::default());
         assert_eq!(local.len(), 1, "one local plane");
         let (u, v) = local[0].0.apply(120.0, 90.0).unwrap();
         assert!((u - 108.0).abs() < 0.5 && (v - 96.0).abs() < 0.5, "maps the hole as the near matches do: {u}, {v}");
@@ -532,12 +560,12 @@ mod tests {
         assert!(x0 < 70 && y0 < 72 && x1 > 98 && y1 > 108 && x1 <= w && y1 <= h, "box {:?}", local[0].1);
         // Matches near the hole that the main plane explains give no local plane...
         let (s, d) = matches(&main, true, &mut rng);
-        assert!(local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng).is_empty());
+        assert!(local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng, &Diagnostics::default()).is_empty());
         // ...unless the plane they fit puts the hole elsewhere: stretched about x = 84, it is
         // within 3.5 px of the main plane at the matches (x 70–98) and 4–9.5 px off in the hole.
         let stretched = Homography([1.25, 0.0, -16.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
         let (s, d) = matches(&stretched, false, &mut rng);
-        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng);
+        let local = local_planes(&fill, &dist, &s, &d, 4.0, &[&main], &mut rng, &Diagnostics::default());
         assert_eq!(local.len(), 1, "the stretched plane is kept");
         let (u, _) = local[0].0.apply(110.0, 90.0).unwrap();
         assert!((u - 121.5).abs() < 0.5, "maps the hole as the near matches do: {u}");

@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::guide::{Source, TargetWarp};
-use super::{Guide, Homography, mincut};
+use super::{Diagnostics, Guide, Homography, mincut};
 use crate::scene::blend;
 use crate::scene::blur::blur;
 use crate::scene::{Mask, RgbF};
@@ -112,7 +112,7 @@ impl Layer {
     /// The layer's exposure matched to the known pixels it shows (`align::match_exposure`,
     /// gain and offset per channel), fitted only where it roughly agrees with them: the
     /// camera layer's known pixels are mostly a subject that moved, which would drag the fit.
-    fn match_exposure(&mut self, canvas: &RgbF, soft_canvas: &RgbF, known: &Mask) {
+    fn match_exposure(&mut self, canvas: &RgbF, soft_canvas: &RgbF, known: &Mask, dbg: &Diagnostics) {
         let mine = soften(&self.rgb, Some(&self.valid));
         let near = Mask {
             width: known.width,
@@ -146,7 +146,7 @@ impl Layer {
         };
         let (before, after) = (error(&[None; 3]), error(&fit));
         let apply = after <= EXPOSURE_KEEP * before && before - after >= EXPOSURE_MIN_GAIN;
-        if crate::switches::get().debug_align.is_some() {
+        if dbg.on() {
             eprintln!(
                 "montage: ref{} exposure fit {:?}: error {before:.4} → {after:.4} on {} known pixels, {}",
                 self.reference,
@@ -182,9 +182,10 @@ pub fn compose(
     refs: &[RgbF],
     stills: &[Option<Homography>],
     seed: u64,
+    dbg: &Diagnostics,
 ) -> Option<Montage> {
     let (w, h) = (canvas.width, canvas.height);
-    let debug = crate::switches::get().debug_align.is_some();
+    let debug = dbg.on();
     let soft = soften(canvas, Some(known));
     let known_px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
     if known_px.len() < 64 {
@@ -228,7 +229,7 @@ pub fn compose(
         eprintln!("montage: motions searched in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     }
     let mut camera = Layer::new(refs, cam.reference, cam.camera, w, h);
-    camera.match_exposure(canvas, &soft, known);
+    camera.match_exposure(canvas, &soft, known, dbg);
     let (camera_ref, camera_map) = (cam.reference, cam.camera);
     // Where each reference shows the subject: seeded by the known pixels its subject motion
     // explains (without one, by nothing: the camera layer's subject is then unknown).
@@ -237,11 +238,11 @@ pub fn compose(
             Some(s) => seeds(&soft, &known_px, &soft_refs[m.reference], &m.camera, s),
             None => (Vec::new(), Vec::new()),
         };
-        moved_parts(refs, m.reference, seed, &fg, &bg)
+        moved_parts(refs, m.reference, seed, &fg, &bg, dbg)
     };
     let subject = sub.subject.filter(|_| sub.subject_share >= cam.camera_share + SUBJECT_GAIN).map(|map| {
         let mut layer = Layer::new(refs, sub.reference, map, w, h);
-        layer.match_exposure(canvas, &soft, known);
+        layer.match_exposure(canvas, &soft, known, dbg);
         layer.moved = moved(sub);
         layer
     });
@@ -300,7 +301,7 @@ pub fn compose(
         }
     }
     let weight: Vec<f32> = label.iter().map(|&l| l as u8 as f32).collect();
-    if let Some(dir) = &crate::switches::get().debug_align {
+    if let Some(dir) = &dbg.dir {
         // The cut (white: subject layer) over the known pixels dimmed, and each layer.
         let cut = RgbF::from_fn(w, h, |x, y| {
             let i = y * w + x;
@@ -612,14 +613,14 @@ fn seeds(
 /// homography of their matches (over the whole of both: mostly the background) disagrees there.
 /// 1 = moved, 0 = still, 0.5 = not seen by the other reference. None when no other reference
 /// aligns with it well enough to tell.
-fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -> Option<Vec<f32>> {
+fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize], dbg: &Diagnostics) -> Option<Vec<f32>> {
     let (w, h) = (refs[r].width, refs[r].height);
     let none = Mask::new(w, h, 0.0);
-    let debug = crate::switches::get().debug_align.is_some();
+    let debug = dbg.on();
     let soft_r = soften(&refs[r], None);
     let mut best: Option<(Vec<f32>, f32)> = None;
     for (o, other) in refs.iter().enumerate().filter(|&(o, _)| o != r) {
-        let Some(a) = super::align(&refs[r], &none, other, seed ^ (o as u64) << 8, None) else { continue };
+        let Some(a) = super::align(&refs[r], &none, other, seed ^ (o as u64) << 8, None, dbg) else { continue };
         let (warped, valid) = super::warp(other, None, &a.target_to_ref, w, h);
         let warped = soften(&warped, Some(&valid));
         let seen = valid.data.iter().filter(|&&v| v >= 0.5).count();
@@ -670,7 +671,7 @@ fn moved_parts(refs: &[RgbF], r: usize, seed: u64, fg: &[usize], bg: &[usize]) -
             (None, None) => 0.0,
         };
 
-        if let Some(dir) = &crate::switches::get().debug_align {
+        if let Some(dir) = &dbg.dir {
             // Moved parts white, unseen grey; the subject's seeds red, the background's green.
             let mut img = RgbF::from_fn(w, h, |x, y| [moved[y * w + x] * 0.7; 3]);
             fg.iter().for_each(|&p| img.data[3 * p..3 * p + 3].copy_from_slice(&[1.0, 0.0, 0.0]));
@@ -852,7 +853,7 @@ mod tests {
         }
         let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
         let stills = vec![Some(Homography::IDENTITY); 2];
-        let m = compose(&canvas, &known, &refs, &stills, 1).expect("a montage");
+        let m = compose(&canvas, &known, &refs, &stills, 1, &Diagnostics::default()).expect("a montage");
         let error = |px: &mut dyn Iterator<Item = (usize, usize)>| {
             let (mut sum, mut n) = (0.0f32, 0usize);
             for (x, y) in px {
@@ -895,7 +896,7 @@ mod tests {
             }
         }
         let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
-        let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1).expect("a montage");
+        let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
         // Mean error over the background on the right, of the montage and of the reference as it is.
         let error = |img: &RgbF| {
             let (mut sum, mut n) = (0.0f32, 0usize);
@@ -923,12 +924,12 @@ mod tests {
         let noisy = RgbF { data: truth.data.iter().map(|v| (v + rng.range_f32(-0.03, 0.03)).clamp(0.0, 1.0)).collect(), ..truth.clone() };
         let mut layer = Layer::new(std::slice::from_ref(&noisy), 0, Homography::IDENTITY, w, h);
         let known = Mask::new(w, h, 1.0);
-        layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known);
+        layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known, &Diagnostics::default());
         assert_eq!(layer.rgb.data, noisy.data);
         // Darker by a fifth, the same layer is brought to the target's exposure.
         let darker = RgbF { data: noisy.data.iter().map(|v| v * 0.8).collect(), ..noisy };
         let mut layer = Layer::new(&[darker], 0, Homography::IDENTITY, w, h);
-        layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known);
+        layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known, &Diagnostics::default());
         let error = layer.rgb.data.iter().zip(&truth.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / truth.data.len() as f32;
         assert!(error < 0.02, "mean error after matching {error}");
     }
@@ -946,7 +947,7 @@ mod tests {
                 known.set(x, y, 1.0);
             }
         }
-        let m = compose(&truth, &known, &refs, &[Some(Homography::IDENTITY)], 1).expect("a montage");
+        let m = compose(&truth, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
         assert_eq!(m.warps.len(), 1);
         assert_eq!(m.warps[0].source, Source::Camera);
         let worst = (0..w * h)
@@ -954,7 +955,7 @@ mod tests {
             .fold(0.0, f32::max);
         assert!(worst < 1e-4, "the reference pasted as it is: {worst}");
         // No still map, no montage.
-        assert!(compose(&truth, &known, &refs, &[None], 1).is_none());
+        assert!(compose(&truth, &known, &refs, &[None], 1, &Diagnostics::default()).is_none());
     }
 
     #[test]
@@ -971,7 +972,7 @@ mod tests {
             }
         }
         let px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
-        let m = compose(&truth, &known, &[frame(w, h, (40, 20))], &[Some(Homography::IDENTITY)], 1).expect("a montage");
+        let m = compose(&truth, &known, &[frame(w, h, (40, 20))], &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
         assert!(m.warps.iter().all(|t| t.source == Source::Camera), "camera layer only");
         // Within reach (30 px), the motion is found exactly.
         let (soft, near) = (soften(&truth, Some(&known)), soften(&frame(w, h, (80, 20)), None));

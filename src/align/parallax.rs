@@ -198,14 +198,20 @@ fn cross_check(shifts: &[Shift], width: usize, height: usize) -> (f32, f32) {
 
 /// The residual field between the target's known pixels and a warped reference, when it
 /// holds up on points it was not fitted to; otherwise None (the warp stays as it is).
-pub fn correction(target: &RgbF, known: &Mask, guide: &RgbF, guide_valid: &Mask) -> Option<Field> {
+pub fn correction(
+    target: &RgbF,
+    known: &Mask,
+    guide: &RgbF,
+    guide_valid: &Mask,
+    dbg: &super::Diagnostics,
+) -> Option<Field> {
     let started = std::time::Instant::now();
     let shifts = measure(target, known, guide, guide_valid);
     if shifts.len() < 50 {
         return None;
     }
     let (ratio, size) = cross_check(&shifts, target.width, target.height);
-    if crate::switches::get().debug_parallax {
+    if dbg.parallax {
         eprintln!(
             "parallax: {} shifts, held-out error ratio {ratio:.2}, mean shift {size:.2} px ({:.0} ms to measure and check)",
             shifts.len(),
@@ -223,6 +229,11 @@ pub fn correction(target: &RgbF, known: &Mask, guide: &RgbF, guide_valid: &Mask)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `correction` without diagnostics.
+    fn correction(target: &RgbF, known: &Mask, guide: &RgbF, guide_valid: &Mask) -> Option<Field> {
+        super::correction(target, known, guide, guide_valid, &crate::align::Diagnostics::default())
+    }
 
     /// The image at p + field(p) (bilinear; the pipeline re-warps the reference instead).
     fn resample(img: &RgbF, f: &Field) -> (RgbF, Mask) {

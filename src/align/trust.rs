@@ -202,7 +202,7 @@ fn propagate(agree: &[Vec<f32>], k: &[f32], e: &[f32], w: usize, h: usize) -> Ve
 }
 
 /// Score every candidate and choose, per pixel, the one trusted most there.
-pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trust {
+pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>], dbg: &super::Diagnostics) -> Trust {
     let (w, h) = (target.width, target.height);
     let k: Vec<f32> = known.data.iter().map(|&v| if v >= 0.5 { 1.0 } else { 0.0 }).collect();
     let t = blurred(target, COMPARE_SIGMA);
@@ -225,7 +225,7 @@ pub fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trus
     let near: Vec<f32> = hole.distance_outside().iter().map(|&d| if d <= NEAR { 1.0 } else { 0.0 }).collect();
     let explained: Vec<f32> =
         tight.iter().map(|a| a.iter().zip(&e).zip(&near).map(|((a, e), n)| a * e * n).sum::<f32>()).collect();
-    if crate::switches::get().debug_align.is_some() {
+    if dbg.on() {
         let n = e.iter().zip(&near).map(|(e, n)| e * n).sum::<f32>().max(1e-9);
         eprintln!(
             "trust: share of the known pixels near the hole each candidate explains: {:?}",
@@ -291,6 +291,11 @@ impl Trust {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `choose` without diagnostics.
+    fn choose(target: &RgbF, known: &Mask, candidates: &[Candidate<'_>]) -> Trust {
+        super::choose(target, known, candidates, &crate::align::Diagnostics::default())
+    }
 
     /// A target whose left half is one texture and right half another; candidate A shows the
     /// left texture everywhere, candidate B the right one. The hole straddles the boundary.

@@ -137,7 +137,7 @@ impl JobView {
     /// The person's run settings on the job template; `seed` is this candidate's (the learned
     /// model keeps the run's seed, so candidates share it).
     fn job_settings(&self, run: &RunSettings, seed: u64) -> crate::Result<FillSettings> {
-        let mut s = self.template.clone();
+        let mut s = self.template.clone().with_switches(crate::switches::get())?;
         s.apply_run(&run.clamped())?;
         s.seed = seed;
         s.result_photo = true;

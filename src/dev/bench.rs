@@ -98,7 +98,7 @@ impl BenchArgs {
             canvas: (side(self.photo_mp).max(largest), (side(self.photo_mp) * 3 / 4).max(largest)),
             refs: vec![(side(self.photo_mp), side(self.photo_mp) * 3 / 4)],
             learning: Some((self.batch, self.crop)),
-        })
+        }, crate::switches::get().memory_gib)
     }
 }
 
@@ -456,7 +456,8 @@ fn bench_large_photo(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<
         crate::scene::Extension::default(),
         vec![std::sync::Arc::new(reference)],
     )?;
-    let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() };
+    let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() }
+            .with_switches(crate::switches::get())?;
     let (mut total, mut first, mut detail) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.repeats.clamp(1, 3) {
         let t = run_fill(&scene, &s, device, &mut Default::default(), &mut crate::engine::pipeline::Silent, &|| false)?
@@ -478,7 +479,8 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
     use crate::engine::pipeline::{EngineKind, FillSettings, run_fill};
     for &size in &a.sizes {
         let scene = demo_scene_at(size)?;
-        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, ..Default::default() };
+        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, ..Default::default() }
+            .with_switches(crate::switches::get())?;
         let (mut total, mut first) = (Vec::new(), Vec::new());
         let mut wh = (0, 0);
         for i in 0..a.repeats.clamp(1, 3) + 1 {
@@ -509,7 +511,8 @@ fn bench_patch(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) 
     if let Some(&size) = a.sizes.first() {
         use crate::engine::pipeline::{Silent, run_fills};
         let scene = demo_scene_at(size)?;
-        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, score: true, ..Default::default() };
+        let s = FillSettings { engine: EngineKind::Patch, size, use_cache: false, score: true, ..Default::default() }
+            .with_switches(crate::switches::get())?;
         let (mut one, mut four) = (Vec::new(), Vec::new());
         for _ in 0..a.repeats.clamp(1, 3) {
             let t = Instant::now();

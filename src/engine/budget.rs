@@ -80,10 +80,10 @@ pub fn reference_size((w, h): (usize, usize), canvas: (usize, usize)) -> (usize,
     (((w as f64 * s).round() as usize).max(1), ((h as f64 * s).round() as usize).max(1))
 }
 
-/// The budget in bytes: `REALFILL_MEMORY_GIB`, else ¾ of the machine's memory (8 GiB where it
-/// cannot be read).
-pub fn budget_bytes() -> u64 {
-    if let Some(g) = crate::switches::get().memory_gib {
+/// The budget in bytes: `memory_gib` (`REALFILL_MEMORY_GIB`), else ¾ of the machine's memory
+/// (8 GiB where it cannot be read).
+pub fn budget_bytes(memory_gib: Option<f64>) -> u64 {
+    if let Some(g) = memory_gib {
         return (g * (1u64 << 30) as f64) as u64;
     }
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
@@ -99,8 +99,9 @@ fn gib(b: u64) -> f64 {
 }
 
 /// Refuse a job whose estimate is above the budget, naming the parts and what to lower.
-pub fn check(d: &Demand) -> Result<()> {
-    let (need, budget) = (d.bytes(), budget_bytes());
+/// `memory_gib`: the budget set by `REALFILL_MEMORY_GIB`, if any.
+pub fn check(d: &Demand, memory_gib: Option<f64>) -> Result<()> {
+    let (need, budget) = (d.bytes(), budget_bytes(memory_gib));
     if need <= budget {
         return Ok(());
     }
@@ -119,7 +120,7 @@ pub fn check(d: &Demand) -> Result<()> {
     } else {
         "extend the canvas less, or downscale the photo"
     };
-    let source = if crate::switches::get().memory_gib.is_some() {
+    let source = if memory_gib.is_some() {
         "REALFILL_MEMORY_GIB"
     } else {
         "¾ of this machine's memory; REALFILL_MEMORY_GIB sets another"
@@ -140,21 +141,25 @@ mod tests {
     fn the_estimate_adds_its_parts_and_the_message_names_the_largest() {
         let small = Demand { canvas: (4000, 3000), refs: vec![(4000, 3000)], learning: None };
         assert!((0.9..1.4).contains(&gib(small.bytes())), "{:.2} GiB", gib(small.bytes()));
-        assert!(check(&small).is_ok() || budget_bytes() < small.bytes());
+        assert!(check(&small, None).is_ok() || budget_bytes(None) < small.bytes());
         // Learning at the largest batch and crop: tens of GiB, refused on any ordinary machine.
         let learn = Demand { canvas: (376, 256), refs: vec![], learning: Some((64, 512)) };
         assert!(gib(learn.bytes()) > 60.0);
-        if budget_bytes() < learn.bytes() {
-            let e = check(&learn).unwrap_err().to_string();
+        if budget_bytes(None) < learn.bytes() {
+            let e = check(&learn, None).unwrap_err().to_string();
             assert!(e.contains("lower --batch or --crop") && e.contains("learning batch 64"), "{e}");
         }
         let refs = Demand { canvas: (376, 256), refs: vec![(1 << 20, 1 << 20)], learning: None };
-        let e = check(&refs).unwrap_err().to_string();
+        let e = check(&refs, None).unwrap_err().to_string();
         assert!(e.contains("fewer or smaller references"), "{e}");
         // Absurd numbers saturate instead of wrapping to a small estimate.
         let absurd =
             Demand { canvas: (usize::MAX, usize::MAX), refs: vec![], learning: Some((usize::MAX, usize::MAX)) };
         assert_eq!(absurd.bytes(), u64::MAX);
+        // A budget set by the switch is the one checked, and named.
+        let e = check(&small, Some(0.5)).unwrap_err().to_string();
+        assert!(e.contains("budget of 0.5 GiB (REALFILL_MEMORY_GIB)"), "{e}");
+        assert!(check(&small, Some(2.0)).is_ok());
     }
 
     #[test]

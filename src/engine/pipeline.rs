@@ -68,20 +68,20 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     let stills: Vec<Option<Homography>> =
         refs.iter().enumerate().map(|(i, r)| guide::still_camera(scene, i, (ww, wh), r)).collect();
     let alignments: Vec<Option<Alignment>> =
-        refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, stills[i])).collect();
-    if crate::switches::get().debug_align.is_some() {
+        refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, stills[i], &s.diagnostics)).collect();
+    if s.diagnostics.on() {
         eprintln!("alignment: matching and plane models {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     }
     // Better-aligned references first.
     let mut order: Vec<usize> = (0..refs.len()).filter(|&i| alignments[i].is_some()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(alignments[i].as_ref().map_or(0, |a| a.inliers)));
-    let (mut guide, mut warps) = guide::target_guide(&canvas, &known, &refs, &alignments, &order);
+    let (mut guide, mut warps) = guide::target_guide(&canvas, &known, &refs, &alignments, &order, &s.diagnostics);
     // Most of the frame missing: the known pixels are mostly the subject, and their motion is
     // not the camera's (align::montage).
     // Where the montage reaches no pixel (beyond its references), the plane models' guide
     // still may.
     if fill.fill_fraction() >= align::montage::SPARSE
-        && let Some(m) = align::montage::compose(&canvas, &known, &refs, &stills, s.seed)
+        && let Some(m) = align::montage::compose(&canvas, &known, &refs, &stills, s.seed, &s.diagnostics)
     {
         let left: Vec<bool> = m.guide.valid.data.iter().map(|&v| v < 0.5).collect();
         let mut montage = m.guide;
@@ -129,7 +129,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     k.text(&serde_json::to_string(&s.spec).unwrap_or_default());
     k.text(&serde_json::to_string(&s.learn).unwrap_or_default());
     let prior = pushpull::prior(&canvas, &fill.data, &guide.rgb, &guide.valid);
-    if let Some(dir) = &crate::switches::get().debug_align
+    if let Some(dir) = &s.diagnostics.dir
         && let Err(e) = crate::scene::io::save_atomic(&prior.to_image8(), &dir.join("prior.png"))
     {
         eprintln!("REALFILL_DEBUG_ALIGN: {e}");
@@ -331,7 +331,7 @@ pub fn run_fills(
     let engine = s.engine.resolve();
     let cond = condition(&p);
     // The patch engine and the candidate score share one pyramid of sources.
-    let ps = patch_settings(s)?;
+    let ps = s.patch.clone();
     let (cw, ch) = scene.canvas_size();
     let adds_native = detail::adds_detail((cw, ch), (p.canvas.width, p.canvas.height));
     let mut levels =
@@ -604,15 +604,6 @@ fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Ve
     patch::build_levels(&patch::PatchScene { cond, refs: &p.refs, guide: Some((&guide, &p.guide.valid.data)) }, ps)
 }
 
-/// The patch settings of a job, with the `REALFILL_PATCH` tuning overrides
-/// (docs/BENCHMARKS.md records the variants measured this way).
-fn patch_settings(s: &FillSettings) -> Result<PatchSettings> {
-    match &crate::switches::get().patch {
-        Some(o) => s.patch.overridden(o),
-        None => Ok(s.patch.clone()),
-    }
-}
-
 fn guide_cover_in_mask(p: &Prepared) -> f32 {
     let (mut n, mut c) = (0usize, 0usize);
     for (f, v) in p.fill.data.iter().zip(&p.guide.valid.data) {
@@ -629,11 +620,14 @@ fn guide_cover_in_mask(p: &Prepared) -> f32 {
 /// Refuse a job that would not fit the memory budget (`budget`), before any work.
 fn check_budget(scene: &Scene, s: &FillSettings, learns: bool) -> Result<()> {
     let learns = learns || s.engine.resolve() == EngineKind::SceneModel;
-    budget::check(&budget::Demand {
-        canvas: scene.canvas_size(),
-        refs: scene.refs.iter().map(|r| (r.width(), r.height())).collect(),
-        learning: learns.then(|| budget::learning(s.learn.batch, s.learn.crop, scene.canvas_size(), s.size)),
-    })
+    budget::check(
+        &budget::Demand {
+            canvas: scene.canvas_size(),
+            refs: scene.refs.iter().map(|r| (r.width(), r.height())).collect(),
+            learning: learns.then(|| budget::learning(s.learn.batch, s.learn.crop, scene.canvas_size(), s.size)),
+        },
+        s.memory_gib,
+    )
 }
 
 pub fn run_learn(

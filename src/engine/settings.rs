@@ -2,11 +2,13 @@
 //! tests set (network size, cache use, scoring). `FillSettings::apply_run` is the one place a
 //! person's choices become a job's, validated against `settings::LIMITS`.
 
+use crate::align::Diagnostics;
 use crate::diffusion::patch::PatchSettings;
 use crate::diffusion::train::LearnSettings;
 use crate::diffusion::unet::UNetSpec;
 use crate::error::Result;
 use crate::settings::{EngineKind, RunSettings, SamplerKind, SdSettings};
+use crate::switches::Switches;
 
 /// Everything a Learn or Fill job needs to know besides the scene.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -30,6 +32,12 @@ pub struct FillSettings {
     /// The Stable Diffusion engine's model folder, prompt, guidance and steps.
     #[serde(default)]
     pub sd: SdSettings,
+    /// What the alignment explains as it works (`REALFILL_DEBUG_ALIGN`, `…_PARALLAX`).
+    #[serde(skip)]
+    pub diagnostics: Diagnostics,
+    /// The memory budget in GiB, instead of ¾ of the machine's (`REALFILL_MEMORY_GIB`).
+    #[serde(skip)]
+    pub memory_gib: Option<f64>,
 }
 
 impl Default for FillSettings {
@@ -47,6 +55,8 @@ impl Default for FillSettings {
             score: false,
             result_photo: false,
             sd: SdSettings::default(),
+            diagnostics: Diagnostics::default(),
+            memory_gib: None,
         };
         s.set_run(&RunSettings::default());
         s
@@ -67,6 +77,19 @@ impl FillSettings {
         r.validate()?;
         self.set_run(r);
         Ok(())
+    }
+
+    /// These settings under the measuring and tuning switches (`switches`, read once at
+    /// start-up by whoever makes the job: the command line, the app, the bench): the
+    /// alignment's diagnostics, the memory budget and the patch engine's overrides, which
+    /// are checked here (an unknown field is an error naming it).
+    pub fn with_switches(mut self, sw: &Switches) -> Result<FillSettings> {
+        self.diagnostics = Diagnostics { dir: sw.debug_align.clone(), parallax: sw.debug_parallax };
+        self.memory_gib = sw.memory_gib;
+        if let Some(o) = &sw.patch {
+            self.patch = self.patch.overridden(o)?;
+        }
+        Ok(self)
     }
 
     fn set_run(&mut self, r: &RunSettings) {
@@ -115,5 +138,29 @@ mod tests {
             (s.size, s.steps, s.learn.steps, s.learn.batch, s.learn.crop),
             (r.size, r.steps, r.learn_steps, r.batch, r.crop)
         );
+    }
+
+    #[test]
+    fn the_switches_reach_a_job_as_values() {
+        let sw = Switches::parse(|name| {
+            match name {
+                "REALFILL_DEBUG_ALIGN" => Some("/tmp/why".into()),
+                "REALFILL_MEMORY_GIB" => Some("3".into()),
+                "REALFILL_PATCH" => Some(r#"{"fine_steps":2}"#.into()),
+                _ => None,
+            }
+        })
+        .unwrap();
+        let s = FillSettings::default().with_switches(&sw).unwrap();
+        assert_eq!(s.diagnostics.dir.as_deref(), Some(std::path::Path::new("/tmp/why")));
+        assert_eq!((s.memory_gib, s.patch.fine_steps), (Some(3.0), 2));
+        // Without switches a job explains nothing and keeps its settings.
+        let plain = FillSettings::default().with_switches(&Switches::default()).unwrap();
+        assert!(!plain.diagnostics.on() && plain.memory_gib.is_none());
+        assert_eq!(plain.patch, PatchSettings::default());
+        // An override naming no setting is refused.
+        let bad = Switches::parse(|n| (n == "REALFILL_PATCH").then(|| r#"{"pach":5}"#.into())).unwrap();
+        let e = FillSettings::default().with_switches(&bad).unwrap_err().to_string();
+        assert!(e.contains("unknown field \"pach\""), "{e}");
     }
 }
