@@ -65,6 +65,9 @@ pub enum SamplerKind {
     /// DPM-Solver++ (2M) on Karras et al.'s noise levels, more steps at low noise (Stable
     /// Diffusion; the scene model runs it as dpm-solver).
     DpmSolverKarras,
+    /// Euler with ancestral noise ("Euler a"), stochastic, first order: each step goes to a
+    /// lower noise level than the next and adds fresh noise back up to it.
+    EulerAncestral,
 }
 
 /// The range each setting accepts; the CLI refuses values outside it, the app and project

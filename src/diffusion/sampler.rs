@@ -33,7 +33,7 @@ pub trait Denoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>>;
 }
 
-use super::solver::{DpmSolver2M, sigma_of};
+use super::solver::{DpmSolver2M, euler_ancestral_step, sigma_of};
 pub use crate::settings::SamplerKind;
 
 #[derive(Clone, Debug)]
@@ -98,7 +98,9 @@ fn run_steps(
 ) -> Result<SampleOutput> {
     let hw = cond.pixels();
     let eta = match opts.kind {
-        SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => 0.0f64,
+        SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras | SamplerKind::EulerAncestral => {
+            0.0f64
+        }
         SamplerKind::Ddpm => 1.0,
     };
     // DPM-Solver++ on this schedule's own timesteps (Karras levels are Stable Diffusion's).
@@ -124,6 +126,10 @@ fn run_steps(
         let ab_prev = schedule.alpha_bar[t_prev];
         if let Some(solver) = &mut solver {
             x = solver.step(&x, &x0, sigma_of(ab), sigma_of(ab_prev));
+            continue;
+        }
+        if opts.kind == SamplerKind::EulerAncestral {
+            x = euler_ancestral_step(&x, &x0, sigma_of(ab), sigma_of(ab_prev), &rng.normals(x.len()));
             continue;
         }
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).max(0.0).sqrt();
@@ -174,7 +180,7 @@ mod tests {
         let (w, h) = (8, 6);
         let c = cond(w, h);
         let target: Vec<f32> = (0..3 * w * h).map(|j| ((j * 7) % 11) as f32 / 11.0 - 0.5).collect();
-        for kind in [SamplerKind::Ddim, SamplerKind::Ddpm, SamplerKind::DpmSolver] {
+        for kind in [SamplerKind::Ddim, SamplerKind::Ddpm, SamplerKind::DpmSolver, SamplerKind::EulerAncestral] {
             let mut oracle = Oracle { target: target.clone(), schedule: Schedule::default(), calls: 0 };
             let mut previews = 0;
             let out = sample(

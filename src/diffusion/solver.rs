@@ -4,7 +4,8 @@
 //! midpoint, the last step to σ = 0 of first order). diffusers' documentation says 20 of its
 //! steps give high-quality samples (not compared here on real weights, which are not here);
 //! 25 are half the network evaluations of 50 DDIM steps. Both samplers use it: the scene
-//! model's (`sampler`) and Stable Diffusion's (`sd::inpaint`).
+//! model's (`sampler`) and Stable Diffusion's (`sd::inpaint`). Beside it, Euler-ancestral
+//! (`euler_ancestral_step`), as diffusers' `EulerAncestralDiscreteScheduler` steps.
 //!
 //! Noise levels are the variance-exploding σ = √((1 − ᾱ) / ᾱ): a latent at σ is
 //! α (x₀ + σ ε) with α = 1 / √(σ² + 1), and the solver's log-SNR is λ = −ln σ.
@@ -57,6 +58,34 @@ impl DpmSolver2M {
         self.previous = Some((x0.to_vec(), sigma_s));
         next
     }
+}
+
+/// One step of Euler-ancestral (Karras et al.'s Euler method with ancestral noise, as
+/// diffusers' `EulerAncestralDiscreteScheduler` takes it): from the latent `x` at noise level
+/// `sigma_s` (variance preserving, as the samplers keep it) whose clean estimate is `x0`, an
+/// Euler step down to σ_down, then `noise` (standard normal) scaled to σ_up, so that the
+/// latent lands at `sigma_t` with part of its noise fresh: σ_up² = σ_t²(σ_s² − σ_t²)/σ_s²,
+/// σ_down² = σ_t² − σ_up². To σ_t = 0 the step lands on `x0`.
+pub fn euler_ancestral_step(x: &[f32], x0: &[f32], sigma_s: f64, sigma_t: f64, noise: &[f32]) -> Vec<f32> {
+    if sigma_t <= 0.0 {
+        return x0.to_vec();
+    }
+    let up = (sigma_t * sigma_t * (sigma_s * sigma_s - sigma_t * sigma_t) / (sigma_s * sigma_s)).max(0.0).sqrt();
+    let down = (sigma_t * sigma_t - up * up).max(0.0).sqrt();
+    let (alpha_s, _) = alpha_sigma(sigma_s);
+    let (alpha_t, _) = alpha_sigma(sigma_t);
+    // In the variance-exploding frame (x / α) the step is x + (x − x0)/σ_s · (σ_down − σ_s).
+    let keep = (down / sigma_s) as f32;
+    let (to_ve, to_vp) = ((1.0 / alpha_s) as f32, alpha_t as f32);
+    let up = up as f32;
+    x.iter()
+        .zip(x0)
+        .zip(noise)
+        .map(|((&x, &x0), &z)| {
+            let ve = x * to_ve;
+            to_vp * (x0 + keep * (ve - x0) + up * z)
+        })
+        .collect()
 }
 
 /// Karras et al.'s noise levels (ρ = 7) from `sigma_max` down to `sigma_min`, `n` of them.

@@ -177,16 +177,26 @@ pub fn inpaint(
         Some(_) => return Err(Error::Invalid("initial noise of the wrong size".into())),
         None => rng.normals(c * lw * lh),
     };
-    // DPM-Solver runs on its own timesteps and noise levels (σ, and 0 after the last).
-    let dpm = match o.sampler {
-        SamplerKind::DpmSolver => Some(sd.scheduler.dpm_plan(o.steps, false)),
-        SamplerKind::DpmSolverKarras => Some(sd.scheduler.dpm_plan(o.steps, true)),
+    // DPM-Solver and Euler-ancestral run on their own timesteps and noise levels (σ, and 0
+    // after the last); Euler's initial noise is its own σ's (diffusers' `init_noise_sigma`).
+    let plan: Option<(Vec<f32>, Vec<f64>)> = match o.sampler {
+        SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => {
+            let (ts, sigmas) = sd.scheduler.dpm_plan(o.steps, o.sampler == SamplerKind::DpmSolverKarras);
+            Some((ts.iter().map(|&t| t as f32).collect(), sigmas))
+        }
+        SamplerKind::EulerAncestral => {
+            let (ts, sigmas, init) = sd.scheduler.euler_plan(o.steps);
+            // The latent kept variance-preserving: α(σ₀)·init·ε.
+            let scale = (crate::diffusion::solver::alpha_sigma(sigmas[0]).0 * init) as f32;
+            x.iter_mut().for_each(|v| *v *= scale);
+            Some((ts, sigmas))
+        }
         SamplerKind::Ddim | SamplerKind::Ddpm => None,
     };
     let mut solver = crate::diffusion::solver::DpmSolver2M::default();
-    let ts = match &dpm {
+    let ts: Vec<f32> = match &plan {
         Some((ts, _)) => ts.clone(),
-        None => sd.scheduler.timesteps(o.steps),
+        None => sd.scheduler.timesteps(o.steps).iter().map(|&t| t as f32).collect(),
     };
     let n = ts.len();
     for (i, &t) in ts.iter().enumerate() {
@@ -195,7 +205,7 @@ pub fn inpaint(
         }
         let xt = cond_part(&x);
         let input = Tensor::cat(vec![xt, mask_t.clone(), masked_t.clone()], 1);
-        let out = values(sd.unet.forward(input, &vec![t as f32; batch], &context))?;
+        let out = values(sd.unet.forward(input, &vec![t; batch], &context))?;
         let per = c * lw * lh;
         let eps: Vec<f32> = if guided {
             let (u, cnd) = out.split_at(per);
@@ -203,12 +213,17 @@ pub fn inpaint(
         } else {
             out
         };
-        let (next, est) = match &dpm {
+        let (next, est) = match &plan {
             Some((_, sigmas)) => {
                 let est = sd.scheduler.estimate_at_sigma(&x, &eps, sigmas[i]);
-                (solver.step(&x, &est, sigmas[i], sigmas[i + 1]), est)
+                let next = if o.sampler == SamplerKind::EulerAncestral {
+                    crate::diffusion::solver::euler_ancestral_step(&x, &est, sigmas[i], sigmas[i + 1], &rng.normals(x.len()))
+                } else {
+                    solver.step(&x, &est, sigmas[i], sigmas[i + 1])
+                };
+                (next, est)
             }
-            None => sd.scheduler.step(o.sampler, &x, &eps, t, o.steps, &mut rng),
+            None => sd.scheduler.step(o.sampler, &x, &eps, t as usize, o.steps, &mut rng),
         };
         x = next;
         if i + 1 < n {

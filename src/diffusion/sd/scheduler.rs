@@ -223,6 +223,39 @@ impl Scheduler {
         (steps, sigmas)
     }
 
+    /// Euler-ancestral's run of `n` steps (diffusers' `EulerAncestralDiscreteScheduler.
+    /// set_timesteps`, its own default spacing `linspace`): the timestep the network is given
+    /// at each step (fractional with `linspace`), the noise level σ of each — the schedule's
+    /// σ table interpolated linearly at that timestep — with a last σ of 0, and the initial
+    /// noise's σ (`init_noise_sigma`: the largest σ, or √(σ² + 1) of it with `leading`).
+    pub fn euler_plan(&self, n: usize) -> (Vec<f32>, Vec<f64>, f64) {
+        let t = self.config.num_train_timesteps;
+        let n = n.clamp(1, t);
+        let spacing = self.config.timestep_spacing.as_deref().unwrap_or("linspace");
+        let steps: Vec<f64> = match spacing {
+            "leading" => {
+                let ratio = t / n;
+                (0..n).rev().map(|i| (i * ratio) as f64 + self.config.steps_offset as f64).collect()
+            }
+            "trailing" => {
+                let ratio = t as f64 / n as f64;
+                (0..n).map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
+            }
+            _ => (0..n).rev().map(|i| (t - 1) as f64 * i as f64 / (n - 1).max(1) as f64).collect(),
+        };
+        let table: Vec<f64> = self.alphas_cumprod.iter().map(|&a| solver::sigma_of(a)).collect();
+        let at = |s: f64| {
+            let s = s.clamp(0.0, (t - 1) as f64);
+            let (i, f) = (s.floor() as usize, s - s.floor());
+            if i + 1 < t { table[i] * (1.0 - f) + table[i + 1] * f } else { table[i] }
+        };
+        let mut sigmas: Vec<f64> = steps.iter().map(|&s| at(s)).collect();
+        let top = sigmas.iter().copied().fold(0.0, f64::max);
+        let init = if spacing == "linspace" || spacing == "trailing" { top } else { (top * top + 1.0).sqrt() };
+        sigmas.push(0.0);
+        (steps.iter().map(|&s| s as f32).collect(), sigmas, init)
+    }
+
     /// The clean-sample estimate of the model's output `out` at `x`, at noise level `sigma`
     /// (DPM-Solver's conversion; with Karras levels σ is not one of the table's).
     pub fn estimate_at_sigma(&self, x: &[f32], out: &[f32], sigma: f64) -> Vec<f32> {
@@ -281,9 +314,10 @@ impl Scheduler {
         let a = self.alphas_cumprod[t];
         let ap = self.alpha_prev(t, n, sampler);
         let next = match sampler {
-            // DPM-Solver runs through `dpm_plan` and `solver`; asked for one step here, its
-            // first-order step is DDIM's.
-            SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => {
+            // DPM-Solver and Euler-ancestral run through their plans and `solver`; asked for
+            // one step here, DPM-Solver's first-order step is DDIM's, and so is Euler's
+            // without its fresh noise.
+            SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras | SamplerKind::EulerAncestral => {
                 let (c0, c1) = (ap.sqrt() as f32, (1.0 - ap).sqrt() as f32);
                 x0.iter().zip(&eps).map(|(x0, e)| c0 * x0 + c1 * e).collect()
             }
@@ -436,6 +470,84 @@ mod tests {
             s.dpm_plan(20, true).0,
             [999, 962, 921, 876, 827, 772, 710, 640, 561, 474, 380, 285, 197, 123, 69, 35, 15, 6, 2, 0]
         );
+    }
+
+    /// diffusers 0.42.1's EulerAncestralDiscreteScheduler.from_config(this config) — its own
+    /// default spacing (linspace), "leading" with v-prediction, and "trailing" — four steps
+    /// with fixed model outputs and fixed step noise (bench/euler_ancestral_reference.py).
+    /// diffusers keeps the latent variance-exploding (x / α); realfill keeps it variance-
+    /// preserving, so each step's latent is compared divided by α(σ).
+    #[test]
+    #[allow(clippy::excessive_precision)] // diffusers' values as printed
+    fn euler_ancestral_matches_diffusers() {
+        let outs = [[0.5f32, 1.0, -0.2], [0.1, -0.4, 0.3], [-0.2, 0.6, 0.05], [0.4, 0.2, -0.3]];
+        let noises = [[0.2f32, -0.1, 0.4], [-0.3, 0.5, 0.1], [0.6, 0.0, -0.2], [0.1, 0.1, 0.1]];
+        let run = |c: SchedulerConfig, want_ts: [f32; 4], want_sigmas: [f64; 4], want_init: f64, want: [[f32; 3]; 4]| {
+            let s = Scheduler::new(c).unwrap();
+            let (ts, sigmas, init) = s.euler_plan(4);
+            assert_eq!(ts, want_ts);
+            for (a, b) in sigmas.iter().zip(&want_sigmas) {
+                assert!((a - b).abs() < 1e-5 * b.max(1.0), "σ {sigmas:?} vs {want_sigmas:?}");
+            }
+            assert_eq!(sigmas.len(), 5);
+            assert_eq!(sigmas[4], 0.0);
+            assert!((init - want_init).abs() < 1e-5 * want_init, "init {init} vs {want_init}");
+            let a0 = solver::alpha_sigma(sigmas[0]).0 as f32;
+            let mut x: Vec<f32> = [0.3f32, -0.7, 1.2].iter().map(|v| v * init as f32 * a0).collect();
+            for i in 0..4 {
+                let x0 = s.estimate_at_sigma(&x, &outs[i], sigmas[i]);
+                x = solver::euler_ancestral_step(&x, &x0, sigmas[i], sigmas[i + 1], &noises[i]);
+                let a = solver::alpha_sigma(sigmas[i + 1]).0 as f32;
+                for (v, b) in x.iter().zip(&want[i]) {
+                    let ve = v / a;
+                    assert!((ve - b).abs() < 1e-4 * b.abs().max(1.0), "step {i}: {ve} vs {:?}", want[i]);
+                }
+            }
+        };
+        run(
+            sd2(),
+            [999.0, 666.0, 333.0, 0.0],
+            [14.614647, 2.918308, 0.932358, 0.029168],
+            14.614647,
+            [
+                [-2.059652, -24.548111, 21.487772],
+                [-2.586744, -23.058189, 20.789993],
+                [-2.382962, -23.617058, 20.737591],
+                [-2.394629, -23.62289, 20.746342],
+            ],
+        );
+        let mut v = sd2();
+        v.prediction_type = "v_prediction".into();
+        v.timestep_spacing = Some("leading".into());
+        run(
+            v,
+            [751.0, 501.0, 251.0, 1.0],
+            [4.116698, 1.623693, 0.698399, 0.041314],
+            4.236414,
+            [
+                [0.145635, -1.570633, 1.790975],
+                [-0.198957, -0.049776, 0.587614],
+                [0.004903, -0.37586, 0.358862],
+                [-0.011617, -0.383476, 0.370634],
+            ],
+        );
+        let mut tr = sd2();
+        tr.timestep_spacing = Some("trailing".into());
+        run(
+            tr,
+            [999.0, 749.0, 499.0, 249.0],
+            [14.614647, 4.081731, 1.612887, 0.693205],
+            14.614647,
+            [
+                [-1.569074, -24.09684, 21.800232],
+                [-2.358002, -21.978268, 20.915073],
+                [-1.719463, -22.767239, 20.724142],
+                [-1.996745, -22.90588, 20.932104],
+            ],
+        );
+        // linspace at 20 steps gives fractional timesteps, as diffusers' np.linspace does.
+        let (ts, _, _) = Scheduler::new(sd2()).unwrap().euler_plan(20);
+        assert!((ts[1] - 946.421_05).abs() < 1e-3, "{}", ts[1]);
     }
 
     #[test]
