@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::scene::io::{image_size, load_mask, load_photo, load_reference, same_file, save_atomic};
 use crate::scene::{Extension, Scene};
 use crate::settings::{EngineKind, RunSettings, SamplerKind, defaults};
+use crate::switches::Switches;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -226,11 +227,13 @@ pub fn scene_paths(a: &SceneArgs) -> Result<ScenePaths> {
 
 /// Load the scene's files. `learning`: the job's batch, crop and working size when it learns
 /// the scene model.
-/// The job is checked against the memory budget (`engine::budget`) from the target and the
-/// references' headers before they are decoded; references are downscaled as they load.
+/// The job is checked against the memory budget (`engine::budget`; `memory_gib`: the job's
+/// own, `REALFILL_MEMORY_GIB`) from the target and the references' headers before they are
+/// decoded; references are downscaled as they load.
 pub fn load_scene(
     p: &ScenePaths,
     learning: Option<(usize, usize, usize)>,
+    memory_gib: Option<f64>,
     warn: &mut dyn FnMut(String),
 ) -> Result<Scene> {
     let target = load_photo(&p.target)?;
@@ -251,7 +254,7 @@ pub fn load_scene(
     }
     let refs_kept = ref_paths.iter().filter_map(|r| image_size(r)).map(|s| budget::reference_size(s, canvas)).collect();
     let learning = learning.map(|(batch, crop, size)| budget::learning(batch, crop, canvas, size));
-    budget::check(&budget::Demand { canvas, refs: refs_kept, learning }, crate::switches::get().memory_gib)?;
+    budget::check(&budget::Demand { canvas, refs: refs_kept, learning }, memory_gib)?;
     let mask = match &p.mask {
         Some(m) => Some((load_mask(m)?, m.as_path())),
         None => None,
@@ -274,14 +277,14 @@ fn learning_of(s: &FillSettings, learns: bool) -> Option<(usize, usize, usize)> 
 }
 
 /// A job's settings: the run settings as clap read them, with the command's own sampling
-/// flags and candidates (validated in `FillSettings::apply_run`).
-fn settings(m: &ModelArgs, sampling: Option<&SampleArgs>, candidates: usize) -> Result<FillSettings> {
+/// flags and candidates (validated in `FillSettings::apply_run`), under the switches `sw`.
+fn settings(m: &ModelArgs, sampling: Option<&SampleArgs>, candidates: usize, sw: &Switches) -> Result<FillSettings> {
     let mut run = m.run.clone();
     if let Some(a) = sampling {
         a.apply(&mut run);
     }
     run.candidates = candidates;
-    let mut s = FillSettings::from_run(&run)?.with_switches(crate::switches::get())?;
+    let mut s = FillSettings::from_run(&run)?.with_switches(sw)?;
     s.use_cache = !m.no_cache;
     Ok(s)
 }
@@ -479,12 +482,12 @@ pub fn candidate_path(out: &Path, rank: usize) -> PathBuf {
 
 pub fn cmd_fill(a: &FillArgs) -> Result<()> {
     let paths = scene_paths(&a.scene)?;
-    let s = settings(&a.model, Some(&a.sampling), a.candidates)?;
+    let s = settings(&a.model, Some(&a.sampling), a.candidates, crate::switches::get())?;
     for rank in 0..a.candidates {
         check_output(&candidate_path(&a.out, rank), &paths)?;
     }
     let quiet = a.model.quiet;
-    let scene = Arc::new(load_scene(&paths, learning_of(&s, false), &mut |w| eprintln!("warning: {w}"))?);
+    let scene = Arc::new(load_scene(&paths, learning_of(&s, false), s.memory_gib, &mut |w| eprintln!("warning: {w}"))?);
     let (cw, ch) = scene.canvas_size();
     for rank in 0..a.candidates {
         crate::scene::io::check_output_size(&candidate_path(&a.out, rank), cw, ch)?;
@@ -576,8 +579,8 @@ pub fn cmd_learn(a: &LearnArgs) -> Result<()> {
         ));
     }
     let paths = scene_paths(&a.scene)?;
-    let s = settings(&a.model, None, defaults::CANDIDATES)?;
-    let scene = load_scene(&paths, learning_of(&s, true), &mut |w| eprintln!("warning: {w}"))?;
+    let s = settings(&a.model, None, defaults::CANDIDATES, crate::switches::get())?;
+    let scene = load_scene(&paths, learning_of(&s, true), s.memory_gib, &mut |w| eprintln!("warning: {w}"))?;
     let driver = Driver::new(&a.model, a.model.quiet)?;
     let t = Instant::now();
     driver.run(Job::Learn { scene: Arc::new(scene), settings: s })?;
@@ -615,7 +618,7 @@ pub fn cmd_eval(a: &EvalArgs) -> Result<()> {
     if let Some(s) = &a.save {
         std::fs::create_dir_all(s).map_err(|e| Error::output(s, e.to_string()))?;
     }
-    let s = settings(&a.model, Some(&a.sampling), defaults::CANDIDATES)?;
+    let s = settings(&a.model, Some(&a.sampling), defaults::CANDIDATES, crate::switches::get())?;
     let driver = Driver::new(&a.model, a.model.quiet || a.json)?;
     let (mut rows, mut errors) = (Vec::new(), Vec::new());
     // Every scene that can be scored is; a bad one is named with its reason and the run goes on.
@@ -700,7 +703,7 @@ fn eval_scene(d: &Path, name: &str, s: &FillSettings, driver: &Driver, save: Opt
         refs: eval_refs(d)?,
         extension: Extension::default(),
     };
-    let scene = load_scene(&paths, learning_of(s, false), &mut |_| {})?;
+    let scene = load_scene(&paths, learning_of(s, false), s.memory_gib, &mut |_| {})?;
     let truth_path = d.join("truth.png");
     let truth = load_photo(&truth_path)?;
     let (cw, ch) = scene.canvas_size();
@@ -833,7 +836,7 @@ mod tests {
         // clap's defaults (on RunSettings' fields) and RunSettings::default must agree: the app
         // and project files start from the latter.
         assert_eq!(fill_args(&[]).model.run, RunSettings::default());
-        let s = settings(&fill_args(&[]).model, None, defaults::CANDIDATES).unwrap();
+        let s = settings(&fill_args(&[]).model, None, defaults::CANDIDATES, &Switches::default()).unwrap();
         let d = FillSettings::from_run(&RunSettings::default()).unwrap();
         assert_eq!((s.steps, s.sd.steps, s.sampler), (d.steps, d.sd.steps, d.sampler));
     }
@@ -863,10 +866,34 @@ mod tests {
         let r = &a.model.run;
         assert_eq!((r.engine, r.size, r.seed, r.batch), (EngineKind::SceneModel, 256, 7, 2));
         assert_eq!((r.sd.prompt.as_str(), r.sd.lora_steps), ("a dog", Some(5)));
-        let s = settings(&a.model, Some(&a.sampling), a.candidates).unwrap();
+        let s = settings(&a.model, Some(&a.sampling), a.candidates, &Switches::default()).unwrap();
         assert_eq!((s.steps, s.sd.steps, s.sampler, s.score), (9, 9, SamplerKind::Ddpm, true));
         // Without --steps, each engine keeps its own default.
-        let s = settings(&fill_args(&[]).model, Some(&fill_args(&[]).sampling), 1).unwrap();
+        let s = settings(&fill_args(&[]).model, Some(&fill_args(&[]).sampling), 1, &Switches::default()).unwrap();
         assert_eq!((s.steps, s.sd.steps), (defaults::STEPS, defaults::SD_STEPS));
+    }
+
+    #[test]
+    fn the_command_lines_jobs_carry_the_switches() {
+        let sw = Switches {
+            debug_parallax: true,
+            memory_gib: Some(0.001),
+            patch: serde_json::from_str(r#"{"window":2}"#).ok(),
+            ..Default::default()
+        };
+        let s = settings(&fill_args(&[]).model, None, 1, &sw).unwrap();
+        assert!(s.diagnostics.parallax);
+        assert_eq!((s.memory_gib, s.patch.window), (Some(0.001), 2));
+        // The scene's budget check is the job's: a thousandth of a GiB refuses the demo.
+        let demo = crate::scene::demo::dir();
+        let paths = ScenePaths {
+            target: demo.join("target.png"),
+            mask: Some(demo.join("mask.png")),
+            extension: Extension::default(),
+            refs: vec![],
+        };
+        let e = load_scene(&paths, None, s.memory_gib, &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("REALFILL_MEMORY_GIB"), "{e}");
+        assert!(load_scene(&paths, None, None, &mut |_| {}).is_ok());
     }
 }

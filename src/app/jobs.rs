@@ -15,6 +15,7 @@ use crate::engine::detail::NativeTile;
 use crate::engine::{Engine, Event, FillOutput, FillSettings, Job};
 use crate::scene::{Photo, RgbF, Scene};
 use crate::settings::{EngineKind, RunSettings};
+use crate::switches::Switches;
 
 /// What the person asked the engine for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,16 @@ pub struct Filled {
     pub engine: EngineKind,
     /// The fill's last candidate.
     pub last: bool,
+}
+
+/// A job's settings: the person's run settings on `template`, under the switches `sw`;
+/// `seed` is this candidate's (the learned model keeps the run's seed, so candidates share it).
+fn job_settings(template: &FillSettings, run: &RunSettings, seed: u64, sw: &Switches) -> crate::Result<FillSettings> {
+    let mut s = template.clone().with_switches(sw)?;
+    s.apply_run(&run.clamped())?;
+    s.seed = seed;
+    s.result_photo = true;
+    Ok(s)
 }
 
 #[derive(Default)]
@@ -134,14 +145,9 @@ impl JobView {
         messages.error(message);
     }
 
-    /// The person's run settings on the job template; `seed` is this candidate's (the learned
-    /// model keeps the run's seed, so candidates share it).
+    /// The person's run settings on the job template, under the process's switches.
     fn job_settings(&self, run: &RunSettings, seed: u64) -> crate::Result<FillSettings> {
-        let mut s = self.template.clone().with_switches(crate::switches::get())?;
-        s.apply_run(&run.clamped())?;
-        s.seed = seed;
-        s.result_photo = true;
-        Ok(s)
+        job_settings(&self.template, run, seed, crate::switches::get())
     }
 
     /// The job's scene is being built off the UI thread (`scene_ready` takes it from there).
@@ -413,5 +419,24 @@ impl JobView {
             Some(Running::Fill { .. }) => "filling — ".into(),
             _ => String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apps_jobs_carry_the_switches() {
+        let sw = Switches {
+            debug_align: Some("/tmp/why".into()),
+            memory_gib: Some(3.0),
+            patch: serde_json::from_str(r#"{"fine_steps":2}"#).ok(),
+            ..Default::default()
+        };
+        let run = RunSettings { seed: 4, ..Default::default() };
+        let s = job_settings(&FillSettings::default(), &run, 9, &sw).unwrap();
+        assert!(s.diagnostics.on());
+        assert_eq!((s.memory_gib, s.patch.fine_steps, s.seed, s.result_photo), (Some(3.0), 2, 9, true));
     }
 }

@@ -145,6 +145,7 @@ mod tests {
         let sw = Switches::parse(|name| {
             match name {
                 "REALFILL_DEBUG_ALIGN" => Some("/tmp/why".into()),
+                "REALFILL_DEBUG_PARALLAX" => Some("1".into()),
                 "REALFILL_MEMORY_GIB" => Some("3".into()),
                 "REALFILL_PATCH" => Some(r#"{"fine_steps":2}"#.into()),
                 _ => None,
@@ -153,10 +154,11 @@ mod tests {
         .unwrap();
         let s = FillSettings::default().with_switches(&sw).unwrap();
         assert_eq!(s.diagnostics.dir.as_deref(), Some(std::path::Path::new("/tmp/why")));
+        assert!(s.diagnostics.parallax);
         assert_eq!((s.memory_gib, s.patch.fine_steps), (Some(3.0), 2));
         // Without switches a job explains nothing and keeps its settings.
         let plain = FillSettings::default().with_switches(&Switches::default()).unwrap();
-        assert!(!plain.diagnostics.on() && plain.memory_gib.is_none());
+        assert!(!plain.diagnostics.on() && !plain.diagnostics.parallax && plain.memory_gib.is_none());
         assert_eq!(plain.patch, PatchSettings::default());
         // An override naming no setting is refused.
         let bad = Switches::parse(|n| (n == "REALFILL_PATCH").then(|| r#"{"pach":5}"#.into())).unwrap();

@@ -800,7 +800,7 @@ mod tests {
         let cands: Vec<u32> = (0..n * c)
             .map(|i| match i % 7 {
                 0 => NULL,
-                1 => 0,                  // a corner: its patch is clamped (and unusable in source 0)
+                1 => 0,                  // source 0's corner: unusable there (border patches: source 1's)
                 2 => (w * h) as u32 + 10, // the unusable centre of source 1
                 _ => (rng.range_f32(0.0, keys as f32) as u32).min(keys - 1),
             })
