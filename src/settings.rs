@@ -127,6 +127,20 @@ pub enum LoraPreset {
     Quality,
 }
 
+/// The float type Stable Diffusion's UNet and text encoder are kept and computed in when it
+/// fills (the VAE stays f32; learning keeps the device's own, `sd::precision_for`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum SdPrecision {
+    /// f16 on a GPU; on the CPU f32, or f16 when the memory budget is under 7 GiB (the f32
+    /// model's fill takes ≈ 6 GB; docs/BENCHMARKS.md).
+    #[default]
+    Auto,
+    /// Single precision: as diffusers on a CPU.
+    F32,
+    /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, ≈ 8 % slower there.
+    F16,
+}
+
 /// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps,
 /// and how the scene is learned into it. (Doc comments on these fields, and on
 /// `RunSettings`'s, are the command line's help; `display_order` keeps `--help` listing the
@@ -168,6 +182,9 @@ pub struct SdSettings {
     /// are summed: the same step).
     #[arg(long, display_order = 119)]
     pub lora_micro_batch: Option<usize>,
+    /// The float type of the UNet and the text encoder when Stable Diffusion fills.
+    #[arg(long = "sd-precision", value_enum, default_value_t = SdPrecision::Auto, display_order = 113)]
+    pub precision: SdPrecision,
 }
 
 impl Default for SdSettings {
@@ -183,6 +200,7 @@ impl Default for SdSettings {
             lora_steps: None,
             lora_batch: None,
             lora_micro_batch: None,
+            precision: SdPrecision::Auto,
         }
     }
 }

@@ -520,6 +520,33 @@ mod tests {
         };
         assert!(stopped_after <= requested_after + 1 && stopped_after < 40, "{requested_after} → {stopped_after}");
     }
+    /// Half precision on the CPU: the same fill within a level of 255 on the tiny model, and a
+    /// change of precision reads the model again (a held f32 model is not reused for f16).
+    #[test]
+    fn stable_diffusion_fills_in_half_precision_like_in_single() {
+        let engine = Engine::start(BackendChoice::Cpu);
+        let scene = Arc::new(tiny_scene());
+        let mut images = Vec::new();
+        for precision in [crate::settings::SdPrecision::F32, crate::settings::SdPrecision::F16] {
+            let mut s = sd_settings(4);
+            s.sd.precision = precision;
+            engine.submit(Job::Fill { scene: scene.clone(), settings: s, candidates: 1 });
+            loop {
+                match engine.events().recv().unwrap() {
+                    Event::Done(out) => {
+                        assert!(!out.timings.model_cached, "{precision:?}: read for its precision");
+                        images.push(out.image.to_rgb8().into_raw());
+                        break;
+                    }
+                    Event::Failed(e) => panic!("failed: {e}"),
+                    _ => {}
+                }
+            }
+        }
+        let worst = images[0].iter().zip(&images[1]).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        assert!(worst <= 2, "f16 against f32: {worst} levels");
+    }
+
     /// Learning a scene into Stable Diffusion streams one loss per step and stops within one
     /// step of a cancel, like the scene model's learning.
     #[test]

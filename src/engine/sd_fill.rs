@@ -7,20 +7,23 @@
 use std::path::PathBuf;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use super::settings::FillSettings;
 use crate::diffusion::checkpoint::{KeyHasher, cache_dir};
 use crate::diffusion::sampler::SampleOutput;
 use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
 use crate::diffusion::sd::lora_train::{self, LearnImage, LoraLearnSettings, PROMPT};
-use crate::diffusion::sd::{StableDiffusion, lora, precision_for};
+use crate::diffusion::sd::{StableDiffusion, fill_precision, lora, precision_for};
 use crate::error::{Error, Result};
 use crate::scene::{Mask, RgbF, Scene};
-use crate::settings::LoraPreset;
+use crate::settings::{LoraPreset, SdPrecision};
 
 /// The loaded model, the folder it came from, and the LoRA file it carries (if any).
 pub struct HeldModel {
     pub dir: PathBuf,
+    /// The UNet's and text encoder's float type (`sd::fill_precision`).
+    pub dtype: DType,
     pub lora: Option<PathBuf>,
     pub sd: StableDiffusion,
 }
@@ -41,13 +44,29 @@ pub fn load_or_reuse<'a>(
     status: &mut dyn FnMut(String),
 ) -> Result<(&'a mut HeldModel, bool)> {
     let dir = model_dir(s)?;
-    let reuse = held.as_ref().is_some_and(|h| h.dir == dir);
+    let budget = crate::engine::budget::budget_bytes(s.memory_gib);
+    let dtype = fill_precision(device, s.sd.precision, budget);
+    // A model holding adapters learned here and not written to the cache is kept whatever its
+    // float type: reading it again would lose them.
+    let reuse = held
+        .as_ref()
+        .is_some_and(|h| h.dir == dir && (h.dtype == dtype || h.lora.as_ref().is_some_and(|p| !p.is_file())));
     if !reuse {
         // Free the old model before reading the new one: two SD-2 models do not fit many laptops.
         *held = None;
-        status(format!("loading Stable Diffusion from {}", dir.display()));
-        let sd = StableDiffusion::load(&dir, device, precision_for(device))?;
-        *held = Some(HeldModel { dir, lora: None, sd });
+        let why = match s.sd.precision {
+            SdPrecision::Auto if dtype != precision_for(device) => {
+                format!(": the memory budget, {:.1} GiB, is short of the f32 model's fill", budget as f64 / (1u64 << 30) as f64)
+            }
+            _ => String::new(),
+        };
+        let kind = if dtype == DType::F16 { "f16" } else { "f32" };
+        status(format!(
+            "loading Stable Diffusion from {} (UNet and text encoder in {kind}{why})",
+            dir.display()
+        ));
+        let sd = StableDiffusion::load(&dir, device, dtype)?;
+        *held = Some(HeldModel { dir, dtype, lora: None, sd });
     }
     Ok((held.as_mut().expect("just set"), reuse))
 }
@@ -179,7 +198,7 @@ pub fn learn(
         ..sd
     };
     // Kept with its adapters, under the scene's LoRA path (in memory even when not cached).
-    *held = Some(HeldModel { dir, lora: Some(path), sd });
+    *held = Some(HeldModel { dir, dtype: precision_for(device), lora: Some(path), sd });
     Ok(false)
 }
 

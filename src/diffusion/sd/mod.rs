@@ -22,6 +22,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
+use crate::settings::SdPrecision;
 
 /// The five parts of a diffusers Stable Diffusion folder.
 pub struct StableDiffusion {
@@ -46,6 +47,25 @@ pub const HELP: &str = "realfill needs the diffusers folder of stabilityai/stabl
 pub fn precision_for(device: &Device) -> DType {
     let cpu_server = crate::remote::server_of(device).is_some_and(|s| !s.gpu);
     if *device == Device::flex() || cpu_server { DType::F32 } else { DType::F16 }
+}
+
+/// Below this memory budget (bytes) a CPU fill keeps the UNet and text encoder in f16: the
+/// f32 model's fill peaks at 6.1 GB on SD-2's shape, the f16 one at 3.8 GB (docs/BENCHMARKS.md,
+/// session 14).
+pub const F32_FILL_BUDGET: u64 = 7 << 30;
+
+/// The float type of the UNet and the text encoder for a fill on `device`: what the person
+/// asked, and for `Auto` the device's own (`precision_for`), except on the CPU when the memory
+/// `budget` (bytes) cannot hold the f32 model's fill.
+pub fn fill_precision(device: &Device, asked: SdPrecision, budget: u64) -> DType {
+    match asked {
+        SdPrecision::F32 => DType::F32,
+        SdPrecision::F16 => DType::F16,
+        SdPrecision::Auto => match precision_for(device) {
+            DType::F32 if budget < F32_FILL_BUDGET => DType::F16,
+            d => d,
+        },
+    }
 }
 
 impl StableDiffusion {
@@ -109,5 +129,19 @@ impl StableDiffusion {
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.
     pub fn pixel_stride(&self) -> usize {
         self.vae_config.factor() * self.unet_config.stride()
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_fill_halves_its_weights_only_when_memory_is_short() {
+        let cpu = Device::flex();
+        assert_eq!(fill_precision(&cpu, SdPrecision::Auto, 16 << 30), DType::F32);
+        assert_eq!(fill_precision(&cpu, SdPrecision::Auto, 6 << 30), DType::F16);
+        assert_eq!(fill_precision(&cpu, SdPrecision::F32, 1 << 30), DType::F32);
+        assert_eq!(fill_precision(&cpu, SdPrecision::F16, 64 << 30), DType::F16);
     }
 }
