@@ -137,7 +137,7 @@ pub enum SdPrecision {
     Auto,
     /// Single precision: as diffusers on a CPU.
     F32,
-    /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, ≈ 8 % slower there.
+    /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, its UNet step ≈ 8 % slower there.
     F16,
 }
 

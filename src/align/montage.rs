@@ -896,7 +896,8 @@ mod tests {
             }
         }
         let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
-        let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
+        let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default())
+            .expect("a montage");
         // Mean error over the background on the right, of the montage and of the reference as it is.
         let error = |img: &RgbF| {
             let (mut sum, mut n) = (0.0f32, 0usize);
@@ -921,7 +922,10 @@ mod tests {
         let (w, h) = (96, 72);
         let truth = frame(w, h, (30, 10));
         let mut rng = crate::rng::Rng::new(3);
-        let noisy = RgbF { data: truth.data.iter().map(|v| (v + rng.range_f32(-0.03, 0.03)).clamp(0.0, 1.0)).collect(), ..truth.clone() };
+        let noisy = RgbF {
+            data: truth.data.iter().map(|v| (v + rng.range_f32(-0.03, 0.03)).clamp(0.0, 1.0)).collect(),
+            ..truth.clone()
+        };
         let mut layer = Layer::new(std::slice::from_ref(&noisy), 0, Homography::IDENTITY, w, h);
         let known = Mask::new(w, h, 1.0);
         layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known, &Diagnostics::default());
@@ -930,7 +934,8 @@ mod tests {
         let darker = RgbF { data: noisy.data.iter().map(|v| v * 0.8).collect(), ..noisy };
         let mut layer = Layer::new(&[darker], 0, Homography::IDENTITY, w, h);
         layer.match_exposure(&truth, &soften(&truth, Some(&known)), &known, &Diagnostics::default());
-        let error = layer.rgb.data.iter().zip(&truth.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / truth.data.len() as f32;
+        let error =
+            layer.rgb.data.iter().zip(&truth.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / truth.data.len() as f32;
         assert!(error < 0.02, "mean error after matching {error}");
     }
 
@@ -947,7 +952,8 @@ mod tests {
                 known.set(x, y, 1.0);
             }
         }
-        let m = compose(&truth, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
+        let m = compose(&truth, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default())
+            .expect("a montage");
         assert_eq!(m.warps.len(), 1);
         assert_eq!(m.warps[0].source, Source::Camera);
         let worst = (0..w * h)
@@ -972,7 +978,15 @@ mod tests {
             }
         }
         let px: Vec<usize> = (0..w * h).filter(|&i| known.data[i] >= 0.5).collect();
-        let m = compose(&truth, &known, &[frame(w, h, (40, 20))], &[Some(Homography::IDENTITY)], 1, &Diagnostics::default()).expect("a montage");
+        let m = compose(
+            &truth,
+            &known,
+            &[frame(w, h, (40, 20))],
+            &[Some(Homography::IDENTITY)],
+            1,
+            &Diagnostics::default(),
+        )
+        .expect("a montage");
         assert!(m.warps.iter().all(|t| t.source == Source::Camera), "camera layer only");
         // Within reach (30 px), the motion is found exactly.
         let (soft, near) = (soften(&truth, Some(&known)), soften(&frame(w, h, (80, 20)), None));

@@ -94,11 +94,14 @@ impl BenchArgs {
         }
         let side = |mp: f64| ((mp * 1e6 / 12.0).sqrt() * 4.0) as usize;
         let largest = self.sizes.iter().copied().max().unwrap_or(0);
-        crate::engine::budget::check(&crate::engine::budget::Demand {
-            canvas: (side(self.photo_mp).max(largest), (side(self.photo_mp) * 3 / 4).max(largest)),
-            refs: vec![(side(self.photo_mp), side(self.photo_mp) * 3 / 4)],
-            learning: Some((self.batch, self.crop)),
-        }, crate::switches::get().memory_gib)
+        crate::engine::budget::check(
+            &crate::engine::budget::Demand {
+                canvas: (side(self.photo_mp).max(largest), (side(self.photo_mp) * 3 / 4).max(largest)),
+                refs: vec![(side(self.photo_mp), side(self.photo_mp) * 3 / 4)],
+                learning: Some((self.batch, self.crop)),
+            },
+            crate::switches::get().memory_gib,
+        )
     }
 }
 
@@ -457,7 +460,7 @@ fn bench_large_photo(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<
         vec![std::sync::Arc::new(reference)],
     )?;
     let s = FillSettings { engine: EngineKind::Patch, use_cache: false, ..Default::default() }
-            .with_switches(crate::switches::get())?;
+        .with_switches(crate::switches::get())?;
     let (mut total, mut first, mut detail) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.repeats.clamp(1, 3) {
         let t = run_fill(&scene, &s, device, &mut Default::default(), &mut crate::engine::pipeline::Silent, &|| false)?

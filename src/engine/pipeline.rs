@@ -67,8 +67,11 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
     let started = Instant::now();
     let stills: Vec<Option<Homography>> =
         refs.iter().enumerate().map(|(i, r)| guide::still_camera(scene, i, (ww, wh), r)).collect();
-    let alignments: Vec<Option<Alignment>> =
-        refs.iter().enumerate().map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, stills[i], &s.diagnostics)).collect();
+    let alignments: Vec<Option<Alignment>> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| align::align(&canvas, &fill, r, s.seed ^ i as u64, stills[i], &s.diagnostics))
+        .collect();
     if s.diagnostics.on() {
         eprintln!("alignment: matching and plane models {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     }

@@ -56,15 +56,15 @@ pub fn load_or_reuse<'a>(
         *held = None;
         let why = match s.sd.precision {
             SdPrecision::Auto if dtype != precision_for(device) => {
-                format!(": the memory budget, {:.1} GiB, is short of the f32 model's fill", budget as f64 / (1u64 << 30) as f64)
+                format!(
+                    ": the memory budget, {:.1} GiB, is short of the f32 model's fill",
+                    budget as f64 / (1u64 << 30) as f64
+                )
             }
             _ => String::new(),
         };
         let kind = if dtype == DType::F16 { "f16" } else { "f32" };
-        status(format!(
-            "loading Stable Diffusion from {} (UNet and text encoder in {kind}{why})",
-            dir.display()
-        ));
+        status(format!("loading Stable Diffusion from {} (UNet and text encoder in {kind}{why})", dir.display()));
         let sd = StableDiffusion::load(&dir, device, dtype)?;
         *held = Some(HeldModel { dir, dtype, lora: None, sd });
     }

@@ -142,14 +142,12 @@ mod tests {
 
     #[test]
     fn the_switches_reach_a_job_as_values() {
-        let sw = Switches::parse(|name| {
-            match name {
-                "REALFILL_DEBUG_ALIGN" => Some("/tmp/why".into()),
-                "REALFILL_DEBUG_PARALLAX" => Some("1".into()),
-                "REALFILL_MEMORY_GIB" => Some("3".into()),
-                "REALFILL_PATCH" => Some(r#"{"fine_steps":2}"#.into()),
-                _ => None,
-            }
+        let sw = Switches::parse(|name| match name {
+            "REALFILL_DEBUG_ALIGN" => Some("/tmp/why".into()),
+            "REALFILL_DEBUG_PARALLAX" => Some("1".into()),
+            "REALFILL_MEMORY_GIB" => Some("3".into()),
+            "REALFILL_PATCH" => Some(r#"{"fine_steps":2}"#.into()),
+            _ => None,
         })
         .unwrap();
         let s = FillSettings::default().with_switches(&sw).unwrap();

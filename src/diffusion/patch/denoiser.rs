@@ -294,12 +294,15 @@ fn attend_listed_fused(
             let row = &a[qi * cols..(qi + 1) * cols];
             for k in 0..c {
                 let key = cands[qi * c + k];
-                if key == NULL || !level.usable(key) {
+                let located = (key != NULL).then(|| level.locate(key));
+                let Some((src, x, y)) = located.filter(|&(src, x, y)| {
+                    let sr = &level.sources[src];
+                    sr.usable[y * sr.width + x]
+                }) else {
                     logits[k] = NEVER * row[cols - 1];
                     centres[k] = [0.0; 3];
                     continue;
-                }
-                let (src, x, y) = level.locate(key);
+                };
                 let sr = &level.sources[src];
                 let (w, h) = (sr.width, sr.height);
                 // Σ π·q·(s·k) − ½·π·(s·k)², with s taken out of the sums; a patch wholly inside
@@ -312,7 +315,9 @@ fn attend_listed_fused(
                         for dy in 0..p {
                             let at = (y + dy - r) * w + x - r;
                             let i = ch * pp + dy * p;
-                            for ((&v, &q), &pi) in plane[at..at + p].iter().zip(&row[i..i + p]).zip(&row[d + i..d + i + p]) {
+                            for ((&v, &q), &pi) in
+                                plane[at..at + p].iter().zip(&row[i..i + p]).zip(&row[d + i..d + i + p])
+                            {
                                 linear += q * v;
                                 square += pi * v * v;
                                 *sum += v;
@@ -800,7 +805,7 @@ mod tests {
         let cands: Vec<u32> = (0..n * c)
             .map(|i| match i % 7 {
                 0 => NULL,
-                1 => 0,                  // source 0's corner: unusable there (border patches: source 1's)
+                1 => 0,                   // source 0's corner: unusable there (border patches: source 1's)
                 2 => (w * h) as u32 + 10, // the unusable centre of source 1
                 _ => (rng.range_f32(0.0, keys as f32) as u32).min(keys - 1),
             })
@@ -809,7 +814,13 @@ mod tests {
         let a: Vec<f32> = (0..n * cols(d))
             .map(|i| {
                 let col = i % cols(d);
-                if col == cols(d) - 1 { 1.0 } else if (d..2 * d).contains(&col) { rng.range_f32(0.0, 3.0) } else { rng.range_f32(-2.0, 2.0) }
+                if col == cols(d) - 1 {
+                    1.0
+                } else if (d..2 * d).contains(&col) {
+                    rng.range_f32(0.0, 3.0)
+                } else {
+                    rng.range_f32(-2.0, 2.0)
+                }
             })
             .collect();
         let s = 0.7;

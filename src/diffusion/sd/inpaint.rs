@@ -217,7 +217,13 @@ pub fn inpaint(
             Some((_, sigmas)) => {
                 let est = sd.scheduler.estimate_at_sigma(&x, &eps, sigmas[i]);
                 let next = if o.sampler == SamplerKind::EulerAncestral {
-                    crate::diffusion::solver::euler_ancestral_step(&x, &est, sigmas[i], sigmas[i + 1], &rng.normals(x.len()))
+                    crate::diffusion::solver::euler_ancestral_step(
+                        &x,
+                        &est,
+                        sigmas[i],
+                        sigmas[i + 1],
+                        &rng.normals(x.len()),
+                    )
                 } else {
                     solver.step(&x, &est, sigmas[i], sigmas[i + 1])
                 };

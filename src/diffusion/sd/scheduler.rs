@@ -174,8 +174,9 @@ impl Scheduler {
         let n = n.clamp(1, t);
         match self.config.timestep_spacing.as_deref().unwrap_or("leading") {
             "trailing" => {
+                // numpy's round: halves to even.
                 let ratio = t as f64 / n as f64;
-                (0..n).map(|i| ((t as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
+                (0..n).map(|i| ((t as f64 - i as f64 * ratio).round_ties_even() as usize).saturating_sub(1)).collect()
             }
             "linspace" => {
                 (0..n).rev().map(|i| ((t - 1) as f64 * i as f64 / (n - 1).max(1) as f64).round() as usize).collect()
@@ -200,10 +201,7 @@ impl Scheduler {
                 let ratio = t / (n + 1);
                 (0..=n).rev().take(n).map(|i| (i * ratio + self.config.steps_offset).min(t - 1)).collect()
             }
-            "trailing" => {
-                let ratio = t as f64 / n as f64;
-                (0..n).map(|i| ((t as f64 - i as f64 * ratio).round() as usize).saturating_sub(1)).collect()
-            }
+            "trailing" => self.timesteps(n),
             _ => (0..=n)
                 .rev()
                 .take(n)
@@ -232,16 +230,11 @@ impl Scheduler {
         let t = self.config.num_train_timesteps;
         let n = n.clamp(1, t);
         let spacing = self.config.timestep_spacing.as_deref().unwrap_or("linspace");
-        let steps: Vec<f64> = match spacing {
-            "leading" => {
-                let ratio = t / n;
-                (0..n).rev().map(|i| (i * ratio) as f64 + self.config.steps_offset as f64).collect()
-            }
-            "trailing" => {
-                let ratio = t as f64 / n as f64;
-                (0..n).map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
-            }
-            _ => (0..n).rev().map(|i| (t - 1) as f64 * i as f64 / (n - 1).max(1) as f64).collect(),
+        // Leading and trailing as DDIM's (`timesteps`); linspace unrounded, as np.linspace.
+        let steps: Vec<f64> = if spacing == "linspace" {
+            (0..n).rev().map(|i| (t - 1) as f64 * i as f64 / (n - 1).max(1) as f64).collect()
+        } else {
+            self.timesteps(n).iter().map(|&s| s as f64).collect()
         };
         let table: Vec<f64> = self.alphas_cumprod.iter().map(|&a| solver::sigma_of(a)).collect();
         let at = |s: f64| {
@@ -399,6 +392,8 @@ mod tests {
         cos.steps_offset = 0;
         let s = Scheduler::new(cos).unwrap();
         assert_eq!(s.timesteps(7), [999, 856, 713, 570, 428, 285, 142]);
+        // Halves round to even, as numpy's np.round: 937.5 → 938, 812.5 → 812 (diffusers: np.round).
+        assert_eq!(&s.timesteps(16)[..6], &[999, 937, 874, 811, 749, 687]);
         assert!((s.alphas_cumprod[500] - 0.4922850430011749).abs() < 1e-6);
     }
 
@@ -482,28 +477,29 @@ mod tests {
     fn euler_ancestral_matches_diffusers() {
         let outs = [[0.5f32, 1.0, -0.2], [0.1, -0.4, 0.3], [-0.2, 0.6, 0.05], [0.4, 0.2, -0.3]];
         let noises = [[0.2f32, -0.1, 0.4], [-0.3, 0.5, 0.1], [0.6, 0.0, -0.2], [0.1, 0.1, 0.1]];
-        let run = |c: SchedulerConfig, want_ts: [f32; 4], want_sigmas: [f64; 4], want_init: f64, want: [[f32; 3]; 4]| {
-            let s = Scheduler::new(c).unwrap();
-            let (ts, sigmas, init) = s.euler_plan(4);
-            assert_eq!(ts, want_ts);
-            for (a, b) in sigmas.iter().zip(&want_sigmas) {
-                assert!((a - b).abs() < 1e-5 * b.max(1.0), "σ {sigmas:?} vs {want_sigmas:?}");
-            }
-            assert_eq!(sigmas.len(), 5);
-            assert_eq!(sigmas[4], 0.0);
-            assert!((init - want_init).abs() < 1e-5 * want_init, "init {init} vs {want_init}");
-            let a0 = solver::alpha_sigma(sigmas[0]).0 as f32;
-            let mut x: Vec<f32> = [0.3f32, -0.7, 1.2].iter().map(|v| v * init as f32 * a0).collect();
-            for i in 0..4 {
-                let x0 = s.estimate_at_sigma(&x, &outs[i], sigmas[i]);
-                x = solver::euler_ancestral_step(&x, &x0, sigmas[i], sigmas[i + 1], &noises[i]);
-                let a = solver::alpha_sigma(sigmas[i + 1]).0 as f32;
-                for (v, b) in x.iter().zip(&want[i]) {
-                    let ve = v / a;
-                    assert!((ve - b).abs() < 1e-4 * b.abs().max(1.0), "step {i}: {ve} vs {:?}", want[i]);
+        let run =
+            |c: SchedulerConfig, want_ts: [f32; 4], want_sigmas: [f64; 4], want_init: f64, want: [[f32; 3]; 4]| {
+                let s = Scheduler::new(c).unwrap();
+                let (ts, sigmas, init) = s.euler_plan(4);
+                assert_eq!(ts, want_ts);
+                for (a, b) in sigmas.iter().zip(&want_sigmas) {
+                    assert!((a - b).abs() < 1e-5 * b.max(1.0), "σ {sigmas:?} vs {want_sigmas:?}");
                 }
-            }
-        };
+                assert_eq!(sigmas.len(), 5);
+                assert_eq!(sigmas[4], 0.0);
+                assert!((init - want_init).abs() < 1e-5 * want_init, "init {init} vs {want_init}");
+                let a0 = solver::alpha_sigma(sigmas[0]).0 as f32;
+                let mut x: Vec<f32> = [0.3f32, -0.7, 1.2].iter().map(|v| v * init as f32 * a0).collect();
+                for i in 0..4 {
+                    let x0 = s.estimate_at_sigma(&x, &outs[i], sigmas[i]);
+                    x = solver::euler_ancestral_step(&x, &x0, sigmas[i], sigmas[i + 1], &noises[i]);
+                    let a = solver::alpha_sigma(sigmas[i + 1]).0 as f32;
+                    for (v, b) in x.iter().zip(&want[i]) {
+                        let ve = v / a;
+                        assert!((ve - b).abs() < 1e-4 * b.abs().max(1.0), "step {i}: {ve} vs {:?}", want[i]);
+                    }
+                }
+            };
         run(
             sd2(),
             [999.0, 666.0, 333.0, 0.0],
