@@ -6,6 +6,7 @@
 //! (sequential RANSAC on the matches the earlier planes left unexplained), and `trust` decides
 //! per pixel which warped candidate, if any, the hole takes.
 
+pub mod exemplar;
 pub mod features;
 pub mod guide;
 pub mod homography;

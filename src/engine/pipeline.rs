@@ -43,6 +43,9 @@ pub struct Prepared {
     pub key: String,
     /// The canvas reaches beyond the photo (outpainting).
     pub extended: bool,
+    /// Pixels of the fill no reference reaches that the guide holds as copies of the photo's
+    /// and the references' pixels (`copies_beyond_references`): invented, though real texture.
+    pub copied: Mask,
 }
 
 pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
@@ -98,6 +101,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         }
         (guide, warps) = (montage, all);
     }
+    let copied = copies_beyond_references(&canvas, &fill, &mut guide, &refs, s.seed, &s.diagnostics);
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
         let all = Mask::new(r.width, r.height, 1.0);
@@ -138,8 +142,73 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         eprintln!("REALFILL_DEBUG_ALIGN: {e}");
     }
     let extended = !scene.extension.is_zero();
-    Ok(Prepared { canvas, fill, known, refs, alignments, guide, warps, prior, sources, key: k.finish(), extended })
+    Ok(Prepared {
+        canvas,
+        fill,
+        known,
+        refs,
+        alignments,
+        guide,
+        warps,
+        prior,
+        sources,
+        key: k.finish(),
+        extended,
+        copied,
+    })
 }
+
+/// Where no reference reaches and the hole is wider than a thin band, the guide gets shifted
+/// copies of the photo's and the references' own pixels (`align::exemplar`), so that the
+/// engines refine real texture there, as they do a warped reference, instead of a smooth
+/// continuation that is a smear at 100 %. Returns the pixels it copied.
+fn copies_beyond_references(
+    canvas: &RgbF,
+    fill: &Mask,
+    guide: &mut Guide,
+    refs: &[RgbF],
+    seed: u64,
+    diagnostics: &align::Diagnostics,
+) -> Mask {
+    let (w, h) = (canvas.width, canvas.height);
+    let hole = Mask {
+        width: w,
+        height: h,
+        data: (0..w * h).map(|i| (fill.data[i] >= 0.5 && guide.valid.data[i] < 0.5) as u8 as f32).collect(),
+    };
+    // A thin band is the membrane's to bridge: the engines refine it into the texture on both
+    // sides.
+    let widest = hole.inverted().distance_outside().into_iter().fold(0.0f32, f32::max);
+    if widest < THIN_BAND {
+        return Mask::new(w, h, 0.0);
+    }
+    let started = Instant::now();
+    let mut image = canvas.clone();
+    for i in (0..w * h).filter(|&i| fill.data[i] >= 0.5 && guide.valid.data[i] >= 0.5) {
+        image.data[3 * i..3 * i + 3].copy_from_slice(&guide.rgb.data[3 * i..3 * i + 3]);
+    }
+    let smooth = pushpull::prior(canvas, &fill.data, &guide.rgb, &guide.valid);
+    let sources: Vec<&RgbF> = refs.iter().collect();
+    let made = align::exemplar::complete(&image, &hole, &sources, &smooth, seed);
+    guide.fill_gaps_from(&made.rgb, &made.copied);
+    if diagnostics.on() {
+        eprintln!(
+            "copies beyond the references: {:.0} % of the canvas in {:.0} ms",
+            100.0 * made.copied.fill_fraction(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    if let Some(dir) = &diagnostics.dir
+        && let Err(e) = crate::scene::io::save_atomic(&made.rgb.to_image8(), &dir.join("copies.png"))
+    {
+        eprintln!("REALFILL_DEBUG_ALIGN: {e}");
+    }
+    made.copied
+}
+
+/// Holes no wider than this (working pixels from the nearest trusted pixel) keep the smooth
+/// continuation.
+const THIN_BAND: f32 = 6.0;
 
 /// Progress callbacks from the pipeline to whoever drives it.
 pub trait Progress {
@@ -609,10 +678,10 @@ fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Ve
 
 fn guide_cover_in_mask(p: &Prepared) -> f32 {
     let (mut n, mut c) = (0usize, 0usize);
-    for (f, v) in p.fill.data.iter().zip(&p.guide.valid.data) {
+    for ((f, v), copied) in p.fill.data.iter().zip(&p.guide.valid.data).zip(&p.copied.data) {
         if *f >= 0.5 {
             n += 1;
-            if *v >= 0.5 {
+            if *v >= 0.5 && *copied < 0.5 {
                 c += 1;
             }
         }
@@ -731,6 +800,53 @@ mod tests {
             n += 1;
         }
         assert!(err / (n as f32) < 0.08, "mean prior error in the hole {}", err / n as f32);
+    }
+
+    /// An outpainting no reference reaches: the guide there is copied texture, about as
+    /// detailed as the photo (a membrane would be smooth), counted as no reference's; a thin
+    /// stroke keeps the smooth continuation.
+    #[test]
+    fn beyond_every_reference_a_wide_margin_is_copied_texture_and_a_thin_stroke_is_not() {
+        let mut rng = crate::rng::Rng::new(5);
+        let threads: Vec<f32> = (0..64).map(|_| rng.range_f32(0.3, 1.0)).collect();
+        let img = image::RgbImage::from_fn(192, 128, |x, y| {
+            let (u, v) = (threads[(x / 6) as usize % 64], threads[(y / 6) as usize % 64]);
+            let warp = if (x / 6 + y / 6) % 2 == 0 { u } else { v };
+            image::Rgb([(warp * 200.0) as u8, (warp * 150.0) as u8, 60])
+        });
+        let photo = Photo::from_image("t.png".into(), image::DynamicImage::ImageRgb8(img.clone()), None);
+        let extension = Extension { left: 0, top: 0, right: 64, bottom: 0 };
+        let scene = Scene::new(photo, None, extension, Vec::new()).unwrap();
+        let p = prepare(&scene, &settings(128)).unwrap();
+        let (w, h) = (p.canvas.width, p.canvas.height);
+        let copied: Vec<usize> = (0..w * h).filter(|&i| p.copied.data[i] >= 0.5).collect();
+        let filled = p.fill.data.iter().filter(|&&v| v >= 0.5).count();
+        assert!(copied.len() as f32 > 0.9 * filled as f32, "{} of {filled} copied", copied.len());
+        assert!(guide_cover_in_mask(&p) < 0.01, "copies are no reference's");
+        let grad = |img: &RgbF, px: &[usize]| {
+            let d: f32 = px
+                .iter()
+                .filter(|&&i| i % w + 1 < w)
+                .map(|&i| (0..3).map(|k| (img.data[3 * i + k] - img.data[3 * i + 3 + k]).abs()).sum::<f32>())
+                .sum();
+            d / px.len() as f32
+        };
+        let known: Vec<usize> = (0..w * h).filter(|&i| p.fill.data[i] < 0.5).collect();
+        let (inside, photo) = (grad(&p.prior, &copied), grad(&p.canvas, &known));
+        assert!(inside > 0.5 * photo, "gradient {inside} in the copies, {photo} in the photo");
+
+        // A stroke 3 pixels wide: the smooth continuation's to bridge.
+        let photo = Photo::from_image("t.png".into(), image::DynamicImage::ImageRgb8(img), None);
+        let mut m = Mask::new(192, 128, 0.0);
+        for y in 20..100 {
+            for x in 90..93 {
+                m.set(x, y, 1.0);
+            }
+        }
+        let scene =
+            Scene::new(photo, Some((m, std::path::Path::new("m.png"))), Extension::default(), Vec::new()).unwrap();
+        let p = prepare(&scene, &settings(128)).unwrap();
+        assert!(p.copied.data.iter().all(|&v| v < 0.5), "a thin stroke is not copied into");
     }
 
     #[test]
