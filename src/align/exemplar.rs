@@ -89,6 +89,19 @@ fn sq(a: [f32; 3], b: [f32; 3]) -> f32 {
 pub struct Completion {
     pub rgb: RgbF,
     pub copied: Mask,
+    /// Per pixel, where its copy came from (`None` outside the copies).
+    pub shifts: Vec<Option<Shift>>,
+}
+
+/// Where a copied pixel came from: `src` 0 is the image itself, `src` r ≥ 1 the reference
+/// r − 1; the source pixel is this pixel moved by (dx, dy), in the completed image's pixels
+/// (a reference's pixels at the size it was given at). The native-resolution step reads the
+/// same shift, scaled, from the photo and the references at their own resolution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shift {
+    pub src: usize,
+    pub dx: i32,
+    pub dy: i32,
 }
 
 /// `image` with its `hole` pixels (≥ 0.5) made of shifted copies of the rest of `image` and of
@@ -98,7 +111,7 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
     let (w, h) = (image.width, image.height);
     let f = w.max(h).div_ceil(LABEL_SIDE).max(1);
     let (lw, lh) = (w / f, h / f);
-    let mut out = Completion { rgb: image.clone(), copied: Mask::new(w, h, 0.0) };
+    let mut out = Completion { rgb: image.clone(), copied: Mask::new(w, h, 0.0), shifts: vec![None; w * h] };
     if lw < 2 * P || lh < 2 * P || !hole.data.iter().any(|&v| v >= 0.5) {
         return out;
     }
@@ -186,8 +199,10 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
         for k in 0..3 {
             out.rgb.data[3 * i + k] = (composite.data[3 * i + k] + fix.data[3 * i + k]).clamp(0.0, 1.0);
         }
-        let copied = !matches!(labels[work_labels[i].expect("a hole pixel")], Label::Smooth);
-        out.copied.data[i] = copied as u8 as f32;
+        if let Label::Shift { src, dx, dy } = labels[work_labels[i].expect("a hole pixel")] {
+            out.copied.data[i] = 1.0;
+            out.shifts[i] = Some(Shift { src, dx: dx * f as i32, dy: dy * f as i32 });
+        }
     }
     out
 }

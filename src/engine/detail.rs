@@ -29,6 +29,7 @@
 use rayon::prelude::*;
 
 use super::own_texture;
+use crate::align::exemplar::Shift;
 use crate::align::guide::TargetWarp;
 use crate::align::homography::Homography;
 use crate::align::parallax::Field;
@@ -53,6 +54,10 @@ pub struct Sources<'a> {
     pub working_refs: &'a [RgbF],
     /// The patch engine's matches into the photo's known pixels (None for the scene model).
     pub own: Option<&'a KnownMatches>,
+    /// Where the pipeline's guide copied real pixels beyond every reference, per working pixel
+    /// (`align::exemplar`): the same shifts, scaled, read at the photo's and the references'
+    /// own resolution.
+    pub copies: Option<&'a [Option<Shift>]>,
 }
 
 /// A native-resolution fill of part of the canvas: `rgb` covers canvas pixels
@@ -399,7 +404,7 @@ pub fn native_fill(
     // The photo's own detail for known pixels.
     let (target_low, target_low_ok) = low_band(target, known, crop, scale);
     // The references where they cover the crop, best-aligned first.
-    let (guide, guide_ok) = reference_guide(scene, sources, crop, scale, &photo, cancelled)?;
+    let (guide, guide_ok, copied) = reference_guide(scene, sources, crop, scale, &photo, cancelled)?;
     let (guide_low, guide_low_ok) = low_band(&guide, &guide_ok, crop, scale);
     // The working fill upscaled over the crop (the result's base, and what the reference's low
     // band is compared with).
@@ -441,7 +446,11 @@ pub fn native_fill(
                     } else {
                         holes += 1;
                         let c = conf[i];
-                        used += c as f64;
+                        // A copy beyond the references is the photo's or a reference's texture
+                        // somewhere else, not a reference's view of this pixel.
+                        if !copied[i] {
+                            used += c as f64;
+                        }
                         let from_ref = sub(guide.get(x, y), guide_low.get(x, y), c);
                         // Where the reference does not hold (or does not reach): the photo's own
                         // detail from where the engine copied this pixel's patch.
@@ -474,8 +483,6 @@ pub fn native_fill(
     Ok(Some(NativeFill { x0: crop.x0, y0: crop.y0, rgb: out, reference_detail }))
 }
 
-/// The references warped into the crop at their own resolution, the best-aligned one where
-/// several cover a pixel, and where any does.
 /// The crop pixels whose working pixel (nearest) `warp` covers.
 fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Mask {
     let c = &warp.covers;
@@ -490,6 +497,9 @@ fn covered(warp: &TargetWarp, crop: Rect, scale: Scale) -> Mask {
     Mask { width: crop.w, height: crop.h, data }
 }
 
+/// The references warped into the crop at their own resolution, the best-aligned one where
+/// several cover a pixel, then the copies beyond them (`copies_at_native`); where any does,
+/// and which pixels are copies.
 fn reference_guide(
     scene: &Scene,
     sources: &Sources<'_>,
@@ -497,7 +507,7 @@ fn reference_guide(
     scale: Scale,
     photo: &PhotoCrop,
     cancelled: &dyn Fn() -> bool,
-) -> Result<(RgbF, Mask)> {
+) -> Result<(RgbF, Mask, Vec<bool>)> {
     let mut guide = RgbF::new(crop.w, crop.h);
     let mut guide_ok = Mask::new(crop.w, crop.h, 0.0);
     for warp in sources.warps {
@@ -513,7 +523,85 @@ fn reference_guide(
             }
         }
     }
-    Ok((guide, guide_ok))
+    let warped = guide_ok.data.clone();
+    if let Some(shifts) = sources.copies {
+        copies_at_native(scene, sources.working_refs, shifts, crop, scale, &mut guide, &mut guide_ok);
+    }
+    let copied = guide_ok.data.iter().zip(&warped).map(|(&now, &before)| now >= 0.5 && before < 0.5).collect();
+    Ok((guide, guide_ok, copied))
+}
+
+/// Where the working fill's guide is a shifted copy (`align::exemplar`), the same copy at the
+/// photo's resolution: each crop pixel takes its working pixel's shift, scaled, from the
+/// photo's known pixels or the reference at its own size. So a margin no reference reaches is
+/// the photo's or a reference's real texture at 100 %, not the working copy enlarged. Like a
+/// warped reference, its detail counts only where the fill agrees with its low band.
+fn copies_at_native(
+    scene: &Scene,
+    working_refs: &[RgbF],
+    shifts: &[Option<Shift>],
+    crop: Rect,
+    scale: Scale,
+    guide: &mut RgbF,
+    guide_ok: &mut Mask,
+) {
+    let (cw, ch) = scene.canvas_size();
+    let (ww, wh) = ((cw as f64 / scale.sx).round() as usize, (ch as f64 / scale.sy).round() as usize);
+    if shifts.len() != ww * wh {
+        return;
+    }
+    let e = scene.extension;
+    let (tw, th) = (scene.target.width() as f64, scene.target.height() as f64);
+    let rows: Vec<Vec<Option<[f32; 3]>>> = (0..crop.h)
+        .into_par_iter()
+        .map(|y| {
+            (0..crop.w)
+                .map(|x| {
+                    let (cx, cy) = ((crop.x0 + x) as f64, (crop.y0 + y) as f64);
+                    let (u, v) = scale.to_working(cx, cy);
+                    let (wx, wy) =
+                        ((u.round().max(0.0) as usize).min(ww - 1), (v.round().max(0.0) as usize).min(wh - 1));
+                    let s = shifts[wy * ww + wx]?;
+                    if s.src == 0 {
+                        let (sx, sy) = (cx + s.dx as f64 * scale.sx, cy + s.dy as f64 * scale.sy);
+                        let (px, py) = (sx - e.left as f64, sy - e.top as f64);
+                        if px < 0.0 || py < 0.0 || px > tw - 1.0 || py > th - 1.0 {
+                            return None;
+                        }
+                        if scene.mask.get(sx.round() as usize, sy.round() as usize) >= 0.5 {
+                            return None;
+                        }
+                        Some(scene.target.rgb.sample_cubic(px as f32, py as f32))
+                    } else {
+                        let (reference, small) = (&scene.refs.get(s.src - 1)?.rgb, working_refs.get(s.src - 1)?);
+                        let (rx, ry) = (
+                            reference.width as f64 / small.width as f64,
+                            reference.height as f64 / small.height as f64,
+                        );
+                        // The working reference's pixel centre → the reference's own pixels.
+                        let (qx, qy) = ((u + s.dx as f64 + 0.5) * rx - 0.5, (v + s.dy as f64 + 0.5) * ry - 0.5);
+                        if qx < 0.0
+                            || qy < 0.0
+                            || qx > reference.width as f64 - 1.0
+                            || qy > reference.height as f64 - 1.0
+                        {
+                            return None;
+                        }
+                        Some(reference.sample_cubic(qx as f32, qy as f32))
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for (y, row) in rows.into_iter().enumerate() {
+        for (x, v) in row.into_iter().enumerate() {
+            let i = y * crop.w + x;
+            if let (Some(v), true) = (v, guide_ok.data[i] < 0.5) {
+                guide_ok.data[i] = 1.0;
+                guide.data[3 * i..3 * i + 3].copy_from_slice(&v);
+            }
+        }
+    }
 }
 
 /// How much of the reference's detail each pixel takes: 1 where the upscaled fill `up` and the
@@ -680,6 +768,47 @@ mod tests {
         }
     }
 
+    /// The working copies' shifts read at the photo's and the reference's own resolution: a
+    /// margin pixel takes exactly the native pixel its working shift, scaled, points at.
+    #[test]
+    fn a_working_copy_is_the_same_shift_of_the_native_pixels() {
+        let mut rng = crate::rng::Rng::new(8);
+        let mut noise = |w: u32, h: u32| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |_, _| {
+                image::Rgb([0, 1, 2].map(|_| rng.range_usize(0, 255) as u8))
+            }))
+        };
+        let photo = |img: image::DynamicImage, n: &str| crate::scene::Photo::from_image(n.into(), img, None);
+        let extension = crate::scene::Extension { left: 0, top: 0, right: 100, bottom: 0 };
+        let refs = vec![std::sync::Arc::new(photo(noise(400, 200), "r.png"))];
+        let scene = Scene::new(photo(noise(200, 100), "t.png"), None, extension, refs).unwrap();
+        // Canvas 300×100 at working 150×50; the reference at working 200×100.
+        let scale = Scale { sx: 2.0, sy: 2.0 };
+        let working_refs = vec![scene.refs[0].rgb.resized(200, 100)];
+        let mut shifts = vec![None; 150 * 50];
+        for y in 0..50 {
+            for x in 100..150 {
+                shifts[y * 150 + x] =
+                    Some(if y < 25 { Shift { src: 0, dx: -60, dy: 0 } } else { Shift { src: 1, dx: 5, dy: 2 } });
+            }
+        }
+        let crop = Rect { x0: 200, y0: 0, w: 100, h: 100 };
+        let (mut guide, mut ok) = (RgbF::new(100, 100), Mask::new(100, 100, 0.0));
+        copies_at_native(&scene, &working_refs, &shifts, crop, scale, &mut guide, &mut ok);
+        let near = |a: [f32; 3], b: [f32; 3]| (0..3).all(|k| (a[k] - b[k]).abs() < 1e-4);
+        for y in 0..100 {
+            for x in 0..100 {
+                assert!(ok.get(x, y) >= 0.5, "{x},{y} copied");
+                let want = if y < 50 {
+                    scene.target.rgb.get(200 + x - 120, y)
+                } else {
+                    scene.refs[0].rgb.get(200 + x + 10, y + 4)
+                };
+                assert!(near(guide.get(x, y), want), "{x},{y}: {:?} against {:?}", guide.get(x, y), want);
+            }
+        }
+    }
+
     /// A 384×256 photo of coloured rectangles (structure the alignment can lock onto) under a
     /// 5-px weave, with a 96×64 hole, and a reference that is the same view shifted by 7 px:
     /// at a working size of 128 the weave is below one working pixel.
@@ -804,7 +933,7 @@ mod tests {
     fn the_native_step_streams_its_strips_and_stops_within_one_at_a_cancel() {
         let (scene, _) = fine_scene();
         let working = RgbF::new(128, 88);
-        let sources = Sources { warps: &[], working_refs: &[], own: None };
+        let sources = Sources { warps: &[], working_refs: &[], own: None, copies: None };
         // Whole: the strips tile the crop, top to bottom, and are the result's rows.
         let mut tiles = Vec::new();
         let whole = native_fill(&scene, &sources, &working, 6.0, &|| false, &mut |t| tiles.push(t)).unwrap().unwrap();
@@ -827,7 +956,7 @@ mod tests {
         assert!(matches!(r, Err(Error::Cancelled)) && n == 1, "{n} strips after the cancel");
         // A fill at (nearly) the photo's own size gets nothing added.
         let same = RgbF::new(384, 256);
-        let sources = Sources { warps: &[], working_refs: &[], own: None };
+        let sources = Sources { warps: &[], working_refs: &[], own: None, copies: None };
         assert!(native_fill(&scene, &sources, &same, 2.0, &|| false, &mut |_| ()).unwrap().is_none());
     }
 

@@ -46,6 +46,8 @@ pub struct Prepared {
     /// Pixels of the fill no reference reaches that the guide holds as copies of the photo's
     /// and the references' pixels (`copies_beyond_references`): invented, though real texture.
     pub copied: Mask,
+    /// Where each copied pixel came from, for the native-resolution step.
+    pub shifts: Vec<Option<align::exemplar::Shift>>,
 }
 
 pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
@@ -101,7 +103,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         }
         (guide, warps) = (montage, all);
     }
-    let copied = copies_beyond_references(&canvas, &fill, &mut guide, &refs, s.seed, &s.diagnostics);
+    let (copied, shifts) = copies_beyond_references(&canvas, &fill, &mut guide, &refs, s.seed, &s.diagnostics);
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
         let all = Mask::new(r.width, r.height, 1.0);
@@ -155,13 +157,14 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         key: k.finish(),
         extended,
         copied,
+        shifts,
     })
 }
 
 /// Where no reference reaches and the hole is wider than a thin band, the guide gets shifted
 /// copies of the photo's and the references' own pixels (`align::exemplar`), so that the
 /// engines refine real texture there, as they do a warped reference, instead of a smooth
-/// continuation that is a smear at 100 %. Returns the pixels it copied.
+/// continuation that is a smear at 100 %. Returns the pixels it copied and where from.
 fn copies_beyond_references(
     canvas: &RgbF,
     fill: &Mask,
@@ -169,7 +172,7 @@ fn copies_beyond_references(
     refs: &[RgbF],
     seed: u64,
     diagnostics: &align::Diagnostics,
-) -> Mask {
+) -> (Mask, Vec<Option<align::exemplar::Shift>>) {
     let (w, h) = (canvas.width, canvas.height);
     let hole = Mask {
         width: w,
@@ -180,7 +183,7 @@ fn copies_beyond_references(
     // sides.
     let widest = hole.inverted().distance_outside().into_iter().fold(0.0f32, f32::max);
     if widest < THIN_BAND {
-        return Mask::new(w, h, 0.0);
+        return (Mask::new(w, h, 0.0), vec![None; w * h]);
     }
     let started = Instant::now();
     let mut image = canvas.clone();
@@ -203,7 +206,7 @@ fn copies_beyond_references(
     {
         eprintln!("REALFILL_DEBUG_ALIGN: {e}");
     }
-    made.copied
+    (made.copied, made.shifts)
 }
 
 /// Holes no wider than this (working pixels from the nearest trusted pixel) keep the smooth
@@ -435,7 +438,8 @@ pub fn run_fills(
         if adds_native {
             run.progress.status(format!("adding the detail of the fill region at the photo's {cw}×{ch}"));
         }
-        let sources = detail::Sources { warps: &p.warps, working_refs: &p.refs, own: matches.as_ref() };
+        let sources =
+            detail::Sources { warps: &p.warps, working_refs: &p.refs, own: matches.as_ref(), copies: Some(&p.shifts) };
         let native =
             detail::native_fill(scene, &sources, &fill, feather, cancelled, &mut |t| run.progress.native_tile(t))?;
         t.detail_s = t3.elapsed().as_secs_f32();
