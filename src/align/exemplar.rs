@@ -18,6 +18,11 @@ use crate::scene::{Mask, RgbF};
 
 /// The labelling's long side at most: the working canvas is shrunk by a whole factor to this.
 const LABEL_SIDE: usize = 200;
+/// The known part's short side, in label pixels, that the labelling's scale keeps at least.
+const MIN_KNOWN_SIDE: usize = 48;
+/// A reference whose patches are this many times further from the photo's (median nearest
+/// distance) than the photo's own repetitions are is another scene: not copied from.
+const RELATED: f32 = 3.0;
 /// Patch side of the offset statistics.
 const P: usize = 8;
 /// Shifts kept from the photo's own repetitions, and per reference.
@@ -48,6 +53,8 @@ const NO_PIXEL: f32 = 3.0;
 const FORBIDDEN: f32 = 1e5;
 /// α-expansion sweeps over the labels.
 const SWEEPS: usize = 2;
+/// Rows per band of the patch search, searched in parallel.
+const BAND: usize = 16;
 
 /// A label: the smooth continuation, or source `src` (0: the photo, 1…: the references) read
 /// at the pixel shifted by (dx, dy).
@@ -109,7 +116,11 @@ pub struct Shift {
 /// the fallback where nothing reaches). Pixels outside the hole are returned as they are.
 pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: u64) -> Completion {
     let (w, h) = (image.width, image.height);
-    let f = w.max(h).div_ceil(LABEL_SIDE).max(1);
+    // The labelling's scale: about LABEL_SIDE a side, but never so coarse that the known part
+    // (a small photo on a much larger canvas) is a few patches, each "one-off", whose copies
+    // would repeat its eyes (found by an attack on this change).
+    let known_side = hole.inverted().bbox().map_or(0, |(x0, y0, x1, y1)| (x1 - x0).min(y1 - y0));
+    let f = w.max(h).div_ceil(LABEL_SIDE).min(known_side / MIN_KNOWN_SIDE).max(1);
     let (lw, lh) = (w / f, h / f);
     let mut out = Completion { rgb: image.clone(), copied: Mask::new(w, h, 0.0), shifts: vec![None; w * h] };
     if lw < 2 * P || lh < 2 * P || !hole.data.iter().any(|&v| v >= 0.5) {
@@ -133,6 +144,10 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
         let whole = vec![true; img.width * img.height];
         let mut shifts = if img.width >= 2 * P && img.height >= 2 * P {
             let found = nearest_shifts(&small, &own_valid, img, 0.0, &mut rng);
+            if found.median() > RELATED * own.median() {
+                unique.push(vec![0.0; img.width * img.height]);
+                continue;
+            }
             let min_shift = (MIN_SHIFT * img.width.max(img.height) as f32).max(2.0);
             unique.push(nearest_shifts(img, &whole, img, min_shift, &mut rng).uniqueness(img.width, img.height));
             peaks(&found.shifts, lw.max(img.width), lh.max(img.height), REF_SHIFTS)
@@ -303,54 +318,66 @@ fn nearest_shifts(from: &RgbF, from_valid: &[bool], to: &RgbF, min_shift: f32, r
     };
     let n = w * h;
     let mut best: Vec<(i64, i64, f32)> = vec![(0, 0, f32::INFINITY); n];
+    // Bands of rows searched in parallel, each with its own random stream (the same whatever
+    // the number of threads); propagation stays inside a band.
+    let seed = rng.next_u64();
+    for pass in 0..5u64 {
+        best.par_chunks_mut(BAND * w).enumerate().for_each(|(band, rows)| {
+            let mut rng = Rng::new(seed ^ ((band as u64) << 8 | pass).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (y0, y1) = (band * BAND, band * BAND + rows.len() / w);
+            let cells: Vec<usize> = (0..rows.len()).filter(|&k| whole[y0 * w + k]).collect();
+            if pass == 0 {
+                for &k in &cells {
+                    let (x, y) = (k % w, y0 + k / w);
+                    for _ in 0..8 {
+                        let (sx, sy) = (rng.range_usize(0, tw - 1) as i64, rng.range_usize(0, th - 1) as i64);
+                        if allowed(x, y, sx, sy) {
+                            rows[k] =
+                                (sx - x as i64, sy - y as i64, dist(x, y, sx as usize, sy as usize, f32::INFINITY));
+                            break;
+                        }
+                    }
+                }
+                return;
+            }
+            let forward = pass % 2 == 1;
+            let step: i64 = if forward { 1 } else { -1 };
+            let order: Box<dyn Iterator<Item = &usize>> =
+                if forward { Box::new(cells.iter()) } else { Box::new(cells.iter().rev()) };
+            for &k in order {
+                let (x, y) = (k % w, y0 + k / w);
+                let try_shift = |dx: i64, dy: i64, best: &mut (i64, i64, f32)| {
+                    let (sx, sy) = (x as i64 + dx, y as i64 + dy);
+                    if (dx, dy) != (best.0, best.1) && allowed(x, y, sx, sy) {
+                        let d = dist(x, y, sx as usize, sy as usize, best.2);
+                        if d < best.2 {
+                            *best = (dx, dy, d);
+                        }
+                    }
+                };
+                let mut b = rows[k];
+                // Propagation from the neighbours already visited in this pass.
+                for (nx, ny) in [(x as i64 - step, y as i64), (x as i64, y as i64 - step)] {
+                    if nx >= 0 && ny >= y0 as i64 && (nx as usize) < w && (ny as usize) < y1 {
+                        let j = (ny as usize - y0) * w + nx as usize;
+                        if whole[y0 * w + j] && rows[j].2.is_finite() {
+                            try_shift(rows[j].0, rows[j].1, &mut b);
+                        }
+                    }
+                }
+                // Random search in shrinking windows around the best.
+                let mut radius = tw.max(th) as i64;
+                while radius >= 1 {
+                    let dx = b.0 + rng.range_usize(0, 2 * radius as usize) as i64 - radius;
+                    let dy = b.1 + rng.range_usize(0, 2 * radius as usize) as i64 - radius;
+                    try_shift(dx, dy, &mut b);
+                    radius /= 2;
+                }
+                rows[k] = b;
+            }
+        });
+    }
     let cells: Vec<usize> = (0..n).filter(|&i| whole[i]).collect();
-    for &i in &cells {
-        let (x, y) = (i % w, i / w);
-        for _ in 0..8 {
-            let (sx, sy) = (rng.range_usize(0, tw - 1) as i64, rng.range_usize(0, th - 1) as i64);
-            if allowed(x, y, sx, sy) {
-                best[i] = (sx - x as i64, sy - y as i64, dist(x, y, sx as usize, sy as usize, f32::INFINITY));
-                break;
-            }
-        }
-    }
-    for pass in 0..4 {
-        let forward = pass % 2 == 0;
-        let step: i64 = if forward { 1 } else { -1 };
-        let order: Box<dyn Iterator<Item = &usize>> =
-            if forward { Box::new(cells.iter()) } else { Box::new(cells.iter().rev()) };
-        for &i in order {
-            let (x, y) = (i % w, i / w);
-            let try_shift = |dx: i64, dy: i64, best: &mut (i64, i64, f32)| {
-                let (sx, sy) = (x as i64 + dx, y as i64 + dy);
-                if (dx, dy) != (best.0, best.1) && allowed(x, y, sx, sy) {
-                    let d = dist(x, y, sx as usize, sy as usize, best.2);
-                    if d < best.2 {
-                        *best = (dx, dy, d);
-                    }
-                }
-            };
-            let mut b = best[i];
-            // Propagation from the neighbours already visited in this pass.
-            for (nx, ny) in [(x as i64 - step, y as i64), (x as i64, y as i64 - step)] {
-                if nx >= 0 && ny >= 0 && (nx as usize) < w && (ny as usize) < h {
-                    let j = ny as usize * w + nx as usize;
-                    if whole[j] && best[j].2.is_finite() {
-                        try_shift(best[j].0, best[j].1, &mut b);
-                    }
-                }
-            }
-            // Random search in shrinking windows around the best.
-            let mut radius = tw.max(th) as i64;
-            while radius >= 1 {
-                let dx = b.0 + rng.range_usize(0, 2 * radius as usize) as i64 - radius;
-                let dy = b.1 + rng.range_usize(0, 2 * radius as usize) as i64 - radius;
-                try_shift(dx, dy, &mut b);
-                radius /= 2;
-            }
-            best[i] = b;
-        }
-    }
     Nearest {
         shifts: cells
             .iter()
@@ -369,19 +396,24 @@ struct Nearest {
 }
 
 impl Nearest {
+    /// The median distance to the nearest patch, per value.
+    fn median(&self) -> f32 {
+        let per = (3 * P * P) as f32;
+        let mut found: Vec<f32> = self.distance.iter().filter(|d| d.is_finite()).map(|d| d / per).collect();
+        if found.is_empty() {
+            return 0.0;
+        }
+        let mid = found.len() / 2;
+        *found.select_nth_unstable_by(mid, f32::total_cmp).1
+    }
+
     /// How unlike everything else in its image each pixel's patch is: the mean squared
     /// difference per value to its nearest patch, less `TEXTURE` times the image's median
     /// (zero in a texture: fur, a floor, a city from the air; high on an eye or a book's
     /// title, which a copy would duplicate). Pixels with no patch of their own take the median.
     fn uniqueness(&self, w: usize, h: usize) -> Vec<f32> {
         let per = (3 * P * P) as f32;
-        let mut found: Vec<f32> = self.distance.iter().filter(|d| d.is_finite()).map(|d| d / per).collect();
-        let median = if found.is_empty() {
-            0.0
-        } else {
-            let mid = found.len() / 2;
-            *found.select_nth_unstable_by(mid, f32::total_cmp).1
-        };
+        let median = self.median();
         (0..w * h)
             .map(|i| {
                 let (x, y) = ((i % w).checked_sub(P / 2), (i / w).checked_sub(P / 2));
@@ -595,13 +627,22 @@ fn expand(
         }
         for &alpha in &order {
             let a = labels[alpha];
-            let c1: Vec<f32> = (0..nodes.len()).into_par_iter().map(|k| unary(k, a)).collect();
-            if c1.iter().all(|&c| c >= FORBIDDEN) {
+            // Only the pixels that can take α and do not have it yet are in the cut; a pair
+            // with a fixed pixel is a cost of its free one.
+            let c1_all: Vec<f32> = (0..nodes.len()).into_par_iter().map(|k| unary(k, a)).collect();
+            let free: Vec<usize> = (0..nodes.len()).filter(|&k| c1_all[k] < FORBIDDEN && current[k] != alpha).collect();
+            if free.is_empty() {
                 continue;
             }
-            let c0: Vec<f32> = (0..nodes.len()).into_par_iter().map(|k| unary(k, labels[current[k]])).collect();
-            let pairs: Vec<(u32, u32, [f32; 4])> = inner
+            let mut slot = vec![u32::MAX; nodes.len()];
+            for (n, &k) in free.iter().enumerate() {
+                slot[k] = n as u32;
+            }
+            let mut c1: Vec<f32> = free.iter().map(|&k| c1_all[k]).collect();
+            let mut c0: Vec<f32> = free.par_iter().map(|&k| unary(k, labels[current[k]])).collect();
+            let energies: Vec<(u32, u32, [f32; 4])> = inner
                 .par_iter()
+                .filter(|&&(p, q)| slot[p as usize] != u32::MAX || slot[q as usize] != u32::MAX)
                 .map(|&(p, q)| {
                     let (ip, iq) = (nodes[p as usize], nodes[q as usize]);
                     let (pp, pq) = ((ip % w, ip / w), (iq % w, iq / w));
@@ -612,10 +653,24 @@ fn expand(
                     (p, q, [e00, e01, e10, 0.0])
                 })
                 .collect();
+            let mut pairs = Vec::with_capacity(energies.len());
+            for (p, q, e) in energies {
+                match (slot[p as usize], slot[q as usize]) {
+                    (u32::MAX, sq) => {
+                        c0[sq as usize] += e[0];
+                        c1[sq as usize] += e[1];
+                    }
+                    (sp, u32::MAX) => {
+                        c0[sp as usize] += e[0];
+                        c1[sp as usize] += e[2];
+                    }
+                    (sp, sq) => pairs.push((sp, sq, e)),
+                }
+            }
             let moved = super::mincut::label_pairs([&c0, &c1], &pairs);
-            for (k, m) in moved.into_iter().enumerate() {
+            for (n, m) in moved.into_iter().enumerate() {
                 if m {
-                    current[k] = alpha;
+                    current[free[n]] = alpha;
                 }
             }
         }

@@ -35,6 +35,9 @@ pub enum Source {
     Camera,
     /// The subject's own motion in a montage: the rest of the subject's body from the reference.
     Subject,
+    /// Shifted copies of a reference's pixels where no alignment reaches (`exemplar`): its
+    /// texture, not its view of those pixels.
+    Copied,
 }
 
 /// Guide for an image of size `w`×`h` from other images, given per-image maps from this

@@ -523,11 +523,10 @@ fn reference_guide(
             }
         }
     }
-    let warped = guide_ok.data.clone();
-    if let Some(shifts) = sources.copies {
-        copies_at_native(scene, sources.working_refs, shifts, crop, scale, &mut guide, &mut guide_ok);
-    }
-    let copied = guide_ok.data.iter().zip(&warped).map(|(&now, &before)| now >= 0.5 && before < 0.5).collect();
+    let copied = match sources.copies {
+        Some(shifts) => copies_at_native(scene, sources.working_refs, shifts, crop, scale, &mut guide, &mut guide_ok),
+        None => vec![false; crop.w * crop.h],
+    };
     Ok((guide, guide_ok, copied))
 }
 
@@ -544,64 +543,61 @@ fn copies_at_native(
     scale: Scale,
     guide: &mut RgbF,
     guide_ok: &mut Mask,
-) {
+) -> Vec<bool> {
     let (cw, ch) = scene.canvas_size();
     let (ww, wh) = ((cw as f64 / scale.sx).round() as usize, (ch as f64 / scale.sy).round() as usize);
     if shifts.len() != ww * wh {
-        return;
+        return vec![false; crop.w * crop.h];
     }
     let e = scene.extension;
     let (tw, th) = (scene.target.width() as f64, scene.target.height() as f64);
-    let rows: Vec<Vec<Option<[f32; 3]>>> = (0..crop.h)
-        .into_par_iter()
-        .map(|y| {
-            (0..crop.w)
-                .map(|x| {
-                    let (cx, cy) = ((crop.x0 + x) as f64, (crop.y0 + y) as f64);
-                    let (u, v) = scale.to_working(cx, cy);
-                    let (wx, wy) =
-                        ((u.round().max(0.0) as usize).min(ww - 1), (v.round().max(0.0) as usize).min(wh - 1));
-                    let s = shifts[wy * ww + wx]?;
-                    if s.src == 0 {
-                        let (sx, sy) = (cx + s.dx as f64 * scale.sx, cy + s.dy as f64 * scale.sy);
-                        let (px, py) = (sx - e.left as f64, sy - e.top as f64);
-                        if px < 0.0 || py < 0.0 || px > tw - 1.0 || py > th - 1.0 {
-                            return None;
-                        }
-                        if scene.mask.get(sx.round() as usize, sy.round() as usize) >= 0.5 {
-                            return None;
-                        }
-                        Some(scene.target.rgb.sample_cubic(px as f32, py as f32))
-                    } else {
-                        let (reference, small) = (&scene.refs.get(s.src - 1)?.rgb, working_refs.get(s.src - 1)?);
-                        let (rx, ry) = (
-                            reference.width as f64 / small.width as f64,
-                            reference.height as f64 / small.height as f64,
-                        );
-                        // The working reference's pixel centre → the reference's own pixels.
-                        let (qx, qy) = ((u + s.dx as f64 + 0.5) * rx - 0.5, (v + s.dy as f64 + 0.5) * ry - 0.5);
-                        if qx < 0.0
-                            || qy < 0.0
-                            || qx > reference.width as f64 - 1.0
-                            || qy > reference.height as f64 - 1.0
-                        {
-                            return None;
-                        }
-                        Some(reference.sample_cubic(qx as f32, qy as f32))
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    for (y, row) in rows.into_iter().enumerate() {
-        for (x, v) in row.into_iter().enumerate() {
-            let i = y * crop.w + x;
-            if let (Some(v), true) = (v, guide_ok.data[i] < 0.5) {
-                guide_ok.data[i] = 1.0;
-                guide.data[3 * i..3 * i + 3].copy_from_slice(&v);
+    // Written straight into the guide, row by row (a crop can be most of a 50 MP canvas).
+    let copy = |x: usize, y: usize| -> Option<[f32; 3]> {
+        let (cx, cy) = ((crop.x0 + x) as f64, (crop.y0 + y) as f64);
+        let (u, v) = scale.to_working(cx, cy);
+        let (wx, wy) = ((u.round().max(0.0) as usize).min(ww - 1), (v.round().max(0.0) as usize).min(wh - 1));
+        let s = shifts[wy * ww + wx]?;
+        if s.src == 0 {
+            let (sx, sy) = (cx + s.dx as f64 * scale.sx, cy + s.dy as f64 * scale.sy);
+            let (px, py) = (sx - e.left as f64, sy - e.top as f64);
+            if px < 0.0 || py < 0.0 || px > tw - 1.0 || py > th - 1.0 {
+                return None;
             }
+            if scene.mask.get(sx.round() as usize, sy.round() as usize) >= 0.5 {
+                return None;
+            }
+            Some(scene.target.rgb.sample_cubic(px as f32, py as f32))
+        } else {
+            let (reference, small) = (&scene.refs.get(s.src - 1)?.rgb, working_refs.get(s.src - 1)?);
+            let (rx, ry) = (reference.width as f64 / small.width as f64, reference.height as f64 / small.height as f64);
+            // The working reference's pixel centre → the reference's own pixels.
+            let (qx, qy) = ((u + s.dx as f64 + 0.5) * rx - 0.5, (v + s.dy as f64 + 0.5) * ry - 0.5);
+            if qx < 0.0 || qy < 0.0 || qx > reference.width as f64 - 1.0 || qy > reference.height as f64 - 1.0 {
+                return None;
+            }
+            Some(reference.sample_cubic(qx as f32, qy as f32))
         }
-    }
+    };
+    let mut copied = vec![false; crop.w * crop.h];
+    guide
+        .data
+        .par_chunks_mut(3 * crop.w)
+        .zip(guide_ok.data.par_chunks_mut(crop.w))
+        .zip(copied.par_chunks_mut(crop.w))
+        .enumerate()
+        .for_each(|(y, ((rgb, ok), copied))| {
+            for x in 0..crop.w {
+                if ok[x] >= 0.5 {
+                    continue;
+                }
+                if let Some(v) = copy(x, y) {
+                    ok[x] = 1.0;
+                    copied[x] = true;
+                    rgb[3 * x..3 * x + 3].copy_from_slice(&v);
+                }
+            }
+        });
+    copied
 }
 
 /// How much of the reference's detail each pixel takes: 1 where the upscaled fill `up` and the
@@ -794,7 +790,8 @@ mod tests {
         }
         let crop = Rect { x0: 200, y0: 0, w: 100, h: 100 };
         let (mut guide, mut ok) = (RgbF::new(100, 100), Mask::new(100, 100, 0.0));
-        copies_at_native(&scene, &working_refs, &shifts, crop, scale, &mut guide, &mut ok);
+        let copied = copies_at_native(&scene, &working_refs, &shifts, crop, scale, &mut guide, &mut ok);
+        assert!(copied.iter().all(|&c| c), "every crop pixel is a copy");
         let near = |a: [f32; 3], b: [f32; 3]| (0..3).all(|k| (a[k] - b[k]).abs() < 1e-4);
         for y in 0..100 {
             for x in 0..100 {

@@ -209,6 +209,36 @@ fn copies_beyond_references(
     (made.copied, made.shifts)
 }
 
+/// The guide's warps, then one pseudo-warp per reference for the pixels copied from it beyond
+/// every alignment (`align::exemplar`), for the sources line and tint only.
+fn with_copies(p: &Prepared) -> Vec<TargetWarp> {
+    let mut warps: Vec<TargetWarp> = p
+        .warps
+        .iter()
+        .map(|w| TargetWarp {
+            reference: w.reference,
+            target_to_ref: w.target_to_ref,
+            field: None,
+            covers: w.covers.clone(),
+            source: w.source,
+        })
+        .collect();
+    for r in 0..p.refs.len() {
+        let data: Vec<f32> = p.shifts.iter().map(|s| s.is_some_and(|s| s.src == r + 1) as u8 as f32).collect();
+        if data.iter().any(|&v| v > 0.0) {
+            let covers = Mask { width: p.canvas.width, height: p.canvas.height, data };
+            warps.push(TargetWarp {
+                reference: r,
+                target_to_ref: Homography::IDENTITY,
+                field: None,
+                covers,
+                source: align::guide::Source::Copied,
+            });
+        }
+    }
+    warps
+}
+
 /// Holes no wider than this (working pixels from the nearest trusted pixel) keep the smooth
 /// continuation.
 const THIN_BAND: f32 = 6.0;
@@ -395,7 +425,7 @@ pub fn run_fills(
     let p = prepare(scene, s)?;
     let aligned = p.alignments.iter().filter(|a| a.is_some()).count();
     let coverage = guide_cover_in_mask(&p);
-    let shares = sources::of(&p.warps, &p.fill);
+    let shares = sources::of(&with_copies(&p), &p.fill);
     progress.status(format!(
         "working size {}×{}; {aligned} of {} references aligned; references cover {:.0}% of the fill region",
         p.canvas.width,

@@ -1,7 +1,8 @@
 //! Where the pixels of a fill came from (issue 30): the share of the fill region each
 //! reference gave, by which motion (a plane aligned to the known pixels, the camera's, the
-//! subject's), and the share "invented": pixels no aligned warp of a reference covers, which
-//! the engine fills from the photo's own texture and continuation (the patch engine still
+//! subject's) or as shifted copies of its texture where no alignment reaches (`exemplar`),
+//! and the share "invented": pixels no reference gave, which the engine fills from the
+//! photo's own texture (copies of it included) and continuation (the patch engine still
 //! copies patches from the references there, but from no place the alignment vouches for).
 //! The command line prints the shares; the app tints the canvas by source.
 
@@ -153,6 +154,7 @@ fn what(s: Source) -> &'static str {
         Source::Plane => "aligned",
         Source::Camera => "camera",
         Source::Subject => "subject's motion",
+        Source::Copied => "copied, not aligned",
     }
 }
 
