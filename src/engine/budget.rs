@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 
 /// The program, the network and the working-size buffers.
 const BASE: u64 = 450 << 20;
-/// Per canvas pixel (a 48 MP fill with a 13 MP reference peaked at 2.83 GB: ≈ 55 B/pixel).
-const PER_CANVAS_PIXEL: u64 = 55;
+/// Per canvas pixel (a 48 MP fill with a 13 MP reference peaked at 2.83 GB: ≈ 55 B/pixel; a
+/// 16×16 photo extended to a 7016² canvas, with a 12 MP reference whose shifted copies fill it
+/// at full resolution, at 4.04 GB: ≈ 70 B/pixel, docs/BENCHMARKS.md session 15).
+const PER_CANVAS_PIXEL: u64 = 70;
 /// Per reference pixel: the decoded original (3 bytes) and its float copy (12).
 const PER_REFERENCE_PIXEL: u64 = 15;
 /// Per learning pixel: batch 8 × 256² peaked at 2.60 GB, 16 × 256² at 4.78 GB (≈ 4.2 kB/pixel).
