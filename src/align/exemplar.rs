@@ -14,12 +14,15 @@ use rayon::prelude::*;
 
 use crate::rng::Rng;
 use crate::scene::blur::blur;
-use crate::scene::{Mask, RgbF};
+use crate::scene::{Mask, RgbF, pushpull};
 
-/// The labelling's long side at most: the working canvas is shrunk by a whole factor to this.
+/// The labelling's long side: the working canvas is shrunk by a whole factor to about
+/// LABEL_SIDE, less where the known part's short side would fall under MIN_KNOWN_SIDE label
+/// pixels, but never to a long side above MAX_LABEL_SIDE (a graph cut over millions of pixels
+/// per label would take minutes).
 const LABEL_SIDE: usize = 200;
-/// The known part's short side, in label pixels, that the labelling's scale keeps at least.
 const MIN_KNOWN_SIDE: usize = 48;
+const MAX_LABEL_SIDE: usize = 512;
 /// A reference whose patches are this many times further from the photo's (median nearest
 /// distance) than the photo's own repetitions are is another scene: not copied from.
 const RELATED: f32 = 3.0;
@@ -112,15 +115,17 @@ pub struct Shift {
 }
 
 /// `image` with its `hole` pixels (≥ 0.5) made of shifted copies of the rest of `image` and of
-/// `refs`; `smooth` is the smooth continuation (the colours' layout near the known pixels, and
-/// the fallback where nothing reaches). Pixels outside the hole are returned as they are.
-pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: u64) -> Completion {
+/// `refs`; where nothing reaches, the smooth continuation (which also sets the colours' layout
+/// near the known pixels), made at the labelling's scale. Pixels outside the hole are returned
+/// as they are.
+pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], seed: u64) -> Completion {
     let (w, h) = (image.width, image.height);
     // The labelling's scale: about LABEL_SIDE a side, but never so coarse that the known part
     // (a small photo on a much larger canvas) is a few patches, each "one-off", whose copies
     // would repeat its eyes (found by an attack on this change).
     let known_side = hole.inverted().bbox().map_or(0, |(x0, y0, x1, y1)| (x1 - x0).min(y1 - y0));
-    let f = w.max(h).div_ceil(LABEL_SIDE).min(known_side / MIN_KNOWN_SIDE).max(1);
+    let f =
+        w.max(h).div_ceil(LABEL_SIDE).min(known_side / MIN_KNOWN_SIDE).max(w.max(h).div_ceil(MAX_LABEL_SIDE)).max(1);
     let (lw, lh) = (w / f, h / f);
     let mut out = Completion { rgb: image.clone(), copied: Mask::new(w, h, 0.0), shifts: vec![None; w * h] };
     if lw < 2 * P || lh < 2 * P || !hole.data.iter().any(|&v| v >= 0.5) {
@@ -131,7 +136,8 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
     let small_hole: Vec<bool> = hole.resized_cover(lw, lh).data.iter().map(|&v| v >= 0.5).collect();
     let own_valid: Vec<bool> = small_hole.iter().map(|&b| !b).collect();
     let small_refs: Vec<RgbF> = refs.iter().map(|r| r.resized((r.width / f).max(1), (r.height / f).max(1))).collect();
-    let small_smooth = smooth.resized(lw, lh);
+    let hole_weight: Vec<f32> = small_hole.iter().map(|&b| b as u8 as f32).collect();
+    let small_smooth = pushpull::prior(&small, &hole_weight, &small, &Mask::new(lw, lh, 0.0));
 
     let mut rng = Rng::new(seed ^ 0x5_1f7);
     let mut labels = vec![Label::Smooth];
@@ -161,6 +167,10 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
         }
         labels.extend(shifts.into_iter().map(|(dx, dy)| Label::Shift { src: r + 1, dx, dy }));
     }
+    if labels.len() == 1 {
+        // No shift to copy by (a photo too small for a patch, no related reference).
+        return out;
+    }
     let mut images: Vec<&RgbF> = vec![&small];
     images.extend(small_refs.iter());
     let mut valid: Vec<Option<&[bool]>> = vec![Some(&own_valid)];
@@ -169,6 +179,10 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
 
     let guide = Guidance::new(&sources, unique, &small_smooth, &small_hole, lw, lh);
     let label_of = expand(&sources, &labels, &guide, &small, &small_hole, &small_smooth, lw, lh, &mut rng);
+    if label_of.iter().zip(&small_hole).all(|(&l, &in_hole)| !in_hole || l == 0) {
+        // Nothing reached (a photo too small to copy from, no related reference).
+        return out;
+    }
 
     // Back to the working scale: each pixel takes its label pixel's shift, times the factor,
     // read from the full-size source; where that lands on a hole pixel, the labelling's own
@@ -188,6 +202,7 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], smooth: &RgbF, seed: 
     let work_labels: Vec<Option<usize>> = (0..w * h)
         .map(|i| holes[i].then(|| label_of[((i / w) / f).min(lh - 1) * lw + ((i % w) / f).min(lw - 1)]))
         .collect();
+    let smooth = small_smooth.resized(w, h);
     let work_value = |l: usize, x: usize, y: usize| -> Option<[f32; 3]> {
         match labels[l] {
             Label::Smooth => Some(smooth.get(x, y)),
@@ -716,7 +731,7 @@ mod tests {
             }
         }
         let smooth = crate::scene::pushpull::push_pull(&truth, &hole.inverted());
-        let made = complete(&truth, &hole, &[], &smooth, 1);
+        let made = complete(&truth, &hole, &[], 1);
         let inside: Vec<usize> = (0..w * h).filter(|&i| hole.data[i] >= 0.5).collect();
         let copied = inside.iter().filter(|&&i| made.copied.data[i] >= 0.5).count();
         assert!(copied as f32 > 0.95 * inside.len() as f32, "{copied} of {} copied", inside.len());
@@ -743,7 +758,7 @@ mod tests {
             }
         }
         let smooth = crate::scene::pushpull::push_pull(&image, &hole.inverted());
-        let made = complete(&image, &hole, &[&reference], &smooth, 2);
+        let made = complete(&image, &hole, &[&reference], 2);
         let inside: Vec<usize> = (0..w * h).filter(|&i| hole.data[i] >= 0.5 && (i % w < 30 || i % w >= 170)).collect();
         assert!(inside.iter().all(|&i| made.copied.data[i] >= 0.5), "the far margins are copies");
         let (err, membrane) = (mean_error(&made.rgb, &truth, &inside), mean_error(&smooth, &truth, &inside));

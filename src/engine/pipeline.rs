@@ -190,9 +190,8 @@ fn copies_beyond_references(
     for i in (0..w * h).filter(|&i| fill.data[i] >= 0.5 && guide.valid.data[i] >= 0.5) {
         image.data[3 * i..3 * i + 3].copy_from_slice(&guide.rgb.data[3 * i..3 * i + 3]);
     }
-    let smooth = pushpull::prior(canvas, &fill.data, &guide.rgb, &guide.valid);
     let sources: Vec<&RgbF> = refs.iter().collect();
-    let made = align::exemplar::complete(&image, &hole, &sources, &smooth, seed);
+    let made = align::exemplar::complete(&image, &hole, &sources, seed);
     guide.fill_gaps_from(&made.rgb, &made.copied);
     if diagnostics.on() {
         eprintln!(
