@@ -141,6 +141,20 @@ pub enum SdPrecision {
     F16,
 }
 
+/// Whether a Stable Diffusion fill frees what it can: the text encoder once the prompt is
+/// encoded (read again only for a new prompt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum SdMemory {
+    /// Low on the CPU when the memory budget is under 7 GiB (as `--sd-precision auto` picks f16).
+    #[default]
+    Auto,
+    /// Free the text encoder once the prompt is encoded (≈ 0.7 GB for SD-2 in f16); a new
+    /// prompt reads it again.
+    Low,
+    /// Keep the text encoder between fills.
+    Normal,
+}
+
 /// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps,
 /// and how the scene is learned into it. (Doc comments on these fields, and on
 /// `RunSettings`'s, are the command line's help; `display_order` keeps `--help` listing the
@@ -185,6 +199,9 @@ pub struct SdSettings {
     /// The float type of the UNet and the text encoder when Stable Diffusion fills.
     #[arg(long = "sd-precision", value_enum, default_value_t = SdPrecision::Auto, display_order = 113)]
     pub precision: SdPrecision,
+    /// How a Stable Diffusion fill uses memory.
+    #[arg(long = "sd-memory", value_enum, default_value_t = SdMemory::Auto, display_order = 113)]
+    pub memory: SdMemory,
 }
 
 impl Default for SdSettings {
@@ -201,6 +218,7 @@ impl Default for SdSettings {
             lora_batch: None,
             lora_micro_batch: None,
             precision: SdPrecision::Auto,
+            memory: SdMemory::Auto,
         }
     }
 }

@@ -637,8 +637,9 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
             .collect()
     };
     let ids = vec![sd.tokenizer.encode(""), sd.tokenizer.encode("a photo of sks")];
-    let context = sd.text.forward(&ids);
-    row("SD text encoder, 2 prompts".into(), time(Box::new(|| sd.text.forward(&ids).into_data().bytes().len())));
+    let text = sd.text_encoder()?;
+    let context = text.forward(&ids);
+    row("SD text encoder, 2 prompts".into(), time(Box::new(|| text.forward(&ids).into_data().bytes().len())));
     let mut rng = Rng::new(1);
     let img = Tensor::<4>::from_data(TensorData::new(rng.normals(3 * size * size), [1, 3, size, size]), device);
     row(format!("SD VAE encode {size}²"), time(Box::new(|| sync(sd.vae.encode_mean(img.clone())))));

@@ -136,7 +136,8 @@ fn networks(model: &Path, device: &Device, dtype: DType, lora_file: Option<&Path
         Some(f) => {
             let mut sd = StableDiffusion::load(model, device, dtype)?;
             lora::load(&mut sd, f)?;
-            Ok((sd.unet, sd.text))
+            let text = sd.text_encoder()?.clone();
+            Ok((sd.unet, text))
         }
     }
 }

@@ -12,9 +12,9 @@ use burn::tensor::DType;
 use super::settings::FillSettings;
 use crate::diffusion::checkpoint::{KeyHasher, cache_dir};
 use crate::diffusion::sampler::SampleOutput;
-use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
+use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size, prompt_ids};
 use crate::diffusion::sd::lora_train::{self, LearnImage, LoraLearnSettings, PROMPT};
-use crate::diffusion::sd::{StableDiffusion, fill_precision, lora, precision_for};
+use crate::diffusion::sd::{StableDiffusion, fill_precision, lora, low_memory, precision_for};
 use crate::error::{Error, Result};
 use crate::scene::{Mask, RgbF, Scene};
 use crate::settings::{LoraPreset, SdPrecision};
@@ -26,6 +26,14 @@ pub struct HeldModel {
     pub dtype: DType,
     pub lora: Option<PathBuf>,
     pub sd: StableDiffusion,
+    /// How many times the freed text encoder was read back for a new prompt.
+    pub text_reloads: usize,
+}
+
+impl HeldModel {
+    fn new(dir: PathBuf, dtype: DType, lora: Option<PathBuf>, sd: StableDiffusion) -> HeldModel {
+        HeldModel { dir, dtype, lora, sd, text_reloads: 0 }
+    }
 }
 
 pub type HeldSd = Option<HeldModel>;
@@ -66,7 +74,7 @@ pub fn load_or_reuse<'a>(
         let kind = if dtype == DType::F16 { "f16" } else { "f32" };
         status(format!("loading Stable Diffusion from {} (UNet and text encoder in {kind}{why})", dir.display()));
         let sd = StableDiffusion::load(&dir, device, dtype)?;
-        *held = Some(HeldModel { dir, dtype, lora: None, sd });
+        *held = Some(HeldModel::new(dir, dtype, None, sd));
     }
     Ok((held.as_mut().expect("just set"), reuse))
 }
@@ -192,19 +200,20 @@ pub fn learn(
     }
     let sd = StableDiffusion {
         unet: sd.unet.valid(),
-        text: sd.text.valid(),
+        text: sd.text.map(|t| t.valid()),
         vae: sd.vae.valid(),
         device: device.clone(),
+        contexts: Default::default(),
         ..sd
     };
     // Kept with its adapters, under the scene's LoRA path (in memory even when not cached).
-    *held = Some(HeldModel { dir, dtype: precision_for(device), lora: Some(path), sd });
+    *held = Some(HeldModel::new(dir, precision_for(device), Some(path), sd));
     Ok(false)
 }
 
 /// Puts the right adapters on the held model for this fill: the person's `--lora` file, else
-/// the scene's learned LoRA (in the cache, or just learned and still held), else none.
-/// Returns the LoRA used.
+/// the scene's learned LoRA (in the cache, or just learned and still held), else none; then
+/// has the fill's prompt encoded (`encode_prompt`). Returns the LoRA used.
 pub fn choose_lora(h: &mut HeldModel, scene: &Scene, s: &FillSettings) -> Result<Option<PathBuf>> {
     let want = match &s.sd.lora {
         Some(f) => Some(f.clone()),
@@ -222,7 +231,48 @@ pub fn choose_lora(h: &mut HeldModel, scene: &Scene, s: &FillSettings) -> Result
         }
         h.lora = want.clone();
     }
+    encode_prompt(h, s, want.is_some())?;
     Ok(want)
+}
+
+/// Encodes the fill's prompts into the model's cache unless they are there, reading a freed
+/// text encoder back (with its adapters) for that; then, when memory is short
+/// (`sd::low_memory`), frees the text encoder for the rest of the fill. Adapters learned here
+/// and not in a file keep it: they could not be put back on a text encoder read again.
+fn encode_prompt(h: &mut HeldModel, s: &FillSettings, with_lora: bool) -> Result<()> {
+    let ids = prompt_ids(&h.sd, &fill_options(s, with_lora));
+    if h.sd.contexts.get(&ids).is_none() {
+        if h.sd.text.is_none() {
+            h.sd.reload_text()?;
+            h.text_reloads += 1;
+            if let Some(f) = &h.lora {
+                lora::load(&mut h.sd, f)?;
+            }
+        }
+        let context = h.sd.text_encoder()?.forward(&ids);
+        h.sd.contexts.insert(ids, context);
+    }
+    let budget = crate::engine::budget::budget_bytes(s.memory_gib);
+    let in_file = h.lora.as_ref().is_none_or(|f| f.is_file());
+    if in_file && low_memory(&h.sd.device, s.sd.memory, budget) {
+        h.sd.free_text();
+    }
+    Ok(())
+}
+
+/// What `sample` asks of the model; with a LoRA and no prompt of the person's, the prompt is
+/// RealFill's "a photo of sks".
+fn fill_options(s: &FillSettings, with_lora: bool) -> InpaintOptions {
+    let prompt = if s.sd.prompt.is_empty() && with_lora { PROMPT.to_string() } else { s.sd.prompt.clone() };
+    InpaintOptions {
+        prompt,
+        negative_prompt: String::new(),
+        guidance: s.sd.guidance,
+        steps: s.sd.steps,
+        sampler: s.sampler,
+        seed: s.seed,
+        initial_noise: None,
+    }
 }
 
 /// `rgb` with the canvas's known pixels (fill < 0.5) put back.
@@ -236,7 +286,7 @@ fn with_known(mut rgb: RgbF, canvas: &RgbF, fill: &Mask) -> RgbF {
 }
 
 /// Samples the working canvas; `raw` is the model's own image, `x0` has the known pixels back.
-/// With a LoRA and no prompt of the person's, the prompt is RealFill's "a photo of sks".
+/// The prompt's encoding comes from the model's cache when `choose_lora` made it.
 pub fn sample(
     sd: &StableDiffusion,
     with_lora: bool,
@@ -246,16 +296,7 @@ pub fn sample(
     on_preview: &mut dyn FnMut(usize, usize, RgbF),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<SampleOutput> {
-    let prompt = if s.sd.prompt.is_empty() && with_lora { PROMPT.to_string() } else { s.sd.prompt.clone() };
-    let opts = InpaintOptions {
-        prompt,
-        negative_prompt: String::new(),
-        guidance: s.sd.guidance,
-        steps: s.sd.steps,
-        sampler: s.sampler,
-        seed: s.seed,
-        initial_noise: None,
-    };
+    let opts = fill_options(s, with_lora);
     let raw = inpaint(
         sd,
         canvas,
@@ -266,4 +307,72 @@ pub fn sample(
     )?;
     let x0 = with_known(raw.clone(), canvas, fill);
     Ok(SampleOutput { x0: x0.to_planar(), raw: raw.to_planar() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scene::{Extension, Photo};
+    use crate::settings::{EngineKind, SdMemory};
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny")
+    }
+
+    /// A 40×32 gradient with a hole in the middle.
+    fn scene() -> Scene {
+        let (w, h) = (40u32, 32u32);
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 6) as u8, (y * 7) as u8, 90]));
+        let original = image::DynamicImage::ImageRgb8(img);
+        let rgb = RgbF { width: w as usize, height: h as usize, data: original.to_rgb32f().into_raw() };
+        let target = Photo { path: "t.png".into(), original, rgb, transparent: None, metadata: Default::default() };
+        let mut m = Mask::new(w as usize, h as usize, 0.0);
+        for y in 8..24 {
+            for x in 10..30 {
+                m.set(x, y, 1.0);
+            }
+        }
+        Scene::new(target, Some((m, std::path::Path::new("m.png"))), Extension::default(), vec![]).unwrap()
+    }
+
+    fn settings(memory: SdMemory, prompt: &str, with_lora: bool) -> FillSettings {
+        let mut s =
+            FillSettings { engine: EngineKind::StableDiffusion, size: 40, use_cache: false, ..Default::default() };
+        s.sd.model = Some(fixture());
+        s.sd.steps = 3;
+        s.sd.precision = SdPrecision::F32;
+        s.sd.memory = memory;
+        s.sd.prompt = prompt.into();
+        s.sd.lora = with_lora.then(|| fixture().join("lora_init.safetensors"));
+        s
+    }
+
+    /// One fill through the engine's calls, as the pipeline makes them; the model's own image.
+    fn fill(held: &mut HeldSd, scene: &Scene, s: &FillSettings) -> Vec<f32> {
+        let device = Device::flex();
+        let (h, _) = load_or_reuse(held, s, &device, &mut |_| {}).unwrap();
+        let lora = choose_lora(h, scene, s).unwrap();
+        let canvas = scene.canvas_rgb();
+        sample(&h.sd, lora.is_some(), &canvas, &scene.mask, s, &mut |_, _, _| {}, &|| false).unwrap().raw
+    }
+
+    /// With memory short the text encoder is gone once the prompt is encoded; it is read back
+    /// (with the LoRA's text adapters) only for a prompt or adapters not encoded yet, and every
+    /// fill is bit-identical to the one with the encoder kept.
+    #[test]
+    fn a_short_memory_fill_frees_the_text_encoder_and_reads_it_only_for_a_new_prompt() {
+        let scene = scene();
+        let (mut kept, mut freed): (HeldSd, HeldSd) = (None, None);
+        let rounds =
+            [("", false, 0), ("", false, 0), ("a brick wall", false, 1), ("a brick wall", true, 2), ("", false, 3)];
+        for (prompt, with_lora, reloads) in rounds {
+            let a = fill(&mut kept, &scene, &settings(SdMemory::Normal, prompt, with_lora));
+            let b = fill(&mut freed, &scene, &settings(SdMemory::Low, prompt, with_lora));
+            assert!(a == b, "{prompt:?}, LoRA {with_lora}: the freed-encoder fill differs");
+            let (k, f) = (kept.as_ref().unwrap(), freed.as_ref().unwrap());
+            assert!(k.sd.text.is_some() && k.text_reloads == 0);
+            assert!(f.sd.text.is_none(), "{prompt:?}: the text encoder is freed after encoding");
+            assert_eq!(f.text_reloads, reloads, "{prompt:?}, LoRA {with_lora}");
+        }
+    }
 }

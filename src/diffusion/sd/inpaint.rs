@@ -42,6 +42,16 @@ pub fn model_size(sd: &StableDiffusion, w: usize, h: usize) -> (usize, usize) {
     (side(w), side(h))
 }
 
+/// The token rows a fill encodes: the negative prompt when guided, then the prompt.
+pub fn prompt_ids(sd: &StableDiffusion, o: &InpaintOptions) -> Vec<Vec<i64>> {
+    let mut ids = Vec::new();
+    if o.guidance > 1.0 {
+        ids.push(sd.tokenizer.encode(&o.negative_prompt));
+    }
+    ids.push(sd.tokenizer.encode(&o.prompt));
+    ids
+}
+
 fn image_tensor(img: &RgbF, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(img.to_planar(), [1, 3, img.height, img.width]), device)
 }
@@ -157,12 +167,8 @@ pub fn inpaint(
     let latent_mask: Vec<f32> = (0..lh * lw).map(|i| mask.get((i % lw) * f, (i / lw) * f)).collect();
 
     let guided = o.guidance > 1.0;
-    let mut ids = Vec::new();
-    if guided {
-        ids.push(sd.tokenizer.encode(&o.negative_prompt));
-    }
-    ids.push(sd.tokenizer.encode(&o.prompt));
-    let context = sd.text.forward(&ids);
+    let ids = prompt_ids(sd, o);
+    let context = sd.context(&ids)?;
     let batch = ids.len();
     let cond_part = |v: &[f32]| -> Tensor<4> {
         let one = Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, v.len() / (lw * lh), lh, lw]), device);
