@@ -238,6 +238,7 @@ fn pipeline(model: &Path, io: &Io, device: &Device, dtype: DType) -> Result<Row>
         sampler: SamplerKind::Ddim,
         seed: 0,
         initial_noise: Some(noise.clone()),
+        low_memory: false,
     };
     let sd = StableDiffusion::load(model, device, dtype)?;
     if model_size(&sd, w, h) != (w, h) {
