@@ -9,6 +9,7 @@ pub mod config;
 pub mod inpaint;
 pub mod lora;
 pub mod lora_train;
+pub mod quant;
 pub mod scheduler;
 pub mod text;
 pub mod tokenizer;
