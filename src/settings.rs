@@ -143,6 +143,10 @@ pub enum SdPrecision {
     F32,
     /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, its UNet step ≈ 8 % slower there.
     F16,
+    /// The UNet's weights block-wise int8 in memory (SD-2: ≈ 0.9 GB instead of 1.7 in f16),
+    /// each layer's widened when it runs, computed in f16; the text encoder in f16. Its output
+    /// within ≈ 2 % of the f32 UNet's on random weights (docs/wip/s15-sd-figures.md).
+    Int8,
 }
 
 /// Whether a Stable Diffusion fill saves what memory it can: the text encoder freed once the

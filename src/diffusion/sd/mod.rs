@@ -112,7 +112,7 @@ pub fn low_memory(device: &Device, asked: SdMemory, budget: u64) -> bool {
 pub fn fill_precision(device: &Device, asked: SdPrecision, budget: u64) -> DType {
     match asked {
         SdPrecision::F32 => DType::F32,
-        SdPrecision::F16 => DType::F16,
+        SdPrecision::F16 | SdPrecision::Int8 => DType::F16,
         SdPrecision::Auto if memory_short(device, budget) => DType::F16,
         SdPrecision::Auto => precision_for(device),
     }
@@ -121,10 +121,21 @@ pub fn fill_precision(device: &Device, asked: SdPrecision, budget: u64) -> DType
 impl StableDiffusion {
     /// Loads every part of `dir`; the UNet and text encoder in `dtype` (see `precision_for`).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion> {
+        Self::load_for(dir, device, dtype, false)
+    }
+
+    /// `load`, the UNet's weights made block-wise int8 when `int8` (`quant`) as soon as the
+    /// UNet is read, before the other networks: each f16 weight is replaced as it is quantised
+    /// and the freed memory given back, so the f16 UNet never sits beside the rest.
+    pub fn load_for(dir: &Path, device: &Device, dtype: DType, int8: bool) -> Result<StableDiffusion> {
         if !dir.is_dir() {
             return Err(Error::input(dir, format!("not a folder; {HELP}")));
         }
-        let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
+        let (mut unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
+        if int8 {
+            unet = quant::quantize_q8(unet, 64).0;
+            crate::allocator::release_freed();
+        }
         let (vae, vae_config) = vae::Vae::load(&dir.join("vae"), device)?;
         // Each is within its own bounds; their product is the size the model samples at.
         let native = unet_config.sample_size.unwrap_or(64) * vae_config.factor();
