@@ -211,9 +211,10 @@ impl Tiling {
     }
 }
 
-/// Blend weights along one side of a tile [s, s + len) among tiles starting at `starts` (all
-/// `tile` long on a side of `total`), in units of `unit` output pixels per latent pixel: rising
-/// linearly across the overlap with the previous tile, falling across the next one's, 1 between.
+/// Blend weights along one side of tile `i` of the tiles starting at `starts` (each `len` latent
+/// pixels long), one per output pixel (`unit` per latent pixel): rising linearly across the
+/// overlap with the previous tile, falling across the next one's, 1 between. Where two tiles
+/// overlap by the same amount from both sides the weights sum to 1; `tiled` divides by the sum.
 fn ramp(starts: &[usize], i: usize, len: usize, unit: usize) -> Vec<f32> {
     let s = starts[i];
     let before = (i > 0).then(|| (starts[i - 1] + len).saturating_sub(s) * unit);
