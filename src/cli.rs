@@ -106,23 +106,30 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Denoising steps. Scene model: 3 by default — few is better for a model learned in
-    /// minutes, each step adds its small errors (docs/BENCHMARKS.md). Stable Diffusion: 50 by
-    /// default. The patch engine runs its own coarse-to-fine schedule.
+    /// minutes, each step adds its small errors (docs/BENCHMARKS.md). Stable Diffusion: 25 by
+    /// default, with dpm-solver (diffusers' documented Stable Diffusion 2 inpainting example).
+    /// The patch engine runs its own coarse-to-fine schedule.
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long, value_enum, default_value_t = SamplerKind::default())]
-    pub sampler: SamplerKind,
+    /// The sampler. Default: ddim for the scene model; dpm-solver for Stable Diffusion (what
+    /// diffusers' Stable Diffusion 2 documentation recommends and runs SD-2 inpainting with,
+    /// at 25 steps).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
 }
 
 impl SampleArgs {
-    /// Set the sampling flags on `run`: one `--steps` for every engine, each with its own
-    /// default when it is left out.
+    /// Set the sampling flags on `run`: one `--steps` and one `--sampler` for every engine,
+    /// each with its own default when it is left out.
     fn apply(&self, run: &mut RunSettings) {
         if let Some(n) = self.steps {
             run.steps = n;
             run.sd.steps = n;
         }
-        run.sampler = self.sampler;
+        if let Some(k) = self.sampler {
+            run.sampler = k;
+            run.sd.sampler = k;
+        }
     }
 }
 
@@ -838,7 +845,7 @@ mod tests {
         assert_eq!(fill_args(&[]).model.run, RunSettings::default());
         let s = settings(&fill_args(&[]).model, None, defaults::CANDIDATES, &Switches::default()).unwrap();
         let d = FillSettings::from_run(&RunSettings::default()).unwrap();
-        assert_eq!((s.steps, s.sd.steps, s.sampler), (d.steps, d.sd.steps, d.sampler));
+        assert_eq!((s.steps, s.sd.steps, s.sampler, s.sd.sampler), (d.steps, d.sd.steps, d.sampler, d.sd.sampler));
     }
 
     #[test]
@@ -868,9 +875,12 @@ mod tests {
         assert_eq!((r.sd.prompt.as_str(), r.sd.lora_steps), ("a dog", Some(5)));
         let s = settings(&a.model, Some(&a.sampling), a.candidates, &Switches::default()).unwrap();
         assert_eq!((s.steps, s.sd.steps, s.sampler, s.score), (9, 9, SamplerKind::Ddpm, true));
-        // Without --steps, each engine keeps its own default.
+        assert_eq!(s.sd.sampler, SamplerKind::Ddpm);
+        // Without --steps and --sampler, each engine keeps its own defaults: the scene model
+        // DDIM at 3 steps, Stable Diffusion DPM-Solver++ at 25 (diffusers' SD-2 inpainting).
         let s = settings(&fill_args(&[]).model, Some(&fill_args(&[]).sampling), 1, &Switches::default()).unwrap();
-        assert_eq!((s.steps, s.sd.steps), (defaults::STEPS, defaults::SD_STEPS));
+        assert_eq!((s.steps, s.sd.steps), (defaults::STEPS, 25));
+        assert_eq!((s.sampler, s.sd.sampler), (SamplerKind::Ddim, SamplerKind::DpmSolver));
     }
 
     #[test]

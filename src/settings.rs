@@ -109,8 +109,12 @@ pub mod defaults {
     pub const LEARN_STEPS: usize = 600;
     pub const BATCH: usize = 8;
     pub const CROP: usize = 64;
-    /// Stable Diffusion's denoising steps (diffusers' default).
-    pub const SD_STEPS: usize = 50;
+    /// Stable Diffusion's sampler and steps: what diffusers' documentation runs SD-2 inpainting
+    /// with ("Stable Diffusion 2" pipeline page: `DPMSolverMultistepScheduler`, which "can be
+    /// run with as little as 20 steps", and its stable-diffusion-2-inpainting example at
+    /// `num_inference_steps=25`). The scene model keeps DDIM (`SamplerKind::default`).
+    pub const SD_SAMPLER: super::SamplerKind = super::SamplerKind::DpmSolver;
+    pub const SD_STEPS: usize = 25;
     /// Stable Diffusion's guidance scale (diffusers' inpainting default).
     pub const GUIDANCE: f32 = 7.5;
     /// RealFill's LoRA rank.
@@ -139,6 +143,26 @@ pub enum SdPrecision {
     F32,
     /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, its UNet step ≈ 8 % slower there.
     F16,
+    /// The UNet's weights block-wise int8 in memory (SD-2: ≈ 0.9 GB instead of 1.7 in f16),
+    /// each layer's widened when it runs, computed in f16; the text encoder in f16. Its output
+    /// within ≈ 2 % of the f32 UNet's on random weights; each step ≈ 70 % slower on the CPU
+    /// (docs/wip/s15-sd-figures.md).
+    Int8,
+}
+
+/// Whether a Stable Diffusion fill saves what memory it can: the text encoder freed once the
+/// prompt is encoded (read again only for a new prompt), the VAE run in overlapping tiles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum SdMemory {
+    /// Low on the CPU when the memory budget is under 7 GiB (as `--sd-precision auto` picks f16).
+    #[default]
+    Auto,
+    /// Free the text encoder once the prompt is encoded (≈ 0.7 GB for SD-2 in f16; a new prompt
+    /// reads it again); encode and decode the VAE in 2×2 overlapping tiles, blended (close to,
+    /// not equal to, the whole image's).
+    Low,
+    /// Keep the text encoder between fills; run the VAE on the whole image.
+    Normal,
 }
 
 /// Stable Diffusion as a person sets it up: the model folder, the prompt, guidance and steps,
@@ -163,6 +187,9 @@ pub struct SdSettings {
     /// Denoising steps: `--steps` (`cli::SampleArgs`) sets these and the scene model's.
     #[arg(skip = defaults::SD_STEPS)]
     pub steps: usize,
+    /// The sampler: `--sampler` (`cli::SampleArgs`) sets this and the scene model's.
+    #[arg(skip = defaults::SD_SAMPLER)]
+    pub sampler: SamplerKind,
     /// Fill with this LoRA (diffusers/PEFT safetensors) instead of the scene's learned one.
     #[arg(long, value_name = "FILE", display_order = 114)]
     pub lora: Option<std::path::PathBuf>,
@@ -185,6 +212,9 @@ pub struct SdSettings {
     /// The float type of the UNet and the text encoder when Stable Diffusion fills.
     #[arg(long = "sd-precision", value_enum, default_value_t = SdPrecision::Auto, display_order = 113)]
     pub precision: SdPrecision,
+    /// How a Stable Diffusion fill uses memory.
+    #[arg(long = "sd-memory", value_enum, default_value_t = SdMemory::Auto, display_order = 113)]
+    pub memory: SdMemory,
 }
 
 impl Default for SdSettings {
@@ -194,6 +224,7 @@ impl Default for SdSettings {
             prompt: String::new(),
             guidance: defaults::GUIDANCE,
             steps: defaults::SD_STEPS,
+            sampler: defaults::SD_SAMPLER,
             lora: None,
             lora_rank: defaults::LORA_RANK,
             lora_preset: LoraPreset::Quick,
@@ -201,6 +232,7 @@ impl Default for SdSettings {
             lora_batch: None,
             lora_micro_batch: None,
             precision: SdPrecision::Auto,
+            memory: SdMemory::Auto,
         }
     }
 }

@@ -606,8 +606,8 @@ fn bench_round_trip(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<R
     });
 }
 
-/// Stable Diffusion's parts at `a.sd_size`² on `device`, and a whole fill of
-/// `defaults::SD_STEPS` guided steps estimated from them and measured once.
+/// Stable Diffusion's parts at `a.sd_size`² on `device`, and a whole fill of `a.sd_steps`
+/// guided steps of the default sampler (`defaults::SD_SAMPLER`), measured once.
 fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
     use crate::diffusion::sd::StableDiffusion;
     use crate::diffusion::sd::inpaint::{InpaintOptions, inpaint, model_size};
@@ -637,8 +637,9 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
             .collect()
     };
     let ids = vec![sd.tokenizer.encode(""), sd.tokenizer.encode("a photo of sks")];
-    let context = sd.text.forward(&ids);
-    row("SD text encoder, 2 prompts".into(), time(Box::new(|| sd.text.forward(&ids).into_data().bytes().len())));
+    let text = sd.text_encoder()?;
+    let context = text.forward(&ids);
+    row("SD text encoder, 2 prompts".into(), time(Box::new(|| text.forward(&ids).into_data().bytes().len())));
     let mut rng = Rng::new(1);
     let img = Tensor::<4>::from_data(TensorData::new(rng.normals(3 * size * size), [1, 3, size, size]), device);
     row(format!("SD VAE encode {size}²"), time(Box::new(|| sync(sd.vae.encode_mean(img.clone())))));
@@ -670,14 +671,18 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         negative_prompt: String::new(),
         guidance: crate::settings::defaults::GUIDANCE,
         steps,
-        sampler: crate::settings::SamplerKind::Ddim,
+        sampler: crate::settings::defaults::SD_SAMPLER,
         seed: 0,
         initial_noise: None,
+        low_memory: false,
     };
     let t = Instant::now();
     inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
     let (mw, mh) = model_size(&sd, size, size);
-    row(format!("SD fill at the model's {mw}×{mh}, {steps} guided steps (one run)"), vec![t.elapsed().as_secs_f64()]);
+    row(
+        format!("SD fill at the model's {mw}×{mh}, {steps} guided {:?} steps (one run)", o.sampler),
+        vec![t.elapsed().as_secs_f64()],
+    );
     drop(sd);
     eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
     // One LoRA learning step (RealFill's recipe) at the model's size, batch 1: the model on the

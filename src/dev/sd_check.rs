@@ -136,7 +136,8 @@ fn networks(model: &Path, device: &Device, dtype: DType, lora_file: Option<&Path
         Some(f) => {
             let mut sd = StableDiffusion::load(model, device, dtype)?;
             lora::load(&mut sd, f)?;
-            Ok((sd.unet, sd.text))
+            let text = sd.text_encoder()?.clone();
+            Ok((sd.unet, text))
         }
     }
 }
@@ -237,6 +238,7 @@ fn pipeline(model: &Path, io: &Io, device: &Device, dtype: DType) -> Result<Row>
         sampler: SamplerKind::Ddim,
         seed: 0,
         initial_noise: Some(noise.clone()),
+        low_memory: false,
     };
     let sd = StableDiffusion::load(model, device, dtype)?;
     if model_size(&sd, w, h) != (w, h) {

@@ -161,6 +161,7 @@ mod tests {
             sampler: crate::settings::SamplerKind::Ddim,
             seed: 0,
             initial_noise: None,
+            low_memory: false,
         };
         let out = inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false).unwrap();
         assert!(out.data.iter().all(|v| v.is_finite()));

@@ -14,6 +14,18 @@ use burn::tensor::ops::AttentionModuleOptions;
 use super::weights::Weights;
 use crate::error::Result;
 
+/// `conv` on `x`; a weight held block-wise int8 (`quant`) is widened to `x`'s float type for
+/// this call only: burn's CPU convolution takes float weights.
+pub fn conv_fwd(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let w = conv.weight.val();
+    if !matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
+        return conv.forward(x);
+    }
+    let mut wide = conv.clone();
+    wide.weight = Param::from_tensor(w.dequantize().cast(x.dtype()));
+    wide.forward(x)
+}
+
 #[derive(Module, Debug)]
 pub struct Resnet {
     norm1: GroupNorm,
@@ -49,14 +61,14 @@ impl Resnet {
 
     /// `temb`: the UNet's time embedding [B, T] (the SiLU is applied here, as diffusers does).
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = conv_fwd(&self.conv1, silu(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let [b, c, _, _] = h.dims();
             h = h + proj.forward(silu(t.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv_fwd(&self.conv2, silu(self.norm2.forward(h)));
         match &self.conv_shortcut {
-            Some(s) => s.forward(x) + h,
+            Some(s) => conv_fwd(s, x) + h,
             None => x + h,
         }
     }
@@ -272,7 +284,7 @@ impl Transformer2D {
         let [_, _, h, w] = x.dims();
         let mut t = self.norm.forward(x.clone());
         if let Some(conv) = &self.proj_in_conv {
-            t = conv.forward(t);
+            t = conv_fwd(conv, t);
         }
         let mut tokens = to_tokens(t);
         if let Some(lin) = &self.proj_in_linear {
@@ -286,7 +298,7 @@ impl Transformer2D {
         }
         let mut out = from_tokens(tokens, h, w);
         if let Some(conv) = &self.proj_out_conv {
-            out = conv.forward(out);
+            out = conv_fwd(conv, out);
         }
         out + x
     }
@@ -333,9 +345,9 @@ impl Downsample {
             let (device, dtype) = (x.device(), x.dtype());
             let x = Tensor::cat(vec![x, Tensor::zeros([b, c, h, 1], (&device, dtype))], 3);
             let x = Tensor::cat(vec![x, Tensor::zeros([b, c, 1, w + 1], (&device, dtype))], 2);
-            self.conv.forward(x)
+            conv_fwd(&self.conv, x)
         } else {
-            self.conv.forward(x)
+            conv_fwd(&self.conv, x)
         }
     }
 }
@@ -354,6 +366,6 @@ impl Upsample {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let up = x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w]);
-        self.conv.forward(up)
+        conv_fwd(&self.conv, up)
     }
 }

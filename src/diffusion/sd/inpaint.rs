@@ -12,6 +12,7 @@
 use burn::prelude::*;
 
 use super::StableDiffusion;
+use super::vae::Tiling;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::scene::{Mask, RgbF};
@@ -29,6 +30,24 @@ pub struct InpaintOptions {
     pub seed: u64,
     /// The starting latent instead of one drawn from `seed` (the check against diffusers).
     pub initial_noise: Option<Vec<f32>>,
+    /// Memory is short: the VAE encodes and decodes in tiles (`vae_tiling`).
+    pub low_memory: bool,
+}
+
+/// How the VAE runs over a `w`×`h` image: in tiles when memory is short (2×2 tiles at the
+/// model's own size, a quarter of it shared, so a tile's activations are under half the whole
+/// image's) or when the image is larger than the model's own size (tiles of that size, a
+/// quarter shared, as diffusers' `enable_tiling`); else whole.
+pub fn vae_tiling(sd: &StableDiffusion, w: usize, h: usize, low_memory: bool) -> Option<Tiling> {
+    let f = sd.vae_config.factor();
+    let native = sd.unet_config.sample_size.unwrap_or(64);
+    if low_memory {
+        Some(Tiling { tile: (native * 5 / 8).max(1), overlap: native / 4 })
+    } else if w.max(h) > native * f {
+        Some(Tiling { tile: native, overlap: native / 4 })
+    } else {
+        None
+    }
 }
 
 /// The size the model samples a `w`×`h` canvas at: long side at the model's native size,
@@ -40,6 +59,16 @@ pub fn model_size(sd: &StableDiffusion, w: usize, h: usize) -> (usize, usize) {
     let scale = long as f64 / w.max(h) as f64;
     let side = |v: usize| (((v as f64 * scale) / stride as f64).round() as usize).max(1) * stride;
     (side(w), side(h))
+}
+
+/// The token rows a fill encodes: the negative prompt when guided, then the prompt.
+pub fn prompt_ids(sd: &StableDiffusion, o: &InpaintOptions) -> Vec<Vec<i64>> {
+    let mut ids = Vec::new();
+    if o.guidance > 1.0 {
+        ids.push(sd.tokenizer.encode(&o.negative_prompt));
+    }
+    ids.push(sd.tokenizer.encode(&o.prompt));
+    ids
 }
 
 fn image_tensor(img: &RgbF, device: &Device) -> Tensor<4> {
@@ -150,19 +179,20 @@ pub fn inpaint(
             px.copy_from_slice(&[0.5; 3]);
         }
     }
-    let masked_mean = values(sd.vae.encode_mean(image_tensor(&masked, device)))?;
+    let tiling = vae_tiling(sd, w, h, o.low_memory);
+    let masked_t = image_tensor(&masked, device);
+    let masked_mean = values(match tiling {
+        Some(t) => sd.vae.encode_mean_tiled(masked_t, f, t)?,
+        None => sd.vae.encode_mean(masked_t),
+    })?;
     let map = fit_preview_map(&masked_mean, c, lw, lh, &masked);
     let masked_latent: Vec<f32> = masked_mean.iter().map(|v| (v - shift) * scaling).collect();
     // The mask on the latent grid: nearest-neighbour, as torch's interpolate picks (top-left).
     let latent_mask: Vec<f32> = (0..lh * lw).map(|i| mask.get((i % lw) * f, (i / lw) * f)).collect();
 
     let guided = o.guidance > 1.0;
-    let mut ids = Vec::new();
-    if guided {
-        ids.push(sd.tokenizer.encode(&o.negative_prompt));
-    }
-    ids.push(sd.tokenizer.encode(&o.prompt));
-    let context = sd.text.forward(&ids);
+    let ids = prompt_ids(sd, o);
+    let context = sd.context(&ids)?;
     let batch = ids.len();
     let cond_part = |v: &[f32]| -> Tensor<4> {
         let one = Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, v.len() / (lw * lh), lh, lw]), device);
@@ -240,7 +270,10 @@ pub fn inpaint(
     // The last step's sample, as diffusers decodes it.
     let unscaled: Vec<f32> = x.iter().map(|v| v / scaling + shift).collect();
     let z = Tensor::<4>::from_data(TensorData::new(unscaled, [1, c, lh, lw]), device);
-    let decoded = values(sd.vae.decode(z))?;
+    let decoded = values(match tiling {
+        Some(t) => sd.vae.decode_tiled(z, f, t)?,
+        None => sd.vae.decode(z),
+    })?;
     let out = RgbF::from_planar(&decoded, w, h).resized(canvas.width, canvas.height);
     on_step(n, n, out.clone());
     Ok(out)

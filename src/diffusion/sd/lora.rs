@@ -21,9 +21,14 @@ use crate::rng::Rng;
 const UNET: &str = "unet.";
 const TEXT: &str = "text_encoder.";
 
+/// Every adapter target of `sd` (the text encoder's only while it is held). Every caller may
+/// change adapters, so the prompt encodings made with the old ones are dropped.
 fn all_projs(sd: &mut StableDiffusion) -> Vec<(&'static str, &mut Proj)> {
+    sd.contexts.clear();
     let mut v: Vec<(&'static str, &mut Proj)> = sd.unet.projs_mut().into_iter().map(|p| (UNET, p)).collect();
-    v.extend(sd.text.projs_mut().into_iter().map(|p| (TEXT, p)));
+    if let Some(text) = sd.text.as_mut() {
+        v.extend(text.projs_mut().into_iter().map(|p| (TEXT, p)));
+    }
     v
 }
 
@@ -46,7 +51,8 @@ pub fn init(sd: &mut StableDiffusion, rank: usize, alpha: f32, seed: u64) {
 }
 
 /// Loads a LoRA file onto `sd` (replacing any adapters it had). Every adapter in the file
-/// must find its layer; layers the file does not name stay plain.
+/// must find its layer; layers the file does not name stay plain. With the text encoder freed,
+/// its adapters are left for when it is read again (load the file once more then).
 pub fn load(sd: &mut StableDiffusion, path: &Path) -> Result<usize> {
     let bad = |m: String| Error::input(path, m);
     let bytes = crate::input_file::read(path, crate::input_file::TENSORS)?;
@@ -94,7 +100,9 @@ pub fn load(sd: &mut StableDiffusion, path: &Path) -> Result<usize> {
         });
         used += 2;
     }
-    if used < tensors.len() {
+    // The freed text encoder's adapters: not applied now, not strays either.
+    let waiting = if sd.text.is_none() { tensors.keys().filter(|k| k.starts_with(TEXT)).count() } else { 0 };
+    if used + waiting < tensors.len() {
         let known: std::collections::HashSet<String> = all_projs(sd)
             .into_iter()
             .flat_map(|(pre, p)| ["A", "B"].map(|k| format!("{pre}{}.lora_{k}.weight", p.name)))
@@ -106,7 +114,7 @@ pub fn load(sd: &mut StableDiffusion, path: &Path) -> Result<usize> {
             stray.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    if used == 0 {
+    if used + waiting == 0 {
         return Err(bad("holds no LoRA weights".into()));
     }
     Ok(used / 2)
@@ -147,7 +155,7 @@ pub fn to_bytes(sd: &mut StableDiffusion) -> Result<Vec<u8>> {
 /// layers never learn, the VAE is only run forward).
 pub fn freeze_base(sd: &mut StableDiffusion) {
     sd.unet = sd.unet.clone().no_grad();
-    sd.text = sd.text.clone().no_grad();
+    sd.text = sd.text.take().map(|t| t.no_grad());
     sd.vae = sd.vae.clone().no_grad();
 }
 
@@ -183,7 +191,7 @@ mod tests {
 
     fn unet_out(sd: &StableDiffusion) -> Vec<f32> {
         let x = Tensor::<4>::from_data(TensorData::new(Rng::new(3).normals(9 * 16 * 16), [1, 9, 16, 16]), &sd.device);
-        let ctx = sd.text.forward(&[sd.tokenizer.encode("a photo of sks")]);
+        let ctx = sd.text_encoder().unwrap().forward(&[sd.tokenizer.encode("a photo of sks")]);
         sd.unet.forward(x, &[300.0], &ctx).into_data().try_into_vec::<f32>().unwrap()
     }
 

@@ -99,7 +99,7 @@ pub fn step_micro(sd: &mut StableDiffusion, learner: &mut Learner, batch: &Train
         let share = n as f32 / batch.b as f32;
         let (loss, gu, gt) = gradients(sd, &part, share)?;
         acc_u.accumulate(&sd.unet, gu);
-        acc_t.accumulate(&sd.text, gt);
+        acc_t.accumulate(sd.text_encoder()?, gt);
         total += loss * share;
     }
     apply(sd, learner, acc_u.grads(), acc_t.grads());
@@ -108,7 +108,9 @@ pub fn step_micro(sd: &mut StableDiffusion, learner: &mut Learner, batch: &Train
 
 fn apply(sd: &mut StableDiffusion, learner: &mut Learner, gu: GradientsParams, gt: GradientsParams) {
     sd.unet = learner.unet_opt.step(learner.lr_unet, sd.unet.clone(), gu);
-    sd.text = learner.text_opt.step(learner.lr_text, sd.text.clone(), gt);
+    // `gradients` has checked the text encoder is held; its new adapters outdate any encoding.
+    sd.text = sd.text.take().map(|t| learner.text_opt.step(learner.lr_text, t, gt));
+    sd.contexts.clear();
 }
 
 /// The loss of `batch` and the adapters' gradients of `weight` × that loss.
@@ -155,7 +157,7 @@ fn gradients(
     let lat = |v: Vec<f32>, ch: usize| Tensor::<4>::from_data(TensorData::new(v, [b, ch, lh, lw]), &device);
     let input = Tensor::cat(vec![lat(noisy, c), lat(nearest(&batch.masks, b, h, w, f), 1), lat(masked_latents, c)], 1);
     let weights = lat(nearest(&batch.weights, b, h, w, f), 1);
-    let context = sd.text.forward(&batch.ids);
+    let context = sd.text_encoder()?.forward(&batch.ids);
     let ts: Vec<f32> = batch.timesteps.iter().map(|&t| t as f32).collect();
     let pred = sd.unet.forward(input, &ts, &context);
     let diff = pred - lat(target, c);
@@ -166,7 +168,7 @@ fn gradients(
     }
     let mut grads = (loss * weight).backward();
     let gu = GradientsParams::from_module(&mut grads, &sd.unet);
-    let gt = GradientsParams::from_module(&mut grads, &sd.text);
+    let gt = GradientsParams::from_module(&mut grads, sd.text_encoder()?);
     Ok((value, gu, gt))
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod inpaint;
 pub mod lora;
 pub mod lora_train;
+pub mod quant;
 pub mod scheduler;
 pub mod text;
 pub mod tokenizer;
@@ -16,13 +17,13 @@ pub mod unet;
 pub mod vae;
 pub mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::error::{Error, Result};
-use crate::settings::SdPrecision;
+use crate::settings::{SdMemory, SdPrecision};
 
 /// The five parts of a diffusers Stable Diffusion folder.
 pub struct StableDiffusion {
@@ -30,10 +31,45 @@ pub struct StableDiffusion {
     pub unet_config: config::UNetConfig,
     pub vae: vae::Vae,
     pub vae_config: config::VaeConfig,
-    pub text: text::TextEncoder,
+    /// `None` once freed to make room for the fill (`free_text`); read again by `reload_text`.
+    pub text: Option<text::TextEncoder>,
     pub tokenizer: tokenizer::Tokenizer,
     pub scheduler: scheduler::Scheduler,
     pub device: Device,
+    /// The folder and the UNet's and text encoder's float type: what `reload_text` reads.
+    pub dir: PathBuf,
+    pub dtype: DType,
+    /// Encoded prompts by token rows, for the adapters the text encoder carries now: a fill
+    /// whose rows are here runs without the text encoder (`inpaint`). Emptied whenever the
+    /// adapters change (`lora`, `lora_train`).
+    pub contexts: PromptCache,
+}
+
+/// The last few prompt encodings ([B, N, width] f32 each, under 1 MB for SD-2's two rows).
+#[derive(Default)]
+pub struct PromptCache {
+    entries: Vec<(Vec<Vec<i64>>, Tensor<3>)>,
+}
+
+impl PromptCache {
+    /// Encodings kept; a fill uses one, the person may go back and forth between a few prompts.
+    const KEEP: usize = 4;
+
+    pub fn get(&self, ids: &[Vec<i64>]) -> Option<&Tensor<3>> {
+        self.entries.iter().find(|(k, _)| k.as_slice() == ids).map(|(_, t)| t)
+    }
+
+    pub fn insert(&mut self, ids: Vec<Vec<i64>>, context: Tensor<3>) {
+        self.entries.retain(|(k, _)| *k != ids);
+        if self.entries.len() >= Self::KEEP {
+            self.entries.remove(0);
+        }
+        self.entries.push((ids, context));
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
 }
 
 /// The README section a wrong folder's message points to.
@@ -54,27 +90,52 @@ pub fn precision_for(device: &Device) -> DType {
 /// session 14).
 pub const F32_FILL_BUDGET: u64 = 7 << 30;
 
+/// Whether a CPU fill is short of memory: the budget (bytes) cannot hold the f32 model's fill.
+/// Such a fill runs in f16 (`fill_precision`) and frees what it can (`low_memory`).
+fn memory_short(device: &Device, budget: u64) -> bool {
+    precision_for(device) == DType::F32 && budget < F32_FILL_BUDGET
+}
+
+/// Whether a fill frees the text encoder once its prompt is encoded (and tiles the VAE): as
+/// asked, and for `Auto` when memory is short (`memory_short`).
+pub fn low_memory(device: &Device, asked: SdMemory, budget: u64) -> bool {
+    match asked {
+        SdMemory::Low => true,
+        SdMemory::Normal => false,
+        SdMemory::Auto => memory_short(device, budget),
+    }
+}
+
 /// The float type of the UNet and the text encoder for a fill on `device`: what the person
 /// asked, and for `Auto` the device's own (`precision_for`), except on the CPU when the memory
 /// `budget` (bytes) cannot hold the f32 model's fill.
 pub fn fill_precision(device: &Device, asked: SdPrecision, budget: u64) -> DType {
     match asked {
         SdPrecision::F32 => DType::F32,
-        SdPrecision::F16 => DType::F16,
-        SdPrecision::Auto => match precision_for(device) {
-            DType::F32 if budget < F32_FILL_BUDGET => DType::F16,
-            d => d,
-        },
+        SdPrecision::F16 | SdPrecision::Int8 => DType::F16,
+        SdPrecision::Auto if memory_short(device, budget) => DType::F16,
+        SdPrecision::Auto => precision_for(device),
     }
 }
 
 impl StableDiffusion {
     /// Loads every part of `dir`; the UNet and text encoder in `dtype` (see `precision_for`).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion> {
+        Self::load_for(dir, device, dtype, false)
+    }
+
+    /// `load`, the UNet's weights made block-wise int8 when `int8` (`quant`) as soon as the
+    /// UNet is read, before the other networks: each f16 weight is replaced as it is quantised
+    /// and the freed memory given back, so the f16 UNet never sits beside the rest.
+    pub fn load_for(dir: &Path, device: &Device, dtype: DType, int8: bool) -> Result<StableDiffusion> {
         if !dir.is_dir() {
             return Err(Error::input(dir, format!("not a folder; {HELP}")));
         }
-        let (unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
+        let (mut unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
+        if int8 {
+            unet = quant::quantize_q8(unet, 64).0;
+            crate::allocator::release_freed();
+        }
         let (vae, vae_config) = vae::Vae::load(&dir.join("vae"), device)?;
         // Each is within its own bounds; their product is the size the model samples at.
         let native = unet_config.sample_size.unwrap_or(64) * vae_config.factor();
@@ -107,7 +168,7 @@ impl StableDiffusion {
                 "out_channels differs from the VAE's latent_channels: UNet and VAE are from different models",
             ));
         }
-        let (text, _) = text::TextEncoder::load(&dir.join("text_encoder"), device, dtype)?;
+        let text = Self::read_text(dir, device, dtype)?;
         let cross = unet_config.levels()?.iter().map(|l| l.cross_dim).max().unwrap_or(0);
         if text.width != cross {
             return Err(Error::input(
@@ -123,7 +184,54 @@ impl StableDiffusion {
             ));
         }
         let scheduler = scheduler::Scheduler::load(&dir.join("scheduler").join("scheduler_config.json"))?;
-        Ok(StableDiffusion { unet, unet_config, vae, vae_config, text, tokenizer, scheduler, device: device.clone() })
+        Ok(StableDiffusion {
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            text: Some(text),
+            tokenizer,
+            scheduler,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+            dtype,
+            contexts: PromptCache::default(),
+        })
+    }
+
+    fn read_text(dir: &Path, device: &Device, dtype: DType) -> Result<text::TextEncoder> {
+        Ok(text::TextEncoder::load(&dir.join("text_encoder"), device, dtype)?.0)
+    }
+
+    /// The text encoder, unless it was freed (`free_text`).
+    pub fn text_encoder(&self) -> Result<&text::TextEncoder> {
+        self.text.as_ref().ok_or_else(|| {
+            Error::Engine("the text encoder was freed after encoding; it is read again before a new prompt".into())
+        })
+    }
+
+    /// Drops the text encoder's weights (≈ 0.7 GB in f16 for SD-2): a fill whose prompt is
+    /// encoded (`contexts`) no longer needs them.
+    pub fn free_text(&mut self) {
+        if self.text.take().is_some() {
+            crate::allocator::release_freed();
+        }
+    }
+
+    /// Reads the freed text encoder back from the folder, plain (the caller puts adapters back).
+    pub fn reload_text(&mut self) -> Result<()> {
+        if self.text.is_none() {
+            self.text = Some(Self::read_text(&self.dir, &self.device, self.dtype)?);
+        }
+        Ok(())
+    }
+
+    /// The encoding of `ids` (B rows): from `contexts`, else by the text encoder.
+    pub fn context(&self, ids: &[Vec<i64>]) -> Result<Tensor<3>> {
+        match self.contexts.get(ids) {
+            Some(c) => Ok(c.clone()),
+            None => Ok(self.text_encoder()?.forward(ids)),
+        }
     }
 
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.

@@ -166,13 +166,17 @@ impl UNet {
     /// weights' float type).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
         let device = sample.device();
-        let dtype = self.conv_in.weight.val().dtype();
+        // The float type the model computes in: conv_in's bias (never held int8, `quant`).
+        let dtype = match &self.conv_in.bias {
+            Some(b) => b.val().dtype(),
+            None => self.conv_in.weight.val().dtype(),
+        };
         let context = &context.clone().cast(dtype);
         let feats = timestep_embedding(timesteps, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
         let feats =
             Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), (&device, dtype));
         let temb = self.time_2.forward(silu(self.time_1.forward(feats)));
-        let mut h = self.conv_in.forward(sample.cast(dtype));
+        let mut h = super::blocks::conv_fwd(&self.conv_in, sample.cast(dtype));
         let mut skips = vec![h.clone()];
         for b in &self.down_blocks {
             for (j, r) in b.resnets.iter().enumerate() {
@@ -203,7 +207,7 @@ impl UNet {
                 h = u.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h))).cast(DType::F32)
+        super::blocks::conv_fwd(&self.conv_out, silu(self.norm_out.forward(h))).cast(DType::F32)
     }
 }
 
