@@ -146,7 +146,7 @@ pub enum SdPrecision {
     /// The UNet's weights block-wise int8 in memory (SD-2: ≈ 0.9 GB instead of 1.7 in f16),
     /// each layer's widened when it runs, computed in f16; the text encoder in f16. Its output
     /// within ≈ 2 % of the f32 UNet's on random weights; each step ≈ 70 % slower on the CPU
-    /// (docs/wip/s15-sd-figures.md).
+    /// (docs/BENCHMARKS.md, session 15, "Stable Diffusion on a laptop").
     Int8,
 }
 
