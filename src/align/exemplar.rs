@@ -8,7 +8,10 @@
 //! is a real pixel copied whole, not the vote of many patches, so the fill is texture at 100 %:
 //! neither the smooth membrane's smear nor the flat average a patch vote drifts to in a large
 //! hole (docs/BENCHMARKS.md, session 13). Near the known pixels the smooth continuation's
-//! colours guide the choice (a hazy sky stays bright); far from them only the seams do.
+//! colours guide the choice (a hazy sky stays bright); far from them only the seams do; a
+//! one-off patch (a nose, a title) is costly to copy. A Poisson correction then hides what is
+//! left of the seams (`seam_correction`), and `engine::detail` reads the same shifts again at
+//! the photo's own resolution.
 
 use rayon::prelude::*;
 

@@ -94,6 +94,9 @@ pub struct JobView {
     pub(super) preview: Option<Preview>,
     /// The newest preview among the events being applied: only it is uploaded.
     newest_preview: Option<(usize, usize, Arc<RgbF>)>,
+    /// Previews received for the running job (a frame shows only the newest; one that arrives
+    /// with the job's end is never shown).
+    pub(super) previews_received: usize,
     /// Finished strips of the native-resolution fill of the running job (after its previews):
     /// uploaded, and still to upload (a few per frame, so frames stay short).
     pub(super) native_preview: Vec<NativeTexture>,
@@ -153,6 +156,7 @@ impl JobView {
     /// The job's scene is being built off the UI thread (`scene_ready` takes it from there).
     pub fn preparing(&mut self, kind: JobKind) {
         self.learning = LearnProgress::default();
+        self.previews_received = 0;
         self.running = Some(Running::Preparing(kind));
         self.status = "preparing…".into();
     }
@@ -244,6 +248,7 @@ impl JobView {
                 self.learning.losses.push(loss);
             }
             Event::Preview { step, total, image } => {
+                self.previews_received += 1;
                 self.newest_preview = Some((step, total, image));
                 self.handover = None;
                 self.native_preview.clear();

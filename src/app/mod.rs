@@ -194,6 +194,10 @@ impl RealfillApp {
     pub fn preview(&self) -> Option<&Preview> {
         self.job.preview.as_ref()
     }
+    /// Previews the running (or last) job sent, shown or not.
+    pub fn previews_received(&self) -> usize {
+        self.job.previews_received
+    }
     /// The running fill's finished native-resolution strips.
     pub fn native_preview(&self) -> &[canvas::NativeTexture] {
         &self.job.native_preview
