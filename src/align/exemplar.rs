@@ -101,9 +101,16 @@ fn sq(a: [f32; 3], b: [f32; 3]) -> f32 {
 /// the hole, if any, is the smooth continuation).
 pub struct Completion {
     pub rgb: RgbF,
-    pub copied: Mask,
     /// Per pixel, where its copy came from (`None` outside the copies).
     pub shifts: Vec<Option<Shift>>,
+}
+
+impl Completion {
+    /// The pixels it copied (1), as a mask.
+    pub fn copied(&self) -> Mask {
+        let data = self.shifts.iter().map(|s| s.is_some() as u8 as f32).collect();
+        Mask { width: self.rgb.width, height: self.rgb.height, data }
+    }
 }
 
 /// Where a copied pixel came from: `src` 0 is the image itself, `src` r ≥ 1 the reference
@@ -130,7 +137,7 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], seed: u64) -> Complet
     let f =
         w.max(h).div_ceil(LABEL_SIDE).min(known_side / MIN_KNOWN_SIDE).max(w.max(h).div_ceil(MAX_LABEL_SIDE)).max(1);
     let (lw, lh) = (w / f, h / f);
-    let mut out = Completion { rgb: image.clone(), copied: Mask::new(w, h, 0.0), shifts: vec![None; w * h] };
+    let mut out = Completion { rgb: image.clone(), shifts: vec![None; w * h] };
     if lw < 2 * P || lh < 2 * P || !hole.data.iter().any(|&v| v >= 0.5) {
         return out;
     }
@@ -233,7 +240,6 @@ pub fn complete(image: &RgbF, hole: &Mask, refs: &[&RgbF], seed: u64) -> Complet
             out.rgb.data[3 * i + k] = (composite.data[3 * i + k] + fix.data[3 * i + k]).clamp(0.0, 1.0);
         }
         if let Label::Shift { src, dx, dy } = labels[work_labels[i].expect("a hole pixel")] {
-            out.copied.data[i] = 1.0;
             out.shifts[i] = Some(Shift { src, dx: dx * f as i32, dy: dy * f as i32 });
         }
     }
@@ -736,7 +742,7 @@ mod tests {
         let smooth = crate::scene::pushpull::push_pull(&truth, &hole.inverted());
         let made = complete(&truth, &hole, &[], 1);
         let inside: Vec<usize> = (0..w * h).filter(|&i| hole.data[i] >= 0.5).collect();
-        let copied = inside.iter().filter(|&&i| made.copied.data[i] >= 0.5).count();
+        let copied = inside.iter().filter(|&&i| made.shifts[i].is_some()).count();
         assert!(copied as f32 > 0.95 * inside.len() as f32, "{copied} of {} copied", inside.len());
         let (err, membrane) = (mean_error(&made.rgb, &truth, &inside), mean_error(&smooth, &truth, &inside));
         assert!(err < 0.3 * membrane, "copies {err}, membrane {membrane}");
@@ -763,7 +769,7 @@ mod tests {
         let smooth = crate::scene::pushpull::push_pull(&image, &hole.inverted());
         let made = complete(&image, &hole, &[&reference], 2);
         let inside: Vec<usize> = (0..w * h).filter(|&i| hole.data[i] >= 0.5 && (i % w < 30 || i % w >= 170)).collect();
-        assert!(inside.iter().all(|&i| made.copied.data[i] >= 0.5), "the far margins are copies");
+        assert!(inside.iter().all(|&i| made.shifts[i].is_some()), "the far margins are copies");
         let (err, membrane) = (mean_error(&made.rgb, &truth, &inside), mean_error(&smooth, &truth, &inside));
         assert!(err < 0.3 * membrane, "copies {err}, membrane {membrane}");
     }

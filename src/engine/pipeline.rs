@@ -44,9 +44,8 @@ pub struct Prepared {
     /// The canvas reaches beyond the photo (outpainting).
     pub extended: bool,
     /// Pixels of the fill no reference reaches that the guide holds as copies of the photo's
-    /// and the references' pixels (`copies_beyond_references`): invented, though real texture.
-    pub copied: Mask,
-    /// Where each copied pixel came from, for the native-resolution step.
+    /// and the references' pixels (`copies_beyond_references`: invented, though real texture),
+    /// and where each came from, for the native-resolution step.
     pub shifts: Vec<Option<align::exemplar::Shift>>,
 }
 
@@ -103,7 +102,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         }
         (guide, warps) = (montage, all);
     }
-    let (copied, shifts) = copies_beyond_references(&canvas, &fill, &mut guide, &refs, s.seed, &s.diagnostics);
+    let shifts = copies_beyond_references(&canvas, &fill, &mut guide, &refs, s.seed, &s.diagnostics);
     let mut sources = vec![TrainingSource { image: canvas.clone(), known: known.clone(), guide: guide.clone() }];
     for (i, r) in refs.iter().enumerate() {
         let all = Mask::new(r.width, r.height, 1.0);
@@ -156,7 +155,6 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
         sources,
         key: k.finish(),
         extended,
-        copied,
         shifts,
     })
 }
@@ -164,7 +162,7 @@ pub fn prepare(scene: &Scene, s: &FillSettings) -> Result<Prepared> {
 /// Where no reference reaches and the hole is wider than a thin band, the guide gets shifted
 /// copies of the photo's and the references' own pixels (`align::exemplar`), so that the
 /// engines refine real texture there, as they do a warped reference, instead of a smooth
-/// continuation that is a smear at 100 %. Returns the pixels it copied and where from.
+/// continuation that is a smear at 100 %. Returns where each pixel it copied came from.
 fn copies_beyond_references(
     canvas: &RgbF,
     fill: &Mask,
@@ -172,7 +170,7 @@ fn copies_beyond_references(
     refs: &[RgbF],
     seed: u64,
     diagnostics: &align::Diagnostics,
-) -> (Mask, Vec<Option<align::exemplar::Shift>>) {
+) -> Vec<Option<align::exemplar::Shift>> {
     let (w, h) = (canvas.width, canvas.height);
     let hole = Mask {
         width: w,
@@ -183,7 +181,7 @@ fn copies_beyond_references(
     // sides.
     let widest = hole.inverted().distance_outside().into_iter().fold(0.0f32, f32::max);
     if widest < THIN_BAND {
-        return (Mask::new(w, h, 0.0), vec![None; w * h]);
+        return vec![None; w * h];
     }
     let started = Instant::now();
     let mut image = canvas.clone();
@@ -192,11 +190,12 @@ fn copies_beyond_references(
     }
     let sources: Vec<&RgbF> = refs.iter().collect();
     let made = align::exemplar::complete(&image, &hole, &sources, seed);
-    guide.fill_gaps_from(&made.rgb, &made.copied);
+    let copied = made.copied();
+    guide.fill_gaps_from(&made.rgb, &copied);
     if diagnostics.on() {
         eprintln!(
             "copies beyond the references: {:.0} % of the canvas in {:.0} ms",
-            100.0 * made.copied.fill_fraction(),
+            100.0 * copied.fill_fraction(),
             started.elapsed().as_secs_f64() * 1e3
         );
     }
@@ -205,37 +204,7 @@ fn copies_beyond_references(
     {
         eprintln!("REALFILL_DEBUG_ALIGN: {e}");
     }
-    (made.copied, made.shifts)
-}
-
-/// The guide's warps, then one pseudo-warp per reference for the pixels copied from it beyond
-/// every alignment (`align::exemplar`), for the sources line and tint only.
-fn with_copies(p: &Prepared) -> Vec<TargetWarp> {
-    let mut warps: Vec<TargetWarp> = p
-        .warps
-        .iter()
-        .map(|w| TargetWarp {
-            reference: w.reference,
-            target_to_ref: w.target_to_ref,
-            field: None,
-            covers: w.covers.clone(),
-            source: w.source,
-        })
-        .collect();
-    for r in 0..p.refs.len() {
-        let data: Vec<f32> = p.shifts.iter().map(|s| s.is_some_and(|s| s.src == r + 1) as u8 as f32).collect();
-        if data.iter().any(|&v| v > 0.0) {
-            let covers = Mask { width: p.canvas.width, height: p.canvas.height, data };
-            warps.push(TargetWarp {
-                reference: r,
-                target_to_ref: Homography::IDENTITY,
-                field: None,
-                covers,
-                source: align::guide::Source::Copied,
-            });
-        }
-    }
-    warps
+    made.shifts
 }
 
 /// Holes no wider than this (working pixels from the nearest trusted pixel) keep the smooth
@@ -424,7 +393,7 @@ pub fn run_fills(
     let p = prepare(scene, s)?;
     let aligned = p.alignments.iter().filter(|a| a.is_some()).count();
     let coverage = guide_cover_in_mask(&p);
-    let shares = sources::of(&with_copies(&p), &p.fill);
+    let shares = sources::of(&p.warps, &p.shifts, &p.fill);
     progress.status(format!(
         "working size {}×{}; {aligned} of {} references aligned; references cover {:.0}% of the fill region",
         p.canvas.width,
@@ -711,10 +680,10 @@ fn patch_levels(p: &Prepared, cond: &Condition, ps: &PatchSettings) -> Result<Ve
 
 fn guide_cover_in_mask(p: &Prepared) -> f32 {
     let (mut n, mut c) = (0usize, 0usize);
-    for ((f, v), copied) in p.fill.data.iter().zip(&p.guide.valid.data).zip(&p.copied.data) {
+    for ((f, v), copied) in p.fill.data.iter().zip(&p.guide.valid.data).zip(&p.shifts) {
         if *f >= 0.5 {
             n += 1;
-            if *v >= 0.5 && *copied < 0.5 {
+            if *v >= 0.5 && copied.is_none() {
                 c += 1;
             }
         }
@@ -852,7 +821,7 @@ mod tests {
         let scene = Scene::new(photo, None, extension, Vec::new()).unwrap();
         let p = prepare(&scene, &settings(128)).unwrap();
         let (w, h) = (p.canvas.width, p.canvas.height);
-        let copied: Vec<usize> = (0..w * h).filter(|&i| p.copied.data[i] >= 0.5).collect();
+        let copied: Vec<usize> = (0..w * h).filter(|&i| p.shifts[i].is_some()).collect();
         let filled = p.fill.data.iter().filter(|&&v| v >= 0.5).count();
         assert!(copied.len() as f32 > 0.9 * filled as f32, "{} of {filled} copied", copied.len());
         assert!(guide_cover_in_mask(&p) < 0.01, "copies are no reference's");
@@ -879,7 +848,7 @@ mod tests {
         let scene =
             Scene::new(photo, Some((m, std::path::Path::new("m.png"))), Extension::default(), Vec::new()).unwrap();
         let p = prepare(&scene, &settings(128)).unwrap();
-        assert!(p.copied.data.iter().all(|&v| v < 0.5), "a thin stroke is not copied into");
+        assert!(p.shifts.iter().all(|s| s.is_none()), "a thin stroke is not copied into");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! copies patches from the references there, but from no place the alignment vouches for).
 //! The command line prints the shares; the app tints the canvas by source.
 
+use crate::align::exemplar::Shift;
 use crate::align::guide::{Source, TargetWarp};
 use crate::scene::{Mask, RgbF};
 
@@ -33,39 +34,51 @@ pub const FIRST: u16 = 2;
 /// Not yet assigned while the map is built.
 const UNSET: u16 = u16::MAX;
 
-/// The sources of a fill from the warps of its guide (each with the working pixels it covers)
-/// and the working fill mask; shares largest first.
-pub fn of(warps: &[TargetWarp], fill: &Mask) -> Sources {
+/// The sources of a fill from the warps of its guide (each with the working pixels it covers),
+/// the shifted copies beyond them (`align::exemplar`, per working pixel; empty for none) and
+/// the working fill mask; shares largest first.
+pub fn of(warps: &[TargetWarp], copies: &[Option<Shift>], fill: &Mask) -> Sources {
     let n = fill.data.len();
     let to_fill = fill.data.iter().filter(|&&f| f >= 0.5).count().max(1) as f32;
-    // Group warps by reference and motion (one reference's several planes are one source).
+    // Group by reference and motion (one reference's several planes are one source).
     let mut shares: Vec<SourceShare> = Vec::new();
-    let mut group: Vec<usize> = Vec::with_capacity(warps.len());
-    for w in warps {
-        let k = match shares.iter().position(|s| s.reference == w.reference && s.source == w.source) {
-            Some(k) => k,
-            None => {
-                shares.push(SourceShare { reference: w.reference, source: w.source, share: 0.0 });
-                shares.len() - 1
-            }
-        };
-        group.push(k);
-    }
+    let mut group_of = |reference: usize, source: Source| match shares
+        .iter()
+        .position(|s| s.reference == reference && s.source == source)
+    {
+        Some(k) => k,
+        None => {
+            shares.push(SourceShare { reference, source, share: 0.0 });
+            shares.len() - 1
+        }
+    };
+    let group: Vec<usize> = warps.iter().map(|w| group_of(w.reference, w.source)).collect();
     let mut map = vec![KNOWN; n];
-    let mut count = vec![0usize; shares.len()];
+    let mut count: Vec<usize> = Vec::new();
     for i in 0..n {
         if fill.data[i] < 0.5 {
             continue;
         }
-        // The first warp that covers a pixel is the one the guide took there.
-        map[i] = match warps.iter().position(|w| w.covers.data[i] >= 0.5) {
-            Some(c) => {
-                count[group[c]] += 1;
-                group[c] as u16
+        // The first warp that covers a pixel is the one the guide took there; beyond every
+        // warp, a copy of a reference's pixels is that reference's (a copy of the photo's own
+        // pixels is invented).
+        let k = match warps.iter().position(|w| w.covers.data[i] >= 0.5) {
+            Some(c) => Some(group[c]),
+            None => match copies.get(i).copied().flatten() {
+                Some(s) if s.src > 0 => Some(group_of(s.src - 1, Source::Copied)),
+                _ => None,
+            },
+        };
+        map[i] = match k {
+            Some(k) => {
+                count.resize(count.len().max(k + 1), 0);
+                count[k] += 1;
+                k as u16
             }
             None => UNSET,
         };
     }
+    count.resize(shares.len(), 0);
     // Largest first; renumber the map to match.
     let mut order: Vec<usize> = (0..shares.len()).filter(|&k| count[k] > 0).collect();
     order.sort_by(|&a, &b| count[b].cmp(&count[a]));
@@ -192,7 +205,7 @@ mod tests {
             warp(1, Source::Plane, &[7], 10),
             warp(1, Source::Plane, &[3, 9], 10),
         ];
-        let s = of(&warps, &fill);
+        let s = of(&warps, &[], &fill);
         let got: Vec<(usize, Source, f32)> = s.shares.iter().map(|s| (s.reference, s.source, s.share)).collect();
         assert_eq!(got, vec![(0, Source::Camera, 0.5), (0, Source::Subject, 0.25), (1, Source::Plane, 0.125)]);
         assert!((s.invented() - 0.125).abs() < 1e-6);
@@ -207,5 +220,21 @@ mod tests {
         let t = s.tint(&img);
         assert_eq!(t.get(0, 0), [0.3; 3]);
         assert_ne!(t.get(8, 0), t.get(1, 0));
+    }
+
+    #[test]
+    fn copies_beyond_the_warps_are_their_references_and_copies_of_the_photo_are_invented() {
+        // Six pixels to fill: a warp of reference 0 covers 0–1; beyond it, 2–3 are copies of
+        // reference 1, 4 a copy of the photo, 5 nothing. A copy never outranks a warp (1).
+        let fill = Mask::new(6, 1, 1.0);
+        let warps = vec![warp(0, Source::Plane, &[0, 1], 6)];
+        let shift = |src| Some(Shift { src, dx: 3, dy: 0 });
+        let copies = vec![None, shift(2), shift(2), shift(2), shift(0), None];
+        let s = of(&warps, &copies, &fill);
+        let got: Vec<(usize, Source)> = s.shares.iter().map(|s| (s.reference, s.source)).collect();
+        assert_eq!(got, vec![(0, Source::Plane), (1, Source::Copied)]);
+        assert_eq!(s.map, vec![2, 2, 3, 3, INVENTED, INVENTED]);
+        let names = vec!["a.png".to_string(), "b.png".to_string()];
+        assert_eq!(s.describe(&names), "a.png 33 % (aligned), b.png 33 % (copied, not aligned), invented 33 %");
     }
 }
