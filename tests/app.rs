@@ -290,7 +290,9 @@ fn fill_streams_previews_and_ends_in_candidates_that_undo_restores() {
     assert_eq!(doc.mask.count(), 0, "the filled mask is used up");
     let first = doc.target.clone();
 
-    // The strip picks the other candidate without a new undo step.
+    // The strip picks the other candidate without a new undo step. (Frames first, so that the
+    // layout has settled after the job's end: a click goes to where the label was last drawn.)
+    h.run_steps(2);
     let c = &h.state().candidates()[1];
     let other = format!("seed {} · {:.1} dB", c.seed, c.agreement.unwrap());
     h.get_by_label(&other).click();

@@ -16,7 +16,9 @@
 //! agree where nothing moved. The layers are joined by a minimum cut (`mincut`): each pixel
 //! prefers the subject layer where it shows a part of the reference that moved, the camera
 //! layer where it shows a part that did not, and the seam runs where the two layers agree; then
-//! they are blended band by band (`scene::blend`).
+//! they are blended band by band (`scene::blend`). Where both layers come from one reference, a
+//! part of it shown twice (the reference's subject beside the moved one) costs what it would be
+//! seen (`duplicates`).
 
 use rayon::prelude::*;
 
@@ -33,9 +35,11 @@ pub const SPARSE: f32 = 0.6;
 /// with a layer.
 const AGREE: f32 = 0.04;
 /// A subject layer must agree with this much larger a share of the known pixels than the
-/// camera layer (megamind: 0.19–0.20 where the face moved, 0.09 where the best similarity
-/// only fits a moved face half-way and carries the wrong body).
-const SUBJECT_GAIN: f32 = 0.12;
+/// camera layer (megamind: 0.19–0.20 where the face moved; 0.11 on the glass case, whose other
+/// reference gives the face's lower half where the camera layer has none — the crop cuts the
+/// face under the eyes; 0.09 where the best similarity only fits a moved face half-way and
+/// carries the wrong body).
+const SUBJECT_GAIN: f32 = 0.10;
 /// Blurred difference between two references, aligned, above which a pixel counts as moved.
 const MOVED: f32 = 0.06;
 /// The known pixels' seeds must fall on the two sides of a moved mask this clearly (mean over
@@ -63,6 +67,10 @@ const BLEND_LEVELS: usize = 3;
 const EDGE_WEIGHT: f32 = 4.0;
 /// Unary weight of "this layer shows a part of the reference that moved / did not".
 const LAMBDA: f32 = 0.1;
+/// What showing a structured part of a reference twice costs (`duplicates`), per pixel...
+const DUPLICATE: f32 = 0.9;
+/// ...at this local contrast (mean absolute difference from a σ = 2 px blur) and above.
+const STRUCTURE: f32 = 0.03;
 /// The subject's similarity is searched over scales in [1/SCALE_RANGE, SCALE_RANGE]...
 const SCALE_RANGE: f64 = 1.15;
 /// ...and shifts up to this share of the canvas's long side.
@@ -267,7 +275,8 @@ pub fn compose(
     };
     camera.moved = if camera.reference == subject.reference { subject.moved.clone() } else { moved(cam) };
     let masked = started.elapsed().as_secs_f64();
-    let label = cut(canvas, known, &camera, &subject);
+    let stale = cam.subject.map(|own| stale_subject(canvas, known, &camera, &own));
+    let label = cut(canvas, known, &camera, &subject, stale.as_deref());
     if debug {
         eprintln!(
             "montage: motions and masks {:.0} ms, cut {:.0} ms",
@@ -756,7 +765,9 @@ fn keep_seeded(moved: &mut [f32], w: usize, h: usize, seeds: &[usize]) {
 }
 
 /// Label 1 (the subject layer) or 0 (the camera layer) for every canvas pixel, by minimum cut.
-fn cut(canvas: &RgbF, known: &Mask, camera: &Layer, subject: &Layer) -> Vec<bool> {
+/// `stale`: how visible the camera layer's subject in its old pose would be
+/// (`stale_subject`), per pixel.
+fn cut(canvas: &RgbF, known: &Mask, camera: &Layer, subject: &Layer, stale: Option<&[f32]>) -> Vec<bool> {
     let (w, h) = (canvas.width, canvas.height);
     let big = 1e4f32;
     let diffs: Vec<f32> = (0..w * h)
@@ -808,10 +819,132 @@ fn cut(canvas: &RgbF, known: &Mask, camera: &Layer, subject: &Layer) -> Vec<bool
             (false, false) => 0.0,
         };
     }
+    if let Some(stale) = stale {
+        for i in (0..w * h).filter(|&i| !is_known(i)) {
+            c0[i] += DUPLICATE * stale[i];
+        }
+    }
     let pair = |i: usize, j: usize| {
         if is_known(i) && is_known(j) { 0.0 } else { diffs[i] + diffs[j] + 0.002 }
     };
-    mincut::label(w, h, [&c0, &c1], &pair)
+    if camera.reference != subject.reference {
+        return mincut::label(w, h, [&c0, &c1], &pair);
+    }
+    let mut pairs = Vec::with_capacity(3 * w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            for (ok, j) in [(x + 1 < w, i + 1), (y + 1 < h, i + w)] {
+                if ok {
+                    let c = pair(i, j).max(0.0);
+                    pairs.push((i as u32, j as u32, [0.0, c, c, 0.0]));
+                }
+            }
+        }
+    }
+    duplicates(canvas, known, camera, subject, &mut c1, &mut pairs);
+    mincut::label_pairs([&c0, &c1], &pairs)
+}
+
+/// Both layers come from one reference, moved apart by the subject's motion: a part of the
+/// reference can then be shown twice — by the camera layer where the reference has it and by
+/// the subject layer where the subject carried it (the reference's subject beside the moved
+/// one: hair beside the head; or a candle the subject layer drags along beside the camera's).
+/// Each pixel of the reference is to be shown once. Canvas pixel p under the camera layer shows
+/// the reference at camera(p); the subject layer shows that same point at q = subject⁻¹(camera(p)).
+/// The pair (p camera, q subject) pays `DUPLICATE` × the structure there (a flat wall shown
+/// twice is not seen); so does the subject layer at p alone where its point is a known pixel
+/// the camera layer explains. (The camera layer at p whose point is a known pixel is
+/// `stale_subject`'s.)
+fn duplicates(
+    canvas: &RgbF,
+    known: &Mask,
+    camera: &Layer,
+    subject: &Layer,
+    c1: &mut [f32],
+    pairs: &mut Vec<(u32, u32, [f32; 4])>,
+) {
+    let (w, h) = (canvas.width, canvas.height);
+    let Some(sub_inv) = subject.map.inverse() else { return };
+    let Some(cam_inv) = camera.map.inverse() else { return };
+    let soft = soften(canvas, Some(known));
+    let (soft_cam, soft_sub) = (soften(&camera.rgb, Some(&camera.valid)), soften(&subject.rgb, Some(&subject.valid)));
+    let (s_cam, s_sub) = (visibility(&camera.rgb), visibility(&subject.rgb));
+    let agrees = |i: usize, layer: &RgbF| {
+        (0..3).map(|k| (soft.data[3 * i + k] - layer.data[3 * i + k]).abs()).sum::<f32>() / 3.0 < AGREE
+    };
+    // The canvas pixel that `to_canvas` maps the reference point `map(p)` to.
+    let at = |map: &Homography, to_canvas: &Homography, i: usize| {
+        let (u, v) = map.apply((i % w) as f64, (i / w) as f64)?;
+        let (x, y) = to_canvas.apply(u, v)?;
+        let (x, y) = (x.round(), y.round());
+        (x >= 0.0 && y >= 0.0 && x < w as f64 && y < h as f64).then(|| y as usize * w + x as usize)
+    };
+    for i in (0..w * h).filter(|&i| known.data[i] < 0.5) {
+        if camera.valid.data[i] >= 0.5
+            && let Some(q) = at(&camera.map, &sub_inv, i)
+            && q != i
+        {
+            let cost = DUPLICATE * s_cam[i];
+            if known.data[q] < 0.5 && subject.valid.data[q] >= 0.5 && cost > 0.0 {
+                pairs.push((i as u32, q as u32, [0.0, cost, 0.0, 0.0]));
+            }
+        }
+        if subject.valid.data[i] >= 0.5
+            && let Some(q) = at(&subject.map, &cam_inv, i)
+            && q != i
+            && known.data[q] >= 0.5
+            && agrees(q, &soft_cam)
+            && !agrees(q, &soft_sub)
+        {
+            c1[i] += DUPLICATE * s_sub[i];
+        }
+    }
+}
+
+/// Where the camera layer shows its reference's subject in the pose the photo no longer has:
+/// the camera layer at p shows what the photo shows at q — the known pixel that the reference's
+/// own subject motion (`own_subject`: canvas → reference) takes to the same point — and the
+/// camera layer at q does not. Per canvas pixel to fill: how visible that stale copy would be
+/// (`visibility`), 0 where there is none.
+fn stale_subject(canvas: &RgbF, known: &Mask, camera: &Layer, own_subject: &Homography) -> Vec<f32> {
+    let (w, h) = (canvas.width, canvas.height);
+    let mut stale = vec![0.0f32; w * h];
+    let Some(sub_inv) = own_subject.inverse() else { return stale };
+    let soft = soften(canvas, Some(known));
+    let soft_cam = soften(&camera.rgb, Some(&camera.valid));
+    let seen = visibility(&camera.rgb);
+    let near = |i: usize, j: usize| {
+        (0..3).map(|k| (soft.data[3 * i + k] - soft_cam.data[3 * j + k]).abs()).sum::<f32>() / 3.0 < AGREE
+    };
+    for i in (0..w * h).filter(|&i| known.data[i] < 0.5 && camera.valid.data[i] >= 0.5) {
+        let Some((u, v)) = camera.map.apply((i % w) as f64, (i / w) as f64) else { continue };
+        let Some((x, y)) = sub_inv.apply(u, v) else { continue };
+        let (x, y) = (x.round(), y.round());
+        if x < 0.0 || y < 0.0 || x >= w as f64 || y >= h as f64 {
+            continue;
+        }
+        let q = y as usize * w + x as usize;
+        if q != i && known.data[q] >= 0.5 && near(q, i) && !near(q, q) {
+            stale[i] = seen[i];
+        }
+    }
+    stale
+}
+
+/// How much a duplicate of the layer's pixel would be seen: its difference from its
+/// surroundings (mean per channel, σ = 2 px), 1 from `STRUCTURE` up.
+fn visibility(rgb: &RgbF) -> Vec<f32> {
+    let (w, h) = (rgb.width, rgb.height);
+    let planes = rgb.to_planar();
+    let mut smooth = planes.clone();
+    smooth.chunks_mut(w * h).for_each(|c| blur(c, w, h, 2.0));
+    let mut s: Vec<f32> = (0..w * h)
+        .map(|i| (0..3).map(|k| (planes[k * w * h + i] - smooth[k * w * h + i]).abs()).sum::<f32>() / 3.0)
+        .collect();
+    blur(&mut s, w, h, 1.5);
+    s.iter_mut().for_each(|v| *v = (*v / STRUCTURE).min(1.0));
+    s
 }
 
 #[cfg(test)]
@@ -937,6 +1070,45 @@ mod tests {
         let error =
             layer.rgb.data.iter().zip(&truth.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / truth.data.len() as f32;
         assert!(error < 0.02, "mean error after matching {error}");
+    }
+
+    #[test]
+    fn one_reference_does_not_show_its_subject_twice() {
+        // One reference: both layers come from it, and no second reference tells which of its
+        // parts moved. Its subject stands 24 px left of the target's; the camera layer shows that
+        // old pose beside the crop, the subject layer the same head moved — into the crop, where
+        // the photo shows it. The strip left of the crop, where the old head stood and the truth
+        // is background, must not show the head a second time.
+        let (w, h) = (192, 144);
+        let truth = frame(w, h, (78, 20));
+        let refs = vec![frame(w, h, (54, 26))];
+        let mut known = Mask::new(w, h, 0.0);
+        for y in 12..62 {
+            for x in 72..120 {
+                known.set(x, y, 1.0);
+            }
+        }
+        let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
+        let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default())
+            .expect("a montage");
+        assert_eq!(m.warps.len(), 2, "a camera and a subject layer");
+        // The old head left of the crop.
+        let stale: Vec<(usize, usize)> = (26..62).flat_map(|y| (54..72).map(move |x| (x, y))).collect();
+        // The subject's own colours (`frame`): the head's red 0.85, the body's green 0.1.
+        let subject_like = |img: &RgbF| {
+            let n = stale
+                .iter()
+                .filter(|&&(x, y)| {
+                    let [r, g, _] = img.get(x, y);
+                    (r - 0.85).abs() < 0.03 && ((g - 0.55).abs() < 0.03 || (g - 0.85).abs() < 0.03)
+                        || (g - 0.1).abs() < 0.03 && ((r - 0.45).abs() < 0.03 || (r - 0.75).abs() < 0.03)
+                })
+                .count();
+            n as f32 / stale.len() as f32
+        };
+        let (fill, pasted) = (subject_like(&m.guide.rgb), subject_like(&refs[0]));
+        assert!(pasted > 0.9, "the strips hold the reference's old pose: {pasted}");
+        assert!(fill < 0.1, "{fill} of the strips show the subject again");
     }
 
     #[test]
