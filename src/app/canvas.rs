@@ -780,7 +780,9 @@ impl Canvas {
             // A selection ends when the button is released: one undo step.
             if let Some(sel) = self.selection.take() {
                 doc.begin_gesture();
-                doc.select(&sel.outline(), !sel.subtract);
+                let shown = self.overlay_revision == Some(doc.revision);
+                let rect = doc.select(&sel.outline(), !sel.subtract);
+                self.mask_changed(shown, rect, doc);
                 doc.end_gesture();
             }
             self.finish_gestures(doc);
@@ -789,12 +791,16 @@ impl Canvas {
 
     fn paint(&mut self, doc: &mut Document, a: [f32; 2], b: [f32; 2], radius: f32, tool: Tool) {
         let shown = self.overlay_revision == Some(doc.revision);
-        if let Some(r) = doc.paint(a, b, radius, tool == Tool::Brush) {
-            // Upload only the touched region when the overlay was up to date.
-            if shown {
-                self.pending = Some(self.pending.map_or(r, |p| p.union(r)));
-                self.overlay_revision = Some(doc.revision);
-            }
+        let rect = doc.paint(a, b, radius, tool == Tool::Brush);
+        self.mask_changed(shown, rect, doc);
+    }
+
+    /// The mask changed within `rect` (mask pixels) only: an overlay that was up to date
+    /// (`shown`) uploads that region alone.
+    fn mask_changed(&mut self, shown: bool, rect: Option<PixelRect>, doc: &Document) {
+        if let (true, Some(r)) = (shown, rect) {
+            self.pending = Some(self.pending.map_or(r, |p| p.union(r)));
+            self.overlay_revision = Some(doc.revision);
         }
     }
 }
@@ -1107,6 +1113,22 @@ mod tests {
         assert!(h.state_mut().doc.undo());
         h.run_steps(2);
         assert_eq!(disagreements(&mut h, c, 80), (0, 0), "undo leaves no tint");
+    }
+
+    /// A rectangle selection, like a stroke, writes its own rectangle and shows at once.
+    #[test]
+    fn a_rectangle_selection_uploads_only_its_rectangle() {
+        let mut h = shown(3000, 2000, true);
+        h.state_mut().canvas.tool = Some(Tool::Rectangle);
+        at_100(&mut h, [2500.0, 1500.0]);
+        let c = h.state().canvas.area.center();
+        stroke(&mut h, c - Vec2::new(20.0, 15.0), c + Vec2::new(20.0, 15.0));
+        let painted = h.state().doc.mask.count();
+        assert!((1000..=1400).contains(&painted), "{painted} pixels selected");
+        let bytes = h.state().canvas.gpu_mask_bytes().expect("GPU overlay");
+        assert!(bytes >= painted as u64 && bytes <= 42 * 32, "{bytes} bytes for {painted} pixels");
+        let (wrong, tinted) = disagreements(&mut h, c, 40);
+        assert!(wrong == 0 && tinted == painted, "{tinted} tinted, {wrong} wrong");
     }
 
     /// Fitted to the window the GPU overlay looks as the CPU one did: the same colour inside

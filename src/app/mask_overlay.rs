@@ -32,6 +32,7 @@ pub struct MaskOverlay {
     device: wgpu::Device,
     queue: wgpu::Queue,
     layout: wgpu::BindGroupLayout,
+    limits: wgpu::Limits,
     /// The tint, premultiplied, in the framebuffer's encoding.
     tint: [f32; 4],
     textures: Option<Textures>,
@@ -88,6 +89,7 @@ impl MaskOverlay {
         MaskOverlay {
             device,
             queue: rs.queue.clone(),
+            limits: rs.device.limits(),
             layout,
             tint: framebuffer_tint(tint, rs.target_format.is_srgb()),
             textures: None,
@@ -98,7 +100,7 @@ impl MaskOverlay {
 
     /// Whether the adapter can hold a `width` × `height` mask.
     pub fn fits(&self, width: usize, height: usize) -> bool {
-        tile_side(&self.device.limits(), width, height).is_some()
+        tile_side(&self.limits, width, height).is_some()
     }
 
     /// Show `mask`: only `changed` written when the textures already show the rest of it,
@@ -149,7 +151,7 @@ impl MaskOverlay {
     }
 
     fn make_textures(&self, width: u32, height: u32) -> Option<Textures> {
-        let tile = tile_side(&self.device.limits(), width as usize, height as usize)?;
+        let tile = tile_side(&self.limits, width as usize, height as usize)?;
         let (cols, rows) = (width.div_ceil(tile).max(1), height.div_ceil(tile).max(1));
         let texture = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("mask overlay tiles"),
