@@ -1000,6 +1000,11 @@ mod tests {
     /// A fresh grey `w` × `h` photo on a canvas (with the GPU overlay when `gpu`), its tiles
     /// on screen, at one pixel per point.
     fn shown(w: u32, h: u32, gpu: bool) -> Harness<'static, Shown> {
+        shown_at(w, h, gpu, 1.0)
+    }
+
+    /// The same at `ppp` physical pixels per point.
+    fn shown_at(w: u32, h: u32, gpu: bool, ppp: f32) -> Harness<'static, Shown> {
         let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128])));
         let doc = Document::new(Photo::from_image(std::path::PathBuf::from("/tmp/grey.png"), img, None));
         let mut canvas = Canvas::default();
@@ -1009,7 +1014,7 @@ mod tests {
         }
         let builder = Harness::builder()
             .with_size([480.0, 360.0])
-            .with_pixels_per_point(1.0)
+            .with_pixels_per_point(ppp)
             .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_render_state(rs));
         let mut h = builder.build_ui_state(
             |ui, s: &mut Shown| {
@@ -1034,11 +1039,13 @@ mod tests {
         h
     }
 
-    /// Show photo pixel `p` at the canvas area's centre at 100 % (whole screen pixels).
+    /// Show photo pixel `p` at the canvas area's centre at 100 % (one photo pixel per physical
+    /// pixel, on whole physical pixels).
     fn at_100(h: &mut Harness<'_, Shown>, p: [f32; 2]) {
-        let area = h.state().canvas.area;
-        let offset = (area.size() * 0.5 - Vec2::new(p[0], p[1])).round();
-        h.state_mut().canvas.view = View { zoom: 1.0, offset, fit_pending: false, fitted: false };
+        let (area, ppp) = (h.state().canvas.area, h.ctx.pixels_per_point());
+        let zoom = 1.0 / ppp;
+        let offset = ((area.size() * 0.5 - Vec2::new(p[0], p[1]) * zoom) * ppp).round() / ppp;
+        h.state_mut().canvas.view = View { zoom, offset, fit_pending: false, fitted: false };
         h.run_steps(2);
     }
 
@@ -1062,15 +1069,17 @@ mod tests {
         i32::from(p[0]) - i32::from(p[1]) > 20
     }
 
-    /// Screen pixels within `r` of `centre` whose tint disagrees with the mask pixel under their
-    /// centre, and how many are tinted.
+    /// Physical pixels within `r` of `centre` (a screen point) whose tint disagrees with the
+    /// mask pixel under their centre, and how many are tinted.
     fn disagreements(h: &mut Harness<'_, Shown>, centre: Pos2, r: i32) -> (usize, usize) {
         let img = h.render().expect("the harness renders");
-        let s = h.state();
+        let (s, ppp) = (h.state(), h.ctx.pixels_per_point());
         let (mut wrong, mut painted) = (0, 0);
-        for y in centre.y as i32 - r..centre.y as i32 + r {
-            for x in centre.x as i32 - r..centre.x as i32 + r {
-                let [cx, cy] = s.canvas.view.to_canvas(s.canvas.area, Pos2::new(x as f32 + 0.5, y as f32 + 0.5));
+        let (x0, y0) = ((centre.x * ppp) as i32, (centre.y * ppp) as i32);
+        for y in y0 - r..y0 + r {
+            for x in x0 - r..x0 + r {
+                let centre = Pos2::new(x as f32 + 0.5, y as f32 + 0.5) / ppp;
+                let [cx, cy] = s.canvas.view.to_canvas(s.canvas.area, centre);
                 let on_mask = s.doc.mask.get(cx.floor() as usize, cy.floor() as usize);
                 let t = tinted(img.get_pixel(x as u32, y as u32));
                 wrong += usize::from(t != on_mask);
@@ -1094,6 +1103,18 @@ mod tests {
         let (wrong, painted) = disagreements(&mut h, c, 70);
         assert!(painted > 1000, "the stroke is on screen ({painted} pixels tinted)");
         assert_eq!(wrong, 0, "screen pixels whose tint is not the mask's under them");
+    }
+
+    /// On a high-DPI screen 100 % is one photo pixel per physical pixel, and so is the mask.
+    #[test]
+    fn at_100_percent_on_a_high_dpi_screen_the_mask_edge_is_exact_per_physical_pixel() {
+        let mut h = shown_at(2500, 1500, true, 2.0);
+        at_100(&mut h, [1200.0, 700.0]);
+        let c = h.state().canvas.area.center();
+        stroke(&mut h, c - Vec2::new(8.0, 4.0), c + Vec2::new(6.0, 3.0));
+        let (wrong, painted) = disagreements(&mut h, c, 70);
+        assert!(painted > 1000, "the stroke is on screen ({painted} pixels tinted)");
+        assert_eq!(wrong, 0, "physical pixels whose tint is not the mask's under them");
     }
 
     /// The first stroke on an empty mask shows at once (issue 28, item 1), writes its rectangle
