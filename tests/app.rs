@@ -35,6 +35,22 @@ fn harness(app: RealfillApp) -> Harness<'static, RealfillApp> {
     h
 }
 
+/// The app drawing its mask on the GPU through the harness's own egui_wgpu renderer (as
+/// eframe's `RenderState` reaches it in `app::run`).
+fn gpu_harness(mut app: RealfillApp) -> Harness<'static, RealfillApp> {
+    let rs = egui_kittest::wgpu::create_render_state(
+        egui_kittest::wgpu::default_wgpu_setup(),
+        eframe::egui_wgpu::RendererOptions::PREDICTABLE,
+    );
+    app.use_gpu(&rs);
+    let mut h = Harness::builder()
+        .with_size([1200.0, 760.0])
+        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_render_state(rs))
+        .build_ui_state(|ui, app: &mut RealfillApp| app.show(ui), app);
+    h.run_steps(3);
+    h
+}
+
 /// Step the UI until `done` holds (the engine runs on its own thread), or fail after 600 s
 /// (generous: a loaded machine must not fail a good run; the waits take seconds when idle).
 fn step_until(h: &mut Harness<'_, RealfillApp>, mut done: impl FnMut(&RealfillApp) -> bool) {
@@ -132,13 +148,24 @@ fn colour_change(a: &image::RgbaImage, b: &image::RgbaImage, p: egui::Pos2) -> i
 /// shown until something rebuilt the overlay), and so is the first after Clear.
 #[test]
 fn the_first_stroke_on_a_photo_without_a_mask_shows_at_once() {
+    first_stroke_shows_at_once(false);
+}
+
+/// The same with the mask drawn on the GPU (`app/mask_overlay.rs`), as the app draws it.
+#[test]
+fn the_first_stroke_on_a_photo_without_a_mask_shows_at_once_on_the_gpu() {
+    first_stroke_shows_at_once(true);
+}
+
+fn first_stroke_shows_at_once(gpu: bool) {
     let mut app = demo_app(2, 1);
     app.doc_mut().unwrap().mask.clear();
-    let mut h = harness(app);
+    let mut h = if gpu { gpu_harness(app) } else { harness(app) };
     let c = canvas_centre(&h);
     let before = h.render().unwrap();
     stroke(&mut h, c, egui::vec2(120.0, 0.0));
     assert!(h.state().doc().unwrap().mask.count() > 500, "the stroke is recorded");
+    assert_eq!(h.state().canvas().gpu_mask_bytes().is_some(), gpu, "the overlay asked for draws the mask");
     let after = h.render().unwrap();
     let on_stroke = c + egui::vec2(30.0, 0.0);
     assert!(colour_change(&before, &after, on_stroke) > 30, "the stroke is drawn where it was painted");

@@ -5,23 +5,25 @@
 //! Coordinates: "canvas pixels" are pixels of the extended canvas (the target starts at
 //! (extension.left, extension.top)); the view maps them to screen points.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use egui::{Color32, CursorIcon, Pos2, Rect, Sense, Stroke, StrokeKind, TextureHandle, TextureOptions, Vec2};
 
 use super::document::{Document, PixelRect};
+use super::mask_overlay::MaskOverlay;
 use crate::engine::sources::Sources;
 use crate::scene::{Extension, Photo};
 
-/// Longest side of the mask overlay's texture (it is shown downsampled on larger photos, and
-/// rebuilt whenever the document changes, so it must stay cheap; the photo itself is tiled at
-/// full resolution).
+/// Longest side of the CPU mask overlay's texture, drawn where there is no wgpu (it is shown
+/// downsampled on larger photos, and rebuilt whenever the document changes, so it must stay
+/// cheap; `mask_overlay` keeps the mask at full resolution on the GPU).
 const MAX_TEXTURE: usize = 2048;
 /// Side of the photo's texture tiles: within every adapter's texture limit (2048 is wgpu's
 /// downlevel minimum), so a photo of any size shows its true pixels at 100 %; small enough
 /// that uploading one (4 MiB) fits in a frame when a large photo's tiles are paced.
 pub const TILE: usize = 1024;
 const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
+const MASK_TINT_COLOUR: Color32 = Color32::from_rgba_unmultiplied_const(255, 64, 64, 110);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
@@ -241,8 +243,12 @@ pub struct Canvas {
     /// Tiles being made on another thread for a large photo (the one shown until they come).
     target_coming: Option<(Arc<Photo>, crossbeam_channel::Receiver<PhotoTexture>)>,
     overlay: Option<TextureHandle>,
-    /// Document revision the overlay shows, and a region still to upload.
+    /// The mask at full resolution on the GPU, drawn by a shader (when the app renders with
+    /// wgpu and the adapter holds the mask; else the CPU `overlay`).
+    gpu_mask: Option<MaskOverlay>,
+    /// Document revision the overlay shows, of which photo, and a region still to upload.
     overlay_revision: Option<u64>,
+    overlay_of: Weak<Photo>,
     pending: Option<PixelRect>,
     before: Option<PhotoTexture>,
     checker: Option<TextureHandle>,
@@ -265,7 +271,9 @@ impl Default for Canvas {
             target: None,
             target_coming: None,
             overlay: None,
+            gpu_mask: None,
             overlay_revision: None,
+            overlay_of: Weak::new(),
             pending: None,
             before: None,
             checker: None,
@@ -286,11 +294,51 @@ impl Canvas {
         self.target.as_ref().is_some_and(|t| Arc::ptr_eq(&t.photo, &doc.target))
     }
 
+    /// Draw the mask with `mask_overlay`'s shader on egui_wgpu's renderer `rs`.
+    pub fn use_gpu(&mut self, rs: &eframe::egui_wgpu::RenderState) {
+        self.gpu_mask = Some(MaskOverlay::new(rs, MASK_TINT_COLOUR));
+        self.overlay_revision = None;
+    }
+
+    /// Whether the mask is drawn by the GPU overlay (else the CPU one), and the bytes that
+    /// overlay has written (for tests).
+    pub fn gpu_mask_bytes(&self) -> Option<u64> {
+        self.gpu_mask.as_ref().filter(|_| self.overlay.is_none()).map(|g| g.bytes_written())
+    }
+
     fn sync_textures(&mut self, ctx: &egui::Context, doc: &Document) {
         let stale = self.target.as_ref().is_none_or(|t| !Arc::ptr_eq(&t.photo, &doc.target));
         if stale {
             self.refresh_target(ctx, doc);
         }
+        // Another photo (a new document starts its revisions again): the whole mask.
+        if self.overlay_of.as_ptr() != Arc::as_ptr(&doc.target) {
+            self.overlay_of = Arc::downgrade(&doc.target);
+            self.overlay_revision = None;
+            self.pending = None;
+        }
+        if let Some(gpu) = self.gpu_mask.as_mut().filter(|g| g.fits(doc.mask.width, doc.mask.height)) {
+            // Strokes since the last frame (when the overlay was current before them), else all.
+            let changed = if self.overlay_revision == Some(doc.revision) { self.pending.take() } else { None };
+            if changed.is_some() || self.overlay_revision != Some(doc.revision) {
+                gpu.update(&doc.mask, changed);
+            }
+            self.pending = None;
+            self.overlay = None;
+            self.overlay_revision = Some(doc.revision);
+        } else {
+            self.sync_cpu_overlay(ctx, doc);
+        }
+        if self.checker.is_none() {
+            let (a, b) = (Color32::from_gray(150), Color32::from_gray(110));
+            let img = egui::ColorImage::new([2, 2], vec![a, b, b, a]);
+            let opts = TextureOptions { wrap_mode: egui::TextureWrapMode::Repeat, ..TextureOptions::NEAREST };
+            self.checker = Some(ctx.load_texture("checker", img, opts));
+        }
+    }
+
+    /// The CPU overlay (no wgpu): an RGBA texture of at most `MAX_TEXTURE` on a side.
+    fn sync_cpu_overlay(&mut self, ctx: &egui::Context, doc: &Document) {
         let k = divisor(doc.target.width(), doc.target.height());
         let full = PixelRect { x0: 0, y0: 0, x1: doc.mask.width, y1: doc.mask.height };
         let full_size = [doc.mask.width.div_ceil(k), doc.mask.height.div_ceil(k)];
@@ -316,12 +364,6 @@ impl Canvas {
             };
             self.overlay = Some(ctx.load_texture("mask", img, TextureOptions::NEAREST));
             self.overlay_revision = Some(doc.revision);
-        }
-        if self.checker.is_none() {
-            let (a, b) = (Color32::from_gray(150), Color32::from_gray(110));
-            let img = egui::ColorImage::new([2, 2], vec![a, b, b, a]);
-            let opts = TextureOptions { wrap_mode: egui::TextureWrapMode::Repeat, ..TextureOptions::NEAREST };
-            self.checker = Some(ctx.load_texture("checker", img, opts));
         }
     }
 
@@ -578,6 +620,13 @@ impl Canvas {
                 painter.line_segment(line, Stroke::new(3.0, Color32::BLACK));
                 painter.line_segment(line, Stroke::new(1.0, Color32::WHITE));
                 label(&painter, area, "before | after (drag the line)");
+            } else if let Some(gpu) = self.gpu_mask.as_ref().filter(|_| self.overlay.is_none()) {
+                let shown = target_screen.intersect(area);
+                if shown.is_positive()
+                    && let Some(cb) = gpu.callback(shown, target_screen.min, self.view.zoom)
+                {
+                    painter.add(cb);
+                }
             } else if let Some(ov) = &self.overlay {
                 painter.image(ov.id(), target_screen, full_uv, Color32::WHITE);
             }
@@ -685,7 +734,13 @@ impl Canvas {
                 let shift =
                     Vec2::new(ext.left as f32 - doc.extension.left as f32, ext.top as f32 - doc.extension.top as f32);
                 self.view.offset -= shift * self.view.zoom;
+                // The mask is as it was: an overlay that was current stays so (no upload per
+                // frame of the drag).
+                let current = self.overlay_revision == Some(doc.revision);
                 doc.set_extension(ext);
+                if current {
+                    self.overlay_revision = Some(doc.revision);
+                }
             } else if let Some(sel) = &mut self.selection {
                 let b = self.view.to_canvas(area, p);
                 match sel.tool {
@@ -725,7 +780,9 @@ impl Canvas {
             // A selection ends when the button is released: one undo step.
             if let Some(sel) = self.selection.take() {
                 doc.begin_gesture();
-                doc.select(&sel.outline(), !sel.subtract);
+                let shown = self.overlay_revision == Some(doc.revision);
+                let rect = doc.select(&sel.outline(), !sel.subtract);
+                self.mask_changed(shown, rect, doc);
                 doc.end_gesture();
             }
             self.finish_gestures(doc);
@@ -734,12 +791,16 @@ impl Canvas {
 
     fn paint(&mut self, doc: &mut Document, a: [f32; 2], b: [f32; 2], radius: f32, tool: Tool) {
         let shown = self.overlay_revision == Some(doc.revision);
-        if let Some(r) = doc.paint(a, b, radius, tool == Tool::Brush) {
-            // Upload only the touched region when the overlay was up to date.
-            if shown {
-                self.pending = Some(self.pending.map_or(r, |p| p.union(r)));
-                self.overlay_revision = Some(doc.revision);
-            }
+        let rect = doc.paint(a, b, radius, tool == Tool::Brush);
+        self.mask_changed(shown, rect, doc);
+    }
+
+    /// The mask changed within `rect` (mask pixels) only: an overlay that was up to date
+    /// (`shown`) uploads that region alone.
+    fn mask_changed(&mut self, shown: bool, rect: Option<PixelRect>, doc: &Document) {
+        if let (true, Some(r)) = (shown, rect) {
+            self.pending = Some(self.pending.map_or(r, |p| p.union(r)));
+            self.overlay_revision = Some(doc.revision);
         }
     }
 }
@@ -915,6 +976,203 @@ mod tests {
         v.actual_pixels(area, Some(Pos2::new(0.0, 0.0)), 2.0);
         let after = v.to_canvas(area, area.center());
         assert!((centre[0] - after[0]).abs() < 1e-3 && (centre[1] - after[1]).abs() < 1e-3);
+    }
+
+    // --- the mask overlay on screen (kittest, rendered with wgpu on lavapipe) ---
+
+    use eframe::egui_wgpu;
+    use egui_kittest::Harness;
+
+    struct Shown {
+        canvas: Canvas,
+        doc: Document,
+        radius: f32,
+    }
+
+    /// egui_wgpu's renderer as kittest makes it, shared with the canvas's GPU overlay.
+    fn render_state() -> egui_wgpu::RenderState {
+        egui_kittest::wgpu::create_render_state(
+            egui_kittest::wgpu::default_wgpu_setup(),
+            egui_wgpu::RendererOptions::PREDICTABLE,
+        )
+    }
+
+    /// A fresh grey `w` × `h` photo on a canvas (with the GPU overlay when `gpu`), its tiles
+    /// on screen, at one pixel per point.
+    fn shown(w: u32, h: u32, gpu: bool) -> Harness<'static, Shown> {
+        shown_at(w, h, gpu, 1.0)
+    }
+
+    /// The same at `ppp` physical pixels per point.
+    fn shown_at(w: u32, h: u32, gpu: bool, ppp: f32) -> Harness<'static, Shown> {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128])));
+        let doc = Document::new(Photo::from_image(std::path::PathBuf::from("/tmp/grey.png"), img, None));
+        let mut canvas = Canvas::default();
+        let rs = render_state();
+        if gpu {
+            canvas.use_gpu(&rs);
+        }
+        let builder = Harness::builder()
+            .with_size([480.0, 360.0])
+            .with_pixels_per_point(ppp)
+            .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_render_state(rs));
+        let mut h = builder.build_ui_state(
+            |ui, s: &mut Shown| {
+                let o = Overlay {
+                    editable: true,
+                    preview: None,
+                    native: &[],
+                    show_before: false,
+                    split: false,
+                    tint: None,
+                };
+                s.canvas.show(ui, &mut s.doc, o, &mut s.radius);
+            },
+            Shown { canvas, doc, radius: 30.0 },
+        );
+        let t0 = std::time::Instant::now();
+        while !h.state().canvas.shows_target_of(&h.state().doc) {
+            assert!(t0.elapsed().as_secs() < 120, "the photo's tiles never came");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            h.step();
+        }
+        h
+    }
+
+    /// Show photo pixel `p` at the canvas area's centre at 100 % (one photo pixel per physical
+    /// pixel, on whole physical pixels).
+    fn at_100(h: &mut Harness<'_, Shown>, p: [f32; 2]) {
+        let (area, ppp) = (h.state().canvas.area, h.ctx.pixels_per_point());
+        let zoom = 1.0 / ppp;
+        let offset = ((area.size() * 0.5 - Vec2::new(p[0], p[1]) * zoom) * ppp).round() / ppp;
+        h.state_mut().canvas.view = View { zoom, offset, fit_pending: false, fitted: false };
+        h.run_steps(2);
+    }
+
+    /// One brush stroke dragged on screen from `a` to `b`, then the pointer leaves (its brush
+    /// outline would cover the edge).
+    fn stroke(h: &mut Harness<'_, Shown>, a: Pos2, b: Pos2) {
+        h.drag_at(a);
+        h.step();
+        for i in 1..=4 {
+            h.hover_at(a + (b - a) * (i as f32 / 4.0));
+            h.step();
+        }
+        h.drop_at(b);
+        h.step();
+        h.input_mut().events.push(egui::Event::PointerGone);
+        h.run_steps(2);
+    }
+
+    /// The tint over the grey photo: red well above green.
+    fn tinted(p: &image::Rgba<u8>) -> bool {
+        i32::from(p[0]) - i32::from(p[1]) > 20
+    }
+
+    /// Physical pixels within `r` of `centre` (a screen point) whose tint disagrees with the
+    /// mask pixel under their centre, and how many are tinted.
+    fn disagreements(h: &mut Harness<'_, Shown>, centre: Pos2, r: i32) -> (usize, usize) {
+        let img = h.render().expect("the harness renders");
+        let (s, ppp) = (h.state(), h.ctx.pixels_per_point());
+        let (mut wrong, mut painted) = (0, 0);
+        let (x0, y0) = ((centre.x * ppp) as i32, (centre.y * ppp) as i32);
+        for y in y0 - r..y0 + r {
+            for x in x0 - r..x0 + r {
+                let centre = Pos2::new(x as f32 + 0.5, y as f32 + 0.5) / ppp;
+                let [cx, cy] = s.canvas.view.to_canvas(s.canvas.area, centre);
+                let on_mask = s.doc.mask.get(cx.floor() as usize, cy.floor() as usize);
+                let t = tinted(img.get_pixel(x as u32, y as u32));
+                wrong += usize::from(t != on_mask);
+                painted += usize::from(t);
+            }
+        }
+        (wrong, painted)
+    }
+
+    /// Issue 28: at 100 % the mask's edge on a photo larger than 2048 px is the brush's own,
+    /// pixel for pixel (the CPU overlay, capped at 2048 px, showed 2-pixel blocks here) — also
+    /// where the stroke crosses the corner of four of the GPU overlay's tiles.
+    #[test]
+    fn at_100_percent_the_mask_edge_is_exact_per_photo_pixel_on_a_large_photo() {
+        let mut h = shown(3000, 2000, true);
+        at_100(&mut h, [1024.0, 1024.0]);
+        let c = h.state().canvas.area.center();
+        stroke(&mut h, c - Vec2::new(17.0, 9.0), c + Vec2::new(13.0, 5.0));
+        assert!(h.state().doc.mask.count() > 1000, "the stroke painted");
+        assert!(h.state().canvas.gpu_mask_bytes().is_some(), "drawn by the GPU overlay");
+        let (wrong, painted) = disagreements(&mut h, c, 70);
+        assert!(painted > 1000, "the stroke is on screen ({painted} pixels tinted)");
+        assert_eq!(wrong, 0, "screen pixels whose tint is not the mask's under them");
+    }
+
+    /// On a high-DPI screen 100 % is one photo pixel per physical pixel, and so is the mask.
+    #[test]
+    fn at_100_percent_on_a_high_dpi_screen_the_mask_edge_is_exact_per_physical_pixel() {
+        let mut h = shown_at(2500, 1500, true, 2.0);
+        at_100(&mut h, [1200.0, 700.0]);
+        let c = h.state().canvas.area.center();
+        stroke(&mut h, c - Vec2::new(8.0, 4.0), c + Vec2::new(6.0, 3.0));
+        let (wrong, painted) = disagreements(&mut h, c, 70);
+        assert!(painted > 1000, "the stroke is on screen ({painted} pixels tinted)");
+        assert_eq!(wrong, 0, "physical pixels whose tint is not the mask's under them");
+    }
+
+    /// The first stroke on an empty mask shows at once (issue 28, item 1), writes its rectangle
+    /// only, and undo takes it off the screen.
+    #[test]
+    fn the_first_stroke_on_an_empty_mask_shows_and_undo_removes_it() {
+        let mut h = shown(3000, 2000, true);
+        at_100(&mut h, [700.0, 500.0]);
+        let c = h.state().canvas.area.center();
+        assert_eq!(disagreements(&mut h, c, 80), (0, 0), "nothing painted yet");
+        assert_eq!(h.state().canvas.gpu_mask_bytes(), Some(0), "an empty mask uploads nothing");
+        stroke(&mut h, c, c + Vec2::new(20.0, 0.0));
+        let (wrong, painted) = disagreements(&mut h, c, 80);
+        assert!(painted > 2000 && wrong == 0, "{painted} tinted, {wrong} wrong");
+        let bytes = h.state().canvas.gpu_mask_bytes().expect("GPU overlay");
+        assert!(bytes > 0 && bytes < 200 * 200, "the stroke's rectangle only: {bytes} bytes");
+        assert!(h.state_mut().doc.undo());
+        h.run_steps(2);
+        assert_eq!(disagreements(&mut h, c, 80), (0, 0), "undo leaves no tint");
+    }
+
+    /// A rectangle selection, like a stroke, writes its own rectangle and shows at once.
+    #[test]
+    fn a_rectangle_selection_uploads_only_its_rectangle() {
+        let mut h = shown(3000, 2000, true);
+        h.state_mut().canvas.tool = Some(Tool::Rectangle);
+        at_100(&mut h, [2500.0, 1500.0]);
+        let c = h.state().canvas.area.center();
+        stroke(&mut h, c - Vec2::new(20.0, 15.0), c + Vec2::new(20.0, 15.0));
+        let painted = h.state().doc.mask.count();
+        assert!((1000..=1400).contains(&painted), "{painted} pixels selected");
+        let bytes = h.state().canvas.gpu_mask_bytes().expect("GPU overlay");
+        assert!(bytes >= painted as u64 && bytes <= 42 * 32, "{bytes} bytes for {painted} pixels");
+        let (wrong, tinted) = disagreements(&mut h, c, 40);
+        assert!(wrong == 0 && tinted == painted, "{tinted} tinted, {wrong} wrong");
+    }
+
+    /// Fitted to the window the GPU overlay looks as the CPU one did: the same colour inside
+    /// the mask, about the same tinted area.
+    #[test]
+    fn fitted_to_the_window_the_gpu_overlay_matches_the_cpu_overlay() {
+        let look = |gpu: bool| {
+            let mut h = shown(3000, 2000, gpu);
+            h.state_mut().doc.select(&[[600.0, 500.0], [2100.0, 500.0], [2100.0, 1500.0], [600.0, 1500.0]], true);
+            h.state_mut().canvas.view.fit_pending = true;
+            h.run_steps(2);
+            let img = h.render().expect("the harness renders");
+            let s = h.state();
+            let inside = s.canvas.view.to_screen(s.canvas.area, [1350.0, 1000.0]);
+            let count = img.pixels().filter(|p| tinted(p)).count();
+            (*img.get_pixel(inside.x as u32, inside.y as u32), count)
+        };
+        let (gpu, cpu) = (look(true), look(false));
+        for c in 0..4 {
+            assert!(gpu.0[c].abs_diff(cpu.0[c]) <= 2, "colour inside: GPU {:?}, CPU {:?}", gpu.0, cpu.0);
+        }
+        let (a, b) = (gpu.1 as f32, cpu.1 as f32);
+        assert!((a - b).abs() < 0.03 * b, "tinted pixels: GPU {a}, CPU {b}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod file_browser;
 mod file_dialogs;
 mod frame_stats;
 mod jobs;
+mod mask_overlay;
 mod messages;
 mod panels;
 mod portal_log;
@@ -162,6 +163,11 @@ impl RealfillApp {
     pub fn without_frame_time(mut self) -> RealfillApp {
         self.frame.show = false;
         self
+    }
+
+    /// Draw the mask on the GPU through egui_wgpu's renderer `rs` (eframe's, or a test's).
+    pub fn use_gpu(&mut self, rs: &eframe::egui_wgpu::RenderState) {
+        self.view.canvas.use_gpu(rs);
     }
 
     pub fn doc(&self) -> Option<&Document> {
@@ -1030,7 +1036,13 @@ pub fn run(photo: Option<PathBuf>) -> anyhow::Result<()> {
             .with_drag_and_drop(true),
         ..Default::default()
     };
-    eframe::run_native("realfill", options, Box::new(|_cc| Ok(Box::new(app)))).map_err(|e| {
+    let start = Box::new(|cc: &eframe::CreationContext<'_>| {
+        if let Some(rs) = &cc.wgpu_render_state {
+            app.use_gpu(rs);
+        }
+        Ok(Box::new(app) as Box<dyn eframe::App>)
+    });
+    eframe::run_native("realfill", options, start).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the window ({e}); run the app on a desktop (DISPLAY or WAYLAND_DISPLAY set), \
                  or fill without one: `realfill fill --demo --out demo-filled.png`, `realfill fill --help`"
