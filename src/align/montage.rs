@@ -971,6 +971,23 @@ mod tests {
         })
     }
 
+    /// The photo `truth` known only inside `xs` × `ys` (black elsewhere), and that mask.
+    fn crop(truth: &RgbF, xs: std::ops::Range<usize>, ys: std::ops::Range<usize>) -> (Mask, RgbF) {
+        let mut known = Mask::new(truth.width, truth.height, 0.0);
+        for y in ys {
+            for x in xs.clone() {
+                known.set(x, y, 1.0);
+            }
+        }
+        let canvas =
+            RgbF::from_fn(
+                truth.width,
+                truth.height,
+                |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] },
+            );
+        (known, canvas)
+    }
+
     #[test]
     fn a_tight_crop_of_a_moved_subject_gets_the_background_from_the_camera_and_the_body_from_the_subject() {
         let (w, h) = (192, 144);
@@ -978,13 +995,7 @@ mod tests {
         let truth = frame(w, h, (78, 20));
         let refs = vec![frame(w, h, (54, 26)), frame(w, h, (120, 16))];
         // Known: a tight crop of the head (a tenth of the frame).
-        let mut known = Mask::new(w, h, 0.0);
-        for y in 12..62 {
-            for x in 72..120 {
-                known.set(x, y, 1.0);
-            }
-        }
-        let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
+        let (known, canvas) = crop(&truth, 72..120, 12..62);
         let stills = vec![Some(Homography::IDENTITY); 2];
         let m = compose(&canvas, &known, &refs, &stills, 1, &Diagnostics::default()).expect("a montage");
         let error = |px: &mut dyn Iterator<Item = (usize, usize)>| {
@@ -1022,13 +1033,7 @@ mod tests {
         let truth = frame(w, h, (78, 20));
         let darker = |f: RgbF| RgbF { data: f.data.iter().map(|v| v * 0.8).collect(), ..f };
         let refs = vec![darker(frame(w, h, (54, 26)))];
-        let mut known = Mask::new(w, h, 0.0);
-        for y in 8..70 {
-            for x in 40..130 {
-                known.set(x, y, 1.0);
-            }
-        }
-        let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
+        let (known, canvas) = crop(&truth, 40..130, 8..70);
         let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default())
             .expect("a montage");
         // Mean error over the background on the right, of the montage and of the reference as it is.
@@ -1082,13 +1087,7 @@ mod tests {
         let (w, h) = (192, 144);
         let truth = frame(w, h, (78, 20));
         let refs = vec![frame(w, h, (54, 26))];
-        let mut known = Mask::new(w, h, 0.0);
-        for y in 12..62 {
-            for x in 72..120 {
-                known.set(x, y, 1.0);
-            }
-        }
-        let canvas = RgbF::from_fn(w, h, |x, y| if known.get(x, y) >= 0.5 { truth.get(x, y) } else { [0.0; 3] });
+        let (known, canvas) = crop(&truth, 72..120, 12..62);
         let m = compose(&canvas, &known, &refs, &[Some(Homography::IDENTITY)], 1, &Diagnostics::default())
             .expect("a montage");
         assert_eq!(m.warps.len(), 2, "a camera and a subject layer");
