@@ -733,6 +733,49 @@ fn realfills_own_file_dialog_opens_adds_references_and_exports() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The mouse wheel over a dialog scrolls the dialog, not the photo under it (it zoomed the
+/// canvas behind realfill's own file dialog); over the canvas it zooms.
+#[test]
+fn the_wheel_over_a_dialog_does_not_zoom_the_canvas_behind_it() {
+    let mut h = harness(demo_app(2, 1).with_builtin_file_dialogs());
+    h.run_steps(3);
+    let wheel = |h: &mut Harness<'_, RealfillApp>, at: egui::Pos2| {
+        h.hover_at(at);
+        h.step();
+        for _ in 0..3 {
+            h.event(egui::Event::MouseWheel {
+                unit: egui::MouseWheelUnit::Point,
+                delta: egui::vec2(0.0, -120.0),
+                phase: egui::TouchPhase::Move,
+                source: egui::MouseWheelSource::Wheel,
+                modifiers: egui::Modifiers::NONE,
+            });
+            h.step();
+        }
+        h.run_steps(5);
+    };
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_all_by(|n| {
+        n.role() == egui::accesskit::Role::Button && n.label().is_some_and(|l| l.starts_with("Open photo…"))
+    })
+    .next()
+    .expect("the menu item")
+    .click();
+    h.run_steps(3);
+    assert!(h.state().file_browser().is_some(), "the dialog is open");
+    let list = h.get_by_label("Open a photo").rect().center() + egui::vec2(0.0, 120.0);
+    assert!(h.state().canvas().area.contains(list), "the dialog lies over the canvas");
+    let zoom = h.state().canvas().view.zoom;
+    wheel(&mut h, list);
+    assert_eq!(h.state().canvas().view.zoom, zoom, "the canvas behind the dialog kept its zoom");
+    h.key_press(egui::Key::Escape);
+    h.run_steps(2);
+    assert!(h.state().file_browser().is_none());
+    wheel(&mut h, list);
+    assert!(h.state().canvas().view.zoom != zoom, "over the canvas the wheel zooms");
+}
+
 /// Esc first closes an open menu; the fill running under it goes on.
 #[test]
 fn esc_closes_a_menu_before_it_cancels_a_job() {

@@ -121,6 +121,35 @@ impl FileBrowser {
         }
     }
 
+    /// Enter in the path field: a folder is shown; a file is taken as people type one into a
+    /// system dialog — a photo to open is chosen at once, a name to save under goes into the
+    /// name field (Save still confirms), its folder shown either way. A path that is neither
+    /// is shown as a folder, which says why it cannot be read.
+    fn typed(&mut self, path: PathBuf) -> Option<Vec<PathBuf>> {
+        let folder = path.parent().filter(|d| !d.as_os_str().is_empty() && d.is_dir()).map(Path::to_path_buf);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match (path.is_dir(), folder, name) {
+            (false, Some(folder), Some(name)) => {
+                self.go(folder);
+                match self.kind.pick() {
+                    Pick::Save => self.name = name,
+                    Pick::One | Pick::Many if path.is_file() => {
+                        if self.kind.accepts(&path) {
+                            return Some(vec![path]);
+                        }
+                        self.error = Some(format!("{} is not a file this dialog opens", path.display()));
+                    }
+                    _ => {}
+                }
+                None
+            }
+            _ => {
+                self.go(path);
+                None
+            }
+        }
+    }
+
     fn click(&mut self, i: usize, toggle: bool) {
         let e = &self.entries[i];
         if self.kind.pick() == Pick::Save && !e.is_dir {
@@ -167,8 +196,11 @@ impl FileBrowser {
                             .desired_width(f32::INFINITY)
                             .hint_text("folder"),
                     );
-                    if field.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter)) {
-                        go_to = Some(PathBuf::from(self.folder_text.trim()));
+                    if field.lost_focus()
+                        && ui.input(|i| i.key_pressed(Key::Enter))
+                        && let Some(c) = self.typed(PathBuf::from(self.folder_text.trim()))
+                    {
+                        outcome = Outcome::Chosen(c);
                     }
                 });
                 if let Some(err) = &self.error {
@@ -288,6 +320,24 @@ mod tests {
         assert_eq!(folder.choice(), Some(vec![dir.clone()]), "the folder shown");
         folder.go(dir.join("sub"));
         assert_eq!(folder.choice(), Some(vec![dir.join("sub")]));
+    }
+
+    #[test]
+    fn a_typed_file_path_is_taken_as_a_system_dialog_takes_it() {
+        let dir = folder_with(&["a.png", "notes.txt"]);
+        let mut open = FileBrowser::new(Dialog::OpenPhoto, None, None);
+        assert_eq!(open.typed(dir.join("a.png")), Some(vec![dir.join("a.png")]), "a photo is opened at once");
+        assert_eq!(open.typed(dir.join("notes.txt")), None);
+        assert_eq!(open.folder(), dir, "its folder is shown");
+        assert!(open.error.as_deref().is_some_and(|e| e.contains("notes.txt")), "{:?}", open.error);
+        assert_eq!(open.typed(dir.join("sub")), None);
+        assert_eq!(open.folder(), dir.join("sub"), "a folder is shown");
+        let mut save = FileBrowser::new(Dialog::Export, None, Some("photo-filled.png".into()));
+        assert_eq!(save.typed(dir.join("new.jpg")), None, "Save confirms");
+        assert_eq!(save.choice(), Some(vec![dir.join("new.jpg")]));
+        let mut gone = FileBrowser::new(Dialog::OpenPhoto, None, None);
+        assert_eq!(gone.typed(PathBuf::from("/no/such/folder/a.png")), None);
+        assert!(gone.error.is_some(), "a path that is neither says why");
     }
 
     #[test]

@@ -383,7 +383,7 @@ impl JobView {
         };
         // (Snapshots must not vary: without times, the seconds are left out.)
         self.status = if times {
-            format!("filled in {seconds:.1} s with {name} (seed {seed})")
+            format!("filled in {} with {name} (seed {seed})", took(seconds))
         } else {
             format!("filled with {name} (seed {seed})")
         };
@@ -427,6 +427,16 @@ impl JobView {
     }
 }
 
+/// How long a job took, as a person reads it: "3.9 s", "8 min 51 s" (not "530.8 s").
+fn took(seconds: f32) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else {
+        let s = seconds.round() as u64;
+        if s < 3600 { format!("{} min {} s", s / 60, s % 60) } else { format!("{} h {} min", s / 3600, s % 3600 / 60) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,5 +453,12 @@ mod tests {
         let s = job_settings(&FillSettings::default(), &run, 9, &sw).unwrap();
         assert!(s.diagnostics.on());
         assert_eq!((s.memory_gib, s.patch.fine_steps, s.seed, s.result_photo), (Some(3.0), 2, 9, true));
+    }
+
+    #[test]
+    fn a_jobs_time_reads_as_minutes_beyond_one() {
+        assert_eq!(took(3.94), "3.9 s");
+        assert_eq!(took(530.8), "8 min 51 s");
+        assert_eq!(took(3725.0), "1 h 2 min");
     }
 }

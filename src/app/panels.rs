@@ -478,7 +478,7 @@ pub fn run_panel(
             }
             if ui
                 .add_enabled(can_run, egui::Button::new(RichText::new("Fill").strong()))
-                .on_hover_text(format!("Fill the painted region and the extension ({})", ui.ctx().format_shortcut(&commands::FILL)))
+                .on_hover_text(format!("Fill the painted region and any extended border ({})", ui.ctx().format_shortcut(&commands::FILL)))
                 .on_disabled_hover_text("Paint a region or extend the canvas first")
                 .clicked()
             {
@@ -601,8 +601,11 @@ fn progress(ui: &mut egui::Ui, job: &JobView) {
     if job.running.is_some() && l.total > 0 && l.step < l.total {
         let frac = l.step as f32 / l.total as f32;
         let eta = if l.step > 0 { l.elapsed_s / l.step as f32 * (l.total - l.step) as f32 } else { 0.0 };
-        let left = if l.step > 0 { format!(" · {} left", duration(eta)) } else { String::new() };
-        ui.add(egui::ProgressBar::new(frac).text(format!("learning {}/{}{left}", l.step, l.total)));
+        ui.add(egui::ProgressBar::new(frac).text(format!("learning {}/{}", l.step, l.total)));
+        // Below the bar, where it wraps: in the bar it was cut at the panel's edge ("about 5 min 48").
+        if l.step > 0 {
+            ui.label(format!("{} left", duration(eta)));
+        }
     }
     if l.losses.len() > 1 {
         ui.label(format!("loss {:.4}", l.losses.last().copied().unwrap_or(0.0)));
