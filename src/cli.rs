@@ -1,4 +1,4 @@
-//! The command line: `fill`, `learn`, `eval`, `bench`. Every command drives the same engine
+//! The command line: `fill`, `learn`, `eval`, `bench`, `quantize`. Every command drives the same engine
 //! (Jobs in, Events out) that the app uses, and prints progress instead of drawing it.
 
 use std::path::{Path, PathBuf};
