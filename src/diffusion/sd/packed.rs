@@ -198,7 +198,7 @@ impl Packed {
                             for (i, v) in chunk.iter().enumerate() {
                                 let c = nf4_code((v * inv).clamp(-1.0, 1.0));
                                 let byte = &mut crow[(start + i) / 2];
-                                *byte |= if (start + i) % 2 == 0 { c << 4 } else { c };
+                                *byte |= if (start + i).is_multiple_of(2) { c << 4 } else { c };
                             }
                         }
                     }
