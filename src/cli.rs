@@ -1,4 +1,4 @@
-//! The command line: `fill`, `learn`, `eval`, `bench`. Every command drives the same engine
+//! The command line: `fill`, `learn`, `eval`, `bench`, `quantize`. Every command drives the same engine
 //! (Jobs in, Events out) that the app uses, and prints progress instead of drawing it.
 
 use std::path::{Path, PathBuf};
@@ -51,6 +51,9 @@ pub enum Command {
     /// Serve this machine's GPU (or CPU) to realfill on other machines: burn's remote backend
     /// over WebSocket, behind an access token (README, "GPU server").
     Serve(ServeArgs),
+    /// Write a copy of a Stable Diffusion folder whose UNet and text encoder hold their weights
+    /// block-wise quantised (8-bit int8 or 4-bit NF4): less memory for fills and for learning.
+    Quantize(QuantizeArgs),
     /// Check realfill's Stable Diffusion networks against diffusers' outputs on the same
     /// inputs (bench/diffusers_reference.py writes model and IO file).
     #[cfg(feature = "dev-tools")]
@@ -184,6 +187,54 @@ pub struct EvalArgs {
     pub save: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QuantizeArgs {
+    /// The Stable Diffusion folder (diffusers layout) to quantise; it is only read.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// 8: int8 codes; 4: NF4 codes (QLoRA's 4-bit NormalFloat), two per byte.
+    #[arg(long)]
+    pub bits: u8,
+    /// The folder to write (a new one): the whole model, loaded with `--model` like any other.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Values per block along a layer's input dimension, each block with its own scale.
+    #[arg(long, default_value_t = 64)]
+    pub block: usize,
+}
+
+fn cmd_quantize(a: &QuantizeArgs) -> Result<()> {
+    use crate::diffusion::sd::quantize;
+    let Some(scheme) = quantize::scheme_for_bits(a.bits, a.block) else {
+        return Err(Error::Invalid(format!(
+            "--bits {}: realfill writes 8-bit (int8) or 4-bit (NF4) weights; use --bits 8 or --bits 4",
+            a.bits
+        )));
+    };
+    if !(8..=4096).contains(&a.block) || !a.block.is_multiple_of(2) {
+        return Err(Error::Invalid(format!("--block {}: use an even number from 8 to 4096 (64 by default)", a.block)));
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    quantize::quantize_folder(&a.model, &a.out, scheme, &mut |r| {
+        eprintln!(
+            "{}: {} weights packed ({} values), {} tensors kept; {:.0} MB → {:.0} MB",
+            r.name,
+            r.packed,
+            r.packed_values,
+            r.kept,
+            mb(r.bytes_before),
+            mb(r.bytes_after)
+        )
+    })?;
+    println!(
+        "wrote {}: UNet and text encoder as {}; fill with --model {}",
+        a.out.display(),
+        scheme.describe(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug, Clone)]
@@ -815,6 +866,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Learn(a) => cmd_learn(&a),
         Command::Eval(a) => cmd_eval(&a),
         Command::Serve(a) => cmd_serve(&a),
+        Command::Quantize(a) => cmd_quantize(&a),
         #[cfg(feature = "dev-tools")]
         Command::Bench(a) => crate::dev::bench::run(&a),
         #[cfg(feature = "dev-tools")]

@@ -144,6 +144,40 @@ fn stable_diffusion_learns_the_scene_then_fills_with_its_lora_and_ranks_candidat
     assert!(!o.status.success() && err.contains("target.png") && err.contains("not a LoRA"), "{err}");
 }
 
+/// `realfill quantize` writes a 4-bit folder that `fill --engine sd` loads like any other and
+/// says it runs on; quantising it again, or wrong bits, is refused in one line.
+#[test]
+fn a_quantised_model_fills_and_says_which_weights_it_runs_on() {
+    let d = tmp("quantize");
+    scene(&d);
+    let q = d.join("sd-4bit");
+    let o = bin().args(["quantize", "--model", SD_TINY, "--bits", "4", "--out"]).arg(&q).output().unwrap();
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("4-bit NF4 weights (block 64)"));
+    let out = d.join("out.png");
+    let o = scene_cmd(&d, "fill")
+        .arg("--out")
+        .arg(&out)
+        .args(TINY)
+        .args(["--steps", "2", "--no-cache", "--engine", "sd", "--model"])
+        .arg(&q)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stderr: {err}");
+    assert!(err.contains("UNet: 4-bit NF4 weights (block 64)"), "stderr: {err}");
+    assert!(out.is_file());
+    for (args, says) in [
+        (vec!["--model".into(), q.clone(), "--bits".into(), "8".into()], "already quantised"),
+        (vec!["--model".into(), SD_TINY.into(), "--bits".into(), "6".into()], "--bits 6"),
+    ] {
+        let o = bin().arg("quantize").args(args).arg("--out").arg(d.join("again")).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(says) && err.lines().count() == 1, "stderr: {err}");
+        assert!(!d.join("again").exists());
+    }
+}
+
 #[test]
 fn extend_grows_the_canvas() {
     let d = tmp("extend");

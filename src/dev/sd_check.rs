@@ -416,6 +416,31 @@ mod tests {
         assert!(unet.relative > 1e-5, "the UNet did run in f16 ({:.2e})", unet.relative);
     }
 
+    /// QLoRA: one LoRA learning step on the fixture quantised to 4-bit NF4 (`realfill quantize`)
+    /// is the step PEFT takes on the same base widened (`bench/qlora_reference.py` wrote
+    /// `qlora_nf4_*`): loss and adapters within 1e-3 (measured 0 and 2.8e-5; one AdamW sign
+    /// flip where a gradient is near ε moves an adapter by 2·lr, ≈ 1.6e-3 here). Against PEFT on
+    /// the f32 base the quantised base's own error shows: adapters 1.6e-3, loss 2.2e-2 apart.
+    #[test]
+    fn a_lora_step_on_a_4bit_base_matches_peft_on_the_same_base() {
+        use crate::diffusion::sd::packed::{Format, Scheme};
+        use crate::diffusion::sd::quantize::quantize_folder;
+        let q = std::env::temp_dir().join(format!("realfill-sdcheck-qlora-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&q);
+        quantize_folder(&fixture(), &q, Scheme { format: Format::Nf4, block: 64 }, &mut |_| {}).unwrap();
+        let rows = check(&q, &fixture().join("qlora_nf4_io.safetensors"), &Device::flex(), DType::F32).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["train.loss", "train.lora_after", "train.lora_update"]);
+        for r in rows.iter().filter(|r| !r.informational) {
+            assert!(r.relative <= 1e-3, "{}: {:.2e}", r.name, r.relative);
+        }
+        let rows = check(&q, &fixture().join("io.safetensors"), &Device::flex(), DType::F32).unwrap();
+        let loss = rows.iter().find(|r| r.name == "train.loss").unwrap().relative;
+        eprintln!("4-bit base against PEFT on the f32 base: {rows:?}");
+        assert!(loss > 1e-3 && loss < 0.1, "the base is quantised: loss {loss:.2e} apart");
+        let _ = std::fs::remove_dir_all(&q);
+    }
+
     /// The check can fail: a reference off by 1 % in one value, or a tokenizer that reads
     /// different ids, is reported above the tolerance.
     #[test]

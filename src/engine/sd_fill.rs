@@ -55,8 +55,14 @@ pub fn load_or_reuse<'a>(
 ) -> Result<(&'a mut HeldModel, bool)> {
     let dir = model_dir(s)?;
     let budget = crate::engine::budget::budget_bytes(s.memory_gib);
-    let dtype = fill_precision(device, s.sd.precision, budget);
-    let int8 = s.sd.precision == SdPrecision::Int8;
+    // A folder `realfill quantize` made holds its weights packed whatever the float type, so
+    // a short budget does not make its fill half precision; its weights are not quantised again.
+    let scheme = crate::diffusion::sd::quantize::folder_scheme(&dir).ok().flatten();
+    let dtype = match (scheme, s.sd.precision) {
+        (Some(_), SdPrecision::Auto) => precision_for(device),
+        _ => fill_precision(device, s.sd.precision, budget),
+    };
+    let int8 = s.sd.precision == SdPrecision::Int8 && scheme.is_none();
     // A model holding adapters learned here and not written to the cache is kept whatever its
     // float type: reading it again would lose them.
     let reuse = held.as_ref().is_some_and(|h| {
@@ -81,6 +87,9 @@ pub fn load_or_reuse<'a>(
         };
         status(format!("loading Stable Diffusion from {} (UNet and text encoder in {kind}{why})", dir.display()));
         let sd = StableDiffusion::load_for(&dir, device, dtype, int8)?;
+        if !int8 {
+            status(sd.describe_weights());
+        }
         *held = Some(HeldModel { int8, ..HeldModel::new(dir, dtype, None, sd) });
     }
     Ok((held.as_mut().expect("just set"), reuse))
@@ -185,6 +194,7 @@ pub fn learn(
     status(format!("loading Stable Diffusion from {} to learn the scene", dir.display()));
     let ad = device.clone().autodiff();
     let mut sd = StableDiffusion::load(&dir, &ad, precision_for(device))?;
+    status(sd.describe_weights());
     let ls = learn_settings(s);
     let (size, _) = model_size(&sd, 1, 1);
     let images = learn_images(scene, size);
@@ -428,6 +438,36 @@ mod tests {
         let mean = half.iter().zip(&int8).map(|(a, b)| (a - b).abs()).sum::<f32>() / half.len() as f32;
         eprintln!("int8 fill against f16: mean difference {mean}");
         assert!(mean < 0.02, "{mean}");
+    }
+
+    /// A fill on a `realfill quantize` folder says which weights it runs on and stays close to
+    /// the f32 fill of the folder it was made from (mean |Δ| of the model's image in levels of
+    /// 255 on the tiny fixture's random weights; measured, docs/quantize.md: int8 1.4, NF4 17.9;
+    /// bounds ≈ 2×).
+    #[test]
+    fn quantised_folders_fill_close_to_the_f32_fill() {
+        use crate::diffusion::sd::quantize::{quantize_folder, scheme_for_bits};
+        let scene = scene();
+        let device = Device::flex();
+        let mut held: HeldSd = None;
+        let whole = fill(&mut held, &scene, &settings(SdMemory::Normal, "", false), false);
+        for (bits, bound, label) in [(8u8, 3.0, "8-bit int8"), (4, 30.0, "4-bit NF4")] {
+            let dir = std::env::temp_dir().join(format!("realfill-sdfill-q{bits}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            quantize_folder(&fixture(), &dir, scheme_for_bits(bits, 64).unwrap(), &mut |_| {}).unwrap();
+            let mut s = settings(SdMemory::Normal, "", false);
+            s.sd.model = Some(dir.clone());
+            s.sd.precision = SdPrecision::Auto;
+            let mut said = Vec::new();
+            load_or_reuse(&mut held, &s, &device, &mut |m| said.push(m)).unwrap();
+            let line = format!("UNet: {label} weights (block 64), widened to f32 per layer");
+            assert!(said.iter().any(|m| m.contains(&line)), "{said:?}");
+            let q = fill(&mut held, &scene, &s, false);
+            let mean = 255.0 * whole.iter().zip(&q).map(|(a, b)| (a - b).abs()).sum::<f32>() / whole.len() as f32;
+            eprintln!("{label} fill against f32: mean difference {mean} of 255");
+            assert!(mean > 0.0 && mean < bound, "{label}: {mean}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     /// A low-memory fill runs the VAE in tiles: close to the whole-image fill (within 0.06 of

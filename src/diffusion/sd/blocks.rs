@@ -4,36 +4,24 @@
 //! Each is built from the weight names diffusers uses under a prefix.
 
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::nn::{GroupNorm, LayerNorm};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::layers::{Conv, Dense};
 use super::weights::Weights;
 use crate::error::Result;
-
-/// `conv` on `x`; a weight held block-wise int8 (`quant`) is widened to `x`'s float type for
-/// this call only: burn's CPU convolution takes float weights.
-pub fn conv_fwd(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let w = conv.weight.val();
-    if !matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
-        return conv.forward(x);
-    }
-    let mut wide = conv.clone();
-    wide.weight = Param::from_tensor(w.dequantize().cast(x.dtype()));
-    wide.forward(x)
-}
 
 #[derive(Module, Debug)]
 pub struct Resnet {
     norm1: GroupNorm,
-    conv1: Conv2d,
-    time_emb_proj: Option<Linear>,
+    conv1: Conv,
+    time_emb_proj: Option<Dense>,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    conv2: Conv,
+    conv_shortcut: Option<Conv>,
 }
 
 impl Resnet {
@@ -61,14 +49,14 @@ impl Resnet {
 
     /// `temb`: the UNet's time embedding [B, T] (the SiLU is applied here, as diffusers does).
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv_fwd(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb) {
             let [b, c, _, _] = h.dims();
             h = h + proj.forward(silu(t.clone())).reshape([b, c, 1, 1]);
         }
-        let h = conv_fwd(&self.conv2, silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
         match &self.conv_shortcut {
-            Some(s) => conv_fwd(s, x) + h,
+            Some(s) => s.forward(x) + h,
             None => x + h,
         }
     }
@@ -78,7 +66,7 @@ impl Resnet {
 /// `base(x) + scale · (x·down)·up`, the base frozen while learning.
 #[derive(Module, Debug)]
 pub struct Proj {
-    pub base: Linear,
+    pub base: Dense,
     pub lora: Option<Lora>,
     /// The diffusers/transformers name of the layer (`….attn1.to_q`), for LoRA files.
     #[module(skip)]
@@ -113,8 +101,7 @@ impl Proj {
 
     /// (in, out) widths.
     pub fn dims(&self) -> (usize, usize) {
-        let [i, o] = self.base.weight.dims();
-        (i, o)
+        (self.base.din, self.base.dout)
     }
 }
 
@@ -190,8 +177,8 @@ pub struct TransformerBlock {
     attn2: Attention,
     norm3: LayerNorm,
     /// GEGLU: one projection to twice the inner width, split into value and gate.
-    ff_in: Linear,
-    ff_out: Linear,
+    ff_in: Dense,
+    ff_out: Dense,
 }
 
 impl TransformerBlock {
@@ -228,11 +215,11 @@ impl TransformerBlock {
 #[derive(Module, Debug)]
 pub struct Transformer2D {
     norm: GroupNorm,
-    proj_in_linear: Option<Linear>,
-    proj_in_conv: Option<Conv2d>,
+    proj_in_linear: Option<Dense>,
+    proj_in_conv: Option<Conv>,
     blocks: Vec<TransformerBlock>,
-    proj_out_linear: Option<Linear>,
-    proj_out_conv: Option<Conv2d>,
+    proj_out_linear: Option<Dense>,
+    proj_out_conv: Option<Conv>,
 }
 
 /// Sizes of one `Transformer2DModel`.
@@ -284,7 +271,7 @@ impl Transformer2D {
         let [_, _, h, w] = x.dims();
         let mut t = self.norm.forward(x.clone());
         if let Some(conv) = &self.proj_in_conv {
-            t = conv_fwd(conv, t);
+            t = conv.forward(t);
         }
         let mut tokens = to_tokens(t);
         if let Some(lin) = &self.proj_in_linear {
@@ -298,7 +285,7 @@ impl Transformer2D {
         }
         let mut out = from_tokens(tokens, h, w);
         if let Some(conv) = &self.proj_out_conv {
-            out = conv_fwd(conv, out);
+            out = conv.forward(out);
         }
         out + x
     }
@@ -330,7 +317,7 @@ impl SpatialAttention {
 /// right/bottom pad of one pixel, as the VAE encoder uses).
 #[derive(Module, Debug)]
 pub struct Downsample {
-    conv: Conv2d,
+    conv: Conv,
     asymmetric: bool,
 }
 
@@ -345,9 +332,9 @@ impl Downsample {
             let (device, dtype) = (x.device(), x.dtype());
             let x = Tensor::cat(vec![x, Tensor::zeros([b, c, h, 1], (&device, dtype))], 3);
             let x = Tensor::cat(vec![x, Tensor::zeros([b, c, 1, w + 1], (&device, dtype))], 2);
-            conv_fwd(&self.conv, x)
+            self.conv.forward(x)
         } else {
-            conv_fwd(&self.conv, x)
+            self.conv.forward(x)
         }
     }
 }
@@ -355,7 +342,7 @@ impl Downsample {
 /// `Upsample2D`: nearest-neighbour ×2, then a 3×3 convolution.
 #[derive(Module, Debug)]
 pub struct Upsample {
-    conv: Conv2d,
+    conv: Conv,
 }
 
 impl Upsample {
@@ -366,6 +353,6 @@ impl Upsample {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let up = x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w]);
-        conv_fwd(&self.conv, up)
+        self.conv.forward(up)
     }
 }

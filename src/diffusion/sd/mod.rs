@@ -7,9 +7,12 @@
 pub mod blocks;
 pub mod config;
 pub mod inpaint;
+pub mod layers;
 pub mod lora;
 pub mod lora_train;
+pub mod packed;
 pub mod quant;
+pub mod quantize;
 pub mod scheduler;
 pub mod text;
 pub mod tokenizer;
@@ -33,6 +36,8 @@ pub struct StableDiffusion {
     pub vae_config: config::VaeConfig,
     /// `None` once freed to make room for the fill (`free_text`); read again by `reload_text`.
     pub text: Option<text::TextEncoder>,
+    /// How the text encoder's weights are quantised (`realfill quantize`), freed or not.
+    pub text_scheme: Option<packed::Scheme>,
     pub tokenizer: tokenizer::Tokenizer,
     pub scheduler: scheduler::Scheduler,
     pub device: Device,
@@ -189,6 +194,7 @@ impl StableDiffusion {
             unet_config,
             vae,
             vae_config,
+            text_scheme: text.scheme,
             text: Some(text),
             tokenizer,
             scheduler,
@@ -232,6 +238,17 @@ impl StableDiffusion {
             Some(c) => Ok(c.clone()),
             None => Ok(self.text_encoder()?.forward(ids)),
         }
+    }
+
+    /// Which weights the UNet and the text encoder run on, for the fill's status line:
+    /// "UNet: 4-bit NF4 weights (block 64), widened to f32 per layer; text encoder: …".
+    pub fn describe_weights(&self) -> String {
+        let ty = if self.dtype == DType::F16 { "f16" } else { "f32" };
+        let one = |s: Option<packed::Scheme>| match s {
+            Some(s) => format!("{}, widened to {ty} per layer", s.describe()),
+            None => format!("{ty} weights"),
+        };
+        format!("UNet: {}; text encoder: {}", one(self.unet.scheme), one(self.text_scheme))
     }
 
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{gelu, sigmoid};
@@ -13,6 +13,8 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::blocks::{Proj, merge_heads, split_heads};
 use super::config::TextConfig;
+use super::layers::Dense;
+use super::packed::Scheme;
 use super::weights::Weights;
 use crate::error::Result;
 
@@ -24,8 +26,8 @@ pub struct Layer {
     v_proj: Proj,
     out_proj: Proj,
     layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 #[derive(Module, Debug)]
@@ -38,6 +40,9 @@ pub struct TextEncoder {
     quick_gelu: bool,
     pub max_positions: usize,
     pub width: usize,
+    /// How its weights are quantised, if its folder was made by `realfill quantize`.
+    #[module(skip)]
+    pub scheme: Option<Scheme>,
 }
 
 impl TextEncoder {
@@ -87,6 +92,7 @@ impl TextEncoder {
             quick_gelu: c.hidden_act == "quick_gelu",
             max_positions: c.max_position_embeddings,
             width: d,
+            scheme: w.scheme(),
         })
     }
 

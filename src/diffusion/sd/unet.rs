@@ -3,14 +3,15 @@
 
 use std::path::Path;
 
-use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::GroupNorm;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use super::blocks::{Downsample, Proj, Resnet, Transformer2D, TransformerShape, Upsample};
 use super::config::{UNetConfig, UNetLevel};
+use super::layers::{Conv, Dense};
+use super::packed::Scheme;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -31,19 +32,22 @@ pub struct Mid {
 
 #[derive(Module, Debug)]
 pub struct UNet {
-    time_1: Linear,
-    time_2: Linear,
-    conv_in: Conv2d,
+    time_1: Dense,
+    time_2: Dense,
+    conv_in: Conv,
     down_blocks: Vec<Block>,
     mid: Mid,
     up_blocks: Vec<Block>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
     time_channels: usize,
     flip_sin_to_cos: bool,
     freq_shift: usize,
     pub in_channels: usize,
     pub out_channels: usize,
+    /// How its weights are quantised, if its folder was made by `realfill quantize`.
+    #[module(skip)]
+    pub scheme: Option<Scheme>,
 }
 
 fn shape(c: &UNetConfig, lv: &UNetLevel) -> TransformerShape {
@@ -149,6 +153,7 @@ impl UNet {
             freq_shift: c.freq_shift,
             in_channels: c.in_channels,
             out_channels: c.out_channels,
+            scheme: w.scheme(),
         })
     }
 
@@ -166,17 +171,14 @@ impl UNet {
     /// weights' float type).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
         let device = sample.device();
-        // The float type the model computes in: conv_in's bias (never held int8, `quant`).
-        let dtype = match &self.conv_in.bias {
-            Some(b) => b.val().dtype(),
-            None => self.conv_in.weight.val().dtype(),
-        };
+        // The float type the model computes in: its output norm's (never quantised, `quant`).
+        let dtype = self.norm_out.gamma.as_ref().map_or(DType::F32, |g| g.val().dtype());
         let context = &context.clone().cast(dtype);
         let feats = timestep_embedding(timesteps, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
         let feats =
             Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), (&device, dtype));
         let temb = self.time_2.forward(silu(self.time_1.forward(feats)));
-        let mut h = super::blocks::conv_fwd(&self.conv_in, sample.cast(dtype));
+        let mut h = self.conv_in.forward(sample.cast(dtype));
         let mut skips = vec![h.clone()];
         for b in &self.down_blocks {
             for (j, r) in b.resnets.iter().enumerate() {
@@ -207,7 +209,7 @@ impl UNet {
                 h = u.forward(h);
             }
         }
-        super::blocks::conv_fwd(&self.conv_out, silu(self.norm_out.forward(h))).cast(DType::F32)
+        self.conv_out.forward(silu(self.norm_out.forward(h))).cast(DType::F32)
     }
 }
 

@@ -8,13 +8,13 @@
 use std::path::Path;
 
 use burn::nn::GroupNorm;
-use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use super::blocks::{Downsample, Resnet, SpatialAttention, Upsample};
 use super::config::VaeConfig;
+use super::layers::Conv;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
@@ -59,22 +59,22 @@ pub struct Level {
 
 #[derive(Module, Debug)]
 pub struct Encoder {
-    conv_in: Conv2d,
+    conv_in: Conv,
     levels: Vec<Level>,
     mid: Mid,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
-    quant_conv: Option<Conv2d>,
+    conv_out: Conv,
+    quant_conv: Option<Conv>,
 }
 
 #[derive(Module, Debug)]
 pub struct Decoder {
-    post_quant_conv: Option<Conv2d>,
-    conv_in: Conv2d,
+    post_quant_conv: Option<Conv>,
+    conv_in: Conv,
     mid: Mid,
     levels: Vec<Level>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: Conv,
 }
 
 #[derive(Module, Debug)]

@@ -2,18 +2,21 @@
 //! tensor is looked up by its diffusers/transformers name and checked against the shape the
 //! config implies, so a wrong folder fails with the file, the tensor and both shapes named.
 //! fp16 and bf16 files are widened to f32 as they load (the CPU backend computes in f32).
+//! A `realfill quantize` file (its metadata names the scheme, `packed::Scheme`) keeps its
+//! linear and convolution weights packed (`layers`); anything else read from it is widened.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
-use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::DType;
 use memmap2::Mmap;
 use safetensors::Dtype;
 
+use super::layers::{Conv, Dense};
+use super::packed::{ABSMAX, Format, Packed, Scheme};
 use crate::error::{Error, Result};
 
 struct Entry {
@@ -26,6 +29,8 @@ struct Entry {
 
 pub struct Weights {
     files: Vec<(PathBuf, Mmap)>,
+    /// Per file: how its weights are quantised (`None`: plain floats).
+    schemes: Vec<Option<Scheme>>,
     entries: HashMap<String, Entry>,
     pub device: Device,
     /// The float type the layers are built in (f16 keeps a GPU's copy at half the memory).
@@ -80,6 +85,7 @@ impl Weights {
 
     pub fn open_files(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Weights> {
         let mut files = Vec::new();
+        let mut schemes = Vec::new();
         let mut entries = HashMap::new();
         for (fi, path) in paths.iter().enumerate() {
             let f = crate::input_file::open(path)?;
@@ -94,6 +100,7 @@ impl Weights {
                     format!("not a valid safetensors file ({e}); it may be truncated: download it again"),
                 )
             })?;
+            schemes.push(Scheme::from_metadata(meta.metadata().as_ref()).map_err(|p| Error::input(path, p))?);
             let base = 8 + header;
             for (name, info) in meta.tensors() {
                 let (s, e) = info.data_offsets;
@@ -110,7 +117,7 @@ impl Weights {
             }
             files.push((path.clone(), map));
         }
-        Ok(Weights { files, entries, device: device.clone(), dtype, synthetic: None })
+        Ok(Weights { files, schemes, entries, device: device.clone(), dtype, synthetic: None })
     }
 
     /// Random weights (see `Synthetic`), recorded for `made`.
@@ -118,6 +125,7 @@ impl Weights {
         let s = Synthetic { rng: crate::rng::Rng::new(seed), made: Vec::new() };
         Weights {
             files: Vec::new(),
+            schemes: Vec::new(),
             entries: HashMap::new(),
             device: device.clone(),
             dtype: DType::F32,
@@ -151,6 +159,87 @@ impl Weights {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// Every tensor's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// A tensor as stored: its type, shape and bytes (copied out; the pages released).
+    pub fn raw(&self, name: &str) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
+        let e = self.entries.get(name)?;
+        let bytes = self.bytes(e).to_vec();
+        self.release(e);
+        Some((e.dtype, e.shape.clone(), bytes))
+    }
+
+    /// The quantisation of the files' weights, if any (the first quantised file's).
+    pub fn scheme(&self) -> Option<Scheme> {
+        self.schemes.iter().flatten().next().copied()
+    }
+
+    /// A tensor's bytes in its file.
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.files[e.file].1[e.start..e.end]
+    }
+
+    /// The file's pages a tensor was read from leave the process (they stay in the page
+    /// cache): kept mapped, a network's whole file counts against memory beside its copy
+    /// until the load ends (1.7 GB more at the peak of an SD-2 UNet's load).
+    fn release(&self, e: &Entry) {
+        #[cfg(unix)]
+        // SAFETY: `Mmap::map` maps the file shared and read-only; there MADV_DONTNEED only
+        // unmaps pages, and a later read (a neighbouring tensor on the same page) faults them
+        // back in from the file. No slice of the range is held past this call.
+        unsafe {
+            let _ = self.files[e.file].1.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                e.start,
+                e.end - e.start,
+            );
+        }
+    }
+
+    /// The weight `name` of a quantised file as its codes and block maxima, for a layer of
+    /// `rows` outputs and `cols` inputs (× kernel); `None` when the file holds it as floats.
+    pub fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Packed>> {
+        let Some(e) = self.entries.get(name) else { return Ok(None) };
+        let Some(scheme) = self.schemes[e.file] else { return Ok(None) };
+        let code_type = match scheme.format {
+            Format::Int8 => Dtype::I8,
+            Format::Nf4 => Dtype::U8,
+        };
+        if e.dtype != code_type {
+            return Ok(None);
+        }
+        let file = &self.files[e.file].0;
+        let bad = |what: String| {
+            Err(Error::input(
+                file,
+                format!("{what}: the quantised folder is damaged or not for this config; quantise the model again"),
+            ))
+        };
+        let codes_shape = match scheme.format {
+            Format::Int8 => e.shape.iter().product::<usize>() == rows * cols && e.shape.first() == Some(&rows),
+            Format::Nf4 => e.shape == [rows, Format::Nf4.row_bytes(cols)],
+        };
+        if !codes_shape {
+            return bad(format!("packed `{name}` has shape {:?}, the config implies {rows} × {cols} values", e.shape));
+        }
+        let scales = format!("{name}{ABSMAX}");
+        let blocks = cols.div_ceil(scheme.block);
+        let Some(a) = self.entries.get(&scales) else { return bad(format!("`{name}` has no `{scales}`")) };
+        if a.dtype != Dtype::F16 || a.shape != [rows, blocks] {
+            return bad(format!("`{scales}` is {:?} {:?}, expected F16 [{rows}, {blocks}]", a.dtype, a.shape));
+        }
+        let codes = self.bytes(e).to_vec();
+        let absmax = self.bytes(a).chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect();
+        self.release(e);
+        self.release(a);
+        Ok(Some(Packed { format: scheme.format, block: scheme.block, rows, cols, codes, absmax }))
+    }
+
     /// The tensor `name` as f32 values, checked against `shape`.
     pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         if let Some(s) = &self.synthetic {
@@ -172,6 +261,9 @@ impl Weights {
                 format!("has no tensor `{name}`: the weights do not match the folder's config.json"),
             ));
         };
+        if let Some(p) = self.packed(name, shape.first().copied().unwrap_or(1), shape.iter().skip(1).product())? {
+            return Ok(p.widen());
+        }
         if e.shape != shape {
             return Err(Error::input(
                 self.file_of(name),
@@ -181,7 +273,7 @@ impl Weights {
                 ),
             ));
         }
-        let bytes = &self.files[e.file].1[e.start..e.end];
+        let bytes = self.bytes(e);
         let n: usize = shape.iter().product();
         let out: Vec<f32> = match e.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -197,20 +289,7 @@ impl Weights {
         if out.len() != n {
             return Err(Error::input(self.file_of(name), format!("tensor `{name}` has the wrong byte length")));
         }
-        // The file's pages this tensor was read from leave the process (they stay in the page
-        // cache): kept mapped, a network's whole file counts against memory beside its copy
-        // until the load ends (1.7 GB more at the peak of an SD-2 UNet's load).
-        #[cfg(unix)]
-        // SAFETY: `Mmap::map` maps the file shared and read-only; there MADV_DONTNEED only
-        // unmaps pages, and a later read (a neighbouring tensor on the same page) faults them
-        // back in from the file. `bytes` is not used after this.
-        unsafe {
-            let _ = self.files[e.file].1.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                e.start,
-                e.end - e.start,
-            );
-        }
+        self.release(e);
         Ok(out)
     }
 
@@ -223,34 +302,34 @@ impl Weights {
         Ok(Param::from_tensor(self.tensor(name, shape)?))
     }
 
-    fn bias(&self, prefix: &str, n: usize) -> Result<Option<Param<Tensor<1>>>> {
+    fn bias_tensor(&self, prefix: &str, n: usize) -> Result<Option<Tensor<1>>> {
         let name = format!("{prefix}.bias");
-        if self.has(&name) { Ok(Some(self.param(&name, [n])?)) } else { Ok(None) }
+        if self.has(&name) { Ok(Some(self.tensor(&name, [n])?)) } else { Ok(None) }
     }
 
     /// A PyTorch `Linear(din, dout)` (weight [dout, din]); its bias when the file has one.
     /// Also reads the 1×1-convolution layout old VAE attention weights were saved in.
-    pub fn linear(&self, prefix: &str, din: usize, dout: usize) -> Result<Linear> {
+    pub fn linear(&self, prefix: &str, din: usize, dout: usize) -> Result<Dense> {
         let name = format!("{prefix}.weight");
+        if let Some(p) = self.packed(&name, dout, din)? {
+            return Ok(Dense::from_packed(p, self.bias_tensor(prefix, dout)?));
+        }
         let w = if self.shape(&name).is_some_and(|s| s.len() == 4) {
             self.tensor::<4>(&name, [dout, din, 1, 1])?.reshape([dout, din])
         } else {
             self.tensor::<2>(&name, [dout, din])?
         };
-        Ok(Linear { weight: Param::from_tensor(w.transpose()), bias: self.bias(prefix, dout)? })
+        Ok(Dense::new(w.transpose(), self.bias_tensor(prefix, dout)?))
     }
 
     /// A square `k`×`k` convolution with `pad` on every side.
-    pub fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Conv2d> {
-        Ok(Conv2d {
-            weight: self.param(&format!("{prefix}.weight"), [cout, cin, k, k])?,
-            bias: self.bias(prefix, cout)?,
-            stride: [stride, stride],
-            kernel_size: [k, k],
-            dilation: [1, 1],
-            groups: 1,
-            padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
-        })
+    pub fn conv(&self, prefix: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Result<Conv> {
+        let name = format!("{prefix}.weight");
+        let bias = self.bias_tensor(prefix, cout)?;
+        if let Some(p) = self.packed(&name, cout, cin * k * k)? {
+            return Ok(Conv::from_packed(p, cin, k, bias, stride, pad));
+        }
+        Ok(Conv::new(self.tensor(&name, [cout, cin, k, k])?, bias, stride, pad))
     }
 
     pub fn group_norm(&self, prefix: &str, groups: usize, c: usize, eps: f64) -> Result<GroupNorm> {

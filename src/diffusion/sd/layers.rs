@@ -1,0 +1,186 @@
+//! The linear and convolution layers of Stable Diffusion's networks. A layer's weight is a
+//! float tensor as read, or held packed (`packed::Packed`, from a `realfill quantize` folder)
+//! and widened to the activations' float type for each call only, so that only the packed
+//! form stays resident. Widened weights are constants: on an autodiff device no gradient
+//! reaches them (the frozen base under LoRA learning, QLoRA).
+
+use std::sync::Arc;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::ConvOptions;
+
+use super::packed::Packed;
+
+/// `x · W + b` (PyTorch's `Linear(din, dout)`).
+#[derive(Module, Debug)]
+pub struct Dense {
+    /// burn's layout [din, dout]; `None` while the weight is held packed.
+    pub weight: Option<Param<Tensor<2>>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    /// PyTorch's layout: `dout` rows of `din`.
+    #[module(skip)]
+    pub packed: Option<Arc<Packed>>,
+    pub din: usize,
+    pub dout: usize,
+}
+
+/// A square convolution, stride and padding the same on both axes.
+#[derive(Module, Debug)]
+pub struct Conv {
+    /// [cout, cin, k, k]; `None` while the weight is held packed.
+    pub weight: Option<Param<Tensor<4>>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    /// `cout` rows of `cin·k·k`.
+    #[module(skip)]
+    pub packed: Option<Arc<Packed>>,
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// `p`'s values as a tensor of `shape` in `dtype` on `device`, widened straight into that type.
+fn widen<const D: usize>(p: &Packed, shape: [usize; D], dtype: DType, device: &Device) -> Tensor<D> {
+    let n = p.rows * p.cols;
+    let data = match dtype {
+        DType::F16 => {
+            let mut v = vec![half::f16::ZERO; n];
+            p.widen_into(&mut v, half::f16::from_f32);
+            TensorData::new(v, shape)
+        }
+        DType::BF16 => {
+            let mut v = vec![half::bf16::ZERO; n];
+            p.widen_into(&mut v, half::bf16::from_f32);
+            TensorData::new(v, shape)
+        }
+        _ => TensorData::new(p.widen(), shape),
+    };
+    Tensor::from_data(data, (device, dtype))
+}
+
+/// A weight burn holds quantised itself (`quant::quantize_q8`) as `dtype` floats; others as they are.
+fn float<const D: usize>(w: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if matches!(w.dtype(), DType::QFloat(_)) { w.dequantize().cast(dtype) } else { w }
+}
+
+impl Dense {
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Dense {
+        let [din, dout] = weight.dims();
+        Dense { weight: Some(Param::from_tensor(weight)), bias: bias.map(Param::from_tensor), packed: None, din, dout }
+    }
+
+    pub fn from_packed(packed: Packed, bias: Option<Tensor<1>>) -> Dense {
+        let (din, dout) = (packed.cols, packed.rows);
+        Dense { weight: None, bias: bias.map(Param::from_tensor), packed: Some(Arc::new(packed)), din, dout }
+    }
+
+    /// The weight [din, dout] as `dtype` floats on `device` (widened now when held packed).
+    pub fn weight(&self, dtype: DType, device: &Device) -> Tensor<2> {
+        match (&self.weight, &self.packed) {
+            (Some(w), _) => w.val(),
+            (None, Some(p)) => widen(p, [self.dout, self.din], dtype, device).transpose(),
+            (None, None) => unreachable!("a Dense layer holds its weight one way or the other"),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // burn multiplies by a weight it holds quantised itself (Q8S) without widening it first.
+        let w = self.weight(x.dtype(), &x.device());
+        let bias = self.bias.as_ref().map(|b| b.val().cast(x.dtype()));
+        linear(x, w, bias)
+    }
+}
+
+impl Conv {
+    pub fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, stride: usize, pad: usize) -> Conv {
+        let [cout, cin, kernel, _] = weight.dims();
+        Conv {
+            weight: Some(Param::from_tensor(weight)),
+            bias: bias.map(Param::from_tensor),
+            packed: None,
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+        }
+    }
+
+    pub fn from_packed(
+        packed: Packed,
+        cin: usize,
+        kernel: usize,
+        bias: Option<Tensor<1>>,
+        stride: usize,
+        pad: usize,
+    ) -> Conv {
+        assert_eq!(packed.cols, cin * kernel * kernel, "a packed kernel's rows");
+        let cout = packed.rows;
+        Conv {
+            weight: None,
+            bias: bias.map(Param::from_tensor),
+            packed: Some(Arc::new(packed)),
+            cin,
+            cout,
+            kernel,
+            stride,
+            pad,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        // burn's CPU convolution takes float weights only: a Q8S one is widened for this call.
+        let w = match (&self.weight, &self.packed) {
+            (Some(w), _) => float(w.val(), x.dtype()),
+            (None, Some(p)) => widen(p, [self.cout, self.cin, self.kernel, self.kernel], x.dtype(), &x.device()),
+            (None, None) => unreachable!("a Conv layer holds its weight one way or the other"),
+        };
+        let options = ConvOptions::new([self.stride; 2], [self.pad; 2], [1, 1], 1);
+        let bias = self.bias.as_ref().map(|b| b.val().cast(x.dtype()));
+        conv2d(x, w, bias, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::sd::packed::Format;
+    use crate::rng::Rng;
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    }
+
+    /// A packed layer computes what the same layer computes on its widened weight, in f32 and
+    /// in f16, and a packed linear layer is the transposed PyTorch matrix.
+    #[test]
+    fn packed_layers_compute_with_their_widened_weights() {
+        let device = Device::flex();
+        let (cin, cout, k) = (6, 5, 3);
+        let w: Vec<f32> = Rng::new(1).normals(cout * cin * k * k);
+        let x = Tensor::<4>::from_data(TensorData::new(Rng::new(2).normals(2 * cin * 8 * 8), [2, cin, 8, 8]), &device);
+        let bias = Tensor::<1>::from_data(TensorData::new(vec![0.5f32; cout], [cout]), &device);
+        for format in [Format::Int8, Format::Nf4] {
+            let p = Packed::quantize(&w, cout, cin * k * k, format, 64);
+            let wide = Tensor::<4>::from_data(TensorData::new(p.widen(), [cout, cin, k, k]), &device);
+            let plain = Conv::new(wide, Some(bias.clone()), 2, 1);
+            let packed = Conv::from_packed(p.clone(), cin, k, Some(bias.clone()), 2, 1);
+            assert_eq!(values(plain.forward(x.clone())), values(packed.forward(x.clone())));
+            let half = packed.forward(x.clone().cast(DType::F16));
+            assert_eq!(half.dtype(), DType::F16);
+            let (a, b) = (values(plain.forward(x.clone())), values(half));
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 2e-2 * a.abs().max(1.0)));
+
+            let p = Packed::quantize(&w[..cout * 9], cout, 9, format, 64);
+            let wide = Tensor::<2>::from_data(TensorData::new(p.widen(), [cout, 9]), &device).transpose();
+            let x2 = Tensor::<3>::from_data(TensorData::new(Rng::new(3).normals(2 * 4 * 9), [2, 4, 9]), &device);
+            let a = Dense::new(wide, None).forward(x2.clone()).into_data();
+            let b = Dense::from_packed(p, None).forward(x2).into_data();
+            assert_eq!(a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+        }
+    }
+}
