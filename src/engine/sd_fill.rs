@@ -442,7 +442,7 @@ mod tests {
 
     /// A fill on a `realfill quantize` folder says which weights it runs on and stays close to
     /// the f32 fill of the folder it was made from (mean |Δ| of the model's image in levels of
-    /// 255 on the tiny fixture's random weights; measured, docs/quantize.md: int8 1.4, NF4 17.9;
+    /// 255 on the tiny fixture's random weights; measured, docs/BENCHMARKS.md (session 16): int8 1.4, NF4 17.9;
     /// bounds ≈ 2×).
     #[test]
     fn quantised_folders_fill_close_to_the_f32_fill() {

@@ -266,7 +266,7 @@ mod tests {
     }
 
     /// On the tiny fixture the quantised networks stay within their bounds of the f32 ones
-    /// (measured, docs/quantize.md: int8 UNet 0.022 / text 0.0099, NF4 0.34 / 0.17 — the tiny
+    /// (measured, docs/BENCHMARKS.md (session 16): int8 UNet 0.022 / text 0.0099, NF4 0.34 / 0.17 — the tiny
     /// random network amplifies each weight's error about 4×; bounds ≈ 1.5–2× what was
     /// measured, far below a broken packing's ≳ 1) and are not the f32 ones.
     #[test]
