@@ -237,6 +237,33 @@ def pipeline_check(text, tok, unet, vae, sched, size, gen):
 LORA_RANK = 4
 
 
+def lora_train_step(unet, text, vae, sched, batch, lr_unet, lr_text):
+    """RealFill's LoRA learning step on `batch` (images, masks, loss weights, noise, timesteps,
+    prompt ids): the VAE's latent means, the inpainting UNet's input, the weighted noise loss;
+    AdamW on the adapters (whatever requires a gradient). Returns the loss. Shared with
+    bench/qlora_reference.py, which takes the same step on a quantised base."""
+    import torch.nn.functional as F
+    images, masks, weights, noise, timesteps, ids = batch
+    lat = noise.shape[2]
+    cfg = {k: v for k, v in sched.items() if not k.startswith("_") and k != "skip_prk_steps"}
+    scheduler = DDIMScheduler(**cfg)
+    opt_u = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr_unet, eps=1e-8, weight_decay=1e-2)
+    opt_t = torch.optim.AdamW([p for p in text.parameters() if p.requires_grad], lr=lr_text, eps=1e-8, weight_decay=1e-2)
+    sf = vae.config.scaling_factor
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean * sf
+        masked = vae.encode(images * (masks < 0.5)).latent_dist.mean * sf
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    inp = torch.cat([noisy, F.interpolate(masks, size=(lat, lat)), masked], 1)
+    pred = unet(inp, timesteps, encoder_hidden_states=text(ids)[0]).sample
+    target = noise if cfg.get("prediction_type", "epsilon") == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+    loss = (F.interpolate(weights, size=(lat, lat)) * (pred.float() - target.float()) ** 2).mean()
+    loss.backward()
+    opt_u.step()
+    opt_t.step()
+    return loss
+
+
 def lora_step_check(text, tok, unet, vae, sched, size, gen, out):
     """One RealFill LoRA learning step with PEFT adapters (rank 4; the up matrices made
     non-zero so that every adapter gets a gradient): VAE latent means, random training masks,
@@ -279,23 +306,8 @@ def lora_step_check(text, tok, unet, vae, sched, size, gen, out):
     timesteps = torch.tensor([700, 40])
     ids = tok(["a photo of sks", ""], padding="max_length", max_length=77, truncation=True,
               return_tensors="pt").input_ids
-    cfg = {k: v for k, v in sched.items() if not k.startswith("_") and k != "skip_prk_steps"}
-    scheduler = DDIMScheduler(**cfg)
     lr_unet, lr_text = 2e-4, 4e-5
-    opt_u = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr_unet, eps=1e-8, weight_decay=1e-2)
-    opt_t = torch.optim.AdamW([p for p in text.parameters() if p.requires_grad], lr=lr_text, eps=1e-8, weight_decay=1e-2)
-    sf = vae.config.scaling_factor
-    with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mean * sf
-        masked = vae.encode(images * (masks < 0.5)).latent_dist.mean * sf
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    inp = torch.cat([noisy, F.interpolate(masks, size=(lat, lat)), masked], 1)
-    pred = unet(inp, timesteps, encoder_hidden_states=text(ids)[0]).sample
-    target = noise if cfg["prediction_type"] == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    loss = (F.interpolate(weights, size=(lat, lat)) * (pred.float() - target.float()) ** 2).mean()
-    loss.backward()
-    opt_u.step()
-    opt_t.step()
+    loss = lora_train_step(unet, text, vae, sched, (images, masks, weights, noise, timesteps, ids), lr_unet, lr_text)
     save_file(lora_state(), os.path.join(out, "lora_after.safetensors"), metadata={"lora_alpha": str(LORA_RANK)})
     tensors = {"train.images": images, "train.masks": masks, "train.weights": weights, "train.noise": noise,
                "train.timesteps": timesteps.to(torch.int64), "train.input_ids": ids.to(torch.int64),

@@ -27,12 +27,13 @@ import numpy as np
 # transformers 5 otherwise asks for the `kernels` package to load any model.
 os.environ.setdefault("USE_HUB_KERNELS", "0")
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
+
+from diffusers_reference import lora_train_step
 
 NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -120,24 +121,8 @@ def main():
     assert all(torch.equal(before[k], lora_init[k]) for k in lora_init), "adapters loaded as written"
     images, masks, weights, noise = io["train.images"], io["train.masks"], io["train.weights"], io["train.noise"]
     timesteps, ids = io["train.timesteps"], io["train.input_ids"]
-    lat = noise.shape[2]
-    cfg = {k: v for k, v in sched.items() if not k.startswith("_") and k != "skip_prk_steps"}
-    scheduler = DDIMScheduler(**cfg)
-    lr_unet, lr_text = float(meta["train.lr_unet"]), float(meta["train.lr_text"])
-    opt_u = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr_unet, eps=1e-8, weight_decay=1e-2)
-    opt_t = torch.optim.AdamW([p for p in text.parameters() if p.requires_grad], lr=lr_text, eps=1e-8, weight_decay=1e-2)
-    sf = vae.config.scaling_factor
-    with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mean * sf
-        masked = vae.encode(images * (masks < 0.5)).latent_dist.mean * sf
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    inp = torch.cat([noisy, F.interpolate(masks, size=(lat, lat)), masked], 1)
-    pred = unet(inp, timesteps, encoder_hidden_states=text(ids)[0]).sample
-    target = noise if cfg.get("prediction_type", "epsilon") == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    loss = (F.interpolate(weights, size=(lat, lat)) * (pred.float() - target.float()) ** 2).mean()
-    loss.backward()
-    opt_u.step()
-    opt_t.step()
+    batch = (images, masks, weights, noise, timesteps, ids)
+    loss = lora_train_step(unet, text, vae, sched, batch, float(meta["train.lr_unet"]), float(meta["train.lr_text"]))
 
     os.makedirs(a.out, exist_ok=True)
     init = os.path.join(a.out, "lora_init.safetensors")
