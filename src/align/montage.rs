@@ -16,9 +16,10 @@
 //! agree where nothing moved. The layers are joined by a minimum cut (`mincut`): each pixel
 //! prefers the subject layer where it shows a part of the reference that moved, the camera
 //! layer where it shows a part that did not, and the seam runs where the two layers agree; then
-//! they are blended band by band (`scene::blend`). Where both layers come from one reference, a
-//! part of it shown twice (the reference's subject beside the moved one) costs what it would be
-//! seen (`duplicates`).
+//! they are blended band by band (`scene::blend`). A part of a reference shown twice — the
+//! camera layer's subject in its old pose beside the photo's moved one (`stale_subject`), or,
+//! where both layers come from one reference, the same point under each (`duplicates`) —
+//! costs what it would be seen.
 
 use rayon::prelude::*;
 
