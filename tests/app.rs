@@ -645,6 +645,9 @@ fn another_photo_keeps_the_references_only_when_the_person_says_so() {
     h.state_mut().open_target(realfill::scene::io::load_photo(&photo).unwrap());
     h.run_steps(2);
     assert!(h.query_by_label_contains("Keep the 2 reference photos of").is_some(), "asked");
+    // The panel behind the question says where the references are, not "No references".
+    assert!(h.query_by_label_contains("2 reference photos of the last photo set aside").is_some());
+    assert!(h.query_by_label_contains("No references").is_none());
     h.get_by_label("Keep references").click();
     h.run_steps(2);
     assert_eq!(h.state().doc().unwrap().refs.len(), 2);

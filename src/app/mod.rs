@@ -956,7 +956,8 @@ impl RealfillApp {
         panels::top_bar(ui, doc, &mut self.settings, &self.view, &self.results, busy, out);
         let zoom = self.view.canvas.view.zoom;
         panels::bottom_bar(ui, &self.results, &self.messages, &self.job, &self.frame, zoom, out);
-        let refs_rect = panels::references_panel(ui, doc, &mut self.view.ref_thumbs, busy, out);
+        let set_aside = self.refs_offer.as_ref().map(|o| o.refs.len());
+        let refs_rect = panels::references_panel(ui, doc, set_aside, &mut self.view.ref_thumbs, busy, out);
         let has_fill_region = doc.is_some_and(|d| d.has_fill_region());
         panels::run_panel(ui, &mut self.settings, &self.job, has_fill_region, out);
         self.central_panel(ui);

@@ -273,9 +273,12 @@ fn tools(
 
 /// References: thumbnails with remove, add button, canvas extension. Returns the panel's
 /// rectangle (files dropped on it become references).
+/// `set_aside`: how many references of the photo open before wait for the person's answer
+/// (keep them, or a new scene).
 pub fn references_panel(
     ui: &mut egui::Ui,
     doc: Option<&Document>,
+    set_aside: Option<usize>,
     thumbs: &mut ThumbCache,
     busy: bool,
     out: &mut Vec<Command>,
@@ -289,7 +292,11 @@ pub fn references_panel(
                 ui.label("Open a photo first.");
                 return;
             };
-            if doc.refs.is_empty() {
+            if let Some(n) = set_aside.filter(|&n| n > 0) {
+                // (Not "No references" under the question about keeping them.)
+                let photos = if n == 1 { "reference photo" } else { "reference photos" };
+                ui.label(RichText::new(format!("{n} {photos} of the last photo set aside: keep them or start a new scene.")).weak());
+            } else if doc.refs.is_empty() {
                 ui.label(
                     RichText::new("No references: the fill then learns only from the photo's own known pixels. Add other photos of the same scene.")
                         .color(Color32::from_rgb(230, 180, 80)),
