@@ -23,7 +23,9 @@ const MAX_TEXTURE: usize = 2048;
 /// that uploading one (4 MiB) fits in a frame when a large photo's tiles are paced.
 pub const TILE: usize = 1024;
 const MASK_TINT: [u8; 4] = [255, 64, 64, 110];
-const MASK_TINT_COLOUR: Color32 = Color32::from_rgba_unmultiplied_const(255, 64, 64, 110);
+/// The same tint for the GPU overlay.
+const MASK_TINT_COLOUR: Color32 =
+    Color32::from_rgba_unmultiplied_const(MASK_TINT[0], MASK_TINT[1], MASK_TINT[2], MASK_TINT[3]);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {

@@ -1,8 +1,10 @@
 //! The linear and convolution layers of Stable Diffusion's networks. A layer's weight is a
 //! float tensor as read, or held packed (`packed::Packed`, from a `realfill quantize` folder)
 //! and widened to the activations' float type for each call only, so that only the packed
-//! form stays resident. Widened weights are constants: on an autodiff device no gradient
-//! reaches them (the frozen base under LoRA learning, QLoRA).
+//! form stays resident between calls (while learning, autodiff keeps each widened weight until
+//! the backward pass). Widened weights are constants: on an autodiff device no gradient
+//! reaches them (the frozen base under LoRA learning, QLoRA). Only on the CPU: on a GPU or a
+//! remote device the weights are widened once at load (`sd::weights`), not sent each call.
 
 use std::sync::Arc;
 
@@ -44,7 +46,7 @@ pub struct Conv {
 }
 
 /// `p`'s values as a tensor of `shape` in `dtype` on `device`, widened straight into that type.
-fn widen<const D: usize>(p: &Packed, shape: [usize; D], dtype: DType, device: &Device) -> Tensor<D> {
+pub(super) fn widen<const D: usize>(p: &Packed, shape: [usize; D], dtype: DType, device: &Device) -> Tensor<D> {
     let n = p.rows * p.cols;
     let data = match dtype {
         DType::F16 => {

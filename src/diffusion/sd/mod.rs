@@ -244,8 +244,10 @@ impl StableDiffusion {
     /// "UNet: 4-bit NF4 weights (block 64), widened to f32 per layer; text encoder: …".
     pub fn describe_weights(&self) -> String {
         let ty = if self.dtype == DType::F16 { "f16" } else { "f32" };
+        // Off the CPU they are widened once at load (`weights::Weights::linear`).
+        let when = if weights::on_cpu(&self.device) { "per layer" } else { "at load" };
         let one = |s: Option<packed::Scheme>| match s {
-            Some(s) => format!("{}, widened to {ty} per layer", s.describe()),
+            Some(s) => format!("{}, widened to {ty} {when}", s.describe()),
             None => format!("{ty} weights"),
         };
         format!("UNet: {}; text encoder: {}", one(self.unet.scheme), one(self.text_scheme))

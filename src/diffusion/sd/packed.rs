@@ -41,13 +41,6 @@ impl Format {
         }
     }
 
-    pub fn bits(self) -> usize {
-        match self {
-            Format::Int8 => 8,
-            Format::Nf4 => 4,
-        }
-    }
-
     /// How people name it ("4-bit NF4").
     pub fn label(self) -> &'static str {
         match self {
@@ -163,11 +156,6 @@ pub struct Packed {
 impl Packed {
     pub fn blocks_per_row(&self) -> usize {
         self.cols.div_ceil(self.block)
-    }
-
-    /// Bytes held (codes and scales).
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 2 * self.absmax.len()
     }
 
     /// `values` (`rows × cols`, row-major) quantised in blocks of `block` along each row.

@@ -15,7 +15,7 @@ use burn::tensor::DType;
 use memmap2::Mmap;
 use safetensors::Dtype;
 
-use super::layers::{Conv, Dense};
+use super::layers::{Conv, Dense, widen};
 use super::packed::{ABSMAX, Format, Packed, Scheme};
 use crate::error::{Error, Result};
 
@@ -25,6 +25,11 @@ struct Entry {
     shape: Vec<usize>,
     start: usize,
     end: usize,
+}
+
+/// Whether `device` is the CPU (burn's flex backend, with or without autodiff).
+pub fn on_cpu(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
 }
 
 pub struct Weights {
@@ -307,12 +312,24 @@ impl Weights {
         if self.has(&name) { Ok(Some(self.tensor(&name, [n])?)) } else { Ok(None) }
     }
 
+    /// Whether the weights go to the CPU, where a packed weight stays packed and is widened per
+    /// call. On a GPU or a remote device (`realfill serve`) that would send every layer's
+    /// float weight on every step (a 25-step guided SD-2 fill: ≈ 43 GB), so there it is
+    /// widened once here.
+    fn on_cpu(&self) -> bool {
+        on_cpu(&self.device)
+    }
+
     /// A PyTorch `Linear(din, dout)` (weight [dout, din]); its bias when the file has one.
     /// Also reads the 1×1-convolution layout old VAE attention weights were saved in.
     pub fn linear(&self, prefix: &str, din: usize, dout: usize) -> Result<Dense> {
         let name = format!("{prefix}.weight");
         if let Some(p) = self.packed(&name, dout, din)? {
-            return Ok(Dense::from_packed(p, self.bias_tensor(prefix, dout)?));
+            let bias = self.bias_tensor(prefix, dout)?;
+            if !self.on_cpu() {
+                return Ok(Dense::new(widen(&p, [dout, din], self.dtype, &self.device).transpose(), bias));
+            }
+            return Ok(Dense::from_packed(p, bias));
         }
         let w = if self.shape(&name).is_some_and(|s| s.len() == 4) {
             self.tensor::<4>(&name, [dout, din, 1, 1])?.reshape([dout, din])
@@ -327,6 +344,9 @@ impl Weights {
         let name = format!("{prefix}.weight");
         let bias = self.bias_tensor(prefix, cout)?;
         if let Some(p) = self.packed(&name, cout, cin * k * k)? {
+            if !self.on_cpu() {
+                return Ok(Conv::new(widen(&p, [cout, cin, k, k], self.dtype, &self.device), bias, stride, pad));
+            }
             return Ok(Conv::from_packed(p, cin, k, bias, stride, pad));
         }
         Ok(Conv::new(self.tensor(&name, [cout, cin, k, k])?, bias, stride, pad))
