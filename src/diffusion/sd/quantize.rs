@@ -92,7 +92,7 @@ fn write_all(
     scheme: Scheme,
     progress: &mut dyn FnMut(&NetworkReport),
 ) -> Result<Vec<NetworkReport>> {
-    copy_tree(model, out, model)?;
+    copy_tree(model, out, model, &mut Vec::new())?;
     let mut reports = Vec::new();
     for (net, file) in NETWORKS {
         let r = quantize_network(&model.join(net), &out.join(net).join(file), net, scheme)?;
@@ -113,7 +113,15 @@ fn replaced(root: &Path, path: &Path) -> bool {
 }
 
 /// Copies `dir` (under `root`) into `out`, but for the weight files `quantize` rewrites.
-fn copy_tree(dir: &Path, out: &Path, root: &Path) -> Result<()> {
+/// `open`: the folders being copied, from `root` down to `dir`'s parent, as their real paths.
+fn copy_tree(dir: &Path, out: &Path, root: &Path, open: &mut Vec<PathBuf>) -> Result<()> {
+    // A link back to a folder being copied (`vae/up -> ..`) would copy the model into itself
+    // until the path is too long — forty copies of 5 GB, where the disk is full long before:
+    // such a folder is already in the copy, and is not entered again.
+    let real = dir.canonicalize().map_err(|e| Error::input(dir, format!("cannot read the folder: {e}")))?;
+    if open.contains(&real) {
+        return Ok(());
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::output(out, format!("cannot create the folder: {e}")))?;
     let list = std::fs::read_dir(dir).map_err(|e| Error::input(dir, format!("cannot read the folder: {e}")))?;
     let mut entries: Vec<PathBuf> = list.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -124,7 +132,10 @@ fn copy_tree(dir: &Path, out: &Path, root: &Path) -> Result<()> {
         // Followed, as the Hugging Face cache's links to its blobs must be.
         let meta = std::fs::metadata(&path).map_err(|e| Error::input(&path, format!("cannot read: {e}")))?;
         if meta.is_dir() {
-            copy_tree(&path, &target, root)?;
+            open.push(real.clone());
+            let copied = copy_tree(&path, &target, root, open);
+            open.pop();
+            copied?;
         } else if meta.is_file() && !replaced(root, &path) {
             std::fs::copy(&path, &target)
                 .map_err(|e| Error::output(&target, format!("cannot copy {}: {e}", path.display())))?;
@@ -353,6 +364,45 @@ mod tests {
         }
         for out in outs {
             let _ = std::fs::remove_dir_all(out);
+        }
+    }
+
+    /// A folder that links back to one above it is copied once, not into itself.
+    #[test]
+    fn a_link_back_up_the_folder_is_not_followed_round() {
+        let model = fresh("looped-model");
+        copy_dir(&fixture(), &model);
+        std::os::unix::fs::symlink("..", model.join("vae").join("up")).unwrap();
+        std::os::unix::fs::symlink("../tokenizer", model.join("vae").join("words")).unwrap();
+        let out = fresh("looped-out");
+        quantize_folder(&model, &out, Scheme { format: Format::Int8, block: 64 }, &mut |_| {}).unwrap();
+        let files = |d: &Path| walk(d).len();
+        // The model's own files, and the tokenizer's again under `vae/words` (a link to a
+        // folder that is not above it is copied as any folder is).
+        assert_eq!(files(&out), files(&model) + files(&model.join("tokenizer")));
+        assert!(out.join("vae/words/vocab.json").is_file() && !out.join("vae/up").exists());
+        let _ = std::fs::remove_dir_all(&model);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    /// The files under `dir` (links not followed).
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
+            if std::fs::symlink_metadata(&e).unwrap().is_dir() {
+                found.extend(walk(&e));
+            } else if !std::fs::symlink_metadata(&e).unwrap().file_type().is_symlink() {
+                found.push(e);
+            }
+        }
+        found
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().map(|e| e.unwrap().path()) {
+            let t = to.join(e.file_name().unwrap());
+            if e.is_dir() { copy_dir(&e, &t) } else { std::fs::copy(&e, &t).map(|_| ()).unwrap() }
         }
     }
 
