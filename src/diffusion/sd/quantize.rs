@@ -367,6 +367,67 @@ mod tests {
         }
     }
 
+    /// A quantised file whose packed weights do not hold together is refused with the file
+    /// named and what is wrong, not read past its end or widened into the wrong shape.
+    #[test]
+    fn a_damaged_quantised_folder_is_refused_by_name() {
+        let done = fresh("to-damage");
+        quantize_folder(&fixture(), &done, Scheme { format: Format::Int8, block: 64 }, &mut |_| {}).unwrap();
+        let file = done.join("unet/diffusion_pytorch_model.safetensors");
+        let original = std::fs::read(&file).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&original).unwrap();
+        let meta = meta.metadata().clone();
+        let tensors = safetensors::SafeTensors::deserialize(&original).unwrap();
+        let packed = tensors
+            .names()
+            .into_iter()
+            .find(|n| n.ends_with(".weight") && tensors.tensor(&format!("{n}{ABSMAX}")).is_ok())
+            .unwrap()
+            .clone();
+        // Writes the file again with `change` applied to each (name, dtype, shape, bytes).
+        let rewrite = |change: &dyn Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+                       meta: Option<std::collections::HashMap<String, String>>| {
+            let mut all: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+                .collect();
+            change(&mut all);
+            let views: Vec<_> = all
+                .iter()
+                .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+                .collect();
+            std::fs::write(&file, safetensors::serialize(views, meta).unwrap()).unwrap();
+        };
+        let refused = |what: &str| {
+            let e = StableDiffusion::load(&done, &Device::flex(), DType::F32).err().expect(what).to_string();
+            assert!(e.contains("diffusion_pytorch_model.safetensors"), "{what}: {e}");
+            e
+        };
+        rewrite(&|all| all.retain(|t| t.0 != format!("{packed}{ABSMAX}")), meta.clone());
+        assert!(refused("no block maxima").contains("has no"));
+        rewrite(
+            &|all| {
+                let t = all.iter_mut().find(|t| t.0 == packed).unwrap();
+                t.2 = vec![t.3.len()];
+            },
+            meta.clone(),
+        );
+        assert!(refused("codes of another shape").contains("damaged"));
+        let mut other_block = meta.clone().unwrap();
+        other_block.insert("realfill.block_size".into(), "32".into());
+        rewrite(&|_| {}, Some(other_block));
+        assert!(refused("another block size").contains("expected F16"));
+        let mut no_block = meta.clone().unwrap();
+        no_block.remove("realfill.block_size");
+        rewrite(&|_| {}, Some(no_block));
+        assert!(refused("no block size").contains("without a valid"));
+        // As written, it loads.
+        std::fs::write(&file, &original).unwrap();
+        StableDiffusion::load(&done, &Device::flex(), DType::F32).unwrap();
+        let _ = std::fs::remove_dir_all(&done);
+    }
+
     /// A folder that links back to one above it is copied once, not into itself.
     #[test]
     fn a_link_back_up_the_folder_is_not_followed_round() {
