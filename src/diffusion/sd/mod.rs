@@ -36,8 +36,12 @@ pub struct StableDiffusion {
     pub vae_config: config::VaeConfig,
     /// `None` once freed to make room for the fill (`free_text`); read again by `reload_text`.
     pub text: Option<text::TextEncoder>,
-    /// How the text encoder's weights are quantised (`realfill quantize`), freed or not.
+    /// How the text encoder's weights are quantised (`realfill quantize`, or packed at load),
+    /// freed or not.
     pub text_scheme: Option<packed::Scheme>,
+    /// Float weights packed as they are read (`--sd-precision int8` on the CPU), again when
+    /// the text encoder is read back.
+    pub packing: Option<packed::Scheme>,
     pub tokenizer: tokenizer::Tokenizer,
     pub scheduler: scheduler::Scheduler,
     pub device: Device,
@@ -129,15 +133,21 @@ impl StableDiffusion {
         Self::load_for(dir, device, dtype, false)
     }
 
-    /// `load`, the UNet's weights made block-wise int8 when `int8` (`quant`) as soon as the
-    /// UNet is read, before the other networks: each f16 weight is replaced as it is quantised
-    /// and the freed memory given back, so the f16 UNet never sits beside the rest.
+    /// `load`, with block-wise int8 weights when `int8`. On the CPU the UNet's and the text
+    /// encoder's weights are packed as each is read (`packed`, as a `realfill quantize --bits 8`
+    /// folder holds them: ≈ 5 % more CPU a step than floats, where burn's Q8S cost ≈ 70 %;
+    /// docs/BENCHMARKS.md, session 17). Elsewhere packed weights would be widened at load, so
+    /// the UNet is made burn's own Q8S (`quant`) as soon as it is read, before the other
+    /// networks: each f16 weight is replaced as it is quantised and the freed memory given
+    /// back, so the f16 UNet never sits beside the rest.
     pub fn load_for(dir: &Path, device: &Device, dtype: DType, int8: bool) -> Result<StableDiffusion> {
         if !dir.is_dir() {
             return Err(Error::input(dir, format!("not a folder; {HELP}")));
         }
-        let (mut unet, unet_config) = unet::UNet::load(&dir.join("unet"), device, dtype)?;
-        if int8 {
+        let packing =
+            (int8 && weights::on_cpu(device)).then_some(packed::Scheme { format: packed::Format::Int8, block: 64 });
+        let (mut unet, unet_config) = unet::UNet::load_packing(&dir.join("unet"), device, dtype, packing)?;
+        if int8 && packing.is_none() {
             unet = quant::quantize_q8(unet, 64).0;
             crate::allocator::release_freed();
         }
@@ -173,7 +183,7 @@ impl StableDiffusion {
                 "out_channels differs from the VAE's latent_channels: UNet and VAE are from different models",
             ));
         }
-        let text = Self::read_text(dir, device, dtype)?;
+        let text = Self::read_text(dir, device, dtype, packing)?;
         let cross = unet_config.levels()?.iter().map(|l| l.cross_dim).max().unwrap_or(0);
         if text.width != cross {
             return Err(Error::input(
@@ -196,6 +206,7 @@ impl StableDiffusion {
             vae_config,
             text_scheme: text.scheme,
             text: Some(text),
+            packing,
             tokenizer,
             scheduler,
             device: device.clone(),
@@ -205,8 +216,13 @@ impl StableDiffusion {
         })
     }
 
-    fn read_text(dir: &Path, device: &Device, dtype: DType) -> Result<text::TextEncoder> {
-        Ok(text::TextEncoder::load(&dir.join("text_encoder"), device, dtype)?.0)
+    fn read_text(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        packing: Option<packed::Scheme>,
+    ) -> Result<text::TextEncoder> {
+        Ok(text::TextEncoder::load_packing(&dir.join("text_encoder"), device, dtype, packing)?.0)
     }
 
     /// The text encoder, unless it was freed (`free_text`).
@@ -227,7 +243,7 @@ impl StableDiffusion {
     /// Reads the freed text encoder back from the folder, plain (the caller puts adapters back).
     pub fn reload_text(&mut self) -> Result<()> {
         if self.text.is_none() {
-            self.text = Some(Self::read_text(&self.dir, &self.device, self.dtype)?);
+            self.text = Some(Self::read_text(&self.dir, &self.device, self.dtype, self.packing)?);
         }
         Ok(())
     }

@@ -47,8 +47,18 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(TextEncoder, TextConfig)> {
+        Self::load_packing(dir, device, dtype, None)
+    }
+
+    /// `load`, float weights packed by `pack` as they are read (`Weights::packing`).
+    pub fn load_packing(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        pack: Option<Scheme>,
+    ) -> Result<(TextEncoder, TextConfig)> {
         let c = TextConfig::read(&dir.join("config.json"))?;
-        let w = Weights::open(dir, device, dtype)?;
+        let w = Weights::open(dir, device, dtype)?.packing(pack);
         Ok((TextEncoder::build(&c, &w)?, c))
     }
 

@@ -64,8 +64,13 @@ fn shape(c: &UNetConfig, lv: &UNetLevel) -> TransformerShape {
 impl UNet {
     /// Builds the UNet of `dir` (`config.json` and its safetensors) in `dtype`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<(UNet, UNetConfig)> {
+        Self::load_packing(dir, device, dtype, None)
+    }
+
+    /// `load`, float weights packed by `pack` as they are read (`Weights::packing`).
+    pub fn load_packing(dir: &Path, device: &Device, dtype: DType, pack: Option<Scheme>) -> Result<(UNet, UNetConfig)> {
         let c = UNetConfig::read(&dir.join("config.json"))?;
-        let w = Weights::open(dir, device, dtype)?;
+        let w = Weights::open(dir, device, dtype)?.packing(pack);
         Ok((UNet::build(&c, &w)?, c))
     }
 

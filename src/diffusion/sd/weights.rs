@@ -42,6 +42,19 @@ pub struct Weights {
     pub dtype: DType,
     /// Instead of files: random tensors, made (and recorded) as the networks ask for them.
     synthetic: Option<std::cell::RefCell<Synthetic>>,
+    /// Float layer weights are packed this way as they are read (`--sd-precision int8` on the
+    /// CPU): held as a `realfill quantize` folder holds them.
+    pack: Option<Scheme>,
+}
+
+/// Whether a tensor is a layer weight that is held packed: a linear (2-D) or convolution (4-D)
+/// weight of 64 values or more. Embedding tables are looked up, not multiplied: they stay as
+/// they are.
+pub fn packable(name: &str, shape: &[usize]) -> bool {
+    name.ends_with(".weight")
+        && matches!(shape.len(), 2 | 4)
+        && !name.contains("embeddings.")
+        && shape.iter().product::<usize>() >= 64
 }
 
 /// Random weights for timing a model of a given shape where no weights can be downloaded
@@ -122,7 +135,23 @@ impl Weights {
             }
             files.push((path.clone(), map));
         }
-        Ok(Weights { files, schemes, entries, device: device.clone(), dtype, synthetic: None })
+        Ok(Weights { files, schemes, entries, device: device.clone(), dtype, synthetic: None, pack: None })
+    }
+
+    /// Float layer weights packed by `scheme` as they are read, on the CPU (elsewhere they
+    /// would be widened at load again: `on_cpu`); weights a file holds packed stay its own.
+    pub fn packing(mut self, scheme: Option<Scheme>) -> Weights {
+        self.pack = scheme.filter(|_| self.on_cpu());
+        self
+    }
+
+    /// `name`'s float values packed by `packing`'s scheme, when it asked for one and the
+    /// weight is `packable`.
+    fn packed_at_load(&self, name: &str, rows: usize, cols: usize, shape: &[usize]) -> Result<Option<Packed>> {
+        let Some(s) = self.pack.filter(|_| packable(name, shape) && self.shape(name) == Some(shape)) else {
+            return Ok(None);
+        };
+        Ok(Some(Packed::quantize(&self.values(name, shape)?, rows, cols, s.format, s.block)))
     }
 
     /// Random weights (see `Synthetic`), recorded for `made`.
@@ -135,6 +164,7 @@ impl Weights {
             device: device.clone(),
             dtype: DType::F32,
             synthetic: Some(std::cell::RefCell::new(s)),
+            pack: None,
         }
     }
 
@@ -179,9 +209,10 @@ impl Weights {
         Some((e.dtype, e.shape.clone(), bytes))
     }
 
-    /// The quantisation of the files' weights, if any (the first quantised file's).
+    /// The quantisation of the files' weights, if any (the first quantised file's), else the
+    /// one they are packed with as they are read (`packing`).
     pub fn scheme(&self) -> Option<Scheme> {
-        self.schemes.iter().flatten().next().copied()
+        self.schemes.iter().flatten().next().copied().or(self.pack)
     }
 
     /// A tensor's bytes in its file.
@@ -331,6 +362,9 @@ impl Weights {
             }
             return Ok(Dense::from_packed(p, bias));
         }
+        if let Some(p) = self.packed_at_load(&name, dout, din, &[dout, din])? {
+            return Ok(Dense::from_packed(p, self.bias_tensor(prefix, dout)?));
+        }
         let w = if self.shape(&name).is_some_and(|s| s.len() == 4) {
             self.tensor::<4>(&name, [dout, din, 1, 1])?.reshape([dout, din])
         } else {
@@ -347,6 +381,9 @@ impl Weights {
             if !self.on_cpu() {
                 return Ok(Conv::new(widen(&p, [cout, cin, k, k], self.dtype, &self.device), bias, stride, pad));
             }
+            return Ok(Conv::from_packed(p, cin, k, bias, stride, pad));
+        }
+        if let Some(p) = self.packed_at_load(&name, cout, cin * k * k, &[cout, cin, k, k])? {
             return Ok(Conv::from_packed(p, cin, k, bias, stride, pad));
         }
         Ok(Conv::new(self.tensor(&name, [cout, cin, k, k])?, bias, stride, pad))
