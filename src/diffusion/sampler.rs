@@ -33,7 +33,7 @@ pub trait Denoiser {
     fn predict_x0(&mut self, x_t: &[f32], t: usize, cond: &Condition) -> Result<Vec<f32>>;
 }
 
-use super::solver::{DpmSolver2M, euler_ancestral_step, sigma_of};
+use super::solver::{sigma_of, stepper};
 pub use crate::settings::SamplerKind;
 
 #[derive(Clone, Debug)]
@@ -97,15 +97,10 @@ fn run_steps(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<SampleOutput> {
     let hw = cond.pixels();
-    let eta = match opts.kind {
-        SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras | SamplerKind::EulerAncestral => {
-            0.0f64
-        }
-        SamplerKind::Ddpm => 1.0,
-    };
-    // DPM-Solver++ on this schedule's own timesteps (Karras levels are Stable Diffusion's).
-    let mut solver =
-        matches!(opts.kind, SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras).then(DpmSolver2M::default);
+    // Every sampler on this schedule's own timesteps (DPM-Solver's Karras levels are Stable
+    // Diffusion's).
+    let mut step = stepper(opts.kind);
+    let mut eps = vec![0.0f32; 3 * hw];
     let mut x0 = vec![0.0f32; 3 * hw];
     let mut raw = vec![0.0f32; 3 * hw];
     for (i, &t) in ts.iter().enumerate() {
@@ -122,25 +117,12 @@ fn run_steps(
         }
         on_step(i + 1, ts.len(), &x0);
         let Some(&t_prev) = ts.get(i + 1) else { break };
-        let ab = schedule.alpha_bar[t];
-        let ab_prev = schedule.alpha_bar[t_prev];
-        if let Some(solver) = &mut solver {
-            x = solver.step(&x, &x0, sigma_of(ab), sigma_of(ab_prev));
-            continue;
-        }
-        if opts.kind == SamplerKind::EulerAncestral {
-            x = euler_ancestral_step(&x, &x0, sigma_of(ab), sigma_of(ab_prev), &rng.normals(x.len()));
-            continue;
-        }
-        let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).max(0.0).sqrt();
-        let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt() as f32;
-        let (ap, sigma) = (ab_prev.sqrt() as f32, sigma as f32);
+        // ε consistent with x_t and the pasted x0 estimate.
         for j in 0..3 * hw {
-            // ε consistent with x_t and the pasted x0 estimate.
-            let eps = (x[j] - a * x0[j]) / b.max(1e-6);
-            let noise = if sigma > 0.0 { sigma * rng.normal() } else { 0.0 };
-            x[j] = ap * x0[j] + dir * eps + noise;
+            eps[j] = (x[j] - a * x0[j]) / b.max(1e-6);
         }
+        let (s, s_prev) = (sigma_of(schedule.alpha_bar[t]), sigma_of(schedule.alpha_bar[t_prev]));
+        x = step.step(&x, &x0, &eps, s, s_prev, &mut rng);
     }
     Ok(SampleOutput { x0, raw })
 }

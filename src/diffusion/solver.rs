@@ -1,3 +1,7 @@
+//! The samplers' steps, one `Step` trait that both denoising loops drive — the scene model's
+//! (`sampler`) and Stable Diffusion's (`sd::inpaint`, through `sd::scheduler`): DDIM, DDPM,
+//! DPM-Solver++ (2M) and Euler-ancestral, each from a latent at one noise level to the next.
+//!
 //! DPM-Solver++ (2M): Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
 //! Probabilistic Models" (2022), the multistep second-order solver in data-prediction form, as
 //! diffusers' `DPMSolverMultistepScheduler` runs it (algorithm `dpmsolver++`, order 2,
@@ -21,6 +25,78 @@ pub fn sigma_of(alpha_bar: f64) -> f64 {
     ((1.0 - alpha_bar) / alpha_bar).sqrt()
 }
 
+use crate::rng::Rng;
+use crate::settings::SamplerKind;
+
+/// One sampler's step from the latent `x` (variance preserving) at noise level `sigma_s`, whose
+/// clean estimate is `x0` and noise estimate `eps`, to the level `sigma_t` (0: the end); `rng`
+/// gives the fresh noise a stochastic sampler adds. A sampler may remember earlier steps
+/// (DPM-Solver's second order): one value runs one loop.
+pub trait Step {
+    fn step(&mut self, x: &[f32], x0: &[f32], eps: &[f32], sigma_s: f64, sigma_t: f64, rng: &mut Rng) -> Vec<f32>;
+}
+
+/// The sampler `kind` steps with, fresh for a loop.
+pub fn stepper(kind: SamplerKind) -> Box<dyn Step> {
+    match kind {
+        SamplerKind::Ddim => Box::new(Ddim),
+        SamplerKind::Ddpm => Box::new(Ddpm),
+        SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras => Box::new(DpmSolver2M::default()),
+        SamplerKind::EulerAncestral => Box::new(EulerAncestral),
+    }
+}
+
+/// ᾱ of a noise level σ.
+pub fn alpha_bar_of(sigma: f64) -> f64 {
+    1.0 / (sigma * sigma + 1.0)
+}
+
+/// DDIM (Song et al. 2021), η = 0: the clean estimate at the next level plus the same noise
+/// estimate, √ᾱ_t·x0 + √(1 − ᾱ_t)·ε.
+pub struct Ddim;
+
+impl Step for Ddim {
+    fn step(&mut self, _x: &[f32], x0: &[f32], eps: &[f32], _sigma_s: f64, sigma_t: f64, _rng: &mut Rng) -> Vec<f32> {
+        let ap = alpha_bar_of(sigma_t);
+        let (c0, c1) = (ap.sqrt() as f32, (1.0 - ap).sqrt() as f32);
+        x0.iter().zip(eps).map(|(x0, e)| c0 * x0 + c1 * e).collect()
+    }
+}
+
+/// DDPM (Ho et al. 2020): a draw from the posterior q(x_t | x_s, x0) over the stride, as
+/// diffusers' `DDPMScheduler` takes it (mean c0·x0 + c1·x from x itself, so a clipped clean
+/// estimate stays diffusers'; the variance β̃). Where x is consistent with x0 and ε this is
+/// DDIM with η = 1.
+pub struct Ddpm;
+
+impl Step for Ddpm {
+    fn step(&mut self, x: &[f32], x0: &[f32], _eps: &[f32], sigma_s: f64, sigma_t: f64, rng: &mut Rng) -> Vec<f32> {
+        let (a, ap) = (alpha_bar_of(sigma_s), alpha_bar_of(sigma_t));
+        let alpha_t = a / ap;
+        let beta_t = 1.0 - alpha_t;
+        let c0 = (ap.sqrt() * beta_t / (1.0 - a)) as f32;
+        let c1 = (alpha_t.sqrt() * (1.0 - ap) / (1.0 - a)) as f32;
+        let sd = ((1.0 - ap) / (1.0 - a) * beta_t).max(0.0).sqrt() as f32;
+        let noise = rng.normals(x.len());
+        x0.iter().zip(x).zip(noise).map(|((x0, x), z)| c0 * x0 + c1 * x + sd * z).collect()
+    }
+}
+
+/// Euler-ancestral as a `Step` (`euler_ancestral_step`).
+pub struct EulerAncestral;
+
+impl Step for EulerAncestral {
+    fn step(&mut self, x: &[f32], x0: &[f32], _eps: &[f32], sigma_s: f64, sigma_t: f64, rng: &mut Rng) -> Vec<f32> {
+        euler_ancestral_step(x, x0, sigma_s, sigma_t, &rng.normals(x.len()))
+    }
+}
+
+impl Step for DpmSolver2M {
+    fn step(&mut self, x: &[f32], x0: &[f32], _eps: &[f32], sigma_s: f64, sigma_t: f64, _rng: &mut Rng) -> Vec<f32> {
+        self.advance(x, x0, sigma_s, sigma_t)
+    }
+}
+
 /// The solver's memory: the previous step's clean estimate and its σ.
 #[derive(Default)]
 pub struct DpmSolver2M {
@@ -31,7 +107,7 @@ impl DpmSolver2M {
     /// From `x` at noise level `sigma_s`, whose clean estimate is `x0`, to level `sigma_t`
     /// (0: the end). First order on the first step and to σ = 0 (`last`), second order
     /// (with the previous estimate) otherwise.
-    pub fn step(&mut self, x: &[f32], x0: &[f32], sigma_s: f64, sigma_t: f64) -> Vec<f32> {
+    pub fn advance(&mut self, x: &[f32], x0: &[f32], sigma_s: f64, sigma_t: f64) -> Vec<f32> {
         let next = if sigma_t <= 0.0 {
             // λ_t = ∞: the step lands on the clean estimate.
             x0.to_vec()
@@ -117,12 +193,33 @@ mod tests {
         let mut solver = DpmSolver2M::default();
         let mut x = noised(sigmas[0]);
         for w in sigmas.windows(2) {
-            x = solver.step(&x, &x0, w[0], w[1]);
+            x = solver.advance(&x, &x0, w[0], w[1]);
             let want = if w[1] > 0.0 { noised(w[1]) } else { x0.clone() };
             for (a, b) in x.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-5, "{x:?} vs {want:?} at σ {}", w[1]);
             }
         }
+    }
+
+    /// DDPM's posterior step, where x is consistent with x0 and ε, is DDIM's with η = 1
+    /// (Song et al. 2021, eq. 16): the two loops' old DDPM formulas agree.
+    #[test]
+    fn ddpm_is_ddim_with_eta_one() {
+        let (x0, eps) = (vec![0.3f32, -0.7, 1.2, 0.05], vec![0.5f32, 1.0, -0.2, -1.4]);
+        let (s, t) = (2.0, 0.7);
+        let (a, ap) = (alpha_bar_of(s), alpha_bar_of(t));
+        let x: Vec<f32> =
+            x0.iter().zip(&eps).map(|(x0, e)| (a.sqrt() * *x0 as f64 + (1.0 - a).sqrt() * *e as f64) as f32).collect();
+        let got = Ddpm.step(&x, &x0, &eps, s, t, &mut Rng::new(5));
+        let z = Rng::new(5).normals(4);
+        let var = (1.0 - ap) / (1.0 - a) * (1.0 - a / ap);
+        for j in 0..4 {
+            let want = ap.sqrt() * x0[j] as f64 + (1.0 - ap - var).sqrt() * eps[j] as f64 + var.sqrt() * z[j] as f64;
+            assert!((got[j] as f64 - want).abs() < 1e-5, "{got:?} at {j}: {want}");
+        }
+        // To σ = 0 both land on the clean estimate.
+        assert_eq!(Ddpm.step(&x, &x0, &eps, s, 0.0, &mut Rng::new(1)), x0);
+        assert_eq!(Ddim.step(&x, &x0, &eps, s, 0.0, &mut Rng::new(1)), x0);
     }
 
     #[test]

@@ -223,7 +223,7 @@ pub fn inpaint(
         }
         SamplerKind::Ddim | SamplerKind::Ddpm => None,
     };
-    let mut solver = crate::diffusion::solver::DpmSolver2M::default();
+    let mut step = crate::diffusion::solver::stepper(o.sampler);
     let ts: Vec<f32> = match &plan {
         Some((ts, _)) => ts.clone(),
         None => sd.scheduler.timesteps(o.steps).iter().map(|&t| t as f32).collect(),
@@ -245,19 +245,10 @@ pub fn inpaint(
         };
         let (next, est) = match &plan {
             Some((_, sigmas)) => {
+                // (These two step from the clean estimate; the model's output is not read as
+                // a noise estimate.)
                 let est = sd.scheduler.estimate_at_sigma(&x, &eps, sigmas[i]);
-                let next = if o.sampler == SamplerKind::EulerAncestral {
-                    crate::diffusion::solver::euler_ancestral_step(
-                        &x,
-                        &est,
-                        sigmas[i],
-                        sigmas[i + 1],
-                        &rng.normals(x.len()),
-                    )
-                } else {
-                    solver.step(&x, &est, sigmas[i], sigmas[i + 1])
-                };
-                (next, est)
+                (step.step(&x, &est, &eps, sigmas[i], sigmas[i + 1], &mut rng), est)
             }
             None => sd.scheduler.step(o.sampler, &x, &eps, t as usize, o.steps, &mut rng),
         };

@@ -304,27 +304,12 @@ impl Scheduler {
         rng: &mut Rng,
     ) -> (Vec<f32>, Vec<f32>) {
         let (x0, eps) = self.estimates(x, out, t);
-        let a = self.alphas_cumprod[t];
-        let ap = self.alpha_prev(t, n, sampler);
-        let next = match sampler {
-            // DPM-Solver and Euler-ancestral run through their plans and `solver`; asked for
-            // one step here, DPM-Solver's first-order step is DDIM's, and so is Euler's
-            // without its fresh noise.
-            SamplerKind::Ddim | SamplerKind::DpmSolver | SamplerKind::DpmSolverKarras | SamplerKind::EulerAncestral => {
-                let (c0, c1) = (ap.sqrt() as f32, (1.0 - ap).sqrt() as f32);
-                x0.iter().zip(&eps).map(|(x0, e)| c0 * x0 + c1 * e).collect()
-            }
-            SamplerKind::Ddpm => {
-                let alpha_t = a / ap;
-                let beta_t = 1.0 - alpha_t;
-                let c0 = (ap.sqrt() * beta_t / (1.0 - a)) as f32;
-                let c1 = (alpha_t.sqrt() * (1.0 - ap) / (1.0 - a)) as f32;
-                let var = ((1.0 - ap) / (1.0 - a) * beta_t).max(1e-20);
-                let sd = if t > 0 { var.sqrt() as f32 } else { 0.0 };
-                let noise = rng.normals(x.len());
-                x0.iter().zip(x).zip(noise).map(|((x0, x), z)| c0 * x0 + c1 * x + sd * z).collect()
-            }
-        };
+        let (a, ap) = (self.alphas_cumprod[t], self.alpha_prev(t, n, sampler));
+        // DPM-Solver and Euler-ancestral run through their plans (`dpm_plan`, `euler_plan`);
+        // asked for one step here, DPM-Solver's first-order step is DDIM's, and so is Euler's
+        // without its fresh noise.
+        let kind = if sampler == SamplerKind::Ddpm { SamplerKind::Ddpm } else { SamplerKind::Ddim };
+        let next = solver::stepper(kind).step(x, &x0, &eps, solver::sigma_of(a), solver::sigma_of(ap), rng);
         (next, x0)
     }
 
@@ -413,7 +398,7 @@ mod tests {
             let mut x = vec![0.3f32, -0.7, 1.2];
             for i in 0..4 {
                 let x0 = s.estimate_at_sigma(&x, &outs[i], sigmas[i]);
-                x = solver.step(&x, &x0, sigmas[i], sigmas[i + 1]);
+                x = solver.advance(&x, &x0, sigmas[i], sigmas[i + 1]);
                 for (a, b) in x.iter().zip(&want[i]) {
                     assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "step {i}: {x:?} vs {:?}", want[i]);
                 }
