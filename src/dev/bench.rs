@@ -61,6 +61,13 @@ pub struct BenchArgs {
     /// Guided steps of the one measured Stable Diffusion fill.
     #[arg(long, default_value_t = crate::settings::defaults::SD_STEPS)]
     pub sd_steps: usize,
+    /// With --sd-model: only the LoRA learning step (its peak memory is the run's).
+    #[arg(long)]
+    pub sd_learning_only: bool,
+    /// With --sd-model: learn with one backward pass through the whole UNet, all its
+    /// activations held at once (the step before activation checkpointing), for comparison.
+    #[arg(long)]
+    pub sd_whole_graph: bool,
 }
 
 impl BenchArgs {
@@ -618,8 +625,15 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         eprintln!("{what}: {ms:.0} ms");
         rows.push(Row { backend: name.into(), what, ms, gflop: f64::NAN })
     };
-    let t = Instant::now();
     let dtype = crate::diffusion::sd::precision_for(device);
+    if a.sd_learning_only {
+        let sd = StableDiffusion::load(dir, device, dtype)?;
+        let size = a.sd_size / sd.pixel_stride() * sd.pixel_stride();
+        let (mw, _) = model_size(&sd, size, size);
+        drop(sd);
+        return bench_sd_learning(device, dir, dtype, size, mw, a, &mut row);
+    }
+    let t = Instant::now();
     let sd = StableDiffusion::load(dir, device, dtype)?;
     row(format!("SD load (read, build; UNet and text in {dtype:?})"), vec![t.elapsed().as_secs_f64()]);
     let size = a.sd_size / sd.pixel_stride() * sd.pixel_stride();
@@ -685,28 +699,45 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     );
     drop(sd);
     eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
-    // One LoRA learning step (RealFill's recipe) at the model's size, batch 1: the model on the
-    // autodiff device, base frozen, rank-8 adapters; the first step is the warm-up.
+    bench_sd_learning(device, dir, dtype, size, mw, a, &mut row)
+}
+
+/// One LoRA learning step (RealFill's recipe) at the model's size `mw`, batch 1: the model on
+/// the autodiff device, base frozen, rank-8 adapters; the first step is the warm-up.
+fn bench_sd_learning(
+    device: &Device,
+    dir: &std::path::Path,
+    dtype: burn::tensor::DType,
+    size: usize,
+    mw: usize,
+    a: &BenchArgs,
+    row: &mut dyn FnMut(String, Vec<f64>),
+) -> Result<()> {
+    use crate::diffusion::sd::StableDiffusion;
     use crate::diffusion::sd::lora_train::{LearnImage, Learner, LoraLearnSettings, make_batch, step};
     let ad = device.clone().autodiff();
     let mut sd = StableDiffusion::load(dir, &ad, dtype)?;
     crate::diffusion::sd::lora::freeze_base(&mut sd);
     crate::diffusion::sd::lora::init(&mut sd, 8, 8.0, 0);
     let ls = LoraLearnSettings { batch: 1, ..LoraLearnSettings::quality() };
-    let images = vec![LearnImage { rgb: canvas.clone(), known: Mask::new(size, size, 1.0) }];
+    let canvas = RgbF::from_fn(size, size, |x, y| [x as f32 / size as f32, y as f32 / size as f32, 0.5]);
+    let images = vec![LearnImage { rgb: canvas, known: Mask::new(size, size, 1.0) }];
     let mut learner = Learner::new(ls.lr_unet, ls.lr_text);
+    learner.whole_graph = a.sd_whole_graph;
     let mut rng = Rng::new(2);
     let mut secs = Vec::new();
     for i in 0..a.repeats.min(2) + 1 {
         let batch = make_batch(&sd, &images, &ls, mw, &mut rng);
         let t = Instant::now();
-        step(&mut sd, &mut learner, &batch)?;
-        eprintln!("LoRA learning step {i}: {:.1} s", t.elapsed().as_secs_f64());
+        let loss = step(&mut sd, &mut learner, &batch)?;
+        eprintln!("LoRA learning step {i}: {:.1} s (loss {loss})", t.elapsed().as_secs_f64());
         if i > 0 {
             secs.push(t.elapsed().as_secs_f64());
         }
     }
-    row(format!("SD LoRA learning step {mw}², batch 1 (rank 8)"), secs);
+    let how = if a.sd_whole_graph { "whole graph" } else { "UNet in pieces" };
+    row(format!("SD LoRA learning step {mw}², batch 1 (rank 8, {how})"), secs);
+    eprintln!("peak resident memory: {:.0} MiB", peak_rss_mib());
     Ok(())
 }
 

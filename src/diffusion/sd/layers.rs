@@ -1,10 +1,11 @@
 //! The linear and convolution layers of Stable Diffusion's networks. A layer's weight is a
 //! float tensor as read, or held packed (`packed::Packed`, from a `realfill quantize` folder)
 //! and widened to the activations' float type for each call only, so that only the packed
-//! form stays resident between calls (while learning, autodiff keeps each widened weight until
-//! the backward pass). Widened weights are constants: on an autodiff device no gradient
-//! reaches them (the frozen base under LoRA learning, QLoRA). Only on the CPU: on a GPU or a
-//! remote device the weights are widened once at load (`sd::weights`), not sent each call.
+//! form stays resident between calls. Widened weights are constants: on an autodiff device no
+//! gradient reaches them (the frozen base under LoRA learning, QLoRA), and on the CPU's a packed
+//! layer takes its own operation (`packed_backward`) that widens the weight again in the
+//! backward pass instead of keeping it until then. Only on the CPU: on a GPU or a remote device
+//! the weights are widened once at load (`sd::weights`), not sent each call.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 
 use super::packed::Packed;
+use super::packed_backward;
 
 /// `x · W + b` (PyTorch's `Linear(din, dout)`).
 #[derive(Module, Debug)]
@@ -47,21 +49,7 @@ pub struct Conv {
 
 /// `p`'s values as a tensor of `shape` in `dtype` on `device`, widened straight into that type.
 pub(super) fn widen<const D: usize>(p: &Packed, shape: [usize; D], dtype: DType, device: &Device) -> Tensor<D> {
-    let n = p.rows * p.cols;
-    let data = match dtype {
-        DType::F16 => {
-            let mut v = vec![half::f16::ZERO; n];
-            p.widen_into(&mut v, half::f16::from_f32);
-            TensorData::new(v, shape)
-        }
-        DType::BF16 => {
-            let mut v = vec![half::bf16::ZERO; n];
-            p.widen_into(&mut v, half::bf16::from_f32);
-            TensorData::new(v, shape)
-        }
-        _ => TensorData::new(p.widen(), shape),
-    };
-    Tensor::from_data(data, (device, dtype))
+    Tensor::from_data(p.widen_data(shape, dtype), (device, dtype))
 }
 
 /// A weight burn holds quantised itself (`quant::quantize_q8`) as `dtype` floats; others as they are.
@@ -90,9 +78,29 @@ impl Dense {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val().cast(x.dtype()));
+        let x = match (&self.weight, &self.packed) {
+            (None, Some(p)) if x.is_autodiff() => {
+                // On the CPU's autodiff device: an operation that widens the weight again in the
+                // backward pass instead of keeping it (`packed_backward`).
+                let dims = x.dims();
+                let rows = dims[..D - 1].iter().product();
+                let x = x.reshape([rows, self.din]);
+                if let Some(y) = packed_backward::linear(&x, p) {
+                    let mut out = dims;
+                    out[D - 1] = self.dout;
+                    let y = y.reshape(out);
+                    return match bias {
+                        Some(b) => y + b.unsqueeze(),
+                        None => y,
+                    };
+                }
+                x.reshape(dims)
+            }
+            _ => x,
+        };
         // burn multiplies by a weight it holds quantised itself (Q8S) without widening it first.
         let w = self.weight(x.dtype(), &x.device());
-        let bias = self.bias.as_ref().map(|b| b.val().cast(x.dtype()));
         linear(x, w, bias)
     }
 }
@@ -136,13 +144,23 @@ impl Conv {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         // burn's CPU convolution takes float weights only: a Q8S one is widened for this call.
-        let w = match (&self.weight, &self.packed) {
-            (Some(w), _) => float(w.val(), x.dtype()),
-            (None, Some(p)) => widen(p, [self.cout, self.cin, self.kernel, self.kernel], x.dtype(), &x.device()),
-            (None, None) => unreachable!("a Conv layer holds its weight one way or the other"),
-        };
         let options = ConvOptions::new([self.stride; 2], [self.pad; 2], [1, 1], 1);
         let bias = self.bias.as_ref().map(|b| b.val().cast(x.dtype()));
+        let shape = [self.cout, self.cin, self.kernel, self.kernel];
+        let (w, x) = match (&self.weight, &self.packed) {
+            (Some(w), _) => (float(w.val(), x.dtype()), x),
+            // On the CPU's autodiff device: widened again in the backward pass, not kept.
+            (None, Some(p)) => {
+                if let Some(y) = packed_backward::conv2d(&x, p, shape, self.stride, self.pad) {
+                    return match bias {
+                        Some(b) => y + b.reshape([1, self.cout, 1, 1]),
+                        None => y,
+                    };
+                }
+                (widen(p, shape, x.dtype(), &x.device()), x)
+            }
+            (None, None) => unreachable!("a Conv layer holds its weight one way or the other"),
+        };
         conv2d(x, w, bias, options)
     }
 }
@@ -184,5 +202,62 @@ mod tests {
             let b = Dense::from_packed(p, None).forward(x2).into_data();
             assert_eq!(a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
         }
+    }
+
+    fn grad_of<const D: usize>(x: Tensor<D>, f: impl Fn(Tensor<D>) -> Tensor<D>, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let x = x.require_grad();
+        let y = f(x.clone());
+        let r = Tensor::<D>::from_data(
+            TensorData::new(Rng::new(seed).normals(y.shape().num_elements()), y.dims()),
+            &y.device(),
+        );
+        let out = y.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let grads = (y * r).sum().backward();
+        (out, x.grad(&grads).expect("x's gradient").into_data().convert::<f32>().try_into_vec::<f32>().unwrap())
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-5 * scale, "{what}: largest difference {worst} (largest value {scale})");
+    }
+
+    /// On the autodiff CPU device a packed layer takes its own operation (`packed_backward`:
+    /// the weight widened again in the backward pass, not kept): its output and its input's
+    /// gradient equal burn's on the widened weight held as a frozen float parameter, for a
+    /// linear layer on a 3-D input and for convolutions with stride 1 and 2 (odd sizes, where
+    /// the strided convolution drops a row and a column) and a 1×1 kernel.
+    #[test]
+    fn packed_layers_backward_like_the_widened_weight() {
+        let device = Device::flex().autodiff();
+        let (cin, cout) = (5, 7);
+        for (k, stride, pad, side) in [(3, 1, 1, 9), (3, 2, 1, 9), (3, 2, 0, 8), (1, 1, 0, 6)] {
+            let w: Vec<f32> = Rng::new(4).normals(cout * cin * k * k);
+            let p = Packed::quantize(&w, cout, cin * k * k, Format::Nf4, 64);
+            let wide = Tensor::<4>::from_data(TensorData::new(p.widen(), [cout, cin, k, k]), &device);
+            let bias = Tensor::<1>::from_data(TensorData::new(Rng::new(5).normals(cout), [cout]), &device);
+            let plain = Conv::new(wide, Some(bias.clone()), stride, pad).no_grad();
+            let packed = Conv::from_packed(p, cin, k, Some(bias), stride, pad).no_grad();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(Rng::new(6).normals(2 * cin * side * side), [2, cin, side, side]),
+                &device,
+            );
+            let (ya, ga) = grad_of(x.clone(), |x| plain.forward(x), 7);
+            let (yb, gb) = grad_of(x, |x| packed.forward(x), 7);
+            close(&ya, &yb, &format!("conv {k}×{k} stride {stride} pad {pad}: output"));
+            close(&ga, &gb, &format!("conv {k}×{k} stride {stride} pad {pad}: input gradient"));
+        }
+        let w: Vec<f32> = Rng::new(8).normals(cout * 70);
+        let p = Packed::quantize(&w, cout, 70, Format::Int8, 64);
+        let wide = Tensor::<2>::from_data(TensorData::new(p.widen(), [cout, 70]), &device).transpose();
+        let bias = Tensor::<1>::from_data(TensorData::new(Rng::new(9).normals(cout), [cout]), &device);
+        let plain = Dense::new(wide, Some(bias.clone())).no_grad();
+        let packed = Dense::from_packed(p, Some(bias)).no_grad();
+        let x = Tensor::<3>::from_data(TensorData::new(Rng::new(10).normals(2 * 3 * 70), [2, 3, 70]), &device);
+        let (ya, ga) = grad_of(x.clone(), |x| plain.forward(x), 11);
+        let (yb, gb) = grad_of(x, |x| packed.forward(x), 11);
+        close(&ya, &yb, "linear: output");
+        close(&ga, &gb, "linear: input gradient");
     }
 }

@@ -38,6 +38,9 @@ pub struct Learner {
     text_opt: ModuleOptimizer,
     pub lr_unet: f64,
     pub lr_text: f64,
+    /// One backward pass through the whole UNet (all its activations held at once) instead of
+    /// `UNet::learn_in_pieces`: the same gradients in far more memory. For comparisons only.
+    pub whole_graph: bool,
 }
 
 impl Learner {
@@ -45,7 +48,7 @@ impl Learner {
     /// script uses them.
     pub fn new(lr_unet: f64, lr_text: f64) -> Learner {
         let cfg = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(1e-2);
-        Learner { unet_opt: cfg.init(), text_opt: cfg.init(), lr_unet, lr_text }
+        Learner { unet_opt: cfg.init(), text_opt: cfg.init(), lr_unet, lr_text, whole_graph: false }
     }
 }
 
@@ -67,7 +70,7 @@ fn nearest(v: &[f32], b: usize, h: usize, w: usize, f: usize) -> Vec<f32> {
 /// One step on `sd` (loaded on an autodiff device, base layers frozen, adapters trainable);
 /// returns the loss before the update.
 pub fn step(sd: &mut StableDiffusion, learner: &mut Learner, batch: &TrainBatch) -> Result<f32> {
-    let (loss, gu, gt) = gradients(sd, batch, 1.0)?;
+    let (loss, gu, gt) = gradients(sd, batch, 1.0, learner.whole_graph)?;
     apply(sd, learner, gu, gt);
     Ok(loss)
 }
@@ -97,7 +100,7 @@ pub fn step_micro(sd: &mut StableDiffusion, learner: &mut Learner, batch: &Train
             ids: batch.ids[start..start + n].to_vec(),
         };
         let share = n as f32 / batch.b as f32;
-        let (loss, gu, gt) = gradients(sd, &part, share)?;
+        let (loss, gu, gt) = gradients(sd, &part, share, learner.whole_graph)?;
         acc_u.accumulate(&sd.unet, gu);
         acc_t.accumulate(sd.text_encoder()?, gt);
         total += loss * share;
@@ -118,6 +121,7 @@ fn gradients(
     sd: &mut StableDiffusion,
     batch: &TrainBatch,
     weight: f32,
+    whole_graph: bool,
 ) -> Result<(f32, GradientsParams, GradientsParams)> {
     let device = sd.device.clone();
     let (b, h, w) = (batch.b, batch.h, batch.w);
@@ -125,9 +129,10 @@ fn gradients(
     let (lh, lw) = (h / f, w / f);
     let c = sd.vae_config.latent_channels;
     let scaling = sd.vae_config.scaling_factor as f32;
-    let img = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [b, 3, h, w]), &device);
-    let latents: Vec<f32> =
-        values(sd.vae.encode_mean(img(batch.images.clone())))?.iter().map(|v| v * scaling).collect();
+    // The VAE is frozen and only encodes: run without autodiff.
+    let vae = sd.vae.valid();
+    let img = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [b, 3, h, w]), &device).inner();
+    let latents: Vec<f32> = values(vae.encode_mean(img(batch.images.clone())))?.iter().map(|v| v * scaling).collect();
     let masked: Vec<f32> = batch
         .images
         .iter()
@@ -137,7 +142,8 @@ fn gradients(
             if batch.masks[n * h * w + p] >= 0.5 { 0.0 } else { *v }
         })
         .collect();
-    let masked_latents: Vec<f32> = values(sd.vae.encode_mean(img(masked)))?.iter().map(|v| v * scaling).collect();
+    let masked_latents: Vec<f32> = values(vae.encode_mean(img(masked)))?.iter().map(|v| v * scaling).collect();
+    drop(vae);
     let per = c * lh * lw;
     let mut noisy = Vec::with_capacity(b * per);
     let mut target = Vec::with_capacity(b * per);
@@ -157,18 +163,39 @@ fn gradients(
     let lat = |v: Vec<f32>, ch: usize| Tensor::<4>::from_data(TensorData::new(v, [b, ch, lh, lw]), &device);
     let input = Tensor::cat(vec![lat(noisy, c), lat(nearest(&batch.masks, b, h, w, f), 1), lat(masked_latents, c)], 1);
     let weights = lat(nearest(&batch.weights, b, h, w, f), 1);
+    let target = lat(target, c);
+    let loss = |pred: Tensor<4>| {
+        let diff = pred - target;
+        (diff.clone() * diff * weights).mean()
+    };
     let context = sd.text_encoder()?.forward(&batch.ids);
     let ts: Vec<f32> = batch.timesteps.iter().map(|&t| t as f32).collect();
-    let pred = sd.unet.forward(input, &ts, &context);
-    let diff = pred - lat(target, c);
-    let loss = (diff.clone() * diff * weights).mean();
-    let value: f32 = loss.clone().into_scalar();
-    if !value.is_finite() {
-        return Err(Error::Engine(format!("LoRA learning diverged (loss {value})")));
+    let diverged = |value: f32| Error::Engine(format!("LoRA learning diverged (loss {value})"));
+    if whole_graph {
+        let loss = loss(sd.unet.forward(input, &ts, &context));
+        let value: f32 = loss.clone().into_scalar();
+        if !value.is_finite() {
+            return Err(diverged(value));
+        }
+        let mut grads = (loss * weight).backward();
+        let gu = GradientsParams::from_module(&mut grads, &sd.unet);
+        let gt = GradientsParams::from_module(&mut grads, sd.text_encoder()?);
+        return Ok((value, gu, gt));
     }
-    let mut grads = (loss * weight).backward();
-    let gu = GradientsParams::from_module(&mut grads, &sd.unet);
-    let gt = GradientsParams::from_module(&mut grads, sd.text_encoder()?);
+    // The UNet in pieces (its activations one piece at a time), then the text encoder's
+    // backward pass from the gradient the UNet gave its output.
+    let (value, gu, g_context) = sd.unet.learn_in_pieces(input, &ts, &context, loss, weight);
+    if !value.is_finite() {
+        return Err(diverged(value));
+    }
+    let gt = match g_context {
+        Some(g) if context.is_tracked() => {
+            let g = Tensor::from_inner(g.cast(context.dtype()));
+            let mut grads = (context * g).sum().backward();
+            GradientsParams::from_module(&mut grads, sd.text_encoder()?)
+        }
+        _ => GradientsParams::new(),
+    };
     Ok((value, gu, gt))
 }
 
@@ -450,5 +477,58 @@ mod tests {
         }
         let b = make_batch(&sd, &images, &LoraLearnSettings::quick(), 32, &mut rng);
         assert_eq!((b.images.len(), b.masks.len(), b.ids.len()), (4 * 3 * 32 * 32, 4 * 32 * 32, 4));
+    }
+
+    /// Learning through the UNet in pieces (`UNet::learn_in_pieces`: activation checkpointing,
+    /// then the text encoder's backward pass from the context's gradient) gives the loss and
+    /// every adapter's gradient of one backward pass through the whole graph, on the f32 base
+    /// and on a 4-bit one (whose layers take `packed_backward`'s operation).
+    #[test]
+    fn learning_in_pieces_gives_the_gradients_of_the_whole_graph() {
+        use crate::diffusion::sd::packed::{Format, Scheme};
+        use crate::diffusion::sd::quantize::quantize_folder;
+        let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
+        let q = std::env::temp_dir().join(format!("realfill-pieces-q4-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&q);
+        quantize_folder(&fixture, &q, Scheme { format: Format::Nf4, block: 64 }, &mut |_| {}).unwrap();
+        let ad = Device::flex().autodiff();
+        for dir in [&fixture, &q] {
+            let mut sd = StableDiffusion::load(dir, &ad, DType::F32).unwrap();
+            lora::freeze_base(&mut sd);
+            // PEFT's random adapters (both halves non-zero, so both have gradients).
+            lora::load(&mut sd, &fixture.join("lora_init.safetensors")).unwrap();
+            lora::set_trainable(&mut sd, true);
+            let s = LoraLearnSettings { batch: 2, ..LoraLearnSettings::quick() };
+            let batch = make_batch(&sd, &scene_images(), &s, 32, &mut Rng::new(3));
+            let (la, ua, ta) = gradients(&mut sd, &batch, 0.5, true).unwrap();
+            let (lb, ub, tb) = gradients(&mut sd, &batch, 0.5, false).unwrap();
+            assert!((la - lb).abs() <= 1e-6 * la.abs(), "{}: loss {la} vs {lb}", dir.display());
+            let mut unet_projs = sd.unet.projs_mut();
+            let mut text_projs = sd.text.as_mut().unwrap().projs_mut();
+            for (net, projs, a, b) in [("unet", &mut unet_projs, &ua, &ub), ("text", &mut text_projs, &ta, &tb)] {
+                let mut compared = 0;
+                for p in projs.iter() {
+                    let l = p.lora.as_ref().unwrap();
+                    for id in [l.down.id, l.up.id] {
+                        let v = |g: &GradientsParams| {
+                            let t = g.get::<2>(id).unwrap_or_else(|| panic!("{net} {}: no gradient", p.name));
+                            t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+                        };
+                        let (ga, gb) = (v(a), v(b));
+                        let scale = ga.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        let worst = ga.iter().zip(&gb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                        assert!(scale > 0.0, "{net} {}: a zero gradient compares nothing", p.name);
+                        assert!(
+                            worst <= 1e-4 * scale,
+                            "{net} {}: gradients differ by {worst} (largest {scale})",
+                            p.name
+                        );
+                        compared += 1;
+                    }
+                }
+                assert!(compared >= 8, "{net}: {compared} adapters compared");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&q);
     }
 }

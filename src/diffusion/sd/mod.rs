@@ -11,6 +11,7 @@ pub mod layers;
 pub mod lora;
 pub mod lora_train;
 pub mod packed;
+mod packed_backward;
 pub mod quant;
 pub mod quantize;
 pub mod scheduler;

@@ -244,6 +244,29 @@ impl Packed {
         self.widen_into(&mut out, |v| v);
         out
     }
+
+    /// The values as `dtype` tensor data of `shape` (f16/bf16 widened straight into that type).
+    pub fn widen_data<const D: usize>(
+        &self,
+        shape: [usize; D],
+        dtype: burn::tensor::DType,
+    ) -> burn::tensor::TensorData {
+        use burn::tensor::{DType, TensorData};
+        let n = self.rows * self.cols;
+        match dtype {
+            DType::F16 => {
+                let mut v = vec![f16::ZERO; n];
+                self.widen_into(&mut v, f16::from_f32);
+                TensorData::new(v, shape)
+            }
+            DType::BF16 => {
+                let mut v = vec![half::bf16::ZERO; n];
+                self.widen_into(&mut v, half::bf16::from_f32);
+                TensorData::new(v, shape)
+            }
+            _ => TensorData::new(self.widen(), shape),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use burn::nn::GroupNorm;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
@@ -175,46 +176,207 @@ impl UNet {
     /// `context`: [B, 77, cross_attention_dim]. Returns [B, out, h, w] in f32 (computed in the
     /// weights' float type).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
-        let device = sample.device();
-        // The float type the model computes in: its output norm's (never quantised, `quant`).
-        let dtype = self.norm_out.gamma.as_ref().map_or(DType::F32, |g| g.val().dtype());
+        let dtype = self.dtype();
         let context = &context.clone().cast(dtype);
+        let temb = self.time_embedding(timesteps, &sample.device(), dtype);
+        let mut h = sample.cast(dtype);
+        let mut skips = Vec::new();
+        for piece in self.pieces() {
+            let skip = matches!(piece, Piece::Up(..)).then(|| skips.pop().expect("one skip per up resnet"));
+            h = self.run(piece, h, skip, &temb, context);
+            if piece.is_skip() {
+                skips.push(h.clone());
+            }
+        }
+        self.head(h)
+    }
+
+    /// The float type the model computes in: its output norm's (never quantised, `quant`).
+    fn dtype(&self) -> DType {
+        self.norm_out.gamma.as_ref().map_or(DType::F32, |g| g.val().dtype())
+    }
+
+    fn time_embedding(&self, timesteps: &[f32], device: &Device, dtype: DType) -> Tensor<2> {
         let feats = timestep_embedding(timesteps, self.time_channels, self.flip_sin_to_cos, self.freq_shift);
         let feats =
-            Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), (&device, dtype));
-        let temb = self.time_2.forward(silu(self.time_1.forward(feats)));
-        let mut h = self.conv_in.forward(sample.cast(dtype));
-        let mut skips = vec![h.clone()];
-        for b in &self.down_blocks {
-            for (j, r) in b.resnets.iter().enumerate() {
-                h = r.forward(h, Some(&temb));
-                if let Some(a) = b.attentions.get(j) {
-                    h = a.forward(h, context);
+            Tensor::<2>::from_data(TensorData::new(feats, [timesteps.len(), self.time_channels]), (device, dtype));
+        self.time_2.forward(silu(self.time_1.forward(feats)))
+    }
+
+    /// The pieces of the forward pass in order (`Piece`).
+    fn pieces(&self) -> Vec<Piece> {
+        let mut v = vec![Piece::In];
+        for (i, b) in self.down_blocks.iter().enumerate() {
+            v.extend((0..b.resnets.len()).map(|j| Piece::Down(i, j)));
+            if b.down.is_some() {
+                v.push(Piece::Downsample(i));
+            }
+        }
+        v.extend((0..self.mid.resnets.len()).map(Piece::Mid));
+        for (i, b) in self.up_blocks.iter().enumerate() {
+            v.extend((0..b.resnets.len()).map(|j| Piece::Up(i, j)));
+            if b.up.is_some() {
+                v.push(Piece::Upsample(i));
+            }
+        }
+        v
+    }
+
+    /// Whether `piece` holds a transformer (where LoRA's adapters are).
+    fn has_attention(&self, piece: Piece) -> bool {
+        match piece {
+            Piece::Down(i, j) => self.down_blocks[i].attentions.len() > j,
+            Piece::Mid(j) => j > 0 && self.mid.attentions.len() >= j,
+            Piece::Up(i, j) => self.up_blocks[i].attentions.len() > j,
+            _ => false,
+        }
+    }
+
+    /// One piece on `h` (`skip`: the skip an up resnet joins to it).
+    fn run(&self, piece: Piece, h: Tensor<4>, skip: Option<Tensor<4>>, temb: &Tensor<2>, ctx: &Tensor<3>) -> Tensor<4> {
+        match piece {
+            Piece::In => self.conv_in.forward(h),
+            Piece::Down(i, j) => {
+                let b = &self.down_blocks[i];
+                let h = b.resnets[j].forward(h, Some(temb));
+                match b.attentions.get(j) {
+                    Some(a) => a.forward(h, ctx),
+                    None => h,
                 }
-                skips.push(h.clone());
             }
-            if let Some(d) = &b.down {
-                h = d.forward(h);
-                skips.push(h.clone());
-            }
-        }
-        h = self.mid.resnets[0].forward(h, Some(&temb));
-        for (a, r) in self.mid.attentions.iter().zip(&self.mid.resnets[1..]) {
-            h = r.forward(a.forward(h, context), Some(&temb));
-        }
-        for b in &self.up_blocks {
-            for (j, r) in b.resnets.iter().enumerate() {
-                let skip = skips.pop().expect("one skip per up resnet");
-                h = r.forward(Tensor::cat(vec![h, skip], 1), Some(&temb));
-                if let Some(a) = b.attentions.get(j) {
-                    h = a.forward(h, context);
+            Piece::Downsample(i) => self.down_blocks[i].down.as_ref().expect("a downsampler").forward(h),
+            // diffusers' default: one attention between two resnets (the transformer's own
+            // depth is `transformer_layers_per_block`).
+            Piece::Mid(0) => self.mid.resnets[0].forward(h, Some(temb)),
+            Piece::Mid(j) => self.mid.resnets[j].forward(self.mid.attentions[j - 1].forward(h, ctx), Some(temb)),
+            Piece::Up(i, j) => {
+                let b = &self.up_blocks[i];
+                let skip = skip.expect("an up resnet's skip");
+                let h = b.resnets[j].forward(Tensor::cat(vec![h, skip], 1), Some(temb));
+                match b.attentions.get(j) {
+                    Some(a) => a.forward(h, ctx),
+                    None => h,
                 }
             }
-            if let Some(u) = &b.up {
-                h = u.forward(h);
-            }
+            Piece::Upsample(i) => self.up_blocks[i].up.as_ref().expect("an upsampler").forward(h),
         }
+    }
+
+    /// The output layers, to f32.
+    fn head(&self, h: Tensor<4>) -> Tensor<4> {
         self.conv_out.forward(silu(self.norm_out.forward(h))).cast(DType::F32)
+    }
+
+    /// LoRA learning's forward and backward pass through the UNet in pieces (activation
+    /// checkpointing): the forward pass runs without autodiff, keeping only each piece's input
+    /// feature maps (a few MB each); the backward pass then runs each piece again with autodiff,
+    /// from the last to the first, and backpropagates the gradient of its output through it
+    /// alone. So only one piece's activations are held at a time (at 512², the ≈ 9 GB of the
+    /// whole network's would be kept otherwise), for one more forward pass of compute.
+    ///
+    /// `loss` turns the UNet's output (as `forward` returns it) into the loss, whose value is
+    /// returned with the gradients of `scale` × loss: the adapters' (by parameter) and the
+    /// context's (on the inner device, `None` when no piece attends to it). The same gradients
+    /// as one backward pass through `forward`, up to the order of float sums.
+    pub fn learn_in_pieces(
+        &self,
+        sample: Tensor<4>,
+        timesteps: &[f32],
+        context: &Tensor<3>,
+        loss: impl FnOnce(Tensor<4>) -> Tensor<1>,
+        scale: f32,
+    ) -> (f32, GradientsParams, Option<Tensor<3>>) {
+        let dtype = self.dtype();
+        let plain = self.valid();
+        let ctx = context.clone().inner().cast(dtype);
+        let device = ctx.device();
+        let pieces = self.pieces();
+        // The forward pass without autodiff: each piece's inputs, and which skip it pushes or pops.
+        let temb = plain.time_embedding(timesteps, &device, dtype);
+        let mut h = sample.inner().cast(dtype);
+        let mut skips: Vec<Tensor<4>> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        let mut saved = Vec::with_capacity(pieces.len());
+        for &piece in &pieces {
+            let pop = matches!(piece, Piece::Up(..)).then(|| open.pop().expect("one skip per up resnet"));
+            let skip = pop.map(|s| skips[s].clone());
+            saved.push((h.clone(), pop));
+            h = plain.run(piece, h, skip, &temb, &ctx);
+            if piece.is_skip() {
+                open.push(skips.len());
+                skips.push(h.clone());
+            }
+        }
+        drop(plain);
+        let leaf = |t: Tensor<4>| t.autodiff().require_grad();
+        let out = leaf(h);
+        let l = loss(self.head(out.clone()));
+        let value: f32 = l.clone().into_scalar();
+        let mut grads = (l * scale).backward();
+        let mut g_h = out.grad(&grads);
+        let mut g_skip: Vec<Option<Tensor<4>>> = vec![None; skips.len()];
+        let mut g_ctx: Option<Tensor<3>> = None;
+        let mut acc = GradientsAccumulator::new();
+        acc.accumulate(self, GradientsParams::from_module(&mut grads, self));
+        drop(grads);
+        // Pieces before the first transformer have no adapters and nothing before them to learn.
+        let first = pieces.iter().position(|&p| self.has_attention(p)).unwrap_or(pieces.len());
+        let temb = self.time_embedding(timesteps, &device.autodiff(), dtype).detach();
+        let mut pushed = skips.len();
+        for (k, &piece) in pieces.iter().enumerate().rev() {
+            let mut g_out = g_h.take();
+            if piece.is_skip() {
+                pushed -= 1;
+                g_out = match (g_out, g_skip[pushed].take()) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                };
+            }
+            if k < first {
+                break;
+            }
+            let Some(g_out) = g_out else { continue };
+            let (h_in, pop) = saved[k].clone();
+            let h_in = leaf(h_in);
+            let skip = pop.map(|s| leaf(skips[s].clone()));
+            let ctx_leaf = ctx.clone().autodiff().require_grad();
+            let y = self.run(piece, h_in.clone(), skip.clone(), &temb, &ctx_leaf);
+            let mut grads = (y * g_out.autodiff()).sum().backward();
+            g_h = h_in.grad(&grads);
+            if let (Some(s), Some(skip)) = (pop, skip) {
+                g_skip[s] = skip.grad(&grads);
+            }
+            if let Some(g) = ctx_leaf.grad(&grads) {
+                g_ctx = Some(match g_ctx {
+                    Some(a) => a + g,
+                    None => g,
+                });
+            }
+            acc.accumulate(self, GradientsParams::from_module(&mut grads, self));
+        }
+        (value, acc.grads(), g_ctx)
+    }
+}
+
+/// A piece of the UNet's forward pass between two feature maps (`UNet::learn_in_pieces`).
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    /// `conv_in`.
+    In,
+    /// Down block i's resnet j and its transformer, if any.
+    Down(usize, usize),
+    Downsample(usize),
+    /// The middle block's first resnet (0), or its transformer j − 1 and resnet j.
+    Mid(usize),
+    /// Up block i's resnet j on the previous map joined with a skip, and its transformer.
+    Up(usize, usize),
+    Upsample(usize),
+}
+
+impl Piece {
+    /// Whether an up resnet later takes this piece's output as its skip.
+    fn is_skip(self) -> bool {
+        matches!(self, Piece::In | Piece::Down(..) | Piece::Downsample(_))
     }
 }
 
