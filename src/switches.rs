@@ -20,6 +20,7 @@
 //! | variable | effect |
 //! |---|---|
 //! | `REALFILL_BURN_CPU=1` | the scene model on burn's CPU backend instead of realfill's CPU network |
+//! | `REALFILL_SD_BURN_CPU=1` | Stable Diffusion's networks on burn's CPU backend instead of realfill's CPU kernels (`diffusion::sd::cpu_forward`) |
 //! | `REALFILL_TENSOR_ATTENTION=1` | the patch engine's attention through burn tensors, not the fused CPU kernel |
 //! | `REALFILL_SIMD=avx2` | the widest vector form realfill's CPU kernels may use: `avx512`, `avx2` or `portable` (plain Rust), to test and measure each form on one machine; burn's and gemm's own kernels still follow the CPU |
 //! | `REALFILL_PROFILE=1` | the CPU network prints time per operation kind |
@@ -37,6 +38,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Switches {
     pub burn_cpu: bool,
+    pub sd_burn_cpu: bool,
     pub tensor_attention: bool,
     /// The widest kernel form allowed, one of [`SIMD_FORMS`] (None: whatever the CPU has;
     /// `kernels::simd` turns the name into its form).
@@ -110,6 +112,7 @@ impl Switches {
             memory_gib,
             server_silence_s,
             burn_cpu: f("REALFILL_BURN_CPU")?,
+            sd_burn_cpu: f("REALFILL_SD_BURN_CPU")?,
             tensor_attention: f("REALFILL_TENSOR_ATTENTION")?,
             simd: match get("REALFILL_SIMD").map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()) {
                 None => None,

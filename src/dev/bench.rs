@@ -68,6 +68,14 @@ pub struct BenchArgs {
     /// activations held at once (the step before activation checkpointing), for comparison.
     #[arg(long)]
     pub sd_whole_graph: bool,
+    /// On the CPU, time each Stable Diffusion figure on these paths, alternated in one run:
+    /// `own` (realfill's kernels, `diffusion::sd::cpu_forward`) and `burn` (burn's CPU backend).
+    /// Default: the one the switches pick.
+    #[arg(long, value_delimiter = ',', value_parser = ["own", "burn"])]
+    pub sd_paths: Vec<String>,
+    /// Leave out the LoRA learning step of the Stable Diffusion figures.
+    #[arg(long)]
+    pub sd_no_learning: bool,
 }
 
 impl BenchArgs {
@@ -640,37 +648,54 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     let f = sd.vae_config.factor();
     let (lat, c) = (size / f, sd.vae_config.latent_channels);
     let sync = |t: Tensor<4>| t.into_data().bytes().len();
-    let time = |mut run: Box<dyn FnMut() -> usize + '_>| -> Vec<f64> {
-        (0..a.repeats + 1)
-            .map(|_| {
+    // Each path in turn for every repetition (after one warm-up each), so that a shared
+    // machine's load falls on all of them alike.
+    use crate::diffusion::sd::cpu_forward;
+    let paths: Vec<Option<bool>> = if *device == Device::flex() && !a.sd_paths.is_empty() {
+        a.sd_paths.iter().map(|p| Some(p == "own")).collect()
+    } else {
+        vec![None]
+    };
+    let label = |p: Option<bool>| match p {
+        None => String::new(),
+        Some(true) => " [own kernels]".to_string(),
+        Some(false) => " [burn]".to_string(),
+    };
+    let mut time = |what: String, run: &mut dyn FnMut() -> usize| {
+        let mut secs = vec![Vec::new(); paths.len()];
+        for i in 0..a.repeats + 1 {
+            for (k, &p) in paths.iter().enumerate() {
+                cpu_forward::choose(p);
                 let t = Instant::now();
                 std::hint::black_box(run());
-                t.elapsed().as_secs_f64()
-            })
-            .skip(1)
-            .collect()
+                if i > 0 {
+                    secs[k].push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        cpu_forward::choose(None);
+        crate::kernels::profile::report(&what);
+        for (k, &p) in paths.iter().enumerate() {
+            row(format!("{what}{}", label(p)), std::mem::take(&mut secs[k]));
+        }
     };
     let ids = vec![sd.tokenizer.encode(""), sd.tokenizer.encode("a photo of sks")];
     let text = sd.text_encoder()?;
     let context = text.forward(&ids);
-    row("SD text encoder, 2 prompts".into(), time(Box::new(|| text.forward(&ids).into_data().bytes().len())));
+    time("SD text encoder, 2 prompts".into(), &mut || text.forward(&ids).into_data().bytes().len());
     let mut rng = Rng::new(1);
     let img = Tensor::<4>::from_data(TensorData::new(rng.normals(3 * size * size), [1, 3, size, size]), device);
-    row(format!("SD VAE encode {size}²"), time(Box::new(|| sync(sd.vae.encode_mean(img.clone())))));
+    time(format!("SD VAE encode {size}²"), &mut || sync(sd.vae.encode_mean(img.clone())));
     let z = Tensor::<4>::from_data(TensorData::new(rng.normals(c * lat * lat), [1, c, lat, lat]), device);
-    row(format!("SD VAE decode {size}²"), time(Box::new(|| sync(sd.vae.decode(z.clone())))));
+    time(format!("SD VAE decode {size}²"), &mut || sync(sd.vae.decode(z.clone())));
     let cin = sd.unet.in_channels;
     let x1 = Tensor::<4>::from_data(TensorData::new(rng.normals(cin * lat * lat), [1, cin, lat, lat]), device);
     let ctx1 = context.clone().narrow(0, 1, 1);
-    row(
-        format!("SD UNet step {size}², batch 1"),
-        time(Box::new(|| sync(sd.unet.forward(x1.clone(), &[500.0], &ctx1)))),
-    );
+    time(format!("SD UNet step {size}², batch 1"), &mut || sync(sd.unet.forward(x1.clone(), &[500.0], &ctx1)));
     let x2 = Tensor::cat(vec![x1.clone(), x1.clone()], 0);
-    row(
-        format!("SD UNet step {size}², guided pair (batch 2)"),
-        time(Box::new(|| sync(sd.unet.forward(x2.clone(), &[500.0, 500.0], &context)))),
-    );
+    time(format!("SD UNet step {size}², guided pair (batch 2)"), &mut || {
+        sync(sd.unet.forward(x2.clone(), &[500.0, 500.0], &context))
+    });
     // One whole fill, measured once (it is long on a CPU).
     let steps = a.sd_steps;
     let canvas = RgbF::from_fn(size, size, |x, y| [x as f32 / size as f32, y as f32 / size as f32, 0.5]);
@@ -690,15 +715,22 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         initial_noise: None,
         low_memory: false,
     };
-    let t = Instant::now();
-    inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
     let (mw, mh) = model_size(&sd, size, size);
-    row(
-        format!("SD fill at the model's {mw}×{mh}, {steps} guided {:?} steps (one run)", o.sampler),
-        vec![t.elapsed().as_secs_f64()],
-    );
+    for &p in &paths {
+        cpu_forward::choose(p);
+        let t = Instant::now();
+        inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
+        row(
+            format!("SD fill at the model's {mw}×{mh}, {steps} guided {:?} steps (one run){}", o.sampler, label(p)),
+            vec![t.elapsed().as_secs_f64()],
+        );
+    }
+    cpu_forward::choose(None);
     drop(sd);
     eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
+    if a.sd_no_learning {
+        return Ok(());
+    }
     bench_sd_learning(device, dir, dtype, size, mw, a, &mut row)
 }
 

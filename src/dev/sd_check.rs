@@ -413,7 +413,13 @@ mod tests {
             assert!(r.relative <= bound, "{}: {:.2e} > {bound:.0e}", r.name, r.relative);
         }
         let unet = rows.iter().find(|r| r.name == "unet.out").unwrap();
-        assert!(unet.relative > 1e-5, "the UNet did run in f16 ({:.2e})", unet.relative);
+        if crate::diffusion::sd::cpu_forward::serves(&Device::flex()) {
+            // realfill's CPU kernels widen the f16 weights and compute in f32 (the fixture's
+            // weights are f16 already): f32's error. burn's f16 arithmetic is a GPU's path.
+            assert!(unet.relative < 1e-4, "the UNet computed in f32 ({:.2e})", unet.relative);
+        } else {
+            assert!(unet.relative > 1e-5, "the UNet did run in f16 ({:.2e})", unet.relative);
+        }
     }
 
     /// QLoRA: one LoRA learning step on the fixture quantised to 4-bit NF4 (`realfill quantize`)

@@ -131,6 +131,54 @@ impl Grid {
         }
     }
 
+    /// Zero every border position: the top and bottom rows of each image and the side columns
+    /// (a product over a whole range of positions writes the rows between images too).
+    pub fn zero_borders(&mut self) {
+        let row = self.wp() * self.c;
+        for b in 0..self.n {
+            let top = b * (self.h + 2) * row;
+            self.data[top..top + row].fill(0.0);
+            let bottom = top + (self.h + 1) * row;
+            self.data[bottom..bottom + row].fill(0.0);
+        }
+        self.zero_side_borders();
+    }
+
+    /// The interior pixels as dense rows (n·h·w × c, row-major): tokens for attention.
+    pub fn interior(&self) -> Vec<f32> {
+        use rayon::prelude::*;
+        let (h, w, c) = (self.h, self.w, self.c);
+        let mut out = vec![0.0f32; self.n * h * w * c];
+        out.par_chunks_mut(w * c).enumerate().for_each(|(r, dst)| {
+            let p = self.pos(r / h, r % h, 0);
+            dst.copy_from_slice(&self.data[p * c..(p + w) * c]);
+        });
+        out
+    }
+
+    /// A grid of n images of h×w from dense rows (`interior`'s layout), plus `residual` when given.
+    pub fn from_interior(rows: &[f32], n: usize, h: usize, w: usize, c: usize, residual: Option<&Grid>) -> Grid {
+        assert_eq!(rows.len(), n * h * w * c, "dense rows of the grid");
+        if let Some(r) = residual {
+            assert_eq!((r.n, r.h, r.w, r.c), (n, h, w, c), "residual shape");
+        }
+        let mut g = Grid::for_overwrite(n, h, w, c);
+        g.fill_pixels(|b, y, x, px| {
+            let src = &rows[((b * h + y) * w + x) * c..][..c];
+            match residual {
+                Some(r) => {
+                    let p = r.pos(b, y, x);
+                    for ((o, a), b) in px.iter_mut().zip(src).zip(&r.data[p * c..(p + 1) * c]) {
+                        *o = a + b;
+                    }
+                }
+                None => px.copy_from_slice(src),
+            }
+        });
+        g.zero_side_borders();
+        g
+    }
+
     /// Fill every interior pixel of `self` in parallel over rows: f(image, y, x, pixel).
     fn fill_pixels(&mut self, f: impl Fn(usize, usize, usize, &mut [f32]) + Sync) {
         use rayon::prelude::*;

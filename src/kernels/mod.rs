@@ -1,17 +1,54 @@
 //! Hand-written CPU kernels, below the maths that uses them: the fused patch attention of the
 //! patch engine (`attention`) and the scene network's direct convolution, GroupNorm+SiLU and
-//! padded channels-last grids (`conv`, `norm`, `grid`), with the AVX-512 pieces they share
+//! padded channels-last grids (`conv`, `norm`, `grid`); for Stable Diffusion's wider networks
+//! `gemm` products and convolutions built on them (`matmul`), blockwise multi-head attention
+//! (`sdpa`) and row operations of transformer blocks (`rows`); the AVX-512 pieces they share
 //! (`simd`) and a per-operation profile (`profile`). Every `unsafe` block says why it is sound
 //! (`clippy::undocumented_unsafe_blocks` is denied crate-wide) and every unsafe function has
 //! a `# Safety` section.
 //!
 //! Which kernels run is decided once, in [`plan`], from the CPU's features and the switches.
 
+/// Compile a row function three times: for AVX-512, for AVX2 + FMA and for the baseline, and
+/// run the form `kernels::plan()` chose.
+macro_rules! multiversion {
+    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments, reason = "a row kernel takes its rows, statistics and sizes")]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(clippy::too_many_arguments, reason = "as above")]
+                #[target_feature(enable = "avx512f")]
+                fn wide($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                #[allow(clippy::too_many_arguments, reason = "as above")]
+                #[target_feature(enable = "avx2,fma")]
+                fn mid($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                use crate::kernels::simd::Simd;
+                match crate::kernels::plan().simd {
+                    // SAFETY: the plan says Avx512 only when the CPU has AVX-512F.
+                    Simd::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: the plan says Avx2 only when the CPU has AVX2 and FMA.
+                    Simd::Avx2 => return unsafe { mid($($arg),*) },
+                    Simd::Portable => {}
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
+
 pub mod attention;
 pub mod conv;
 pub mod grid;
+pub mod matmul;
 pub mod norm;
 pub mod profile;
+pub mod rows;
+pub mod sdpa;
 pub mod simd;
 
 use std::sync::OnceLock;
@@ -27,6 +64,10 @@ pub struct Plan {
     /// is the CPU: unless `REALFILL_BURN_CPU`, and only with a vector form (its plain-Rust loops
     /// would be slower than burn's gemm).
     pub cpu_network: bool,
+    /// Stable Diffusion's networks run on these kernels (`diffusion::sd::cpu_forward`) when
+    /// the device is the CPU, unless `REALFILL_SD_BURN_CPU`. Their products are `gemm`'s, fast
+    /// on any CPU, so no vector form is required.
+    pub sd_network: bool,
     /// The patch engine's attention runs as the fused kernel when the device is the CPU
     /// (unless `REALFILL_TENSOR_ATTENTION`).
     pub fused_attention: bool,
@@ -38,7 +79,12 @@ pub fn plan() -> Plan {
     *PLAN.get_or_init(|| {
         let sw = crate::switches::get();
         let simd = simd::detect(sw.simd.as_deref().and_then(Simd::parse));
-        Plan { simd, cpu_network: !sw.burn_cpu && simd != Simd::Portable, fused_attention: !sw.tensor_attention }
+        Plan {
+            simd,
+            cpu_network: !sw.burn_cpu && simd != Simd::Portable,
+            sd_network: !sw.sd_burn_cpu,
+            fused_attention: !sw.tensor_attention,
+        }
     })
 }
 
@@ -47,7 +93,8 @@ mod tests {
     use super::simd::{self, Simd};
 
     /// The tests of everything that runs on these kernels, filtered by module path.
-    const KERNEL_TESTS: [&str; 3] = ["kernels::", "diffusion::cpu_unet::", "diffusion::patch::"];
+    const KERNEL_TESTS: [&str; 4] =
+        ["kernels::", "diffusion::cpu_unet::", "diffusion::patch::", "diffusion::sd::cpu_forward::"];
 
     /// This process tests the widest form the CPU runs; each narrower one (AVX2 and the
     /// portable form on an AVX-512 machine, the portable form on an AVX2 one) is tested by

@@ -17,7 +17,7 @@ const EPS: f64 = 1e-5;
 
 /// e^x to ≈ 1 ulp·few over the float range, branch-free so that loops over it vectorise.
 #[inline(always)]
-fn exp_fast(x: f32) -> f32 {
+pub(crate) fn exp_fast(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by the 1.5·2^23 trick (f32::round is a libm call without SSE4.1).
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
@@ -41,38 +41,6 @@ fn sigmoid(u: f32) -> f32 {
 
 pub fn silu_vec(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&u| u * sigmoid(u)).collect()
-}
-
-/// Compile a row function three times: for AVX-512, for AVX2 + FMA and for the baseline, and
-/// run the form `kernels::plan()` chose.
-macro_rules! multiversion {
-    ($name:ident, $inner:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[allow(clippy::too_many_arguments, reason = "a row kernel takes its rows, statistics and sizes")]
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[allow(clippy::too_many_arguments, reason = "as above")]
-                #[target_feature(enable = "avx512f")]
-                fn wide($($arg: $ty),*) {
-                    $inner($($arg),*)
-                }
-                #[allow(clippy::too_many_arguments, reason = "as above")]
-                #[target_feature(enable = "avx2,fma")]
-                fn mid($($arg: $ty),*) {
-                    $inner($($arg),*)
-                }
-                use crate::kernels::simd::Simd;
-                match crate::kernels::plan().simd {
-                    // SAFETY: the plan says Avx512 only when the CPU has AVX-512F.
-                    Simd::Avx512 => return unsafe { wide($($arg),*) },
-                    // SAFETY: the plan says Avx2 only when the CPU has AVX2 and FMA.
-                    Simd::Avx2 => return unsafe { mid($($arg),*) },
-                    Simd::Portable => {}
-                }
-            }
-            $inner($($arg),*)
-        }
-    };
 }
 
 /// The row functions with sigmoids, hand-vectorised for AVX-512 (16 channels at a time;
@@ -299,6 +267,20 @@ fn row_apply_inner(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], 
 }
 multiversion!(row_apply, row_apply_inner, (row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]));
 
+/// out = x·a + o per channel over the interior pixels of one row (a group norm without SiLU).
+#[inline(always)]
+fn row_affine_inner(row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]) {
+    let (a, o) = (&a[..c], &o[..c]);
+    for x in 1..=w {
+        let px = &row[x * c..(x + 1) * c];
+        let op = &mut out[x * c..(x + 1) * c];
+        for ch in 0..c {
+            op[ch] = px[ch] * a[ch] + o[ch];
+        }
+    }
+}
+multiversion!(row_affine, row_affine_inner, (row: &[f32], out: &mut [f32], c: usize, w: usize, a: &[f32], o: &[f32]));
+
 /// Backward pass 1 for one row: du = dz·silu'(u) with u = x·a + o; sums per channel of du
 /// and du·x̂ where x̂ = x·r + m (r = 1/σ, m = −mean/σ, per channel).
 #[inline(always)]
@@ -401,7 +383,7 @@ fn reduce_rows(
         )
 }
 
-fn stats(x: &Grid, groups: usize) -> GnStats {
+fn stats(x: &Grid, groups: usize, eps: f64) -> GnStats {
     let (c, w) = (x.c, x.w);
     let cpg = c / groups;
     let sums = reduce_rows(&x.data, None, x, |_, xr, _, s, s2| row_sums(xr, c, w, s, s2));
@@ -417,7 +399,7 @@ fn stats(x: &Grid, groups: usize) -> GnStats {
             let m = s / count;
             let var = (s2 / count - m * m).max(0.0);
             mean.push(m as f32);
-            rstd.push((1.0 / (var + EPS).sqrt()) as f32);
+            rstd.push((1.0 / (var + eps).sqrt()) as f32);
         }
     }
     GnStats { mean, rstd }
@@ -440,13 +422,45 @@ fn coefficients(st: &GnStats, gamma: &[f32], beta: &[f32], n: usize, c: usize, g
     [a, o, r, m]
 }
 
+/// groupnorm(x)·γ + β with the given ε, followed by SiLU when `silu` (Stable Diffusion's
+/// norms: ε 1e-5 or 1e-6, with and without SiLU); inference only, no statistics kept.
+pub fn group_norm(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize, eps: f64, silu: bool) -> Grid {
+    super::profile::time("group norm", || {
+        let st = stats(x, groups, eps);
+        let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
+        let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
+        let form = row_form(c);
+        let mut out = Grid::for_overwrite(x.n, x.h, x.w, c);
+        out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
+            let (b, y) = (row / hp, row % hp);
+            if y == 0 || y == hp - 1 {
+                return;
+            }
+            let xr = &x.data[row * wp * c..(row + 1) * wp * c];
+            let (ab, ob) = (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c]);
+            match form {
+                _ if !silu => row_affine(xr, orow, c, w, ab, ob),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `row_form` says Wide only when the plan has AVX-512F.
+                RowForm::Wide => unsafe { wide::apply(xr, orow, c, w, ab, ob) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `row_form` says Mid only when the plan has AVX2 and FMA.
+                RowForm::Mid => unsafe { mid::apply(xr, orow, c, w, ab, ob) },
+                _ => row_apply(xr, orow, c, w, ab, ob),
+            }
+        });
+        out.zero_side_borders();
+        out
+    })
+}
+
 /// silu(groupnorm(x)·γ + β).
 pub fn gn_silu(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
     super::profile::time("norm+silu forward", || gn_silu_inner(x, gamma, beta, groups))
 }
 
 fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
-    let st = stats(x, groups);
+    let st = stats(x, groups, EPS);
     let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
     let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
     let form = row_form(c);

@@ -16,12 +16,12 @@ use crate::error::Result;
 
 #[derive(Module, Debug)]
 pub struct Resnet {
-    norm1: GroupNorm,
-    conv1: Conv,
-    time_emb_proj: Option<Dense>,
-    norm2: GroupNorm,
-    conv2: Conv,
-    conv_shortcut: Option<Conv>,
+    pub(crate) norm1: GroupNorm,
+    pub(crate) conv1: Conv,
+    pub(crate) time_emb_proj: Option<Dense>,
+    pub(crate) norm2: GroupNorm,
+    pub(crate) conv2: Conv,
+    pub(crate) conv_shortcut: Option<Conv>,
 }
 
 impl Resnet {
@@ -108,11 +108,11 @@ impl Proj {
 /// diffusers' `Attention`: multi-head scaled dot-product attention over [B, N, C] tokens.
 #[derive(Module, Debug)]
 pub struct Attention {
-    to_q: Proj,
-    to_k: Proj,
-    to_v: Proj,
-    to_out: Proj,
-    heads: usize,
+    pub(crate) to_q: Proj,
+    pub(crate) to_k: Proj,
+    pub(crate) to_v: Proj,
+    pub(crate) to_out: Proj,
+    pub(crate) heads: usize,
 }
 
 impl Attention {
@@ -171,14 +171,14 @@ pub fn from_tokens(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
 
 #[derive(Module, Debug)]
 pub struct TransformerBlock {
-    norm1: LayerNorm,
-    attn1: Attention,
-    norm2: LayerNorm,
-    attn2: Attention,
-    norm3: LayerNorm,
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn1: Attention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) attn2: Attention,
+    pub(crate) norm3: LayerNorm,
     /// GEGLU: one projection to twice the inner width, split into value and gate.
-    ff_in: Dense,
-    ff_out: Dense,
+    pub(crate) ff_in: Dense,
+    pub(crate) ff_out: Dense,
 }
 
 impl TransformerBlock {
@@ -214,12 +214,12 @@ impl TransformerBlock {
 /// config says), transformer blocks, projection out, residual.
 #[derive(Module, Debug)]
 pub struct Transformer2D {
-    norm: GroupNorm,
-    proj_in_linear: Option<Dense>,
-    proj_in_conv: Option<Conv>,
-    blocks: Vec<TransformerBlock>,
-    proj_out_linear: Option<Dense>,
-    proj_out_conv: Option<Conv>,
+    pub(crate) norm: GroupNorm,
+    pub(crate) proj_in_linear: Option<Dense>,
+    pub(crate) proj_in_conv: Option<Conv>,
+    pub(crate) blocks: Vec<TransformerBlock>,
+    pub(crate) proj_out_linear: Option<Dense>,
+    pub(crate) proj_out_conv: Option<Conv>,
 }
 
 /// Sizes of one `Transformer2DModel`.
@@ -294,8 +294,8 @@ impl Transformer2D {
 /// The VAE's single-head spatial self-attention (`Attention` with a group norm and a residual).
 #[derive(Module, Debug)]
 pub struct SpatialAttention {
-    group_norm: GroupNorm,
-    attn: Attention,
+    pub(crate) group_norm: GroupNorm,
+    pub(crate) attn: Attention,
 }
 
 impl SpatialAttention {
@@ -317,8 +317,8 @@ impl SpatialAttention {
 /// right/bottom pad of one pixel, as the VAE encoder uses).
 #[derive(Module, Debug)]
 pub struct Downsample {
-    conv: Conv,
-    asymmetric: bool,
+    pub(crate) conv: Conv,
+    pub(crate) asymmetric: bool,
 }
 
 impl Downsample {
@@ -342,7 +342,7 @@ impl Downsample {
 /// `Upsample2D`: nearest-neighbour ×2, then a 3×3 convolution.
 #[derive(Module, Debug)]
 pub struct Upsample {
-    conv: Conv,
+    pub(crate) conv: Conv,
 }
 
 impl Upsample {

@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod cpu_forward;
 pub mod inpaint;
 pub mod layers;
 pub mod lora;

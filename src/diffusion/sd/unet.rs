@@ -19,31 +19,31 @@ use crate::error::{Error, Result};
 /// One down or up block: resnets, optionally each followed by a transformer, then a resampler.
 #[derive(Module, Debug)]
 pub struct Block {
-    resnets: Vec<Resnet>,
-    attentions: Vec<Transformer2D>,
-    down: Option<Downsample>,
-    up: Option<Upsample>,
+    pub(crate) resnets: Vec<Resnet>,
+    pub(crate) attentions: Vec<Transformer2D>,
+    pub(crate) down: Option<Downsample>,
+    pub(crate) up: Option<Upsample>,
 }
 
 #[derive(Module, Debug)]
 pub struct Mid {
-    resnets: Vec<Resnet>,
-    attentions: Vec<Transformer2D>,
+    pub(crate) resnets: Vec<Resnet>,
+    pub(crate) attentions: Vec<Transformer2D>,
 }
 
 #[derive(Module, Debug)]
 pub struct UNet {
-    time_1: Dense,
-    time_2: Dense,
-    conv_in: Conv,
-    down_blocks: Vec<Block>,
-    mid: Mid,
-    up_blocks: Vec<Block>,
-    norm_out: GroupNorm,
-    conv_out: Conv,
-    time_channels: usize,
-    flip_sin_to_cos: bool,
-    freq_shift: usize,
+    pub(crate) time_1: Dense,
+    pub(crate) time_2: Dense,
+    pub(crate) conv_in: Conv,
+    pub(crate) down_blocks: Vec<Block>,
+    pub(crate) mid: Mid,
+    pub(crate) up_blocks: Vec<Block>,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv,
+    pub(crate) time_channels: usize,
+    pub(crate) flip_sin_to_cos: bool,
+    pub(crate) freq_shift: usize,
     pub in_channels: usize,
     pub out_channels: usize,
     /// How its weights are quantised, if its folder was made by `realfill quantize`.
@@ -176,6 +176,69 @@ impl UNet {
     /// `context`: [B, 77, cross_attention_dim]. Returns [B, out, h, w] in f32 (computed in the
     /// weights' float type).
     pub fn forward(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
+        if super::cpu_forward::serves(&sample.device()) {
+            return self.forward_cpu(sample, timesteps, context);
+        }
+        self.forward_burn(sample, timesteps, context)
+    }
+
+    /// `forward` on realfill's CPU kernels (`cpu_forward`): the same arguments and result.
+    pub fn forward_cpu(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
+        use super::cpu_forward::{
+            conv, dense, downsample, grid, norm, resnet, silu, tensor4, transformer, upsample, values,
+        };
+        let u = self;
+        let device = sample.device();
+        let n = sample.dims()[0];
+        assert_eq!(timesteps.len(), n, "one timestep per image");
+        let [_, m, _] = context.dims();
+        let ctx = values(context.clone());
+        let ctx = (ctx.as_slice(), m);
+        let feats = timestep_embedding(timesteps, u.time_channels, u.flip_sin_to_cos, u.freq_shift);
+        let mut temb = dense(&u.time_1, &feats, n, None);
+        silu(&mut temb);
+        let mut temb = dense(&u.time_2, &temb, n, None);
+        // Every resnet applies SiLU to the embedding first (`blocks::Resnet`).
+        silu(&mut temb);
+        let temb = Some(temb.as_slice());
+        let mut h = conv(&u.conv_in, &grid(sample));
+        let mut skips = vec![h.clone()];
+        for b in &u.down_blocks {
+            for (j, r) in b.resnets.iter().enumerate() {
+                h = resnet(r, h, temb);
+                if let Some(a) = b.attentions.get(j) {
+                    h = transformer(a, h, ctx);
+                }
+                skips.push(h.clone());
+            }
+            if let Some(d) = &b.down {
+                h = downsample(d, &h);
+                skips.push(h.clone());
+            }
+        }
+        h = resnet(&u.mid.resnets[0], h, temb);
+        for (a, r) in u.mid.attentions.iter().zip(&u.mid.resnets[1..]) {
+            h = resnet(r, transformer(a, h, ctx), temb);
+        }
+        for b in &u.up_blocks {
+            for (j, r) in b.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                h = resnet(r, h.concat(&skip), temb);
+                drop(skip);
+                if let Some(a) = b.attentions.get(j) {
+                    h = transformer(a, h, ctx);
+                }
+            }
+            if let Some(up) = &b.up {
+                h = upsample(up, &h);
+            }
+        }
+        let out = conv(&u.conv_out, &norm(&u.norm_out, &h, true));
+        tensor4(&out, &device)
+    }
+
+    /// `forward` on burn, whatever the device (the CPU's own kernels compare against it).
+    pub fn forward_burn(&self, sample: Tensor<4>, timesteps: &[f32], context: &Tensor<3>) -> Tensor<4> {
         let dtype = self.dtype();
         let context = &context.clone().cast(dtype);
         let temb = self.time_embedding(timesteps, &sample.device(), dtype);

@@ -22,8 +22,8 @@ const EPS: f64 = 1e-6;
 
 #[derive(Module, Debug)]
 pub struct Mid {
-    resnets: Vec<Resnet>,
-    attention: Option<SpatialAttention>,
+    pub(crate) resnets: Vec<Resnet>,
+    pub(crate) attention: Option<SpatialAttention>,
 }
 
 impl Mid {
@@ -41,6 +41,15 @@ impl Mid {
         })
     }
 
+    fn forward_cpu(&self, x: super::cpu_forward::CpuGrid) -> super::cpu_forward::CpuGrid {
+        use super::cpu_forward::{resnet, spatial_attention};
+        let mut h = resnet(&self.resnets[0], x, None);
+        if let Some(a) = &self.attention {
+            h = spatial_attention(a, h);
+        }
+        resnet(&self.resnets[1], h, None)
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = self.resnets[0].forward(x, None);
         if let Some(a) = &self.attention {
@@ -52,29 +61,29 @@ impl Mid {
 
 #[derive(Module, Debug)]
 pub struct Level {
-    resnets: Vec<Resnet>,
-    down: Option<Downsample>,
-    up: Option<Upsample>,
+    pub(crate) resnets: Vec<Resnet>,
+    pub(crate) down: Option<Downsample>,
+    pub(crate) up: Option<Upsample>,
 }
 
 #[derive(Module, Debug)]
 pub struct Encoder {
-    conv_in: Conv,
-    levels: Vec<Level>,
-    mid: Mid,
-    norm_out: GroupNorm,
-    conv_out: Conv,
-    quant_conv: Option<Conv>,
+    pub(crate) conv_in: Conv,
+    pub(crate) levels: Vec<Level>,
+    pub(crate) mid: Mid,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv,
+    pub(crate) quant_conv: Option<Conv>,
 }
 
 #[derive(Module, Debug)]
 pub struct Decoder {
-    post_quant_conv: Option<Conv>,
-    conv_in: Conv,
-    mid: Mid,
-    levels: Vec<Level>,
-    norm_out: GroupNorm,
-    conv_out: Conv,
+    pub(crate) post_quant_conv: Option<Conv>,
+    pub(crate) conv_in: Conv,
+    pub(crate) mid: Mid,
+    pub(crate) levels: Vec<Level>,
+    pub(crate) norm_out: GroupNorm,
+    pub(crate) conv_out: Conv,
 }
 
 #[derive(Module, Debug)]
@@ -150,6 +159,57 @@ impl Vae {
     /// The latent distribution's mean of `image` ([B, 3, H, W] in [−1, 1]; H, W divisible by
     /// the VAE's factor), unscaled: [B, latent, H/f, W/f].
     pub fn encode_mean(&self, image: Tensor<4>) -> Tensor<4> {
+        if super::cpu_forward::serves(&image.device()) {
+            return self.encode_mean_cpu(image);
+        }
+        self.encode_mean_burn(image)
+    }
+
+    /// `encode_mean` on realfill's CPU kernels (`cpu_forward`).
+    pub fn encode_mean_cpu(&self, image: Tensor<4>) -> Tensor<4> {
+        use super::cpu_forward::{conv, downsample, grid, norm, resnet, tensor4};
+        let device = image.device();
+        let e = &self.encoder;
+        let mut h = conv(&e.conv_in, &grid(image));
+        for l in &e.levels {
+            for r in &l.resnets {
+                h = resnet(r, h, None);
+            }
+            if let Some(d) = &l.down {
+                h = downsample(d, &h);
+            }
+        }
+        h = e.mid.forward_cpu(h);
+        h = conv(&e.conv_out, &norm(&e.norm_out, &h, true));
+        if let Some(q) = &e.quant_conv {
+            h = conv(q, &h);
+        }
+        tensor4(&h, &device).narrow(1, 0, self.latent_channels)
+    }
+
+    /// `decode` on realfill's CPU kernels (`cpu_forward`).
+    pub fn decode_cpu(&self, latent: Tensor<4>) -> Tensor<4> {
+        use super::cpu_forward::{conv, grid, norm, resnet, tensor4, upsample};
+        let device = latent.device();
+        let d = &self.decoder;
+        let mut h = grid(latent);
+        if let Some(q) = &d.post_quant_conv {
+            h = conv(q, &h);
+        }
+        h = d.mid.forward_cpu(conv(&d.conv_in, &h));
+        for l in &d.levels {
+            for r in &l.resnets {
+                h = resnet(r, h, None);
+            }
+            if let Some(u) = &l.up {
+                h = upsample(u, &h);
+            }
+        }
+        tensor4(&conv(&d.conv_out, &norm(&d.norm_out, &h, true)), &device)
+    }
+
+    /// `encode_mean` on burn, whatever the device.
+    pub fn encode_mean_burn(&self, image: Tensor<4>) -> Tensor<4> {
         let e = &self.encoder;
         let mut h = e.conv_in.forward(image);
         for l in &e.levels {
@@ -170,6 +230,14 @@ impl Vae {
 
     /// The image of an unscaled latent, [B, 3, H, W] (roughly [−1, 1]).
     pub fn decode(&self, latent: Tensor<4>) -> Tensor<4> {
+        if super::cpu_forward::serves(&latent.device()) {
+            return self.decode_cpu(latent);
+        }
+        self.decode_burn(latent)
+    }
+
+    /// `decode` on burn, whatever the device.
+    pub fn decode_burn(&self, latent: Tensor<4>) -> Tensor<4> {
         let d = &self.decoder;
         let mut h = latent;
         if let Some(q) = &d.post_quant_conv {
