@@ -39,16 +39,21 @@ def main():
     kw = dict(variant="fp16", torch_dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(a.dir, subfolder="unet", **kw).eval()
     vae = AutoencoderKL.from_pretrained(a.dir, subfolder="vae", **kw).eval()
-    text = CLIPTextModel.from_pretrained(a.dir, subfolder="text_encoder", **kw).eval()
+    try:
+        text = CLIPTextModel.from_pretrained(a.dir, subfolder="text_encoder", **kw).eval()
+    except ValueError as e:  # transformers 5.25 without its optional `kernels` package
+        print(f"text encoder not loaded ({e}); the UNet gets a random context of its width")
+        text = None
     lat = a.size // 8
     ids = torch.zeros(2, 77, dtype=torch.long)
     img = torch.randn(1, 3, a.size, a.size)
     z = torch.randn(1, 4, lat, lat)
     x1 = torch.randn(1, 9, lat, lat)
     with torch.no_grad():
-        ctx = text(ids).last_hidden_state
-        rows = [
-            ("text encoder, 2 prompts", lambda: text(ids)),
+        width = unet.config.cross_attention_dim
+        ctx = text(ids).last_hidden_state if text is not None else torch.randn(2, 77, width)
+        rows = [("text encoder, 2 prompts", lambda: text(ids))] if text is not None else []
+        rows += [
             (f"VAE encode {a.size}²", lambda: vae.encode(img).latent_dist.mean),
             (f"VAE decode {a.size}²", lambda: vae.decode(z).sample),
             (f"UNet step {a.size}², batch 1", lambda: unet(x1, 500, encoder_hidden_states=ctx[:1]).sample),

@@ -431,7 +431,7 @@ mod tests {
         load_or_reuse(&mut held, &s, &Device::flex(), &mut |m| said.push(m)).unwrap();
         assert!(
             said.iter().any(|m| m
-                .contains("UNet: 8-bit int8 weights (block 64), widened to f16 per layer; text encoder: 8-bit int8")),
+                .contains("UNet: 8-bit int8 weights (block 64), widened to f32 per layer; text encoder: 8-bit int8 weights (block 64), widened to f16 per layer")),
             "{said:?}"
         );
         let int8 = fill(&mut held, &scene, &s, false);

@@ -262,13 +262,16 @@ impl StableDiffusion {
     /// "UNet: 4-bit NF4 weights (block 64), widened to f32 per layer; text encoder: …".
     pub fn describe_weights(&self) -> String {
         let ty = if self.dtype == DType::F16 { "f16" } else { "f32" };
-        // Off the CPU they are widened once at load (`weights::Weights::linear`).
+        // Off the CPU they are widened once at load (`weights::Weights::linear`); on it the UNet
+        // runs on realfill's kernels, which compute in f32 (`cpu_forward`), the text encoder on
+        // burn in the model's type.
         let when = if weights::on_cpu(&self.device) { "per layer" } else { "at load" };
-        let one = |s: Option<packed::Scheme>| match s {
-            Some(s) => format!("{}, widened to {ty} {when}", s.describe()),
+        let unet_ty = if cpu_forward::serves(&self.device) { "f32" } else { ty };
+        let one = |s: Option<packed::Scheme>, to: &str| match s {
+            Some(s) => format!("{}, widened to {to} {when}", s.describe()),
             None => format!("{ty} weights"),
         };
-        format!("UNet: {}; text encoder: {}", one(self.unet.scheme), one(self.text_scheme))
+        format!("UNet: {}; text encoder: {}", one(self.unet.scheme, unet_ty), one(self.text_scheme, ty))
     }
 
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.
