@@ -425,44 +425,21 @@ fn coefficients(st: &GnStats, gamma: &[f32], beta: &[f32], n: usize, c: usize, g
 /// groupnorm(x)·γ + β with the given ε, followed by SiLU when `silu` (Stable Diffusion's
 /// norms: ε 1e-5 or 1e-6, with and without SiLU); inference only, no statistics kept.
 pub fn group_norm(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize, eps: f64, silu: bool) -> Grid {
-    super::profile::time("group norm", || {
-        let st = stats(x, groups, eps);
-        let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
-        let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
-        let form = row_form(c);
-        let mut out = Grid::for_overwrite(x.n, x.h, x.w, c);
-        out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
-            let (b, y) = (row / hp, row % hp);
-            if y == 0 || y == hp - 1 {
-                return;
-            }
-            let xr = &x.data[row * wp * c..(row + 1) * wp * c];
-            let (ab, ob) = (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c]);
-            match form {
-                _ if !silu => row_affine(xr, orow, c, w, ab, ob),
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `row_form` says Wide only when the plan has AVX-512F.
-                RowForm::Wide => unsafe { wide::apply(xr, orow, c, w, ab, ob) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `row_form` says Mid only when the plan has AVX2 and FMA.
-                RowForm::Mid => unsafe { mid::apply(xr, orow, c, w, ab, ob) },
-                _ => row_apply(xr, orow, c, w, ab, ob),
-            }
-        });
-        out.zero_side_borders();
-        out
-    })
+    super::profile::time("group norm", || normalise(x, &stats(x, groups, eps), gamma, beta, groups, silu))
 }
 
 /// silu(groupnorm(x)·γ + β).
 pub fn gn_silu(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
-    super::profile::time("norm+silu forward", || gn_silu_inner(x, gamma, beta, groups))
+    super::profile::time("norm+silu forward", || {
+        let st = stats(x, groups, EPS);
+        (normalise(x, &st, gamma, beta, groups, true), st)
+    })
 }
 
-fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid, GnStats) {
-    let st = stats(x, groups, EPS);
+/// x normalised by the statistics `st`, then ·γ + β, then SiLU when `silu`.
+fn normalise(x: &Grid, st: &GnStats, gamma: &[f32], beta: &[f32], groups: usize, silu: bool) -> Grid {
     let (c, w, wp, hp) = (x.c, x.w, x.wp(), x.h + 2);
-    let [a, o, _, _] = coefficients(&st, gamma, beta, x.n, c, groups);
+    let [a, o, _, _] = coefficients(st, gamma, beta, x.n, c, groups);
     let form = row_form(c);
     let mut out = Grid::for_overwrite(x.n, x.h, x.w, c);
     out.data.par_chunks_mut(wp * c).enumerate().for_each(|(row, orow)| {
@@ -473,6 +450,7 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
         let xr = &x.data[row * wp * c..(row + 1) * wp * c];
         let (ab, ob) = (&a[b * c..(b + 1) * c], &o[b * c..(b + 1) * c]);
         match form {
+            _ if !silu => row_affine(xr, orow, c, w, ab, ob),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `row_form` says Wide only when the plan has AVX-512F.
             RowForm::Wide => unsafe { wide::apply(xr, orow, c, w, ab, ob) },
@@ -483,7 +461,7 @@ fn gn_silu_inner(x: &Grid, gamma: &[f32], beta: &[f32], groups: usize) -> (Grid,
         }
     });
     out.zero_side_borders();
-    (out, st)
+    out
 }
 
 /// Gradients of `gn_silu` w.r.t. x, γ and β, given the output gradient dz.
