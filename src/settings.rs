@@ -144,9 +144,9 @@ pub enum SdPrecision {
     /// Half precision: 2.3 GB less for an SD-2 fill on the CPU, where its weights are widened per layer.
     F16,
     /// The weights block-wise int8 in memory (SD-2's UNet: ≈ 0.9 GB instead of 1.7 in f16),
-    /// each layer's widened when it runs. On the CPU the UNet's and the text
-    /// encoder's, packed as `realfill quantize --bits 8` packs them, a step as fast as f16;
-    /// elsewhere the UNet's on burn's Q8S (docs/BENCHMARKS.md, sessions 15 and 17).
+    /// each layer's widened when it runs. On the CPU the UNet's and the text encoder's, packed
+    /// as `realfill quantize --bits 8` packs them (on burn's path a step measured as fast as
+    /// f16's); elsewhere the UNet's on burn's Q8S (docs/BENCHMARKS.md, sessions 15 and 17).
     Int8,
 }
 

@@ -362,7 +362,8 @@ mod tests {
     /// burn's Q8S made after the f16 load (what it was until session 17, and still is off the
     /// CPU) against the weights packed as they are read, beside plain f16, alternating: a
     /// measurement, run by
-    /// `REALFILL_SD2_DIR=/var/tmp/sd2-rs cargo test --release --lib int8_step_time -- --ignored --nocapture`.
+    /// `REALFILL_SD_BURN_CPU=1 REALFILL_SD2_DIR=/var/tmp/sd2-rs cargo test --release --lib int8_step_time -- --ignored --nocapture`
+    /// (without the switch the CPU runs them all on realfill's kernels, `cpu_forward`).
     #[test]
     #[ignore]
     fn int8_step_time() {
