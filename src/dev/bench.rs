@@ -69,9 +69,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub sd_whole_graph: bool,
     /// On the CPU, time each Stable Diffusion figure on these paths, alternated in one run:
-    /// `own` (realfill's kernels, `diffusion::sd::cpu_forward`) and `burn` (burn's CPU backend).
+    /// `own` (realfill's kernels, `diffusion::sd::cpu_forward`), `own-im2col` (the same without
+    /// Winograd's 3×3 convolutions: `kernels::winograd`) and `burn` (burn's CPU backend).
     /// Default: the one the switches pick.
-    #[arg(long, value_delimiter = ',', value_parser = ["own", "burn"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["own", "own-im2col", "burn"])]
     pub sd_paths: Vec<String>,
     /// Leave out the LoRA learning step of the Stable Diffusion figures.
     #[arg(long)]
@@ -651,21 +652,32 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     // Each path in turn for every repetition (after one warm-up each), so that a shared
     // machine's load falls on all of them alike.
     use crate::diffusion::sd::cpu_forward;
-    let paths: Vec<Option<bool>> = if *device == Device::flex() && !a.sd_paths.is_empty() {
-        a.sd_paths.iter().map(|p| Some(p == "own")).collect()
+    use crate::kernels::winograd;
+    let paths: Vec<&str> = if *device == Device::flex() && !a.sd_paths.is_empty() {
+        a.sd_paths.iter().map(String::as_str).collect()
     } else {
-        vec![None]
+        vec![""]
     };
-    let label = |p: Option<bool>| match p {
-        None => String::new(),
-        Some(true) => " [own kernels]".to_string(),
-        Some(false) => " [burn]".to_string(),
+    // One path for what follows: the kernels, and whether their 3×3 layers use Winograd.
+    let take = |p: &str| {
+        cpu_forward::choose(match p {
+            "own" | "own-im2col" => Some(true),
+            "burn" => Some(false),
+            _ => None,
+        });
+        winograd::enable(p != "own-im2col");
+    };
+    let label = |p: &str| match p {
+        "" => String::new(),
+        "own" => " [own kernels]".to_string(),
+        "own-im2col" => " [own kernels, im2col 3×3]".to_string(),
+        _ => " [burn]".to_string(),
     };
     let mut time = |what: String, run: &mut dyn FnMut() -> usize| {
         let mut secs = vec![Vec::new(); paths.len()];
         for i in 0..a.repeats + 1 {
             for (k, &p) in paths.iter().enumerate() {
-                cpu_forward::choose(p);
+                take(p);
                 let t = Instant::now();
                 std::hint::black_box(run());
                 if i > 0 {
@@ -673,7 +685,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
                 }
             }
         }
-        cpu_forward::choose(None);
+        take("");
         crate::kernels::profile::report(&what);
         for (k, &p) in paths.iter().enumerate() {
             row(format!("{what}{}", label(p)), std::mem::take(&mut secs[k]));
@@ -717,7 +729,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     };
     let (mw, mh) = model_size(&sd, size, size);
     for &p in &paths {
-        cpu_forward::choose(p);
+        take(p);
         let t = Instant::now();
         inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
         row(
@@ -725,7 +737,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
             vec![t.elapsed().as_secs_f64()],
         );
     }
-    cpu_forward::choose(None);
+    take("");
     drop(sd);
     eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
     if a.sd_no_learning {

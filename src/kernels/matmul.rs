@@ -143,18 +143,22 @@ pub fn linear(x: &[f32], rows: usize, w: View<'_>, bias: Option<&[f32]>, residua
 fn linear_inner(x: &[f32], rows: usize, w: View<'_>, bias: Option<&[f32]>, residual: Option<Vec<f32>>) -> Vec<f32> {
     let (din, dout) = (w.rows, w.cols);
     assert_eq!(x.len(), rows * din, "rows of the input width");
+    // A recycled buffer, overwritten by the product: the transformer blocks' outputs reach
+    // 84 MB, which the C allocator maps afresh for every call (a page fault per 4 KiB; the
+    // widest layer ran at a fifth of gemm's speed). Callers give large temporaries back.
+    let accumulate = residual.is_some();
     let mut out = match residual {
         Some(r) => {
             assert_eq!(r.len(), rows * dout, "residual rows");
             r
         }
-        None => vec![0.0f32; rows * dout],
+        None => super::grid::pool::take_dirty(rows * dout),
     };
+    matmul(&mut out, 0, dout, View::rows(x, rows, din), w, accumulate, 1.0, true);
     if let Some(b) = bias {
         assert_eq!(b.len(), dout, "one bias per output");
         out.par_chunks_mut(dout).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
-    matmul(&mut out, 0, dout, View::rows(x, rows, din), w, true, 1.0, true);
     out
 }
 
@@ -167,25 +171,12 @@ fn linear_inner(x: &[f32], rows: usize, w: View<'_>, bias: Option<&[f32]>, resid
 /// (n·cout). Borders zero.
 pub fn conv_taps(x: &Grid, offs: &[(isize, isize)], w: &[f32], cout: usize, bias: &[f32], init: Option<Grid>) -> Grid {
     super::profile::time("convolution (gemm)", || {
-        let (n, h, wd, cin) = (x.n, x.h, x.w, x.c);
+        let (n, h, cin) = (x.n, x.h, x.c);
         let taps = offs.len();
         assert_eq!(w.len(), cout * cin * taps, "weights [cout][cin][taps]");
         assert!(offs.iter().all(|&(dy, dx)| dy.abs() <= 1 && dx.abs() <= 1), "taps within the border");
-        let mut out = match init {
-            Some(g) => {
-                assert_eq!((g.n, g.h, g.w, g.c), (n, h, wd, cout), "the residual's shape");
-                g
-            }
-            None => Grid::zeros(n, h, wd, cout),
-        };
-        let per_image = bias.len() == n * cout;
-        assert!(per_image || bias.len() == cout, "bias: cout or n·cout values");
+        let mut out = with_bias(x, cout, bias, init);
         let wp = x.wp();
-        let image = (h + 2) * wp;
-        out.data.par_chunks_mut(cout).enumerate().for_each(|(q, px)| {
-            let b = if per_image { (q / image).min(n - 1) } else { 0 };
-            px.iter_mut().zip(&bias[b * cout..(b + 1) * cout]).for_each(|(o, v)| *o += v);
-        });
         // Every position from the first image's second to the last image's second-to-last:
         // each tap's shift stays inside the buffer; what lands on borders is zeroed after.
         let (s, e) = (x.rows_range(0).0 + 1, x.rows_range(n - 1).1 - 1);
@@ -238,24 +229,33 @@ pub fn conv_oihw(x: &Grid, w: &[f32], cout: usize, k: usize, bias: &[f32], init:
     conv_taps(x, &square_taps(k), w, cout, bias, init)
 }
 
-/// A 1×1 convolution: one product over the grid as it lies (borders included, zeroed after).
-fn conv_1x1(x: &Grid, w: &[f32], cout: usize, bias: &[f32], init: Option<Grid>) -> Grid {
-    let (n, cin) = (x.n, x.c);
-    assert_eq!(w.len(), cout * cin, "weights [cout][cin]");
+/// The output grid of a stride-1 convolution of `x` to `cout` channels, holding `init` (a
+/// residual) when given plus `bias` (cout values, or n·cout: one row per image) everywhere,
+/// borders included (the convolution zeroes them after).
+pub fn with_bias(x: &Grid, cout: usize, bias: &[f32], init: Option<Grid>) -> Grid {
+    let (n, h, wd) = (x.n, x.h, x.w);
     let mut out = match init {
         Some(g) => {
-            assert_eq!((g.n, g.h, g.w, g.c), (n, x.h, x.w, cout), "the residual's shape");
+            assert_eq!((g.n, g.h, g.w, g.c), (n, h, wd, cout), "the residual's shape");
             g
         }
-        None => Grid::zeros(n, x.h, x.w, cout),
+        None => Grid::zeros(n, h, wd, cout),
     };
     let per_image = bias.len() == n * cout;
     assert!(per_image || bias.len() == cout, "bias: cout or n·cout values");
-    let image = (x.h + 2) * x.wp();
+    let image = (h + 2) * x.wp();
     out.data.par_chunks_mut(cout).enumerate().for_each(|(q, px)| {
-        let b = if per_image { q / image } else { 0 };
+        let b = if per_image { (q / image).min(n - 1) } else { 0 };
         px.iter_mut().zip(&bias[b * cout..(b + 1) * cout]).for_each(|(o, v)| *o += v);
     });
+    out
+}
+
+/// A 1×1 convolution: one product over the grid as it lies (borders included, zeroed after).
+fn conv_1x1(x: &Grid, w: &[f32], cout: usize, bias: &[f32], init: Option<Grid>) -> Grid {
+    let cin = x.c;
+    assert_eq!(w.len(), cout * cin, "weights [cout][cin]");
+    let mut out = with_bias(x, cout, bias, init);
     let rows = x.data.len() / cin;
     let wv = View { data: w, off: 0, rows: cin, cols: cout, rs: 1, cs: cin };
     super::profile::time("convolution (gemm)", || {
@@ -464,5 +464,42 @@ mod tests {
         let (want, _, _) = reference(&up, n, cin, 2 * h, 2 * w, &wt, cout, 3, 1, 1, 1, &bias);
         let got = conv_up(&g, &wt, cout, &bias);
         assert!(close(&got.to_nchw(cout), &want) < 1e-4, "upsampled");
+    }
+
+    /// The transformer layers' products of SD-2's guided pair (rows × din → dout), weights
+    /// row-major and as burn holds a file's [dout, din] (a transposed view), by hand:
+    /// `cargo test --release --lib matmul::tests::linear_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn linear_timing() {
+        for (rows, din, dout) in [
+            (8192, 320, 320),
+            (8192, 320, 2560),
+            (8192, 1280, 320),
+            (2048, 640, 640),
+            (2048, 640, 5120),
+            (2048, 2560, 640),
+            (512, 1280, 1280),
+            (512, 1280, 10240),
+            (512, 5120, 1280),
+            (128, 1280, 1280),
+        ] {
+            let x: Vec<f32> = Rng::new(1).normals(rows * din);
+            let w: Vec<f32> = Rng::new(2).normals(din * dout);
+            let gflop = 2.0 * (rows * din * dout) as f64 / 1e9;
+            let mut line = format!("{rows}×{din}→{dout}:");
+            for (name, view) in
+                [("row-major", View::rows(&w, din, dout)), ("transposed view", View::rows(&w, dout, din).t())]
+            {
+                let mut best = f64::MAX;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    super::super::grid::pool::give(std::hint::black_box(linear(&x, rows, view, None, None)));
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                line += &format!("  {name} {:.1} ms ({:.0} GFLOP/s)", best * 1e3, gflop / best);
+            }
+            eprintln!("{line}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Hand-written CPU kernels, below the maths that uses them: the fused patch attention of the
 //! patch engine (`attention`) and the scene network's direct convolution, GroupNorm+SiLU and
 //! padded channels-last grids (`conv`, `norm`, `grid`); for Stable Diffusion's wider networks
-//! `gemm` products and convolutions built on them (`matmul`), blockwise multi-head attention
+//! `gemm` products and convolutions built on them (`matmul`, the many-position 3×3 layers by
+//! Winograd's minimal filtering: `winograd`), blockwise multi-head attention
 //! (`sdpa`) and row operations of transformer blocks (`rows`); the AVX-512 pieces they share
 //! (`simd`) and a per-operation profile (`profile`). Every `unsafe` block says why it is sound
 //! (`clippy::undocumented_unsafe_blocks` is denied crate-wide) and every unsafe function has
@@ -50,6 +51,7 @@ pub mod profile;
 pub mod rows;
 pub mod sdpa;
 pub mod simd;
+pub mod winograd;
 
 use std::sync::OnceLock;
 

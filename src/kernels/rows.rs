@@ -72,7 +72,8 @@ pub fn geglu(h: &[f32], inner: usize) -> Vec<f32> {
 }
 
 fn geglu_inner(h: &[f32], inner: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; h.len() / 2];
+    // Every value is written below (a recycled buffer: see `matmul::linear`).
+    let mut out = super::grid::pool::take_dirty(h.len() / 2);
     let k = chunk_rows(inner);
     out.par_chunks_mut(k * inner).zip(h.par_chunks(2 * k * inner)).for_each(|(o, hs)| {
         for (or, hr) in o.chunks_exact_mut(inner).zip(hs.chunks_exact(2 * inner)) {
@@ -80,6 +81,22 @@ fn geglu_inner(h: &[f32], inner: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+#[inline(always)]
+fn gelu_inner(x: &mut [f32], quick: bool) {
+    if quick {
+        // OpenAI CLIP's x·σ(1.702·x).
+        x.iter_mut().for_each(|v| *v /= 1.0 + exp_fast(-1.702 * *v));
+    } else {
+        x.iter_mut().for_each(|v| *v = gelu(*v));
+    }
+}
+multiversion!(gelu_slice, gelu_inner, (x: &mut [f32], quick: bool));
+
+/// GELU in place: the exact (erf) form, or CLIP's quick one.
+pub fn gelu_all(x: &mut [f32], quick: bool) {
+    super::profile::time("gelu", || x.par_chunks_mut(16384).for_each(|c| gelu_slice(c, quick)));
 }
 
 #[inline(always)]
@@ -182,6 +199,15 @@ mod tests {
         silu(&mut v);
         for (a, x) in v.iter().zip([-3.0f32, 0.0, 2.5]) {
             assert!((a - x / (1.0 + (-x).exp())).abs() < 1e-6);
+        }
+        let xs: Vec<f32> = Rng::new(6).normals(40).into_iter().map(|v| 3.0 * v).collect();
+        for quick in [false, true] {
+            let mut v = xs.clone();
+            gelu_all(&mut v, quick);
+            for (a, &x) in v.iter().zip(&xs) {
+                let want = if quick { x / (1.0 + (-1.702 * x).exp()) } else { gelu(x) };
+                assert!((a - want).abs() < 1e-5, "quick {quick}: gelu({x}) = {a}, not {want}");
+            }
         }
     }
 }

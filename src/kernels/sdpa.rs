@@ -32,6 +32,35 @@ pub fn attention(
     heads: usize,
     d: usize,
 ) -> Vec<f32> {
+    attend(q, k, v, b, n, m, heads, d, false)
+}
+
+/// `attention` of n tokens over themselves where token i sees only tokens 0..=i (a text
+/// encoder's causal mask).
+pub fn causal_attention(
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    b: usize,
+    n: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f32> {
+    attend(q, k, v, b, n, n, heads, d, true)
+}
+
+#[allow(clippy::too_many_arguments, reason = "as `attention`, and the mask")]
+fn attend(
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    b: usize,
+    n: usize,
+    m: usize,
+    heads: usize,
+    d: usize,
+    causal: bool,
+) -> Vec<f32> {
     super::profile::time("attention", || {
         let c = heads * d;
         for (t, rows) in [(&q, n), (&k, m), (&v, m)] {
@@ -70,8 +99,11 @@ pub fn attention(
                     let kt =
                         View { data: k.data, off: k.off + bi * m * k.ld + h * d, rows: d, cols: m, rs: 1, cs: k.ld };
                     matmul(logits, 0, m, qv, kt, false, 1.0, false);
-                    for (row, s) in logits.chunks_exact_mut(m).zip(&mut sums) {
-                        *s = softmax_row(row, scale);
+                    for (i, (row, s)) in logits.chunks_exact_mut(m).zip(&mut sums).enumerate() {
+                        // Query r0 + i sees keys 0..=r0 + i: the rest weigh exactly nothing.
+                        let seen = if causal { (r0 + i + 1).min(m) } else { m };
+                        *s = softmax_row(&mut row[..seen], scale);
+                        row[seen..].fill(0.0);
                     }
                     let vv =
                         View { data: v.data, off: v.off + bi * m * v.ld + h * d, rows: m, cols: d, rs: v.ld, cs: 1 };
@@ -136,5 +168,52 @@ mod tests {
             }
         }
         assert!(worst < 1e-5, "{worst}");
+    }
+
+    /// The causal form equals plain attention over each query's prefix of the keys.
+    #[test]
+    fn causal_attention_sees_only_earlier_tokens() {
+        let (b, n, heads, d) = (2, 21, 2, 4);
+        let c = heads * d;
+        let [q, k, v]: [Vec<f32>; 3] = std::array::from_fn(|i| Rng::new(10 + i as u64).normals(b * n * c));
+        let got = causal_attention(
+            Heads { data: &q, off: 0, ld: c },
+            Heads { data: &k, off: 0, ld: c },
+            Heads { data: &v, off: 0, ld: c },
+            b,
+            n,
+            heads,
+            d,
+        );
+        for bi in 0..b {
+            for i in [0, 1, 7, n - 1] {
+                // Query i alone against keys 0..=i.
+                let row = &q[(bi * n + i) * c..(bi * n + i + 1) * c];
+                let want = attention(
+                    Heads { data: row, off: 0, ld: c },
+                    Heads { data: &k, off: bi * n * c, ld: c },
+                    Heads { data: &v, off: bi * n * c, ld: c },
+                    1,
+                    1,
+                    i + 1,
+                    heads,
+                    d,
+                );
+                let err = want.iter().zip(&got[(bi * n + i) * c..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-5, "image {bi}, token {i}: {err}");
+            }
+        }
+        // Without the mask the first token's output differs (the test can fail).
+        let plain = attention(
+            Heads { data: &q, off: 0, ld: c },
+            Heads { data: &k, off: 0, ld: c },
+            Heads { data: &v, off: 0, ld: c },
+            b,
+            n,
+            n,
+            heads,
+            d,
+        );
+        assert!(plain[..c].iter().zip(&got[..c]).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 }

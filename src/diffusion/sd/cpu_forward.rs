@@ -23,13 +23,14 @@ use rayon::prelude::*;
 
 use super::blocks::{Attention, Downsample, Proj, Resnet, SpatialAttention, Transformer2D, TransformerBlock, Upsample};
 use super::layers::{Conv, Dense};
-use crate::kernels::grid::Grid;
 pub(super) use crate::kernels::grid::Grid as CpuGrid;
+use crate::kernels::grid::{Grid, pool};
 use crate::kernels::matmul::{View, conv_down, conv_oihw, conv_up, linear, matmul};
 use crate::kernels::norm::group_norm;
 pub(super) use crate::kernels::rows::silu;
 use crate::kernels::rows::{geglu, layer_norm};
 use crate::kernels::sdpa::{Heads, attention};
+use crate::kernels::winograd;
 
 /// 0: as the plan says; 1: own kernels; 2: burn (`realfill bench` times both in one process).
 static CHOICE: AtomicU8 = AtomicU8::new(0);
@@ -88,7 +89,7 @@ fn widen(p: &super::packed::Packed) -> Vec<f32> {
 
 /// A parameter's values as f32: borrowed from the CPU backend's own storage when it holds
 /// them as f32 (no copy: the layers' weights of an f32 model), else widened.
-enum Floats {
+pub(super) enum Floats {
     /// The tensor and how many of its storage's values are visible.
     Shared(burn::backend::flex::FlexTensor, usize),
     Owned(Vec<f32>),
@@ -113,7 +114,7 @@ fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<burn::backend::flex::FlexTe
 }
 
 /// A parameter's values in row-major order.
-fn param<const D: usize>(p: &Param<Tensor<D>>) -> Floats {
+pub(super) fn param<const D: usize>(p: &Param<Tensor<D>>) -> Floats {
     let t = p.val();
     match flex_f32(&t) {
         Some(f) if f.layout().is_contiguous() && f.layout().start_offset() == 0 => {
@@ -175,7 +176,7 @@ pub(super) fn dense(d: &Dense, x: &[f32], rows: usize, residual: Option<Vec<f32>
 }
 
 /// A projection with its LoRA adapter when it has one: base(x) + scale·(x·down)·up.
-fn proj(p: &Proj, x: &[f32], rows: usize, residual: Option<Vec<f32>>) -> Vec<f32> {
+pub(super) fn proj(p: &Proj, x: &[f32], rows: usize, residual: Option<Vec<f32>>) -> Vec<f32> {
     let mut out = dense(&p.base, x, rows, residual);
     if let Some(l) = &p.lora {
         let (down, up) = (param(&l.down), param(&l.up));
@@ -201,9 +202,15 @@ fn conv_bias(c: &Conv) -> Vec<f32> {
 }
 
 /// A stride-1 convolution with `bias` (cout, or n·cout per image), onto `init` when given.
+/// 3×3 layers with many positions by Winograd's form (`winograd::form_for`), the rest as
+/// im2col products.
 fn conv_same(c: &Conv, x: &Grid, bias: &[f32], init: Option<Grid>) -> Grid {
     assert_eq!((c.stride, c.pad), (1, c.kernel / 2), "a 'same' convolution");
-    conv_oihw(x, &conv_weight(c), c.cout, c.kernel, bias, init)
+    let w = conv_weight(c);
+    match winograd::form_for(x.n, x.h, x.w, x.c, c.cout) {
+        Some(form) if c.kernel == 3 => winograd::conv3x3(form, x, &w, c.cout, bias, init),
+        _ => conv_oihw(x, &w, c.cout, c.kernel, bias, init),
+    }
 }
 
 pub(super) fn conv(c: &Conv, x: &Grid) -> Grid {
@@ -221,10 +228,15 @@ pub(super) fn norm(g: &GroupNorm, x: &Grid, silu: bool) -> Grid {
 const LAYER_NORM_EPS: f32 = 1e-5;
 
 fn layer(l: &LayerNorm, x: &[f32]) -> Vec<f32> {
+    layer_eps(l, x, LAYER_NORM_EPS)
+}
+
+/// A layer norm over rows of its width, with the ε its model was built with.
+pub(super) fn layer_eps(l: &LayerNorm, x: &[f32], eps: f32) -> Vec<f32> {
     let gamma = param(&l.gamma);
     let c = gamma.len();
     let beta = l.beta.as_ref().map_or_else(|| vec![0.0; c], |p| param(p).to_vec());
-    layer_norm(x, c, &gamma, &beta, LAYER_NORM_EPS)
+    layer_norm(x, c, &gamma, &beta, eps)
 }
 
 /// `blocks::Resnet`: `temb` is the SiLU of the UNet's time embedding (n × T), None in the VAE.
@@ -272,7 +284,7 @@ fn attend(
         heads,
         c / heads,
     );
-    drop((q, k, v));
+    [q, k, v].into_iter().for_each(pool::give);
     proj(&a.to_out, &o, rows, Some(residual))
 }
 
@@ -285,10 +297,12 @@ fn transformer_block(b: &TransformerBlock, x: Vec<f32>, n: usize, tokens: usize,
     let x = attend(&b.attn2, &a, n, tokens, Some(context), x);
     let a = layer(&b.norm3, &x);
     let h = dense(&b.ff_in, &a, rows, None);
-    drop(a);
+    pool::give(a);
     let g = geglu(&h, b.ff_out.din);
-    drop(h);
-    dense(&b.ff_out, &g, rows, Some(x))
+    pool::give(h);
+    let out = dense(&b.ff_out, &g, rows, Some(x));
+    pool::give(g);
+    out
 }
 
 /// A 1×1 convolution or a linear layer on token rows (`Transformer2D`'s projections).

@@ -38,6 +38,8 @@ pub struct TextEncoder {
     final_layer_norm: LayerNorm,
     heads: usize,
     quick_gelu: bool,
+    /// The layer norms' ε (burn's `LayerNorm` keeps its own private).
+    eps: f32,
     pub max_positions: usize,
     pub width: usize,
     /// How its weights are quantised, if its folder was made by `realfill quantize`.
@@ -100,6 +102,7 @@ impl TextEncoder {
             final_layer_norm: w.layer_norm(&format!("{p}final_layer_norm"), d, eps)?,
             heads: c.num_attention_heads,
             quick_gelu: c.hidden_act == "quick_gelu",
+            eps: eps as f32,
             max_positions: c.max_position_embeddings,
             width: d,
             scheme: w.scheme(),
@@ -114,6 +117,43 @@ impl TextEncoder {
     /// `ids`: B rows of token ids (at most `max_positions` each, all the same length).
     /// Returns the last hidden state [B, N, width] in f32.
     pub fn forward(&self, ids: &[Vec<i64>]) -> Tensor<3> {
+        if super::cpu_forward::serves(&self.token_embedding.weight.device()) {
+            return self.forward_cpu(ids);
+        }
+        self.forward_burn(ids)
+    }
+
+    /// `forward` on realfill's CPU kernels (`cpu_forward`): the same arguments and result.
+    pub fn forward_cpu(&self, ids: &[Vec<i64>]) -> Tensor<3> {
+        use super::cpu_forward::{dense, layer_eps, param, proj};
+        use crate::kernels::rows::gelu_all;
+        use crate::kernels::sdpa::{Heads, causal_attention};
+        let (b, n, d) = (ids.len(), ids[0].len(), self.width);
+        let rows = b * n;
+        let (tokens, positions) = (param(&self.token_embedding.weight), param(&self.position_embedding.weight));
+        let mut h = vec![0.0f32; rows * d];
+        for (r, row) in h.chunks_exact_mut(d).enumerate() {
+            let (id, p) = (ids[r / n][r % n] as usize, r % n);
+            let (t, e) = (&tokens[id * d..(id + 1) * d], &positions[p * d..(p + 1) * d]);
+            row.iter_mut().zip(t.iter().zip(e)).for_each(|(o, (t, e))| *o = t + e);
+        }
+        for l in &self.layers {
+            let x = layer_eps(&l.layer_norm1, &h, self.eps);
+            let [q, k, v] = [&l.q_proj, &l.k_proj, &l.v_proj].map(|p| proj(p, &x, rows, None));
+            drop(x);
+            let heads = |t| Heads { data: t, off: 0, ld: d };
+            let a = causal_attention(heads(&q), heads(&k), heads(&v), b, n, self.heads, d / self.heads);
+            h = proj(&l.out_proj, &a, rows, Some(h));
+            let mut x = dense(&l.fc1, &layer_eps(&l.layer_norm2, &h, self.eps), rows, None);
+            gelu_all(&mut x, self.quick_gelu);
+            h = dense(&l.fc2, &x, rows, Some(h));
+        }
+        let out = layer_eps(&self.final_layer_norm, &h, self.eps);
+        Tensor::from_data(TensorData::new(out, [b, n, d]), &self.token_embedding.weight.device())
+    }
+
+    /// `forward` on burn's operations.
+    pub fn forward_burn(&self, ids: &[Vec<i64>]) -> Tensor<3> {
         let device = self.token_embedding.weight.device();
         let b = ids.len();
         let n = ids[0].len();
@@ -140,6 +180,43 @@ impl TextEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rel_max(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        let (a, b) = (a.into_data().try_to_vec::<f32>().unwrap(), b.into_data().try_to_vec::<f32>().unwrap());
+        assert_eq!(a.len(), b.len());
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        d / b.iter().map(|v| v.abs()).fold(0.0, f32::max)
+    }
+
+    /// On realfill's kernels the text encoder computes what burn computes: plain, with the
+    /// fixture's learned LoRA adapters, with CLIP's quick GELU, on int8 weights packed at load;
+    /// two prompts of 77 tokens, so the causal mask matters.
+    #[test]
+    fn the_text_encoder_matches_burn() {
+        let sd_dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny"));
+        let device = Device::flex();
+        let mut sd = crate::diffusion::sd::StableDiffusion::load(sd_dir, &device, DType::F32).unwrap();
+        let ids = vec![sd.tokenizer.encode(""), sd.tokenizer.encode("a photo of sks on a table")];
+        assert_eq!(ids[0].len(), 77);
+        let check = |t: &TextEncoder, what: &str| {
+            let e = rel_max(t.forward_cpu(&ids), t.forward_burn(&ids));
+            assert!(e < 1e-5, "{what}: {e}");
+        };
+        check(sd.text_encoder().unwrap(), "f32");
+        let plain = sd.text_encoder().unwrap().forward_cpu(&ids);
+        assert!(crate::diffusion::sd::lora::load(&mut sd, &sd_dir.join("lora_after.safetensors")).unwrap() > 0);
+        check(sd.text_encoder().unwrap(), "with LoRA");
+        let adapted = sd.text_encoder().unwrap().forward_cpu(&ids);
+        assert!(rel_max(adapted, plain) > 1e-3, "the fixture's adapters change the text encoder");
+        let (mut quick, _) = TextEncoder::load(&sd_dir.join("text_encoder"), &device, DType::F32).unwrap();
+        quick.quick_gelu = true;
+        check(&quick, "quick GELU");
+        let int8 = Scheme { format: super::super::packed::Format::Int8, block: 16 };
+        let (packed, _) =
+            TextEncoder::load_packing(&sd_dir.join("text_encoder"), &device, DType::F32, Some(int8)).unwrap();
+        assert!(packed.layers[0].fc1.packed.is_some(), "the int8 layers are packed");
+        check(&packed, "int8");
+    }
 
     /// The tiny fixture's text encoder saved as transformers 5 does (no `text_model.` prefix)
     /// loads and encodes exactly as the fixture itself.
