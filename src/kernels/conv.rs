@@ -840,7 +840,7 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Direct NCHW convolution (stride s, padding 1 for k = 3, 0 for k = 1).
+    /// Direct NCHW convolution (stride s, padding 1 for k = 3, 0 for k = 1), no bias.
     #[allow(clippy::too_many_arguments, reason = "a reference convolution with its shapes")]
     fn direct(
         x: &[f32],
@@ -853,32 +853,7 @@ mod tests {
         k: usize,
         s: usize,
     ) -> Vec<f32> {
-        let pad = (k / 2) as isize;
-        let (ho, wo) = (h.div_ceil(s), w.div_ceil(s));
-        let mut out = vec![0.0f32; n * cout * ho * wo];
-        for b in 0..n {
-            for o in 0..cout {
-                for y in 0..ho {
-                    for xx in 0..wo {
-                        let mut acc = 0.0f64;
-                        for i in 0..cin {
-                            for dy in 0..k {
-                                for dx in 0..k {
-                                    let iy = (y * s + dy) as isize - pad;
-                                    let ix = (xx * s + dx) as isize - pad;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                        acc += x[((b * cin + i) * h + iy as usize) * w + ix as usize] as f64
-                                            * wt[((o * cin + i) * k + dy) * k + dx] as f64;
-                                    }
-                                }
-                            }
-                        }
-                        out[((b * cout + o) * ho + y) * wo + xx] = acc as f32;
-                    }
-                }
-            }
-        }
-        out
+        crate::kernels::reference::conv_nchw(x, n, cin, h, w, wt, cout, k, s, k / 2, k / 2, &vec![0.0; cout]).0
     }
 
     fn close(a: &[f32], b: &[f32]) {

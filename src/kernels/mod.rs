@@ -48,6 +48,8 @@ pub mod grid;
 pub mod matmul;
 pub mod norm;
 pub mod profile;
+#[cfg(test)]
+mod reference;
 pub mod rows;
 pub mod sdpa;
 pub mod simd;

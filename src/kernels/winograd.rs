@@ -326,30 +326,19 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// conv3×3 (padding 1) on NHWC, in f64: the reference.
+    /// conv3×3 (padding 1) of a grid by the plain reference, laid out as the grid's interior
+    /// (image, row, column, channel).
     fn direct(x: &Grid, w: &[f32], cout: usize) -> Vec<f64> {
         let (n, h, wd, cin) = (x.n, x.h, x.w, x.c);
-        let mut out = vec![0.0f64; n * h * wd * cout];
-        for b in 0..n {
-            for y in 0..h {
-                for xx in 0..wd {
-                    for o in 0..cout {
-                        let mut acc = 0.0f64;
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                // Padded position (y + ky, xx + kx) is unpadded (y+ky−1, xx+kx−1).
-                                let p = ((b * (h + 2) + y + ky) * x.wp() + xx + kx) * cin;
-                                for i in 0..cin {
-                                    acc += x.data[p + i] as f64 * w[(o * cin + i) * 9 + ky * 3 + kx] as f64;
-                                }
-                            }
-                        }
-                        out[((b * h + y) * wd + xx) * cout + o] = acc;
-                    }
-                }
-            }
-        }
-        out
+        let (out, _, _) =
+            crate::kernels::reference::conv_nchw(&x.to_nchw(cin), n, cin, h, wd, w, cout, 3, 1, 1, 1, &vec![0.0; cout]);
+        let plane = h * wd;
+        (0..n * plane * cout)
+            .map(|i| {
+                let (b, p, o) = (i / (plane * cout), (i / cout) % plane, i % cout);
+                out[(b * cout + o) * plane + p] as f64
+            })
+            .collect()
     }
 
     /// Both forms against the direct sum, on sides that are and are not multiples of m (the

@@ -359,7 +359,7 @@ pub(super) fn spatial_attention(s: &SpatialAttention, x: Grid) -> Grid {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::diffusion::sd::StableDiffusion;
@@ -473,6 +473,51 @@ mod tests {
         let burn = vals(u.forward_burn(x, &[10.0, 500.0], &ctx));
         let e = rel_max(&own, &burn);
         assert!(e < TOLERANCE, "{e}");
+    }
+
+    /// The fixture's `sub/config.json` with 64 channels at every level, read by `read`: wide
+    /// enough for Winograd's form (`winograd::form_for`) wherever a level has ≥ 32² positions.
+    fn at_64_channels<T>(sub: &str, read: fn(&Path) -> crate::error::Result<T>) -> T {
+        let text = std::fs::read_to_string(fixture().join(sub).join("config.json")).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["block_out_channels"] = serde_json::json!([64, 64]);
+        let dir = std::env::temp_dir().join(format!("realfill-cpu-forward-{sub}-64-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+        let c = read(&dir.join("config.json")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        c
+    }
+
+    /// The UNet where Winograd's form serves: 64 channels on a 32² latent (random weights), so
+    /// its first level's 3×3 layers take F(4×4) and the second's im2col.
+    #[test]
+    fn the_unet_matches_burn_where_winograd_serves() {
+        let c = at_64_channels("unet", crate::diffusion::sd::config::UNetConfig::read);
+        let device = Device::flex();
+        let u = UNet::build(&c, &crate::diffusion::sd::weights::Weights::synthetic(&device, 6)).unwrap();
+        let side = 32;
+        assert!(winograd::form_for(2, side, side, 64, 64).is_some(), "the first level takes Winograd's form");
+        let x = Tensor::<4>::from_data(
+            TensorData::new(Rng::new(1).normals(2 * 9 * side * side), [2, 9, side, side]),
+            &device,
+        );
+        let ctx = Tensor::<3>::from_data(TensorData::new(Rng::new(2).normals(2 * 5 * 16), [2, 5, 16]), &device);
+        let own = vals(u.forward_cpu(x.clone(), &[10.0, 500.0], &ctx));
+        let burn = vals(u.forward_burn(x, &[10.0, 500.0], &ctx));
+        let e = rel_max(&own, &burn);
+        assert!(e < TOLERANCE, "{e}");
+    }
+
+    /// The VAE where Winograd's form serves: 64 channels, 64² images (random weights).
+    #[test]
+    fn the_vae_matches_burn_where_winograd_serves() {
+        let c = at_64_channels("vae", crate::diffusion::sd::config::VaeConfig::read);
+        let v = Vae::build(&c, &crate::diffusion::sd::weights::Weights::synthetic(&Device::flex(), 7)).unwrap();
+        for (what, (own, burn)) in ["encode", "decode"].iter().zip(vae_pair(&v, 64)) {
+            let e = rel_max(&own, &burn);
+            assert!(e < TOLERANCE, "{what}: {e}");
+        }
     }
 
     fn vae_pair(v: &Vae, side: usize) -> [(Vec<f32>, Vec<f32>); 2] {
