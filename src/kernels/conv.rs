@@ -841,18 +841,8 @@ mod tests {
     use crate::rng::Rng;
 
     /// Direct NCHW convolution (stride s, padding 1 for k = 3, 0 for k = 1), no bias.
-    #[allow(clippy::too_many_arguments, reason = "a reference convolution with its shapes")]
-    fn direct(
-        x: &[f32],
-        n: usize,
-        cin: usize,
-        h: usize,
-        w: usize,
-        wt: &[f32],
-        cout: usize,
-        k: usize,
-        s: usize,
-    ) -> Vec<f32> {
+    fn direct(x: &[f32], shape: [usize; 4], wt: &[f32], cout: usize, k: usize, s: usize) -> Vec<f32> {
+        let [n, cin, h, w] = shape;
         crate::kernels::reference::conv_nchw(x, n, cin, h, w, wt, cout, k, s, k / 2, k / 2, &vec![0.0; cout]).0
     }
 
@@ -876,7 +866,7 @@ mod tests {
         {
             let x = rand(n * cin * h * w, &mut rng);
             let wt = rand(cout * cin * k * k, &mut rng);
-            let want = direct(&x, n, cin, h, w, &wt, cout, k, 1);
+            let want = direct(&x, [n, cin, h, w], &wt, cout, k, 1);
             let g = Grid::from_nchw(&x, n, cin, h, w);
             let got = conv(&g, &Packed::from_oihw(&wt, cout, cin, k), &vec![0.0; n * cout]);
             close(&got.to_nchw(cout), &want);
@@ -924,7 +914,7 @@ mod tests {
         let wt = rand(cout * cin * 9, &mut rng);
         let g = Grid::from_nchw(&x, n, cin, h, w);
         let up = UpPacked::from_oihw(&wt, cout, cin);
-        let want = direct(&g.upsample2().to_nchw(cin), n, cin, 2 * h, 2 * w, &wt, cout, 3, 1);
+        let want = direct(&g.upsample2().to_nchw(cin), [n, cin, 2 * h, 2 * w], &wt, cout, 3, 1);
         let out = up.forward(&g, &vec![0.0; n * cout]);
         close(&out.to_nchw(cout), &want);
         // Gradients against the plain path (upsample, 3×3 conv, upsample's gradient).
@@ -962,7 +952,7 @@ mod tests {
         let (n, cin, cout, h, w) = (2, 6, 20, 8, 6);
         let x = rand(n * cin * h * w, &mut rng);
         let wt = rand(cout * cin * 9, &mut rng);
-        let want = direct(&x, n, cin, h, w, &wt, cout, 3, 2);
+        let want = direct(&x, [n, cin, h, w], &wt, cout, 3, 2);
         let g = Grid::from_nchw(&x, n, cin, h, w).space_to_depth();
         let got = conv(&g, &Packed::from_oihw_stride2(&wt, cout, cin), &vec![0.0; n * cout]);
         close(&got.to_nchw(cout), &want);

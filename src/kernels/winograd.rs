@@ -122,29 +122,32 @@ fn weights(f: &Form, w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
 multiversion!(weight_rows, weight_rows_inner, (taps: &[f32], g: &[f32], a: usize, c: usize, tmp: &mut [f32], dst: &mut [f32]));
 
 /// dst[r·α+s] = Σ_l G[s][l]·(Σ_k G[r][k]·taps[k·3+l]) over rows of c values.
+#[inline(always)]
 fn weight_rows_inner(taps: &[f32], g: &[f32], a: usize, c: usize, tmp: &mut [f32], dst: &mut [f32]) {
-    for r in 0..a {
-        for l in 0..3 {
-            let t = &mut tmp[(r * 3 + l) * c..(r * 3 + l + 1) * c];
-            t.fill(0.0);
-            for k in 0..3 {
-                let coef = g[r * 3 + k];
-                if coef != 0.0 {
-                    t.iter_mut().zip(&taps[(k * 3 + l) * c..(k * 3 + l + 1) * c]).for_each(|(t, v)| *t += coef * v);
-                }
-            }
-        }
+    for (i, t) in tmp[..a * 3 * c].chunks_exact_mut(c).enumerate() {
+        let (r, l) = (i / 3, i % 3);
+        combine(t, (0..3).map(|k| (g[r * 3 + k], row(taps, c, k * 3 + l))));
     }
-    for r in 0..a {
-        for s in 0..a {
-            let d = &mut dst[(r * a + s) * c..(r * a + s + 1) * c];
-            d.fill(0.0);
-            for l in 0..3 {
-                let coef = g[s * 3 + l];
-                if coef != 0.0 {
-                    d.iter_mut().zip(&tmp[(r * 3 + l) * c..(r * 3 + l + 1) * c]).for_each(|(d, v)| *d += coef * v);
-                }
-            }
+    for (i, d) in dst[..a * a * c].chunks_exact_mut(c).enumerate() {
+        let (r, s) = (i / a, i % a);
+        combine(d, (0..3).map(|l| (g[s * 3 + l], row(tmp, c, r * 3 + l))));
+    }
+}
+
+/// Row i of rows of c values.
+#[inline(always)]
+fn row(v: &[f32], c: usize, i: usize) -> &[f32] {
+    &v[i * c..(i + 1) * c]
+}
+
+/// dst = Σ k·row over the terms (rows of dst's length), zero coefficients skipped: each
+/// transform is two passes of these, a matrix applied on the left then on the right.
+#[inline(always)]
+fn combine<'a>(dst: &mut [f32], terms: impl Iterator<Item = (f32, &'a [f32])>) {
+    dst.fill(0.0);
+    for (k, row) in terms {
+        if k != 0.0 {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += k * v);
         }
     }
 }
@@ -156,34 +159,17 @@ multiversion!(input_tile, input_tile_inner, (x: &[f32], at: &[usize], bt: &[f32]
 /// dst[ξ=(r,s)] = (Bᵀ d B)[r][s] over c channels, where d[i][j] is the row of x at at[i·α+j]
 /// (NONE: zero, outside the grid). tmp: α²·c floats. Whole rows of channels per coefficient:
 /// passes of 16 channels with the tile in registers measured 2× slower.
+#[inline(always)]
 fn input_tile_inner(x: &[f32], at: &[usize], bt: &[f32], a: usize, c: usize, tmp: &mut [f32], dst: &mut [f32]) {
-    // tmp[r][j] = Σ_i Bᵀ[r][i]·d[i][j]
-    for r in 0..a {
-        for j in 0..a {
-            let t = &mut tmp[(r * a + j) * c..(r * a + j + 1) * c];
-            t.fill(0.0);
-            for i in 0..a {
-                let (k, p) = (bt[r * a + i], at[i * a + j]);
-                if k == 0.0 || p == NONE {
-                    continue;
-                }
-                t.iter_mut().zip(&x[p..p + c]).for_each(|(t, v)| *t += k * v);
-            }
-        }
+    // tmp[r][j] = Σ_i Bᵀ[r][i]·d[i][j], then dst[r][s] = Σ_j Bᵀ[s][j]·tmp[r][j].
+    for (i, t) in tmp[..a * a * c].chunks_exact_mut(c).enumerate() {
+        let (r, j) = (i / a, i % a);
+        let inside = (0..a).filter(|&k| at[k * a + j] != NONE);
+        combine(t, inside.map(|k| (bt[r * a + k], &x[at[k * a + j]..at[k * a + j] + c])));
     }
-    // dst[r][s] = Σ_j Bᵀ[s][j]·tmp[r][j]
-    for r in 0..a {
-        for s in 0..a {
-            let d = &mut dst[(r * a + s) * c..(r * a + s + 1) * c];
-            d.fill(0.0);
-            for j in 0..a {
-                let k = bt[s * a + j];
-                if k == 0.0 {
-                    continue;
-                }
-                d.iter_mut().zip(&tmp[(r * a + j) * c..(r * a + j + 1) * c]).for_each(|(d, v)| *d += k * v);
-            }
-        }
+    for (i, d) in dst[..a * a * c].chunks_exact_mut(c).enumerate() {
+        let (r, s) = (i / a, i % a);
+        combine(d, (0..a).map(|j| (bt[s * a + j], row(tmp, c, r * a + j))));
     }
 }
 
@@ -191,34 +177,16 @@ multiversion!(output_tile, output_tile_inner, (mt: &[f32], at: &[f32], a: usize,
 
 /// dst[p][q] = (Aᵀ M A)[p][q] over c channels (m²·c floats), from the tile's products mt
 /// (α²·c). tmp: m·α·c floats.
+#[inline(always)]
 fn output_tile_inner(mt: &[f32], at: &[f32], a: usize, m: usize, c: usize, tmp: &mut [f32], dst: &mut [f32]) {
-    // tmp[p][s] = Σ_r Aᵀ[p][r]·M[r][s]
-    for p in 0..m {
-        for s in 0..a {
-            let t = &mut tmp[(p * a + s) * c..(p * a + s + 1) * c];
-            t.fill(0.0);
-            for r in 0..a {
-                let k = at[p * a + r];
-                if k == 0.0 {
-                    continue;
-                }
-                t.iter_mut().zip(&mt[(r * a + s) * c..(r * a + s + 1) * c]).for_each(|(t, v)| *t += k * v);
-            }
-        }
+    // tmp[p][s] = Σ_r Aᵀ[p][r]·M[r][s], then dst[p][q] = Σ_s Aᵀ[q][s]·tmp[p][s].
+    for (i, t) in tmp[..m * a * c].chunks_exact_mut(c).enumerate() {
+        let (p, s) = (i / a, i % a);
+        combine(t, (0..a).map(|r| (at[p * a + r], row(mt, c, r * a + s))));
     }
-    // dst[p][q] = Σ_s Aᵀ[q][s]·tmp[p][s]
-    for p in 0..m {
-        for q in 0..m {
-            let d = &mut dst[(p * m + q) * c..(p * m + q + 1) * c];
-            d.fill(0.0);
-            for s in 0..a {
-                let k = at[q * a + s];
-                if k == 0.0 {
-                    continue;
-                }
-                d.iter_mut().zip(&tmp[(p * a + s) * c..(p * a + s + 1) * c]).for_each(|(d, v)| *d += k * v);
-            }
-        }
+    for (i, d) in dst[..m * m * c].chunks_exact_mut(c).enumerate() {
+        let (p, q) = (i / m, i % m);
+        combine(d, (0..a).map(|s| (at[q * a + s], row(tmp, c, p * a + s))));
     }
 }
 

@@ -200,6 +200,18 @@ impl StableDiffusion {
                 "model_max_length exceeds the text encoder's max_position_embeddings",
             ));
         }
+        // An id past the embeddings would index outside them (a crafted vocabulary).
+        let (lo, hi) = tokenizer.id_range();
+        if lo < 0 || hi >= text.vocab_size() as i64 {
+            return Err(Error::input(
+                dir.join("tokenizer"),
+                format!(
+                    "has token id {} outside the text encoder's {} embeddings",
+                    if lo < 0 { lo } else { hi },
+                    text.vocab_size()
+                ),
+            ));
+        }
         let scheduler = scheduler::Scheduler::load(&dir.join("scheduler").join("scheduler_config.json"))?;
         Ok(StableDiffusion {
             unet,
@@ -277,6 +289,38 @@ impl StableDiffusion {
     /// Pixels per latent pixel times the UNet's own stride: image sides must divide by this.
     pub fn pixel_stride(&self) -> usize {
         self.vae_config.factor() * self.unet_config.stride()
+    }
+}
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    /// A vocabulary whose ids run past the text encoder's embeddings is refused at load, naming
+    /// the tokenizer folder (the CPU forward would index outside its table).
+    #[test]
+    fn a_token_id_past_the_embeddings_is_refused() {
+        let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd-tiny"));
+        let dir = std::env::temp_dir().join(format!("realfill-sd-vocab-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tokenizer")).unwrap();
+        for e in std::fs::read_dir(fixture).unwrap() {
+            let e = e.unwrap().path();
+            if e.file_name().unwrap() != "tokenizer" {
+                std::os::unix::fs::symlink(&e, dir.join(e.file_name().unwrap())).unwrap();
+            }
+        }
+        for e in std::fs::read_dir(fixture.join("tokenizer")).unwrap() {
+            let e = e.unwrap().path();
+            std::fs::copy(&e, dir.join("tokenizer").join(e.file_name().unwrap())).unwrap();
+        }
+        assert!(StableDiffusion::load(&dir, &Device::flex(), DType::F32).is_ok(), "the copy loads as it is");
+        let vocab = dir.join("tokenizer").join("vocab.json");
+        let text = std::fs::read_to_string(&vocab).unwrap();
+        std::fs::write(&vocab, text.replacen('{', "{\"zzz</w>\": 99999, ", 1)).unwrap();
+        let e = StableDiffusion::load(&dir, &Device::flex(), DType::F32).err().expect("refused").to_string();
+        assert!(e.contains("tokenizer") && e.contains("99999") && e.contains("embeddings"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
 

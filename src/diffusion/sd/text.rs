@@ -109,6 +109,11 @@ impl TextEncoder {
         })
     }
 
+    /// How many token embeddings it holds (token ids run 0..this).
+    pub fn vocab_size(&self) -> usize {
+        self.token_embedding.weight.dims()[0]
+    }
+
     /// The self-attention projections of every layer (LoRA's targets in the text encoder).
     pub fn projs_mut(&mut self) -> Vec<&mut Proj> {
         self.layers.iter_mut().flat_map(|l| [&mut l.q_proj, &mut l.k_proj, &mut l.v_proj, &mut l.out_proj]).collect()

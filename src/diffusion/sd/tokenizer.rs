@@ -61,6 +61,13 @@ fn token_text(v: &Value) -> Option<String> {
 }
 
 impl Tokenizer {
+    /// The smallest and largest id it can emit (every vocabulary and added token's).
+    pub fn id_range(&self) -> (i64, i64) {
+        let ids =
+            self.vocab.values().chain(self.added.iter().map(|(_, id)| id)).chain([&self.bos, &self.eos, &self.pad]);
+        ids.fold((i64::MAX, i64::MIN), |(lo, hi), &id| (lo.min(id), hi.max(id)))
+    }
+
     pub fn load(dir: &Path) -> Result<Tokenizer> {
         let vocab_path = dir.join("vocab.json");
         let vocab: HashMap<String, i64> = read_json(&vocab_path)?;
