@@ -659,7 +659,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         vec![""]
     };
     // One path for what follows: the kernels, and whether their 3×3 layers use Winograd.
-    let take = |p: &str| {
+    let use_path = |p: &str| {
         cpu_forward::choose(match p {
             "own" | "own-im2col" => Some(true),
             "burn" => Some(false),
@@ -677,7 +677,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
         let mut secs = vec![Vec::new(); paths.len()];
         for i in 0..a.repeats + 1 {
             for (k, &p) in paths.iter().enumerate() {
-                take(p);
+                use_path(p);
                 let t = Instant::now();
                 std::hint::black_box(run());
                 if i > 0 {
@@ -685,7 +685,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
                 }
             }
         }
-        take("");
+        use_path("");
         crate::kernels::profile::report(&what);
         for (k, &p) in paths.iter().enumerate() {
             row(format!("{what}{}", label(p)), std::mem::take(&mut secs[k]));
@@ -729,7 +729,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
     };
     let (mw, mh) = model_size(&sd, size, size);
     for &p in &paths {
-        take(p);
+        use_path(p);
         let t = Instant::now();
         inpaint(&sd, &canvas, &hole, &o, &mut |_, _, _| {}, &|| false)?;
         row(
@@ -737,7 +737,7 @@ fn bench_sd(device: &Device, name: &str, a: &BenchArgs, rows: &mut Vec<Row>) -> 
             vec![t.elapsed().as_secs_f64()],
         );
     }
-    take("");
+    use_path("");
     drop(sd);
     eprintln!("peak resident memory after the fill: {:.0} MiB", peak_rss_mib());
     if a.sd_no_learning {

@@ -12,45 +12,19 @@ use super::rows::softmax_row;
 /// Query rows per task at most (the scratch is this × keys floats).
 const BLOCK: usize = 128;
 
-/// Attention of `n` queries over `m` keys for each of `b` images: `q` [b, n, heads·d],
-/// `k` and `v` [b, m, heads·d] (rows; `ld` values apart from `off`, so q, k and v may be
-/// column ranges of one fused projection). Returns [b, n, heads·d].
+/// Rows of one of attention's operands: row i of image b is `data[off + (b·rows + i)·ld ..]`,
+/// heads side by side (so q, k and v may be column ranges of one fused projection).
 pub struct Heads<'a> {
     pub data: &'a [f32],
     pub off: usize,
     pub ld: usize,
 }
 
-#[allow(clippy::too_many_arguments, reason = "queries, keys, values and their sizes")]
+/// Attention of `n` queries over `m` keys for each of `b` images: `q` [b, n, heads·d], `k` and
+/// `v` [b, m, heads·d]. Returns [b, n, heads·d]. `causal` (a text encoder's mask, m = n):
+/// query i sees only keys 0..=i.
+#[allow(clippy::too_many_arguments, reason = "queries, keys, values, their sizes and the mask")]
 pub fn attention(
-    q: Heads<'_>,
-    k: Heads<'_>,
-    v: Heads<'_>,
-    b: usize,
-    n: usize,
-    m: usize,
-    heads: usize,
-    d: usize,
-) -> Vec<f32> {
-    attend(q, k, v, b, n, m, heads, d, false)
-}
-
-/// `attention` of n tokens over themselves where token i sees only tokens 0..=i (a text
-/// encoder's causal mask).
-pub fn causal_attention(
-    q: Heads<'_>,
-    k: Heads<'_>,
-    v: Heads<'_>,
-    b: usize,
-    n: usize,
-    heads: usize,
-    d: usize,
-) -> Vec<f32> {
-    attend(q, k, v, b, n, n, heads, d, true)
-}
-
-#[allow(clippy::too_many_arguments, reason = "as `attention`, and the mask")]
-fn attend(
     q: Heads<'_>,
     k: Heads<'_>,
     v: Heads<'_>,
@@ -61,6 +35,7 @@ fn attend(
     d: usize,
     causal: bool,
 ) -> Vec<f32> {
+    assert!(!causal || m == n, "a causal mask over the queries' own tokens");
     super::profile::time("attention", || {
         let c = heads * d;
         for (t, rows) in [(&q, n), (&k, m), (&v, m)] {
@@ -141,6 +116,7 @@ mod tests {
             m,
             heads,
             d,
+            false,
         );
         let mut worst = 0.0f64;
         for bi in 0..b {
@@ -176,14 +152,16 @@ mod tests {
         let (b, n, heads, d) = (2, 21, 2, 4);
         let c = heads * d;
         let [q, k, v]: [Vec<f32>; 3] = std::array::from_fn(|i| Rng::new(10 + i as u64).normals(b * n * c));
-        let got = causal_attention(
+        let got = attention(
             Heads { data: &q, off: 0, ld: c },
             Heads { data: &k, off: 0, ld: c },
             Heads { data: &v, off: 0, ld: c },
             b,
             n,
+            n,
             heads,
             d,
+            true,
         );
         for bi in 0..b {
             for i in [0, 1, 7, n - 1] {
@@ -198,6 +176,7 @@ mod tests {
                     i + 1,
                     heads,
                     d,
+                    false,
                 );
                 let err = want.iter().zip(&got[(bi * n + i) * c..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                 assert!(err < 1e-5, "image {bi}, token {i}: {err}");
@@ -213,6 +192,7 @@ mod tests {
             n,
             heads,
             d,
+            false,
         );
         assert!(plain[..c].iter().zip(&got[..c]).any(|(a, b)| (a - b).abs() > 1e-3));
     }

@@ -37,7 +37,9 @@ impl Form {
     }
 }
 
-/// F(2×2, 3×3): points 0, ±1, ∞.
+/// F(2×2, 3×3): points 0, ±1, ∞. Tests and timings only: it was never faster than F(4×4)
+/// beyond noise where either serves (docs/BENCHMARKS.md, session 18).
+#[cfg(test)]
 #[rustfmt::skip]
 pub const F2: Form = Form {
     m: 2,
@@ -83,13 +85,13 @@ pub fn enable(on: bool) {
     OFF.store(!on, Ordering::Relaxed);
 }
 
-/// The form for a 3×3 convolution of n images of h×w positions, cin → cout channels, or none
+/// The form for a 3×3 convolution on images of h×w positions, cin → cout channels, or none
 /// (im2col products). Measured on SD-2's layers (`winograd::tests::timing`, by hand; figures in
-/// docs/BENCHMARKS.md): F(4×4) is 1.6–2.6× faster than the products wherever an image has ≥ 32²
-/// positions and both widths are ≥ 64; at 16² and 8² (1280 channels) transforming 1.6 M weights
-/// every call costs about what the products save, and narrow layers (the first and last) are
-/// too cheap to matter.
-pub fn form_for(_n: usize, h: usize, w: usize, cin: usize, cout: usize) -> Option<&'static Form> {
+/// docs/BENCHMARKS.md, session 18): F(4×4) is 1.5–2.9× faster than the products wherever an
+/// image has ≥ 32² positions and both widths are ≥ 64; at 16² and 8² (1280 channels)
+/// transforming 1.6 M weights every call costs more than the products save, and narrow layers
+/// (the first and last) are too cheap to matter.
+pub fn form_for(h: usize, w: usize, cin: usize, cout: usize) -> Option<&'static Form> {
     if OFF.load(Ordering::Relaxed) || cin < 64 || cout < 64 || h * w < 32 * 32 {
         return None;
     }
@@ -348,7 +350,7 @@ mod tests {
     #[test]
     fn the_convolution_keeps_its_bias_residual_and_borders() {
         let (n, c, side) = (2, 64, 32);
-        assert!(form_for(n, side, side, c, c).is_some(), "a layer Winograd's form serves");
+        assert!(form_for(side, side, c, c).is_some(), "a layer Winograd's form serves");
         let x = Grid::from_nchw(&Rng::new(12).normals(n * c * side * side), n, c, side, side);
         let w: Vec<f32> = Rng::new(13).normals(c * c * 9);
         let res = Grid::from_nchw(&Rng::new(14).normals(n * c * side * side), n, c, side, side);

@@ -207,7 +207,7 @@ fn conv_bias(c: &Conv) -> Vec<f32> {
 fn conv_same(c: &Conv, x: &Grid, bias: &[f32], init: Option<Grid>) -> Grid {
     assert_eq!((c.stride, c.pad), (1, c.kernel / 2), "a 'same' convolution");
     let w = conv_weight(c);
-    match winograd::form_for(x.n, x.h, x.w, x.c, c.cout) {
+    match winograd::form_for(x.h, x.w, x.c, c.cout) {
         Some(form) if c.kernel == 3 => winograd::conv3x3(form, x, &w, c.cout, bias, init),
         _ => conv_oihw(x, &w, c.cout, c.kernel, bias, init),
     }
@@ -283,6 +283,7 @@ fn attend(
         m,
         heads,
         c / heads,
+        false,
     );
     [q, k, v].into_iter().for_each(pool::give);
     proj(&a.to_out, &o, rows, Some(residual))
@@ -497,7 +498,7 @@ mod tests {
         let device = Device::flex();
         let u = UNet::build(&c, &crate::diffusion::sd::weights::Weights::synthetic(&device, 6)).unwrap();
         let side = 32;
-        assert!(winograd::form_for(2, side, side, 64, 64).is_some(), "the first level takes Winograd's form");
+        assert!(winograd::form_for(side, side, 64, 64).is_some(), "the first level takes Winograd's form");
         let x = Tensor::<4>::from_data(
             TensorData::new(Rng::new(1).normals(2 * 9 * side * side), [2, 9, side, side]),
             &device,

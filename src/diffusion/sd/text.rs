@@ -132,7 +132,7 @@ impl TextEncoder {
     pub fn forward_cpu(&self, ids: &[Vec<i64>]) -> Tensor<3> {
         use super::cpu_forward::{dense, layer_eps, param, proj};
         use crate::kernels::rows::gelu_all;
-        use crate::kernels::sdpa::{Heads, causal_attention};
+        use crate::kernels::sdpa::{Heads, attention};
         let (b, n, d) = (ids.len(), ids[0].len(), self.width);
         let rows = b * n;
         let (tokens, positions) = (param(&self.token_embedding.weight), param(&self.position_embedding.weight));
@@ -147,7 +147,7 @@ impl TextEncoder {
             let [q, k, v] = [&l.q_proj, &l.k_proj, &l.v_proj].map(|p| proj(p, &x, rows, None));
             drop(x);
             let heads = |t| Heads { data: t, off: 0, ld: d };
-            let a = causal_attention(heads(&q), heads(&k), heads(&v), b, n, self.heads, d / self.heads);
+            let a = attention(heads(&q), heads(&k), heads(&v), b, n, n, self.heads, d / self.heads, true);
             h = proj(&l.out_proj, &a, rows, Some(h));
             let mut x = dense(&l.fc1, &layer_eps(&l.layer_norm2, &h, self.eps), rows, None);
             gelu_all(&mut x, self.quick_gelu);
