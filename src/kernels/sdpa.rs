@@ -152,17 +152,9 @@ mod tests {
         let (b, n, heads, d) = (2, 21, 2, 4);
         let c = heads * d;
         let [q, k, v]: [Vec<f32>; 3] = std::array::from_fn(|i| Rng::new(10 + i as u64).normals(b * n * c));
-        let got = attention(
-            Heads { data: &q, off: 0, ld: c },
-            Heads { data: &k, off: 0, ld: c },
-            Heads { data: &v, off: 0, ld: c },
-            b,
-            n,
-            n,
-            heads,
-            d,
-            true,
-        );
+        let all = |t| Heads { data: t, off: 0, ld: c };
+        let whole = |causal| attention(all(&q), all(&k), all(&v), b, n, n, heads, d, causal);
+        let got = whole(true);
         for bi in 0..b {
             for i in [0, 1, 7, n - 1] {
                 // Query i alone against keys 0..=i.
@@ -183,17 +175,7 @@ mod tests {
             }
         }
         // Without the mask the first token's output differs (the test can fail).
-        let plain = attention(
-            Heads { data: &q, off: 0, ld: c },
-            Heads { data: &k, off: 0, ld: c },
-            Heads { data: &v, off: 0, ld: c },
-            b,
-            n,
-            n,
-            heads,
-            d,
-            false,
-        );
+        let plain = whole(false);
         assert!(plain[..c].iter().zip(&got[..c]).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 }
